@@ -1,0 +1,553 @@
+"""Every shape that crosses a boundary or is stored, as pydantic v2 models.
+
+REST bodies, WebSocket commands and replies, bus events (sent over WS and SSE), message parts,
+the error envelope and the protocol version live here and nowhere else, so the panel, the CLI,
+the tests and the OpenAPI document agree by construction. Secrets never appear in any model.
+Imports only pydantic.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+PROTOCOL_VERSION = 1
+
+# Limits a client can rely on (also enforced by the routes).
+MAX_TEXT_CHARS = 100_000
+MAX_TITLE_CHARS = 200
+MAX_SKILLS = 16
+MAX_WS_FRAME_BYTES = 1 << 20
+ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+
+SkillId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+ProviderName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+EntityId = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+def new_id(prefix: str) -> str:
+    """A sortable-enough unique id with a readable prefix (`ses_…`, `msg_…`, `run_…`)."""
+    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+
+
+def now() -> float:
+    return time.time()
+
+
+class Model(BaseModel):
+    """Base for protocol models: unknown fields are rejected so typos surface as errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------- message parts
+
+
+class TextPart(Model):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ImagePart(Model):
+    """A reference to an image, never its bytes: `source` says where `filename` lives."""
+
+    type: Literal["image"] = "image"
+    source: Literal["upload", "comfyui"] = "upload"
+    filename: str = Field(max_length=255)
+    subfolder: str = Field(default="", max_length=255)
+    folder_type: Literal["input", "output", "temp"] = "output"
+    mime_type: str = "image/png"
+
+
+class ToolCallPart(Model):
+    type: Literal["tool_call"] = "tool_call"
+    id: str
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    skill: str | None = None
+    status: Literal["pending", "running", "completed", "error", "denied", "aborted"] = "pending"
+    started_at: float | None = None
+    duration_ms: float | None = None
+    # Opaque provider data that must be sent back verbatim (e.g. Gemini's thought signature).
+    provider_data: dict[str, Any] | None = None
+
+
+class ToolResultPart(Model):
+    type: Literal["tool_result"] = "tool_result"
+    tool_call_id: str
+    name: str
+    content: str
+    is_error: bool = False
+    images: list[ImagePart] = Field(default_factory=list)
+
+
+Part = Annotated[Union[TextPart, ImagePart, ToolCallPart, ToolResultPart], Field(discriminator="type")]
+PartList = TypeAdapter(list[Part])
+
+
+# --------------------------------------------------------------------------- domain state
+
+MessageStatus = Literal["queued", "streaming", "completed", "aborted", "error", "interrupted"]
+RunStatus = Literal["idle", "queued", "working", "completed", "aborted", "error", "interrupted"]
+FINAL_RUN_STATUSES: frozenset[str] = frozenset({"completed", "aborted", "error", "interrupted"})
+PermissionClass = Literal["read", "edit", "run", "network", "files"]
+PermissionPolicy = Literal["allow", "ask", "deny"]
+
+
+class Usage(Model):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+
+    def __add__(self, other: "Usage") -> "Usage":
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cost=self.cost + other.cost,
+        )
+
+
+class Budget(Model):
+    """A per-session ceiling; a run that would pass it stops with `budget_exceeded`."""
+
+    max_tokens: int | None = Field(default=None, ge=0)
+    max_cost: float | None = Field(default=None, ge=0)
+
+
+class Session(Model):
+    id: str
+    title: str = ""
+    skills: list[str] = Field(default_factory=list)
+    provider: str | None = None
+    model: str | None = None
+    created_at: float
+    updated_at: float
+    usage: Usage = Field(default_factory=Usage)
+    budget: Budget = Field(default_factory=Budget)
+    permissions: dict[str, PermissionPolicy] = Field(default_factory=dict)
+    last_seq: int = 0
+
+
+class Message(Model):
+    id: str
+    session_id: str
+    role: Literal["user", "assistant"]
+    skill: str | None = None
+    run_id: str | None = None
+    parts: list[Part] = Field(default_factory=list)
+    status: MessageStatus = "completed"
+    created_at: float
+    updated_at: float
+    usage: Usage | None = None
+    error: str | None = None
+
+    def text(self) -> str:
+        return "".join(p.text for p in self.parts if isinstance(p, TextPart))
+
+
+class Run(Model):
+    id: str
+    session_id: str
+    message_id: str
+    skill: str
+    status: RunStatus
+    error: str | None = None
+
+
+# --------------------------------------------------------------------------- events
+
+
+class SessionStateData(Model):
+    session: Session
+    messages: list[Message]
+    runs: list[Run]
+    has_more: bool = False
+
+
+class SessionUpdatedData(Model):
+    session: Session
+
+
+class SessionDeletedData(Model):
+    session_id: str
+
+
+class MessageCreatedData(Model):
+    message: Message
+
+
+class MessageDeltaData(Model):
+    message_id: str
+    run_id: str | None = None
+    skill: str | None = None
+    text: str
+
+
+class MessageCompletedData(Model):
+    message: Message
+
+
+class ToolStartedData(Model):
+    message_id: str
+    run_id: str
+    call: ToolCallPart
+
+
+class ToolFinishedData(Model):
+    message_id: str
+    run_id: str
+    call: ToolCallPart
+    result: ToolResultPart
+
+
+class RunStatusData(Model):
+    run: Run
+
+
+class LogData(Model):
+    level: Literal["debug", "info", "warning", "error"]
+    module: str
+    message: str
+    time: float
+    run_id: str | None = None
+
+
+class PermissionRequestedData(Model):
+    request_id: str
+    run_id: str
+    skill: str
+    tool: str
+    permission_class: PermissionClass
+    summary: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    expires_at: float
+
+
+class PermissionResolvedData(Model):
+    request_id: str
+    decision: Literal["allow", "deny"]
+    remember: bool = False
+    reason: str = ""
+
+
+class UiRequestData(Model):
+    """The server asks the panel to do something only a browser can (read or load the canvas)."""
+
+    request_id: str
+    run_id: str | None = None
+    action: Literal["get_workflow", "propose_workflow"]
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class UsageUpdatedData(Model):
+    usage: Usage
+    message_id: str | None = None
+
+
+def _event(type_name: str, data_model: type[Model]) -> type[Model]:
+    """Build `{seq, session_id, type, ts, data}` envelope models with a Literal discriminator."""
+    annotations = {"seq": int, "session_id": str, "type": Literal[type_name], "ts": float, "data": data_model}  # type: ignore[valid-type]
+    defaults = {"type": type_name, "ts": Field(default_factory=now), "seq": 0}
+    name = "".join(w.capitalize() for w in type_name.replace(".", "_").split("_")) + "Event"
+    return type(name, (Model,), {"__annotations__": annotations, **defaults, "__module__": __name__})
+
+
+EVENT_DATA: dict[str, type[Model]] = {
+    "session.state": SessionStateData,
+    "session.resync": SessionStateData,
+    "session.updated": SessionUpdatedData,
+    "session.deleted": SessionDeletedData,
+    "message.created": MessageCreatedData,
+    "message.delta": MessageDeltaData,
+    "message.completed": MessageCompletedData,
+    "tool.started": ToolStartedData,
+    "tool.finished": ToolFinishedData,
+    "run.status": RunStatusData,
+    "log": LogData,
+    "permission.requested": PermissionRequestedData,
+    "permission.resolved": PermissionResolvedData,
+    "ui.request": UiRequestData,
+    "usage.updated": UsageUpdatedData,
+}
+EVENT_MODELS: dict[str, type[Model]] = {t: _event(t, d) for t, d in EVENT_DATA.items()}
+# Events that are not stored in the session's event log: they describe one socket's view.
+EPHEMERAL_EVENTS: frozenset[str] = frozenset({"session.state", "session.resync"})
+
+AnyEvent = Annotated[Union[tuple(EVENT_MODELS.values())], Field(discriminator="type")]  # type: ignore[valid-type]
+EventAdapter: TypeAdapter[Any] = TypeAdapter(AnyEvent)
+
+
+class Event(Model):
+    """The generic envelope used inside the core; `data` is one of the `EVENT_DATA` models' dumps."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    seq: int
+    session_id: str
+    type: str
+    ts: float
+    data: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- REST bodies
+
+
+class SessionCreate(Model):
+    title: str = Field(default="", max_length=MAX_TITLE_CHARS)
+    skills: list[SkillId] = Field(default_factory=list, max_length=MAX_SKILLS)
+    provider: ProviderName | None = None
+    model: str | None = Field(default=None, max_length=200)
+
+
+class SessionPatch(Model):
+    title: str | None = Field(default=None, max_length=MAX_TITLE_CHARS)
+    skills: list[SkillId] | None = Field(default=None, max_length=MAX_SKILLS)
+    provider: ProviderName | None = None
+    model: str | None = Field(default=None, max_length=200)
+    budget: Budget | None = None
+    permissions: dict[str, PermissionPolicy] | None = None
+
+
+class SendBody(Model):
+    text: str = Field(max_length=MAX_TEXT_CHARS)
+    images: list[ImagePart] = Field(default_factory=list, max_length=8)
+    # Address these roles only (same as a leading `@role`); empty means the session's roles.
+    skills: list[SkillId] = Field(default_factory=list, max_length=MAX_SKILLS)
+    # `queue`: wait for busy runs; `interrupt`: abort them, then send.
+    mode: Literal["queue", "interrupt"] = "queue"
+
+
+class SendResult(Model):
+    message_id: str
+    run_id: str | None
+    run_ids: list[str]
+    queued: bool = False
+
+
+class AbortBody(Model):
+    run_id: str | None = None
+    skill: SkillId | None = None
+
+
+class AbortResult(Model):
+    aborted: list[str]
+
+
+class PermissionReplyBody(Model):
+    request_id: EntityId
+    decision: Literal["allow", "deny"]
+    remember: bool = False
+
+
+class SessionList(Model):
+    sessions: list[Session]
+
+
+class MessagePage(Model):
+    messages: list[Message]
+    has_more: bool
+    next_before: str | None = None
+
+
+class Health(Model):
+    status: Literal["ok"] = "ok"
+    uptime_s: float
+
+
+class VersionInfo(Model):
+    name: Literal["opencode"] = "opencode"
+    version: str
+    protocol: int = PROTOCOL_VERSION
+    capabilities: list[str]
+
+
+class ErrorBody(Model):
+    code: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorEnvelope(Model):
+    error: ErrorBody
+
+
+# --------------------------------------------------------------------------- providers
+
+ProviderKind = Literal["openai", "anthropic", "ollama", "echo"]
+
+
+class ModelCaps(Model):
+    """What a model can do and what it costs (USD per million tokens); presets, user-overridable."""
+
+    tools: bool = True
+    vision: bool = False
+    context_tokens: int = Field(default=32_000, ge=512)
+    input_price: float = Field(default=0.0, ge=0)
+    output_price: float = Field(default=0.0, ge=0)
+
+
+class ProviderProfile(Model):
+    """A named provider profile as listed to clients: never the key, at most its last 4 chars."""
+
+    name: ProviderName
+    kind: ProviderKind
+    base_url: str = Field(max_length=500)
+    default_model: str = Field(default="", max_length=200)
+    key_env: str | None = Field(default=None, max_length=100)
+    models: dict[str, ModelCaps] = Field(default_factory=dict)
+    extra: dict[str, Any] = Field(default_factory=dict)  # e.g. Ollama keep_alive
+    has_key: bool = False
+    key_hint: str | None = None  # "…abcd"
+
+
+class ProviderCreate(Model):
+    name: ProviderName
+    kind: ProviderKind
+    base_url: str | None = Field(default=None, max_length=500)
+    default_model: str = Field(default="", max_length=200)
+    key_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]{0,99}$")
+    models: dict[str, ModelCaps] = Field(default_factory=dict)
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class ProviderPatch(Model):
+    base_url: str | None = Field(default=None, max_length=500)
+    default_model: str | None = Field(default=None, max_length=200)
+    key_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]{0,99}$")
+    models: dict[str, ModelCaps] | None = None
+    extra: dict[str, Any] | None = None
+
+
+class ProviderKeyBody(Model):
+    """The only shape that carries a key, inbound only, to the write-only key route."""
+
+    key: str = Field(min_length=1, max_length=1000)
+
+
+class ProviderList(Model):
+    providers: list[ProviderProfile]
+    presets: list[ProviderProfile] = Field(default_factory=list)
+
+
+class ModelInfo(Model):
+    id: str
+    caps: ModelCaps | None = None
+
+
+class ModelList(Model):
+    models: list[ModelInfo]
+
+
+# --------------------------------------------------------------------------- WebSocket commands
+
+
+class _Command(Model):
+    id: str = Field(min_length=1, max_length=64)
+
+
+class JoinCommand(_Command):
+    type: Literal["join"]
+    session_id: EntityId
+    after_seq: int | None = Field(default=None, ge=0)
+
+
+class LeaveCommand(_Command):
+    type: Literal["leave"]
+    session_id: EntityId | None = None
+
+
+class SendCommand(_Command):
+    type: Literal["send"]
+    session_id: EntityId
+    text: str = Field(max_length=MAX_TEXT_CHARS)
+    images: list[ImagePart] = Field(default_factory=list, max_length=8)
+    skills: list[SkillId] = Field(default_factory=list, max_length=MAX_SKILLS)
+    mode: Literal["queue", "interrupt"] = "queue"
+
+
+class AbortCommand(_Command):
+    type: Literal["abort"]
+    session_id: EntityId
+    run_id: str | None = None
+    skill: SkillId | None = None
+
+
+class ConfigureCommand(_Command):
+    type: Literal["configure"]
+    session_id: EntityId
+    patch: SessionPatch
+
+
+class PingCommand(_Command):
+    type: Literal["ping"]
+
+
+class PermissionReplyCommand(_Command):
+    type: Literal["permission.reply"]
+    session_id: EntityId
+    request_id: EntityId
+    decision: Literal["allow", "deny"]
+    remember: bool = False
+
+
+class UiReplyCommand(_Command):
+    """The panel's answer to a `ui.request` event."""
+
+    type: Literal["ui.reply"]
+    session_id: EntityId
+    request_id: EntityId
+    ok: bool = True
+    result: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = Field(default=None, max_length=2000)
+
+
+Command = Annotated[
+    Union[
+        JoinCommand,
+        LeaveCommand,
+        SendCommand,
+        AbortCommand,
+        ConfigureCommand,
+        PingCommand,
+        PermissionReplyCommand,
+        UiReplyCommand,
+    ],
+    Field(discriminator="type"),
+]
+CommandAdapter: TypeAdapter[Any] = TypeAdapter(Command)
+COMMAND_TYPES: frozenset[str] = frozenset(
+    {"join", "leave", "send", "abort", "configure", "ping", "permission.reply", "ui.reply"}
+)
+
+
+class AckReply(Model):
+    type: Literal["ack"] = "ack"
+    id: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorReply(Model):
+    type: Literal["error"] = "error"
+    id: str | None
+    error: ErrorBody
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of every protocol model, keyed by name (for tools and other languages)."""
+    named: dict[str, Any] = {
+        "Part": PartList,
+        "Command": CommandAdapter,
+        "Event": EventAdapter,
+    }
+    for model in (
+        Session, Message, Run, Usage, Budget, SessionCreate, SessionPatch, SendBody, SendResult,
+        AbortBody, AbortResult, PermissionReplyBody, SessionList, MessagePage, Health, VersionInfo,
+        ErrorEnvelope, AckReply, ErrorReply,
+    ):
+        named[model.__name__] = model
+    out: dict[str, Any] = {}
+    for name, m in named.items():
+        out[name] = m.json_schema() if isinstance(m, TypeAdapter) else m.model_json_schema()
+    return {"protocol": PROTOCOL_VERSION, "schemas": out}

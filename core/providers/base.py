@@ -1,0 +1,100 @@
+"""The provider-neutral request and stream-event model every wire dialect is normalised into.
+
+A `Provider` turns a `ChatRequest` into an async stream of a small closed set of events
+(`TextDelta`, `ToolCallReady`, `UsageReport`, `Finish`) and raises `ProviderError` on failure.
+Providers never touch the bus or the store; they get an aiohttp `ClientSession` from the service.
+Imports protocol, tools (for `ToolSpec`) and errors only.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable, Literal, Union
+
+import aiohttp
+
+from ..protocol import ImagePart, ModelInfo, Part, ProviderProfile
+from ..tools import ToolSpec
+
+
+@dataclass
+class ChatMessage:
+    """One turn of history. Tool results travel as `ToolResultPart`s in a `user` turn."""
+
+    role: Literal["user", "assistant"]
+    parts: list[Part]
+
+
+@dataclass
+class ChatRequest:
+    model: str
+    system: str
+    messages: list[ChatMessage]
+    tools: list[ToolSpec] = field(default_factory=list)
+    max_tokens: int | None = None
+    temperature: float | None = None
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+    kind: Literal["text"] = "text"
+
+
+@dataclass(frozen=True)
+class ToolCallReady:
+    """A complete tool call (arguments fully assembled and parsed)."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+    provider_data: dict[str, Any] | None = None
+    kind: Literal["tool_call"] = "tool_call"
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    input_tokens: int
+    output_tokens: int
+    kind: Literal["usage"] = "usage"
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The stream ended properly; `reason` is normalised to stop | tool_calls | length."""
+
+    reason: Literal["stop", "tool_calls", "length"]
+    kind: Literal["finish"] = "finish"
+
+
+StreamEvent = Union[TextDelta, ToolCallReady, UsageReport, Finish]
+
+# Resolves an image reference to (bytes, mime type) for vision requests.
+ImageLoader = Callable[[ImagePart], Awaitable[tuple[bytes, str]]]
+
+
+class Provider(ABC):
+    """One wire dialect. Subclasses implement `stream` and `list_models`."""
+
+    kind: str = ""
+
+    def __init__(
+        self,
+        profile: ProviderProfile,
+        api_key: str | None,
+        http: aiohttp.ClientSession,
+        image_loader: ImageLoader | None = None,
+    ) -> None:
+        self.profile = profile
+        self._api_key = api_key
+        self.http = http
+        self.image_loader = image_loader
+
+    @abstractmethod
+    def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+        """Stream one model turn. Must end with `Finish` or raise `ProviderError`."""
+
+    @abstractmethod
+    async def list_models(self) -> list[ModelInfo]:
+        """The models the provider offers (`/models`, `/api/tags`)."""
