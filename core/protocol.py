@@ -440,6 +440,39 @@ class ModelList(Model):
     models: list[ModelInfo]
 
 
+# --------------------------------------------------------------------------- skills
+
+
+class SkillToolInfo(Model):
+    name: str
+    description: str
+    permission: PermissionClass
+    parameters: dict[str, Any] = Field(default_factory=dict)  # JSON Schema of the arguments
+
+
+class SkillInfo(Model):
+    """One skill as `GET /opencode/skills` lists it."""
+
+    id: str
+    name: str
+    description: str
+    version: str
+    kind: Literal["role", "tools"]
+    engine: Literal["llm", "echo"] = "llm"
+    color: str  # "#rrggbb", the panel's label colour
+    origin: Literal["builtin", "user", "python"]
+    license: str | None = None
+    compatibility: str | None = None
+    allowed_tools: list[str] = Field(default_factory=list)
+    tools: list[SkillToolInfo] = Field(default_factory=list)
+    references: list[str] = Field(default_factory=list)
+
+
+class SkillList(Model):
+    skills: list[SkillInfo]
+    problems: list[dict[str, str]] = Field(default_factory=list)  # skipped folders: {folder, reason}
+
+
 # --------------------------------------------------------------------------- WebSocket commands
 
 
@@ -544,7 +577,7 @@ def json_schema() -> dict[str, Any]:
     for model in (
         Session, Message, Run, Usage, Budget, SessionCreate, SessionPatch, SendBody, SendResult,
         AbortBody, AbortResult, PermissionReplyBody, SessionList, MessagePage, Health, VersionInfo,
-        ErrorEnvelope, AckReply, ErrorReply,
+        ErrorEnvelope, AckReply, ErrorReply, SkillInfo, SkillList,
     ):
         named[model.__name__] = model
     out: dict[str, Any] = {}
