@@ -8,6 +8,7 @@ Imports only pydantic.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Annotated, Any, Literal, Union
@@ -22,6 +23,7 @@ MAX_TITLE_CHARS = 200
 MAX_SKILLS = 16
 MAX_WS_FRAME_BYTES = 1 << 20
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+_ID_RE = re.compile(ID_PATTERN)
 
 SkillId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 ProviderName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -295,6 +297,8 @@ class Event(Model):
 
 
 class SessionCreate(Model):
+    # A client may bring its own id (a workflow reopened on another machine keeps its session id).
+    id: EntityId | None = None
     title: str = Field(default="", max_length=MAX_TITLE_CHARS)
     skills: list[SkillId] = Field(default_factory=list, max_length=MAX_SKILLS)
     provider: ProviderName | None = None
@@ -361,6 +365,38 @@ class VersionInfo(Model):
     version: str
     protocol: int = PROTOCOL_VERSION
     capabilities: list[str]
+
+
+class EmptyBody(Model):
+    """A POST that takes no parameters still takes a JSON object (or nothing)."""
+
+
+class Ok(Model):
+    ok: Literal[True] = True
+
+
+class Deleted(Model):
+    deleted: str
+
+
+class AuditEntry(Model):
+    run_id: str | None
+    request_id: str | None
+    skill: str | None
+    tool: str
+    permission_class: str
+    decision: str
+    reason: str
+    ts: float
+
+
+class AuditList(Model):
+    entries: list[AuditEntry]
+
+
+def re_id(value: str) -> bool:
+    """Whether `value` is a well-formed id (path segments are checked before any lookup)."""
+    return _ID_RE.fullmatch(value) is not None
 
 
 class ErrorBody(Model):
@@ -484,6 +520,8 @@ class JoinCommand(_Command):
     type: Literal["join"]
     session_id: EntityId
     after_seq: int | None = Field(default=None, ge=0)
+    # A panel can answer `ui.request`s (read the canvas, load a graph); a script can't.
+    panel: bool = False
 
 
 class LeaveCommand(_Command):
@@ -550,6 +588,12 @@ Command = Annotated[
     Field(discriminator="type"),
 ]
 CommandAdapter: TypeAdapter[Any] = TypeAdapter(Command)
+
+
+class CommandAdapterModel(Model):
+    """Wraps the command union so it validates like any other model."""
+
+    command: Command
 COMMAND_TYPES: frozenset[str] = frozenset(
     {"join", "leave", "send", "abort", "configure", "ping", "permission.reply", "ui.reply"}
 )

@@ -1,0 +1,405 @@
+"""One role's reply to one user message, as a plain loop: stream, run tools, stream again.
+
+`AgentRun.execute` publishes the assistant message, streams the model's text into the bus,
+runs the tool calls it asks for (several at once, each through the permission gate), feeds the
+results back, and loops until a final answer or `max_turns`. It always ends with a final status:
+`completed`, `aborted` (task cancelled), `interrupted` (service shutting down) or `error` (with the
+provider's message). The streaming reply is checkpointed to the store every `checkpoint_interval`.
+The `echo` engine streams the user's text back word by word, for demos and tests.
+Imports protocol, bus, store, tools, providers.base, permissions, ui_requests and errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+from .bus import Bus, current_run, current_session
+from .errors import BudgetExceeded, OpencodeError
+from .permissions import PermissionGate
+from .protocol import (
+    Budget,
+    ImagePart,
+    Message,
+    MessageCompletedData,
+    MessageCreatedData,
+    MessageDeltaData,
+    ModelCaps,
+    Run,
+    RunStatusData,
+    Session,
+    TextPart,
+    ToolCallPart,
+    ToolFinishedData,
+    ToolResultPart,
+    ToolStartedData,
+    Usage,
+    now,
+)
+from .providers.base import ChatMessage, ChatRequest, Finish, Provider, TextDelta, ToolCallReady, UsageReport
+from .store import Store
+from .tools import Tool, ToolOutput
+from .ui_requests import UiBroker
+
+log = logging.getLogger("opencode.agent")
+
+# Tokens kept free for the reply when trimming history to the model's context.
+REPLY_RESERVE_TOKENS = 4096
+
+
+@dataclass
+class ResolvedModel:
+    provider: Provider
+    model: str
+    caps: ModelCaps
+
+
+class ModelResolver(Protocol):
+    async def resolve(self, provider_name: str | None, model: str | None) -> ResolvedModel:
+        """The provider and model a session uses; raises OpencodeError with a fix when it can't."""
+        ...
+
+
+class SkillLike(Protocol):
+    id: str
+    name: str
+    kind: str
+    engine: str
+    instructions: str
+    tools: list[Tool]
+
+
+@dataclass
+class AgentDeps:
+    bus: Bus
+    store: Store
+    gate: PermissionGate
+    ui: UiBroker
+    models: ModelResolver
+    checkpoint_interval: float = 0.5
+    echo_delay: float = 0.02
+    max_turns: int = 12
+    extra_tools: list[Tool] = field(default_factory=list)
+
+
+@dataclass
+class RunInput:
+    session: Session
+    run: Run
+    user_message: Message
+    role: SkillLike
+    tool_skills: Sequence[SkillLike]
+    history: list[Message]
+    spent: Usage  # the session's usage before this run (for the budget)
+
+
+class _ToolContext:
+    """What a tool sees of its run (see `core.tools.ToolContext`)."""
+
+    def __init__(self, run: "AgentRun", skill: str) -> None:
+        self.session_id = run.input.session.id
+        self.run_id = run.input.run.id
+        self.skill = skill
+        self._ui = run.deps.ui
+
+    def log(self, level: str, message: str) -> None:
+        logging.getLogger("opencode.tools").log(logging.getLevelName(level.upper()) if isinstance(
+            logging.getLevelName(level.upper()), int) else logging.INFO, message)
+
+    async def ui_request(self, action: str, payload: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+        return await self._ui.request(self.session_id, self.run_id, action, payload, timeout)
+
+    async def emit_status(self, message: str) -> None:
+        logging.getLogger("opencode.tools").info(message)
+
+
+class AgentRun:
+    def __init__(self, deps: AgentDeps, run_input: RunInput) -> None:
+        self.deps = deps
+        self.input = run_input
+        self.run = run_input.run
+        self.message = Message(
+            id=run_input.run.message_id, session_id=run_input.session.id, role="assistant",
+            skill=run_input.role.id, run_id=run_input.run.id, status="streaming",
+            created_at=now(), updated_at=now(), usage=Usage(),
+        )
+        self.final_status_on_cancel = "aborted"
+        self._announced = False
+        self._finished = False
+        self._last_checkpoint = time.monotonic()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def execute(self) -> Message:
+        """Run to a final status; the reply is saved and announced whatever happens."""
+        current_session.set(self.input.session.id)
+        current_run.set(self.run.id)
+        status, error = "completed", None
+        try:
+            await self._begin()
+            if self.input.role.engine == "echo":
+                await self._echo()
+            else:
+                await self._agent_loop()
+        except asyncio.CancelledError:
+            status = self.final_status_on_cancel
+        except OpencodeError as exc:
+            status, error = "error", exc.message
+            log.warning("run %s ended with an error: %s", self.run.id, exc.message)
+        except Exception as exc:  # noqa: BLE001 - a bug must still end the run, not leave it working
+            status, error = "error", f"internal error: {type(exc).__name__}: {exc}"
+            log.exception("run %s crashed", self.run.id)
+        await asyncio.shield(self.finish(status, error))
+        return self.message
+
+    async def _begin(self) -> None:
+        self.run.status = "working"
+        self._announced = True
+        self.deps.bus.publish(self.message.session_id, "message.created", MessageCreatedData(message=self.message))
+        self.deps.bus.publish(self.message.session_id, "run.status", RunStatusData(run=self.run))
+        await self.deps.store.save_message(self.message)
+
+    async def finish(self, status: str, error: str | None) -> None:
+        """Give the reply its final status, save it, announce it. Runs once, even if cancelled early."""
+        if self._finished:
+            return
+        self._finished = True
+        if not self._announced:
+            self._announced = True
+            self.deps.bus.publish(self.message.session_id, "message.created", MessageCreatedData(message=self.message))
+        for part in self.message.parts:
+            if isinstance(part, ToolCallPart) and part.status in ("pending", "running"):
+                part.status = "aborted"
+        self.message.status = status  # type: ignore[assignment]
+        self.message.error = error
+        self.message.updated_at = now()
+        self.run.status = status  # type: ignore[assignment]
+        self.run.error = error
+        try:
+            await self.deps.store.save_message(self.message)
+        except OpencodeError as exc:
+            log.error("could not save the final reply of run %s: %s", self.run.id, exc.message)
+        sid = self.message.session_id
+        self.deps.bus.publish(sid, "message.completed", MessageCompletedData(message=self.message))
+        self.deps.bus.publish(sid, "run.status", RunStatusData(run=self.run))
+
+    # ------------------------------------------------------------------ streaming text
+
+    def _append_text(self, text: str) -> None:
+        parts = self.message.parts
+        if parts and isinstance(parts[-1], TextPart):
+            parts[-1].text += text
+        else:
+            parts.append(TextPart(text=text))
+        self.deps.bus.publish(self.message.session_id, "message.delta", MessageDeltaData(
+            message_id=self.message.id, run_id=self.run.id, skill=self.message.skill, text=text))
+        self._maybe_checkpoint()
+
+    def _maybe_checkpoint(self) -> None:
+        t = time.monotonic()
+        if t - self._last_checkpoint >= self.deps.checkpoint_interval:
+            self._last_checkpoint = t
+            self.message.updated_at = now()
+            self.deps.store.queue_message(self.message)
+
+    async def _echo(self) -> None:
+        text = self.input.user_message.text()
+        words = text.split(" ")
+        for i, word in enumerate(words):
+            self._append_text(word if i == 0 else " " + word)
+            await asyncio.sleep(self.deps.echo_delay)
+
+    # ------------------------------------------------------------------ the agent loop
+
+    async def _agent_loop(self) -> None:
+        resolved = await self.deps.models.resolve(self.input.session.provider, self.input.session.model)
+        log.info("run %s: %s with %s/%s", self.run.id, self.input.role.id, resolved.provider.profile.name, resolved.model)
+        tools = self._tools()
+        if tools and not resolved.caps.tools:
+            log.warning("model %s has no tool calling; running without tools", resolved.model)
+            tools = []
+        by_name = {t.name: (skill, t) for skill, t in tools}
+        history = build_history(self.input.history, self.input.role.id, self.input.user_message,
+                                resolved.caps.context_tokens, vision=resolved.caps.vision)
+        system = self._system_prompt()
+        for turn in range(self.deps.max_turns):
+            self._check_budget()
+            request = ChatRequest(model=resolved.model, system=system, messages=history,
+                                  tools=[t.spec() for _, t in tools])
+            started = time.monotonic()
+            log.debug("turn %d: request to %s started (%d messages, %d tools)", turn + 1, resolved.model,
+                      len(history), len(tools))
+            turn_parts, calls = await self._stream_turn(resolved, request)
+            log.debug("turn %d finished in %.0f ms", turn + 1, (time.monotonic() - started) * 1000)
+            if not calls:
+                return
+            call_parts = [self._start_call(call, by_name) for call in calls]
+            results = await asyncio.gather(*(self._run_call(p, by_name) for p in call_parts))
+            history.append(ChatMessage("assistant", [*turn_parts, *call_parts]))
+            history.append(ChatMessage("user", list(results)))
+        self._append_text(f"\n\n_(stopped after {self.deps.max_turns} turns)_")
+        log.warning("run %s reached max_turns=%d", self.run.id, self.deps.max_turns)
+
+    async def _stream_turn(self, resolved: ResolvedModel, request: ChatRequest) -> tuple[list[Any], list[ToolCallReady]]:
+        text_start = len(self.message.text())
+        calls: list[ToolCallReady] = []
+        stream = resolved.provider.stream(request)
+        try:
+            async for ev in stream:
+                if isinstance(ev, TextDelta):
+                    if ev.text:
+                        self._append_text(ev.text)
+                elif isinstance(ev, ToolCallReady):
+                    calls.append(ev)
+                elif isinstance(ev, UsageReport):
+                    self._add_usage(ev, resolved.caps)
+                elif isinstance(ev, Finish):
+                    log.debug("finish reason: %s", ev.reason)
+        finally:
+            # Closing the generator closes the upstream HTTP response at once (abort really stops).
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        text = self.message.text()[text_start:]
+        return ([TextPart(text=text)] if text else []), calls
+
+    def _add_usage(self, ev: UsageReport, caps: ModelCaps) -> None:
+        cost = (ev.input_tokens * caps.input_price + ev.output_tokens * caps.output_price) / 1_000_000
+        self.message.usage = (self.message.usage or Usage()) + Usage(
+            input_tokens=ev.input_tokens, output_tokens=ev.output_tokens, cost=cost)
+        log.info("tokens: %d in, %d out (cost %.6f)", ev.input_tokens, ev.output_tokens, cost)
+
+    def _check_budget(self) -> None:
+        budget: Budget = self.input.session.budget
+        spent = self.input.spent + (self.message.usage or Usage())
+        if budget.max_tokens is not None and spent.input_tokens + spent.output_tokens >= budget.max_tokens:
+            raise BudgetExceeded(
+                f"this session reached its budget of {budget.max_tokens} tokens; raise the budget in the "
+                "session settings to continue")
+        if budget.max_cost is not None and spent.cost >= budget.max_cost:
+            raise BudgetExceeded(
+                f"this session reached its budget of ${budget.max_cost:.2f}; raise the budget in the session "
+                "settings to continue")
+
+    def _tools(self) -> list[tuple[str, Tool]]:
+        out: list[tuple[str, Tool]] = []
+        seen: set[str] = set()
+        for skill in self.input.tool_skills:
+            for t in skill.tools:
+                if t.name not in seen:
+                    seen.add(t.name)
+                    out.append((skill.id, t))
+        for t in self.deps.extra_tools:
+            if t.name not in seen:
+                seen.add(t.name)
+                out.append(("opencode", t))
+        return out
+
+    def _system_prompt(self) -> str:
+        sections = [self.input.role.instructions.strip()]
+        for skill in self.input.tool_skills:
+            if skill.instructions.strip():
+                sections.append(f"## Skill: {skill.name}\n\n{skill.instructions.strip()}")
+        return "\n\n".join(s for s in sections if s)
+
+    # ------------------------------------------------------------------ tools
+
+    def _start_call(self, call: ToolCallReady, by_name: dict[str, tuple[str, Tool]]) -> ToolCallPart:
+        skill = by_name.get(call.name, ("unknown", None))[0]
+        part = ToolCallPart(id=call.id, name=call.name, arguments=call.arguments, skill=skill,
+                            status="running", started_at=now(), provider_data=call.provider_data)
+        self.message.parts.append(part)
+        self.deps.bus.publish(self.message.session_id, "tool.started", ToolStartedData(
+            message_id=self.message.id, run_id=self.run.id, call=part))
+        return part
+
+    async def _run_call(self, part: ToolCallPart, by_name: dict[str, tuple[str, Tool]]) -> ToolResultPart:
+        t0 = time.monotonic()
+        entry = by_name.get(part.name)
+        if entry is None:
+            output = ToolOutput(f"unknown tool {part.name!r}; available: {', '.join(sorted(by_name))}", is_error=True)
+            part.status = "error"
+        else:
+            skill, tool = entry
+            allowed, reason = await self.deps.gate.check(self.input.session, self.run.id, skill, tool, part.arguments)
+            if not allowed:
+                output = ToolOutput(f"not run: {reason}", is_error=True)
+                part.status = "denied"
+            else:
+                log.info("tool %s(%s)", tool.name, _short(part.arguments))
+                output = await tool.call(_ToolContext(self, skill), part.arguments)
+                part.status = "error" if output.is_error else "completed"
+        part.duration_ms = round((time.monotonic() - t0) * 1000, 1)
+        log.info("tool %s %s in %.0f ms", part.name, part.status, part.duration_ms)
+        result = ToolResultPart(tool_call_id=part.id, name=part.name, content=output.content,
+                                is_error=output.is_error, images=output.images)
+        self.message.parts.append(result)
+        self.deps.bus.publish(self.message.session_id, "tool.finished", ToolFinishedData(
+            message_id=self.message.id, run_id=self.run.id, call=part, result=result))
+        self._maybe_checkpoint()
+        return result
+
+
+def _short(arguments: dict[str, Any], limit: int = 200) -> str:
+    text = ", ".join(f"{k}={v!r}" for k, v in arguments.items())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+# --------------------------------------------------------------------------- history
+
+
+def estimate_tokens(parts: Sequence[Any]) -> int:
+    """A cheap estimate (4 characters a token, images a flat 1000) for trimming history."""
+    total = 0
+    for p in parts:
+        if isinstance(p, TextPart):
+            total += len(p.text) // 4 + 1
+        elif isinstance(p, ImagePart):
+            total += 1000
+        elif isinstance(p, ToolCallPart):
+            total += len(str(p.arguments)) // 4 + 10
+        elif isinstance(p, ToolResultPart):
+            total += len(p.content) // 4 + 10
+    return total
+
+
+def message_turns(message: Message, *, vision: bool) -> list[ChatMessage]:
+    """A stored message as provider turns; tool calls without results are dropped, never split."""
+    if message.role == "user":
+        parts = [p for p in message.parts if isinstance(p, TextPart) or (vision and isinstance(p, ImagePart))]
+        return [ChatMessage("user", parts)] if parts else []
+    answered = {p.tool_call_id for p in message.parts if isinstance(p, ToolResultPart)}
+    turns: list[ChatMessage] = []
+    for p in message.parts:
+        if isinstance(p, ToolCallPart) and p.id not in answered:
+            continue
+        role = "user" if isinstance(p, ToolResultPart) else "assistant"
+        if not turns or turns[-1].role != role:
+            turns.append(ChatMessage(role, []))  # type: ignore[arg-type]
+        turns[-1].parts.append(p)
+    return turns
+
+
+def build_history(history: list[Message], role_id: str, user_message: Message, context_tokens: int,
+                  *, vision: bool) -> list[ChatMessage]:
+    """User messages and this role's replies, newest kept first, trimmed to the model's context."""
+    budget = max(context_tokens - REPLY_RESERVE_TOKENS, 1024)
+    chosen: list[list[ChatMessage]] = []
+    used = 0
+    for m in reversed([*history, user_message]):
+        if m.role == "assistant" and m.skill != role_id:
+            continue
+        turns = message_turns(m, vision=vision)
+        cost = sum(estimate_tokens(t.parts) for t in turns)
+        if chosen and used + cost > budget:
+            break
+        used += cost
+        chosen.append(turns)
+    out = [t for turns in reversed(chosen) for t in turns]
+    # A provider needs the first turn to be the user's.
+    while out and out[0].role != "user":
+        out.pop(0)
+    return out

@@ -1,0 +1,336 @@
+"""The event bus: one room per session, monotonic `seq`, replay from a ring then the store.
+
+Publishing is synchronous and cheap: it numbers the event, serialises it once, appends it to the
+room's ring buffer, queues it for the store and wakes the room's sender task. The sender walks
+each subscriber's cursor forward through the ring, so every subscriber gets every event exactly
+once and in order, and a subscriber that joins with `after_seq` is just a cursor further back.
+A subscriber whose unsent bytes pass its limit, or whose cursor falls out of the ring, is dropped
+as a slow consumer; it can rejoin with `after_seq`. When a requested offset can no longer be
+served (older than the store keeps, or newer than the server knows), the joiner gets exactly one
+`session.resync` instead.
+
+`Bus` is the interface (a Redis Streams implementation fits behind it); `InProcessBus` is the
+embedded default. Also here: the log handler turning `opencode.*` records into `log` events.
+Imports protocol and store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Protocol
+
+from pydantic import BaseModel
+
+from .protocol import EPHEMERAL_EVENTS, Event, LogData
+from .store import Store
+
+log = logging.getLogger("opencode.bus")
+
+
+@dataclass(frozen=True)
+class Published:
+    """An event and its JSON text, serialised once for every subscriber."""
+
+    event: Event
+    text: str
+
+
+class Subscriber(Protocol):
+    """A receiver of a room's events (a WebSocket, an SSE response, an in-process waiter)."""
+
+    is_panel: bool
+
+    async def send(self, item: Published) -> None: ...
+
+    def backlog(self) -> int:
+        """Bytes accepted but not yet delivered; a subscriber above its limit is dropped."""
+        ...
+
+    async def drop(self, reason: str) -> None:
+        """Called once when the bus gives up on this subscriber."""
+        ...
+
+
+SnapshotFn = Callable[[str], Awaitable[dict[str, Any]]]
+
+
+def encode(event: Event) -> str:
+    return json.dumps(
+        {"seq": event.seq, "session_id": event.session_id, "type": event.type, "ts": event.ts, "data": event.data},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+class Bus(ABC):
+    @abstractmethod
+    def publish(self, session_id: str, type_: str, data: BaseModel | dict[str, Any]) -> Event: ...
+
+    @abstractmethod
+    async def subscribe(self, session_id: str, sub: Subscriber, after_seq: int | None) -> None:
+        """Attach `sub`: a snapshot (no offset), the missed events, or one resync; then live."""
+
+    @abstractmethod
+    def unsubscribe(self, session_id: str, sub: Subscriber) -> None: ...
+
+    @abstractmethod
+    def has_panel(self, session_id: str) -> bool: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+class _Room:
+    """One session's sequence counter, ring buffer, subscribers and sender task."""
+
+    def __init__(self, session_id: str, last_seq: int, ring_size: int) -> None:
+        self.session_id = session_id
+        self.last_seq = last_seq
+        self.ring: deque[Published] = deque(maxlen=ring_size)
+        self.cursors: dict[Subscriber, int] = {}
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def ring_first_seq(self) -> int:
+        return self.ring[0].event.seq if self.ring else self.last_seq + 1
+
+    def events_after(self, seq: int) -> list[Published]:
+        """Ring events with seq > `seq` (caller checked `seq + 1 >= ring_first_seq`)."""
+        if not self.ring or seq >= self.last_seq:
+            return []
+        start = seq + 1 - self.ring[0].event.seq
+        n = len(self.ring)
+        if start >= n - 8:  # the usual case: one or a few behind; deque indexing near the end is O(1)
+            return [self.ring[i] for i in range(start, n)]
+        return list(self.ring)[start:]
+
+
+class InProcessBus(Bus):
+    def __init__(self, store: Store, snapshot: SnapshotFn, *, ring_size: int = 4096,
+                 replay_max_events: int = 20_000, max_backlog: int = 1 << 20) -> None:
+        self.store = store
+        self.snapshot = snapshot
+        self.ring_size = ring_size
+        self.replay_max_events = replay_max_events
+        self.max_backlog = max_backlog
+        self._rooms: dict[str, _Room] = {}
+        self._closed = False
+        self.dropped = 0
+
+    # ------------------------------------------------------------------ rooms
+
+    async def open_room(self, session_id: str) -> None:
+        """Load the room's last seq from the store; must run before the first publish."""
+        if session_id not in self._rooms:
+            last = await self.store.last_seq(session_id)
+            if session_id not in self._rooms:
+                self._rooms[session_id] = _Room(session_id, last, self.ring_size)
+
+    def _room(self, session_id: str) -> _Room:
+        room = self._rooms.get(session_id)
+        if room is None:
+            # A brand-new session has no stored events.
+            room = self._rooms[session_id] = _Room(session_id, 0, self.ring_size)
+        return room
+
+    def last_seq(self, session_id: str) -> int:
+        room = self._rooms.get(session_id)
+        return room.last_seq if room else 0
+
+    def close_room(self, session_id: str) -> None:
+        room = self._rooms.pop(session_id, None)
+        if room and room.task:
+            room.task.cancel()
+
+    # ------------------------------------------------------------------ publish
+
+    def publish(self, session_id: str, type_: str, data: BaseModel | dict[str, Any]) -> Event:
+        payload = data.model_dump(mode="json") if isinstance(data, BaseModel) else data
+        room = self._room(session_id)
+        room.last_seq += 1
+        event = Event.model_construct(seq=room.last_seq, session_id=session_id, type=type_, ts=time.time(), data=payload)
+        if type_ not in EPHEMERAL_EVENTS:
+            self.store.append_event(event)
+        room.ring.append(Published(event, encode(event)))
+        if room.cursors:
+            self._ensure_sender(room)
+            room.wake.set()
+        return event
+
+    def _ensure_sender(self, room: _Room) -> None:
+        if room.task is None or room.task.done():
+            # The sender must not inherit a run's context (its log-capture run id, say).
+            room.task = asyncio.get_running_loop().create_task(
+                self._send_loop(room), name=f"opencode-room-{room.session_id}", context=contextvars.Context()
+            )
+
+    async def _send_loop(self, room: _Room) -> None:
+        while not self._closed:
+            room.wake.clear()
+            progressed = True
+            while progressed:
+                progressed = False
+                for sub, cursor in list(room.cursors.items()):
+                    if cursor >= room.last_seq or sub not in room.cursors:
+                        continue
+                    progressed = True
+                    await self._deliver(room, sub, cursor)
+            await room.wake.wait()
+
+    async def _deliver(self, room: _Room, sub: Subscriber, cursor: int) -> None:
+        if cursor + 1 < room.ring_first_seq():
+            await self._drop(room, sub, "fell behind the replay buffer")
+            return
+        for item in room.events_after(cursor):
+            if sub.backlog() > self.max_backlog:
+                await self._drop(room, sub, "stopped reading (slow consumer)")
+                return
+            try:
+                await sub.send(item)
+            except (ConnectionError, RuntimeError) as exc:
+                await self._drop(room, sub, f"send failed: {exc}")
+                return
+            if sub not in room.cursors:
+                return
+            room.cursors[sub] = item.event.seq
+
+    async def _drop(self, room: _Room, sub: Subscriber, reason: str) -> None:
+        if room.cursors.pop(sub, None) is None:
+            return
+        self.dropped += 1
+        log.info("dropped a subscriber of %s: %s", room.session_id, reason)
+        try:
+            await sub.drop(reason)
+        except Exception:  # noqa: BLE001 - a dying socket must not stop the room
+            log.debug("drop of a subscriber failed", exc_info=True)
+
+    # ------------------------------------------------------------------ subscribe
+
+    async def subscribe(self, session_id: str, sub: Subscriber, after_seq: int | None) -> None:
+        await self.open_room(session_id)
+        room = self._room(session_id)
+        if after_seq is None:
+            await self._attach_with_snapshot(room, sub, "session.state")
+            return
+        if after_seq > room.last_seq:
+            # The client saw events this server never committed (e.g. before a crash).
+            await self._attach_with_snapshot(room, sub, "session.resync")
+            return
+        cursor = after_seq
+        if cursor + 1 < room.ring_first_seq():
+            cursor = await self._replay_from_store(room, sub, cursor)
+            if cursor is None:
+                await self._attach_with_snapshot(room, sub, "session.resync")
+                return
+        room.cursors[sub] = cursor
+        self._ensure_sender(room)
+        room.wake.set()
+
+    async def _replay_from_store(self, room: _Room, sub: Subscriber, cursor: int) -> int | None:
+        """Send stored events until the ring covers the rest; None when the gap can't be filled."""
+        if room.last_seq - cursor > self.replay_max_events:
+            return None
+        await self.store.flush()
+        while cursor + 1 < room.ring_first_seq():
+            need = room.ring_first_seq() - 1 - cursor
+            events = await self.store.events_after(room.session_id, cursor, min(need, 1000))
+            if not events or events[0].seq != cursor + 1:
+                return None
+            for ev in events:
+                if ev.seq != cursor + 1:
+                    return None
+                await sub.send(Published(ev, encode(ev)))
+                cursor = ev.seq
+        return cursor
+
+    async def _attach_with_snapshot(self, room: _Room, sub: Subscriber, type_: str) -> None:
+        state = await self.snapshot(room.session_id)
+        # Nothing awaited between reading `last_seq` and attaching: the snapshot covers it.
+        seq = room.last_seq
+        ev = Event.model_construct(seq=seq, session_id=room.session_id, type=type_, ts=time.time(), data=state)
+        room.cursors[sub] = seq
+        await sub.send(Published(ev, encode(ev)))
+        self._ensure_sender(room)
+        room.wake.set()
+
+    def unsubscribe(self, session_id: str, sub: Subscriber) -> None:
+        room = self._rooms.get(session_id)
+        if room is not None:
+            room.cursors.pop(sub, None)
+
+    def has_panel(self, session_id: str) -> bool:
+        room = self._rooms.get(session_id)
+        return bool(room and any(s.is_panel for s in room.cursors))
+
+    def subscriber_count(self, session_id: str) -> int:
+        room = self._rooms.get(session_id)
+        return len(room.cursors) if room else 0
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = [r.task for r in self._rooms.values() if r.task]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class QueueSubscriber:
+    """An in-process subscriber (the node, the CLI, tests): events land in an asyncio.Queue."""
+
+    is_panel = False
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self.drop_reason: str | None = None
+
+    async def send(self, item: Published) -> None:
+        self.queue.put_nowait(item.event)
+
+    def backlog(self) -> int:
+        return 0
+
+    async def drop(self, reason: str) -> None:
+        self.drop_reason = reason
+        self.queue.put_nowait(None)
+
+
+# --------------------------------------------------------------------------- log events
+
+# The run a log record belongs to; set by the agent loop for the duration of a run.
+current_session: contextvars.ContextVar[str | None] = contextvars.ContextVar("opencode_session", default=None)
+current_run: contextvars.ContextVar[str | None] = contextvars.ContextVar("opencode_run", default=None)
+
+_LEVELS = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning", logging.ERROR: "error"}
+
+
+class BusLogHandler(logging.Handler):
+    """Turns `opencode.*` records made inside a run into redacted `log` events of its session."""
+
+    def __init__(self, bus: Bus, redact: Callable[[str], str], level: int = logging.DEBUG) -> None:
+        super().__init__(level)
+        self.bus = bus
+        self.redact = redact
+
+    def emit(self, record: logging.LogRecord) -> None:
+        session_id = getattr(record, "session_id", None) or current_session.get()
+        if not session_id or not record.name.startswith("opencode"):
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # another thread: the bus belongs to the server loop
+        try:
+            message = self.redact(record.getMessage())
+            level = _LEVELS.get(record.levelno, "error" if record.levelno > logging.ERROR else "debug")
+            data = LogData(level=level, module=record.name, message=message, time=record.created,  # type: ignore[arg-type]
+                           run_id=getattr(record, "run_id", None) or current_run.get())
+            self.bus.publish(session_id, "log", data)
+        except Exception:  # noqa: BLE001 - logging must never raise into the caller
+            self.handleError(record)

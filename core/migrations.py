@@ -1,0 +1,93 @@
+"""Schema steps for the SQLite store, keyed by `PRAGMA user_version`.
+
+Each step is a small named function run once, in order, inside one transaction with the version
+bump, so a database is never left between two versions. Imports nothing from Opencode.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Callable
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+def m001_initial(db: sqlite3.Connection) -> None:
+    _run_script(
+        db,
+        """
+        CREATE TABLE sessions (
+            id TEXT PRIMARY KEY,
+            body TEXT NOT NULL,            -- the Session model as JSON
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE TABLE messages (
+            rowid INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            session_id TEXT NOT NULL,
+            role TEXT NOT NULL,
+            skill TEXT,
+            run_id TEXT,
+            status TEXT NOT NULL,
+            parts TEXT NOT NULL,           -- typed parts as JSON
+            usage TEXT,
+            error TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE INDEX messages_by_session ON messages (session_id, rowid);
+        CREATE INDEX messages_by_status ON messages (status) WHERE status IN ('streaming', 'queued');
+        CREATE TABLE events (
+            session_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            ts REAL NOT NULL,
+            data TEXT NOT NULL,
+            PRIMARY KEY (session_id, seq)
+        ) WITHOUT ROWID;
+        CREATE TABLE audit (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            session_id TEXT NOT NULL,
+            run_id TEXT,
+            request_id TEXT,
+            skill TEXT,
+            tool TEXT NOT NULL,
+            permission_class TEXT NOT NULL,
+            decision TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            ts REAL NOT NULL
+        );
+        CREATE INDEX audit_by_session ON audit (session_id, id);
+        """
+    )
+
+
+def _run_script(db: sqlite3.Connection, script: str) -> None:
+    """Run `;`-separated statements one by one: `executescript` would commit mid-migration."""
+    for statement in script.split(";"):
+        body = "\n".join(line.split("--")[0] for line in statement.splitlines()).strip()
+        if body:
+            db.execute(body)
+
+
+MIGRATIONS: list[Migration] = [m001_initial]
+
+
+def migrate(db: sqlite3.Connection) -> int:
+    """Bring `db` to the newest schema; returns the resulting version."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise RuntimeError(
+            f"database schema v{version} is newer than this Opencode (v{len(MIGRATIONS)}); upgrade Opencode"
+        )
+    for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+        db.execute("BEGIN")
+        try:
+            step(db)
+            db.execute(f"PRAGMA user_version = {number}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    return len(MIGRATIONS)

@@ -1,0 +1,191 @@
+"""The composition root: opens everything in order, closes it in reverse, picks implementations.
+
+`OpencodeService` owns the store, the bus, the shared HTTP client session, the provider profiles
+and secrets, the skill registry, the permission gate, the UI broker and the session manager.
+It is the only place that chooses SQLite, the in-process bus or aiohttp; everything above it
+(routes, node, CLI) talks to `service.sessions` and friends. Skill factories registered before
+`start()` add Python skills (the ComfyUI tools) without `core/` importing them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import aiohttp
+
+from .agent import AgentDeps, ResolvedModel
+from .bus import BusLogHandler, InProcessBus
+from .config import Config
+from .errors import BadRequest, NotFound, OpencodeError
+from .permissions import PermissionGate
+from .providers.http import create_session
+from .providers.profiles import ProviderProfiles
+from .providers.registry import build_provider
+from .secrets import SecretStore
+from .sessions import SessionManager
+from .skills import Skill, SkillRegistry
+from .store import SqliteStore
+from .ui_requests import UiBroker
+
+log = logging.getLogger("opencode.service")
+
+SkillFactory = Callable[["OpencodeService"], Skill]
+
+
+class ModelResolverImpl:
+    """Picks the provider and model of a session from its profile name and model id."""
+
+    def __init__(self, service: "OpencodeService") -> None:
+        self.service = service
+
+    async def resolve(self, provider_name: str | None, model: str | None) -> ResolvedModel:
+        profiles = self.service.profiles
+        name = provider_name or await self.service.default_provider()
+        if not name:
+            raise BadRequest(
+                "no provider is chosen for this session: pick one in the panel's provider menu "
+                "(or PATCH the session's `provider`), or use the `echo` role",
+                code="no_provider",
+            )
+        profile = await profiles.get(name)
+        model_id = model or profile.default_model
+        if not model_id:
+            raise BadRequest(f"provider {name} has no default model: choose a model for this session",
+                             code="no_model")
+        key = self.service.secrets.lookup(profile.name, profile.key_env, profile.base_url)
+        provider = build_provider(profile, key, self.service.http, image_loader=self.service.load_image)
+        return ResolvedModel(provider=provider, model=model_id, caps=await profiles.caps(name, model_id))
+
+
+@dataclass
+class OpencodeService:
+    config: Config = field(default_factory=Config)
+    skill_factories: list[SkillFactory] = field(default_factory=list)
+    image_loader: Callable[[Any], Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.started_at = time.time()
+        self._log_handler: BusLogHandler | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        cfg = self.config
+        cfg.ensure_dirs()
+        self.store = SqliteStore(cfg.db_path, max_rows=cfg.commit_max_rows, max_delay=cfg.commit_max_delay)
+        await self.store.open()
+        await self.store.recover()
+        self.secrets = SecretStore(cfg.data_dir)
+        await self.secrets.load()
+        self.profiles = ProviderProfiles(cfg.data_dir, self.secrets)
+        await self.profiles.load()
+        self.http: aiohttp.ClientSession = create_session(max_connections=cfg.max_concurrent_runs)
+        self.skills = SkillRegistry(user_dir=cfg.data_dir / "skills")
+        for factory in self.skill_factories:
+            self.skills.register(factory(self), replace=True)
+        await self.skills.reload()
+        self.bus = InProcessBus(self.store, self._snapshot, ring_size=cfg.ring_size,
+                                replay_max_events=cfg.replay_max_events, max_backlog=cfg.max_client_backlog)
+        self.ui = UiBroker(self.bus, default_timeout=cfg.ui_request_timeout)
+        self.gate = PermissionGate(self.bus, self.store, self._remember_permission, timeout=cfg.permission_timeout)
+        deps = AgentDeps(bus=self.bus, store=self.store, gate=self.gate, ui=self.ui,
+                         models=ModelResolverImpl(self), checkpoint_interval=cfg.checkpoint_interval,
+                         echo_delay=cfg.echo_delay, max_turns=cfg.max_turns,
+                         extra_tools=[self.skills.reference_tool])
+        self.sessions = SessionManager(self.store, self.bus, self.skills, deps,
+                                       recent_limit=cfg.snapshot_messages,
+                                       validate_provider=self._validate_provider)
+        self._install_logging()
+        log.info("Opencode started; data in %s", cfg.data_dir)
+
+    async def close(self) -> None:
+        await self.sessions.shutdown()
+        await self.bus.close()
+        await self.http.close()
+        await self.store.close()
+        self._uninstall_logging()
+
+    # ------------------------------------------------------------------ helpers
+
+    def redact(self, text: str) -> str:
+        return self.secrets.redactor.redact(text)
+
+    async def default_provider(self) -> str | None:
+        """The configured default, else the first profile that has a key (or needs none)."""
+        if self.config.default_provider:
+            return self.config.default_provider
+        for profile in await self.profiles.list():
+            if profile.has_key:
+                return profile.name
+        return None
+
+    async def _validate_provider(self, name: str) -> None:
+        try:
+            await self.profiles.get(name)
+        except NotFound:
+            raise BadRequest(f"no provider profile {name}; list them with GET /opencode/providers",
+                             code="unknown_provider") from None
+
+    async def list_models(self, name: str) -> list[Any]:
+        """The provider's own model list, each with the capabilities Opencode knows of it."""
+        profile = await self.profiles.get(name)
+        key = self.secrets.lookup(profile.name, profile.key_env, profile.base_url)
+        provider = build_provider(profile, key, self.http, image_loader=self.load_image)
+        models = await provider.list_models()
+        for m in models:
+            if m.caps is None:
+                m.caps = await self.profiles.caps(name, m.id)
+        return models
+
+    async def _snapshot(self, session_id: str) -> dict[str, Any]:
+        return await self.sessions.snapshot(session_id)
+
+    async def _remember_permission(self, session_id: str, tool: str, policy: str) -> None:
+        await self.sessions.remember_permission(session_id, tool, policy)
+
+    async def load_image(self, part: Any) -> tuple[bytes, str]:
+        if self.image_loader is None:
+            raise OpencodeError("images cannot be read in this setup", code="image_unavailable", status=400)
+        return await self.image_loader(part)
+
+    def _install_logging(self) -> None:
+        """`opencode.*` records feed the session's debug drawer at every level and reach the
+        console (ComfyUI's root handlers) at INFO and up; both paths are redacted."""
+        root = logging.getLogger("opencode")
+        self._log_handler = BusLogHandler(self.bus, self.redact)
+        self._console = _ConsoleForwarder(self.redact)
+        root.addHandler(self._log_handler)
+        root.addHandler(self._console)
+        root.setLevel(logging.DEBUG)
+        root.propagate = False
+
+    def _uninstall_logging(self) -> None:
+        root = logging.getLogger("opencode")
+        if self._log_handler:
+            root.removeHandler(self._log_handler)
+            root.removeHandler(self._console)
+        root.propagate = True
+
+    @property
+    def data_dir(self) -> Path:
+        return self.config.data_dir
+
+
+class _ConsoleForwarder(logging.Handler):
+    """Hands INFO-and-up records, redacted, to the root logger's handlers (ComfyUI's console)."""
+
+    def __init__(self, redact: Callable[[str], str]) -> None:
+        super().__init__(logging.INFO)
+        self.redact = redact
+
+    def emit(self, record: logging.LogRecord) -> None:
+        clean = logging.makeLogRecord(record.__dict__)
+        clean.msg, clean.args = self.redact(record.getMessage()), None
+        if record.exc_info:
+            clean.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
+            clean.exc_info = None
+        logging.getLogger().handle(clean)

@@ -1,0 +1,427 @@
+"""The session manager: the global state of every session, and the only API the routes call.
+
+A session outlives graph runs, browser tabs and restarts: its settings and messages live in the
+store, and while it is in use a `_Live` entry holds its recent messages and active runs in memory
+(the join snapshot is built from it without touching the disk). Sending a message starts one run
+per addressed role, concurrently; a message sent while runs are busy waits its turn (or, with
+mode `interrupt`, aborts them first). Abort cancels run tasks, which end as `aborted` at once.
+Imports protocol, bus, store, agent, permissions, ui_requests and errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Protocol, Sequence
+
+from .agent import AgentDeps, AgentRun, RunInput, SkillLike
+from .bus import InProcessBus
+from .errors import BadRequest, Conflict, NotFound
+from .protocol import (
+    AbortResult,
+    ImagePart,
+    Message,
+    MessageCreatedData,
+    MessagePage,
+    Run,
+    RunStatusData,
+    SendBody,
+    SendResult,
+    Session,
+    SessionCreate,
+    SessionDeletedData,
+    SessionPatch,
+    SessionStateData,
+    SessionUpdatedData,
+    TextPart,
+    Usage,
+    UsageUpdatedData,
+    new_id,
+    now,
+)
+from .store import Store
+
+log = logging.getLogger("opencode.sessions")
+
+ROLE_MENTION = re.compile(r"^@([a-z0-9][a-z0-9_-]{0,63})\b\s*")
+DEFAULT_TITLE = "New chat"
+
+
+class SkillSource(Protocol):
+    def get(self, skill_id: str) -> SkillLike | None: ...
+
+    def roles(self) -> Sequence[SkillLike]: ...
+
+
+@dataclass
+class _Active:
+    run: Run
+    agent: AgentRun
+    task: asyncio.Task[Message]
+
+
+@dataclass
+class _Queued:
+    """A send waiting for the busy runs to finish."""
+
+    user_message: Message
+    runs: list[Run]
+    roles: list[SkillLike]
+
+
+@dataclass
+class _Live:
+    session: Session
+    recent: OrderedDict[str, Message]
+    has_more: bool
+    active: dict[str, _Active] = field(default_factory=dict)
+    queued: deque[_Queued] = field(default_factory=deque)
+
+
+class SessionManager:
+    def __init__(self, store: Store, bus: InProcessBus, skills: SkillSource, deps: AgentDeps, *,
+                 default_role: str = "assistant", recent_limit: int = 50,
+                 validate_provider: Callable[[str], Awaitable[None]] | None = None) -> None:
+        self.store = store
+        self.bus = bus
+        self.skills = skills
+        self.deps = deps
+        self.default_role = default_role
+        self.recent_limit = recent_limit
+        self.validate_provider = validate_provider
+        self._live: dict[str, _Live] = {}
+        self._loading: dict[str, asyncio.Future[_Live]] = {}
+        self._closing = False
+
+    # ------------------------------------------------------------------ loading
+
+    async def _get_live(self, session_id: str) -> _Live:
+        live = self._live.get(session_id)
+        if live is not None:
+            return live
+        loading = self._loading.get(session_id)
+        if loading is not None:
+            return await asyncio.shield(loading)
+        future: asyncio.Future[_Live] = asyncio.get_running_loop().create_future()
+        self._loading[session_id] = future
+        try:
+            session = await self.store.get_session(session_id)
+            if session is None:
+                raise NotFound(f"no session {session_id}; list sessions with GET /opencode/sessions")
+            messages, has_more = await self.store.get_messages(session_id, limit=self.recent_limit)
+            await self.bus.open_room(session_id)
+            live = _Live(session, OrderedDict((m.id, m) for m in messages), has_more)
+            self._live[session_id] = live
+            future.set_result(live)
+            return live
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved
+            raise
+        finally:
+            self._loading.pop(session_id, None)
+
+    def _remember(self, live: _Live, message: Message) -> None:
+        live.recent[message.id] = message
+        live.recent.move_to_end(message.id)
+        while len(live.recent) > self.recent_limit:
+            oldest = next(iter(live.recent))
+            if live.recent[oldest].status in ("streaming", "queued"):
+                break
+            live.recent.popitem(last=False)
+            live.has_more = True
+
+    # ------------------------------------------------------------------ sessions
+
+    async def create(self, body: SessionCreate) -> Session:
+        self._check_skills(body.skills)
+        if body.provider and self.validate_provider:
+            await self.validate_provider(body.provider)
+        session_id = body.id or new_id("ses")
+        if session_id in self._live or await self.store.get_session(session_id) is not None:
+            raise Conflict(f"a session with id {session_id} already exists")
+        t = now()
+        session = Session(id=session_id, title=body.title or DEFAULT_TITLE, skills=list(body.skills),
+                          provider=body.provider, model=body.model, created_at=t, updated_at=t)
+        await self.store.save_session(session)
+        self._live[session_id] = _Live(session, OrderedDict(), False)
+        log.info("created session %s", session_id)
+        return session
+
+    async def list(self) -> list[Session]:
+        stored = await self.store.list_sessions()
+        # In-memory state is newer than the store for sessions in use.
+        return [self._live[s.id].session if s.id in self._live else s for s in stored]
+
+    async def get(self, session_id: str) -> Session:
+        return (await self._get_live(session_id)).session
+
+    async def patch(self, session_id: str, patch: SessionPatch) -> Session:
+        live = await self._get_live(session_id)
+        changes = patch.model_dump(exclude_unset=True)
+        if "skills" in changes and changes["skills"] is not None:
+            self._check_skills(changes["skills"])
+        if changes.get("provider") and self.validate_provider:
+            await self.validate_provider(changes["provider"])
+        data = live.session.model_dump()
+        data.update({k: v for k, v in changes.items()})
+        if data.get("title") is None:
+            data["title"] = live.session.title
+        data["updated_at"] = now()
+        updated = Session.model_validate(data)
+        await self.store.save_session(updated)
+        live.session = updated
+        self.bus.publish(session_id, "session.updated", SessionUpdatedData(session=updated))
+        return updated
+
+    async def delete(self, session_id: str) -> None:
+        live = await self._get_live(session_id)
+        self._abort_all(live, "aborted")
+        await self.store.delete_session(session_id)
+        self._live.pop(session_id, None)
+        self.bus.publish(session_id, "session.deleted", SessionDeletedData(session_id=session_id))
+        asyncio.get_running_loop().call_later(2.0, self.bus.close_room, session_id)
+        log.info("deleted session %s", session_id)
+
+    def _check_skills(self, skill_ids: Sequence[str]) -> None:
+        unknown = [s for s in skill_ids if self.skills.get(s) is None]
+        if unknown:
+            raise BadRequest(f"unknown skill(s): {', '.join(unknown)}; list them with GET /opencode/skills",
+                             code="unknown_skill", details={"unknown": unknown})
+
+    async def remember_permission(self, session_id: str, tool: str, policy: str) -> None:
+        live = await self._get_live(session_id)
+        await self.patch(session_id, SessionPatch(permissions={**live.session.permissions, tool: policy}))  # type: ignore[dict-item]
+
+    # ------------------------------------------------------------------ reading
+
+    async def messages(self, session_id: str, before: str | None, limit: int) -> MessagePage:
+        await self._get_live(session_id)
+        if before is not None and await self.store.get_message(before) is None:
+            raise NotFound(f"no message {before} in session {session_id}")
+        await self.store.flush()
+        messages, has_more = await self.store.get_messages(session_id, before=before, limit=limit)
+        live = self._live.get(session_id)
+        if live is not None:  # streaming replies: the in-memory copy is ahead of the checkpoint
+            messages = [live.recent.get(m.id, m) for m in messages]
+        return MessagePage(messages=messages, has_more=has_more, next_before=messages[0].id if has_more and messages else None)
+
+    async def all_messages(self, session_id: str) -> list[Message]:
+        """Every message of a session, oldest first (for export)."""
+        out: list[Message] = []
+        before: str | None = None
+        while True:
+            page = await self.messages(session_id, before, 500)
+            out[:0] = page.messages
+            if not page.has_more or not page.messages:
+                return out
+            before = page.messages[0].id
+
+    async def snapshot(self, session_id: str) -> dict[str, Any]:
+        """The join state; built synchronously after loading so it matches the bus's last seq."""
+        live = await self._get_live(session_id)
+        runs = [a.run for a in live.active.values()] + [r for q in live.queued for r in q.runs]
+        return SessionStateData(session=live.session, messages=list(live.recent.values()), runs=runs,
+                                has_more=live.has_more).model_dump(mode="json")
+
+    async def last_reply(self, session_id: str) -> tuple[str, str | None]:
+        """The text of the last finished assistant reply(ies) of the newest exchange, and its message id."""
+        live = await self._get_live(session_id)
+        replies: list[Message] = []
+        for m in reversed(live.recent.values()):
+            if m.role == "user":
+                if replies:
+                    break
+                continue
+            if m.status != "streaming":
+                replies.append(m)
+        replies.reverse()
+        return join_replies(replies), (replies[-1].id if replies else None)
+
+    # ------------------------------------------------------------------ sending
+
+    async def send(self, session_id: str, body: SendBody) -> SendResult:
+        live = await self._get_live(session_id)
+        text, roles = self._address(live.session, body)
+        busy = bool(live.active or live.queued)
+        if busy and body.mode == "interrupt":
+            self._abort_all(live, "aborted")
+            busy = False
+        t = now()
+        parts: list[Any] = [TextPart(text=text)] + list(body.images)
+        user = Message(id=new_id("msg"), session_id=session_id, role="user", parts=parts,
+                       status="queued" if busy else "completed", created_at=t, updated_at=t)
+        runs = [Run(id=new_id("run"), session_id=session_id, message_id=new_id("msg"), skill=r.id,
+                    status="queued") for r in roles]
+        await self.store.save_message(user)
+        self._remember(live, user)
+        self.bus.publish(session_id, "message.created", MessageCreatedData(message=user))
+        await self._auto_title(live, text)
+        if busy:
+            live.queued.append(_Queued(user, runs, roles))
+            for run in runs:
+                self.bus.publish(session_id, "run.status", RunStatusData(run=run))
+        else:
+            self._start(live, user, runs, roles)
+        return SendResult(message_id=user.id, run_id=runs[0].id if runs else None,
+                          run_ids=[r.id for r in runs], queued=busy)
+
+    def _address(self, session: Session, body: SendBody) -> tuple[str, list[SkillLike]]:
+        """Which roles answer: a leading `@role`, else the body's skills, else the session's roles."""
+        text = body.text
+        ids: list[str] = list(body.skills)
+        mention = ROLE_MENTION.match(text)
+        if mention and self._is_role(mention.group(1)):
+            ids = [mention.group(1)]
+            text = text[mention.end():] or text
+        if not ids:
+            ids = [s for s in session.skills if self._is_role(s)]
+        if not ids:
+            ids = [self.default_role if self.skills.get(self.default_role) else "echo"]
+        roles: list[SkillLike] = []
+        for sid in dict.fromkeys(ids):
+            skill = self.skills.get(sid)
+            if skill is None or skill.kind != "role":
+                raise BadRequest(f"{sid} is not a role; roles: {', '.join(r.id for r in self.skills.roles())}",
+                                 code="unknown_role")
+            roles.append(skill)
+        if not text.strip() and not body.images:
+            raise BadRequest("the message is empty; type something to send", code="empty_message")
+        return text, roles
+
+    def _is_role(self, skill_id: str) -> bool:
+        skill = self.skills.get(skill_id)
+        return skill is not None and skill.kind == "role"
+
+    async def _auto_title(self, live: _Live, text: str) -> None:
+        if live.session.title == DEFAULT_TITLE and text.strip():
+            title = " ".join(text.split())[:60]
+            await self.patch(live.session.id, SessionPatch(title=title))
+
+    def _tool_skills(self, session: Session) -> list[SkillLike]:
+        out = []
+        for sid in session.skills:
+            skill = self.skills.get(sid)
+            if skill is not None and skill.kind == "tools":
+                out.append(skill)
+        return out
+
+    def _start(self, live: _Live, user: Message, runs: list[Run], roles: list[SkillLike]) -> None:
+        if user.status == "queued":
+            user.status = "completed"
+            user.updated_at = now()
+            self.store.queue_message(user)
+            self.bus.publish(live.session.id, "message.created", MessageCreatedData(message=user))
+        history = [m for m in live.recent.values() if m.id != user.id and m.status != "streaming"]
+        tool_skills = self._tool_skills(live.session)
+        for run, role in zip(runs, roles):
+            agent = AgentRun(self.deps, RunInput(
+                session=live.session, run=run, user_message=user, role=role, tool_skills=tool_skills,
+                history=history, spent=live.session.usage))
+            self._remember(live, agent.message)
+            task = asyncio.get_running_loop().create_task(self._execute(live, agent), name=f"opencode-{run.id}")
+            live.active[run.id] = _Active(run, agent, task)
+
+    async def _execute(self, live: _Live, agent: AgentRun) -> Message:
+        try:
+            message = await agent.execute()
+        except asyncio.CancelledError:
+            # Cancelled before its first step, or cancelled again while finishing.
+            await asyncio.shield(agent.finish(agent.final_status_on_cancel, None))
+            message = agent.message
+        finally:
+            live.active.pop(agent.run.id, None)
+        if message.usage and (message.usage.input_tokens or message.usage.output_tokens):
+            await self._add_usage(live, message)
+        if not live.active and live.queued and not self._closing:
+            nxt = live.queued.popleft()
+            self._start(live, nxt.user_message, nxt.runs, nxt.roles)
+        return message
+
+    async def _add_usage(self, live: _Live, message: Message) -> None:
+        session = live.session.model_copy(update={"usage": live.session.usage + (message.usage or Usage()),
+                                                  "updated_at": now()})
+        live.session = session
+        try:
+            await self.store.save_session(session)
+        except Exception as exc:  # noqa: BLE001 - usage totals are best effort after the reply is saved
+            log.error("could not save usage of session %s: %s", session.id, exc)
+        self.bus.publish(session.id, "usage.updated", UsageUpdatedData(usage=session.usage, message_id=message.id))
+
+    # ------------------------------------------------------------------ abort
+
+    async def abort(self, session_id: str, run_id: str | None = None, skill: str | None = None) -> AbortResult:
+        live = await self._get_live(session_id)
+        if run_id is None and skill is None:
+            return AbortResult(aborted=self._abort_all(live, "aborted"))
+        aborted = []
+        for active in list(live.active.values()):
+            if (run_id and active.run.id == run_id) or (skill and active.run.skill == skill):
+                active.agent.final_status_on_cancel = "aborted"
+                active.task.cancel()
+                aborted.append(active.run.id)
+        if run_id and not aborted and not any(r.id == run_id for q in live.queued for r in q.runs):
+            raise NotFound(f"no active run {run_id} in session {session_id}")
+        for q in list(live.queued):
+            for r in [r for r in q.runs if r.id == run_id or r.skill == skill]:
+                self._cancel_queued_run(live, q, r)
+                aborted.append(r.id)
+        return AbortResult(aborted=aborted)
+
+    def _abort_all(self, live: _Live, status: str) -> list[str]:
+        aborted = []
+        for active in list(live.active.values()):
+            active.agent.final_status_on_cancel = status
+            active.task.cancel()
+            aborted.append(active.run.id)
+        for q in list(live.queued):
+            for r in list(q.runs):
+                self._cancel_queued_run(live, q, r)
+                aborted.append(r.id)
+        return aborted
+
+    def _cancel_queued_run(self, live: _Live, queued: _Queued, run: Run) -> None:
+        index = queued.runs.index(run)
+        queued.runs.pop(index)
+        queued.roles.pop(index)
+        run.status = "aborted"
+        self.bus.publish(live.session.id, "run.status", RunStatusData(run=run))
+        if not queued.runs:
+            live.queued.remove(queued)
+            queued.user_message.status = "aborted"
+            queued.user_message.updated_at = now()
+            self.store.queue_message(queued.user_message)
+            self.bus.publish(live.session.id, "message.created", MessageCreatedData(message=queued.user_message))
+
+    async def wait_idle(self, session_id: str) -> None:
+        """Wait until the session has no active or queued runs (the node and the CLI use this)."""
+        live = await self._get_live(session_id)
+        while live.active or live.queued:
+            await asyncio.gather(*(a.task for a in list(live.active.values())), return_exceptions=True)
+            if not live.active and live.queued:
+                await asyncio.sleep(0)
+
+    async def shutdown(self) -> None:
+        """Stop every run as `interrupted` (the service is going away, not the user's choice)."""
+        self._closing = True
+        tasks = []
+        for live in self._live.values():
+            for active in live.active.values():
+                tasks.append(active.task)
+            self._abort_all(live, "interrupted")
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def join_replies(replies: Sequence[Message]) -> str:
+    """Several roles' replies as one text, each labelled; a single reply stays as it is."""
+    texts = [(m.skill or "assistant", m.text().strip()) for m in replies if m.text().strip()]
+    if len(texts) == 1:
+        return texts[0][1]
+    return "\n\n".join(f"[{skill}]\n{text}" for skill, text in texts)
+
+
+def image_parts(parts: Sequence[Any]) -> list[ImagePart]:
+    return [p for p in parts if isinstance(p, ImagePart)]

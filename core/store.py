@@ -1,0 +1,424 @@
+"""Persistence: the `Store` interface and its SQLite implementation.
+
+`SqliteStore` keeps one WAL database file. Writes go through a group-commit writer (a transaction
+holds at most `commit_max_rows` rows and waits at most `commit_max_delay`), so streaming never
+commits per token; reads use a second connection so they never queue behind a batch. Any write
+failure (locked, read-only, disk full) rolls the whole batch back and surfaces as
+`StoreUnavailable`; the writer keeps going once the cause is gone.
+Imports protocol, errors and migrations; never the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import aiosqlite
+
+from .errors import StoreUnavailable
+from .migrations import migrate
+from .protocol import Event, Message, PartList, Session, Usage
+
+log = logging.getLogger("opencode.store")
+
+
+class Store(ABC):
+    """What the core needs from persistence; a PostgreSQL implementation fits behind it."""
+
+    @abstractmethod
+    async def open(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def flush(self) -> None:
+        """Wait until every write queued so far is committed (or has failed)."""
+
+    @abstractmethod
+    async def recover(self) -> int:
+        """Mark replies a crash left streaming (and sends it left queued) `interrupted`."""
+
+    @abstractmethod
+    async def save_session(self, session: Session) -> None: ...
+
+    @abstractmethod
+    async def delete_session(self, session_id: str) -> None: ...
+
+    @abstractmethod
+    async def get_session(self, session_id: str) -> Session | None: ...
+
+    @abstractmethod
+    async def list_sessions(self) -> list[Session]: ...
+
+    @abstractmethod
+    async def save_message(self, message: Message) -> None:
+        """Insert or update, and wait until it is committed."""
+
+    @abstractmethod
+    def queue_message(self, message: Message) -> None:
+        """Queue a checkpoint of a streaming message without waiting for its commit."""
+
+    @abstractmethod
+    async def get_messages(
+        self, session_id: str, *, before: str | None = None, limit: int = 50
+    ) -> tuple[list[Message], bool]:
+        """A page of messages, oldest first, ending just before `before`; and whether more exist."""
+
+    @abstractmethod
+    async def get_message(self, message_id: str) -> Message | None: ...
+
+    @abstractmethod
+    def append_event(self, event: Event) -> None:
+        """Queue an event for the log (group-committed; never awaited on the hot path)."""
+
+    @abstractmethod
+    async def events_after(self, session_id: str, after_seq: int, limit: int) -> list[Event]: ...
+
+    @abstractmethod
+    async def last_seq(self, session_id: str) -> int: ...
+
+    @abstractmethod
+    async def add_audit(self, row: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    async def list_audit(self, session_id: str) -> list[dict[str, Any]]: ...
+
+
+# --------------------------------------------------------------------------- SQLite
+
+_UPSERT_MESSAGE = """
+INSERT INTO messages (id, session_id, role, skill, run_id, status, parts, usage, error, created_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(id) DO UPDATE SET status=excluded.status, parts=excluded.parts, usage=excluded.usage,
+    error=excluded.error, updated_at=excluded.updated_at, run_id=excluded.run_id
+"""
+_UPSERT_SESSION = """
+INSERT INTO sessions (id, body, created_at, updated_at) VALUES (?, ?, ?, ?)
+ON CONFLICT(id) DO UPDATE SET body=excluded.body, updated_at=excluded.updated_at
+"""
+_INSERT_EVENT = "INSERT OR IGNORE INTO events (session_id, seq, type, ts, data) VALUES (?, ?, ?, ?, ?)"
+_INSERT_AUDIT = """
+INSERT INTO audit (session_id, run_id, request_id, skill, tool, permission_class, decision, reason, ts)
+VALUES (:session_id, :run_id, :request_id, :skill, :tool, :permission_class, :decision, :reason, :ts)
+"""
+_MESSAGE_COLUMNS = "id, session_id, role, skill, run_id, status, parts, usage, error, created_at, updated_at"
+
+
+@dataclass
+class _Write:
+    """One queued statement; `done` is resolved when its transaction commits or fails."""
+
+    sql: str
+    params: tuple[Any, ...] | dict[str, Any]
+    done: asyncio.Future[None] | None = None
+    rows: int = 1
+
+
+@dataclass
+class _Batch:
+    writes: list[_Write] = field(default_factory=list)
+
+
+def _message_row(m: Message) -> tuple[Any, ...]:
+    return (
+        m.id, m.session_id, m.role, m.skill, m.run_id, m.status,
+        PartList.dump_json(m.parts).decode(),
+        m.usage.model_dump_json() if m.usage else None,
+        m.error, m.created_at, m.updated_at,
+    )
+
+
+def _message_from_row(row: Iterable[Any]) -> Message:
+    mid, sid, role, skill, run_id, status, parts, usage, error, created, updated = row
+    return Message.model_construct(
+        id=mid, session_id=sid, role=role, skill=skill, run_id=run_id, status=status,
+        parts=PartList.validate_json(parts),
+        usage=Usage.model_validate_json(usage) if usage else None,
+        error=error, created_at=created, updated_at=updated,
+    )
+
+
+class SqliteStore(Store):
+    """One SQLite file in WAL mode, a group-commit writer connection and a reader connection."""
+
+    def __init__(self, path: Path, *, max_rows: int = 100, max_delay: float = 0.05) -> None:
+        self.path = path
+        self.max_rows = max_rows
+        self.max_delay = max_delay
+        self._writer_db: aiosqlite.Connection | None = None
+        self._reader_db: aiosqlite.Connection | None = None
+        self._queue: deque[_Write] = deque()
+        self._queued_rows = 0
+        self._wake = asyncio.Event()
+        self._full = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
+        self.commits = 0
+        self.failed_batches = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self._migrate)
+        self._writer_db = await self._connect()
+        self._reader_db = await self._connect()
+        self._task = asyncio.get_running_loop().create_task(self._write_loop(), name="opencode-store-writer")
+
+    def _migrate(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            migrate(db)
+        finally:
+            db.close()
+
+    async def _connect(self) -> aiosqlite.Connection:
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.execute("PRAGMA busy_timeout=2000")
+        await db.execute("PRAGMA foreign_keys=ON")
+        return db
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        self._full.set()
+        if self._task:
+            await self._task
+        for db in (self._writer_db, self._reader_db):
+            if db is not None:
+                await db.close()
+        self._writer_db = self._reader_db = None
+
+    # ------------------------------------------------------------------ writer
+
+    def _enqueue(self, write: _Write) -> None:
+        if self._closing and self._task is None:
+            raise StoreUnavailable("the store is closed")
+        self._queue.append(write)
+        self._queued_rows += write.rows
+        self._idle.clear()
+        self._wake.set()
+        if self._queued_rows >= self.max_rows:
+            self._full.set()
+
+    async def _submit(self, sql: str, params: tuple[Any, ...] | dict[str, Any]) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Write(sql, params, done))
+        await done
+
+    async def _write_loop(self) -> None:
+        while True:
+            if not self._queue:
+                self._idle.set()
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if self._queued_rows < self.max_rows and not self._closing:
+                # Group commit: let more rows arrive, at most max_delay.
+                self._full.clear()
+                try:
+                    await asyncio.wait_for(self._full.wait(), self.max_delay)
+                except asyncio.TimeoutError:
+                    pass
+            batch = self._take_batch()
+            await self._commit(batch)
+
+    def _take_batch(self) -> list[_Write]:
+        batch: list[_Write] = []
+        rows = 0
+        while self._queue and rows < self.max_rows:
+            w = self._queue.popleft()
+            batch.append(w)
+            rows += w.rows
+        self._queued_rows -= rows
+        return batch
+
+    async def _commit(self, batch: list[_Write]) -> None:
+        db = self._writer_db
+        error: BaseException | None = None
+        if db is None:
+            error = StoreUnavailable("the store is not open")
+        else:
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                for sql, group in _group_by_statement(batch):
+                    await db.executemany(sql, group)
+                await db.execute("COMMIT")
+                self.commits += 1
+            except (sqlite3.Error, ValueError) as exc:
+                error = StoreUnavailable(_describe_sqlite_error(exc), details={"cause": str(exc)})
+                self.failed_batches += 1
+                try:
+                    await db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                log.error("store write failed, batch of %d rolled back: %s", len(batch), exc)
+        for w in batch:
+            if w.done is not None and not w.done.done():
+                if error is None:
+                    w.done.set_result(None)
+                else:
+                    w.done.set_exception(error)
+
+    async def flush(self) -> None:
+        while not self._idle.is_set():
+            self._full.set()
+            await self._idle.wait()
+
+    # ------------------------------------------------------------------ sessions
+
+    async def recover(self) -> int:
+        """Mark what a crash left streaming `interrupted`; returns how many messages changed."""
+        now = time.time()
+        db = self._require_writer()
+        try:
+            cur = await db.execute(
+                "UPDATE messages SET status='interrupted', updated_at=? WHERE status IN ('streaming', 'queued')",
+                (now,),
+            )
+            count = cur.rowcount
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(_describe_sqlite_error(exc)) from exc
+        if count:
+            log.warning("marked %d message(s) left streaming by a previous run as interrupted", count)
+        return count
+
+    async def save_session(self, session: Session) -> None:
+        await self._submit(
+            _UPSERT_SESSION, (session.id, session.model_dump_json(), session.created_at, session.updated_at)
+        )
+
+    async def delete_session(self, session_id: str) -> None:
+        for sql in (
+            "DELETE FROM events WHERE session_id=?",
+            "DELETE FROM messages WHERE session_id=?",
+            "DELETE FROM audit WHERE session_id=?",
+        ):
+            self._enqueue(_Write(sql, (session_id,)))
+        await self._submit("DELETE FROM sessions WHERE id=?", (session_id,))
+
+    async def get_session(self, session_id: str) -> Session | None:
+        rows = await self._read("SELECT body FROM sessions WHERE id=?", (session_id,))
+        return Session.model_validate_json(rows[0][0]) if rows else None
+
+    async def list_sessions(self) -> list[Session]:
+        rows = await self._read("SELECT body FROM sessions ORDER BY updated_at DESC", ())
+        return [Session.model_validate_json(r[0]) for r in rows]
+
+    # ------------------------------------------------------------------ messages
+
+    async def save_message(self, message: Message) -> None:
+        await self._submit(_UPSERT_MESSAGE, _message_row(message))
+
+    def queue_message(self, message: Message) -> None:
+        self._enqueue(_Write(_UPSERT_MESSAGE, _message_row(message)))
+
+    async def get_messages(
+        self, session_id: str, *, before: str | None = None, limit: int = 50
+    ) -> tuple[list[Message], bool]:
+        if before:
+            rows = await self._read(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id=? AND rowid < "
+                "(SELECT rowid FROM messages WHERE id=? AND session_id=?) ORDER BY rowid DESC LIMIT ?",
+                (session_id, before, session_id, limit + 1),
+            )
+        else:
+            rows = await self._read(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id=? ORDER BY rowid DESC LIMIT ?",
+                (session_id, limit + 1),
+            )
+        has_more = len(rows) > limit
+        return [_message_from_row(r) for r in reversed(rows[:limit])], has_more
+
+    async def get_message(self, message_id: str) -> Message | None:
+        rows = await self._read(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id=?", (message_id,))
+        return _message_from_row(rows[0]) if rows else None
+
+    # ------------------------------------------------------------------ events
+
+    def append_event(self, event: Event) -> None:
+        self._enqueue(
+            _Write(_INSERT_EVENT, (event.session_id, event.seq, event.type, event.ts, json.dumps(event.data)))
+        )
+
+    async def events_after(self, session_id: str, after_seq: int, limit: int) -> list[Event]:
+        rows = await self._read(
+            "SELECT seq, type, ts, data FROM events WHERE session_id=? AND seq>? ORDER BY seq LIMIT ?",
+            (session_id, after_seq, limit),
+        )
+        return [
+            Event.model_construct(seq=seq, session_id=session_id, type=t, ts=ts, data=json.loads(d))
+            for seq, t, ts, d in rows
+        ]
+
+    async def last_seq(self, session_id: str) -> int:
+        rows = await self._read("SELECT MAX(seq) FROM events WHERE session_id=?", (session_id,))
+        return int(rows[0][0] or 0)
+
+    # ------------------------------------------------------------------ audit
+
+    async def add_audit(self, row: dict[str, Any]) -> None:
+        await self._submit(_INSERT_AUDIT, row)
+
+    async def list_audit(self, session_id: str) -> list[dict[str, Any]]:
+        rows = await self._read(
+            "SELECT run_id, request_id, skill, tool, permission_class, decision, reason, ts "
+            "FROM audit WHERE session_id=? ORDER BY id",
+            (session_id,),
+        )
+        keys = ("run_id", "request_id", "skill", "tool", "permission_class", "decision", "reason", "ts")
+        return [dict(zip(keys, r)) for r in rows]
+
+    # ------------------------------------------------------------------ helpers
+
+    def _require_writer(self) -> aiosqlite.Connection:
+        if self._writer_db is None:
+            raise StoreUnavailable("the store is not open")
+        return self._writer_db
+
+    async def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        if self._reader_db is None:
+            raise StoreUnavailable("the store is not open")
+        try:
+            async with self._reader_db.execute(sql, params) as cur:
+                return list(await cur.fetchall())
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(_describe_sqlite_error(exc)) from exc
+
+
+def _group_by_statement(batch: list[_Write]) -> list[tuple[str, list[Any]]]:
+    """Consecutive writes of the same statement become one `executemany`, order preserved."""
+    groups: list[tuple[str, list[Any]]] = []
+    for w in batch:
+        if groups and groups[-1][0] == w.sql:
+            groups[-1][1].append(w.params)
+        else:
+            groups.append((w.sql, [w.params]))
+    return groups
+
+
+def _describe_sqlite_error(exc: BaseException) -> str:
+    text = str(exc).lower()
+    if "locked" in text or "busy" in text:
+        return "the database is locked by another process; close it and try again"
+    if "readonly" in text or "read-only" in text:
+        return "the database file is read-only; check the permissions of the Opencode data directory"
+    if "full" in text:
+        return "the disk holding the Opencode database is full; free some space and try again"
+    return f"the database failed: {exc}"

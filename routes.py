@@ -1,0 +1,659 @@
+"""The logic layer: every `/opencode/*` HTTP route and the one WebSocket endpoint.
+
+One table of routes is mounted either on ComfyUI's `PromptServer.instance.routes` at import time
+(ComfyUI mirrors each under `/api/...`) or on a bare `aiohttp.web.Application` (tests and the
+standalone server). The service is opened in a `cleanup_ctx` of that app and reached through
+`request.app[SERVICE]`. Handlers stay thin: parse with the protocol models, call the core,
+answer with a protocol model; every failure is `{"error": {code, message, details}}`, never a 500.
+This is the only module that imports `aiohttp.web`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+
+from aiohttp import WSMsgType, web
+from pydantic import BaseModel, ValidationError
+
+from .core import protocol as p
+from .core.bus import Published
+from .core.config import Config
+from .core.errors import BadRequest, NotFound, OpencodeError, PayloadTooLarge
+from .core.export import export_json, export_markdown
+from .core.service import OpencodeService, SkillFactory
+from .core.trust import TrustPolicy, check_request
+from .version import __version__
+
+log = logging.getLogger("opencode.routes")
+
+SERVICE = web.AppKey("opencode_service", OpencodeService)
+TRUST = web.AppKey("opencode_trust", TrustPolicy)
+WEB_DIR = Path(__file__).resolve().parent / "web"
+MAX_BODY_BYTES = 2 << 20
+CAPABILITIES = ["sessions", "events.sse", "ws", "multi_role", "providers", "skills", "permissions", "export"]
+
+M = TypeVar("M", bound=BaseModel)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def json_response(model: BaseModel | dict[str, Any], status: int = 200) -> web.Response:
+    text = model.model_dump_json() if isinstance(model, BaseModel) else json.dumps(model)
+    return web.Response(text=text, status=status, content_type="application/json")
+
+
+def error_response(exc: OpencodeError, redact: Callable[[str], str] = lambda s: s) -> web.Response:
+    body = p.ErrorEnvelope(error=p.ErrorBody(code=exc.code, message=redact(exc.message), details=exc.details))
+    return web.Response(text=redact(body.model_dump_json()), status=exc.status, content_type="application/json")
+
+
+def validation_details(exc: ValidationError) -> dict[str, Any]:
+    """Pydantic's errors without the offending input (it may be huge, or a secret)."""
+    return {"errors": [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()[:20]]}
+
+
+def parse_model(model: type[M], raw: Any) -> M:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "body"
+        raise BadRequest(f"invalid {where}: {first['msg']}", code="validation_error",
+                         details=validation_details(exc)) from None
+
+
+async def read_body(request: web.Request, model: type[M]) -> M:
+    """Parse a JSON body into `model`: 415 if not JSON, 413 if too large, 400 if malformed."""
+    ctype = request.headers.get("Content-Type", "")
+    if request.can_read_body and not ctype.split(";")[0].strip().lower() == "application/json":
+        raise OpencodeError("send the body as JSON with Content-Type: application/json",
+                            code="unsupported_media_type", status=415)
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"the body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        raw = await request.content.read(MAX_BODY_BYTES + 1)
+    except ValueError:
+        raise PayloadTooLarge(f"the body is larger than {MAX_BODY_BYTES} bytes") from None
+    if len(raw) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"the body is larger than {MAX_BODY_BYTES} bytes")
+    if not raw.strip():
+        raw = b"{}"
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", code="bad_json") from None
+    return parse_model(model, data)
+
+
+def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"query parameter {name} must be an integer", code="validation_error") from None
+    if not lo <= value <= hi:
+        raise BadRequest(f"query parameter {name} must be between {lo} and {hi}", code="validation_error")
+    return value
+
+
+def service_of(request: web.Request) -> OpencodeService:
+    try:
+        return request.app[SERVICE]
+    except KeyError:
+        raise OpencodeError("Opencode is still starting; try again in a moment", code="starting", status=503) from None
+
+
+def path_id(request: web.Request, name: str = "id") -> str:
+    value = request.match_info[name]
+    if not p.re_id(value):
+        raise NotFound(f"no {name} {value[:80]!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- route table
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    body: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+
+
+ROUTES: list[Route] = []
+
+
+def route(method: str, path: str, summary: str, *, body: type[BaseModel] | None = None,
+          response: type[BaseModel] | None = None, status: int = 200) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        wrapped = endpoint(fn)
+        ROUTES.append(Route(method, path, wrapped, summary, body, response, status))
+        return wrapped
+
+    return register
+
+
+def endpoint(fn: Handler) -> Handler:
+    """Trust check, then the handler; every failure becomes the error envelope."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        redact: Callable[[str], str] = lambda s: s
+        try:
+            trust = request.app.get(TRUST)
+            if trust is not None:
+                check_request(trust, request.method, request.headers, request.remote, request.query,
+                              websocket=request.headers.get("Upgrade", "").lower() == "websocket")
+            svc = request.app.get(SERVICE)
+            if svc is not None:
+                redact = svc.redact
+            return await fn(request)
+        except OpencodeError as exc:
+            return error_response(exc, redact)
+        except web.HTTPException:
+            raise
+        except Exception:  # noqa: BLE001 - a bug must answer as an error, not a bare 500 page
+            log.exception("unexpected error in %s %s", request.method, request.path)
+            return error_response(OpencodeError("unexpected server error; see the ComfyUI console"))
+
+    wrapped.__name__ = fn.__name__
+    wrapped.__doc__ = fn.__doc__
+    return wrapped
+
+
+# --------------------------------------------------------------------------- info
+
+
+@route("GET", "/opencode/health", "Liveness", response=p.Health)
+async def health(request: web.Request) -> web.Response:
+    svc = service_of(request)
+    import time
+
+    return json_response(p.Health(uptime_s=round(time.time() - svc.started_at, 3)))
+
+
+@route("GET", "/opencode/version", "Package and protocol version, capabilities", response=p.VersionInfo)
+async def version(request: web.Request) -> web.Response:
+    return json_response(p.VersionInfo(version=__version__, capabilities=CAPABILITIES))
+
+
+@route("GET", "/opencode/skills", "Every skill with its tools and permission classes", response=p.SkillList)
+async def list_skills(request: web.Request) -> web.Response:
+    svc = service_of(request)
+    return json_response({"skills": svc.skills.describe(),
+                          "problems": [{"folder": pr.folder, "reason": pr.reason} for pr in svc.skills.problems]})
+
+
+@route("POST", "/opencode/skills/reload", "Rescan the skill folders", response=p.SkillList)
+async def reload_skills(request: web.Request) -> web.Response:
+    svc = service_of(request)
+    await read_body(request, p.EmptyBody)
+    problems = await svc.skills.reload()
+    return json_response({"skills": svc.skills.describe(),
+                          "problems": [{"folder": pr.folder, "reason": pr.reason} for pr in problems]})
+
+
+@route("GET", "/opencode/openapi.json", "This API as OpenAPI 3.1")
+async def openapi(request: web.Request) -> web.Response:
+    from .core.openapi import build_openapi
+
+    return json_response(build_openapi(ROUTES, __version__))
+
+
+@route("GET", "/opencode/schema.json", "JSON Schema of every protocol model")
+async def schema(request: web.Request) -> web.Response:
+    return json_response(p.json_schema())
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+@route("GET", "/opencode/sessions", "List sessions, newest first", response=p.SessionList)
+async def list_sessions(request: web.Request) -> web.Response:
+    return json_response(p.SessionList(sessions=await service_of(request).sessions.list()))
+
+
+@route("POST", "/opencode/sessions", "Create a session", body=p.SessionCreate, response=p.Session, status=201)
+async def create_session(request: web.Request) -> web.Response:
+    body = await read_body(request, p.SessionCreate)
+    return json_response(await service_of(request).sessions.create(body), status=201)
+
+
+@route("GET", "/opencode/sessions/{id}", "One session", response=p.Session)
+async def get_session(request: web.Request) -> web.Response:
+    return json_response(await service_of(request).sessions.get(path_id(request)))
+
+
+@route("PATCH", "/opencode/sessions/{id}", "Change title, skills, provider, model, budget, permissions",
+       body=p.SessionPatch, response=p.Session)
+async def patch_session(request: web.Request) -> web.Response:
+    body = await read_body(request, p.SessionPatch)
+    return json_response(await service_of(request).sessions.patch(path_id(request), body))
+
+
+@route("DELETE", "/opencode/sessions/{id}", "Delete a session and its messages", response=p.Deleted)
+async def delete_session(request: web.Request) -> web.Response:
+    sid = path_id(request)
+    await service_of(request).sessions.delete(sid)
+    return json_response(p.Deleted(deleted=sid))
+
+
+@route("GET", "/opencode/sessions/{id}/messages", "A page of messages (?before=<message id>&limit=)",
+       response=p.MessagePage)
+async def list_messages(request: web.Request) -> web.Response:
+    before = request.query.get("before") or None
+    if before is not None and not p.re_id(before):
+        raise BadRequest("query parameter before must be a message id", code="validation_error")
+    limit = query_int(request, "limit", 50, 1, 500)
+    return json_response(await service_of(request).sessions.messages(path_id(request), before, limit))
+
+
+@route("POST", "/opencode/sessions/{id}/messages",
+       "Send a message (202); with Accept: text/event-stream, stream its runs as SSE",
+       body=p.SendBody, response=p.SendResult, status=202)
+async def send_message(request: web.Request) -> web.StreamResponse:
+    svc = service_of(request)
+    sid = path_id(request)
+    body = await read_body(request, p.SendBody)
+    if "text/event-stream" not in request.headers.get("Accept", ""):
+        return json_response(await svc.sessions.send(sid, body), status=202)
+    await svc.sessions.get(sid)
+    sub = SseSubscriber()
+    await svc.bus.subscribe(sid, sub, svc.bus.last_seq(sid))
+    try:
+        result = await svc.sessions.send(sid, body)
+        return await sub.stream(request, until_runs=set(result.run_ids), first=result)
+    finally:
+        svc.bus.unsubscribe(sid, sub)
+
+
+@route("GET", "/opencode/sessions/{id}/events", "Subscribe to a session's events as SSE (?after_seq=, Last-Event-ID)")
+async def session_events(request: web.Request) -> web.StreamResponse:
+    svc = service_of(request)
+    sid = path_id(request)
+    await svc.sessions.get(sid)
+    after: int | None = None
+    last_event_id = request.headers.get("Last-Event-ID")
+    if "after_seq" in request.query:
+        after = query_int(request, "after_seq", 0, 0, 2**62)
+    elif last_event_id:
+        try:
+            after = max(0, int(last_event_id))
+        except ValueError:
+            raise BadRequest("Last-Event-ID must be an event seq", code="validation_error") from None
+    sub = SseSubscriber()
+    await svc.bus.subscribe(sid, sub, after)
+    try:
+        return await sub.stream(request)
+    finally:
+        svc.bus.unsubscribe(sid, sub)
+
+
+@route("POST", "/opencode/sessions/{id}/abort", "Abort one run, one role's runs, or all", body=p.AbortBody,
+       response=p.AbortResult)
+async def abort(request: web.Request) -> web.Response:
+    body = await read_body(request, p.AbortBody)
+    return json_response(await service_of(request).sessions.abort(path_id(request), body.run_id, body.skill))
+
+
+@route("POST", "/opencode/sessions/{id}/permissions", "Answer a permission request",
+       body=p.PermissionReplyBody, response=p.Ok)
+async def reply_permission(request: web.Request) -> web.Response:
+    svc = service_of(request)
+    sid = path_id(request)
+    body = await read_body(request, p.PermissionReplyBody)
+    await svc.sessions.get(sid)
+    svc.gate.reply(sid, body.request_id, body.decision, body.remember)
+    return json_response(p.Ok())
+
+
+@route("GET", "/opencode/sessions/{id}/audit", "The permission decisions of a session", response=p.AuditList)
+async def audit(request: web.Request) -> web.Response:
+    svc = service_of(request)
+    sid = path_id(request)
+    await svc.sessions.get(sid)
+    return json_response({"entries": await svc.store.list_audit(sid)})
+
+
+@route("GET", "/opencode/sessions/{id}/export", "Export a session (?format=json|md), secrets redacted")
+async def export(request: web.Request) -> web.Response:
+    svc = service_of(request)
+    sid = path_id(request)
+    fmt = request.query.get("format", "json")
+    if fmt not in ("json", "md"):
+        raise BadRequest("format must be json or md", code="validation_error")
+    session = await svc.sessions.get(sid)
+    messages = await svc.sessions.all_messages(sid)
+    if fmt == "md":
+        return web.Response(text=export_markdown(session, messages, svc.redact),
+                            content_type="text/markdown", charset="utf-8")
+    return web.Response(text=export_json(session, messages, svc.redact), content_type="application/json")
+
+
+# --------------------------------------------------------------------------- providers
+
+
+@route("GET", "/opencode/providers", "Provider profiles (never keys) and presets", response=p.ProviderList)
+async def list_providers(request: web.Request) -> web.Response:
+    profiles = service_of(request).profiles
+    return json_response(p.ProviderList(providers=await profiles.list(), presets=profiles.presets()))
+
+
+@route("POST", "/opencode/providers", "Create a provider profile", body=p.ProviderCreate,
+       response=p.ProviderProfile, status=201)
+async def create_provider(request: web.Request) -> web.Response:
+    body = await read_body(request, p.ProviderCreate)
+    return json_response(await service_of(request).profiles.create(body), status=201)
+
+
+@route("GET", "/opencode/providers/{name}", "One provider profile", response=p.ProviderProfile)
+async def get_provider(request: web.Request) -> web.Response:
+    return json_response(await service_of(request).profiles.get(path_id(request, "name")))
+
+
+@route("PATCH", "/opencode/providers/{name}", "Change a provider profile", body=p.ProviderPatch,
+       response=p.ProviderProfile)
+async def patch_provider(request: web.Request) -> web.Response:
+    body = await read_body(request, p.ProviderPatch)
+    return json_response(await service_of(request).profiles.patch(path_id(request, "name"), body))
+
+
+@route("DELETE", "/opencode/providers/{name}", "Delete a provider profile (and its stored key)", response=p.Deleted)
+async def delete_provider(request: web.Request) -> web.Response:
+    svc = service_of(request)
+    name = path_id(request, "name")
+    await svc.profiles.delete(name)
+    await svc.secrets.delete(name)
+    return json_response(p.Deleted(deleted=name))
+
+
+@route("PUT", "/opencode/providers/{name}/key", "Store an API key (write-only: never returned)",
+       body=p.ProviderKeyBody, response=p.ProviderProfile)
+async def put_key(request: web.Request) -> web.Response:
+    svc = service_of(request)
+    name = path_id(request, "name")
+    await svc.profiles.get(name)
+    body = await read_body(request, p.ProviderKeyBody)
+    await svc.secrets.set(name, body.key)
+    return json_response(await svc.profiles.get(name))
+
+
+@route("DELETE", "/opencode/providers/{name}/key", "Forget the stored API key", response=p.ProviderProfile)
+async def delete_key(request: web.Request) -> web.Response:
+    svc = service_of(request)
+    name = path_id(request, "name")
+    await svc.profiles.get(name)
+    await svc.secrets.delete(name)
+    return json_response(await svc.profiles.get(name))
+
+
+@route("GET", "/opencode/providers/{name}/models", "Models offered by the provider", response=p.ModelList)
+async def list_models(request: web.Request) -> web.Response:
+    svc = service_of(request)
+    return json_response(p.ModelList(models=await svc.list_models(path_id(request, "name"))))
+
+
+# --------------------------------------------------------------------------- streaming subscribers
+
+
+class SseSubscriber:
+    """A session subscription written as Server-Sent Events (`id: seq`, `event: type`)."""
+
+    is_panel = False
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self._queue: asyncio.Queue[Published | None] = asyncio.Queue()
+        self._pending_bytes = 0
+        self.dropped: str | None = None
+
+    async def send(self, item: Published) -> None:
+        self._pending_bytes += len(item.text)
+        self._queue.put_nowait(item)
+
+    def backlog(self) -> int:
+        return self._pending_bytes
+
+    async def drop(self, reason: str) -> None:
+        self.dropped = reason
+        self._queue.put_nowait(None)
+
+    async def stream(self, request: web.Request, until_runs: set[str] | None = None,
+                     first: BaseModel | None = None) -> web.StreamResponse:
+        import asyncio
+
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+        await resp.prepare(request)
+        if first is not None:
+            await resp.write(f"event: accepted\ndata: {first.model_dump_json()}\n\n".encode())
+        open_runs = set(until_runs or ())
+        while True:
+            try:
+                item = await asyncio.wait_for(self._queue.get(), 15.0)
+            except asyncio.TimeoutError:
+                await resp.write(b": keep-alive\n\n")
+                continue
+            if item is None:
+                await resp.write(f"event: dropped\ndata: {json.dumps({'reason': self.dropped})}\n\n".encode())
+                break
+            self._pending_bytes -= len(item.text)
+            ev = item.event
+            await resp.write(f"id: {ev.seq}\nevent: {ev.type}\ndata: {item.text}\n\n".encode())
+            if until_runs is not None and ev.type == "run.status":
+                run = ev.data.get("run", {})
+                if run.get("id") in open_runs and run.get("status") in p.FINAL_RUN_STATUSES:
+                    open_runs.discard(run["id"])
+                    if not open_runs:
+                        break
+        await resp.write_eof()
+        return resp
+
+
+class WsSubscriber:
+    """One session joined on one WebSocket."""
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request, is_panel: bool) -> None:
+        self.ws = ws
+        self.transport = request.transport
+        self.is_panel = is_panel
+
+    async def send(self, item: Published) -> None:
+        await self.ws.send_str(item.text)
+
+    def backlog(self) -> int:
+        t = self.transport
+        return t.get_write_buffer_size() if t is not None and not t.is_closing() else 0
+
+    async def drop(self, reason: str) -> None:
+        await self.ws.close(code=1013, message=f"dropped: {reason}; rejoin with after_seq".encode()[:120])
+
+
+# --------------------------------------------------------------------------- WebSocket
+
+
+@route("GET", "/opencode/ws", "The WebSocket: commands in, events out (see the README)")
+async def websocket(request: web.Request) -> web.StreamResponse:
+    svc = service_of(request)
+    ws = web.WebSocketResponse(heartbeat=20.0, compress=False, max_msg_size=4 * p.MAX_WS_FRAME_BYTES)
+    await ws.prepare(request)
+    if ws._writer is not None and request.transport is not None:  # noqa: SLF001
+        request.transport.set_write_buffer_limits(high=svc.config.max_client_backlog * 2)
+    conn = WsConnection(svc, ws, request)
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                await conn.handle(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                await conn.reply_error(None, BadRequest("binary frames are not supported; send JSON text frames",
+                                                        code="binary_frame"))
+            elif msg.type == WSMsgType.ERROR:
+                break
+    finally:
+        conn.leave_all()
+    return ws
+
+
+class WsConnection:
+    """Parses commands, calls the core, answers each with `ack` or `error` carrying its id."""
+
+    def __init__(self, svc: OpencodeService, ws: web.WebSocketResponse, request: web.Request) -> None:
+        self.svc = svc
+        self.ws = ws
+        self.request = request
+        self.joined: dict[str, WsSubscriber] = {}
+
+    async def handle(self, text: str) -> None:
+        cid: str | None = None
+        try:
+            if len(text.encode("utf-8", "surrogatepass")) > p.MAX_WS_FRAME_BYTES:
+                raise PayloadTooLarge(f"frames are limited to {p.MAX_WS_FRAME_BYTES} bytes", code="frame_too_large")
+            try:
+                raw = json.loads(text)
+            except ValueError as exc:
+                raise BadRequest(f"the frame is not valid JSON: {exc}", code="bad_json") from None
+            if isinstance(raw, dict) and isinstance(raw.get("id"), str):
+                cid = raw["id"][:64]
+            if not isinstance(raw, dict) or raw.get("type") not in p.COMMAND_TYPES:
+                kind = raw.get("type") if isinstance(raw, dict) else None
+                raise BadRequest(f"unknown command {str(kind)[:40]!r}; commands: {', '.join(sorted(p.COMMAND_TYPES))}",
+                                 code="unknown_command")
+            command = parse_model(p.CommandAdapterModel, {"command": raw}).command
+            data = await self.dispatch(command)
+            await self.ws.send_str(p.AckReply(id=command.id, data=data).model_dump_json())
+        except OpencodeError as exc:
+            await self.reply_error(cid, exc)
+        except ConnectionResetError:
+            pass
+        except Exception:  # noqa: BLE001 - one bad command must not kill the socket
+            log.exception("websocket command failed")
+            await self.reply_error(cid, OpencodeError("unexpected server error; see the ComfyUI console"))
+
+    async def reply_error(self, cid: str | None, exc: OpencodeError) -> None:
+        if self.ws.closed:
+            return
+        body = p.ErrorReply(id=cid, error=p.ErrorBody(code=exc.code, message=self.svc.redact(exc.message),
+                                                        details=exc.details))
+        await self.ws.send_str(body.model_dump_json())
+
+    async def dispatch(self, cmd: Any) -> dict[str, Any]:
+        sessions = self.svc.sessions
+        if cmd.type == "ping":
+            return {"pong": True}
+        if cmd.type == "join":
+            await sessions.get(cmd.session_id)
+            old = self.joined.pop(cmd.session_id, None)
+            if old is not None:
+                self.svc.bus.unsubscribe(cmd.session_id, old)
+            sub = WsSubscriber(self.ws, self.request, cmd.panel)
+            self.joined[cmd.session_id] = sub
+            await self.svc.bus.subscribe(cmd.session_id, sub, cmd.after_seq)
+            return {"session_id": cmd.session_id}
+        if cmd.type == "leave":
+            for sid in [cmd.session_id] if cmd.session_id else list(self.joined):
+                sub = self.joined.pop(sid, None)
+                if sub is not None:
+                    self.svc.bus.unsubscribe(sid, sub)
+            return {}
+        if cmd.type == "send":
+            body = p.SendBody(text=cmd.text, images=cmd.images, skills=cmd.skills, mode=cmd.mode)
+            return (await sessions.send(cmd.session_id, body)).model_dump()
+        if cmd.type == "abort":
+            return (await sessions.abort(cmd.session_id, cmd.run_id, cmd.skill)).model_dump()
+        if cmd.type == "configure":
+            return {"session": (await sessions.patch(cmd.session_id, cmd.patch)).model_dump(mode="json")}
+        if cmd.type == "permission.reply":
+            await sessions.get(cmd.session_id)
+            self.svc.gate.reply(cmd.session_id, cmd.request_id, cmd.decision, cmd.remember)
+            return {}
+        if cmd.type == "ui.reply":
+            self.svc.ui.reply(cmd.session_id, cmd.request_id, cmd.ok, cmd.result, cmd.error)
+            return {}
+        raise BadRequest(f"unknown command {cmd.type}", code="unknown_command")
+
+    def leave_all(self) -> None:
+        for sid, sub in self.joined.items():
+            self.svc.bus.unsubscribe(sid, sub)
+        self.joined.clear()
+
+
+# --------------------------------------------------------------------------- the panel's files
+
+
+async def standalone_page(request: web.Request) -> web.StreamResponse:
+    """`GET /opencode/`: the panel as a page of its own (the standalone server's main page)."""
+    return _file(WEB_DIR / "standalone" / "index.html")
+
+
+async def static_file(request: web.Request) -> web.StreamResponse:
+    folder = {"dist": "dist", "standalone": "standalone", "scripts": "standalone/scripts"}[request.match_info["folder"]]
+    base = (WEB_DIR / folder).resolve()
+    target = (base / request.match_info["path"]).resolve()
+    if base not in target.parents or not target.is_file():
+        return error_response(NotFound(f"no file {request.match_info['path'][:80]!r}"))
+    return _file(target)
+
+
+def _file(path: Path) -> web.StreamResponse:
+    if not path.is_file():
+        return error_response(NotFound("the panel's files are missing; reinstall Opencode or run the web build"))
+    return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+
+STATIC_ROUTES: list[tuple[str, Handler]] = [
+    ("/opencode/", standalone_page),
+    ("/opencode/static/{folder:dist|standalone}/{path:.+}", static_file),
+    ("/opencode/{folder:scripts}/{path:.+}", static_file),
+]
+
+
+# --------------------------------------------------------------------------- mounting
+
+
+def register_routes(target: web.Application | web.RouteTableDef) -> None:
+    """Put every route on a bare app's router or on ComfyUI's `PromptServer.instance.routes`."""
+    entries = [(r.method, r.path, r.handler) for r in ROUTES] + [("GET", path, h) for path, h in STATIC_ROUTES]
+    for method, path, handler in entries:
+        if isinstance(target, web.Application):
+            target.router.add_route(method, path, handler)
+        else:
+            target.route(method, path)(handler)
+
+
+def service_context(config: Config, skill_factories: list[SkillFactory] | None = None,
+                    image_loader: Any = None, trust: TrustPolicy | None = None
+                    ) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A `cleanup_ctx` entry: open the service when the app starts, close it when it stops."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        svc = OpencodeService(config, skill_factories=list(skill_factories or ()), image_loader=image_loader)
+        await svc.start()
+        app[SERVICE] = svc
+        app[TRUST] = trust or await TrustPolicy.load(config.data_dir)
+        try:
+            yield
+        finally:
+            await svc.close()
+
+    return context
+
+
+def create_app(config: Config, skill_factories: list[SkillFactory] | None = None,
+               image_loader: Any = None, trust: TrustPolicy | None = None) -> web.Application:
+    """A bare aiohttp app serving Opencode alone (tests and `opencode-agent serve`)."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    register_routes(app)
+    app.cleanup_ctx.append(service_context(config, skill_factories, image_loader, trust))
+    return app
