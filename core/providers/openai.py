@@ -1,0 +1,272 @@
+"""The OpenAI Chat Completions dialect (`POST {base}/chat/completions`, SSE).
+
+Spoken by OpenAI and most servers that copy it: Ollama `/v1`, LM Studio, vLLM, llama.cpp,
+OpenRouter, DeepSeek, Groq and Gemini's OpenAI endpoint. The stream is normalised into
+`TextDelta`s, one `ToolCallReady` per call (assembled from argument fragments by `index`), a
+`UsageReport` (from the `stream_options.include_usage` chunk) and `Finish`. A stream that ends
+without a `finish_reason` or without `[DONE]` is an error, never a quiet short answer.
+
+Gemini quirks smoothed here: tool-call chunks without `index` (matched by id, else by position);
+`finish_reason: "stop"` on a turn that called tools (reported as `tool_calls`); the thought
+signature in a call's `extra_content`, kept in `ToolCallReady.provider_data` and sent back on that
+call in the next request. A call whose arguments are not valid JSON is still reported, with
+empty `arguments` and `provider_data["invalid_arguments"]` holding the raw text, so the agent can
+tell the model instead of failing the run.
+Imports protocol, tools, errors and the providers package only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from ..protocol import ImagePart, ModelInfo, TextPart, ToolCallPart, ToolResultPart
+from .base import ChatMessage, ChatRequest, Finish, StreamEvent, TextDelta, ToolCallReady, UsageReport
+from .http import CODE_ERROR, CODE_OVERLOADED, CODE_RATE_LIMITED, RETRY_STATUSES, HttpProvider, image_placeholder
+
+log = logging.getLogger("opencode.providers.openai")
+
+_FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls"}
+
+
+@dataclass
+class _CallSlot:
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+    provider_data: dict[str, Any] = field(default_factory=dict)
+
+
+class OpenAIProvider(HttpProvider):
+    kind = "openai"
+
+    def url(self) -> str:
+        return f"{self.base_url}/chat/completions"
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        extra = self.profile.extra.get("headers")
+        if isinstance(extra, dict):  # e.g. OpenRouter's HTTP-Referer / X-Title
+            headers.update({str(k): str(v) for k, v in extra.items()})
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        return headers
+
+    async def list_models(self) -> list[ModelInfo]:
+        data = await self.get_json(f"{self.base_url}/models")
+        items = data.get("data", []) if isinstance(data, dict) else []
+        ids = sorted({str(m["id"]) for m in items if isinstance(m, dict) and m.get("id")})
+        return [ModelInfo(id=i, caps=self.profile.models.get(i)) for i in ids]
+
+    # ------------------------------------------------------------------ request
+
+    async def request_body(self, request: ChatRequest) -> dict[str, Any]:
+        messages: list[dict[str, Any]] = []
+        if request.system:
+            messages.append({"role": "system", "content": request.system})
+        for message in request.messages:
+            messages.extend(await self._messages(message))
+        body: dict[str, Any] = {
+            "model": request.model,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if request.tools:
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
+                }
+                for t in request.tools
+            ]
+        if request.max_tokens is not None:
+            body[self._max_tokens_field()] = request.max_tokens
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        return body
+
+    def _max_tokens_field(self) -> str:
+        # OpenAI's newer models refuse `max_tokens`; most compatible servers only know it.
+        configured = self.profile.extra.get("max_tokens_field")
+        if configured in ("max_tokens", "max_completion_tokens"):
+            return str(configured)
+        host = urlsplit(self.base_url).hostname or ""
+        return "max_completion_tokens" if host == "api.openai.com" else "max_tokens"
+
+    async def _messages(self, message: ChatMessage) -> list[dict[str, Any]]:
+        if message.role == "assistant":
+            return [self._assistant(message)]
+        out: list[dict[str, Any]] = []
+        content: list[dict[str, Any]] = []
+        for part in message.parts:
+            if isinstance(part, ToolResultPart):
+                # One `tool` message per result, right after the assistant's calls.
+                out.append({"role": "tool", "tool_call_id": part.tool_call_id, "content": part.content})
+                if part.images:  # tool messages cannot carry images: show them in the user turn
+                    content.append({"type": "text", "text": f"Images returned by {part.name}:"})
+                    for image in part.images:
+                        content.append(await self._image(image))
+            elif isinstance(part, TextPart):
+                if part.text:
+                    content.append({"type": "text", "text": part.text})
+            elif isinstance(part, ImagePart):
+                content.append(await self._image(part))
+        if content:
+            if all(c["type"] == "text" for c in content):
+                out.append({"role": "user", "content": "\n\n".join(c["text"] for c in content)})
+            else:
+                out.append({"role": "user", "content": content})
+        return out
+
+    def _assistant(self, message: ChatMessage) -> dict[str, Any]:
+        text = "".join(p.text for p in message.parts if isinstance(p, TextPart))
+        calls = []
+        for part in message.parts:
+            if isinstance(part, ToolCallPart):
+                call: dict[str, Any] = {
+                    "id": part.id,
+                    "type": "function",
+                    "function": {"name": part.name, "arguments": json.dumps(part.arguments, ensure_ascii=False)},
+                }
+                extra = (part.provider_data or {}).get("extra_content")
+                if extra is not None:  # Gemini's thought signature goes back where it came from
+                    call["extra_content"] = extra
+                calls.append(call)
+        out: dict[str, Any] = {"role": "assistant", "content": text or None}
+        if calls:
+            out["tool_calls"] = calls
+        return out
+
+    async def _image(self, part: ImagePart) -> dict[str, Any]:
+        loaded = await self.image_b64(part)
+        if loaded is None:
+            return {"type": "text", "text": image_placeholder(part)}
+        data, mime = loaded
+        return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{data}"}}
+
+    # ------------------------------------------------------------------ stream
+
+    async def parse(self, response: aiohttp.ClientResponse) -> AsyncIterator[StreamEvent]:
+        slots: list[_CallSlot] = []
+        finish: str | None = None
+        usage: tuple[int, int] | None = None
+        done = emitted = False
+        async for event in self.sse(response):
+            if event.data.strip() == "[DONE]":
+                done = True
+                break
+            chunk = self.loads(event.data)
+            if not isinstance(chunk, dict):
+                raise self.error(f"unexpected stream data: {event.data[:120]!r}")
+            if chunk.get("error"):
+                raise self._stream_error(chunk["error"], emitted)
+            if isinstance(chunk.get("usage"), dict):
+                u = chunk["usage"]
+                usage = (int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
+            for choice in chunk.get("choices") or []:
+                if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                    continue
+                delta = choice.get("delta") or {}
+                text = delta.get("content")
+                if isinstance(text, str) and text:
+                    emitted = True
+                    yield TextDelta(text)
+                for fragment in delta.get("tool_calls") or []:
+                    _merge_call(slots, fragment)
+                if choice.get("finish_reason"):
+                    finish = str(choice["finish_reason"])
+        if finish is None:
+            raise self.truncated("a finish_reason")
+        if not done:
+            raise self.truncated("[DONE]")
+        for slot in slots:
+            yield self._ready(slot)
+        if usage is not None:
+            yield UsageReport(input_tokens=usage[0], output_tokens=usage[1])
+        reason = _FINISH.get(finish, "stop")
+        if slots:
+            reason = "tool_calls" if reason != "length" else reason
+        elif reason == "tool_calls":
+            reason = "stop"
+        if finish not in _FINISH:
+            log.info("%s: finish_reason %r reported as stop", self.name, finish)
+        yield Finish(reason)  # type: ignore[arg-type]
+
+    def _ready(self, slot: _CallSlot) -> ToolCallReady:
+        provider_data = dict(slot.provider_data)
+        arguments: dict[str, Any] = {}
+        raw = slot.arguments.strip()
+        if raw:
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict):
+                arguments = parsed
+            elif parsed is not None or raw != "null":
+                provider_data["invalid_arguments"] = slot.arguments
+        return ToolCallReady(
+            id=slot.id or f"call_{uuid.uuid4().hex[:24]}",
+            name=slot.name,
+            arguments=arguments,
+            provider_data=provider_data or None,
+        )
+
+    def _stream_error(self, error: Any, emitted: bool) -> Exception:
+        if isinstance(error, dict):
+            message = str(error.get("message") or error)
+            code = error.get("code")
+        else:
+            message, code = str(error), None
+        status = code if isinstance(code, int) else None
+        retryable = not emitted and (
+            (status in RETRY_STATUSES) or code in ("server_error", "rate_limit_exceeded", "overloaded")
+        )
+        kind = CODE_RATE_LIMITED if status == 429 or code == "rate_limit_exceeded" else CODE_ERROR
+        if status in (503, 529) or code == "overloaded":
+            kind = CODE_OVERLOADED
+        return self.error(message, retryable=retryable, code=kind)
+
+
+def _merge_call(slots: list[_CallSlot], fragment: Any) -> None:
+    """Add one streamed tool-call fragment to its call: by `index`, else by `id`, else the last."""
+    if not isinstance(fragment, dict):
+        return
+    call_id = fragment.get("id") or ""
+    index = fragment.get("index")
+    slot: _CallSlot | None = None
+    if isinstance(index, int) and not isinstance(index, bool):
+        while len(slots) <= index:
+            slots.append(_CallSlot())
+        slot = slots[index]
+    elif call_id:
+        slot = next((s for s in slots if s.id == call_id), None)
+        if slot is None:
+            slot = _CallSlot()
+            slots.append(slot)
+    elif slots:
+        slot = slots[-1]
+    else:
+        slot = _CallSlot()
+        slots.append(slot)
+    if call_id and not slot.id:
+        slot.id = call_id
+    function = fragment.get("function") or {}
+    name = function.get("name")
+    if isinstance(name, str) and name and not slot.name:
+        slot.name = name
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        slot.arguments += arguments
+    elif isinstance(arguments, dict):  # some servers send the object itself
+        slot.arguments += json.dumps(arguments)
+    extra = fragment.get("extra_content")
+    if extra is not None:
+        slot.provider_data["extra_content"] = extra

@@ -1,0 +1,371 @@
+"""A loopback aiohttp server speaking the exact OpenAI, Anthropic and Ollama wire formats.
+
+Tests queue what the next requests get, in order: a `Reply` (text, tool calls, usage; encoded in
+the dialect of the route it lands on), a `Stream` (raw chunks, for faults: truncation, corrupt
+data, in-stream errors, a stall that holds the connection open until the server closes) or a
+`Fail` (an HTTP error with a body and headers). Every request is recorded (`requests`) with its
+path, headers and JSON body, so tests assert on what the provider actually sent.
+
+Routes: OpenAI under `/v1` (`/v1/chat/completions`, `/v1/models`), Anthropic under `/anthropic`
+(`/anthropic/v1/messages`, `/anthropic/v1/models`), Ollama at the root (`/api/chat`,
+`/api/tags`). The encoders are public so a test can take a well-formed stream and break it.
+`tests/test_providers_*` prove the encoders well-formed by parsing them with the official SDKs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import pytest
+from aiohttp import web
+
+# --------------------------------------------------------------------------- scripts
+
+
+@dataclass
+class FakeToolCall:
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    id: str = ""
+    extra_content: dict[str, Any] | None = None  # Gemini's thought signature lives here
+
+
+@dataclass
+class Reply:
+    """What the model says; encoded in the wire format of the route that serves it."""
+
+    text: str = ""
+    tool_calls: list[FakeToolCall] = field(default_factory=list)
+    input_tokens: int = 11
+    output_tokens: int = 7
+    finish: str | None = None  # the dialect's own word; default: stop, or tool calls if any
+
+
+@dataclass
+class Stream:
+    """Raw response chunks, sent one write each; `stall_after` holds the connection after n."""
+
+    chunks: list[bytes]
+    content_type: str = "text/event-stream"
+    stall_after: int | None = None
+
+
+@dataclass
+class Fail:
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Script = Union[Reply, Stream, Fail]
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+def _pieces(text: str) -> list[str]:
+    """Split text into word-ish pieces that concatenate back to it."""
+    pieces, current = [], ""
+    for ch in text:
+        current += ch
+        if ch == " ":
+            pieces.append(current)
+            current = ""
+    if current:
+        pieces.append(current)
+    return pieces
+
+
+def _fragments(value: str, size: int = 7) -> list[str]:
+    return [value[i : i + size] for i in range(0, len(value), size)] or [""]
+
+
+def _call_id(call: FakeToolCall, position: int, prefix: str) -> str:
+    return call.id or f"{prefix}_{position:04d}"
+
+
+def sse(data: Any, event: str | None = None) -> bytes:
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return ((f"event: {event}\n" if event else "") + f"data: {payload}\n\n").encode()
+
+
+# --------------------------------------------------------------------------- OpenAI
+
+
+def openai_chunks(reply: Reply, model: str = "gpt-test") -> list[bytes]:
+    """`chat.completion.chunk` events as OpenAI streams them with `include_usage`, then `[DONE]`."""
+    created = int(time.time())
+
+    def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
+        return sse({
+            "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created,
+            "model": model, "system_fingerprint": None, "choices": choices, "usage": usage,
+        })
+
+    def choice(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+    out = [chunk([choice({"role": "assistant", "content": "" if reply.text or not reply.tool_calls else None})])]
+    out += [chunk([choice({"content": piece})]) for piece in _pieces(reply.text)]
+    for position, call in enumerate(reply.tool_calls):
+        out.append(chunk([choice({"tool_calls": [{
+            "index": position, "id": _call_id(call, position, "call"), "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }]})]))
+        out += [
+            chunk([choice({"tool_calls": [{"index": position, "function": {"arguments": fragment}}]})])
+            for fragment in _fragments(json.dumps(call.arguments))
+        ]
+    out.append(chunk([choice({}, reply.finish or ("tool_calls" if reply.tool_calls else "stop"))]))
+    out.append(chunk([], {
+        "prompt_tokens": reply.input_tokens, "completion_tokens": reply.output_tokens,
+        "total_tokens": reply.input_tokens + reply.output_tokens,
+    }))
+    out.append(sse("[DONE]"))
+    return out
+
+
+def gemini_chunks(reply: Reply, model: str = "gemini-2.5-flash") -> list[bytes]:
+    """What Gemini's OpenAI endpoint streams: whole tool calls without `index`, carrying
+    `extra_content.google.thought_signature`, `finish_reason: "stop"` even after tool calls, and
+    usage on the last chunk."""
+    created = int(time.time())
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, usage: dict[str, int] | None = None) -> bytes:
+        data: dict[str, Any] = {
+            "choices": [{"delta": delta, "finish_reason": finish, "index": 0}],
+            "created": created, "id": "gemini-fake", "model": model, "object": "chat.completion.chunk",
+        }
+        if usage is not None:
+            data["usage"] = usage
+        return sse(data)
+
+    out = [chunk({"content": piece, "role": "assistant"}) for piece in _pieces(reply.text)]
+    calls = []
+    for position, call in enumerate(reply.tool_calls):
+        item: dict[str, Any] = {
+            "function": {"arguments": json.dumps(call.arguments), "name": call.name},
+            "id": _call_id(call, position, "function-call"), "type": "function",
+        }
+        if call.extra_content is not None:
+            item["extra_content"] = call.extra_content
+        calls.append(item)
+    usage = {"completion_tokens": reply.output_tokens, "prompt_tokens": reply.input_tokens,
+             "total_tokens": reply.input_tokens + reply.output_tokens}
+    out.append(chunk({"role": "assistant", **({"tool_calls": calls} if calls else {})}, reply.finish or "stop", usage))
+    out.append(sse("[DONE]"))
+    return out
+
+
+# --------------------------------------------------------------------------- Anthropic
+
+
+def anthropic_events(reply: Reply, model: str = "claude-test") -> list[bytes]:
+    """The Messages API event sequence, `message_start` to `message_stop`, with a `ping`."""
+    out = [sse({"type": "message_start", "message": {
+        "id": "msg_fake", "type": "message", "role": "assistant", "content": [], "model": model,
+        "stop_reason": None, "stop_sequence": None,
+        "usage": {"input_tokens": reply.input_tokens, "output_tokens": 1},
+    }}, "message_start")]
+    index = 0
+    if reply.text or not reply.tool_calls:
+        out.append(sse({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}, "content_block_start"))
+        out.append(sse({"type": "ping"}, "ping"))
+        out += [
+            sse({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": piece}}, "content_block_delta")
+            for piece in _pieces(reply.text)
+        ]
+        out.append(sse({"type": "content_block_stop", "index": index}, "content_block_stop"))
+        index += 1
+    for position, call in enumerate(reply.tool_calls):
+        out.append(sse({"type": "content_block_start", "index": index, "content_block": {
+            "type": "tool_use", "id": _call_id(call, position, "toolu"), "name": call.name, "input": {},
+        }}, "content_block_start"))
+        out += [
+            sse({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": fragment}}, "content_block_delta")
+            for fragment in _fragments(json.dumps(call.arguments))
+        ]
+        out.append(sse({"type": "content_block_stop", "index": index}, "content_block_stop"))
+        index += 1
+    stop = reply.finish or ("tool_use" if reply.tool_calls else "end_turn")
+    out.append(sse({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
+                    "usage": {"output_tokens": reply.output_tokens}}, "message_delta"))
+    out.append(sse({"type": "message_stop"}, "message_stop"))
+    return out
+
+
+def anthropic_error_event(kind: str = "overloaded_error", message: str = "Overloaded") -> bytes:
+    return sse({"type": "error", "error": {"type": kind, "message": message}}, "error")
+
+
+# --------------------------------------------------------------------------- Ollama
+
+
+def ollama_lines(reply: Reply, model: str = "llama-test") -> list[bytes]:
+    """`/api/chat` NDJSON: content pieces, a whole tool-call chunk, then the `done` line."""
+    stamp = "2025-01-01T00:00:00.000000Z"
+
+    def line(data: dict[str, Any]) -> bytes:
+        return (json.dumps({"model": model, "created_at": stamp, **data}) + "\n").encode()
+
+    out = [line({"message": {"role": "assistant", "content": piece}, "done": False}) for piece in _pieces(reply.text)]
+    if reply.tool_calls:
+        calls = [{"function": {"name": c.name, "arguments": c.arguments}} for c in reply.tool_calls]
+        out.append(line({"message": {"role": "assistant", "content": "", "tool_calls": calls}, "done": False}))
+    out.append(line({
+        "message": {"role": "assistant", "content": ""}, "done_reason": reply.finish or "stop", "done": True,
+        "total_duration": 1000, "load_duration": 10, "prompt_eval_count": reply.input_tokens,
+        "prompt_eval_duration": 100, "eval_count": reply.output_tokens, "eval_duration": 500,
+    }))
+    return out
+
+
+# --------------------------------------------------------------------------- the server
+
+
+class FakeLLMServer:
+    """One loopback server for all three dialects; scripts are consumed in order."""
+
+    def __init__(self) -> None:
+        self.scripts: list[Script] = []
+        self.requests: list[Recorded] = []
+        self.openai_models = ["gpt-b", "gpt-a"]
+        self.anthropic_models = ["claude-test"]
+        self.ollama_models = ["qwen3:8b", "llama3.1:8b"]
+        self._closing = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def push(self, *scripts: Script) -> "FakeLLMServer":
+        self.scripts.extend(scripts)
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def last(self) -> Recorded:
+        return self.requests[-1]
+
+    async def start(self) -> "FakeLLMServer":
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._openai)
+        app.router.add_get("/v1/models", self._openai_models)
+        app.router.add_post("/anthropic/v1/messages", self._anthropic)
+        app.router.add_get("/anthropic/v1/models", self._anthropic_models)
+        app.router.add_post("/api/chat", self._ollama)
+        app.router.add_get("/api/tags", self._ollama_tags)
+        self._runner = web.AppRunner(app, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def close(self) -> None:
+        self._closing.set()  # releases stalled handlers
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # ------------------------------------------------------------------ handlers
+
+    async def _record(self, request: web.Request) -> None:
+        raw = await request.read()
+        body = json.loads(raw) if raw else None
+        self.requests.append(Recorded(request.method, request.path_qs, dict(request.headers), body))
+
+    def _next(self) -> Script:
+        if not self.scripts:
+            return Fail(500, {"error": {"message": "FakeLLMServer: no script queued", "type": "server_error"}})
+        return self.scripts.pop(0)
+
+    async def _serve(self, request: web.Request, encode: Any, content_type: str) -> web.StreamResponse:
+        await self._record(request)
+        script = self._next()
+        if isinstance(script, Fail):
+            if isinstance(script.body, (dict, list)):
+                return web.json_response(script.body, status=script.status, headers=script.headers)
+            return web.Response(text=script.body or "", status=script.status, headers=script.headers)
+        if isinstance(script, Reply):
+            script = Stream(encode(script), content_type)
+        response = web.StreamResponse(headers={"Content-Type": script.content_type, "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        for n, chunk in enumerate(script.chunks):
+            if script.stall_after is not None and n == script.stall_after:
+                await self._closing.wait()
+                return response
+            await response.write(chunk)
+        if script.stall_after is not None and script.stall_after >= len(script.chunks):
+            await self._closing.wait()
+            return response
+        await response.write_eof()
+        return response
+
+    async def _openai(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, openai_chunks, "text/event-stream")
+
+    async def _anthropic(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, anthropic_events, "text/event-stream")
+
+    async def _ollama(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, ollama_lines, "application/x-ndjson")
+
+    async def _openai_models(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        return web.json_response({"object": "list", "data": [
+            {"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.openai_models
+        ]})
+
+    async def _anthropic_models(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        data = [{"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"} for m in self.anthropic_models]
+        return web.json_response({"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]})
+
+    async def _ollama_tags(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        return web.json_response({"models": [
+            {"name": m, "model": m, "modified_at": "2025-01-01T00:00:00Z", "size": 1, "digest": "0" * 64, "details": {}}
+            for m in self.ollama_models
+        ]})
+
+
+@pytest.fixture
+async def fake_llm() -> Any:
+    """A started `FakeLLMServer`, closed after the test."""
+    server = await FakeLLMServer().start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+# --------------------------------------------------------------------------- test helpers
+
+
+class RecordingSleep:
+    """A `RetryPolicy.sleep` that records the waits instead of spending them."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
