@@ -1,0 +1,190 @@
+"""The WebSocket endpoint: every command, bad input of each kind, fan-out, replay, resync, abort."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from wsclient import WsClient, run_final
+
+
+async def new_session(client, **body):
+    r = await client.post("/opencode/sessions", json={"skills": ["echo"], **body})
+    assert r.status == 201, await r.text()
+    return (await r.json())["id"]
+
+
+async def connect(client) -> WsClient:
+    return WsClient(await client.ws_connect("/opencode/ws"))
+
+
+async def test_join_send_echo_stream(client):
+    sid = await new_session(client)
+    ws = await connect(client)
+    ack = await ws.command("join", session_id=sid)
+    assert ack["type"] == "ack"
+    state = ws.of_type("session.state")[0]
+    assert state["data"]["session"]["id"] == sid
+    sent = await ws.command("send", session_id=sid, text="hello brave new world")
+    run_id = sent["data"]["run_id"]
+    final = await ws.until(run_final(run_id))
+    assert final["data"]["run"]["status"] == "completed"
+    deltas = [e["data"]["text"] for e in ws.of_type("message.delta")]
+    assert "".join(deltas) == "hello brave new world"
+    assert len(deltas) == 4
+    seqs = [e["seq"] for e in ws.events if e["type"] != "session.state"]
+    assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))
+    completed = ws.of_type("message.completed")[-1]["data"]["message"]
+    assert completed["status"] == "completed" and completed["skill"] == "echo"
+
+
+async def test_two_tabs_see_the_same_stream(client):
+    sid = await new_session(client)
+    a, b = await connect(client), await connect(client)
+    await a.command("join", session_id=sid)
+    await b.command("join", session_id=sid)
+    sent = await a.command("send", session_id=sid, text="one two three")
+    await a.until(run_final(sent["data"]["run_id"]))
+    await b.until(run_final(sent["data"]["run_id"]))
+    strip = lambda ws: [(e["seq"], e["type"]) for e in ws.events if e["seq"] > 0]
+    assert strip(a) == strip(b)
+
+
+async def test_replay_after_drop_is_exactly_once_in_order(client):
+    sid = await new_session(client)
+    ws = await connect(client)
+    await ws.command("join", session_id=sid)
+    sent = await ws.command("send", session_id=sid, text="alpha beta")
+    await ws.until(run_final(sent["data"]["run_id"]))
+    seen = max(e["seq"] for e in ws.events)
+    await ws.ws.close()
+    # While disconnected, another client causes more events.
+    other = await connect(client)
+    await other.command("join", session_id=sid)
+    sent2 = await other.command("send", session_id=sid, text="gamma delta epsilon")
+    await other.until(run_final(sent2["data"]["run_id"]))
+    missed = [e for e in other.events if e["seq"] > seen]
+    again = await connect(client)
+    await again.command("join", session_id=sid, after_seq=seen)
+    await again.until(run_final(sent2["data"]["run_id"]))
+    got = [(e["seq"], e["type"]) for e in again.events]
+    assert got == [(e["seq"], e["type"]) for e in missed]
+    assert not again.of_type("session.resync")
+
+
+async def test_replay_from_store_when_ring_is_exceeded(aiohttp_client, make_app, config):
+    config.ring_size = 8
+    client = await aiohttp_client(make_app())
+    sid = await new_session(client)
+    ws = await connect(client)
+    await ws.command("join", session_id=sid)
+    sent = await ws.command("send", session_id=sid, text=" ".join(f"w{i}" for i in range(40)))
+    await ws.until(run_final(sent["data"]["run_id"]))
+    all_events = [(e["seq"], e["type"]) for e in ws.events if e["seq"] > 0]
+    again = await connect(client)
+    await again.command("join", session_id=sid, after_seq=2)
+    await again.until(run_final(sent["data"]["run_id"]))
+    assert [(e["seq"], e["type"]) for e in again.events] == [x for x in all_events if x[0] > 2]
+
+
+async def test_resync_when_offset_is_too_old_or_unknown(aiohttp_client, make_app, config):
+    config.ring_size = 4
+    config.replay_max_events = 5
+    client = await aiohttp_client(make_app())
+    sid = await new_session(client)
+    ws = await connect(client)
+    await ws.command("join", session_id=sid)
+    sent = await ws.command("send", session_id=sid, text=" ".join(f"w{i}" for i in range(20)))
+    await ws.until(run_final(sent["data"]["run_id"]))
+    again = await connect(client)
+    await again.command("join", session_id=sid, after_seq=1)
+    assert [e["type"] for e in again.events] == ["session.resync"]
+    assert again.events[0]["data"]["messages"][-1]["status"] == "completed"
+    future = await connect(client)
+    await future.command("join", session_id=sid, after_seq=10_000)
+    assert [e["type"] for e in future.events] == ["session.resync"]
+
+
+async def test_abort_stops_the_stream(aiohttp_client, make_app, config):
+    config.echo_delay = 0.05
+    client = await aiohttp_client(make_app())
+    sid = await new_session(client)
+    ws = await connect(client)
+    await ws.command("join", session_id=sid)
+    sent = await ws.command("send", session_id=sid, text=" ".join(["word"] * 200))
+    await ws.until(lambda e: e["type"] == "message.delta")
+    ack = await ws.command("abort", session_id=sid)
+    assert ack["data"]["aborted"] == [sent["data"]["run_id"]]
+    final = await ws.until(run_final(sent["data"]["run_id"]))
+    assert final["data"]["run"]["status"] == "aborted"
+    after = [e for e in ws.events if e["seq"] > final["seq"] and e["type"] == "message.delta"]
+    assert after == []
+    msg = ws.of_type("message.completed")[-1]["data"]["message"]
+    assert msg["status"] == "aborted" and 0 < len(msg["parts"][0]["text"]) < 1000
+
+
+async def test_configure_and_ping(client):
+    sid = await new_session(client)
+    ws = await connect(client)
+    assert (await ws.command("ping"))["data"] == {"pong": True}
+    ack = await ws.command("configure", session_id=sid, patch={"title": "Renamed", "skills": ["echo"]})
+    assert ack["data"]["session"]["title"] == "Renamed"
+    r = await client.get(f"/opencode/sessions/{sid}")
+    assert (await r.json())["title"] == "Renamed"
+
+
+@pytest.mark.parametrize("frame,code", [
+    ("not json", "bad_json"),
+    ("[1,2]", "unknown_command"),
+    (json.dumps({"id": "x", "type": "fly"}), "unknown_command"),
+    (json.dumps({"id": "x", "type": "join"}), "validation_error"),
+    (json.dumps({"id": "x", "type": "join", "session_id": 5}), "validation_error"),
+    (json.dumps({"id": "x", "type": "join", "session_id": "ses_nope"}), "not_found"),
+    (json.dumps({"id": "x", "type": "send", "session_id": "ses_nope", "text": "hi"}), "not_found"),
+    (json.dumps({"id": "x", "type": "join", "session_id": "../../etc"}), "validation_error"),
+    (json.dumps({"id": "x", "type": "ping", "extra": 1}), "validation_error"),
+])
+async def test_bad_frames_get_errors_and_the_socket_stays_up(client, service, frame, code):
+    ws = await connect(client)
+    reply = await ws.raw(frame)
+    assert reply["type"] == "error" and reply["error"]["code"] == code, reply
+    assert (await ws.command("ping"))["type"] == "ack"
+    assert await service.store.list_sessions() == []
+
+
+async def test_binary_and_oversized_frames(client):
+    ws = await connect(client)
+    reply = await ws.raw(b"\x00\x01")
+    assert reply["error"]["code"] == "binary_frame"
+    big = json.dumps({"id": "big", "type": "ping", "pad": "x" * (1 << 20)})
+    reply = await ws.raw(big)
+    assert reply["error"]["code"] == "frame_too_large"
+    assert (await ws.command("ping"))["type"] == "ack"
+
+
+async def test_queued_message_runs_after_the_busy_one(aiohttp_client, make_app, config):
+    config.echo_delay = 0.01
+    client = await aiohttp_client(make_app())
+    sid = await new_session(client)
+    ws = await connect(client)
+    await ws.command("join", session_id=sid)
+    first = await ws.command("send", session_id=sid, text="first " * 10)
+    second = await ws.command("send", session_id=sid, text="second")
+    assert second["data"]["queued"] is True
+    await ws.until(run_final(second["data"]["run_id"]))
+    finals = [e["data"]["run"]["id"] for e in ws.of_type("run.status") if e["data"]["run"]["status"] == "completed"]
+    assert finals == [first["data"]["run_id"], second["data"]["run_id"]]
+
+
+async def test_interrupt_mode_aborts_then_sends(aiohttp_client, make_app, config):
+    config.echo_delay = 0.05
+    client = await aiohttp_client(make_app())
+    sid = await new_session(client)
+    ws = await connect(client)
+    await ws.command("join", session_id=sid)
+    first = await ws.command("send", session_id=sid, text="long " * 100)
+    second = await ws.command("send", session_id=sid, text="now", mode="interrupt")
+    assert second["data"]["queued"] is False
+    assert (await ws.until(run_final(first["data"]["run_id"])))["data"]["run"]["status"] == "aborted"
+    assert (await ws.until(run_final(second["data"]["run_id"])))["data"]["run"]["status"] == "completed"
