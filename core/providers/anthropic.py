@@ -1,0 +1,211 @@
+"""The Anthropic Messages dialect (`POST {base}/v1/messages`, SSE with typed events).
+
+Request: `x-api-key` and `anthropic-version: 2023-06-01` headers; the system prompt in `system`;
+`max_tokens` always set (Anthropic requires it; 4096 unless the request says otherwise); tool
+calls as `tool_use` blocks in assistant turns and results as `tool_result` blocks at the start of
+the next user turn; images as base64 `image` blocks.
+
+Stream: `message_start` (input usage), `content_block_start/delta/stop` (`text_delta`;
+`input_json_delta` fragments for `tool_use`, parsed at the block's stop), `message_delta` (stop
+reason, output usage), `message_stop`, `ping`. An in-stream `error` event raises `ProviderError`
+with Anthropic's message; `overloaded_error` (and `api_error`) is retryable only while no output
+has been streamed. Usage is reported once, at the end, so nothing is emitted before real output.
+Imports protocol, tools, errors and the providers package only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any, AsyncIterator
+
+import aiohttp
+
+from ..protocol import ImagePart, ModelInfo, TextPart, ToolCallPart, ToolResultPart
+from .base import ChatMessage, ChatRequest, Finish, StreamEvent, TextDelta, ToolCallReady, UsageReport
+from .http import CODE_ERROR, CODE_OVERLOADED, CODE_QUOTA, CODE_RATE_LIMITED, HttpProvider, image_placeholder
+
+log = logging.getLogger("opencode.providers.anthropic")
+
+API_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096
+_STOP = {"end_turn": "stop", "stop_sequence": "stop", "tool_use": "tool_calls", "max_tokens": "length"}
+_RETRYABLE_STREAM_ERRORS = frozenset({"overloaded_error", "api_error", "rate_limit_error", "timeout_error"})
+# Anthropic accepts only these characters in tool ids; ids from other providers are mapped.
+_BAD_ID_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
+
+
+def tool_id(value: str) -> str:
+    return _BAD_ID_CHARS.sub("_", value) or "call"
+
+
+class AnthropicProvider(HttpProvider):
+    kind = "anthropic"
+
+    def _api(self, path: str) -> str:
+        # Accept a base with or without the trailing `/v1`.
+        base = self.base_url[:-3] if self.base_url.endswith("/v1") else self.base_url
+        return f"{base}/v1/{path}"
+
+    def url(self) -> str:
+        return self._api("messages")
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+            "anthropic-version": API_VERSION,
+        }
+        extra = self.profile.extra.get("headers")
+        if isinstance(extra, dict):  # e.g. anthropic-beta
+            headers.update({str(k): str(v) for k, v in extra.items()})
+        if self._api_key:
+            headers["x-api-key"] = self._api_key
+        return headers
+
+    async def list_models(self) -> list[ModelInfo]:
+        data = await self.get_json(self._api("models?limit=1000"))
+        items = data.get("data", []) if isinstance(data, dict) else []
+        ids = [str(m["id"]) for m in items if isinstance(m, dict) and m.get("id")]
+        return [ModelInfo(id=i, caps=self.profile.models.get(i)) for i in ids]
+
+    # ------------------------------------------------------------------ request
+
+    async def request_body(self, request: ChatRequest) -> dict[str, Any]:
+        messages = []
+        for message in request.messages:
+            content = await self._content(message)
+            if content:  # Anthropic rejects empty turns
+                messages.append({"role": message.role, "content": content})
+        body: dict[str, Any] = {
+            "model": request.model,
+            "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
+            "messages": messages,
+            "stream": True,
+        }
+        if request.system:
+            body["system"] = request.system
+        if request.tools:
+            body["tools"] = [
+                {"name": t.name, "description": t.description, "input_schema": t.parameters} for t in request.tools
+            ]
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        return body
+
+    async def _content(self, message: ChatMessage) -> list[dict[str, Any]]:
+        results: list[dict[str, Any]] = []
+        blocks: list[dict[str, Any]] = []
+        for part in message.parts:
+            if isinstance(part, TextPart):
+                if part.text:  # empty text blocks are rejected
+                    blocks.append({"type": "text", "text": part.text})
+            elif isinstance(part, ImagePart):
+                blocks.append(await self._image(part))
+            elif isinstance(part, ToolCallPart) and message.role == "assistant":
+                blocks.append({"type": "tool_use", "id": tool_id(part.id), "name": part.name, "input": part.arguments})
+            elif isinstance(part, ToolResultPart) and message.role == "user":
+                inner: list[dict[str, Any]] = [{"type": "text", "text": part.content}] if part.content else []
+                inner += [await self._image(image) for image in part.images]
+                result: dict[str, Any] = {"type": "tool_result", "tool_use_id": tool_id(part.tool_call_id), "content": inner}
+                if part.is_error:
+                    result["is_error"] = True
+                results.append(result)
+        # Tool results must open the user turn that answers the calls.
+        return results + blocks
+
+    async def _image(self, part: ImagePart) -> dict[str, Any]:
+        loaded = await self.image_b64(part)
+        if loaded is None:
+            return {"type": "text", "text": image_placeholder(part)}
+        data, mime = loaded
+        return {"type": "image", "source": {"type": "base64", "media_type": mime, "data": data}}
+
+    # ------------------------------------------------------------------ stream
+
+    async def parse(self, response: aiohttp.ClientResponse) -> AsyncIterator[StreamEvent]:
+        blocks: dict[int, dict[str, Any]] = {}
+        input_tokens = output_tokens = 0
+        stop_reason: str | None = None
+        stopped = emitted = False
+        async for event in self.sse(response):
+            data = self.loads(event.data)
+            if not isinstance(data, dict):
+                raise self.error(f"unexpected stream data: {event.data[:120]!r}")
+            kind = data.get("type") or event.event
+            if kind == "error":
+                raise self._stream_error(data.get("error"), emitted)
+            if kind == "message_start":
+                usage = (data.get("message") or {}).get("usage") or {}
+                input_tokens = _input_tokens(usage)
+                output_tokens = int(usage.get("output_tokens") or 0)
+            elif kind == "content_block_start":
+                block = dict(data.get("content_block") or {})
+                block["json"] = ""
+                blocks[int(data.get("index", 0))] = block
+            elif kind == "content_block_delta":
+                delta = data.get("delta") or {}
+                block = blocks.get(int(data.get("index", 0)))
+                if delta.get("type") == "text_delta" and delta.get("text"):
+                    emitted = True
+                    yield TextDelta(str(delta["text"]))
+                elif delta.get("type") == "input_json_delta" and block is not None:
+                    block["json"] += str(delta.get("partial_json") or "")
+            elif kind == "content_block_stop":
+                block = blocks.pop(int(data.get("index", 0)), None)
+                if block is not None and block.get("type") == "tool_use":
+                    emitted = True
+                    yield self._ready(block)
+            elif kind == "message_delta":
+                stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
+                usage = data.get("usage") or {}
+                # Cumulative counts; newer API versions may restate the input side too.
+                output_tokens = int(usage.get("output_tokens") or output_tokens)
+                if usage.get("input_tokens") is not None:
+                    input_tokens = _input_tokens(usage)
+            elif kind == "message_stop":
+                stopped = True
+                break
+        if not stopped:
+            raise self.truncated("message_stop")
+        yield UsageReport(input_tokens=input_tokens, output_tokens=output_tokens)
+        if stop_reason not in _STOP:
+            log.info("%s: stop_reason %r reported as stop", self.name, stop_reason)
+        yield Finish(_STOP.get(stop_reason or "", "stop"))  # type: ignore[arg-type]
+
+    def _ready(self, block: dict[str, Any]) -> ToolCallReady:
+        raw = block["json"].strip()
+        arguments: Any = block.get("input") or {}
+        provider_data = None
+        if raw:
+            try:
+                arguments = json.loads(raw)
+            except ValueError:
+                arguments = None
+            if not isinstance(arguments, dict):
+                arguments, provider_data = {}, {"invalid_arguments": block["json"]}
+        return ToolCallReady(
+            id=str(block.get("id") or ""),
+            name=str(block.get("name") or ""),
+            arguments=arguments,
+            provider_data=provider_data,
+        )
+
+    def _stream_error(self, error: Any, emitted: bool) -> Exception:
+        error = error if isinstance(error, dict) else {"message": str(error)}
+        kind = str(error.get("type") or "error")
+        message = str(error.get("message") or kind)
+        code = {"overloaded_error": CODE_OVERLOADED, "rate_limit_error": CODE_RATE_LIMITED}.get(kind, CODE_ERROR)
+        if kind == "billing_error":
+            code = CODE_QUOTA
+        return self.error(
+            f"{message} ({kind})",
+            retryable=kind in _RETRYABLE_STREAM_ERRORS and not emitted,
+            code=code,
+        )
+
+
+def _input_tokens(usage: dict[str, Any]) -> int:
+    """All prompt tokens, cached ones included: that is what the context window holds."""
+    return sum(int(usage.get(k) or 0) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))

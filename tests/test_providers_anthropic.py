@@ -1,0 +1,263 @@
+"""The Anthropic Messages dialect against llmock and against our own loopback fake."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+from llmock.scenarios import Reply as MockReply
+from llmock.scenarios import ToolCall as MockToolCall
+
+from opencode_agent.core.errors import ProviderError
+from opencode_agent.core.protocol import ImagePart, ProviderProfile, TextPart, ToolCallPart, ToolResultPart
+from opencode_agent.core.providers.anthropic import AnthropicProvider
+from opencode_agent.core.providers.base import (
+    ChatMessage, ChatRequest, Finish, TextDelta, ToolCallReady, UsageReport,
+)
+from opencode_agent.core.providers.http import RetryPolicy, create_session
+from opencode_agent.core.tools import ToolSpec
+from opencode_agent.tests.fakes.llm_servers import (  # noqa: F401  (fixture)
+    FakeToolCall, Fail, RecordingSleep, Reply, Stream, anthropic_error_event, anthropic_events, closed_port, fake_llm,
+)
+
+KEY = "sk-ant-api03-test0123456789SECRET"
+WEATHER = ToolSpec(
+    name="get_weather",
+    description="Weather for a city.",
+    parameters={"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+)
+
+
+@pytest.fixture
+async def http() -> Any:
+    session = create_session(sock_read=5)
+    yield session
+    await session.close()
+
+
+@pytest.fixture
+def sleep() -> RecordingSleep:
+    return RecordingSleep()
+
+
+def provider(base_url: str, http: Any, sleep: RecordingSleep, *, attempts: int = 3, loader: Any = None) -> AnthropicProvider:
+    profile = ProviderProfile(name="claude", kind="anthropic", base_url=base_url)
+    return AnthropicProvider(profile, KEY, http, loader, retry=RetryPolicy(max_attempts=attempts, sleep=sleep))
+
+
+def ask(text: str = "hi", *, tools: list[ToolSpec] | None = None) -> ChatRequest:
+    return ChatRequest(model="claude-test", system="You are terse.", messages=[ChatMessage("user", [TextPart(text=text)])],
+                       tools=tools or [])
+
+
+async def collect(p: AnthropicProvider, request: ChatRequest) -> list[Any]:
+    return [event async for event in p.stream(request)]
+
+
+async def failure(p: AnthropicProvider, request: ChatRequest) -> ProviderError:
+    with pytest.raises(ProviderError) as info:
+        await collect(p, request)
+    return info.value
+
+
+# --------------------------------------------------------------------------- against llmock
+
+
+async def test_llmock_plain_text_usage_and_request(llmock: Any, http: Any, sleep: RecordingSleep) -> None:
+    llmock.reply("Bonjour tout le monde")
+    events = await collect(provider(llmock.base_url("anthropic"), http, sleep), ask())
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Bonjour tout le monde"
+    usage = events[-2]
+    assert isinstance(usage, UsageReport) and usage.input_tokens > 0 and usage.output_tokens > 1
+    assert events[-1] == Finish("stop")
+    body = llmock.last_request.body
+    assert body == {"model": "claude-test", "max_tokens": 4096, "stream": True, "system": "You are terse.",
+                    "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
+
+
+async def test_llmock_single_and_parallel_tool_calls(llmock: Any, http: Any, sleep: RecordingSleep) -> None:
+    llmock.call_tool("get_weather", {"city": "Paris"}, text="Let me look.")
+    llmock.add(MockReply(tool_calls=(MockToolCall("get_weather", {"city": "Oslo"}),
+                                     MockToolCall("get_weather", {"city": "Kyiv", "units": "metric"}))))
+    p = provider(llmock.base_url("anthropic"), http, sleep)
+    first = await collect(p, ask(tools=[WEATHER]))
+    assert [type(e).__name__ for e in first] == ["TextDelta", "TextDelta", "TextDelta", "ToolCallReady", "UsageReport", "Finish"]
+    assert (first[3].name, first[3].arguments) == ("get_weather", {"city": "Paris"}) and first[3].id.startswith("toolu_")
+    assert first[-1] == Finish("tool_calls")
+    second = await collect(p, ask(tools=[WEATHER]))
+    assert [e.arguments for e in second if isinstance(e, ToolCallReady)] == [{"city": "Oslo"}, {"city": "Kyiv", "units": "metric"}]
+    assert llmock.requests[0].body["tools"] == [
+        {"name": "get_weather", "description": "Weather for a city.", "input_schema": WEATHER.parameters}]
+
+
+async def test_llmock_529_overloaded_is_retried(llmock: Any, http: Any, sleep: RecordingSleep) -> None:
+    llmock.fail(529, retry_after=0.05).reply("ok now")
+    events = await collect(provider(llmock.base_url("anthropic"), http, sleep), ask())
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "ok now"
+    assert sleep.waits == [0.05]
+    assert [r.status for r in llmock.requests] == [529, 200]
+
+
+async def test_llmock_429_error_message_and_retry_after(llmock: Any, http: Any, sleep: RecordingSleep) -> None:
+    llmock.fail(429, retry_after=0.5, message="Number of requests has exceeded your rate limit.", times=None)
+    err = await failure(provider(llmock.base_url("anthropic"), http, sleep, attempts=2), ask())
+    assert err.message == "claude: Number of requests has exceeded your rate limit. (rate_limit_error) (HTTP 429)"
+    assert (err.http_status, err.retryable, err.retry_after, err.code) == (429, True, 0.5, "provider_rate_limited")
+    assert sleep.waits == [0.5]
+
+
+async def test_llmock_500_and_billing_error(llmock: Any, http: Any, sleep: RecordingSleep) -> None:
+    llmock.fail(500, times=None)
+    err = await failure(provider(llmock.base_url("anthropic"), http, sleep, attempts=2), ask())
+    assert err.http_status == 500 and len(llmock.requests) == 2
+    llmock.reset()
+    llmock.fail(400, code="billing_error", message="Your credit balance is too low to access the Anthropic API.")
+    err = await failure(provider(llmock.base_url("anthropic"), http, sleep), ask())
+    assert err.code == "provider_quota" and not err.retryable
+    assert err.message == "claude: Your credit balance is too low to access the Anthropic API. (billing_error) (HTTP 400)"
+
+
+async def test_llmock_truncated_and_corrupt_streams(llmock: Any, http: Any, sleep: RecordingSleep) -> None:
+    p = provider(llmock.base_url("anthropic"), http, sleep)
+    llmock.reply("a b c d e").truncate(after_chunks=4)
+    assert (await failure(p, ask())).message == "claude: the stream ended before message_stop"
+    llmock.reply("a b c").corrupt(after_chunks=2)
+    err = await failure(p, ask())
+    assert err.message.startswith("claude: malformed data in the stream:") and err.code == "provider_stream_broken"
+
+
+async def test_llmock_stalled_stream(llmock: Any, sleep: RecordingSleep) -> None:
+    llmock.reply("a b c").stall(after_chunks=3, seconds=3)
+    session = create_session(sock_read=0.3)
+    try:
+        err = await failure(provider(llmock.base_url("anthropic"), session, sleep), ask())
+    finally:
+        await session.close()
+    assert err.message == "claude: stream stalled: no data for 0.3s" and err.code == "provider_stalled"
+
+
+async def test_llmock_list_models(llmock: Any, http: Any, sleep: RecordingSleep) -> None:
+    models = await provider(llmock.base_url("anthropic"), http, sleep).list_models()
+    assert "claude-sonnet-4-6" in [m.id for m in models]
+
+
+async def test_refused_connection(http: Any, sleep: RecordingSleep) -> None:
+    err = await failure(provider(f"http://127.0.0.1:{closed_port()}", http, sleep, attempts=1), ask())
+    assert err.code == "provider_unreachable" and err.message.startswith("claude: cannot connect to http://127.0.0.1:")
+
+
+# --------------------------------------------------------------------------- against the fake
+
+
+async def test_fake_exact_events_headers_and_usage(fake_llm: Any, http: Any, sleep: RecordingSleep) -> None:
+    fake_llm.push(Reply(text="Hi there", tool_calls=[FakeToolCall("get_weather", {"city": "Paris"}, id="toolu_1")],
+                        input_tokens=40, output_tokens=12))
+    events = await collect(provider(f"{fake_llm.url}/anthropic", http, sleep), ask(tools=[WEATHER]))
+    assert events == [
+        TextDelta("Hi "), TextDelta("there"),
+        ToolCallReady("toolu_1", "get_weather", {"city": "Paris"}),
+        UsageReport(40, 12),
+        Finish("tool_calls"),
+    ]
+    sent = fake_llm.last
+    assert sent.path == "/anthropic/v1/messages"
+    assert sent.headers["x-api-key"] == KEY and sent.headers["anthropic-version"] == "2023-06-01"
+    assert "Authorization" not in sent.headers
+
+
+async def test_fake_history_conversion(fake_llm: Any, http: Any, sleep: RecordingSleep) -> None:
+    async def loader(part: ImagePart) -> tuple[bytes, str]:
+        return b"\x89PNG " + part.filename.encode(), "image/png"
+
+    def b64(name: str) -> str:
+        return base64.b64encode(b"\x89PNG " + name.encode()).decode()
+
+    fake_llm.push(Reply(text="ok"))
+    request = ChatRequest(model="claude-test", system="sys", max_tokens=1000, messages=[
+        ChatMessage("user", [TextPart(text="what is this?"), ImagePart(filename="a.png")]),
+        ChatMessage("assistant", [TextPart(text=""), ToolCallPart(id="call:1/x", name="look", arguments={"z": 1})]),
+        ChatMessage("user", [TextPart(text="and then?"),
+                             ToolResultPart(tool_call_id="call:1/x", name="look", content="a cat", is_error=False,
+                                            images=[ImagePart(filename="b.png")]),
+                             ]),
+        ChatMessage("assistant", [ToolCallPart(id="c2", name="fail", arguments={})]),
+        ChatMessage("user", [ToolResultPart(tool_call_id="c2", name="fail", content="boom", is_error=True)]),
+    ])
+    await collect(provider(f"{fake_llm.url}/anthropic", http, sleep, loader=loader), request)
+    body = fake_llm.last.body
+    assert body["max_tokens"] == 1000 and body["system"] == "sys"
+    assert body["messages"] == [
+        {"role": "user", "content": [
+            {"type": "text", "text": "what is this?"},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": b64("a.png")}},
+        ]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "call_1_x", "name": "look", "input": {"z": 1}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "call_1_x", "content": [
+                {"type": "text", "text": "a cat"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": b64("b.png")}},
+            ]},
+            {"type": "text", "text": "and then?"},
+        ]},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "c2", "name": "fail", "input": {}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "c2", "content": [{"type": "text", "text": "boom"}], "is_error": True}]},
+    ]
+
+
+async def test_fake_overloaded_before_output_is_retried(fake_llm: Any, http: Any, sleep: RecordingSleep) -> None:
+    start = anthropic_events(Reply(text="x"))[:1]  # message_start only: no output yet
+    fake_llm.push(Stream(start + [anthropic_error_event()]), Reply(text="fine"))
+    events = await collect(provider(f"{fake_llm.url}/anthropic", http, sleep), ask())
+    assert events == [TextDelta("fine"), UsageReport(11, 7), Finish("stop")]
+    assert len(fake_llm.requests) == 2 and len(sleep.waits) == 1
+
+
+async def test_fake_overloaded_after_output_is_final(fake_llm: Any, http: Any, sleep: RecordingSleep) -> None:
+    events = anthropic_events(Reply(text="one two three"))
+    fake_llm.push(Stream(events[:5] + [anthropic_error_event()]))
+    seen: list[Any] = []
+    with pytest.raises(ProviderError) as info:
+        async for event in provider(f"{fake_llm.url}/anthropic", http, sleep).stream(ask()):
+            seen.append(event)
+    assert seen == [TextDelta("one "), TextDelta("two ")]
+    err = info.value
+    assert err.message == "claude: Overloaded (overloaded_error)"
+    assert err.code == "provider_overloaded" and not err.retryable and len(fake_llm.requests) == 1
+
+
+async def test_fake_max_tokens_stop_reason(fake_llm: Any, http: Any, sleep: RecordingSleep) -> None:
+    fake_llm.push(Reply(text="cut", finish="max_tokens"))
+    events = await collect(provider(f"{fake_llm.url}/anthropic", http, sleep), ask())
+    assert events[-1] == Finish("length")
+
+
+async def test_fake_error_body_never_leaks_the_key(fake_llm: Any, http: Any, sleep: RecordingSleep, caplog: Any) -> None:
+    fake_llm.push(Fail(401, {"type": "error", "error": {"type": "authentication_error",
+                                                        "message": f"invalid x-api-key {KEY}"}}))
+    err = await failure(provider(f"{fake_llm.url}/anthropic", http, sleep), ask())
+    assert err.message == "claude: invalid x-api-key [REDACTED] (authentication_error) (HTTP 401)"
+    assert err.code == "provider_auth" and KEY not in caplog.text
+
+
+# --------------------------------------------------------------------------- the fake is well-formed
+
+
+async def test_official_sdk_parses_the_fake_stream(fake_llm: Any) -> None:
+    from anthropic import AsyncAnthropic
+
+    fake_llm.push(Reply(text="Hello there", tool_calls=[FakeToolCall("get_weather", {"city": "Paris"}, id="toolu_9")],
+                        input_tokens=25, output_tokens=8))
+    client = AsyncAnthropic(base_url=f"{fake_llm.url}/anthropic", api_key="sk-ant-fake", max_retries=0)
+    try:
+        async with client.messages.stream(model="claude-test", max_tokens=100,
+                                          messages=[{"role": "user", "content": "hi"}]) as stream:
+            message = await stream.get_final_message()
+    finally:
+        await client.close()
+    assert message.stop_reason == "tool_use"
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (25, 8)
+    assert message.content[0].type == "text" and message.content[0].text == "Hello there"
+    tool = message.content[1]
+    assert (tool.type, tool.id, tool.name, tool.input) == ("tool_use", "toolu_9", "get_weather", {"city": "Paris"})
