@@ -1,0 +1,305 @@
+"""Provider profiles: the presets Opencode knows, and the user's named profiles on disk.
+
+A preset is a template (base URL, key variable, a few models' `ModelCaps` with prices in USD per
+million tokens, as published in 2025; every value can be overridden in the profile). Presets:
+openai, anthropic, ollama, lmstudio, vllm, llamacpp, openrouter, deepseek, gemini, groq.
+
+`ProviderProfiles` keeps the user's profiles in `<data_dir>/providers.json`, rewritten atomically
+(temp file + `os.replace`, off the event loop). A fresh install (no file yet) is seeded with one
+ready `ollama` profile (local, needs no key) plus one profile for each hosted preset whose key
+variable is set in the environment (`OPENAI_API_KEY` → `openai`, `ANTHROPIC_API_KEY` →
+`anthropic`, ...), and the seed is written at once, so a profile the user deletes stays deleted.
+The other presets are offered as templates (`presets()`), never as live profiles.
+
+Listings carry `has_key` and `key_hint` from the `SecretStore`, never a key. Unknown names raise
+`NotFound`, duplicates `Conflict`. Deleting a profile also forgets its stored key.
+Imports protocol, errors and secrets only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+from pydantic import ValidationError
+
+from ..errors import BadRequest, Conflict, NotFound
+from ..protocol import ModelCaps, ProviderCreate, ProviderPatch, ProviderProfile
+from ..secrets import SecretStore, atomic_write_text
+
+log = logging.getLogger("opencode.providers.profiles")
+
+PROFILES_FILE = "providers.json"
+
+
+def _caps(vision: bool, context: int, input_price: float = 0.0, output_price: float = 0.0, tools: bool = True) -> ModelCaps:
+    return ModelCaps(tools=tools, vision=vision, context_tokens=context, input_price=input_price, output_price=output_price)
+
+
+def _preset(name: str, kind: str, base_url: str, default_model: str = "", key_env: str | None = None,
+            models: dict[str, ModelCaps] | None = None, extra: dict[str, Any] | None = None) -> ProviderProfile:
+    return ProviderProfile(
+        name=name, kind=kind, base_url=base_url, default_model=default_model,  # type: ignore[arg-type]
+        key_env=key_env, models=models or {}, extra=extra or {},
+    )
+
+
+def presets() -> list[ProviderProfile]:
+    """Fresh copies of every preset, in display order."""
+    return [
+        _preset("openai", "openai", "https://api.openai.com/v1", "gpt-4.1-mini", "OPENAI_API_KEY", {
+            "gpt-4.1": _caps(True, 1_047_576, 2.0, 8.0),
+            "gpt-4.1-mini": _caps(True, 1_047_576, 0.4, 1.6),
+            "gpt-4o": _caps(True, 128_000, 2.5, 10.0),
+            "gpt-4o-mini": _caps(True, 128_000, 0.15, 0.6),
+            "o4-mini": _caps(True, 200_000, 1.1, 4.4),
+        }),
+        _preset("anthropic", "anthropic", "https://api.anthropic.com", "claude-sonnet-4-5", "ANTHROPIC_API_KEY", {
+            "claude-sonnet-4-5": _caps(True, 200_000, 3.0, 15.0),
+            "claude-opus-4-1": _caps(True, 200_000, 15.0, 75.0),
+            "claude-haiku-4-5": _caps(True, 200_000, 1.0, 5.0),
+            "claude-3-5-haiku-latest": _caps(False, 200_000, 0.8, 4.0),
+        }),
+        _preset("ollama", "ollama", "http://127.0.0.1:11434", "qwen3:8b", None, {
+            "qwen3:8b": _caps(False, 40_960),
+            "llama3.1:8b": _caps(False, 131_072),
+            "qwen2.5vl:7b": _caps(True, 125_000, tools=False),
+            "gemma3:12b": _caps(True, 131_072, tools=False),
+        }, {"keep_alive": "30m", "options": {"num_ctx": 16_384}}),
+        _preset("lmstudio", "openai", "http://127.0.0.1:1234/v1"),
+        _preset("vllm", "openai", "http://127.0.0.1:8000/v1"),
+        _preset("llamacpp", "openai", "http://127.0.0.1:8080/v1"),
+        _preset("openrouter", "openai", "https://openrouter.ai/api/v1", "openai/gpt-4.1-mini", "OPENROUTER_API_KEY", {
+            "openai/gpt-4.1-mini": _caps(True, 1_047_576, 0.4, 1.6),
+            "anthropic/claude-sonnet-4.5": _caps(True, 1_000_000, 3.0, 15.0),
+            "google/gemini-2.5-flash": _caps(True, 1_048_576, 0.3, 2.5),
+        }, {"headers": {"X-Title": "Opencode"}}),
+        _preset("deepseek", "openai", "https://api.deepseek.com/v1", "deepseek-chat", "DEEPSEEK_API_KEY", {
+            "deepseek-chat": _caps(False, 128_000, 0.28, 0.42),
+            "deepseek-reasoner": _caps(False, 128_000, 0.28, 0.42),
+        }),
+        _preset("gemini", "openai", "https://generativelanguage.googleapis.com/v1beta/openai", "gemini-2.5-flash",
+                "GEMINI_API_KEY", {
+            "gemini-2.5-flash": _caps(True, 1_048_576, 0.3, 2.5),
+            "gemini-2.5-pro": _caps(True, 1_048_576, 1.25, 10.0),
+            "gemini-2.5-flash-lite": _caps(True, 1_048_576, 0.1, 0.4),
+        }),
+        _preset("groq", "openai", "https://api.groq.com/openai/v1", "llama-3.3-70b-versatile", "GROQ_API_KEY", {
+            "llama-3.3-70b-versatile": _caps(False, 131_072, 0.59, 0.79),
+        }),
+    ]
+
+
+# Caps by model family, for models no preset or profile declares (prices unknown: 0).
+_FAMILIES: tuple[tuple[tuple[str, ...], ModelCaps], ...] = (
+    (("claude",), _caps(True, 200_000)),
+    (("gpt-4.1",), _caps(True, 1_047_576)),
+    (("gpt-4o", "gpt-5", "o3", "o4"), _caps(True, 128_000)),
+    (("gemini",), _caps(True, 1_048_576)),
+    (("deepseek",), _caps(False, 128_000)),
+    (("llava", "gemma3", "minicpm-v", "llama3.2-vision"), _caps(True, 32_000, tools=False)),
+)
+# Local vision models are named "<family>-vl…" or "<family>vl:…" (qwen2.5vl:7b, qwen3-vl).
+_VISION_MARKERS = ("-vl", "vl:", "vision")
+
+
+def family_caps(model: str) -> ModelCaps:
+    """Sensible caps for an undeclared model, from its family name; else the plain defaults."""
+    bare = model.lower().rsplit("/", 1)[-1]  # OpenRouter's "vendor/model"
+    for prefixes, caps in _FAMILIES:
+        if bare.startswith(prefixes):
+            return caps.model_copy()
+    if any(marker in bare for marker in _VISION_MARKERS):
+        return _caps(True, 32_000)
+    return ModelCaps()
+
+
+def cost_of(caps: ModelCaps, input_tokens: int, output_tokens: int) -> float:
+    """USD for a turn's tokens at the model's prices per million."""
+    return (input_tokens * caps.input_price + output_tokens * caps.output_price) / 1_000_000
+
+
+def _host(url: str) -> str:
+    return (urlsplit(url).hostname or "").lower()
+
+
+class ProviderProfiles:
+    """The user's provider profiles; call `await load()` once before use (or let any call do it)."""
+
+    def __init__(self, data_dir: Path, secrets: SecretStore, env: Mapping[str, str] | None = None) -> None:
+        self.path = Path(data_dir) / PROFILES_FILE
+        self.secrets = secrets
+        self._env: Mapping[str, str] = os.environ if env is None else env
+        self._profiles: dict[str, ProviderProfile] = {}
+        self._loaded = False
+        self._lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ loading
+
+    async def load(self) -> None:
+        async with self._lock:
+            if self._loaded:
+                return
+            found = await asyncio.to_thread(self._read)
+            if found is None:
+                found = self._seed()
+                await self._save(found)
+                log.info("created provider profiles: %s", ", ".join(found) or "(none)")
+            self._profiles = found
+            self._loaded = True
+
+    def _read(self) -> dict[str, ProviderProfile] | None:
+        try:
+            raw = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            data = json.loads(raw)
+            items = data["profiles"]
+        except (ValueError, KeyError, TypeError):
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            os.replace(self.path, aside)
+            log.error("%s is not a valid profiles file; moved it to %s and started afresh", self.path, aside.name)
+            return None
+        profiles: dict[str, ProviderProfile] = {}
+        for item in items:
+            try:
+                profile = ProviderProfile.model_validate(item)
+            except ValidationError as exc:
+                log.warning("skipping an invalid provider profile in %s: %s", self.path, exc.errors()[0]["msg"])
+                continue
+            profiles[profile.name] = profile
+        return profiles
+
+    def _seed(self) -> dict[str, ProviderProfile]:
+        seeded = {}
+        for preset in presets():
+            if preset.name == "ollama" or (preset.key_env and self._env.get(preset.key_env)):
+                seeded[preset.name] = preset
+        return seeded
+
+    async def _save(self, profiles: dict[str, ProviderProfile]) -> None:
+        data = {
+            "version": 1,
+            "profiles": [p.model_dump(mode="json", exclude={"has_key", "key_hint"}) for p in profiles.values()],
+        }
+        await asyncio.to_thread(atomic_write_text, self.path, json.dumps(data, indent=2) + "\n")
+
+    # ------------------------------------------------------------------ reads
+
+    def presets(self) -> list[ProviderProfile]:
+        return presets()
+
+    async def list(self) -> list[ProviderProfile]:
+        await self.load()
+        return [self._public(p) for p in self._profiles.values()]
+
+    async def get(self, name: str) -> ProviderProfile:
+        await self.load()
+        return self._public(self._find(name))
+
+    def api_key(self, profile: ProviderProfile) -> str | None:
+        """The key to send for `profile` (stored, `key_env`, or the host's usual variable)."""
+        return self.secrets.lookup(profile.name, profile.key_env, profile.base_url)
+
+    async def caps(self, name: str, model: str) -> ModelCaps:
+        """Declared (or overridden) caps of `model` on profile `name`, else family defaults."""
+        await self.load()
+        profile = self._find(name)
+        if model in profile.models:
+            return profile.models[model].model_copy()
+        for preset in presets():
+            if preset.kind == profile.kind and _host(preset.base_url) == _host(profile.base_url) and model in preset.models:
+                return preset.models[model]
+        return family_caps(model)
+
+    async def price(self, name: str, model: str) -> tuple[float, float]:
+        """(input, output) USD per million tokens; (0, 0) when unknown."""
+        caps = await self.caps(name, model)
+        return caps.input_price, caps.output_price
+
+    # ------------------------------------------------------------------ writes
+
+    async def create(self, body: ProviderCreate) -> ProviderProfile:
+        await self.load()
+        template = self._template(body.name, body.kind)
+        base_url = body.base_url or (template.base_url if template else "")
+        _check_url(base_url, body.kind)
+        same_service = template is not None and _host(template.base_url) == _host(base_url)
+        profile = ProviderProfile(
+            name=body.name,
+            kind=body.kind,
+            base_url=base_url,
+            default_model=body.default_model or (template.default_model if template and same_service else ""),
+            key_env=body.key_env or (template.key_env if template and same_service else None),
+            models=body.models or (dict(template.models) if template and same_service else {}),
+            extra=body.extra or (dict(template.extra) if template else {}),
+        )
+        async with self._lock:
+            if profile.name in self._profiles:
+                raise Conflict(f"a provider named {profile.name!r} already exists")
+            updated = {**self._profiles, profile.name: profile}
+            await self._save(updated)
+            self._profiles = updated
+        log.info("created provider profile %s (%s, %s)", profile.name, profile.kind, profile.base_url)
+        return self._public(profile)
+
+    async def patch(self, name: str, body: ProviderPatch) -> ProviderProfile:
+        """Replace the fields the patch sets (`models` and `extra` are replaced whole)."""
+        await self.load()
+        async with self._lock:
+            current = self._find(name)
+            changes = {k: getattr(body, k) for k in body.model_fields_set}
+            for required in ("base_url", "default_model", "models", "extra"):
+                if required in changes and changes[required] is None:
+                    del changes[required]
+            profile = current.model_copy(update=changes)
+            _check_url(profile.base_url, profile.kind)
+            profile = ProviderProfile.model_validate(profile.model_dump())
+            updated = {**self._profiles, name: profile}
+            await self._save(updated)
+            self._profiles = updated
+        log.info("updated provider profile %s (%s)", name, ", ".join(sorted(changes)) or "no change")
+        return self._public(profile)
+
+    async def delete(self, name: str) -> None:
+        await self.load()
+        async with self._lock:
+            self._find(name)
+            updated = {k: v for k, v in self._profiles.items() if k != name}
+            await self._save(updated)
+            self._profiles = updated
+        await self.secrets.delete(name)
+        log.info("deleted provider profile %s", name)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _find(self, name: str) -> ProviderProfile:
+        profile = self._profiles.get(name)
+        if profile is None:
+            raise NotFound(f"no provider named {name!r}", details={"provider": name})
+        return profile
+
+    def _template(self, name: str, kind: str) -> ProviderProfile | None:
+        """The preset of the same name and kind, else the kind's own preset."""
+        by_name = {p.name: p for p in presets() if p.kind == kind}
+        return by_name.get(name) or by_name.get(kind)
+
+    def _public(self, profile: ProviderProfile) -> ProviderProfile:
+        key = self.secrets.lookup(profile.name, profile.key_env, profile.base_url)
+        hint = self.secrets.hint(profile.name, profile.key_env, profile.base_url) if key else None
+        return profile.model_copy(update={"has_key": key is not None, "key_hint": hint}, deep=True)
+
+
+def _check_url(url: str, kind: str) -> None:
+    if kind == "echo" and not url:
+        return
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadRequest(f"base_url must be an http(s) URL, got {url!r}", details={"field": "base_url"})

@@ -1,0 +1,151 @@
+"""ProviderProfiles: the seed of a fresh install, CRUD, persistence, caps and prices."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from opencode_agent.core.errors import BadRequest, Conflict, NotFound
+from opencode_agent.core.protocol import ModelCaps, ProviderCreate, ProviderPatch
+from opencode_agent.core.providers.profiles import ProviderProfiles, cost_of, family_caps, presets
+from opencode_agent.core.secrets import SecretStore
+
+
+async def open_profiles(data_dir: Path, env: dict[str, str] | None = None) -> ProviderProfiles:
+    env = env or {}
+    secrets = SecretStore(data_dir, env=env)
+    await secrets.load()
+    profiles = ProviderProfiles(data_dir, secrets, env=env)
+    await profiles.load()
+    return profiles
+
+
+async def test_fresh_install_has_ollama_only(data_dir: Path) -> None:
+    profiles = await open_profiles(data_dir)
+    listed = await profiles.list()
+    assert [(p.name, p.kind, p.base_url, p.has_key) for p in listed] == [
+        ("ollama", "ollama", "http://127.0.0.1:11434", False)]
+    assert listed[0].extra["keep_alive"] == "30m"
+    saved = json.loads((data_dir / "providers.json").read_text())
+    assert [p["name"] for p in saved["profiles"]] == ["ollama"]
+    assert "has_key" not in saved["profiles"][0]
+
+
+async def test_fresh_install_adds_profiles_for_keys_in_the_environment(data_dir: Path) -> None:
+    env = {"OPENAI_API_KEY": "sk-env-openai-0123456789abcd", "ANTHROPIC_API_KEY": "sk-ant-env-0123456789wxyz"}
+    profiles = await open_profiles(data_dir, env)
+    listed = {p.name: p for p in await profiles.list()}
+    assert list(listed) == ["openai", "anthropic", "ollama"]
+    assert (listed["openai"].has_key, listed["openai"].key_hint) == (True, "…abcd")
+    assert (listed["anthropic"].has_key, listed["anthropic"].key_hint) == (True, "…wxyz")
+    assert "sk-env" not in (data_dir / "providers.json").read_text()
+    assert all("sk-env" not in p.model_dump_json() for p in listed.values())
+
+
+async def test_a_deleted_seed_profile_stays_deleted(data_dir: Path) -> None:
+    profiles = await open_profiles(data_dir)
+    await profiles.delete("ollama")
+    again = await open_profiles(data_dir)
+    assert await again.list() == []
+
+
+async def test_presets_are_templates(data_dir: Path) -> None:
+    profiles = await open_profiles(data_dir)
+    by_name = {p.name: p for p in profiles.presets()}
+    assert {"openai", "anthropic", "ollama", "lmstudio", "vllm", "openrouter", "deepseek", "gemini"} <= set(by_name)
+    assert by_name["lmstudio"].base_url == "http://127.0.0.1:1234/v1" and by_name["lmstudio"].kind == "openai"
+    assert by_name["vllm"].base_url == "http://127.0.0.1:8000/v1"
+    assert by_name["gemini"].base_url == "https://generativelanguage.googleapis.com/v1beta/openai"
+    assert by_name["anthropic"].base_url == "https://api.anthropic.com"
+    for preset in presets():
+        if preset.models:
+            assert preset.default_model in preset.models
+
+
+async def test_create_fills_defaults_from_the_preset(data_dir: Path) -> None:
+    profiles = await open_profiles(data_dir)
+    work = await profiles.create(ProviderCreate(name="work", kind="openai"))
+    assert (work.base_url, work.default_model, work.key_env) == ("https://api.openai.com/v1", "gpt-4.1-mini", "OPENAI_API_KEY")
+    assert "gpt-4o" in work.models
+    router = await profiles.create(ProviderCreate(name="openrouter", kind="openai"))
+    assert router.base_url == "https://openrouter.ai/api/v1" and router.key_env == "OPENROUTER_API_KEY"
+    # A custom server gets the URL it was given, and none of api.openai.com's models or key variable.
+    box = await profiles.create(ProviderCreate(name="box", kind="openai", base_url="http://10.0.0.5:8000/v1"))
+    assert (box.models, box.key_env, box.default_model) == ({}, None, "")
+    remote = await profiles.create(ProviderCreate(name="gpu", kind="ollama", base_url="http://10.0.0.9:11434"))
+    assert remote.extra == {"keep_alive": "30m", "options": {"num_ctx": 16384}}
+
+
+async def test_names_and_urls_are_checked(data_dir: Path) -> None:
+    profiles = await open_profiles(data_dir)
+    with pytest.raises(Conflict):
+        await profiles.create(ProviderCreate(name="ollama", kind="ollama"))
+    with pytest.raises(BadRequest):
+        await profiles.create(ProviderCreate(name="bad", kind="openai", base_url="ftp://x"))
+    for call in (profiles.get("nope"), profiles.delete("nope"), profiles.patch("nope", ProviderPatch()),
+                 profiles.caps("nope", "m")):
+        with pytest.raises(NotFound):
+            await call
+
+
+async def test_patch_replaces_only_the_fields_it_sets(data_dir: Path) -> None:
+    profiles = await open_profiles(data_dir)
+    await profiles.create(ProviderCreate(name="work", kind="openai", key_env="WORK_KEY"))
+    patched = await profiles.patch("work", ProviderPatch(default_model="gpt-4o", models={"gpt-4o": ModelCaps(vision=False)}))
+    assert patched.default_model == "gpt-4o" and patched.models == {"gpt-4o": ModelCaps(vision=False)}
+    assert patched.key_env == "WORK_KEY" and patched.base_url == "https://api.openai.com/v1"
+    cleared = await profiles.patch("work", ProviderPatch.model_validate({"key_env": None}))
+    assert cleared.key_env is None
+    with pytest.raises(BadRequest):
+        await profiles.patch("work", ProviderPatch(base_url="not a url"))
+    reopened = await open_profiles(data_dir)
+    assert (await reopened.get("work")).default_model == "gpt-4o"
+
+
+async def test_delete_forgets_the_stored_key(data_dir: Path) -> None:
+    profiles = await open_profiles(data_dir)
+    await profiles.create(ProviderCreate(name="work", kind="anthropic"))
+    await profiles.secrets.set("work", "sk-ant-stored-key-0123456789")
+    assert (await profiles.get("work")).key_hint == "…6789"
+    await profiles.delete("work")
+    await profiles.create(ProviderCreate(name="work", kind="anthropic"))
+    assert (await profiles.get("work")).has_key is False
+
+
+async def test_caps_and_prices(data_dir: Path) -> None:
+    profiles = await open_profiles(data_dir)
+    await profiles.create(ProviderCreate(name="claude", kind="anthropic"))
+    assert await profiles.price("claude", "claude-sonnet-4-5") == (3.0, 15.0)
+    assert (await profiles.caps("claude", "claude-sonnet-4-5")).vision is True
+    # Not declared: family defaults (vision for Claude), unknown price.
+    new = await profiles.caps("claude", "claude-future-9")
+    assert (new.vision, new.context_tokens, new.input_price) == (True, 200_000, 0.0)
+    # Overridden in the profile.
+    await profiles.patch("claude", ProviderPatch(models={"claude-sonnet-4-5": ModelCaps(input_price=2.0, output_price=10.0)}))
+    assert await profiles.price("claude", "claude-sonnet-4-5") == (2.0, 10.0)
+    # Emptied profile models fall back to the preset of the same service.
+    await profiles.patch("claude", ProviderPatch(models={}))
+    assert await profiles.price("claude", "claude-haiku-4-5") == (1.0, 5.0)
+    assert await profiles.caps("ollama", "some-new-model") == ModelCaps()
+    assert family_caps("qwen2.5vl:7b").vision and family_caps("openrouter/google/gemini-2.5-pro").vision
+    assert cost_of(ModelCaps(input_price=3.0, output_price=15.0), 1_000_000, 200_000) == pytest.approx(6.0)
+
+
+async def test_a_corrupt_profiles_file_is_moved_aside(data_dir: Path, caplog: Any) -> None:
+    (data_dir / "providers.json").write_text("{not json")
+    profiles = await open_profiles(data_dir)
+    assert [p.name for p in await profiles.list()] == ["ollama"]
+    assert len(list(data_dir.glob("providers.json.corrupt-*"))) == 1
+    assert "not a valid profiles file" in caplog.text
+
+
+async def test_invalid_entries_are_skipped(data_dir: Path) -> None:
+    (data_dir / "providers.json").write_text(json.dumps({"version": 1, "profiles": [
+        {"name": "ok", "kind": "ollama", "base_url": "http://127.0.0.1:11434"},
+        {"name": "bad name!", "kind": "openai", "base_url": "x"},
+    ]}))
+    profiles = await open_profiles(data_dir)
+    assert [p.name for p in await profiles.list()] == ["ok"]

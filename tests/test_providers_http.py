@@ -1,0 +1,217 @@
+"""The shared HTTP layer: session settings, retry policy, error parsing, SSE reading, the registry,
+and that an API key never reaches an exception or a log line."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import time
+from typing import Any
+
+import pytest
+
+from opencode_agent.core.errors import BadRequest, ProviderError
+from opencode_agent.core.protocol import ProviderPatch, ProviderProfile, TextPart
+from opencode_agent.core.providers.anthropic import AnthropicProvider
+from opencode_agent.core.providers.base import ChatMessage, ChatRequest, Finish, Provider, TextDelta, UsageReport
+from opencode_agent.core.providers.http import RetryPolicy, create_session, error_details, parse_retry_after
+from opencode_agent.core.providers.ollama import OllamaProvider
+from opencode_agent.core.providers.openai import OpenAIProvider
+from opencode_agent.core.providers.registry import build_provider, provider_for
+from opencode_agent.core.providers.profiles import ProviderProfiles
+from opencode_agent.core.secrets import SecretStore
+from opencode_agent.tests.fakes.llm_servers import (  # noqa: F401  (fixture)
+    Fail, RecordingSleep, Reply, Stream, anthropic_error_event, closed_port, fake_llm, sse,
+)
+
+REQUEST = ChatRequest(model="m", system="", messages=[ChatMessage("user", [TextPart(text="hi")])])
+
+
+@pytest.fixture
+async def http() -> Any:
+    session = create_session(sock_read=5)
+    yield session
+    await session.close()
+
+
+async def collect(p: Provider, request: ChatRequest = REQUEST) -> list[Any]:
+    return [event async for event in p.stream(request)]
+
+
+async def test_session_settings() -> None:
+    session = create_session(max_connections=7, sock_read=33)
+    try:
+        assert session.connector is not None
+        assert (session.connector.limit, session.connector.limit_per_host) == (7, 0)
+        assert (session.timeout.total, session.timeout.sock_connect, session.timeout.sock_read) == (None, 10, 33)
+    finally:
+        await session.close()
+    default = create_session()
+    try:
+        assert default.connector.limit == 256 and default.timeout.sock_read == 120  # type: ignore[union-attr]
+    finally:
+        await default.close()
+
+
+def err(retryable: bool = True, retry_after: float | None = None) -> ProviderError:
+    return ProviderError("x", retryable=retryable, retry_after=retry_after)
+
+
+def test_retry_policy_backoff_is_capped_and_jittered() -> None:
+    policy = RetryPolicy(max_attempts=10, base_delay=1.0, max_delay=8.0, jitter=0.5, rng=random.Random(7))
+    delays = [policy.delay_for(n, err()) for n in range(1, 7)]
+    caps = [1, 2, 4, 8, 8, 8]
+    assert all(cap * 0.5 <= d <= cap for d, cap in zip(delays, caps))  # type: ignore[operator]
+    assert len(set(delays)) == len(delays)
+    exact = RetryPolicy(base_delay=1.0, jitter=0.0)
+    assert [exact.delay_for(n, err()) for n in (1, 2, 3)] == [1.0, 2.0, 4.0]
+
+
+def test_retry_policy_limits() -> None:
+    policy = RetryPolicy(max_attempts=3, max_retry_after=30)
+    assert policy.delay_for(1, err(retry_after=12.5)) == 12.5
+    assert policy.delay_for(1, err(retry_after=31)) is None  # too long: let the person decide
+    assert policy.delay_for(3, err()) is None  # attempts used up
+    assert policy.delay_for(1, err(retryable=False)) is None
+    assert RetryPolicy.from_extra({"max_attempts": 1}).max_attempts == 1
+    assert RetryPolicy.from_extra({"max_attempts": "9"}).max_attempts == 4
+
+
+def test_parse_retry_after() -> None:
+    assert parse_retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
+    assert parse_retry_after({"retry-after": "3"}) == 3.0
+    assert parse_retry_after({"retry-after-ms": "junk", "retry-after": "2"}) == 2.0
+    assert parse_retry_after({}) is None
+    later = email.utils.formatdate(time.time() + 60, usegmt=True)
+    assert 55 <= (parse_retry_after({"retry-after": later}) or 0) <= 60
+    assert parse_retry_after({"retry-after": "not a date"}) is None
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ('{"error": {"message": "Bad key", "type": "invalid_request_error", "code": "invalid_api_key"}}', ("Bad key", "invalid_api_key")),
+    ('{"error": {"message": "Quota", "type": "insufficient_quota", "code": null}}', ("Quota", "insufficient_quota")),
+    ('{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}', ("Overloaded", "overloaded_error")),
+    ('{"error": "model not found"}', ("model not found", None)),
+    ('[{"error": {"code": 429, "message": "Resource exhausted", "status": "RESOURCE_EXHAUSTED"}}]', ("Resource exhausted", "RESOURCE_EXHAUSTED")),
+    ('{"object": "error", "message": "max_tokens too large", "type": "BadRequestError", "code": 400}', ("max_tokens too large", "BadRequestError")),
+    ("<html>Bad Gateway</html>", (None, None)),
+])
+def test_error_details(body: str, expected: tuple[str | None, str | None]) -> None:
+    assert error_details(body) == expected
+
+
+async def test_non_json_error_body_is_quoted(fake_llm: Any, http: Any) -> None:
+    fake_llm.push(Fail(502, "<html>Bad Gateway</html>"))
+    p = OpenAIProvider(ProviderProfile(name="p", kind="openai", base_url=f"{fake_llm.url}/v1"), None, http,
+                       retry=RetryPolicy(max_attempts=1))
+    with pytest.raises(ProviderError) as info:
+        await collect(p)
+    assert info.value.message == "p: <html>Bad Gateway</html> (HTTP 502)" and info.value.retryable
+
+
+async def test_x_should_retry_header_wins(fake_llm: Any, http: Any) -> None:
+    sleep = RecordingSleep()
+    fake_llm.push(Fail(500, {"error": {"message": "nope"}}, {"x-should-retry": "false"}))
+    p = OpenAIProvider(ProviderProfile(name="p", kind="openai", base_url=f"{fake_llm.url}/v1"), None, http,
+                       retry=RetryPolicy(sleep=sleep))
+    with pytest.raises(ProviderError) as info:
+        await collect(p)
+    assert not info.value.retryable and sleep.waits == []
+
+
+async def test_sse_framing_crlf_comments_multiline_and_long_lines(fake_llm: Any, http: Any) -> None:
+    long_text = "x" * 300_000  # longer than aiohttp's readline limit
+    chunk = '{"choices":[{"index":0,"delta":{"content":"%s"},"finish_reason":null}]}' % long_text
+    fake_llm.push(Stream([
+        b": keep-alive comment\r\n\r\n",
+        b'data: {"choices":[{"index":0,\r\ndata: "delta":{"content":"a"},"finish_reason":null}]}\r\n\r\n',
+        ("data: " + chunk[:1000]).encode(), (chunk[1000:] + "\n\n").encode(),
+        b'data:{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n',
+        b"data: [DONE]\n\n",
+    ]))
+    p = OpenAIProvider(ProviderProfile(name="p", kind="openai", base_url=f"{fake_llm.url}/v1"), None, http)
+    events = await collect(p)
+    assert events == [TextDelta("a"), TextDelta(long_text), Finish("stop")]
+
+
+async def test_an_abandoned_stream_frees_its_connection(fake_llm: Any, http: Any) -> None:
+    fake_llm.push(Stream([sse({"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": None}]})], stall_after=1),
+                  Reply(text="second"))
+    p = OpenAIProvider(ProviderProfile(name="p", kind="openai", base_url=f"{fake_llm.url}/v1"), None, http)
+    stream = p.stream(REQUEST)
+    assert await stream.__anext__() == TextDelta("a")
+    await stream.aclose()  # the caller aborted: the half-read response is closed, not pooled
+    assert await collect(p) == [TextDelta("second"), UsageReport(11, 7), Finish("stop")]
+
+
+# --------------------------------------------------------------------------- the key never leaks
+
+SECRET = "sk-live-THIS-KEY-MUST-NOT-LEAK-0123456789"
+
+
+@pytest.mark.parametrize(("kind", "path"), [("openai", "/v1"), ("anthropic", "/anthropic"), ("ollama", "")])
+async def test_the_key_never_appears_in_errors_or_logs(
+    fake_llm: Any, http: Any, caplog: pytest.LogCaptureFixture, kind: str, path: str,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    echoed = {"error": {"message": f"Incorrect API key provided: {SECRET}. Header was Bearer {SECRET}", "type": "x"}}
+    # A retryable failure (logged) echoing the key, then a final one; then an in-stream error.
+    fake_llm.push(Fail(500, echoed), Fail(401, echoed))
+    profile = ProviderProfile(name="p", kind=kind, base_url=f"{fake_llm.url}{path}")  # type: ignore[arg-type]
+    p = build_provider(profile, SECRET, http, retry=RetryPolicy(max_attempts=2, sleep=RecordingSleep()))
+    with pytest.raises(ProviderError) as info:
+        await collect(p)
+    assert "Incorrect API key provided: [REDACTED]" in info.value.message
+    texts = [str(info.value), repr(info.value), info.value.message, str(info.value.details), caplog.text]
+    message = f"upstream rejected {SECRET}"
+    in_stream = {
+        "openai": Stream([sse({"error": {"message": message}})]),
+        "anthropic": Stream([anthropic_error_event("invalid_request_error", message)]),
+        "ollama": Stream([json.dumps({"error": message}).encode() + b"\n"], content_type="application/x-ndjson"),
+    }[kind]
+    fake_llm.push(in_stream)
+    with pytest.raises(ProviderError) as stream_info:
+        await collect(p)
+    assert "upstream rejected [REDACTED]" in stream_info.value.message
+    texts.append(str(stream_info.value))
+    refused = build_provider(profile.model_copy(update={"base_url": f"http://127.0.0.1:{closed_port()}"}), SECRET, http,
+                             retry=RetryPolicy(max_attempts=2, sleep=RecordingSleep()))
+    with pytest.raises(ProviderError) as refused_info:
+        await collect(refused)
+    texts += [str(refused_info.value), caplog.text]
+    assert caplog.records, "the retries should have logged"
+    for text in texts:
+        assert SECRET not in text and "MUST-NOT-LEAK" not in text
+
+
+# --------------------------------------------------------------------------- registry
+
+
+async def test_build_provider_by_kind(http: Any) -> None:
+    def profile(kind: str) -> ProviderProfile:
+        return ProviderProfile(name="p", kind=kind, base_url="http://127.0.0.1:1")  # type: ignore[arg-type]
+
+    assert isinstance(build_provider(profile("openai"), None, http), OpenAIProvider)
+    assert isinstance(build_provider(profile("anthropic"), None, http), AnthropicProvider)
+    assert isinstance(build_provider(profile("ollama"), None, http), OllamaProvider)
+    with pytest.raises(BadRequest):
+        build_provider(profile("echo"), None, http)
+    sentinel = build_provider(profile("openai"), None, http)
+    assert build_provider(profile("echo"), None, http, extra_kinds={"echo": lambda *a: sentinel}) is sentinel
+    tuned = build_provider(profile("openai").model_copy(update={"extra": {"max_attempts": 2}}), None, http)
+    assert tuned.retry.max_attempts == 2  # type: ignore[attr-defined]
+
+
+async def test_provider_for_a_profile_name(fake_llm: Any, http: Any, data_dir: Any) -> None:
+    secrets = SecretStore(data_dir, env={})
+    await secrets.load()
+    profiles = ProviderProfiles(data_dir, secrets, env={})
+    await profiles.load()
+    await profiles.patch("ollama", ProviderPatch(base_url=fake_llm.url))
+    await secrets.set("ollama", "proxy-token-0123456789")
+    fake_llm.push(Reply(text="hi"))
+    p = await provider_for("ollama", profiles, http)
+    assert await collect(p) == [TextDelta("hi"), UsageReport(11, 7), Finish("stop")]
+    assert fake_llm.last.headers["Authorization"] == "Bearer proxy-token-0123456789"
