@@ -1,0 +1,73 @@
+/**
+ * Markdown → sanitized HTML for assistant text: markdown-it (raw HTML off), highlight.js core
+ * with a few languages (keeps the bundle lean), then DOMPurify. Code blocks get a header with the
+ * language and a copy button (`data-oc-copy`), wired by MarkdownView. Imports no app modules.
+ */
+import MarkdownIt from "markdown-it";
+import DOMPurify from "dompurify";
+import hljs from "highlight.js/lib/core";
+import bash from "highlight.js/lib/languages/bash";
+import css from "highlight.js/lib/languages/css";
+import diff from "highlight.js/lib/languages/diff";
+import javascript from "highlight.js/lib/languages/javascript";
+import json from "highlight.js/lib/languages/json";
+import python from "highlight.js/lib/languages/python";
+import typescript from "highlight.js/lib/languages/typescript";
+import xml from "highlight.js/lib/languages/xml";
+import yaml from "highlight.js/lib/languages/yaml";
+
+const LANGUAGES = { bash, css, diff, javascript, json, python, typescript, xml, yaml };
+for (const [name, lang] of Object.entries(LANGUAGES)) hljs.registerLanguage(name, lang);
+hljs.registerAliases(["sh", "shell", "zsh", "console"], { languageName: "bash" });
+hljs.registerAliases(["js", "mjs"], { languageName: "javascript" });
+hljs.registerAliases(["ts"], { languageName: "typescript" });
+hljs.registerAliases(["py"], { languageName: "python" });
+hljs.registerAliases(["html", "svg"], { languageName: "xml" });
+hljs.registerAliases(["yml"], { languageName: "yaml" });
+
+function escapeHtml(s: string): string {
+  return s.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]!);
+}
+
+const md = new MarkdownIt({ html: false, linkify: true, breaks: false, typographer: false });
+
+md.renderer.rules.fence = (tokens, idx, _options, env) => {
+  const token = tokens[idx];
+  const lang = (token.info || "").trim().split(/\s+/)[0].toLowerCase();
+  let body: string;
+  if (lang && hljs.getLanguage(lang)) {
+    body = hljs.highlight(token.content, { language: lang, ignoreIllegals: true }).value;
+  } else {
+    body = escapeHtml(token.content);
+  }
+  const label = escapeHtml(lang || "text");
+  return (
+    `<div class="oc-code"><div class="oc-code-head"><span>${label}</span>` +
+    `<button type="button" class="oc-code-copy" data-oc-copy="1">${escapeHtml(String((env as { copyLabel?: string } | undefined)?.copyLabel ?? "Copy"))}</button></div>` +
+    `<pre><code class="hljs">${body}</code></pre></div>`
+  );
+};
+
+let purifier: ReturnType<typeof DOMPurify> | null = null;
+
+function sanitizer(): ReturnType<typeof DOMPurify> {
+  if (purifier) return purifier;
+  purifier = DOMPurify(window);
+  purifier.addHook("afterSanitizeAttributes", (node) => {
+    if (node.tagName === "A") {
+      node.setAttribute("target", "_blank");
+      node.setAttribute("rel", "noopener noreferrer");
+    }
+  });
+  return purifier;
+}
+
+/** Render markdown to HTML that is safe for `v-html`. */
+export function renderMarkdown(source: string, copyLabel = "Copy"): string {
+  const html = md.render(source, { copyLabel });
+  return sanitizer().sanitize(html, {
+    ALLOWED_URI_REGEXP: /^(?:https?:|mailto:|\/|#)/i,
+    FORBID_TAGS: ["style", "form", "input", "textarea", "select"],
+    FORBID_ATTR: ["style"],
+  });
+}

@@ -1,0 +1,46 @@
+/**
+ * Mount one panel (its own Vue app, Pinia and store) into an element; returns the unmount.
+ * Builds the panel's `PanelDeps` from host.ts, and injects the stylesheet once per document.
+ */
+import { createPinia } from "pinia";
+import { createApp, h, type Ref } from "vue";
+import OpencodePanel from "./components/OpencodePanel.vue";
+import { DEPS, safeGet, safeSet, type PanelBinding, type PanelDeps } from "./deps";
+import * as host from "./host";
+import { setLocale } from "./i18n";
+import css from "./styles.css?inline";
+
+export const TOKEN_KEY = "opencode.token";
+const STYLE_ID = "opencode-panel-styles";
+
+export function injectStyles(doc: Document = document): void {
+  if (doc.getElementById(STYLE_ID)) return;
+  const style = doc.createElement("style");
+  style.id = STYLE_ID;
+  style.textContent = css;
+  doc.head.appendChild(style);
+}
+
+export function hostDeps(binding: PanelBinding): PanelDeps {
+  return {
+    transport: host.transport,
+    binding,
+    token: () => safeGet(TOKEN_KEY),
+    setToken: (token) => safeSet(TOKEN_KEY, token),
+    notify: (severity, summary, detail) => host.toast(severity, summary, detail),
+    currentWorkflow: host.currentWorkflow,
+    loadWorkflow: host.loadWorkflow,
+    canLoadWorkflow: host.canLoadWorkflow,
+    imageUrl: host.imageUrl,
+  };
+}
+
+export function mountPanel(el: HTMLElement, deps: PanelDeps, fontSize: Ref<number>): () => void {
+  injectStyles(el.ownerDocument);
+  setLocale(host.locale());
+  const app = createApp({ render: () => h(OpencodePanel, { fontSize: fontSize.value }) });
+  app.use(createPinia());
+  app.provide(DEPS, deps);
+  app.mount(el);
+  return () => app.unmount();
+}

@@ -1,0 +1,103 @@
+/**
+ * The panel inside an `OpencodeAgent` node: a DOM widget that grows with the node, bound to the
+ * node's Python widgets `session_id`, `skills`, `provider`, `model` (so the choice saves with the
+ * workflow; nothing secret lives there). Those widgets are hidden; the panel edits them.
+ */
+import type { Ref } from "vue";
+import type { PanelBinding, SessionConfig } from "./deps";
+import type { ComfyNode, ComfyWidget } from "./host-types";
+import { redrawCanvas } from "./host";
+import { hostDeps, mountPanel } from "./mount";
+
+export const NODE_TYPE = "OpencodeAgent";
+const BOUND = ["session_id", "skills", "provider", "model"] as const;
+const MIN_SIZE: [number, number] = [460, 620];
+
+export function isOpencodeNode(node: ComfyNode): boolean {
+  return node.comfyClass === NODE_TYPE || node.type === NODE_TYPE;
+}
+
+function widget(node: ComfyNode, name: string): ComfyWidget | undefined {
+  return node.widgets?.find((w) => w.name === name);
+}
+
+function setValue(node: ComfyNode, name: string, value: string): void {
+  const w = widget(node, name);
+  if (!w || w.value === value) return;
+  w.value = value;
+  w.callback?.(value);
+  node.setDirtyCanvas?.(true, true);
+}
+
+function hide(w: ComfyWidget): void {
+  // `hidden` for current front ends, a zero size for older LiteGraph drawing; the value still saves.
+  w.hidden = true;
+  w.options = { ...(w.options ?? {}), hidden: true };
+  w.computeSize = () => [0, -4];
+}
+
+export function nodeBinding(node: ComfyNode, defaults: () => SessionConfig): PanelBinding {
+  const read = (name: string) => String(widget(node, name)?.value ?? "").trim();
+  return {
+    kind: "node",
+    sessionId: () => read("session_id"),
+    setSessionId: (id) => setValue(node, "session_id", id),
+    defaults: () => {
+      const d = defaults();
+      const skills = read("skills").split(",").map((s) => s.trim()).filter(Boolean);
+      return { skills: skills.length ? skills : d.skills, provider: read("provider") || d.provider, model: read("model") || d.model };
+    },
+    syncConfig: (c) => {
+      setValue(node, "skills", c.skills.join(","));
+      setValue(node, "provider", c.provider ?? "");
+      setValue(node, "model", c.model ?? "");
+    },
+  };
+}
+
+export function attachToNode(node: ComfyNode, defaults: () => SessionConfig, fontSize: Ref<number>): void {
+  if (typeof node.addDOMWidget !== "function") return;
+  for (const name of BOUND) {
+    const w = widget(node, name);
+    if (w) hide(w);
+  }
+  const el = document.createElement("div");
+  el.className = "oc-node-host";
+  el.style.cssText = "width:100%;height:100%;min-height:0;display:flex;";
+  // Keys typed in the panel belong to the panel, not to the canvas' shortcuts.
+  el.addEventListener("keydown", (ev) => ev.stopPropagation());
+  const domWidget = node.addDOMWidget("opencode_panel", "opencode", el, {
+    serialize: false,
+    hideOnZoom: false,
+    getMinHeight: () => 360,
+    getMaxHeight: () => 100000,
+    margin: 6,
+  });
+  const size = node.size ?? [0, 0];
+  if (size[0] < MIN_SIZE[0] || size[1] < MIN_SIZE[1]) node.setSize?.([Math.max(size[0], MIN_SIZE[0]), Math.max(size[1], MIN_SIZE[1])]);
+
+  // A node loaded from a workflow gets its widget values right after it is created: start later.
+  let unmount: (() => void) | null = null;
+  let removed = false;
+  setTimeout(() => {
+    if (!removed) unmount = mountPanel(el, hostDeps(nodeBinding(node, defaults)), fontSize);
+    redrawCanvas();
+  }, 0);
+  const release = () => {
+    removed = true;
+    unmount?.();
+    unmount = null;
+  };
+  const onRemoved = node.onRemoved;
+  node.onRemoved = function (this: ComfyNode) {
+    release();
+    return onRemoved?.apply(this);
+  };
+  const onRemove = domWidget?.onRemove;
+  if (domWidget) {
+    domWidget.onRemove = () => {
+      release();
+      onRemove?.();
+    };
+  }
+}

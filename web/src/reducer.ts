@@ -1,0 +1,213 @@
+/**
+ * The panel's session state and the pure `reduce(state, event)` that advances it.
+ *
+ * Events with `seq` at or below the last one applied are ignored, so a replay after a reconnect
+ * never duplicates text; snapshots (`session.state`, `session.resync`) replace everything.
+ * Never mutates its input; imports only the protocol types.
+ */
+import type {
+  LogData,
+  Message,
+  OcEvent,
+  Part,
+  PermissionRequestedData,
+  Run,
+  Session,
+  SessionStateData,
+  ToolCallPart,
+  ToolResultPart,
+  UiRequestData,
+} from "./protocol";
+import { FINAL_RUN_STATUSES } from "./protocol";
+
+export const MAX_LOGS = 500;
+
+export interface PermissionEntry extends PermissionRequestedData {
+  decision: "pending" | "allow" | "deny";
+  remember: boolean;
+}
+
+export interface LogEntry extends LogData {
+  seq: number;
+}
+
+export interface ReadyState {
+  phase: "ready";
+  session: Session;
+  messages: Message[];
+  runs: Record<string, Run>;
+  permissions: PermissionEntry[];
+  proposals: UiRequestData[];
+  logs: LogEntry[];
+  hasMore: boolean;
+  lastSeq: number;
+}
+
+export type ChatState = { phase: "empty" } | { phase: "deleted"; sessionId: string } | ReadyState;
+
+export const EMPTY: ChatState = { phase: "empty" };
+
+export function reduce(state: ChatState, event: OcEvent): ChatState {
+  if (event.type === "session.state" || event.type === "session.resync") {
+    return fromSnapshot(state, event.data, event.seq);
+  }
+  if (state.phase !== "ready" || event.session_id !== state.session.id) return state;
+  if (event.seq > 0 && event.seq <= state.lastSeq) return state;
+  const s: ReadyState = { ...state, lastSeq: Math.max(state.lastSeq, event.seq) };
+  switch (event.type) {
+    case "session.updated":
+      return { ...s, session: event.data.session };
+    case "session.deleted":
+      return { phase: "deleted", sessionId: event.data.session_id };
+    case "message.created":
+      return upsertMessage(s, event.data.message);
+    case "message.completed":
+      return upsertMessage(s, event.data.message);
+    case "message.delta": {
+      const { message_id, run_id, skill, text } = event.data;
+      const base = findMessage(s, message_id) ?? placeholder(s.session.id, message_id, run_id, skill, event.ts);
+      return upsertMessage(s, { ...base, status: "streaming", parts: appendText(base.parts, text) });
+    }
+    case "tool.started":
+      return withMessage(s, event.data.message_id, (m) => ({ ...m, parts: upsertCall(m.parts, event.data.call) }));
+    case "tool.finished":
+      return withMessage(s, event.data.message_id, (m) => ({
+        ...m,
+        parts: upsertResult(upsertCall(m.parts, event.data.call), event.data.result),
+      }));
+    case "run.status":
+      return applyRun(s, event.data.run);
+    case "usage.updated":
+      return { ...s, session: { ...s.session, usage: event.data.usage } };
+    case "log": {
+      const logs = [...s.logs, { ...event.data, seq: event.seq }];
+      return { ...s, logs: logs.length > MAX_LOGS ? logs.slice(logs.length - MAX_LOGS) : logs };
+    }
+    case "permission.requested": {
+      const entry: PermissionEntry = { ...event.data, decision: "pending", remember: false };
+      const rest = s.permissions.filter((p) => p.request_id !== entry.request_id);
+      return { ...s, permissions: [...rest, entry] };
+    }
+    case "permission.resolved": {
+      const { request_id, decision, remember } = event.data;
+      const permissions = s.permissions.map((p) => (p.request_id === request_id ? { ...p, decision, remember } : p));
+      return { ...s, permissions };
+    }
+    case "ui.request":
+      // `get_workflow` is answered at once by the store; only proposals wait for a person.
+      if (event.data.action !== "propose_workflow") return s;
+      return { ...s, proposals: [...s.proposals.filter((p) => p.request_id !== event.data.request_id), event.data] };
+    default:
+      return s;
+  }
+}
+
+/** Forget a proposal once the person answered it (local, not an event). */
+export function dropProposal(state: ChatState, requestId: string): ChatState {
+  if (state.phase !== "ready") return state;
+  return { ...state, proposals: state.proposals.filter((p) => p.request_id !== requestId) };
+}
+
+/** Put an older page of history in front of what is shown. */
+export function prependHistory(state: ChatState, older: Message[], hasMore: boolean): ChatState {
+  if (state.phase !== "ready") return state;
+  const known = new Set(state.messages.map((m) => m.id));
+  return { ...state, messages: [...older.filter((m) => !known.has(m.id)), ...state.messages], hasMore };
+}
+
+/** Runs still queued or working, oldest first. */
+export function activeRuns(state: ChatState): Run[] {
+  if (state.phase !== "ready") return [];
+  return Object.values(state.runs).filter((r) => !FINAL_RUN_STATUSES.has(r.status) && r.status !== "idle");
+}
+
+function fromSnapshot(state: ChatState, data: SessionStateData, seq: number): ReadyState {
+  const runs: Record<string, Run> = {};
+  for (const r of data.runs) runs[r.id] = r;
+  // A snapshot carries no permission requests or proposals: keep those whose run still lives.
+  const same = state.phase === "ready" && state.session.id === data.session.id;
+  const alive = (runId: string | null) => runId !== null && runId in runs && !FINAL_RUN_STATUSES.has(runs[runId].status);
+  return {
+    phase: "ready",
+    session: data.session,
+    messages: [...data.messages],
+    runs,
+    permissions: same ? state.permissions.filter((p) => p.decision === "pending" && alive(p.run_id)) : [],
+    proposals: same ? state.proposals.filter((p) => alive(p.run_id)) : [],
+    logs: same ? state.logs : [],
+    hasMore: data.has_more,
+    lastSeq: Math.max(seq, data.session.last_seq),
+  };
+}
+
+function findMessage(s: ReadyState, id: string): Message | undefined {
+  return s.messages.find((m) => m.id === id);
+}
+
+function upsertMessage(s: ReadyState, message: Message): ReadyState {
+  const i = s.messages.findIndex((m) => m.id === message.id);
+  if (i < 0) return { ...s, messages: [...s.messages, message] };
+  const messages = s.messages.slice();
+  messages[i] = message;
+  return { ...s, messages };
+}
+
+function withMessage(s: ReadyState, id: string, change: (m: Message) => Message): ReadyState {
+  const m = findMessage(s, id);
+  return m ? upsertMessage(s, change(m)) : s;
+}
+
+function placeholder(sessionId: string, id: string, runId: string | null, skill: string | null, ts: number): Message {
+  return {
+    id,
+    session_id: sessionId,
+    role: "assistant",
+    skill,
+    run_id: runId,
+    parts: [],
+    status: "streaming",
+    created_at: ts,
+    updated_at: ts,
+    usage: null,
+    error: null,
+  };
+}
+
+function appendText(parts: Part[], text: string): Part[] {
+  const last = parts[parts.length - 1];
+  if (last && last.type === "text") return [...parts.slice(0, -1), { ...last, text: last.text + text }];
+  return [...parts, { type: "text", text }];
+}
+
+function upsertCall(parts: Part[], call: ToolCallPart): Part[] {
+  const i = parts.findIndex((p) => p.type === "tool_call" && p.id === call.id);
+  if (i < 0) return [...parts, call];
+  const out = parts.slice();
+  out[i] = call;
+  return out;
+}
+
+function upsertResult(parts: Part[], result: ToolResultPart): Part[] {
+  const i = parts.findIndex((p) => p.type === "tool_result" && p.tool_call_id === result.tool_call_id);
+  if (i < 0) return [...parts, result];
+  const out = parts.slice();
+  out[i] = result;
+  return out;
+}
+
+function applyRun(s: ReadyState, run: Run): ReadyState {
+  const runs = { ...s.runs, [run.id]: run };
+  const final = FINAL_RUN_STATUSES.has(run.status);
+  // A run's end settles its messages even if `message.completed` never arrives (abort, crash);
+  // its start takes the prompting message out of the queue.
+  const messages = s.messages.map((m) => {
+    const mine = m.run_id === run.id || m.id === run.message_id;
+    if (!mine) return m;
+    if (final && (m.status === "streaming" || m.status === "queued")) {
+      return { ...m, status: run.status as Message["status"], error: run.error ?? m.error };
+    }
+    if (run.status === "working" && m.role === "user" && m.status === "queued") return { ...m, status: "completed" as const };
+    return m;
+  });
+  return { ...s, runs, messages };
+}

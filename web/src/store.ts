@@ -1,0 +1,360 @@
+/**
+ * One panel's state: a setup-style Pinia store. Every panel instance (each node, the sidebar,
+ * the standalone page) mounts its own Vue app with its own Pinia, so each has its own store,
+ * client and socket. Session state changes only through `reduce`; this store adds the actions
+ * and the few side effects (answering `ui.request`, mirroring config to the node's widgets).
+ */
+import { defineStore } from "pinia";
+import { computed, inject, ref, shallowRef } from "vue";
+import { ApiError, OpencodeClient, type ConnectionState } from "./client";
+import { DEPS, type SessionConfig } from "./deps";
+import { t } from "./i18n";
+import type { ModelInfo, OcEvent, ProviderProfile, Session, SessionPatch, Skill, UiRequestData, VersionInfo } from "./protocol";
+import { PROTOCOL_VERSION } from "./protocol";
+import { activeRuns, dropProposal, EMPTY, prependHistory, reduce, type ChatState } from "./reducer";
+
+export interface Notice {
+  id: number;
+  severity: "success" | "info" | "warn" | "error";
+  text: string;
+}
+
+/** Leading `@role` mentions that name known roles, e.g. "@echo @assistant hi" → [echo, assistant]. */
+export function leadingMentions(text: string, roleIds: ReadonlySet<string>): string[] {
+  const out: string[] = [];
+  const re = /^\s*@([a-z0-9][a-z0-9_-]*)/;
+  let rest = text;
+  for (let m = re.exec(rest); m && roleIds.has(m[1]); m = re.exec(rest)) {
+    if (!out.includes(m[1])) out.push(m[1]);
+    rest = rest.slice(m[0].length);
+  }
+  return out;
+}
+
+export const usePanelStore = defineStore("opencode-panel", () => {
+  const deps = inject(DEPS)!;
+  const client = new OpencodeClient({ transport: deps.transport, token: deps.token, socket: deps.socket });
+
+  const connection = ref<ConnectionState>("idle");
+  const server = ref<VersionInfo | null>(null);
+  const needsToken = ref(false);
+  const skills = ref<Skill[]>([]);
+  const providers = ref<ProviderProfile[]>([]);
+  const presets = ref<ProviderProfile[]>([]);
+  const models = ref<Record<string, ModelInfo[]>>({});
+  const sessions = ref<Session[]>([]);
+  const chat = shallowRef<ChatState>(EMPTY);
+  const loading = ref(false);
+  const notices = ref<Notice[]>([]);
+  const queuedIds = ref<Set<string>>(new Set());
+  let noticeId = 0;
+
+  const protocolMismatch = computed(() => server.value !== null && server.value.protocol !== PROTOCOL_VERSION);
+  const session = computed(() => (chat.value.phase === "ready" ? chat.value.session : null));
+  const roles = computed(() => skills.value.filter((s) => s.kind === "role"));
+  const running = computed(() => activeRuns(chat.value));
+  const busy = computed(() => running.value.length > 0);
+  const skillById = computed(() => new Map(skills.value.map((s) => [s.id, s])));
+
+  function notify(severity: Notice["severity"], text: string, detail?: string): void {
+    if (deps.notify(severity, text, detail)) return;
+    const id = ++noticeId;
+    notices.value = [...notices.value.slice(-3), { id, severity, text: detail ? `${text}: ${detail}` : text }];
+    setTimeout(() => dismiss(id), severity === "error" ? 8000 : 4000);
+  }
+
+  function dismiss(id: number): void {
+    notices.value = notices.value.filter((n) => n.id !== id);
+  }
+
+  /** Report a failure; an `unauthorized` one opens the token prompt instead. */
+  function fail(summary: string, err: unknown): void {
+    if (err instanceof ApiError && err.code === "unauthorized") {
+      needsToken.value = true;
+      return;
+    }
+    notify("error", summary, err instanceof Error ? err.message : String(err));
+  }
+
+  const offEvent = client.onEvent(onEvent);
+  const offState = client.onState((s) => (connection.value = s));
+
+  function onEvent(event: OcEvent): void {
+    chat.value = reduce(chat.value, event);
+    switch (event.type) {
+      case "session.state":
+      case "session.resync":
+      case "session.updated":
+        rememberSession(event.data.session);
+        break;
+      case "session.deleted":
+        sessions.value = sessions.value.filter((s) => s.id !== event.data.session_id);
+        break;
+      case "run.status": {
+        const run = event.data.run;
+        if (run.status !== "queued" && queuedIds.value.has(run.message_id)) {
+          const next = new Set(queuedIds.value);
+          next.delete(run.message_id);
+          queuedIds.value = next;
+        }
+        break;
+      }
+      case "ui.request":
+        if (event.data.action === "get_workflow") void answerGetWorkflow(event.data);
+        break;
+    }
+  }
+
+  function rememberSession(s: Session): void {
+    const i = sessions.value.findIndex((x) => x.id === s.id);
+    sessions.value = i < 0 ? [s, ...sessions.value] : sessions.value.map((x) => (x.id === s.id ? s : x));
+    if (chat.value.phase === "ready" && chat.value.session.id === s.id) {
+      deps.binding.syncConfig({ skills: s.skills, provider: s.provider, model: s.model });
+    }
+  }
+
+  async function answerGetWorkflow(req: UiRequestData): Promise<void> {
+    const sessionId = client.session;
+    if (!sessionId) return;
+    try {
+      const workflow = await deps.currentWorkflow();
+      await client.uiReply({ session_id: sessionId, request_id: req.request_id, ok: true, result: { workflow } });
+    } catch (err) {
+      const error = err instanceof Error ? err.message : String(err);
+      await client.uiReply({ session_id: sessionId, request_id: req.request_id, ok: false, result: {}, error }).catch(() => undefined);
+    }
+  }
+
+  async function answerProposal(req: UiRequestData, accepted: boolean): Promise<void> {
+    const sessionId = session.value?.id;
+    if (!sessionId) return;
+    let ok = true;
+    let error: string | null = null;
+    if (accepted) {
+      try {
+        await deps.loadWorkflow((req.payload.workflow ?? req.payload.graph ?? req.payload) as Record<string, unknown>);
+      } catch (err) {
+        ok = false;
+        error = err instanceof Error ? err.message : String(err);
+        notify("error", t("error.generic"), error);
+      }
+    }
+    chat.value = dropProposal(chat.value, req.request_id);
+    await client
+      .uiReply({ session_id: sessionId, request_id: req.request_id, ok, result: { accepted: accepted && ok }, error })
+      .catch((err) => fail(t("error.generic"), err));
+  }
+
+  // ------------------------------------------------------------------ loading
+
+  async function start(): Promise<void> {
+    loading.value = true;
+    client.connect();
+    try {
+      server.value = await client.version().catch(() => null);
+      await Promise.all([loadSkills(), loadProviders(), loadSessions()]);
+      const wanted = deps.binding.sessionId();
+      if (wanted) await openSession(wanted, { createIfMissing: true });
+      else if (deps.binding.kind === "node") await newSession();
+      else if (sessions.value.length) await openSession(sessions.value[0].id);
+      else await newSession();
+    } catch (err) {
+      fail(t("error.load"), err);
+    } finally {
+      loading.value = false;
+    }
+  }
+
+  async function loadSkills(): Promise<void> {
+    skills.value = (await client.skills()).skills;
+  }
+
+  async function loadProviders(): Promise<void> {
+    const list = await client.providers();
+    providers.value = list.providers;
+    presets.value = list.presets ?? [];
+  }
+
+  async function loadSessions(): Promise<void> {
+    const list = (await client.listSessions()).sessions;
+    sessions.value = [...list].sort((a, b) => b.updated_at - a.updated_at);
+  }
+
+  async function loadModels(provider: string): Promise<void> {
+    try {
+      models.value = { ...models.value, [provider]: (await client.models(provider)).models };
+    } catch (err) {
+      fail(t("error.load"), err);
+    }
+  }
+
+  async function openSession(id: string, opts: { createIfMissing?: boolean } = {}): Promise<void> {
+    try {
+      const s = await client.getSession(id);
+      rememberSession(s);
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 404 && opts.createIfMissing) return newSession();
+      throw err;
+    }
+    deps.binding.setSessionId(id);
+    queuedIds.value = new Set();
+    if (chat.value.phase !== "ready" || chat.value.session.id !== id) chat.value = EMPTY;
+    await client.join(id);
+  }
+
+  async function newSession(config?: Partial<SessionConfig>): Promise<void> {
+    const d = { ...deps.binding.defaults(), ...config };
+    const known = new Set(skills.value.map((s) => s.id));
+    const created = await client.createSession({
+      skills: d.skills.filter((s) => known.size === 0 || known.has(s)),
+      provider: d.provider || null,
+      model: d.model || null,
+    });
+    rememberSession(created);
+    await openSession(created.id);
+  }
+
+  async function loadEarlier(): Promise<void> {
+    const c = chat.value;
+    if (c.phase !== "ready" || !c.hasMore || c.messages.length === 0) return;
+    try {
+      const page = await client.messages(c.session.id, c.messages[0].id);
+      chat.value = prependHistory(chat.value, page.messages, page.has_more);
+    } catch (err) {
+      fail(t("error.load"), err);
+    }
+  }
+
+  // ------------------------------------------------------------------ actions on the session
+
+  async function configure(patch: SessionPatch): Promise<void> {
+    const id = session.value?.id;
+    if (!id) return;
+    try {
+      await client.configure(id, patch);
+      if (patch.skills || patch.provider !== undefined || patch.model !== undefined) {
+        const s = { ...session.value!, ...patch } as Session;
+        deps.binding.syncConfig({ skills: s.skills, provider: s.provider, model: s.model });
+      }
+    } catch (err) {
+      fail(t("error.generic"), err);
+    }
+  }
+
+  async function renameSession(id: string, title: string): Promise<void> {
+    try {
+      rememberSession(await client.patchSession(id, { title }));
+    } catch (err) {
+      fail(t("error.generic"), err);
+    }
+  }
+
+  async function deleteSession(id: string): Promise<void> {
+    try {
+      await client.deleteSession(id);
+      sessions.value = sessions.value.filter((s) => s.id !== id);
+      if (session.value?.id === id || chat.value.phase === "deleted") {
+        const next = deps.binding.kind === "node" ? undefined : sessions.value[0];
+        if (next) await openSession(next.id);
+        else await newSession();
+      }
+    } catch (err) {
+      fail(t("error.generic"), err);
+    }
+  }
+
+  async function send(text: string): Promise<boolean> {
+    const id = session.value?.id;
+    if (!id || !text.trim()) return false;
+    const mentioned = leadingMentions(text, new Set(roles.value.map((r) => r.id)));
+    try {
+      const result = await client.send(id, { text, skills: mentioned, mode: "queue" });
+      if (result.queued) queuedIds.value = new Set([...queuedIds.value, result.message_id]);
+      return true;
+    } catch (err) {
+      fail(t("error.send"), err);
+      return false;
+    }
+  }
+
+  async function stop(runId?: string): Promise<void> {
+    const id = session.value?.id;
+    if (!id) return;
+    try {
+      await client.abort(id, runId ? { run_id: runId } : {});
+    } catch (err) {
+      fail(t("error.generic"), err);
+    }
+  }
+
+  async function replyPermission(requestId: string, decision: "allow" | "deny", remember: boolean): Promise<void> {
+    const id = session.value?.id;
+    if (!id) return;
+    try {
+      await client.replyPermission(id, { request_id: requestId, decision, remember });
+    } catch (err) {
+      fail(t("error.generic"), err);
+    }
+  }
+
+  // ------------------------------------------------------------------ providers and token
+
+  async function saveKey(provider: string, key: string): Promise<boolean> {
+    try {
+      const profile = await client.setProviderKey(provider, key);
+      providers.value = providers.value.map((p) => (p.name === provider ? profile : p));
+      notify("success", t("provider.keySaved"));
+      return true;
+    } catch (err) {
+      fail(t("error.generic"), err);
+      return false;
+    }
+  }
+
+  async function removeKey(provider: string): Promise<void> {
+    try {
+      await client.deleteProviderKey(provider);
+      await loadProviders();
+      notify("info", t("provider.keyRemoved"));
+    } catch (err) {
+      fail(t("error.generic"), err);
+    }
+  }
+
+  async function addProvider(preset: ProviderProfile): Promise<void> {
+    try {
+      const created = await client.createProvider({
+        name: preset.name,
+        kind: preset.kind,
+        base_url: preset.base_url,
+        default_model: preset.default_model,
+        key_env: preset.key_env,
+      });
+      providers.value = [...providers.value.filter((p) => p.name !== created.name), created];
+    } catch (err) {
+      fail(t("error.generic"), err);
+    }
+  }
+
+  async function useToken(token: string): Promise<void> {
+    deps.setToken(token.trim());
+    needsToken.value = false;
+    client.close();
+    await start();
+  }
+
+  function dispose(): void {
+    offEvent();
+    offState();
+    client.close();
+  }
+
+  return {
+    client, connection, server, needsToken, skills, providers, presets, models, sessions, chat, loading,
+    notices, queuedIds, protocolMismatch, session, roles, running, busy, skillById,
+    start, loadModels, openSession, newSession, loadEarlier, configure, renameSession, deleteSession, send, stop,
+    replyPermission, answerProposal, saveKey, removeKey, addProvider, useToken, loadSessions, notify, dismiss, dispose,
+  };
+});
+
+export type PanelStore = ReturnType<typeof usePanelStore>;
