@@ -93,6 +93,8 @@ class SessionManager:
         self.recent_limit = recent_limit
         self.validate_provider = validate_provider
         self._live: dict[str, _Live] = {}
+        # Resolved with the final assistant message of each run (or None if it never started).
+        self._run_done: dict[str, asyncio.Future[Message | None]] = {}
         self._loading: dict[str, asyncio.Future[_Live]] = {}
         self._closing = False
 
@@ -257,6 +259,9 @@ class SessionManager:
         runs = [Run(id=new_id("run"), session_id=session_id, message_id=new_id("msg"), skill=r.id,
                     status="queued") for r in roles]
         await self.store.save_message(user)
+        loop = asyncio.get_running_loop()
+        for run in runs:
+            self._run_done[run.id] = loop.create_future()
         self._remember(live, user)
         self.bus.publish(session_id, "message.created", MessageCreatedData(message=user))
         await self._auto_title(live, text)
@@ -334,6 +339,7 @@ class SessionManager:
             message = agent.message
         finally:
             live.active.pop(agent.run.id, None)
+            self._settle(agent.run.id, agent.message)
         if message.usage and (message.usage.input_tokens or message.usage.output_tokens):
             await self._add_usage(live, message)
         if not live.active and live.queued and not self._closing:
@@ -383,7 +389,24 @@ class SessionManager:
                 aborted.append(r.id)
         return aborted
 
+    def _settle(self, run_id: str, message: Message | None) -> None:
+        done = self._run_done.get(run_id)
+        if done is not None and not done.done():
+            done.set_result(message)
+        # Keep recent outcomes for late waiters; forget the oldest finished ones.
+        if len(self._run_done) > 2000:
+            for rid in [r for r, f in self._run_done.items() if f.done()][:1000]:
+                del self._run_done[rid]
+
+    async def wait_runs(self, session_id: str, run_ids: Sequence[str]) -> list[Message]:
+        """Wait until these runs end; their final replies (runs aborted while queued have none)."""
+        await self._get_live(session_id)
+        futures = [self._run_done[r] for r in run_ids if r in self._run_done]
+        results = await asyncio.gather(*(asyncio.shield(f) for f in futures))
+        return [m for m in results if m is not None]
+
     def _cancel_queued_run(self, live: _Live, queued: _Queued, run: Run) -> None:
+        self._settle(run.id, None)
         index = queued.runs.index(run)
         queued.runs.pop(index)
         queued.roles.pop(index)

@@ -1,0 +1,216 @@
+"""`opencode-agent`: run the standalone server, or chat from the terminal.
+
+    opencode-agent serve [--host 127.0.0.1] [--port 8189] [--data-dir DIR] [--comfyui-url URL]
+    opencode-agent run "prompt" [--session ID] [--skill ID ...] [--provider NAME] [--model M]
+                                [--server URL | --data-dir DIR]
+
+`run` streams the reply (several roles: labelled lines) and exits non-zero when a run ends in
+error. With `--server` (or `$OPENCODE_SERVER`) it talks to a running Opencode over HTTP + SSE;
+otherwise it opens the data directory in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .core.config import Config
+
+log = logging.getLogger("opencode.cli")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="opencode-agent", description="Opencode for ComfyUI")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the standalone server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8189)
+    serve.add_argument("--data-dir", type=Path, default=None)
+    serve.add_argument("--comfyui-url", default=os.environ.get("OPENCODE_COMFYUI_URL"),
+                       help="a ComfyUI to drive with the ComfyUI tools (e.g. http://127.0.0.1:8188)")
+    serve.add_argument("--echo-delay", type=float, default=None, help=argparse.SUPPRESS)
+    run = sub.add_parser("run", help="send one message and stream the reply")
+    run.add_argument("prompt")
+    run.add_argument("--session", default=None)
+    run.add_argument("--skill", action="append", default=[], help="a skill id (repeatable)")
+    run.add_argument("--provider", default=None)
+    run.add_argument("--model", default=None)
+    run.add_argument("--server", default=os.environ.get("OPENCODE_SERVER"),
+                     help="URL of a running Opencode (else in-process)")
+    run.add_argument("--token", default=os.environ.get("OPENCODE_TOKEN"))
+    run.add_argument("--data-dir", type=Path, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "serve":
+        return serve(args)
+    return asyncio.run(run_remote(args) if args.server else run_in_process(args))
+
+
+def config_from(args: argparse.Namespace) -> Config:
+    cfg = Config()
+    if args.data_dir is not None:
+        cfg.data_dir = args.data_dir
+    if getattr(args, "comfyui_url", None):
+        cfg.comfyui_url = args.comfyui_url
+    if getattr(args, "echo_delay", None) is not None:
+        cfg.echo_delay = args.echo_delay
+    return cfg
+
+
+def serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .routes import create_app
+    from .wiring import standalone
+
+    cfg = config_from(args)
+    wiring = standalone(cfg)
+    app = create_app(cfg, wiring.skill_factories(), wiring.image_loader())
+    print(f"Opencode on http://{args.host}:{args.port}/opencode/ (data in {cfg.data_dir})", flush=True)
+    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
+    return 0
+
+
+# --------------------------------------------------------------------------- run
+
+
+class _Printer:
+    """Writes deltas as they come; with several roles, each line is prefixed by its role."""
+
+    def __init__(self, out: Any = sys.stdout) -> None:
+        self.out = out
+        self.roles: set[str] = set()
+        self.current: str | None = None
+        self.failed = False
+
+    def delta(self, skill: str, text: str) -> None:
+        if len(self.roles) <= 1:
+            self.out.write(text)
+        else:
+            for i, line in enumerate(text.split("\n")):
+                if i > 0 or self.current != skill:
+                    self.out.write(f"\n[{skill}] ")
+                    self.current = skill
+                self.out.write(line)
+        self.out.flush()
+
+    def event(self, ev: dict[str, Any]) -> None:
+        t, data = ev.get("type"), ev.get("data", {})
+        if t == "message.delta":
+            self.delta(data.get("skill") or "assistant", data["text"])
+        elif t == "tool.started":
+            call = data["call"]
+            print(f"\n[tool {call['name']}]", file=sys.stderr, flush=True)
+        elif t == "permission.requested":
+            print(f"\n[permission needed for {data['tool']}: answer in the panel]", file=sys.stderr, flush=True)
+        elif t == "run.status":
+            run = data["run"]
+            if run["status"] == "error":
+                self.failed = True
+                print(f"\n[{run['skill']}] error: {run.get('error')}", file=sys.stderr, flush=True)
+            elif run["status"] in ("aborted", "interrupted"):
+                self.failed = True
+                print(f"\n[{run['skill']}] {run['status']}", file=sys.stderr, flush=True)
+
+
+async def run_in_process(args: argparse.Namespace) -> int:
+    from .core.bus import QueueSubscriber
+    from .core.protocol import SendBody, SessionCreate, SessionPatch
+    from .core.service import OpencodeService
+    from .wiring import standalone
+
+    cfg = config_from(args)
+    wiring = standalone(cfg)
+    svc = OpencodeService(cfg, skill_factories=wiring.skill_factories(), image_loader=wiring.image_loader())
+    await svc.start()
+    try:
+        sid = args.session
+        if sid is None:
+            sid = (await svc.sessions.create(SessionCreate(skills=args.skill, provider=args.provider,
+                                                           model=args.model))).id
+        elif args.skill or args.provider or args.model:
+            patch = {k: v for k, v in (("skills", args.skill), ("provider", args.provider), ("model", args.model)) if v}
+            await svc.sessions.patch(sid, SessionPatch(**patch))
+        sub = QueueSubscriber()
+        await svc.bus.subscribe(sid, sub, svc.bus.last_seq(sid) if svc.bus.last_seq(sid) else None)
+        result = await svc.sessions.send(sid, SendBody(text=args.prompt))
+        printer = _Printer()
+        printer.roles = {r for r in result.run_ids}
+        open_runs = set(result.run_ids)
+        while open_runs:
+            ev = await sub.queue.get()
+            if ev is None:
+                break
+            data = ev.model_dump(mode="json")
+            printer.event(data)
+            if ev.type == "run.status" and ev.data["run"]["id"] in open_runs and ev.data["run"]["status"] in (
+                    "completed", "aborted", "error", "interrupted"):
+                open_runs.discard(ev.data["run"]["id"])
+        print(f"\n(session {sid})", file=sys.stderr)
+        return 1 if printer.failed else 0
+    finally:
+        await svc.close()
+
+
+async def run_remote(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    base = args.server.rstrip("/")
+    headers = {"X-Opencode-Token": args.token} if args.token else {}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        sid = args.session
+        if sid is None:
+            body = {"skills": args.skill, "provider": args.provider, "model": args.model}
+            sid = (await _json(await http.post(f"{base}/opencode/sessions", json=body)))["id"]
+        elif args.skill or args.provider or args.model:
+            patch = {k: v for k, v in (("skills", args.skill), ("provider", args.provider), ("model", args.model)) if v}
+            await _json(await http.patch(f"{base}/opencode/sessions/{sid}", json=patch))
+        printer = _Printer()
+        async with http.post(f"{base}/opencode/sessions/{sid}/messages", json={"text": args.prompt},
+                             headers={"Accept": "text/event-stream"}) as resp:
+            if resp.status >= 400:
+                await _json(resp)
+            async for event, data in _sse(resp):
+                if event == "accepted":
+                    printer.roles = set(json.loads(data)["run_ids"])
+                else:
+                    printer.event(json.loads(data))
+        print(f"\n(session {sid})", file=sys.stderr)
+        return 1 if printer.failed else 0
+
+
+async def _json(resp: Any) -> Any:
+    data = await resp.json(content_type=None)
+    if resp.status >= 400:
+        err = data.get("error", {}) if isinstance(data, dict) else {}
+        print(f"error: {err.get('message', resp.status)} ({err.get('code', 'http_error')})", file=sys.stderr)
+        raise SystemExit(2)
+    return data
+
+
+async def _sse(resp: Any) -> Any:
+    event, data = "message", []
+    async for raw in resp.content:
+        line = raw.decode("utf-8").rstrip("\r\n")
+        if not line:
+            if data:
+                yield event, "\n".join(data)
+            event, data = "message", []
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

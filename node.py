@@ -1,0 +1,207 @@
+"""The `OpencodeAgent` node: its widgets configure a session; its inputs feed it; `reply` leaves it.
+
+The node function runs on ComfyUI's worker thread (each prompt on its own event loop), while
+sessions live on the server loop. So the node only hands coroutines to that loop with
+`asyncio.run_coroutine_threadsafe` and waits on the future in short slices, checking ComfyUI's
+interrupt flag between them: an interrupt or a timeout aborts the session's runs. No widget holds
+anything secret: widget values end up in the workflow JSON and in every saved PNG.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import io
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, TypeVar
+
+from .core.images import save_upload
+from .core.protocol import ImagePart, SendBody, SessionCreate, SessionPatch
+from .core.service import OpencodeService
+from .core.sessions import join_replies
+
+log = logging.getLogger("opencode.node")
+
+T = TypeVar("T")
+WAIT_SLICE = 0.1
+DEFAULT_TIMEOUT = 600.0
+
+
+class Interrupted(Exception):
+    """ComfyUI's interrupt was pressed while the node waited."""
+
+
+@dataclass
+class NodeBridge:
+    """How the node reaches the server loop and the service (set when Opencode is mounted)."""
+
+    loop: asyncio.AbstractEventLoop
+    service: Callable[[], OpencodeService]
+    # Raises ComfyUI's InterruptProcessingException when the user pressed Cancel.
+    check_interrupt: Callable[[], None] = lambda: None
+    timeout: float = DEFAULT_TIMEOUT
+
+    def call(self, make: Callable[[], Awaitable[T]], on_cancel: Callable[[], Awaitable[Any]] | None = None) -> T:
+        """Run a coroutine on the server loop and wait for it here, honouring interrupt and timeout."""
+        future = asyncio.run_coroutine_threadsafe(_as_coro(make), self.loop)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                return future.result(timeout=WAIT_SLICE)
+            except concurrent.futures.TimeoutError:
+                pass
+            try:
+                self.check_interrupt()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"Opencode did not answer within {self.timeout:.0f} s")
+            except BaseException:
+                future.cancel()
+                if on_cancel is not None:
+                    asyncio.run_coroutine_threadsafe(_as_coro(on_cancel), self.loop).result(timeout=5)
+                raise
+
+
+async def _as_coro(make: Callable[[], Awaitable[T]]) -> T:
+    return await make()
+
+
+def parse_skills(text: str) -> list[str]:
+    return [s.strip() for s in text.replace(";", ",").split(",") if s.strip()]
+
+
+class OpencodeAgent:
+    """Chat with Opencode in the node's panel; connect `text`/`image` to send from the graph."""
+
+    bridge: NodeBridge | None = None
+
+    CATEGORY = "Opencode"
+    DESCRIPTION = ("A persistent AI agent. Chat in the panel; connect text or an image to ask from the graph; "
+                   "`reply` outputs the answer (or the session's last reply when nothing is connected).")
+    RETURN_TYPES = ("STRING", "STRING")
+    RETURN_NAMES = ("reply", "session_id")
+    OUTPUT_TOOLTIPS = ("The roles' reply (several roles: joined and labelled).", "The session's id.")
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "session_id": ("STRING", {"default": "", "tooltip": "The Opencode session (set by the panel)."}),
+                "skills": ("STRING", {"default": "", "tooltip": "Selected skills, comma-separated."}),
+                "provider": ("STRING", {"default": "", "tooltip": "Provider profile name (keys stay on the server)."}),
+                "model": ("STRING", {"default": "", "tooltip": "Model id."}),
+            },
+            "optional": {
+                "text": ("STRING", {"forceInput": True, "tooltip": "Sent as a user message when connected."}),
+                "image": ("IMAGE", {"tooltip": "Attached to the message (for vision models)."}),
+            },
+        }
+
+    @classmethod
+    def IS_CHANGED(cls, session_id: str = "", skills: str = "", provider: str = "", model: str = "",
+                   text: str | None = None, image: Any = None) -> str:
+        """Re-run when the inputs change, or (no inputs) when the session got a new message."""
+        h = hashlib.sha256(f"{session_id}|{skills}|{provider}|{model}|{text}".encode())
+        if image is not None:
+            h.update(_image_fingerprint(image))
+        if text is None and image is None and cls.bridge is not None and session_id:
+            try:
+                _, last_id = cls.bridge.call(lambda: cls.bridge.service().sessions.last_reply(session_id))  # type: ignore[union-attr]
+                h.update(str(last_id).encode())
+            except Exception:  # noqa: BLE001 - a missing session just means "changed"
+                h.update(str(time.time()).encode())
+        return h.hexdigest()
+
+    def run(self, session_id: str, skills: str = "", provider: str = "", model: str = "",
+            text: str | None = None, image: Any = None) -> tuple[str, str]:
+        bridge = self.bridge
+        if bridge is None:
+            raise RuntimeError("Opencode is not running inside this ComfyUI (its routes failed to mount)")
+        svc = bridge.service
+        session_id = session_id.strip()
+        if text is None and image is None:
+            if not session_id:
+                return "", ""
+            reply, _ = bridge.call(lambda: svc().sessions.last_reply(session_id))
+            return reply, session_id
+        images = [save_upload(svc().data_dir, png) for png in _images_as_png(image)] if image is not None else []
+        settings = SessionCreate(id=session_id or None, skills=parse_skills(skills), provider=provider or None,
+                                 model=model or None)
+        result: dict[str, Any] = {}
+
+        async def send_and_wait() -> tuple[str, str]:
+            sid = await ensure_session(svc(), settings)
+            result["sid"] = sid
+            sent = await svc().sessions.send(sid, SendBody(text=text or "", images=images))
+            result["runs"] = sent.run_ids
+            return await wait_replies(svc(), sid, sent.run_ids), sid
+
+        async def abort() -> None:
+            if "sid" in result:
+                for run_id in result.get("runs", []):
+                    try:
+                        await svc().sessions.abort(result["sid"], run_id)
+                    except Exception:  # noqa: BLE001 - already finished
+                        pass
+
+        reply, sid = bridge.call(send_and_wait, on_cancel=abort)
+        return reply, sid
+
+
+async def ensure_session(svc: OpencodeService, settings: SessionCreate) -> str:
+    """The node's session, created with its widgets' settings if it does not exist yet."""
+    from .core.errors import NotFound
+
+    if settings.id:
+        try:
+            current = await svc.sessions.get(settings.id)
+        except NotFound:
+            return (await svc.sessions.create(settings)).id
+        wanted = {"skills": settings.skills, "provider": settings.provider, "model": settings.model}
+        changes = {k: v for k, v in wanted.items() if v and getattr(current, k) != v}
+        if changes:
+            await svc.sessions.patch(settings.id, SessionPatch(**changes))
+        return settings.id
+    return (await svc.sessions.create(settings)).id
+
+
+async def wait_replies(svc: OpencodeService, session_id: str, run_ids: list[str]) -> str:
+    """Wait for these runs and return their replies joined; an error run raises its message."""
+    replies = await svc.sessions.wait_runs(session_id, run_ids)
+    failed = [m for m in replies if m.status == "error"]
+    if failed and len(failed) == len(replies):
+        raise RuntimeError(f"Opencode: {failed[0].error}")
+    return join_replies(replies)
+
+
+def _image_fingerprint(image: Any) -> bytes:
+    try:
+        return hashlib.sha256(image.cpu().numpy().tobytes()).digest()
+    except Exception:  # noqa: BLE001 - unknown type: fall back to its identity
+        return str(id(image)).encode()
+
+
+def _images_as_png(image: Any) -> list[bytes]:
+    """ComfyUI IMAGE (a [B,H,W,C] float tensor in 0..1) → one PNG per batch item."""
+    import numpy as np
+    from PIL import Image
+
+    array = image.cpu().numpy() if hasattr(image, "cpu") else np.asarray(image)
+    if array.ndim == 3:
+        array = array[None]
+    out = []
+    for item in array[:4]:
+        pixels = np.clip(item * 255.0, 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+NODE_CLASS_MAPPINGS = {"OpencodeAgent": OpencodeAgent}
+NODE_DISPLAY_NAME_MAPPINGS = {"OpencodeAgent": "Opencode Agent"}
+
+__all__ = ["OpencodeAgent", "NodeBridge", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "ImagePart"]

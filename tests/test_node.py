@@ -1,0 +1,131 @@
+"""The OpencodeAgent node: declaration, the no-input path, send-and-wait, interrupt and timeout.
+
+The node runs on a worker thread; the service runs on a real event loop in another thread, as
+ComfyUI's server loop does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, Iterator
+
+import pytest
+
+from opencode_agent.core.config import Config
+from opencode_agent.core.service import OpencodeService
+from opencode_agent.node import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, NodeBridge, OpencodeAgent
+
+
+class ServerLoop:
+    """A service on its own loop thread, like ComfyUI's PromptServer loop."""
+
+    def __init__(self, config: Config) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.service = OpencodeService(config)
+        self.call(self.service.start())
+
+    def call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
+
+    def close(self) -> None:
+        self.call(self.service.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def server(config: Config) -> Iterator[ServerLoop]:
+    s = ServerLoop(config)
+    OpencodeAgent.bridge = NodeBridge(loop=s.loop, service=lambda: s.service)
+    yield s
+    OpencodeAgent.bridge = None
+    s.close()
+
+
+def test_declaration() -> None:
+    assert NODE_CLASS_MAPPINGS == {"OpencodeAgent": OpencodeAgent}
+    assert NODE_DISPLAY_NAME_MAPPINGS["OpencodeAgent"] == "Opencode Agent"
+    types = OpencodeAgent.INPUT_TYPES()
+    assert set(types["required"]) == {"session_id", "skills", "provider", "model"}
+    assert types["optional"]["text"][0] == "STRING" and types["optional"]["image"][0] == "IMAGE"
+    assert OpencodeAgent.RETURN_TYPES == ("STRING", "STRING")
+    assert OpencodeAgent.RETURN_NAMES == ("reply", "session_id")
+    assert OpencodeAgent.CATEGORY == "Opencode"
+    # Nothing secret can be a widget: no key/token/password input exists.
+    names = " ".join(types["required"]) + " ".join(types["optional"])
+    assert not any(w in names for w in ("key", "token", "password", "secret"))
+
+
+def test_send_and_wait_then_no_input_returns_last_reply(server: ServerLoop) -> None:
+    node = OpencodeAgent()
+    reply, sid = node.run(session_id="ses_node1", skills="echo", text="a cat in the rain")
+    assert reply == "a cat in the rain" and sid == "ses_node1"
+    again, sid2 = node.run(session_id="ses_node1", skills="echo")
+    assert again == "a cat in the rain" and sid2 == "ses_node1"
+    # Re-execution is keyed on the session's last message.
+    key1 = OpencodeAgent.IS_CHANGED(session_id="ses_node1", skills="echo")
+    node.run(session_id="ses_node1", skills="echo", text="second")
+    key2 = OpencodeAgent.IS_CHANGED(session_id="ses_node1", skills="echo")
+    assert key1 != key2
+    assert OpencodeAgent.IS_CHANGED(session_id="ses_node1", skills="echo") == key2
+
+
+def test_two_roles_are_joined_and_labelled(server: ServerLoop) -> None:
+    server.call(_add_second_echo(server.service))
+    reply, _ = OpencodeAgent().run(session_id="ses_node2", skills="echo,echo2", text="hi there")
+    assert reply == "[echo]\nhi there\n\n[echo2]\nhi there"
+
+
+async def _add_second_echo(svc: OpencodeService) -> None:
+    import dataclasses
+
+    echo = svc.skills.get("echo")
+    svc.skills.register(dataclasses.replace(echo, id="echo2", name="Echo 2"))
+
+
+def test_no_input_and_no_session_outputs_empty(server: ServerLoop) -> None:
+    assert OpencodeAgent().run(session_id="") == ("", "")
+
+
+def test_interrupt_aborts_the_run(server: ServerLoop, config: Config) -> None:
+    config.echo_delay = 0.05
+    pressed = threading.Event()
+
+    class Interrupted(Exception):
+        pass
+
+    def check() -> None:
+        if pressed.is_set():
+            raise Interrupted()
+
+    OpencodeAgent.bridge = NodeBridge(loop=server.loop, service=lambda: server.service, check_interrupt=check)
+    timer = threading.Timer(0.3, pressed.set)
+    timer.start()
+    with pytest.raises(Interrupted):
+        OpencodeAgent().run(session_id="ses_node3", skills="echo", text="word " * 200)
+    page = server.call(server.service.sessions.messages("ses_node3", None, 10))
+    assert page.messages[-1].role == "assistant" and page.messages[-1].status == "aborted"
+
+
+def test_timeout_aborts_the_run(server: ServerLoop, config: Config) -> None:
+    config.echo_delay = 0.05
+    OpencodeAgent.bridge = NodeBridge(loop=server.loop, service=lambda: server.service, timeout=0.3)
+    with pytest.raises(TimeoutError):
+        OpencodeAgent().run(session_id="ses_node4", skills="echo", text="word " * 200)
+    page = server.call(server.service.sessions.messages("ses_node4", None, 10))
+    assert page.messages[-1].status == "aborted"
+
+
+def test_image_input_is_attached(server: ServerLoop) -> None:
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("PIL")
+    image = np.zeros((1, 8, 8, 3), dtype=np.float32)
+    reply, sid = OpencodeAgent().run(session_id="ses_node5", skills="echo", text="look", image=image)
+    assert reply == "look"
+    page = server.call(server.service.sessions.messages(sid, None, 10))
+    user = page.messages[0]
+    assert [p.type for p in user.parts] == ["text", "image"]
+    assert (server.service.data_dir / "uploads" / user.parts[1].filename).is_file()
