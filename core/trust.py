@@ -2,8 +2,9 @@
 
 ComfyUI has no authentication, and its own origin check covers only loopback hosts and vanishes
 with `--enable-cors-header`; so Opencode checks every request itself, modelled on comfy-agent:
-- state-changing requests (anything but GET/HEAD, and the WebSocket upgrade) with a foreign
-  `Origin`, `Origin: null` or `Sec-Fetch-Site: cross-site` are refused;
+- requests with a foreign `Origin`, `Origin: null` or `Sec-Fetch-Site: cross-site` are refused,
+  reads included: with ComfyUI's `--enable-cors-header` every response allows any origin, so a
+  foreign page that may GET reads every conversation;
 - the no-token path is for this machine only: the peer address and the `Host` header must both be
   loopback (so DNS rebinding can't pass) and no `Forwarded`/`X-Forwarded-*` header may be present;
 - anything else needs the per-install token (header `X-Opencode-Token`, `Authorization: Bearer`,
@@ -135,8 +136,9 @@ def presented_token(headers: Mapping[str, str], query: Mapping[str, str]) -> str
 def check_request(policy: TrustPolicy, method: str, headers: Mapping[str, str], remote: str | None,
                   query: Mapping[str, str], *, websocket: bool = False) -> None:
     """Raise Forbidden/Unauthorized unless this request may proceed."""
-    if websocket or method.upper() not in SAFE_METHODS:
-        check_origin(headers)
+    # Every method: a cross-origin GET is harmless only while CORS stays closed, which ComfyUI's
+    # `--enable-cors-header` undoes. `websocket` is kept for callers; the upgrade is a GET too.
+    check_origin(headers)
     if is_local(headers, remote):
         return
     token = presented_token(headers, query)
