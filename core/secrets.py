@@ -146,8 +146,9 @@ def usual_env_var(base_url: str) -> str | None:
 def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
     """Write `text` to `path` so a reader sees the old or the new file, never half of one.
 
-    The temp file is created with `mode` from the start (no window where a secret is world
-    readable), fsynced, then moved over `path`. Blocking: call it through `asyncio.to_thread`.
+    `mkstemp` creates the temp file with `os.open(..., 0o600)`, so a secret is never readable by
+    others, not even for a moment; it is then set to `mode`, fsynced and moved over `path`.
+    Blocking: call it through `asyncio.to_thread`.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -292,6 +292,26 @@ async def test_fake_tool_fragments_without_index_continue_the_last_call(fake_llm
     assert events == [ToolCallReady("c1", "f", {"a": 1}), ToolCallReady("c2", "g", {}), Finish("tool_calls")]
 
 
+async def test_fake_odd_tool_call_fragments(fake_llm: Any, http: Any, sleep: RecordingSleep) -> None:
+    def chunk(calls: list[dict[str, Any]], finish: str | None = None) -> bytes:
+        return sse({"choices": [{"index": 0, "delta": {"tool_calls": calls} if calls else {}, "finish_reason": finish}]})
+
+    fake_llm.push(Stream([
+        # Two whole calls in one chunk, with neither index nor id.
+        chunk([{"function": {"name": "f", "arguments": '{"n": 1}'}}, {"function": {"name": "g", "arguments": "{}"}}]),
+        # A server reusing index 0 for a second call with a new id.
+        chunk([{"index": 0, "id": "x1", "function": {"name": "h", "arguments": '{"k":'}}]),
+        chunk([{"index": 0, "function": {"arguments": '"v"}'}}]),
+        chunk([{"index": 0, "id": "x2", "function": {"name": "h", "arguments": "{}"}}]),
+        chunk([], "tool_calls"),
+        sse("[DONE]"),
+    ]))
+    events = await collect(provider(f"{fake_llm.url}/v1", http, sleep), ask())
+    assert [(e.name, e.arguments) for e in events if isinstance(e, ToolCallReady)] == [
+        ("f", {"n": 1}), ("g", {}), ("h", {"k": "v"}), ("h", {})]
+    assert [e.id for e in events if isinstance(e, ToolCallReady)][2:] == ["x1", "x2"]
+
+
 async def test_fake_invalid_tool_arguments_are_reported_not_fatal(fake_llm: Any, http: Any, sleep: RecordingSleep) -> None:
     chunks = openai_chunks(Reply(tool_calls=[FakeToolCall("f", {"x": 1}, id="c1")]))
     # Drop the closing brace: the arguments arrive as '{"x": 1' + '}' in 7-character fragments.

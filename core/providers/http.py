@@ -155,8 +155,8 @@ def error_details(body: str) -> tuple[str | None, str | None]:
     message = err.get("message") or err.get("detail")
     code = err.get("code") if isinstance(err.get("code"), str) else None
     kind = err.get("type") if isinstance(err.get("type"), str) else None
-    # Prefer the specific code ("insufficient_quota") over the broad type ("insufficient_quota"
-    # may also be a type), but keep the type when it is the telling one ("billing_error").
+    # A spending-limit type (Anthropic's "billing_error", OpenAI's "insufficient_quota" type)
+    # outranks any code, so it is never mistaken for a plain, retryable 429.
     if kind in SPENDING_LIMIT_CODES:
         code = kind
     status = err.get("status") if isinstance(err.get("status"), str) else None
@@ -287,7 +287,8 @@ class HttpProvider(Provider):
 
     async def lines(self, response: aiohttp.ClientResponse) -> AsyncIterator[str]:
         """The body's lines (without line endings), read as they arrive, any length up to 16 MB."""
-        buffer = b""
+        pending: list[bytes] = []  # pieces of the current line; each chunk is scanned only once
+        size = 0
         while True:
             try:
                 chunk = await response.content.readany()
@@ -295,14 +296,18 @@ class HttpProvider(Provider):
                 raise self._transport_error(exc, started=True) from None
             if not chunk:
                 break
-            buffer += chunk
-            *complete, buffer = buffer.split(b"\n")
-            for line in complete:
-                yield line.rstrip(b"\r").decode("utf-8", errors="replace")
-            if len(buffer) > MAX_LINE:
-                raise self.error("stream line too long", code=CODE_BROKEN_STREAM)
-        if buffer:
-            yield buffer.rstrip(b"\r").decode("utf-8", errors="replace")
+            start = 0
+            while (end := chunk.find(b"\n", start)) >= 0:
+                pending.append(chunk[start:end])
+                yield b"".join(pending).rstrip(b"\r").decode("utf-8", errors="replace")
+                pending, size, start = [], 0, end + 1
+            if start < len(chunk):
+                pending.append(chunk[start:])
+                size += len(chunk) - start
+                if size > MAX_LINE:
+                    raise self.error("stream line too long", code=CODE_BROKEN_STREAM)
+        if pending:
+            yield b"".join(pending).rstrip(b"\r").decode("utf-8", errors="replace")
 
     async def sse(self, response: aiohttp.ClientResponse) -> AsyncIterator[SseEvent]:
         """Server-sent events; an event left unfinished at the end of the body is dropped."""

@@ -154,7 +154,7 @@ class OpenAIProvider(HttpProvider):
     # ------------------------------------------------------------------ stream
 
     async def parse(self, response: aiohttp.ClientResponse) -> AsyncIterator[StreamEvent]:
-        slots: list[_CallSlot] = []
+        calls = _CallAssembler()
         finish: str | None = None
         usage: tuple[int, int] | None = None
         done = emitted = False
@@ -179,19 +179,19 @@ class OpenAIProvider(HttpProvider):
                     emitted = True
                     yield TextDelta(text)
                 for fragment in delta.get("tool_calls") or []:
-                    _merge_call(slots, fragment)
+                    calls.merge(fragment)
                 if choice.get("finish_reason"):
                     finish = str(choice["finish_reason"])
         if finish is None:
             raise self.truncated("a finish_reason")
         if not done:
             raise self.truncated("[DONE]")
-        for slot in slots:
+        for slot in calls.slots:
             yield self._ready(slot)
         if usage is not None:
             yield UsageReport(input_tokens=usage[0], output_tokens=usage[1])
         reason = _FINISH.get(finish, "stop")
-        if slots:
+        if calls.slots:
             reason = "tool_calls" if reason != "length" else reason
         elif reason == "tool_calls":
             reason = "stop"
@@ -235,38 +235,49 @@ class OpenAIProvider(HttpProvider):
         return self.error(message, retryable=retryable, code=kind)
 
 
-def _merge_call(slots: list[_CallSlot], fragment: Any) -> None:
-    """Add one streamed tool-call fragment to its call: by `index`, else by `id`, else the last."""
-    if not isinstance(fragment, dict):
-        return
-    call_id = fragment.get("id") or ""
-    index = fragment.get("index")
-    slot: _CallSlot | None = None
-    if isinstance(index, int) and not isinstance(index, bool):
-        while len(slots) <= index:
-            slots.append(_CallSlot())
-        slot = slots[index]
-    elif call_id:
-        slot = next((s for s in slots if s.id == call_id), None)
-        if slot is None:
-            slot = _CallSlot()
-            slots.append(slot)
-    elif slots:
-        slot = slots[-1]
-    else:
-        slot = _CallSlot()
-        slots.append(slot)
-    if call_id and not slot.id:
-        slot.id = call_id
-    function = fragment.get("function") or {}
-    name = function.get("name")
-    if isinstance(name, str) and name and not slot.name:
-        slot.name = name
-    arguments = function.get("arguments")
-    if isinstance(arguments, str):
-        slot.arguments += arguments
-    elif isinstance(arguments, dict):  # some servers send the object itself
-        slot.arguments += json.dumps(arguments)
-    extra = fragment.get("extra_content")
-    if extra is not None:
-        slot.provider_data["extra_content"] = extra
+class _CallAssembler:
+    """Collects streamed tool-call fragments into whole calls, in the order the calls began.
+
+    A fragment goes to the call of its `index`; without one (Gemini) to the call of its `id`;
+    without either, a fragment naming a function starts a call and any other continues the last.
+    A server that reuses an index with a new id has started a new call.
+    """
+
+    def __init__(self) -> None:
+        self.slots: list[_CallSlot] = []
+        self._by_index: dict[int, _CallSlot] = {}
+
+    def _new(self) -> _CallSlot:
+        self.slots.append(_CallSlot())
+        return self.slots[-1]
+
+    def merge(self, fragment: Any) -> None:
+        if not isinstance(fragment, dict):
+            return
+        call_id = str(fragment.get("id") or "")
+        index = fragment.get("index")
+        function = fragment.get("function") or {}
+        slot: _CallSlot | None = None
+        if isinstance(index, int) and not isinstance(index, bool):
+            slot = self._by_index.get(index)
+            if slot is None or (call_id and slot.id and slot.id != call_id):
+                slot = self._by_index[index] = self._new()
+        elif call_id:
+            slot = next((s for s in self.slots if s.id == call_id), None) or self._new()
+        elif function.get("name") or not self.slots:
+            slot = self._new()
+        else:
+            slot = self.slots[-1]
+        if call_id and not slot.id:
+            slot.id = call_id
+        name = function.get("name")
+        if isinstance(name, str) and name and not slot.name:
+            slot.name = name
+        arguments = function.get("arguments")
+        if isinstance(arguments, str):
+            slot.arguments += arguments
+        elif isinstance(arguments, dict):  # some servers send the object itself
+            slot.arguments += json.dumps(arguments)
+        extra = fragment.get("extra_content")
+        if extra is not None:
+            slot.provider_data["extra_content"] = extra
