@@ -28,9 +28,10 @@ function comfyExternals(): Plugin {
   };
 }
 
-export default defineConfig({
+export default defineConfig(({ command }) => ({
   plugins: [comfyExternals(), vue()],
-  define: {
+  // Production Vue for the bundle only: Vitest (command "serve") keeps dev Vue for test-utils.
+  define: command !== "build" ? {} : {
     "process.env.NODE_ENV": JSON.stringify("production"),
     __VUE_OPTIONS_API__: "false",
     __VUE_PROD_DEVTOOLS__: "false",
@@ -63,4 +64,4 @@ export default defineConfig({
     environment: "happy-dom",
     include: ["tests/**/*.test.ts"],
   },
-});
+}));

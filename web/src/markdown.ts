@@ -62,9 +62,14 @@ function sanitizer(): ReturnType<typeof DOMPurify> {
   return purifier;
 }
 
+/** Markdown to HTML, before sanitizing (raw HTML is already escaped, unsafe links refused). */
+export function markdownToHtml(source: string, copyLabel = "Copy"): string {
+  return md.render(source, { copyLabel });
+}
+
 /** Render markdown to HTML that is safe for `v-html`. */
 export function renderMarkdown(source: string, copyLabel = "Copy"): string {
-  const html = md.render(source, { copyLabel });
+  const html = markdownToHtml(source, copyLabel);
   return sanitizer().sanitize(html, {
     ALLOWED_URI_REGEXP: /^(?:https?:|mailto:|\/|#)/i,
     FORBID_TAGS: ["style", "form", "input", "textarea", "select"],

@@ -102,6 +102,13 @@ export function reduce(state: ChatState, event: OcEvent): ChatState {
   }
 }
 
+/** Take a session returned by a REST call (same shape `session.updated` would bring). */
+export function withSession(state: ChatState, session: Session): ChatState {
+  if (state.phase !== "ready" || state.session.id !== session.id) return state;
+  if (session.updated_at < state.session.updated_at) return state; // an older copy
+  return { ...state, session };
+}
+
 /** Forget a proposal once the person answered it (local, not an event). */
 export function dropProposal(state: ChatState, requestId: string): ChatState {
   if (state.phase !== "ready") return state;

@@ -11,7 +11,7 @@ import { DEPS, type SessionConfig } from "./deps";
 import { t } from "./i18n";
 import type { ModelInfo, OcEvent, ProviderProfile, Session, SessionPatch, Skill, UiRequestData, VersionInfo } from "./protocol";
 import { PROTOCOL_VERSION } from "./protocol";
-import { activeRuns, dropProposal, EMPTY, prependHistory, reduce, type ChatState } from "./reducer";
+import { activeRuns, dropProposal, EMPTY, prependHistory, reduce, withSession, type ChatState } from "./reducer";
 
 export interface Notice {
   id: number;
@@ -108,6 +108,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   function rememberSession(s: Session): void {
     const i = sessions.value.findIndex((x) => x.id === s.id);
     sessions.value = i < 0 ? [s, ...sessions.value] : sessions.value.map((x) => (x.id === s.id ? s : x));
+    chat.value = withSession(chat.value, s);
     if (chat.value.phase === "ready" && chat.value.session.id === s.id) {
       deps.binding.syncConfig({ skills: s.skills, provider: s.provider, model: s.model });
     }

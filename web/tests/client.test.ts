@@ -1,0 +1,192 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { ApiError, OpencodeClient } from "../src/client";
+import type { OcEvent } from "../src/protocol";
+import { EMPTY, reduce, type ChatState } from "../src/reducer";
+import { ev, reply, session, SID, snapshot } from "./fixtures";
+import { FakeSocket, fakeTransport } from "./fakes";
+
+function delta(seq: number, text: string): OcEvent {
+  return ev("message.delta", seq, { message_id: "msg_a1", run_id: "run_1", skill: "echo", text });
+}
+
+function makeClient(token: string | null = null) {
+  const transport = fakeTransport({
+    "GET /opencode/version": () => [200, { name: "opencode", version: "0.1.0", protocol: 1, capabilities: [] }],
+    "POST /opencode/sessions/ses_1/messages": () => [202, { message_id: "m", run_id: "r", run_ids: ["r"], queued: false }],
+    "GET /opencode/sessions": () => [401, { error: { code: "unauthorized", message: "token needed", details: {} } }],
+  });
+  const client = new OpencodeClient({
+    transport,
+    token: () => token,
+    socket: (url) => new FakeSocket(url),
+    backoffMs: [100, 200, 400],
+    commandTimeoutMs: 1000,
+    pingIntervalMs: 5000,
+  });
+  return { client, transport };
+}
+
+beforeEach(() => {
+  FakeSocket.reset();
+  vi.useFakeTimers();
+});
+afterEach(() => {
+  vi.useRealTimers();
+});
+
+describe("OpencodeClient REST", () => {
+  it("sends the token header and parses JSON", async () => {
+    const { client, transport } = makeClient("tok");
+    expect((await client.version()).protocol).toBe(1);
+    expect(transport.calls[0].headers["X-Opencode-Token"]).toBe("tok");
+  });
+
+  it("turns an error envelope into an ApiError with its code", async () => {
+    const { client } = makeClient();
+    await expect(client.listSessions()).rejects.toMatchObject({ code: "unauthorized", status: 401 });
+  });
+
+  it("falls back to REST for send while the socket is closed", async () => {
+    const { client, transport } = makeClient();
+    const result = await client.send(SID, { text: "hi" });
+    expect(result.message_id).toBe("m");
+    expect(transport.calls.map((c) => `${c.method} ${c.path}`)).toEqual(["POST /opencode/sessions/ses_1/messages"]);
+  });
+});
+
+describe("OpencodeClient WebSocket", () => {
+  it("joins on open, answers commands by id, and puts the token in the URL", async () => {
+    const { client } = makeClient("a b");
+    const states: string[] = [];
+    client.onState((s) => states.push(s));
+    client.connect();
+    void client.join(SID);
+    const ws = FakeSocket.last();
+    expect(ws.url).toBe("ws://test/opencode/ws?token=a%20b");
+    ws.open();
+    expect(ws.commands("join")).toEqual([{ id: expect.any(String), type: "join", session_id: SID }]);
+    const sent = client.send(SID, { text: "yo", mode: "queue" });
+    ws.ack("send", { message_id: "m1", run_id: null, run_ids: [], queued: true });
+    await expect(sent).resolves.toMatchObject({ message_id: "m1", queued: true });
+    expect(states).toEqual(["connecting", "open"]);
+  });
+
+  it("rejects a command answered with an error frame", async () => {
+    const { client } = makeClient();
+    client.connect();
+    const ws = FakeSocket.last();
+    ws.open();
+    const p = client.command("abort", { session_id: SID });
+    const cmd = ws.commands("abort")[0];
+    ws.receive({ type: "error", id: cmd.id, error: { code: "not_found", message: "no session", details: {} } });
+    await expect(p).rejects.toBeInstanceOf(ApiError);
+    await expect(p).rejects.toMatchObject({ code: "not_found" });
+  });
+
+  it("reconnects with backoff, rejoins with after_seq and never duplicates replayed text", async () => {
+    const { client } = makeClient();
+    let state: ChatState = EMPTY;
+    const seen: number[] = [];
+    const off = client.onEvent((e) => {
+      seen.push(e.seq);
+      state = reduce(state, e);
+    });
+    client.connect();
+    void client.join(SID);
+    let ws = FakeSocket.last();
+    ws.open();
+    ws.receive(snapshot({ session: session({ last_seq: 3 }) }));
+    ws.receive(ev("message.created", 4, { message: reply() }));
+    ws.receive(delta(5, "Hello "));
+    ws.receive(delta(6, "wor"));
+    expect(client.seqOf(SID)).toBe(6);
+
+    ws.drop();
+    expect(client.connection).toBe("reconnecting");
+    vi.advanceTimersByTime(99);
+    expect(FakeSocket.all).toHaveLength(1);
+    vi.advanceTimersByTime(1);
+    expect(FakeSocket.all).toHaveLength(2);
+    ws = FakeSocket.last();
+    ws.drop(); // the second try fails too: the next waits longer
+    vi.advanceTimersByTime(199);
+    expect(FakeSocket.all).toHaveLength(2);
+    vi.advanceTimersByTime(1);
+    ws = FakeSocket.last();
+    ws.open();
+    expect(ws.commands("join")).toEqual([{ id: expect.any(String), type: "join", session_id: SID, after_seq: 6 }]);
+
+    // The server replays from its ring buffer, overlapping what we already had.
+    ws.receive(delta(5, "Hello "));
+    ws.receive(delta(6, "wor"));
+    ws.receive(delta(7, "ld"));
+    off();
+    ws.receive(delta(8, "!")); // after unsubscribe: not seen
+    expect(seen).toEqual([0, 4, 5, 6, 7]);
+    expect(state.phase === "ready" && state.messages[0].parts).toEqual([{ type: "text", text: "Hello world" }]);
+  });
+
+  it("a resync after reconnect replaces the state", () => {
+    const { client } = makeClient();
+    let state: ChatState = EMPTY;
+    client.onEvent((e) => (state = reduce(state, e)));
+    client.connect();
+    void client.join(SID);
+    let ws = FakeSocket.last();
+    ws.open();
+    ws.receive(snapshot({ session: session({ last_seq: 2 }), messages: [reply({ id: "old" })] }));
+    ws.drop();
+    vi.advanceTimersByTime(100);
+    ws = FakeSocket.last();
+    ws.open();
+    ws.receive(snapshot({ session: session({ last_seq: 50 }), messages: [reply({ id: "new" })] }, "session.resync"));
+    ws.receive(delta(40, "stale")); // below the resync point: dropped
+    expect(state.phase === "ready" && state.messages.map((m) => m.id)).toEqual(["new"]);
+    expect(client.seqOf(SID)).toBe(50);
+  });
+
+  it("closes a socket whose ping goes unanswered, then reconnects", async () => {
+    const { client } = makeClient();
+    client.connect();
+    const ws = FakeSocket.last();
+    ws.open();
+    vi.advanceTimersByTime(5000);
+    expect(ws.commands("ping")).toHaveLength(1);
+    await vi.advanceTimersByTimeAsync(1000); // command timeout, then its handler
+    expect(ws.closed).toBe(true);
+    ws.drop();
+    vi.advanceTimersByTime(100);
+    expect(FakeSocket.all).toHaveLength(2);
+  });
+
+  it("switching sessions leaves the old one and joins fresh (no after_seq)", async () => {
+    const { client } = makeClient();
+    client.connect();
+    void client.join(SID);
+    const ws = FakeSocket.last();
+    ws.open();
+    ws.ack("join");
+    ws.receive(snapshot({ session: session({ last_seq: 9 }) }));
+    const p = client.join("ses_2");
+    await Promise.resolve();
+    ws.ack("leave");
+    await vi.waitFor(() => expect(ws.commands("join")).toHaveLength(2));
+    ws.ack("join");
+    await p;
+    expect(ws.commands("leave")[0]).toMatchObject({ session_id: SID });
+    expect(ws.commands("join")[1]).toEqual({ id: expect.any(String), type: "join", session_id: "ses_2" });
+  });
+
+  it("close() stops reconnecting and fails pending commands", async () => {
+    const { client } = makeClient();
+    client.connect();
+    const ws = FakeSocket.last();
+    ws.open();
+    const p = client.command("ping", {});
+    client.close();
+    await expect(p).rejects.toMatchObject({ code: "disconnected" });
+    vi.advanceTimersByTime(10_000);
+    expect(FakeSocket.all).toHaveLength(1);
+    expect(client.connection).toBe("closed");
+  });
+});

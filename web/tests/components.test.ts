@@ -1,0 +1,185 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { flushPromises, mount } from "@vue/test-utils";
+import MarkdownView from "../src/components/MarkdownView.vue";
+import MessageView from "../src/components/MessageView.vue";
+import PermissionCard from "../src/components/PermissionCard.vue";
+import ToolCallCard from "../src/components/ToolCallCard.vue";
+import ProposalCard from "../src/components/ProposalCard.vue";
+import { setLocale } from "../src/i18n";
+import { markdownToHtml } from "../src/markdown";
+import { mentionAt } from "../src/composables/useMention";
+import { leadingMentions } from "../src/store";
+import { message, reply, skill } from "./fixtures";
+
+const imageUrl = (p: { filename: string }) => `/view?filename=${p.filename}`;
+
+beforeEach(() => setLocale("en"));
+afterEach(() => {
+  document.body.innerHTML = "";
+});
+
+// DOMPurify does not work under happy-dom (cure53/DOMPurify#1457): here it is a pass-through and
+// sanitizing is proven in real Chromium by the e2e suite; markdown-it's own escaping is tested here.
+vi.mock("dompurify", () => ({ default: () => ({ addHook: () => undefined, sanitize: (html: string) => html }) }));
+
+describe("markdownToHtml", () => {
+  it("escapes raw HTML and refuses script URLs", () => {
+    const html = markdownToHtml('<img src=x onerror="alert(1)"> [a](javascript:alert(1)) [b](https://example.com)');
+    expect(html).not.toContain("<img");
+    expect(html).toContain("&lt;img");
+    expect(html).not.toMatch(/href="javascript:/);
+    expect(html).toContain('href="https://example.com"');
+  });
+
+  it("wraps fenced code with its language and a labelled copy button", () => {
+    const html = markdownToHtml("```py\nx = 1\n```", "复制");
+    expect(html).toContain('<div class="oc-code">');
+    expect(html).toContain("<span>py</span>");
+    expect(html).toContain('data-oc-copy="1">复制</button>');
+    expect(html).toContain('class="hljs-number"');
+  });
+});
+
+describe("MarkdownView", () => {
+  it("renders markdown, highlights code and offers a copy button", () => {
+    const w = mount(MarkdownView, { props: { source: "**bold**\n\n```python\nprint('x')\n```" } });
+    expect(w.find("strong").text()).toBe("bold");
+    expect(w.find(".oc-code-head").text()).toContain("python");
+    expect(w.find("code.hljs").html()).toContain("hljs-");
+    expect(w.find("button[data-oc-copy]").text()).toBe("Copy");
+  });
+
+  it("copies the code of the block whose button was clicked", async () => {
+    const writeText = vi.fn().mockResolvedValue(undefined);
+    Object.defineProperty(navigator, "clipboard", { value: { writeText }, configurable: true });
+    const w = mount(MarkdownView, { props: { source: "```\nabc\n```" } });
+    await w.find("button[data-oc-copy]").trigger("click");
+    await flushPromises();
+    expect(writeText).toHaveBeenCalledWith("abc\n");
+    expect(w.find("button[data-oc-copy]").text()).toBe("Copied");
+  });
+});
+
+describe("MessageView", () => {
+  it("labels an assistant reply with its role name and colour", () => {
+    const w = mount(MessageView, {
+      props: { message: reply({ parts: [{ type: "text", text: "hi *there*" }], status: "completed" }), skill: skill(), imageUrl },
+    });
+    expect(w.find(".oc-role").text()).toBe("Echo");
+    expect(w.attributes("style")).toContain("--oc-role: #64748b");
+    expect(w.find("em").text()).toBe("there");
+  });
+
+  it.each([
+    ["aborted", "stopped"],
+    ["error", "failed"],
+    ["interrupted", "interrupted"],
+    ["queued", "queued"],
+  ] as const)("shows status %s as “%s”", (status, label) => {
+    const w = mount(MessageView, { props: { message: message({ status }), imageUrl } });
+    expect(w.find("[data-testid=message-status]").text()).toBe(label);
+  });
+
+  it("shows user text verbatim (no markdown) and images inline", () => {
+    const w = mount(MessageView, {
+      props: {
+        message: message({
+          parts: [
+            { type: "text", text: "**not bold**" },
+            { type: "image", source: "comfyui", filename: "a.png", subfolder: "", folder_type: "output", mime_type: "image/png" },
+          ],
+        }),
+        imageUrl,
+      },
+    });
+    expect(w.find("strong").exists()).toBe(false);
+    expect(w.text()).toContain("**not bold**");
+    expect(w.find("img").attributes("src")).toBe("/view?filename=a.png");
+  });
+
+  it("speaks 简体中文 when the locale is zh", () => {
+    setLocale("zh-CN");
+    const w = mount(MessageView, { props: { message: message({ status: "queued" }), imageUrl } });
+    expect(w.find(".oc-role").text()).toBe("你");
+    expect(w.find("[data-testid=message-status]").text()).toBe("排队中");
+  });
+});
+
+describe("ToolCallCard", () => {
+  it("shows name, status, duration, arguments and result", () => {
+    const w = mount(ToolCallCard, {
+      props: {
+        call: { type: "tool_call", id: "c1", name: "list_models", arguments: { folder: "checkpoints" }, skill: null, status: "completed", started_at: 1, duration_ms: 1500 },
+        result: { type: "tool_result", tool_call_id: "c1", name: "list_models", content: "sd15.safetensors", is_error: false, images: [] },
+        imageUrl,
+      },
+    });
+    expect(w.find("summary").text()).toContain("list_models");
+    expect(w.find("summary").text()).toContain("done");
+    expect(w.find("summary").text()).toContain("1.5 s");
+    expect(w.text()).toContain('"folder": "checkpoints"');
+    expect(w.text()).toContain("sd15.safetensors");
+  });
+});
+
+describe("PermissionCard", () => {
+  const request = {
+    request_id: "perm_1", run_id: "run_1", skill: "assistant", tool: "queue_workflow", permission_class: "run" as const,
+    summary: "Queue the graph", arguments: { n: 1 }, expires_at: Date.now() / 1000 + 60, decision: "pending" as const, remember: false,
+  };
+
+  it.each([
+    ["Allow", "allow", false],
+    ["Always allow", "allow", true],
+    ["Deny", "deny", false],
+  ] as const)("%s emits reply(%s, remember=%s) once", async (label, decision, remember) => {
+    const w = mount(PermissionCard, { props: { request, skillName: "Assistant" } });
+    expect(w.text()).toContain("Assistant wants to use queue_workflow");
+    const button = w.findAll("button").find((b) => b.text() === label)!;
+    await button.trigger("click");
+    expect(w.emitted("reply")).toEqual([[decision, remember]]);
+    expect(button.attributes("disabled")).toBeDefined();
+  });
+
+  it("shows the outcome once resolved", () => {
+    const w = mount(PermissionCard, { props: { request: { ...request, decision: "allow", remember: true }, skillName: "A" } });
+    expect(w.findAll("button")).toHaveLength(0);
+    expect(w.text()).toContain("Always allowed");
+  });
+});
+
+describe("ProposalCard", () => {
+  it("summarises the proposed graph and answers", async () => {
+    const w = mount(ProposalCard, {
+      props: {
+        request: {
+          request_id: "ui_1", run_id: null, action: "propose_workflow",
+          payload: { workflow: { "1": { class_type: "KSampler" }, "2": { class_type: "CLIPTextEncode" }, "3": { class_type: "CLIPTextEncode" } } },
+        },
+        canLoad: true,
+      },
+    });
+    expect(w.text()).toContain("Proposed workflow: 3 nodes");
+    expect(w.text()).toContain("CLIPTextEncode ×2");
+    await w.findAll("button").find((b) => b.text() === "Load into canvas")!.trigger("click");
+    expect(w.emitted("answer")).toEqual([[true]]);
+  });
+});
+
+describe("mentions", () => {
+  it.each([
+    ["@ec", 3, { start: 0, query: "ec" }],
+    ["hi @", 4, { start: 3, query: "" }],
+    ["mail@x", 6, null],
+    ["@echo hi", 8, null],
+  ] as const)("mentionAt(%j, %d)", (text, caret, expected) => {
+    expect(mentionAt(text, caret)).toEqual(expected);
+  });
+
+  it("leadingMentions keeps only known roles at the start", () => {
+    const roles = new Set(["echo", "assistant"]);
+    expect(leadingMentions("@echo @assistant hi", roles)).toEqual(["echo", "assistant"]);
+    expect(leadingMentions("@nobody hi", roles)).toEqual([]);
+    expect(leadingMentions("hi @echo", roles)).toEqual([]);
+  });
+});

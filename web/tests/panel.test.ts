@@ -1,0 +1,245 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { flushPromises } from "@vue/test-utils";
+import OpencodePanel from "../src/components/OpencodePanel.vue";
+import { setLocale } from "../src/i18n";
+import { defaultRoutes, makeDeps, memoryBinding, mountWith } from "./harness";
+import { FakeSocket } from "./fakes";
+import { ev, message, reply, run, session, SID, snapshot } from "./fixtures";
+
+vi.mock("dompurify", () => ({ default: () => ({ addHook: () => undefined, sanitize: (html: string) => html }) }));
+
+beforeEach(() => {
+  FakeSocket.reset();
+  setLocale("en");
+});
+afterEach(() => {
+  document.body.innerHTML = "";
+});
+
+/** Mount the panel, let it load, open its socket and deliver the session snapshot. */
+async function started(opts: Parameters<typeof makeDeps> = []) {
+  const made = makeDeps(...opts);
+  const w = mountWith(OpencodePanel, made.deps);
+  await flushPromises();
+  const ws = FakeSocket.last();
+  ws.open();
+  await flushPromises();
+  ws.receive(snapshot({ session: session({ last_seq: 1 }), messages: [message()] }));
+  await flushPromises();
+  return { ...made, w, ws };
+}
+
+function button(w: Awaited<ReturnType<typeof started>>["w"], text: string) {
+  const b = w.findAll("button").find((x) => x.text().trim() === text);
+  if (!b) throw new Error(`no button “${text}” in: ${w.findAll("button").map((x) => x.text()).join(" | ")}`);
+  return b;
+}
+
+describe("OpencodePanel", () => {
+  it("creates a session when it has none, writes its id, joins it and shows the history", async () => {
+    const { w, ws, deps, transport } = await started();
+    expect(transport.calls.some((c) => c.method === "POST" && c.path === "/opencode/sessions")).toBe(true);
+    expect(deps.binding.sessionId()).toBe(SID);
+    expect(ws.commands("join")[0]).toMatchObject({ session_id: SID });
+    expect(w.find("[data-testid=session-title]").text()).toBe("Chat");
+    expect(w.text()).toContain("hello");
+    expect(w.find("[data-testid=connection]").text()).toBe("Connected");
+  });
+
+  it("a node with a session id joins that session instead of creating one", async () => {
+    const binding = memoryBinding("node", SID);
+    const { transport, ws } = await started([defaultRoutes(), { binding }]);
+    expect(transport.calls.some((c) => c.method === "POST" && c.path === "/opencode/sessions")).toBe(false);
+    expect(ws.commands("join")[0]).toMatchObject({ session_id: SID });
+    ws.receive(ev("session.updated", 2, { session: session({ skills: ["echo", "assistant"], provider: "openai", model: "m2", last_seq: 2 }) }));
+    await flushPromises();
+    expect(binding.synced.at(-1)).toEqual({ skills: ["echo", "assistant"], provider: "openai", model: "m2" });
+  });
+
+  it("Enter sends over the socket, Shift+Enter does not; streamed text appears; Stop aborts", async () => {
+    const { w, ws } = await started();
+    const area = w.find("textarea");
+    await area.setValue("line one");
+    await area.trigger("keydown", { key: "Enter", shiftKey: true });
+    expect(ws.commands("send")).toHaveLength(0);
+    await area.trigger("keydown", { key: "Enter" });
+    expect(ws.commands("send")[0]).toMatchObject({ session_id: SID, text: "line one", mode: "queue" });
+    ws.ack("send", { message_id: "msg_u2", run_id: "run_1", run_ids: ["run_1"], queued: false });
+    await flushPromises();
+    expect((area.element as HTMLTextAreaElement).value).toBe("");
+
+    ws.receive(ev("message.created", 2, { message: message({ id: "msg_u2", parts: [{ type: "text", text: "line one" }] }) }));
+    ws.receive(ev("run.status", 3, { run: run() }));
+    ws.receive(ev("message.created", 4, { message: reply() }));
+    ws.receive(ev("message.delta", 5, { message_id: "msg_a1", run_id: "run_1", skill: "echo", text: "line " }));
+    ws.receive(ev("message.delta", 6, { message_id: "msg_a1", run_id: "run_1", skill: "echo", text: "one" }));
+    await flushPromises();
+    expect(w.find("[data-message-id=msg_a1]").text()).toContain("line one");
+    expect(w.find("[data-message-id=msg_a1] .oc-role").text()).toBe("Echo");
+
+    await button(w, "Stop").trigger("click");
+    expect(ws.commands("abort")[0]).toMatchObject({ session_id: SID });
+    ws.ack("abort", { aborted: ["run_1"] });
+    ws.receive(ev("run.status", 7, { run: run({ status: "aborted" }) }));
+    await flushPromises();
+    expect(w.find("[data-message-id=msg_a1]").attributes("data-status")).toBe("aborted");
+    expect(w.find("[data-message-id=msg_a1] [data-testid=message-status]").text()).toBe("stopped");
+    expect(w.findAll("button").some((b) => b.text() === "Stop")).toBe(false);
+  });
+
+  it("marks a message sent while busy as queued until its run starts", async () => {
+    const { w, ws } = await started();
+    ws.receive(ev("run.status", 2, { run: run() }));
+    await flushPromises();
+    expect(w.text()).toContain("Busy: your message will be queued.");
+    await w.find("textarea").setValue("later");
+    await w.find("textarea").trigger("keydown", { key: "Enter" });
+    ws.ack("send", { message_id: "msg_q", run_id: "run_2", run_ids: ["run_2"], queued: true });
+    ws.receive(ev("message.created", 3, { message: message({ id: "msg_q", parts: [{ type: "text", text: "later" }], status: "queued" }) }));
+    await flushPromises();
+    expect(w.find("[data-message-id=msg_q] [data-testid=message-status]").text()).toBe("queued");
+    ws.receive(ev("run.status", 4, { run: run({ id: "run_2", message_id: "msg_q", status: "working" }) }));
+    await flushPromises();
+    expect(w.find("[data-message-id=msg_q] [data-testid=message-status]").exists()).toBe(false);
+  });
+
+  it("completes @role from the role skills", async () => {
+    const { w } = await started();
+    const area = w.find("textarea");
+    await area.setValue("@as");
+    (area.element as HTMLTextAreaElement).setSelectionRange(3, 3);
+    await area.trigger("input");
+    const options = w.findAll("[role=option]");
+    expect(options.map((o) => o.text())).toEqual([expect.stringContaining("@assistant")]);
+    await area.trigger("keydown", { key: "Enter" });
+    expect((area.element as HTMLTextAreaElement).value).toBe("@assistant ");
+  });
+
+  it("two roles answering one prompt stand side by side", async () => {
+    const { w, ws } = await started();
+    ws.receive(ev("message.created", 2, { message: reply({ id: "a1", skill: "echo", run_id: "r1" }) }));
+    ws.receive(ev("message.created", 3, { message: reply({ id: "a2", skill: "assistant", run_id: "r2" }) }));
+    await flushPromises();
+    const grid = w.find(".oc-turn-replies");
+    expect(grid.findAll(".oc-role").map((r) => r.text())).toEqual(["Echo", "Assistant"]);
+  });
+
+  it("answers a permission request from its card", async () => {
+    const { w, ws } = await started();
+    ws.receive(ev("message.created", 2, { message: reply() }));
+    ws.receive(ev("permission.requested", 3, {
+      request_id: "perm_1", run_id: "run_1", skill: "echo", tool: "queue_workflow", permission_class: "run",
+      summary: "Queue 1 prompt", arguments: {}, expires_at: Date.now() / 1000 + 60,
+    }));
+    await flushPromises();
+    const card = w.find("[data-message-id=msg_a1] [data-testid=permission-card]");
+    expect(card.text()).toContain("Echo wants to use queue_workflow");
+    await card.findAll("button").find((b) => b.text() === "Always allow")!.trigger("click");
+    expect(ws.commands("permission.reply")[0]).toMatchObject({ session_id: SID, request_id: "perm_1", decision: "allow", remember: true });
+    ws.ack("permission.reply");
+    ws.receive(ev("permission.resolved", 4, { request_id: "perm_1", decision: "allow", remember: true }));
+    await flushPromises();
+    expect(w.find("[data-testid=permission-card]").text()).toContain("Always allowed");
+  });
+
+  it("answers get_workflow with the canvas graph and a proposal with accepted", async () => {
+    const loadWorkflow = vi.fn().mockResolvedValue(undefined);
+    const { w, ws } = await started([defaultRoutes(), { loadWorkflow }]);
+    ws.receive(ev("ui.request", 2, { request_id: "ui_1", run_id: null, action: "get_workflow", payload: {} }));
+    await flushPromises();
+    expect(ws.commands("ui.reply")[0]).toMatchObject({
+      request_id: "ui_1", ok: true, result: { workflow: { "1": { class_type: "KSampler", inputs: {} } } },
+    });
+    const graph = { "1": { class_type: "SaveImage", inputs: {} } };
+    ws.receive(ev("ui.request", 3, { request_id: "ui_2", run_id: null, action: "propose_workflow", payload: { workflow: graph } }));
+    await flushPromises();
+    await button(w, "Load into canvas").trigger("click");
+    await flushPromises();
+    expect(loadWorkflow).toHaveBeenCalledWith(graph);
+    expect(ws.commands("ui.reply")[1]).toMatchObject({ request_id: "ui_2", ok: true, result: { accepted: true } });
+    expect(w.find("[data-testid=proposal-card]").exists()).toBe(false);
+  });
+
+  it("shows usage and cost from usage.updated", async () => {
+    const { w, ws } = await started();
+    ws.receive(ev("usage.updated", 2, { usage: { input_tokens: 1500, output_tokens: 20, cost: 0.0123 }, message_id: null }));
+    await flushPromises();
+    expect(w.find("[data-testid=usage]").text()).toBe("1.5k in · 20 out");
+    expect(w.find("[data-testid=cost]").text()).toBe("$0.0123");
+  });
+
+  it("warns when the server speaks another protocol", async () => {
+    const routes = defaultRoutes();
+    routes["GET /opencode/version"] = () => [200, { name: "opencode", version: "9", protocol: 2, capabilities: [] }];
+    const { w } = await started([routes]);
+    expect(w.find("[role=alert]").text()).toContain("Server speaks protocol 2, this panel 1");
+  });
+
+  it("asks for a token after a 401 and retries with it", async () => {
+    const routes = defaultRoutes();
+    let calls = 0;
+    routes["GET /opencode/skills"] = () => (++calls === 1 ? [401, { error: { code: "unauthorized", message: "token", details: {} } }] : [200, { skills: [] }]);
+    const { deps, transport } = makeDeps(routes);
+    const w = mountWith(OpencodePanel, deps);
+    await flushPromises();
+    const input = w.find("input[type=password]");
+    expect(w.text()).toContain("needs an access token");
+    await input.setValue("s3cret");
+    await w.find("form.oc-banner").trigger("submit");
+    await flushPromises();
+    expect(deps.token()).toBe("s3cret");
+    expect(transport.calls.filter((c) => c.path === "/opencode/skills").at(-1)!.headers["X-Opencode-Token"]).toBe("s3cret");
+    expect(FakeSocket.last().url).toContain("token=s3cret");
+    expect(w.text()).not.toContain("needs an access token");
+  });
+
+  it("sends an API key only to the key route, clears the field and shows only the hint", async () => {
+    const { w, transport } = await started();
+    await w.find("[aria-label=Providers]").trigger("click");
+    const field = w.find("input[type=password]");
+    await field.setValue("sk-secret-wxyz");
+    await w.find(".oc-dialog form").trigger("submit");
+    expect((field.element as HTMLInputElement).value).toBe("");
+    await flushPromises();
+    const carrying = transport.calls.filter((c) => JSON.stringify(c).includes("sk-secret-wxyz"));
+    expect(carrying.map((c) => `${c.method} ${c.path}`)).toEqual(["PUT /opencode/providers/openai/key"]);
+    expect(w.find("[data-testid=key-hint]").text()).toBe("…wxyz");
+    expect(document.body.innerHTML).not.toContain("sk-secret");
+  });
+
+  it("renames and deletes with a confirm", async () => {
+    const routes = defaultRoutes();
+    routes["PATCH /opencode/sessions/ses_1"] = (body) => [200, session({ title: (body as { title: string }).title, updated_at: 1005 })];
+    routes["DELETE /opencode/sessions/ses_1"] = () => [200, { deleted: SID }];
+    const { w, transport } = await started([routes]);
+    await w.find("[aria-label=Rename]").trigger("click");
+    const input = w.find("input[aria-label=Rename]");
+    await input.setValue("My chat");
+    await input.trigger("keydown", { key: "Enter" });
+    await flushPromises();
+    expect(w.find("[data-testid=session-title]").text()).toBe("My chat");
+    await w.find("[aria-label=Delete]").trigger("click");
+    expect(w.text()).toContain("Delete “My chat” and its history?");
+    await button(w, "Confirm").trigger("click");
+    await flushPromises();
+    expect(transport.calls.some((c) => c.method === "DELETE" && c.path === "/opencode/sessions/ses_1")).toBe(true);
+  });
+
+  it("filters, searches and copies the debug log", async () => {
+    const writeText = vi.fn().mockResolvedValue(undefined);
+    Object.defineProperty(navigator, "clipboard", { value: { writeText }, configurable: true });
+    const { w, ws } = await started();
+    ws.receive(ev("log", 2, { level: "debug", module: "opencode.agent", message: "tiny detail", time: 0, run_id: null }));
+    ws.receive(ev("log", 3, { level: "warning", module: "opencode.providers", message: "slow answer", time: 0, run_id: "run_1" }));
+    ws.receive(ev("log", 4, { level: "info", module: "opencode.agent", message: "run started", time: 0, run_id: "run_1" }));
+    await flushPromises();
+    await button(w, "Debug").trigger("click");
+    const lines = () => w.findAll(".oc-log").map((l) => l.text());
+    expect(lines()).toHaveLength(2); // "info" and up by default
+    await w.find("input[type=search]").setValue("slow");
+    expect(lines()).toEqual([expect.stringContaining("WARNING opencode.providers [run_1] slow answer")]);
+    await button(w, "Copy as text").trigger("click");
+    await flushPromises();
+    expect(writeText.mock.calls[0][0]).toContain("slow answer");
+  });
+});

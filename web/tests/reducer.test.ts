@@ -1,0 +1,192 @@
+import { describe, expect, it } from "vitest";
+import type { ChatState, ReadyState } from "../src/reducer";
+import { activeRuns, dropProposal, EMPTY, MAX_LOGS, prependHistory, reduce } from "../src/reducer";
+import type { OcEvent } from "../src/protocol";
+import { ev, message, reply, run, session, SID, snapshot } from "./fixtures";
+
+function ready(events: OcEvent[], start: ChatState = EMPTY): ReadyState {
+  const s = events.reduce(reduce, start);
+  if (s.phase !== "ready") throw new Error(`expected ready, got ${s.phase}`);
+  return s;
+}
+
+const base = [snapshot({ messages: [message()], session: session({ last_seq: 4 }) })];
+
+describe("reduce: snapshots", () => {
+  it.each([
+    ["session.state", "session.state"],
+    ["session.resync", "session.resync"],
+  ] as const)("%s replaces the state and takes last_seq from the session", (_, type) => {
+    const before = ready([...base, ev("message.created", 5, { message: reply() })]);
+    const after = ready([snapshot({ session: session({ last_seq: 9 }), messages: [message({ id: "msg_x" })] }, type)], before);
+    expect(after.messages.map((m) => m.id)).toEqual(["msg_x"]);
+    expect(after.lastSeq).toBe(9);
+  });
+
+  it("keeps pending permission requests whose run is still active across a resync", () => {
+    const asked = ready([
+      ...base,
+      ev("permission.requested", 5, {
+        request_id: "perm_1", run_id: "run_1", skill: "echo", tool: "t", permission_class: "run", summary: "s", arguments: {}, expires_at: 0,
+      }),
+    ]);
+    const keep = ready([snapshot({ runs: [run()] }, "session.resync")], asked);
+    expect(keep.permissions.map((p) => p.request_id)).toEqual(["perm_1"]);
+    const drop = ready([snapshot({ runs: [] }, "session.resync")], asked);
+    expect(drop.permissions).toEqual([]);
+  });
+});
+
+describe("reduce: one event at a time", () => {
+  const table: [string, OcEvent[], (s: ReadyState) => unknown, unknown][] = [
+    ["message.created appends", [ev("message.created", 5, { message: reply() })], (s) => s.messages.map((m) => m.id), ["msg_u1", "msg_a1"]],
+    [
+      "message.delta appends text to the last text part",
+      [
+        ev("message.created", 5, { message: reply() }),
+        ev("message.delta", 6, { message_id: "msg_a1", run_id: "run_1", skill: "echo", text: "Hel" }),
+        ev("message.delta", 7, { message_id: "msg_a1", run_id: "run_1", skill: "echo", text: "lo" }),
+      ],
+      (s) => s.messages[1].parts,
+      [{ type: "text", text: "Hello" }],
+    ],
+    [
+      "message.delta for an unknown message creates a streaming placeholder",
+      [ev("message.delta", 5, { message_id: "msg_z", run_id: "run_9", skill: "echo", text: "hi" })],
+      (s) => [s.messages[1].id, s.messages[1].role, s.messages[1].status, s.messages[1].run_id],
+      ["msg_z", "assistant", "streaming", "run_9"],
+    ],
+    [
+      "message.completed replaces the message",
+      [
+        ev("message.created", 5, { message: reply() }),
+        ev("message.completed", 6, { message: reply({ status: "completed", parts: [{ type: "text", text: "done" }] }) }),
+      ],
+      (s) => [s.messages[1].status, s.messages[1].parts],
+      ["completed", [{ type: "text", text: "done" }]],
+    ],
+    [
+      "tool.started then tool.finished update the call in place and add its result",
+      [
+        ev("message.created", 5, { message: reply() }),
+        ev("tool.started", 6, {
+          message_id: "msg_a1", run_id: "run_1",
+          call: { type: "tool_call", id: "c1", name: "list_models", arguments: {}, skill: null, status: "running", started_at: 1, duration_ms: null },
+        }),
+        ev("tool.finished", 7, {
+          message_id: "msg_a1", run_id: "run_1",
+          call: { type: "tool_call", id: "c1", name: "list_models", arguments: {}, skill: null, status: "completed", started_at: 1, duration_ms: 12 },
+          result: { type: "tool_result", tool_call_id: "c1", name: "list_models", content: "[]", is_error: false, images: [] },
+        }),
+      ],
+      (s) => s.messages[1].parts.map((p) => (p.type === "tool_call" ? `call:${p.status}` : p.type)),
+      ["call:completed", "tool_result"],
+    ],
+    [
+      "a final run.status settles a streaming message",
+      [ev("message.created", 5, { message: reply() }), ev("run.status", 6, { run: run({ status: "aborted" }) })],
+      (s) => [s.messages[1].status, activeRuns(s).length],
+      ["aborted", 0],
+    ],
+    [
+      "run.status working takes a queued prompt out of the queue",
+      [
+        ev("message.created", 5, { message: message({ id: "msg_u2", status: "queued" }) }),
+        ev("run.status", 6, { run: run({ message_id: "msg_u2", status: "working" }) }),
+      ],
+      (s) => [s.messages[1].status, activeRuns(s).map((r) => r.id)],
+      ["completed", ["run_1"]],
+    ],
+    [
+      "usage.updated sets the session's total",
+      [ev("usage.updated", 5, { usage: { input_tokens: 10, output_tokens: 5, cost: 0.5 }, message_id: "msg_a1" })],
+      (s) => s.session.usage,
+      { input_tokens: 10, output_tokens: 5, cost: 0.5 },
+    ],
+    [
+      "session.updated replaces the session",
+      [ev("session.updated", 5, { session: session({ title: "New", last_seq: 5 }) })],
+      (s) => s.session.title,
+      "New",
+    ],
+    [
+      "permission.requested then resolved",
+      [
+        ev("permission.requested", 5, {
+          request_id: "perm_1", run_id: "run_1", skill: "echo", tool: "queue_workflow", permission_class: "run", summary: "Run it", arguments: {}, expires_at: 0,
+        }),
+        ev("permission.resolved", 6, { request_id: "perm_1", decision: "allow", remember: true }),
+      ],
+      (s) => s.permissions.map((p) => [p.request_id, p.decision, p.remember]),
+      [["perm_1", "allow", true]],
+    ],
+    [
+      "ui.request propose_workflow waits; get_workflow does not",
+      [
+        ev("ui.request", 5, { request_id: "ui_1", run_id: "run_1", action: "propose_workflow", payload: { workflow: {} } }),
+        ev("ui.request", 6, { request_id: "ui_2", run_id: "run_1", action: "get_workflow", payload: {} }),
+      ],
+      (s) => s.proposals.map((p) => p.request_id),
+      ["ui_1"],
+    ],
+    [
+      "log lines are kept with their seq",
+      [ev("log", 5, { level: "info", module: "opencode.agent", message: "hi", time: 1, run_id: null })],
+      (s) => s.logs.map((l) => [l.seq, l.message]),
+      [[5, "hi"]],
+    ],
+  ];
+
+  it.each(table)("%s", (_, events, pick, expected) => {
+    expect(pick(ready([...base, ...events]))).toEqual(expected);
+  });
+});
+
+describe("reduce: what it ignores", () => {
+  it("drops events at or below the last seq (replays never duplicate text)", () => {
+    const delta = ev("message.delta", 6, { message_id: "msg_a1", run_id: "run_1", skill: "echo", text: "Hi" });
+    const s = ready([...base, ev("message.created", 5, { message: reply() }), delta, delta, ev("message.created", 5, { message: reply() })]);
+    expect(s.messages[1].parts).toEqual([{ type: "text", text: "Hi" }]);
+    expect(s.lastSeq).toBe(6);
+  });
+
+  it("ignores events from another session and events before any snapshot", () => {
+    const other = ev("message.created", 9, { message: reply() }, "ses_other");
+    expect(ready([...base, other]).messages).toHaveLength(1);
+    expect(reduce(EMPTY, ev("message.created", 1, { message: reply() }))).toBe(EMPTY);
+  });
+
+  it("does not mutate its input", () => {
+    const s = ready(base);
+    const frozen = JSON.stringify(s);
+    reduce(s, ev("message.created", 5, { message: reply() }));
+    expect(JSON.stringify(s)).toBe(frozen);
+  });
+
+  it("session.deleted moves to the deleted phase", () => {
+    const s = [...base, ev("session.deleted", 5, { session_id: SID })].reduce(reduce, EMPTY);
+    expect(s).toEqual({ phase: "deleted", sessionId: SID });
+  });
+
+  it("caps the log", () => {
+    const logs = Array.from({ length: MAX_LOGS + 5 }, (_, i) =>
+      ev("log", 5 + i, { level: "debug", module: "m", message: String(i), time: i, run_id: null }),
+    );
+    const s = ready([...base, ...logs]);
+    expect(s.logs).toHaveLength(MAX_LOGS);
+    expect(s.logs[0].message).toBe("5");
+  });
+});
+
+describe("local helpers", () => {
+  it("prependHistory puts older messages first without duplicates", () => {
+    const s = prependHistory(ready(base), [message({ id: "msg_0" }), message()], false) as ReadyState;
+    expect(s.messages.map((m) => m.id)).toEqual(["msg_0", "msg_u1"]);
+    expect(s.hasMore).toBe(false);
+  });
+
+  it("dropProposal forgets an answered proposal", () => {
+    const s = ready([...base, ev("ui.request", 5, { request_id: "ui_1", run_id: null, action: "propose_workflow", payload: {} })]);
+    expect((dropProposal(s, "ui_1") as ReadyState).proposals).toEqual([]);
+  });
+});
