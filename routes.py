@@ -85,10 +85,20 @@ async def read_body(request: web.Request, model: type[M]) -> M:
     if not raw.strip():
         raw = b"{}"
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}", code="bad_json") from None
-    return parse_model(model, data)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"the body is not valid UTF-8: {exc}", code="bad_json") from None
+    return parse_model(model, parse_json(text, "body"))
+
+
+def parse_json(text: str, what: str) -> Any:
+    """`json.loads` with every failure (syntax, absurd nesting) as a `bad_json` error."""
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise BadRequest(f"the {what} is not valid JSON: {exc}", code="bad_json") from None
+    except RecursionError:
+        raise BadRequest(f"the {what} is nested too deeply", code="bad_json") from None
 
 
 def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -520,13 +530,10 @@ class WsConnection:
         try:
             if len(text.encode("utf-8", "surrogatepass")) > p.MAX_WS_FRAME_BYTES:
                 raise PayloadTooLarge(f"frames are limited to {p.MAX_WS_FRAME_BYTES} bytes", code="frame_too_large")
-            try:
-                raw = json.loads(text)
-            except ValueError as exc:
-                raise BadRequest(f"the frame is not valid JSON: {exc}", code="bad_json") from None
-            if isinstance(raw, dict) and isinstance(raw.get("id"), str):
-                cid = raw["id"][:64]
-            if not isinstance(raw, dict) or raw.get("type") not in p.COMMAND_TYPES:
+            raw = parse_json(text, "frame")
+            if isinstance(raw, dict) and isinstance(raw.get("id"), str) and p.re_id(raw["id"]):
+                cid = raw["id"]
+            if not isinstance(raw, dict) or not isinstance(raw.get("type"), str) or raw["type"] not in p.COMMAND_TYPES:
                 kind = raw.get("type") if isinstance(raw, dict) else None
                 raise BadRequest(f"unknown command {str(kind)[:40]!r}; commands: {', '.join(sorted(p.COMMAND_TYPES))}",
                                  code="unknown_command")

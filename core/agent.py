@@ -292,7 +292,9 @@ class AgentRun:
                 if t.name not in seen:
                     seen.add(t.name)
                     out.append((skill.id, t))
-        for t in self.deps.extra_tools:
+        # `read_skill_reference` only when some active skill has reference files to read.
+        with_refs = any(getattr(s, "references", None) for s in (self.input.role, *self.input.tool_skills))
+        for t in self.deps.extra_tools if with_refs else []:
             if t.name not in seen:
                 seen.add(t.name)
                 out.append(("opencode", t))
@@ -399,7 +401,7 @@ def build_history(history: list[Message], role_id: str, user_message: Message, c
         used += cost
         chosen.append(turns)
     out = [t for turns in reversed(chosen) for t in turns]
-    # A provider needs the first turn to be the user's.
-    while out and out[0].role != "user":
+    # A provider needs the first turn to be the user's own words (not a tool result cut from its call).
+    while out and (out[0].role != "user" or any(isinstance(p, ToolResultPart) for p in out[0].parts)):
         out.pop(0)
     return out

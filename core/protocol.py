@@ -513,7 +513,7 @@ class SkillList(Model):
 
 
 class _Command(Model):
-    id: str = Field(min_length=1, max_length=64)
+    id: EntityId
 
 
 class JoinCommand(_Command):

@@ -90,8 +90,8 @@ def test_no_input_and_no_session_outputs_empty(server: ServerLoop) -> None:
     assert OpencodeAgent().run(session_id="") == ("", "")
 
 
-def test_interrupt_aborts_the_run(server: ServerLoop, config: Config) -> None:
-    config.echo_delay = 0.05
+def test_interrupt_aborts_the_run(server: ServerLoop) -> None:
+    server.service.sessions.deps.echo_delay = 0.05
     pressed = threading.Event()
 
     class Interrupted(Exception):
@@ -110,8 +110,8 @@ def test_interrupt_aborts_the_run(server: ServerLoop, config: Config) -> None:
     assert page.messages[-1].role == "assistant" and page.messages[-1].status == "aborted"
 
 
-def test_timeout_aborts_the_run(server: ServerLoop, config: Config) -> None:
-    config.echo_delay = 0.05
+def test_timeout_aborts_the_run(server: ServerLoop) -> None:
+    server.service.sessions.deps.echo_delay = 0.05
     OpencodeAgent.bridge = NodeBridge(loop=server.loop, service=lambda: server.service, timeout=0.3)
     with pytest.raises(TimeoutError):
         OpencodeAgent().run(session_id="ses_node4", skills="echo", text="word " * 200)

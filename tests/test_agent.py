@@ -1,0 +1,387 @@
+"""The agent loop through the whole service: streaming, tools, permissions, several roles, abort,
+budgets and errors, with a scripted model. Concurrency is proven with barriers, never with time."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator
+
+import pytest
+
+from fakes.scripted_provider import ScriptedProvider, ScriptedResolver, text_turn, tool_turn
+from opencode_agent.core.agent import build_history
+from opencode_agent.core.errors import ProviderError
+from opencode_agent.core.protocol import Message, ModelCaps, TextPart, ToolCallPart, ToolResultPart, now
+from opencode_agent.core.providers.base import ChatRequest, Finish, TextDelta, UsageReport
+from opencode_agent.core.skills import Skill
+from opencode_agent.core.tools import ToolContext, tool
+from wsclient import WsClient, run_final
+
+
+def role(skill_id: str) -> Skill:
+    return Skill(id=skill_id, name=skill_id.title(), description="test role", kind="role",
+                 instructions=f"ROLE:{skill_id}")
+
+
+def role_of(request: ChatRequest) -> str:
+    return request.system.split("\n")[0].removeprefix("ROLE:")
+
+
+pair_barrier: asyncio.Barrier | None = None
+
+
+@tool(permission="read")
+async def lookup(ctx: ToolContext, query: str) -> str:
+    """Look something up."""
+    return f"found {query}"
+
+
+@tool(permission="read")
+async def meet(ctx: ToolContext, who: str) -> str:
+    """Wait until both parallel calls are running (proves they run at once)."""
+    assert pair_barrier is not None
+    await asyncio.wait_for(pair_barrier.wait(), 5)
+    return f"met {who}"
+
+
+@tool(permission="edit")
+async def paint(ctx: ToolContext, color: str) -> dict[str, Any]:
+    """Change the canvas colour."""
+    return {"painted": color}
+
+
+TOOLS = Skill(id="testtools", name="Test tools", description="tools for tests", kind="tools",
+              instructions="Use the tools.", tools=[lookup, meet, paint])
+
+
+@pytest.fixture
+async def env(client, service):
+    provider = ScriptedProvider()
+    service.sessions.deps.models = ScriptedResolver(provider)
+    for s in (role("alpha"), role("beta"), role("gamma"), TOOLS):
+        service.skills.register(s, replace=True)
+
+    async def session(*skills: str, **extra: Any) -> str:
+        r = await client.post("/opencode/sessions", json={"skills": list(skills), **extra})
+        assert r.status == 201, await r.text()
+        return (await r.json())["id"]
+
+    async def ws(sid: str) -> WsClient:
+        w = WsClient(await client.ws_connect("/opencode/ws"))
+        await w.command("join", session_id=sid, panel=True)
+        return w
+
+    return provider, session, ws
+
+
+def final_message(ws: WsClient, run_id: str) -> dict[str, Any]:
+    for ev in reversed(ws.of_type("message.completed")):
+        if ev["data"]["message"]["run_id"] == run_id:
+            return ev["data"]["message"]
+    raise AssertionError("no completed message")
+
+
+async def test_text_reply_with_usage_and_cost(env, service):
+    provider, session, ws_for = env
+    provider.turns.append(text_turn("Hello", " world", input_tokens=1000, output_tokens=500))
+    sid = await session("alpha")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="hi")
+    await ws.until(run_final(sent["data"]["run_id"]))
+    msg = final_message(ws, sent["data"]["run_id"])
+    assert msg["status"] == "completed" and msg["parts"] == [{"type": "text", "text": "Hello world"}]
+    assert msg["usage"]["input_tokens"] == 1000 and msg["usage"]["output_tokens"] == 500
+    assert msg["usage"]["cost"] == pytest.approx((1000 * 1.0 + 500 * 2.0) / 1e6)
+    usage = (await ws.until(lambda e: e["type"] == "usage.updated"))["data"]["usage"]
+    assert usage["input_tokens"] == 1000
+    assert (await service.sessions.get(sid)).usage.output_tokens == 500
+    req = provider.requests[0]
+    assert req.system.startswith("ROLE:alpha") and req.messages[-1].parts[0].text == "hi"
+    logs = [e["data"]["message"] for e in ws.of_type("log")]
+    assert any("tokens: 1000 in, 500 out" in line for line in logs)
+
+
+async def test_tool_call_result_is_fed_back(env):
+    provider, session, ws_for = env
+    provider.turns.extend([tool_turn(("c1", "lookup", {"query": "ksampler"})), text_turn("It is a sampler.")])
+    sid = await session("alpha", "testtools")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="what is ksampler")
+    await ws.until(run_final(sent["data"]["run_id"]))
+    started = ws.of_type("tool.started")[0]["data"]["call"]
+    finished = ws.of_type("tool.finished")[0]["data"]
+    assert started["name"] == "lookup" and finished["result"]["content"] == "found ksampler"
+    assert finished["call"]["status"] == "completed" and finished["call"]["duration_ms"] is not None
+    second = provider.requests[1]
+    assert [m.role for m in second.messages] == ["user", "assistant", "user"]
+    assert isinstance(second.messages[2].parts[0], ToolResultPart)
+    assert {t.name for t in provider.requests[0].tools} == {"lookup", "meet", "paint"}
+    msg = final_message(ws, sent["data"]["run_id"])
+    assert [p["type"] for p in msg["parts"]] == ["tool_call", "tool_result", "text"]
+
+
+async def test_parallel_tool_calls_run_at_once(env):
+    global pair_barrier
+    pair_barrier = asyncio.Barrier(2)
+    provider, session, ws_for = env
+    provider.turns.extend([tool_turn(("a", "meet", {"who": "x"}), ("b", "meet", {"who": "y"})), text_turn("done")])
+    sid = await session("alpha", "testtools")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="go")
+    final = await ws.until(run_final(sent["data"]["run_id"]))
+    assert final["data"]["run"]["status"] == "completed"
+    results = sorted(e["data"]["result"]["content"] for e in ws.of_type("tool.finished"))
+    assert results == ["met x", "met y"]
+
+
+@pytest.mark.parametrize("decision,remember", [("allow", False), ("deny", False), ("allow", True)])
+async def test_edit_tool_asks_permission(env, service, decision, remember):
+    provider, session, ws_for = env
+    provider.turns.extend([tool_turn(("p1", "paint", {"color": "red"})), text_turn("ok")])
+    sid = await session("alpha", "testtools")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="paint it red")
+    req = (await ws.until(lambda e: e["type"] == "permission.requested"))["data"]
+    assert req["tool"] == "paint" and req["permission_class"] == "edit" and "red" in req["summary"]
+    await ws.command("permission.reply", session_id=sid, request_id=req["request_id"], decision=decision,
+                     remember=remember)
+    await ws.until(run_final(sent["data"]["run_id"]))
+    result = ws.of_type("tool.finished")[0]["data"]
+    if decision == "allow":
+        assert result["call"]["status"] == "completed" and "red" in result["result"]["content"]
+    else:
+        assert result["call"]["status"] == "denied" and result["result"]["is_error"]
+    audit = await service.store.list_audit(sid)
+    assert audit[-1]["tool"] == "paint" and audit[-1]["decision"] == decision
+    session_now = await service.sessions.get(sid)
+    assert session_now.permissions == ({"paint": "allow"} if remember else {})
+
+
+async def test_permission_times_out_as_deny(env, service):
+    provider, session, ws_for = env
+    service.gate.timeout = 0.2
+    provider.turns.extend([tool_turn(("p1", "paint", {"color": "blue"})), text_turn("ok")])
+    sid = await session("alpha", "testtools")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="paint")
+    await ws.until(run_final(sent["data"]["run_id"]))
+    resolved = ws.of_type("permission.resolved")[0]["data"]
+    assert resolved["decision"] == "deny" and "timeout" in resolved["reason"]
+
+
+async def test_permission_reply_over_rest(env, client):
+    provider, session, ws_for = env
+    provider.turns.extend([tool_turn(("p1", "paint", {"color": "green"})), text_turn("ok")])
+    sid = await session("alpha", "testtools")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="paint")
+    req = (await ws.until(lambda e: e["type"] == "permission.requested"))["data"]
+    r = await client.post(f"/opencode/sessions/{sid}/permissions",
+                          json={"request_id": req["request_id"], "decision": "allow"})
+    assert r.status == 200
+    await ws.until(run_final(sent["data"]["run_id"]))
+    assert ws.of_type("tool.finished")[0]["data"]["call"]["status"] == "completed"
+    again = await client.post(f"/opencode/sessions/{sid}/permissions",
+                              json={"request_id": req["request_id"], "decision": "allow"})
+    assert again.status == 404
+
+
+def interleaving_roles(barrier: asyncio.Barrier):
+    def by_role(request: ChatRequest):
+        name = role_of(request)
+
+        async def turn(_: ChatRequest) -> AsyncIterator[Any]:
+            for i in range(3):
+                yield TextDelta(f"{name}{i} ")
+                await asyncio.wait_for(barrier.wait(), 5)
+            yield UsageReport(1, 1)
+            yield Finish("stop")
+
+        return turn
+    return by_role
+
+
+async def test_three_roles_stream_interleaved_and_complete(env):
+    provider, session, ws_for = env
+    provider.by_role = interleaving_roles(asyncio.Barrier(3))
+    sid = await session("alpha", "beta", "gamma")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="hello all")
+    for run_id in sent["data"]["run_ids"]:
+        await ws.until(run_final(run_id))
+    order = [e["data"]["skill"] for e in ws.of_type("message.delta")]
+    assert sorted(set(order)) == ["alpha", "beta", "gamma"]
+    assert order[:3] != [order[0]] * 3  # interleaved, not one role after another
+    for run_id in sent["data"]["run_ids"]:
+        msg = final_message(ws, run_id)
+        assert msg["status"] == "completed" and msg["parts"][0]["text"] == f"{msg['skill']}0 {msg['skill']}1 {msg['skill']}2 "
+
+
+async def test_at_role_addresses_one_role(env):
+    provider, session, ws_for = env
+    provider.by_role = lambda req: text_turn(f"I am {role_of(req)}")
+    sid = await session("alpha", "beta")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="@beta who are you")
+    assert len(sent["data"]["run_ids"]) == 1
+    await ws.until(run_final(sent["data"]["run_id"]))
+    assert final_message(ws, sent["data"]["run_id"])["skill"] == "beta"
+    assert provider.requests[-1].messages[-1].parts[0].text == "who are you"
+
+
+def stalling_role(stall: str, gate: asyncio.Event):
+    def by_role(request: ChatRequest):
+        name = role_of(request)
+
+        async def turn(_: ChatRequest) -> AsyncIterator[Any]:
+            yield TextDelta(f"{name} starts")
+            if name == stall:
+                await asyncio.Event().wait()  # never finishes on its own
+            await gate.wait()
+            yield TextDelta(" and ends")
+            yield Finish("stop")
+
+        return turn
+    return by_role
+
+
+async def test_abort_one_role_the_others_finish(env):
+    provider, session, ws_for = env
+    gate = asyncio.Event()
+    provider.by_role = stalling_role("beta", gate)
+    sid = await session("alpha", "beta")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="go")
+    await ws.until(lambda e: e["type"] == "message.delta" and e["data"]["skill"] == "beta")
+    ack = await ws.command("abort", session_id=sid, skill="beta")
+    assert len(ack["data"]["aborted"]) == 1
+    gate.set()
+    statuses = {}
+    for run_id in sent["data"]["run_ids"]:
+        ev = await ws.until(run_final(run_id))
+        statuses[ev["data"]["run"]["skill"]] = ev["data"]["run"]["status"]
+    assert statuses == {"alpha": "completed", "beta": "aborted"}
+    beta_msg = [final_message(ws, r) for r in sent["data"]["run_ids"] if final_message(ws, r)["skill"] == "beta"][0]
+    assert beta_msg["parts"][0]["text"] == "beta starts"  # keeps the text it had
+    assert provider.closed_streams == 2  # the upstream stream of the aborted run was closed
+
+
+async def test_abort_all_closes_upstream_and_nothing_streams_after(env):
+    provider, session, ws_for = env
+    provider.by_role = stalling_role("alpha", asyncio.Event())
+    sid = await session("alpha")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="go")
+    await ws.until(lambda e: e["type"] == "message.delta")
+    await ws.command("abort", session_id=sid)
+    final = await ws.until(run_final(sent["data"]["run_id"]))
+    assert final["data"]["run"]["status"] == "aborted"
+    assert provider.closed_streams == 1
+    assert not [e for e in ws.events if e["type"] == "message.delta" and e["seq"] > final["seq"]]
+
+
+async def test_budget_stops_the_run(env):
+    provider, session, ws_for = env
+    provider.turns.extend([tool_turn(("c1", "lookup", {"query": "a"})), text_turn("never")])
+    sid = await session("alpha", "testtools", title="b")
+    ws = await ws_for(sid)
+    await ws.command("configure", session_id=sid, patch={"budget": {"max_tokens": 5}})
+    sent = await ws.command("send", session_id=sid, text="go")
+    final = await ws.until(run_final(sent["data"]["run_id"]))
+    assert final["data"]["run"]["status"] == "error"
+    assert "budget of 5 tokens" in final["data"]["run"]["error"]
+    assert len(provider.requests) == 1
+
+
+async def test_provider_error_ends_the_run_with_its_message(env):
+    provider, session, ws_for = env
+    provider.turns.append(ProviderError("model overloaded, try later", http_status=529))
+    sid = await session("alpha")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="go")
+    final = await ws.until(run_final(sent["data"]["run_id"]))
+    assert final["data"]["run"]["status"] == "error"
+    assert final["data"]["run"]["error"] == "model overloaded, try later"
+
+
+async def test_model_without_tools_runs_without_them(env, service):
+    provider, session, ws_for = env
+    service.sessions.deps.models = ScriptedResolver(provider, ModelCaps(tools=False))
+    provider.turns.append(text_turn("plain"))
+    sid = await session("alpha", "testtools")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="go")
+    await ws.until(run_final(sent["data"]["run_id"]))
+    assert provider.requests[0].tools == []
+    assert any("no tool calling" in e["data"]["message"] for e in ws.of_type("log"))
+
+
+async def test_max_turns(env, service):
+    provider, session, ws_for = env
+    service.sessions.deps.max_turns = 2
+    provider.turns.extend([tool_turn((f"c{i}", "lookup", {"query": "x"})) for i in range(2)])
+    sid = await session("alpha", "testtools")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="loop")
+    final = await ws.until(run_final(sent["data"]["run_id"]))
+    assert final["data"]["run"]["status"] == "completed"
+    assert "stopped after 2 turns" in final_message(ws, sent["data"]["run_id"])["parts"][-1]["text"]
+
+
+async def test_ui_request_without_panel_is_a_clear_tool_error(env, client, service):
+    provider, session, _ = env
+
+    @tool(permission="read")
+    async def read_canvas(ctx: ToolContext) -> dict[str, Any]:
+        """Read the canvas."""
+        return await ctx.ui_request("get_workflow", {})
+
+    service.skills.register(Skill(id="canvas", name="Canvas", description="d", tools=[read_canvas]), replace=True)
+    provider.turns.extend([tool_turn(("u1", "read_canvas", {})), text_turn("ok")])
+    sid = await session("alpha", "canvas")
+    ws = WsClient(await client.ws_connect("/opencode/ws"))
+    await ws.command("join", session_id=sid)  # a script, not a panel
+    sent = await ws.command("send", session_id=sid, text="what is on my canvas")
+    await ws.until(run_final(sent["data"]["run_id"]))
+    result = ws.of_type("tool.finished")[0]["data"]["result"]
+    assert result["is_error"] and "No Opencode panel" in result["content"]
+
+
+async def test_ui_request_answered_by_the_panel(env, service):
+    provider, session, ws_for = env
+
+    @tool(permission="read")
+    async def read_canvas(ctx: ToolContext) -> dict[str, Any]:
+        """Read the canvas."""
+        return await ctx.ui_request("get_workflow", {})
+
+    service.skills.register(Skill(id="canvas", name="Canvas", description="d", tools=[read_canvas]), replace=True)
+    provider.turns.extend([tool_turn(("u1", "read_canvas", {})), text_turn("ok")])
+    sid = await session("alpha", "canvas")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="what is on my canvas")
+    req = (await ws.until(lambda e: e["type"] == "ui.request"))["data"]
+    await ws.command("ui.reply", session_id=sid, request_id=req["request_id"], result={"nodes": 3})
+    await ws.until(run_final(sent["data"]["run_id"]))
+    assert ws.of_type("tool.finished")[0]["data"]["result"]["content"] == '{"nodes": 3}'
+
+
+def test_history_trimming_keeps_tool_pairs_whole() -> None:
+    t = now()
+    old = Message(id="m1", session_id="s", role="user", parts=[TextPart(text="x" * 40000)], created_at=t, updated_at=t)
+    reply = Message(id="m2", session_id="s", role="assistant", skill="alpha", created_at=t, updated_at=t, parts=[
+        ToolCallPart(id="c1", name="lookup", arguments={"query": "q"}),
+        ToolResultPart(tool_call_id="c1", name="lookup", content="r"),
+        ToolCallPart(id="c2", name="lookup", arguments={}),  # never answered: dropped
+        TextPart(text="answer"),
+    ])
+    other = Message(id="m3", session_id="s", role="assistant", skill="beta", parts=[TextPart(text="not mine")],
+                    created_at=t, updated_at=t)
+    user = Message(id="m4", session_id="s", role="user", parts=[TextPart(text="next")], created_at=t, updated_at=t)
+    turns = build_history([old, reply, other], "alpha", user, context_tokens=8000, vision=False)
+    # The 10k-token message does not fit; the leading assistant turns are dropped too.
+    assert [t.role for t in turns] == ["user"]
+    turns = build_history([old, reply, other], "alpha", user, context_tokens=200000, vision=False)
+    assert [t.role for t in turns] == ["user", "assistant", "user", "assistant", "user"]
+    calls = [p for t in turns for p in t.parts if isinstance(p, ToolCallPart)]
+    assert [c.id for c in calls] == ["c1"]
