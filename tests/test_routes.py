@@ -1,0 +1,190 @@
+"""Every REST route on a bare aiohttp app: happy paths, bad input of each kind, SSE, restart."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from opencode_agent.routes import ROUTES, SERVICE
+
+
+async def j(resp: Any, status: int) -> Any:
+    body = await resp.text()
+    assert resp.status == status, body
+    return json.loads(body) if body else None
+
+
+async def test_version_and_health(client: TestClient) -> None:
+    v = await j(await client.get("/opencode/version"), 200)
+    assert v["protocol"] == 1 and v["name"] == "opencode" and "ws" in v["capabilities"]
+    h = await j(await client.get("/opencode/health"), 200)
+    assert h["status"] == "ok"
+
+
+async def test_session_crud(client: TestClient) -> None:
+    created = await j(await client.post("/opencode/sessions", json={"title": "T", "skills": ["echo"]}), 201)
+    sid = created["id"]
+    assert created["title"] == "T" and created["skills"] == ["echo"]
+    listed = await j(await client.get("/opencode/sessions"), 200)
+    assert [s["id"] for s in listed["sessions"]] == [sid]
+    patched = await j(await client.patch(f"/opencode/sessions/{sid}", json={"title": "U", "model": "m1"}), 200)
+    assert patched["title"] == "U" and patched["model"] == "m1" and patched["skills"] == ["echo"]
+    assert (await j(await client.get(f"/opencode/sessions/{sid}"), 200))["title"] == "U"
+    assert await j(await client.delete(f"/opencode/sessions/{sid}"), 200) == {"deleted": sid}
+    err = await j(await client.get(f"/opencode/sessions/{sid}"), 404)
+    assert err["error"]["code"] == "not_found"
+
+
+async def test_client_chosen_id_and_conflict(client: TestClient) -> None:
+    await j(await client.post("/opencode/sessions", json={"id": "ses_mine"}), 201)
+    err = await j(await client.post("/opencode/sessions", json={"id": "ses_mine"}), 409)
+    assert err["error"]["code"] == "conflict"
+
+
+async def test_send_and_page_messages(client: TestClient, service: Any) -> None:
+    sid = (await j(await client.post("/opencode/sessions", json={"skills": ["echo"]}), 201))["id"]
+    ids = []
+    for i in range(5):
+        sent = await j(await client.post(f"/opencode/sessions/{sid}/messages", json={"text": f"m{i}"}), 202)
+        ids.append(sent["message_id"])
+        await service.sessions.wait_runs(sid, sent["run_ids"])
+    page = await j(await client.get(f"/opencode/sessions/{sid}/messages?limit=4"), 200)
+    assert [m["role"] for m in page["messages"]] == ["user", "assistant", "user", "assistant"]
+    assert page["has_more"] is True
+    older = await j(await client.get(f"/opencode/sessions/{sid}/messages?limit=100&before={page['next_before']}"), 200)
+    assert len(older["messages"]) == 6 and older["has_more"] is False
+    assert older["messages"][0]["id"] == ids[0]
+    # the session got its title from the first message
+    assert (await j(await client.get(f"/opencode/sessions/{sid}"), 200))["title"] == "m0"
+
+
+async def test_send_streams_sse_with_accept_header(client: TestClient) -> None:
+    sid = (await j(await client.post("/opencode/sessions", json={"skills": ["echo"]}), 201))["id"]
+    resp = await client.post(f"/opencode/sessions/{sid}/messages", json={"text": "sse works fine"},
+                             headers={"Accept": "text/event-stream"})
+    assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
+    text = await resp.text()
+    events = [block for block in text.split("\n\n") if block.strip()]
+    assert events[0].startswith("event: accepted")
+    kinds = [line[7:] for block in events for line in block.splitlines() if line.startswith("event: ")]
+    assert "message.delta" in kinds and kinds[-1] == "run.status"
+    deltas = [json.loads(b.split("data: ", 1)[1])["data"]["text"] for b in events if "event: message.delta" in b]
+    assert "".join(deltas) == "sse works fine"
+
+
+async def test_events_sse_replays_after_seq(client: TestClient, service: Any) -> None:
+    sid = (await j(await client.post("/opencode/sessions", json={"skills": ["echo"]}), 201))["id"]
+    sent = await j(await client.post(f"/opencode/sessions/{sid}/messages", json={"text": "a b"}), 202)
+    await service.sessions.wait_runs(sid, sent["run_ids"])
+    last = service.bus.last_seq(sid)
+    resp = await client.get(f"/opencode/sessions/{sid}/events", headers={"Last-Event-ID": str(last - 2)})
+    assert resp.status == 200
+    seqs = []
+    async for raw in resp.content:
+        line = raw.decode().strip()
+        if line.startswith("id: "):
+            seqs.append(int(line[4:]))
+        if len(seqs) == 2:
+            break
+    resp.close()
+    assert seqs == [last - 1, last]
+
+
+async def test_abort_route(client: TestClient, service: Any) -> None:
+    service.sessions.deps.echo_delay = 0.05
+    sid = (await j(await client.post("/opencode/sessions", json={"skills": ["echo"]}), 201))["id"]
+    sent = await j(await client.post(f"/opencode/sessions/{sid}/messages", json={"text": "x " * 100}), 202)
+    aborted = await j(await client.post(f"/opencode/sessions/{sid}/abort", json={}), 200)
+    assert aborted["aborted"] == sent["run_ids"]
+    [msg] = await service.sessions.wait_runs(sid, sent["run_ids"])
+    assert msg.status == "aborted"
+    err = await j(await client.post(f"/opencode/sessions/{sid}/abort", json={"run_id": "run_nope"}), 404)
+    assert err["error"]["code"] == "not_found"
+
+
+async def test_export_json_and_markdown(client: TestClient, service: Any) -> None:
+    sid = (await j(await client.post("/opencode/sessions", json={"skills": ["echo"], "title": "Export me"}), 201))["id"]
+    sent = await j(await client.post(f"/opencode/sessions/{sid}/messages", json={"text": "hello export"}), 202)
+    await service.sessions.wait_runs(sid, sent["run_ids"])
+    doc = await j(await client.get(f"/opencode/sessions/{sid}/export"), 200)
+    assert doc["format"] == "opencode.session.v1" and len(doc["messages"]) == 2
+    md = await client.get(f"/opencode/sessions/{sid}/export?format=md")
+    text = await md.text()
+    assert md.status == 200 and text.startswith("# Export me") and "hello export" in text
+    await j(await client.get(f"/opencode/sessions/{sid}/export?format=pdf"), 400)
+
+
+async def test_skills_route(client: TestClient) -> None:
+    skills = await j(await client.get("/opencode/skills"), 200)
+    ids = {s["id"] for s in skills["skills"]}
+    assert {"assistant", "echo", "prompt-engineer", "workflow-doctor"} <= ids
+    reloaded = await j(await client.post("/opencode/skills/reload", json={}), 200)
+    assert {s["id"] for s in reloaded["skills"]} == ids
+
+
+async def test_openapi_covers_every_route(client: TestClient) -> None:
+    doc = await j(await client.get("/opencode/openapi.json"), 200)
+    assert doc["openapi"].startswith("3.1")
+    for r in ROUTES:
+        path = r.path
+        assert path in doc["paths"] and r.method.lower() in doc["paths"][path], (r.method, path)
+    schema = await j(await client.get("/opencode/schema.json"), 200)
+    assert {"Command", "Event", "Session", "Message"} <= set(schema["schemas"])
+
+
+@pytest.mark.parametrize("method,path,kwargs,status,code", [
+    ("POST", "/opencode/sessions", {"data": "{not json", "headers": {"Content-Type": "application/json"}}, 400, "bad_json"),
+    ("POST", "/opencode/sessions", {"data": "title=x", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}, 415, "unsupported_media_type"),
+    ("POST", "/opencode/sessions", {"json": {"title": 5}}, 400, "validation_error"),
+    ("POST", "/opencode/sessions", {"json": {"skills": ["no-such-skill"]}}, 400, "unknown_skill"),
+    ("POST", "/opencode/sessions", {"json": {"unknown_field": 1}}, 400, "validation_error"),
+    ("POST", "/opencode/sessions", {"json": {"title": "x" * 1000}}, 400, "validation_error"),
+    ("POST", "/opencode/sessions", {"json": {"provider": "nobody"}}, 400, "unknown_provider"),
+    ("POST", "/opencode/sessions", {"data": b"\xff\xfe", "headers": {"Content-Type": "application/json"}}, 400, "bad_json"),
+    ("POST", "/opencode/sessions", {"data": "[" * 100000, "headers": {"Content-Type": "application/json"}}, 400, "bad_json"),
+    ("POST", "/opencode/sessions", {"data": "x" * (3 << 20), "headers": {"Content-Type": "application/json"}}, 413, "payload_too_large"),
+    ("GET", "/opencode/sessions/ses_nope", {}, 404, "not_found"),
+    ("GET", "/opencode/sessions/..%2f..%2fetc/messages", {}, 404, "not_found"),
+    ("GET", "/opencode/sessions/ses_nope/messages?limit=abc", {}, 400, "validation_error"),
+    ("POST", "/opencode/sessions/ses_nope/messages", {"json": {"text": "hi"}}, 404, "not_found"),
+    ("POST", "/opencode/sessions/ses_nope/abort", {"json": {}}, 404, "not_found"),
+    ("GET", "/opencode/providers/nobody", {}, 404, "not_found"),
+    ("PUT", "/opencode/providers/nobody/key", {"json": {"key": "k"}}, 404, "not_found"),
+])
+async def test_bad_input_gets_a_clear_error_and_writes_nothing(client: TestClient, service: Any, method: str,
+                                                               path: str, kwargs: dict, status: int, code: str) -> None:
+    resp = await client.request(method, path, **kwargs)
+    err = await j(resp, status)
+    assert err["error"]["code"] == code and err["error"]["message"]
+    assert await service.store.list_sessions() == []
+
+
+async def test_empty_message_is_rejected(client: TestClient) -> None:
+    sid = (await j(await client.post("/opencode/sessions", json={"skills": ["echo"]}), 201))["id"]
+    err = await j(await client.post(f"/opencode/sessions/{sid}/messages", json={"text": "   "}), 400)
+    assert err["error"]["code"] == "empty_message"
+    err = await j(await client.post(f"/opencode/sessions/{sid}/messages", json={"text": "hi", "skills": ["nope"]}), 400)
+    assert err["error"]["code"] == "unknown_role"
+
+
+async def test_restart_on_the_same_data_dir_restores_sessions(aiohttp_client: Any, make_app: Any) -> None:
+    first = await aiohttp_client(make_app())
+    sid = (await j(await first.post("/opencode/sessions", json={"skills": ["echo"], "title": "Keep"}), 201))["id"]
+
+    sent = await j(await first.post(f"/opencode/sessions/{sid}/messages", json={"text": "remember me"}), 202)
+    await first.app[SERVICE].sessions.wait_runs(sid, sent["run_ids"])
+    last_seq = first.app[SERVICE].bus.last_seq(sid)
+    await first.close()
+    second = await aiohttp_client(make_app())
+    session = await j(await second.get(f"/opencode/sessions/{sid}"), 200)
+    assert session["title"] == "Keep"
+    page = await j(await second.get(f"/opencode/sessions/{sid}/messages"), 200)
+    assert [m["parts"][0]["text"] for m in page["messages"]] == ["remember me", "remember me"]
+    assert all(m["status"] == "completed" for m in page["messages"])
+    # seq continues after a restart: nothing is numbered twice
+    sent = await j(await second.post(f"/opencode/sessions/{sid}/messages", json={"text": "again"}), 202)
+    await second.app[SERVICE].sessions.wait_runs(sid, sent["run_ids"])
+    assert second.app[SERVICE].bus.last_seq(sid) > last_seq
