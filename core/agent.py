@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from .bus import Bus, current_run, current_session
 from .errors import BudgetExceeded, OpencodeError
@@ -83,6 +83,8 @@ class AgentDeps:
     echo_delay: float = 0.02
     max_turns: int = 12
     extra_tools: list[Tool] = field(default_factory=list)
+    # Scrubs configured keys out of error text before it is stored or sent.
+    redact: Callable[[str], str] = lambda text: text
 
 
 @dataclass
@@ -147,10 +149,10 @@ class AgentRun:
         except asyncio.CancelledError:
             status = self.final_status_on_cancel
         except OpencodeError as exc:
-            status, error = "error", exc.message
+            status, error = "error", self.deps.redact(exc.message)
             log.warning("run %s ended with an error: %s", self.run.id, exc.message)
         except Exception as exc:  # noqa: BLE001 - a bug must still end the run, not leave it working
-            status, error = "error", f"internal error: {type(exc).__name__}: {exc}"
+            status, error = "error", self.deps.redact(f"internal error: {type(exc).__name__}: {exc}")
             log.exception("run %s crashed", self.run.id)
         await asyncio.shield(self.finish(status, error))
         return self.message
@@ -321,7 +323,12 @@ class AgentRun:
     async def _run_call(self, part: ToolCallPart, by_name: dict[str, tuple[str, Tool]]) -> ToolResultPart:
         t0 = time.monotonic()
         entry = by_name.get(part.name)
-        if entry is None:
+        invalid = (part.provider_data or {}).get("invalid_arguments")
+        if invalid is not None:
+            output = ToolOutput(f"your arguments for {part.name} were not valid JSON ({str(invalid)[:200]!r}); "
+                                "call the tool again with a JSON object", is_error=True)
+            part.status = "error"
+        elif entry is None:
             output = ToolOutput(f"unknown tool {part.name!r}; available: {', '.join(sorted(by_name))}", is_error=True)
             part.status = "error"
         else:

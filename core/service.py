@@ -95,7 +95,7 @@ class OpencodeService:
         deps = AgentDeps(bus=self.bus, store=self.store, gate=self.gate, ui=self.ui,
                          models=ModelResolverImpl(self), checkpoint_interval=cfg.checkpoint_interval,
                          echo_delay=cfg.echo_delay, max_turns=cfg.max_turns,
-                         extra_tools=[self.skills.reference_tool])
+                         extra_tools=[self.skills.reference_tool], redact=self.redact)
         self.sessions = SessionManager(self.store, self.bus, self.skills, deps,
                                        recent_limit=cfg.snapshot_messages,
                                        validate_provider=self._validate_provider)

@@ -1,0 +1,98 @@
+"""Provider routes and a real provider through the whole stack: profile → key → session → stream.
+
+The upstream is a loopback server speaking OpenAI's and Anthropic's exact wire formats.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fakes.llm_servers import FakeLLMServer, FakeToolCall, Reply, fake_llm  # noqa: F401 - fixture
+from wsclient import WsClient, run_final
+
+KEY = "sk-test-SECRETSECRETSECRET1234"
+
+
+async def j(resp: Any, status: int) -> Any:
+    body = await resp.text()
+    assert resp.status == status, body
+    return json.loads(body) if body else None
+
+
+async def test_profile_crud_and_write_only_key(client: Any, fake_llm: FakeLLMServer) -> None:
+    body = {"name": "fake", "kind": "openai", "base_url": fake_llm.url + "/v1", "default_model": "gpt-a"}
+    created = await j(await client.post("/opencode/providers", json=body), 201)
+    assert created["has_key"] is False and created["key_hint"] is None
+    after_key = await j(await client.put("/opencode/providers/fake/key", json={"key": KEY}), 200)
+    assert after_key["has_key"] is True and after_key["key_hint"].endswith("1234")
+    listing = await client.get("/opencode/providers")
+    text = await listing.text()
+    assert listing.status == 200 and KEY not in text and "fake" in text
+    models = await j(await client.get("/opencode/providers/fake/models"), 200)
+    assert {m["id"] for m in models["models"]} == {"gpt-a", "gpt-b"}
+    assert fake_llm.last.headers["Authorization"] == f"Bearer {KEY}"
+    patched = await j(await client.patch("/opencode/providers/fake", json={"default_model": "gpt-b"}), 200)
+    assert patched["default_model"] == "gpt-b"
+    cleared = await j(await client.delete("/opencode/providers/fake/key"), 200)
+    assert cleared["has_key"] is False
+    await j(await client.delete("/opencode/providers/fake"), 200)
+    await j(await client.get("/opencode/providers/fake"), 404)
+
+
+async def test_openai_stream_with_tool_call_through_the_service(client: Any, fake_llm: FakeLLMServer) -> None:
+    await j(await client.post("/opencode/providers", json={
+        "name": "fake", "kind": "openai", "base_url": fake_llm.url + "/v1", "default_model": "gpt-a"}), 201)
+    await j(await client.put("/opencode/providers/fake/key", json={"key": KEY}), 200)
+    sid = (await j(await client.post("/opencode/sessions", json={
+        "skills": ["assistant"], "provider": "fake", "model": "gpt-a"}), 201))["id"]
+    fake_llm.push(
+        Reply(tool_calls=[FakeToolCall("read_skill_reference", {"skill": "prompt-engineer", "path": "nope.md"}, id="c1")]),
+        Reply(text="Here is your answer.", input_tokens=120, output_tokens=30),
+    )
+    ws = WsClient(await client.ws_connect("/opencode/ws"))
+    await ws.command("join", session_id=sid, panel=True)
+    sent = await ws.command("send", session_id=sid, text="help me")
+    final = await ws.until(run_final(sent["data"]["run_id"]))
+    assert final["data"]["run"]["status"] == "completed", final
+    text = "".join(e["data"]["text"] for e in ws.of_type("message.delta"))
+    assert text == "Here is your answer."
+    assert len(fake_llm.requests) == 2
+    second = fake_llm.requests[1].body
+    assert second["messages"][0]["role"] == "system"
+    assert any(m["role"] == "tool" and m["tool_call_id"] == "c1" for m in second["messages"])
+    usage = (await ws.until(lambda e: e["type"] == "usage.updated"))["data"]["usage"]
+    assert usage["input_tokens"] >= 120
+    everything = json.dumps(ws.events)
+    assert KEY not in everything
+
+
+async def test_upstream_error_surfaces_as_run_error_without_the_key(client: Any, fake_llm: FakeLLMServer) -> None:
+    from fakes.llm_servers import Fail
+
+    await j(await client.post("/opencode/providers", json={
+        "name": "fake", "kind": "openai", "base_url": fake_llm.url + "/v1", "default_model": "gpt-a"}), 201)
+    await j(await client.put("/opencode/providers/fake/key", json={"key": KEY}), 200)
+    sid = (await j(await client.post("/opencode/sessions", json={
+        "skills": ["assistant"], "provider": "fake"}), 201))["id"]
+    fake_llm.push(Fail(401, {"error": {"message": f"Incorrect API key provided: {KEY}", "type": "invalid_request_error",
+                                       "code": "invalid_api_key"}}))
+    ws = WsClient(await client.ws_connect("/opencode/ws"))
+    await ws.command("join", session_id=sid)
+    sent = await ws.command("send", session_id=sid, text="hi")
+    final = await ws.until(run_final(sent["data"]["run_id"]))
+    assert final["data"]["run"]["status"] == "error"
+    assert "Incorrect API key" in final["data"]["run"]["error"]
+    assert KEY not in json.dumps(ws.events)
+    export = await (await client.get(f"/opencode/sessions/{sid}/export")).text()
+    assert KEY not in export
+
+
+async def test_no_provider_is_a_clear_run_error(client: Any) -> None:
+    sid = (await j(await client.post("/opencode/sessions", json={"skills": ["assistant"]}), 201))["id"]
+    ws = WsClient(await client.ws_connect("/opencode/ws"))
+    await ws.command("join", session_id=sid)
+    sent = await ws.command("send", session_id=sid, text="hi")
+    final = await ws.until(run_final(sent["data"]["run_id"]))
+    assert final["data"]["run"]["status"] == "error"
+    assert "no provider is chosen" in final["data"]["run"]["error"]
