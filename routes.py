@@ -351,6 +351,26 @@ async def export(request: web.Request) -> web.Response:
     return web.Response(text=export_json(session, messages, svc.redact), content_type="application/json")
 
 
+@route("GET", "/opencode/permissions", "Global permission rules and the defaults per class",
+       response=p.PermissionSettings)
+async def get_permissions(request: web.Request) -> web.Response:
+    from .core.permissions import DEFAULT_POLICY
+
+    gate = service_of(request).gate
+    return json_response(p.PermissionSettings(defaults=DEFAULT_POLICY, rules=gate.global_rules))
+
+
+@route("PUT", "/opencode/permissions", "Replace the global permission rules (per tool or per class)",
+       body=p.PermissionRules, response=p.PermissionSettings)
+async def put_permissions(request: web.Request) -> web.Response:
+    from .core.permissions import DEFAULT_POLICY
+
+    body = await read_body(request, p.PermissionRules)
+    gate = service_of(request).gate
+    await gate.save_rules(body.rules)
+    return json_response(p.PermissionSettings(defaults=DEFAULT_POLICY, rules=gate.global_rules))
+
+
 # --------------------------------------------------------------------------- providers
 
 

@@ -15,12 +15,14 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from .bus import Bus
 from .errors import NotFound
 from .protocol import (
     PermissionPolicy,
+    PermissionRules,
     PermissionRequestedData,
     PermissionResolvedData,
     Session,
@@ -70,6 +72,7 @@ class PermissionGate:
         self.remember = remember
         self.timeout = timeout
         self.global_rules: dict[str, PermissionPolicy] = {}
+        self._rules_path: Path | None = None
         self._pending: dict[str, _Pending] = {}
 
     async def check(self, session: Session, run_id: str, skill: str, tool: Tool, arguments: dict[str, Any]) -> tuple[bool, str]:
@@ -133,5 +136,31 @@ class PermissionGate:
             "reason": reason, "ts": time.time(),
         })
 
+    async def load_rules(self, path: Path) -> None:
+        """Read the global rules saved by `save_rules` (a missing or broken file means none)."""
+        self._rules_path = path
+        try:
+            raw = await asyncio.to_thread(path.read_text, encoding="utf-8")
+            self.global_rules = PermissionRules.model_validate_json(raw).rules
+        except FileNotFoundError:
+            self.global_rules = {}
+        except ValueError as exc:
+            log.error("ignoring unreadable permission rules in %s: %s", path, exc)
+            self.global_rules = {}
+
+    async def save_rules(self, rules: dict[str, PermissionPolicy]) -> None:
+        path = self._rules_path
+        if path is not None:
+            text = PermissionRules(rules=rules).model_dump_json(indent=2)
+            await asyncio.to_thread(_atomic_write, path, text)
+        self.global_rules = dict(rules)
+        log.info("global permission rules set: %s", rules or "defaults only")
+
     def pending_for(self, session_id: str) -> list[str]:
         return [rid for rid, p in self._pending.items() if p.session_id == session_id]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

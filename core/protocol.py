@@ -335,6 +335,17 @@ class AbortBody(Model):
     skill: SkillId | None = None
 
 
+class PermissionRules(Model):
+    """Global rules, keyed by tool name or permission class (`read`, `edit`, `run`, `network`, `files`)."""
+
+    rules: dict[Annotated[str, Field(max_length=64)], PermissionPolicy] = Field(default_factory=dict, max_length=200)
+
+
+class PermissionSettings(Model):
+    defaults: dict[str, PermissionPolicy]
+    rules: dict[str, PermissionPolicy]
+
+
 class AbortResult(Model):
     aborted: list[str]
 

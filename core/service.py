@@ -92,6 +92,7 @@ class OpencodeService:
                                 replay_max_events=cfg.replay_max_events, max_backlog=cfg.max_client_backlog)
         self.ui = UiBroker(self.bus, default_timeout=cfg.ui_request_timeout)
         self.gate = PermissionGate(self.bus, self.store, self._remember_permission, timeout=cfg.permission_timeout)
+        await self.gate.load_rules(cfg.data_dir / "permissions.json")
         deps = AgentDeps(bus=self.bus, store=self.store, gate=self.gate, ui=self.ui,
                          models=ModelResolverImpl(self), checkpoint_interval=cfg.checkpoint_interval,
                          echo_delay=cfg.echo_delay, max_turns=cfg.max_turns,

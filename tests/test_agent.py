@@ -385,3 +385,20 @@ def test_history_trimming_keeps_tool_pairs_whole() -> None:
     assert [t.role for t in turns] == ["user", "assistant", "user", "assistant", "user"]
     calls = [p for t in turns for p in t.parts if isinstance(p, ToolCallPart)]
     assert [c.id for c in calls] == ["c1"]
+
+
+async def test_global_rules_apply_and_persist(env, client, service):
+    provider, session, ws_for = env
+    r = await client.put("/opencode/permissions", json={"rules": {"edit": "allow"}})
+    assert r.status == 200 and (await r.json())["rules"] == {"edit": "allow"}
+    provider.turns.extend([tool_turn(("p1", "paint", {"color": "red"})), text_turn("ok")])
+    sid = await session("alpha", "testtools")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="paint")
+    await ws.until(run_final(sent["data"]["run_id"]))
+    assert not ws.of_type("permission.requested")
+    assert ws.of_type("tool.finished")[0]["data"]["call"]["status"] == "completed"
+    saved = (service.data_dir / "permissions.json").read_text()
+    assert '"edit": "allow"' in saved
+    bad = await client.put("/opencode/permissions", json={"rules": {"edit": "maybe"}})
+    assert bad.status == 400
