@@ -11,6 +11,7 @@ import type {
   AbortResult,
   CommandMap,
   CommandType,
+  Deleted,
   ErrorEnvelope,
   MessagePage,
   ModelList,
@@ -54,6 +55,8 @@ export interface ClientOptions {
   transport: Transport;
   token?: () => string | null | undefined;
   socket?: SocketFactory;
+  /** Join as a panel (answers `ui.request`); scripts and tests may pass false. */
+  panel?: boolean;
   /** Delays before reconnect attempts 1, 2, …; the last one repeats. */
   backoffMs?: number[];
   commandTimeoutMs?: number;
@@ -99,11 +102,13 @@ export class OpencodeClient {
 
   constructor(options: ClientOptions) {
     this.opts = {
-      socket: (url) => new WebSocket(url) as unknown as SocketLike,
-      backoffMs: DEFAULT_BACKOFF,
-      commandTimeoutMs: 15000,
-      pingIntervalMs: 25000,
-      ...options,
+      transport: options.transport,
+      token: options.token,
+      socket: options.socket ?? ((url) => new WebSocket(url) as unknown as SocketLike),
+      panel: options.panel ?? true,
+      backoffMs: options.backoffMs ?? DEFAULT_BACKOFF,
+      commandTimeoutMs: options.commandTimeoutMs ?? 15000,
+      pingIntervalMs: options.pingIntervalMs ?? 25000,
     };
   }
 
@@ -145,7 +150,7 @@ export class OpencodeClient {
   createSession = (body: SessionCreate) => this.request<Session>("POST", "/opencode/sessions", body);
   getSession = (id: string) => this.request<Session>("GET", `/opencode/sessions/${enc(id)}`);
   patchSession = (id: string, patch: SessionPatch) => this.request<Session>("PATCH", `/opencode/sessions/${enc(id)}`, patch);
-  deleteSession = (id: string) => this.request<{ deleted: string }>("DELETE", `/opencode/sessions/${enc(id)}`);
+  deleteSession = (id: string) => this.request<Deleted>("DELETE", `/opencode/sessions/${enc(id)}`);
   messages = (id: string, before?: string | null, limit = 50) =>
     this.request<MessagePage>(
       "GET",
@@ -176,9 +181,11 @@ export class OpencodeClient {
     return this.request<AbortResult>("POST", `/opencode/sessions/${enc(sessionId)}/abort`, body);
   }
 
-  async configure(sessionId: string, patch: SessionPatch): Promise<void> {
-    if (this.isOpen()) await this.command("configure", { session_id: sessionId, patch });
-    else await this.patchSession(sessionId, patch);
+  /** Change the session; answers the session as it now is. */
+  async configure(sessionId: string, patch: SessionPatch): Promise<Session> {
+    if (!this.isOpen()) return this.patchSession(sessionId, patch);
+    const data = await this.command("configure", { session_id: sessionId, patch });
+    return data.session as Session;
   }
 
   async replyPermission(sessionId: string, body: PermissionReplyBody): Promise<void> {
@@ -228,7 +235,7 @@ export class OpencodeClient {
     if (previous !== sessionId) this.lastSeq.delete(sessionId);
     if (!this.isOpen()) return; // joined on open
     if (previous && previous !== sessionId) await this.command("leave", { session_id: previous }).catch(() => undefined);
-    await this.command("join", { session_id: sessionId });
+    await this.command("join", { session_id: sessionId, panel: this.opts.panel });
   }
 
   async leave(): Promise<void> {
@@ -287,7 +294,7 @@ export class OpencodeClient {
       this.startPing();
       if (this.joined) {
         const seen = this.lastSeq.get(this.joined);
-        const payload = seen === undefined ? { session_id: this.joined } : { session_id: this.joined, after_seq: seen };
+        const payload = { session_id: this.joined, panel: this.opts.panel, ...(seen === undefined ? {} : { after_seq: seen }) };
         this.command("join", payload).catch(() => undefined);
       }
     };

@@ -64,7 +64,7 @@ describe("OpencodeClient WebSocket", () => {
     const ws = FakeSocket.last();
     expect(ws.url).toBe("ws://test/opencode/ws?token=a%20b");
     ws.open();
-    expect(ws.commands("join")).toEqual([{ id: expect.any(String), type: "join", session_id: SID }]);
+    expect(ws.commands("join")).toEqual([{ id: expect.any(String), type: "join", session_id: SID, panel: true }]);
     const sent = client.send(SID, { text: "yo", mode: "queue" });
     ws.ack("send", { message_id: "m1", run_id: null, run_ids: [], queued: true });
     await expect(sent).resolves.toMatchObject({ message_id: "m1", queued: true });
@@ -114,7 +114,7 @@ describe("OpencodeClient WebSocket", () => {
     vi.advanceTimersByTime(1);
     ws = FakeSocket.last();
     ws.open();
-    expect(ws.commands("join")).toEqual([{ id: expect.any(String), type: "join", session_id: SID, after_seq: 6 }]);
+    expect(ws.commands("join")).toEqual([{ id: expect.any(String), type: "join", session_id: SID, panel: true, after_seq: 6 }]);
 
     // The server replays from its ring buffer, overlapping what we already had.
     ws.receive(delta(5, "Hello "));
@@ -174,7 +174,7 @@ describe("OpencodeClient WebSocket", () => {
     ws.ack("join");
     await p;
     expect(ws.commands("leave")[0]).toMatchObject({ session_id: SID });
-    expect(ws.commands("join")[1]).toEqual({ id: expect.any(String), type: "join", session_id: "ses_2" });
+    expect(ws.commands("join")[1]).toEqual({ id: expect.any(String), type: "join", session_id: "ses_2", panel: true });
   });
 
   it("close() stops reconnecting and fails pending commands", async () => {
@@ -188,5 +188,25 @@ describe("OpencodeClient WebSocket", () => {
     vi.advanceTimersByTime(10_000);
     expect(FakeSocket.all).toHaveLength(1);
     expect(client.connection).toBe("closed");
+  });
+});
+
+describe("OpencodeClient defaults", () => {
+  it("uses the browser WebSocket when no factory is given (an explicit undefined included)", () => {
+    const created: string[] = [];
+    class StubWs {
+      readyState = 0;
+      constructor(url: string) {
+        created.push(url);
+      }
+      send() {}
+      close() {}
+    }
+    vi.stubGlobal("WebSocket", StubWs);
+    const client = new OpencodeClient({ transport: fakeTransport({}), socket: undefined });
+    client.connect();
+    expect(created).toEqual(["ws://test/opencode/ws"]);
+    client.close();
+    vi.unstubAllGlobals();
   });
 });
