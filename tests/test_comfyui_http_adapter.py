@@ -5,6 +5,7 @@ Every tool is called the way the agent calls it, through `Tool.call(ctx, argumen
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from typing import Any, AsyncIterator
@@ -422,3 +423,35 @@ def test_recorded_runs_are_consistent() -> None:
     runs = recorded_runs()
     assert runs["ok"].tail_frames[0]["type"] == "execution_success"
     assert runs["error"].tail_frames[0]["type"] == "execution_error"
+
+
+# --------------------------------------------------------------------------- abort
+
+
+async def _queue_then_abort(tools: dict[str, Tool], graph_: dict[str, Any]) -> FakeToolContext:
+    queued: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    ctx = FakeToolContext(on_status=lambda m: queued.done() or queued.set_result(m))
+    task = asyncio.create_task(call(tools, "queue_workflow", ctx, graph=graph_))
+    await queued
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return ctx
+
+
+async def test_aborting_queue_workflow_takes_a_pending_run_off_the_queue(tools: dict[str, Tool], comfy: FakeComfyUI) -> None:
+    never_runs = graph("cpu_ok")
+    never_runs["3"]["inputs"]["filename_prefix"] = "other"
+    ctx = await _queue_then_abort(tools, never_runs)
+    prompt_id = ctx.statuses[0].removeprefix("queued as ")
+    assert comfy.queue_posts == [{"delete": [prompt_id]}]
+    assert comfy.queue["queue_pending"] == [] and comfy.interrupts == []
+    assert ("info", f"stopped ComfyUI prompt {prompt_id}") in ctx.logs
+
+
+async def test_cancel_interrupts_a_running_prompt_only(adapter: HttpComfyAdapter, comfy: FakeComfyUI) -> None:
+    comfy.queue["queue_running"].append([1, "running-id", {}, {}, []])
+    assert await adapter.cancel("running-id") is True
+    assert comfy.interrupts == [{"prompt_id": "running-id"}]
+    assert await adapter.cancel("gone") is False
+    assert comfy.interrupts == [{"prompt_id": "running-id"}] and comfy.queue_posts == []

@@ -298,3 +298,13 @@ async def test_view_refuses_a_symlink_out_of_the_folder(adapter: InProcessComfyA
     (tmp_path / "comfy" / "output" / "link.png").symlink_to(tmp_path / "comfy" / "secret.png")
     with pytest.raises(ComfyError, match="outside ComfyUI's output folder"):
         await adapter.view("link.png")
+
+
+async def test_cancel_deletes_pending_and_interrupts_running(adapter: InProcessComfyAdapter, server: FakePromptServer, nodes: SimpleNamespace) -> None:
+    server.prompt_queue.pending.append((4, "run-b", {}, {}, [], {}))
+    server.prompt_queue.running.append((3, "run-a", {}, {}, [], {}))
+    assert await adapter.cancel("run-b") is True
+    assert server.prompt_queue.pending == [] and nodes.interrupts == []
+    assert await adapter.cancel("run-a") is True
+    assert nodes.interrupts == [True]
+    assert await adapter.cancel("zzz") is False

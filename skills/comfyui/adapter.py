@@ -176,6 +176,18 @@ def check_image_ref(filename: str, subfolder: str, folder_type: str) -> tuple[st
     return filename, "/".join(parts)
 
 
+def queue_ids(items: Any) -> list[str]:
+    """Prompt ids of ComfyUI queue entries (`[number, prompt_id, prompt, ...]`), in queue order."""
+    found: list[tuple[float, str]] = []
+    for item in items or []:
+        if isinstance(item, (list, tuple)) and item and isinstance(item[0], (list, tuple)):
+            item = item[0]  # (entry, future) pairs in some versions
+        if isinstance(item, (list, tuple)) and len(item) > 1:
+            number = item[0] if isinstance(item[0], (int, float)) and not isinstance(item[0], bool) else 0
+            found.append((number, str(item[1])))
+    return [prompt_id for _, prompt_id in sorted(found, key=lambda x: x[0])]
+
+
 def image_mime(data: bytes) -> str:
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "image/png"
@@ -234,6 +246,10 @@ class ComfyAdapter(ABC):
     @abstractmethod
     async def queue(self, graph: dict[str, Any], client_id: str | None = None) -> str:
         """Queue a graph and return its prompt id; raises `ComfyValidationError` when rejected."""
+
+    @abstractmethod
+    async def cancel(self, prompt_id: str) -> bool:
+        """Take a pending run off the queue or interrupt it while it runs; False if it is neither."""
 
     @abstractmethod
     async def history(self, prompt_id: str) -> dict[str, Any] | None:

@@ -24,6 +24,7 @@ from .adapter import (
     ComfyValidationError,
     MAX_VIEW_BYTES,
     check_image_ref,
+    queue_ids,
     validation_errors,
 )
 
@@ -109,11 +110,18 @@ class HttpComfyAdapter(ComfyAdapter):
 
     async def queue_state(self) -> dict[str, list[str]]:
         answer = await self._json("GET", "/queue")
+        return {"running": queue_ids(answer.get("queue_running")), "pending": queue_ids(answer.get("queue_pending"))}
 
-        def ids(items: Any) -> list[str]:
-            return [str(i[1]) for i in items or [] if isinstance(i, list) and len(i) > 1]
-
-        return {"running": ids(answer.get("queue_running")), "pending": ids(answer.get("queue_pending"))}
+    async def cancel(self, prompt_id: str) -> bool:
+        state = await self.queue_state()
+        if prompt_id in state["pending"]:
+            status, _ = await self._request("POST", "/queue", json={"delete": [prompt_id]})
+        elif prompt_id in state["running"]:
+            # With a prompt id, ComfyUI interrupts only if that prompt is still the one running.
+            status, _ = await self._request("POST", "/interrupt", json={"prompt_id": prompt_id})
+        else:
+            return False
+        return status < 400
 
     async def folders(self) -> list[str]:
         answer = await self._json("GET", "/models")

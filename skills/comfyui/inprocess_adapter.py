@@ -33,6 +33,7 @@ from .adapter import (
     MAX_VIEW_BYTES,
     NodeError,
     check_image_ref,
+    queue_ids,
     validation_errors,
 )
 
@@ -170,18 +171,17 @@ class InProcessComfyAdapter(ComfyAdapter):
 
     async def queue_state(self) -> dict[str, list[str]]:
         running, pending = self.server.prompt_queue.get_current_queue()
+        return {"running": queue_ids(running), "pending": queue_ids(pending)}
 
-        def ids(items: Any) -> list[str]:
-            found: list[tuple[float, str]] = []
-            for item in items or []:
-                if isinstance(item, (list, tuple)) and item and isinstance(item[0], (list, tuple)):
-                    item = item[0]  # (item, future) pairs in some versions
-                if isinstance(item, (list, tuple)) and len(item) > 1:
-                    number = item[0] if isinstance(item[0], (int, float)) else 0
-                    found.append((number, str(item[1])))
-            return [prompt_id for _, prompt_id in sorted(found, key=lambda x: x[0])]
-
-        return {"running": ids(running), "pending": ids(pending)}
+    async def cancel(self, prompt_id: str) -> bool:
+        prompt_queue = self.server.prompt_queue
+        running, pending = prompt_queue.get_current_queue()
+        if prompt_id in queue_ids(pending):
+            return bool(prompt_queue.delete_queue_item(lambda item: len(item) > 1 and item[1] == prompt_id))
+        if prompt_id in queue_ids(running):
+            self._module("nodes").interrupt_processing()  # what ComfyUI's /interrupt does
+            return True
+        return False
 
     async def folders(self) -> list[str]:
         return list(self._module("folder_paths").folder_names_and_paths)

@@ -151,6 +151,14 @@ def build_tools(adapter: ComfyAdapter, *, run_timeout: float = 600.0, propose_ti
 
         try:
             await asyncio.wait_for(follow(), run_timeout)
+        except asyncio.CancelledError:
+            # The user stopped the answer: stop its run too, rather than leave it holding the GPU.
+            try:
+                stopped = await asyncio.wait_for(asyncio.shield(adapter.cancel(prompt_id)), 10.0)
+                ctx.log("info", f"{'stopped' if stopped else 'could not stop'} ComfyUI prompt {prompt_id}")
+            except Exception as exc:
+                log.warning("could not stop ComfyUI prompt %s: %s", prompt_id, exc)
+            raise
         except asyncio.TimeoutError:
             return ToolOutput(
                 f"Run {prompt_id} is still going after {run_timeout:.0f} s; it stays in ComfyUI's queue. "

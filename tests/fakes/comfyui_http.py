@@ -1,6 +1,6 @@
 """`FakeComfyUI`: a loopback aiohttp server answering like ComfyUI 0.3.64, from recorded data.
 
-Routes: `/object_info`, `/prompt`, `/queue`, `/history/{id}`, `/models`, `/models/{folder}`, `/view`
+Routes: `/object_info`, `/prompt`, `/queue` (GET, and POST `{"delete": [...]}`), `/interrupt`, `/history/{id}`, `/models`, `/models/{folder}`, `/view`
 and `/ws?clientId=`. A posted graph is answered the way the recording says: the txt2img graph
 gets the recorded 400 with `node_errors`, a graph naming an unknown class the recorded
 unknown-node 400, and the two recorded runs their prompt id. A run's recorded `/ws` frames go to
@@ -34,6 +34,8 @@ class FakeComfyUI:
         self.record_history = True
         self.requests: list[str] = []
         self.posted: list[dict[str, Any]] = []
+        self.queue_posts: list[dict[str, Any]] = []
+        self.interrupts: list[dict[str, Any]] = []
         self.sockets: dict[str, web.WebSocketResponse] = {}
         self._looked_up: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -50,6 +52,8 @@ class FakeComfyUI:
         app.router.add_get("/object_info", self.get_object_info)
         app.router.add_post("/prompt", self.post_prompt)
         app.router.add_get("/queue", self.get_queue)
+        app.router.add_post("/queue", self.post_queue)
+        app.router.add_post("/interrupt", self.post_interrupt)
         app.router.add_get("/history/{prompt_id}", self.get_history)
         app.router.add_get("/models", self.get_folders)
         app.router.add_get("/models/{folder}", self.get_models)
@@ -104,6 +108,17 @@ class FakeComfyUI:
 
     async def get_queue(self, request: web.Request) -> web.Response:
         return web.json_response(self.queue)
+
+    async def post_queue(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.queue_posts.append(body)
+        delete = set(body.get("delete", []))
+        self.queue["queue_pending"] = [i for i in self.queue["queue_pending"] if i[1] not in delete]
+        return web.Response(status=200)
+
+    async def post_interrupt(self, request: web.Request) -> web.Response:
+        self.interrupts.append(await request.json())
+        return web.Response(status=200)
 
     async def get_history(self, request: web.Request) -> web.Response:
         prompt_id = request.match_info["prompt_id"]

@@ -43,9 +43,12 @@ def fake_node_class(name: str, node_def: dict[str, Any]) -> type:
 
 
 def fake_nodes_module(object_info: dict[str, Any]) -> SimpleNamespace:
+    interrupts: list[bool] = []
     return SimpleNamespace(
         NODE_CLASS_MAPPINGS={name: fake_node_class(name, d) for name, d in object_info.items()},
         NODE_DISPLAY_NAME_MAPPINGS={name: d["display_name"] for name, d in object_info.items() if d["display_name"] != name},
+        interrupt_processing=lambda value=True: interrupts.append(value),
+        interrupts=interrupts,
     )
 
 
@@ -131,6 +134,13 @@ class FakePromptQueue:
         if prompt_id in self._looked_up:
             self._looked_up[prompt_id].set()
         return {}
+
+    def delete_queue_item(self, function: Any) -> bool:
+        for i, item in enumerate(self.pending):
+            if function(item):
+                del self.pending[i]
+                return True
+        return False
 
     def get_current_queue(self) -> tuple[list[Any], list[Any]]:
         return list(self.running), copy.deepcopy(self.pending)

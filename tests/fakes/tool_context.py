@@ -26,6 +26,7 @@ class FakeToolContext:
     logs: list[tuple[str, str]] = field(default_factory=list)
     statuses: list[str] = field(default_factory=list)
     ui_requests: list[tuple[str, dict[str, Any], float]] = field(default_factory=list)
+    on_status: Callable[[str], None] | None = None  # e.g. to resolve a future when a tool reports progress
 
     def log(self, level: str, message: str) -> None:
         self.logs.append((level, message))
@@ -44,3 +45,5 @@ class FakeToolContext:
 
     async def emit_status(self, message: str) -> None:
         self.statuses.append(message)
+        if self.on_status is not None:
+            self.on_status(message)
