@@ -182,6 +182,8 @@ export const SNAPSHOT_EVENTS: ReadonlySet<EventType> = new Set(["session.state",
 // ------------------------------------------------------------------ REST bodies
 
 export interface SessionCreate {
+  /** A client may bring its own id (a workflow reopened on another machine keeps its session). */
+  id?: string | null;
   title?: string;
   skills?: string[];
   provider?: string | null;
@@ -248,6 +250,29 @@ export interface VersionInfo {
   version: string;
   protocol: number;
   capabilities: string[];
+}
+
+export interface Ok {
+  ok: true;
+}
+
+export interface Deleted {
+  deleted: string;
+}
+
+export interface AuditEntry {
+  run_id: string | null;
+  request_id: string | null;
+  skill: string | null;
+  tool: string;
+  permission_class: string;
+  decision: string;
+  reason: string;
+  ts: number;
+}
+
+export interface AuditList {
+  entries: AuditEntry[];
 }
 
 export interface ErrorBody {
@@ -349,7 +374,8 @@ export interface ModelList {
 // ------------------------------------------------------------------ WebSocket commands
 
 export interface CommandMap {
-  join: { session_id: string; after_seq?: number | null };
+  /** `panel: true` says this socket can answer `ui.request` (read the canvas, load a graph). */
+  join: { session_id: string; after_seq?: number | null; panel?: boolean };
   leave: { session_id?: string | null };
   send: { session_id: string; text: string; images?: ImagePart[]; skills?: string[]; mode?: SendMode };
   abort: { session_id: string; run_id?: string | null; skill?: string | null };

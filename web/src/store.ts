@@ -31,6 +31,13 @@ export function leadingMentions(text: string, roleIds: ReadonlySet<string>): str
   return out;
 }
 
+/** The API-format graph a `propose_workflow` request carries (`payload.graph`). */
+export function proposedGraph(req: UiRequestData): Record<string, unknown> {
+  const p = req.payload;
+  const graph = p.graph ?? p.workflow;
+  return graph && typeof graph === "object" ? (graph as Record<string, unknown>) : {};
+}
+
 export const usePanelStore = defineStore("opencode-panel", () => {
   const deps = inject(DEPS)!;
   const client = new OpencodeClient({ transport: deps.transport, token: deps.token, socket: deps.socket });
@@ -118,8 +125,9 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     const sessionId = client.session;
     if (!sessionId) return;
     try {
-      const workflow = await deps.currentWorkflow();
-      await client.uiReply({ session_id: sessionId, request_id: req.request_id, ok: true, result: { workflow } });
+      // API format under `prompt`, as the `get_workflow` tool reads it.
+      const prompt = await deps.currentWorkflow();
+      await client.uiReply({ session_id: sessionId, request_id: req.request_id, ok: true, result: { prompt } });
     } catch (err) {
       const error = err instanceof Error ? err.message : String(err);
       await client.uiReply({ session_id: sessionId, request_id: req.request_id, ok: false, result: {}, error }).catch(() => undefined);
@@ -133,7 +141,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     let error: string | null = null;
     if (accepted) {
       try {
-        await deps.loadWorkflow((req.payload.workflow ?? req.payload.graph ?? req.payload) as Record<string, unknown>);
+        await deps.loadWorkflow(proposedGraph(req));
       } catch (err) {
         ok = false;
         error = err instanceof Error ? err.message : String(err);
@@ -194,7 +202,8 @@ export const usePanelStore = defineStore("opencode-panel", () => {
       const s = await client.getSession(id);
       rememberSession(s);
     } catch (err) {
-      if (err instanceof ApiError && err.status === 404 && opts.createIfMissing) return newSession();
+      // A workflow opened on another machine: recreate its session under the same id.
+      if (err instanceof ApiError && err.status === 404 && opts.createIfMissing) return newSession({ id });
       throw err;
     }
     deps.binding.setSessionId(id);
@@ -203,10 +212,11 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     await client.join(id);
   }
 
-  async function newSession(config?: Partial<SessionConfig>): Promise<void> {
+  async function newSession(config?: Partial<SessionConfig> & { id?: string }): Promise<void> {
     const d = { ...deps.binding.defaults(), ...config };
     const known = new Set(skills.value.map((s) => s.id));
     const created = await client.createSession({
+      ...(config?.id ? { id: config.id } : {}),
       skills: d.skills.filter((s) => known.size === 0 || known.has(s)),
       provider: d.provider || null,
       model: d.model || null,
@@ -232,11 +242,8 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     const id = session.value?.id;
     if (!id) return;
     try {
-      await client.configure(id, patch);
-      if (patch.skills || patch.provider !== undefined || patch.model !== undefined) {
-        const s = { ...session.value!, ...patch } as Session;
-        deps.binding.syncConfig({ skills: s.skills, provider: s.provider, model: s.model });
-      }
+      const updated = await client.configure(id, patch);
+      if (updated) rememberSession(updated);
     } catch (err) {
       fail(t("error.generic"), err);
     }

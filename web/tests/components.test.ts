@@ -154,7 +154,7 @@ describe("ProposalCard", () => {
       props: {
         request: {
           request_id: "ui_1", run_id: null, action: "propose_workflow",
-          payload: { workflow: { "1": { class_type: "KSampler" }, "2": { class_type: "CLIPTextEncode" }, "3": { class_type: "CLIPTextEncode" } } },
+          payload: { graph: { "1": { class_type: "KSampler" }, "2": { class_type: "CLIPTextEncode" }, "3": { class_type: "CLIPTextEncode" } } },
         },
         canLoad: true,
       },

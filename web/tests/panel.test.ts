@@ -148,11 +148,12 @@ describe("OpencodePanel", () => {
     ws.receive(ev("ui.request", 2, { request_id: "ui_1", run_id: null, action: "get_workflow", payload: {} }));
     await flushPromises();
     expect(ws.commands("ui.reply")[0]).toMatchObject({
-      request_id: "ui_1", ok: true, result: { workflow: { "1": { class_type: "KSampler", inputs: {} } } },
+      request_id: "ui_1", ok: true, result: { prompt: { "1": { class_type: "KSampler", inputs: {} } } },
     });
     const graph = { "1": { class_type: "SaveImage", inputs: {} } };
-    ws.receive(ev("ui.request", 3, { request_id: "ui_2", run_id: null, action: "propose_workflow", payload: { workflow: graph } }));
+    ws.receive(ev("ui.request", 3, { request_id: "ui_2", run_id: null, action: "propose_workflow", payload: { graph, title: "Save it" } }));
     await flushPromises();
+    expect(w.find("[data-testid=proposal-card]").text()).toContain("Save it");
     await button(w, "Load into canvas").trigger("click");
     await flushPromises();
     expect(loadWorkflow).toHaveBeenCalledWith(graph);
