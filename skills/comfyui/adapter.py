@@ -6,7 +6,7 @@ WebSocket; `InProcessComfyAdapter` runs inside ComfyUI's process and calls its P
 This module also holds what both share: the readable errors, the event type, the event hub that
 routes progress events to whoever follows a run, and the argument checks for `/view`.
 
-Imports core.tools and core.protocol only; never ComfyUI itself.
+Imports core.tools, core.protocol and this package's `graph`; never ComfyUI itself.
 """
 
 from __future__ import annotations
@@ -245,7 +245,10 @@ class ComfyAdapter(ABC):
 
     @abstractmethod
     async def queue(self, graph: dict[str, Any], client_id: str | None = None) -> str:
-        """Queue a graph and return its prompt id; raises `ComfyValidationError` when rejected."""
+        """Queue a graph and return its prompt id; raises `ComfyValidationError` when rejected.
+
+        ComfyUI sends a run's progress only to the client id that queued it: leave `client_id`
+        unset (the adapter's own) for `events` to see it live rather than by polling."""
 
     @abstractmethod
     async def cancel(self, prompt_id: str) -> bool:
