@@ -31,6 +31,7 @@ class HostWiring:
 
         def comfyui_skill(service: OpencodeService) -> Any:
             self.adapter = self.make_adapter(service)
+            service.close_hooks.append(self.adapter.close)
             return build_comfyui_skill(self.adapter)
 
         return [comfyui_skill]

@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import aiohttp
 
@@ -70,6 +70,8 @@ class OpencodeService:
     def __post_init__(self) -> None:
         self.started_at = time.time()
         self._log_handler: BusLogHandler | None = None
+        # Closed before the HTTP session (e.g. a ComfyUI adapter's own socket).
+        self.close_hooks: list[Callable[[], Awaitable[None]]] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -106,6 +108,11 @@ class OpencodeService:
     async def close(self) -> None:
         await self.sessions.shutdown()
         await self.bus.close()
+        for hook in reversed(self.close_hooks):
+            try:
+                await hook()
+            except Exception:  # noqa: BLE001 - closing must go on
+                log.exception("a close hook failed")
         await self.http.close()
         await self.store.close()
         self._uninstall_logging()
