@@ -33,6 +33,12 @@ from .store import Store
 
 log = logging.getLogger("opencode.bus")
 
+# A process can publish seqs it never commits (killed between a publish and its group commit, or
+# a batch that failed). A room loaded from the store after a restart therefore starts this far
+# past the last stored seq, so no seq a client may hold is ever reused for another event; a
+# client whose offset falls in the gap gets a resync.
+RESTART_SEQ_GAP = 1 << 20
+
 
 @dataclass(frozen=True)
 class Published:
@@ -130,6 +136,8 @@ class InProcessBus(Bus):
         """Load the room's last seq from the store; must run before the first publish."""
         if session_id not in self._rooms:
             last = await self.store.last_seq(session_id)
+            if last:
+                last += RESTART_SEQ_GAP
             if session_id not in self._rooms:
                 self._rooms[session_id] = _Room(session_id, last, self.ring_size)
 
