@@ -7,9 +7,12 @@ opens the service in a `cleanup_ctx` of ComfyUI's app, keeps the data in
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator, Callable
 
 from .core.config import Config
 from .node import NodeBridge, OpencodeAgent
@@ -35,10 +38,63 @@ def mount(server: Any) -> None:
     config = Config(data_dir=comfyui_data_dir())
     wiring = inside_comfyui(config, server)
     register_routes(server.routes)
-    server.app.cleanup_ctx.append(service_context(config, wiring.skill_factories(), wiring.image_loader()))
+    server.app.cleanup_ctx.append(
+        closed_at_exit(service_context(config, wiring.skill_factories(), wiring.image_loader())))
     OpencodeAgent.bridge = NodeBridge(loop=server.loop, service=lambda: server.app[SERVICE],
                                       check_interrupt=check_interrupt)
     log.info("Opencode %s mounted under /opencode (data in %s)", _version(), config.data_dir)
+
+
+CLOSE_AT_EXIT_TIMEOUT = 10.0
+
+Context = Callable[[Any], AsyncIterator[None]]
+
+
+def closed_at_exit(context: Context, register: Callable[[Callable[[], None]], None] | None = None) -> Context:
+    """Wrap a `cleanup_ctx` entry so that it is also finished when the process exits.
+
+    On Ctrl-C, ComfyUI's `main.py` just leaves `run_until_complete`: its app's cleanup never runs,
+    so the service was never closed, and the aiosqlite worker threads (not daemon threads) kept
+    Python waiting for them forever: ComfyUI hung after "Stopped server" until a second Ctrl-C.
+    So the service is also closed, on ComfyUI's now idle loop, just before Python joins threads.
+    """
+    register = register or _before_thread_join
+
+    async def guarded(app: Any) -> AsyncIterator[None]:
+        inner = context(app)
+        await inner.__anext__()  # the service started
+        loop = asyncio.get_running_loop()
+        left = [inner]
+
+        def finish() -> None:
+            if not left or loop.is_closed() or loop.is_running():
+                return
+            try:
+                loop.run_until_complete(asyncio.wait_for(left.pop().aclose(), CLOSE_AT_EXIT_TIMEOUT))
+                log.info("Opencode closed at exit")
+            except BaseException:  # noqa: BLE001 - the process is exiting anyway
+                log.exception("Opencode could not close at exit")
+
+        register(finish)
+        try:
+            yield
+        finally:
+            if left:
+                await left.pop().aclose()
+
+    return guarded
+
+
+def _before_thread_join(fn: Callable[[], None]) -> None:
+    """Run `fn` at exit before Python joins the non-daemon threads (`atexit` runs only after)."""
+    register = getattr(threading, "_register_atexit", None)  # CPython 3.9+
+    try:
+        if register is not None:
+            register(fn)
+            return
+    except RuntimeError:  # already shutting down
+        return
+    atexit.register(fn)
 
 
 def _version() -> str:
