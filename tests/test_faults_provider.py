@@ -1,0 +1,220 @@
+"""Provider faults end to end: through the routes, the session manager and the agent loop.
+
+The provider unit tests (`test_providers_*.py`) prove each dialect maps a fault to the right
+`ProviderError`; here the whole service meets the fault (llmock on loopback for OpenAI and
+Anthropic, a closed port for a refused connection) and the outcome is what a person sees: the run
+is retried to completion, or it ends as `error` with a message that says what happened; no run is
+ever left `working`; and the event loop keeps serving other sockets and sessions meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, AsyncIterator, Callable
+
+import pytest
+
+from opencode_agent.tests.fakes.llm_servers import closed_port
+from wsclient import WsClient, run_final
+
+KEY = "sk-fault-0123456789abcdefghijKEY"
+READ_TIMEOUT = 0.5
+
+
+class LoopLag:
+    """How late a 5 ms ticker wakes up on this loop: the service's loop, in these tests."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(0.005)
+            self.samples.append(loop.time() - t0 - 0.005)
+
+    def __enter__(self) -> "LoopLag":
+        self._task = asyncio.get_running_loop().create_task(self._tick())
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._task:
+            self._task.cancel()
+
+    @property
+    def worst(self) -> float:
+        return max(self.samples, default=0.0)
+
+
+@pytest.fixture
+async def chat(client: Any) -> Callable[..., Any]:
+    """`await chat(kind, base_url, extra=...)` → (ws, session id) for a session on a fresh profile."""
+    counter = iter(range(1000))
+
+    async def make(kind: str, base_url: str, **extra: Any) -> tuple[WsClient, str]:
+        name = f"p{next(counter)}"
+        body = {"name": name, "kind": kind, "base_url": base_url, "default_model": "model-x",
+                "extra": {"max_attempts": 3, "read_timeout": READ_TIMEOUT, **extra}}
+        r = await client.post("/opencode/providers", json=body)
+        assert r.status == 201, await r.text()
+        assert (await client.put(f"/opencode/providers/{name}/key", json={"key": KEY})).status == 200
+        r = await client.post("/opencode/sessions", json={"provider": name})
+        assert r.status == 201, await r.text()
+        sid = (await r.json())["id"]
+        ws = WsClient(await client.ws_connect("/opencode/ws"))
+        await ws.command("join", session_id=sid)
+        return ws, sid
+
+    return make
+
+
+async def ask(ws: WsClient, sid: str, text: str = "hello?") -> dict[str, Any]:
+    sent = await ws.command("send", session_id=sid, text=text)
+    final = await ws.until(run_final(sent["data"]["run_id"]), timeout=20)
+    message = [e for e in ws.of_type("message.completed")
+               if e["data"]["message"]["run_id"] == sent["data"]["run_id"]][-1]["data"]["message"]
+    return {"run": final["data"]["run"], "message": message}
+
+
+async def no_run_working(client: Any, sid: str) -> None:
+    ws = WsClient(await client.ws_connect("/opencode/ws"))
+    await ws.command("join", session_id=sid)
+    state = ws.of_type("session.state")[0]["data"]
+    assert state["runs"] == [], state["runs"]
+    assert all(m["status"] not in ("streaming", "queued") for m in state["messages"])
+    r = await client.get(f"/opencode/sessions/{sid}/messages")
+    assert all(m["status"] not in ("streaming", "queued") for m in (await r.json())["messages"])
+    await ws.ws.close()
+
+
+DIALECTS = [("openai", "openai"), ("anthropic", "anthropic")]
+
+
+@pytest.fixture(params=DIALECTS, ids=[d[0] for d in DIALECTS])
+def dialect(request: Any, llmock: Any) -> tuple[str, str]:
+    kind, path = request.param
+    llmock.tool_mode("off")
+    return kind, llmock.base_url(path)
+
+
+# --------------------------------------------------------------------------- retried to completion
+
+
+@pytest.mark.parametrize("fault", ["429", "529", "500", "503"])
+async def test_transient_errors_are_retried_to_completion(chat: Any, llmock: Any, client: Any,
+                                                          dialect: tuple[str, str], fault: str) -> None:
+    ws, sid = await chat(*dialect)
+    llmock.fail(int(fault), retry_after=0.05).reply("fine after all")
+    out = await ask(ws, sid)
+    assert out["run"]["status"] == "completed", out
+    assert "fine after all" in "".join(p.get("text", "") for p in out["message"]["parts"])
+    assert [r.status for r in llmock.requests] == [int(fault), 200]
+    await no_run_working(client, sid)
+
+
+# --------------------------------------------------------------------------- surfaced as a clear error
+
+
+@pytest.mark.parametrize("fault,words", [
+    ("429-forever", ["429"]),
+    ("500-forever", ["500"]),
+    ("401", ["401"]),
+    ("stall", ["stalled"]),
+    ("truncate", ["ended before", "stream"]),
+    ("corrupt", ["malformed"]),
+    ("disconnect", ["connection lost", "ended before"]),
+])
+async def test_faults_end_the_run_with_a_clear_error(chat: Any, llmock: Any, client: Any,
+                                                     dialect: tuple[str, str], fault: str, words: list[str]) -> None:
+    ws, sid = await chat(*dialect)
+    if fault == "429-forever":
+        llmock.fail(429, retry_after=0.01, times=None)
+    elif fault == "500-forever":
+        llmock.fail(500, retry_after=0.01, times=None)
+    elif fault == "401":
+        llmock.fail(401, message="Incorrect API key provided")
+    elif fault == "stall":
+        llmock.reply("one two three four five six").stall(after_chunks=2, seconds=READ_TIMEOUT * 4)
+    elif fault == "truncate":
+        llmock.reply("one two three four five six").truncate(after_chunks=3)
+    elif fault == "corrupt":
+        llmock.reply("one two three four five six").corrupt(after_chunks=2)
+    else:
+        llmock.reply("one two three four five six").disconnect(after_chunks=2)
+    out = await ask(ws, sid)
+    assert out["run"]["status"] == "error", out
+    error = out["message"]["error"] or ""
+    assert out["run"]["error"] == error
+    assert any(w in error for w in words), error
+    assert error.startswith("p"), "the message names the provider profile"
+    assert KEY not in error
+    await no_run_working(client, sid)
+    # The session is not stuck: the next message gets an answer.
+    llmock.reset().tool_mode("off").reply("recovered")
+    again = await ask(ws, sid, "again?")
+    assert again["run"]["status"] == "completed"
+
+
+async def test_refused_connection_is_retried_then_reported(chat: Any, client: Any) -> None:
+    ws, sid = await chat("openai", f"http://127.0.0.1:{closed_port()}/v1", max_attempts=2)
+    out = await ask(ws, sid)
+    assert out["run"]["status"] == "error"
+    assert "cannot connect" in out["message"]["error"]
+    await no_run_working(client, sid)
+
+
+async def test_the_loop_never_blocks_during_a_stall(chat: Any, llmock: Any, client: Any) -> None:
+    """While one reply hangs on a silent upstream, other sockets and sessions are served at once."""
+    llmock.tool_mode("off")
+    ws, sid = await chat("openai", llmock.base_url("openai"))
+    llmock.reply("a b c d e f g h").stall(after_chunks=2, seconds=READ_TIMEOUT * 4)
+    r = await client.post("/opencode/sessions", json={"skills": ["echo"]})
+    echo_sid = (await r.json())["id"]
+    other = WsClient(await client.ws_connect("/opencode/ws"))
+    await other.command("join", session_id=echo_sid)
+    with LoopLag() as lag:
+        sent = await ws.command("send", session_id=sid, text="will stall")
+        await ws.until(lambda e: e["type"] == "message.delta")
+        t0 = time.monotonic()
+        for _ in range(20):
+            assert (await other.command("ping"))["type"] == "ack"
+        echoed = await other.command("send", session_id=echo_sid, text="served meanwhile")
+        done = await other.until(run_final(echoed["data"]["run_id"]))
+        served_in = time.monotonic() - t0
+        assert done["data"]["run"]["status"] == "completed"
+        # Still stalled when the other session finished: it was served while this one waited.
+        assert not [e for e in ws.events if run_final(sent["data"]["run_id"])(e)]
+        final = await ws.until(run_final(sent["data"]["run_id"]), timeout=10)
+    assert final["data"]["run"]["status"] == "error"
+    assert served_in < READ_TIMEOUT
+    assert lag.worst < 0.25, f"the loop stalled for {lag.worst * 1000:.0f} ms"
+    await no_run_working(client, sid)
+
+
+async def test_abort_during_a_stall_ends_at_once(chat: Any, llmock: Any, client: Any) -> None:
+    llmock.tool_mode("off")
+    ws, sid = await chat("openai", llmock.base_url("openai"), read_timeout=30)
+    llmock.reply("a b c d e f").stall(after_chunks=2, seconds=3)
+    sent = await ws.command("send", session_id=sid, text="hang")
+    await ws.until(lambda e: e["type"] == "message.delta")
+    t0 = time.monotonic()
+    assert (await ws.command("abort", session_id=sid))["data"]["aborted"] == [sent["data"]["run_id"]]
+    final = await ws.until(run_final(sent["data"]["run_id"]))
+    assert final["data"]["run"]["status"] == "aborted"
+    assert time.monotonic() - t0 < 1.0
+    await no_run_working(client, sid)
+
+
+async def test_many_sessions_fail_at_once_and_all_end(chat: Any, llmock: Any, client: Any) -> None:
+    """Twenty runs against a provider that is down: every one ends as an error, none hangs."""
+    llmock.tool_mode("off").fail(503, retry_after=0.01, times=None)
+    pairs = [await chat("openai", llmock.base_url("openai"), max_attempts=2) for _ in range(20)]
+    sent = [await ws.command("send", session_id=sid, text="anyone?") for ws, sid in pairs]
+    finals = await asyncio.gather(*(ws.until(run_final(s["data"]["run_id"]), timeout=20)
+                                    for (ws, _), s in zip(pairs, sent)))
+    assert {f["data"]["run"]["status"] for f in finals} == {"error"}
+    for _, sid in pairs:
+        await no_run_working(client, sid)
