@@ -158,6 +158,8 @@ class SqliteStore(Store):
         self._reader_db: aiosqlite.Connection | None = None
         self._queue: deque[_Write] = deque()
         self._queued_rows = 0
+        # Queued writes someone awaits: they are committed at once, never held for max_delay.
+        self._awaited = 0
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -218,6 +220,8 @@ class SqliteStore(Store):
     async def _submit(self, sql: str, params: tuple[Any, ...] | dict[str, Any]) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._enqueue(_Write(sql, params, done))
+        self._awaited += 1
+        self._full.set()
         await done
 
     async def _write_loop(self) -> None:
@@ -229,8 +233,9 @@ class SqliteStore(Store):
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if self._queued_rows < self.max_rows and not self._closing:
-                # Group commit: let more rows arrive, at most max_delay.
+            if self._queued_rows < self.max_rows and not self._closing and not self._awaited:
+                # Group commit: let more rows arrive, at most max_delay. A caller waiting on its
+                # write is not held back; writes queued meanwhile share the next transaction.
                 self._full.clear()
                 try:
                     await asyncio.wait_for(self._full.wait(), self.max_delay)
@@ -246,6 +251,8 @@ class SqliteStore(Store):
             w = self._queue.popleft()
             batch.append(w)
             rows += w.rows
+            if w.done is not None:
+                self._awaited -= 1
         self._queued_rows -= rows
         return batch
 
