@@ -169,9 +169,8 @@ class SessionManager:
         if changes.get("provider") and self.validate_provider:
             await self.validate_provider(changes["provider"])
         data = live.session.model_dump()
-        data.update({k: v for k, v in changes.items()})
-        if data.get("title") is None:
-            data["title"] = live.session.title
+        # An explicit null clears what may be empty (provider, model) and leaves the rest as it is.
+        data.update({k: v for k, v in changes.items() if v is not None or k in ("provider", "model")})
         data["updated_at"] = now()
         updated = Session.model_validate(data)
         await self.store.save_session(updated)
