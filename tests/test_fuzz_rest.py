@@ -197,3 +197,28 @@ async def test_nasty_bodies_everywhere(rest: Any, body: bytes) -> None:
     for fmt in ("json", "md"):
         r = await client.get(f"/opencode/sessions/{SID}/export", params={"format": fmt})
         assert r.status == 200
+
+
+def _null_bodies() -> list[tuple[str, str, dict[str, Any]]]:
+    """Every field of every body model set to null, one at a time and all at once."""
+    from opencode_agent.routes import ROUTES
+
+    out = []
+    for r in ROUTES:
+        if r.body is None or not r.body.model_fields:
+            continue
+        fields = list(r.body.model_fields)
+        for f in fields:
+            out.append((r.method, r.path, {f: None}))
+        out.append((r.method, r.path, {f: None for f in fields}))
+    return out
+
+
+@pytest.mark.parametrize("method,template,body", _null_bodies(),
+                         ids=lambda x: x if isinstance(x, str) else ",".join(x) if isinstance(x, dict) else "")
+async def test_explicit_nulls(rest: Any, method: str, template: str, body: dict[str, Any]) -> None:
+    """`{"field": null}` is what a JS client sends for "unset": never a 500, never a half-write."""
+    client, service = rest
+    await check(client, service, method, fill(template, SID, "fzp"), json_body=body)
+    r = await client.get(f"/opencode/sessions/{SID}")
+    assert r.status == 200
