@@ -403,8 +403,8 @@ class SqliteStore(Store):
         if self._reader_db is None:
             raise StoreUnavailable("the store is not open")
         try:
-            async with self._reader_db.execute(sql, params) as cur:
-                return list(await cur.fetchall())
+            # One round trip to the reader thread (execute + fetch + close there), not three.
+            return list(await self._reader_db.execute_fetchall(sql, params))
         except sqlite3.Error as exc:
             raise StoreUnavailable(_describe_sqlite_error(exc)) from exc
 
