@@ -1,0 +1,310 @@
+"""Benchmark 5: a reply relayed through the whole stack, against the same client reading upstream.
+
+Three processes besides the parent: the fake upstream (`upstream.py`: OpenAI Chat Completions
+SSE, 200 ms to the first token, then 50 tokens/s), the Opencode server (`create_app`, real
+service, a provider profile `fake` of kind `openai` pointing at the upstream, sessions using the
+`assistant` role with it) and one client process.
+
+- direct: the client POSTs to the upstream itself and reads the SSE stream;
+- relay: the client sends `send` on a WebSocket joined to its session, Opencode calls the
+  upstream, and the deltas come back as `message.delta` events.
+
+`n` streams run at once; each does `rounds` replies back to back, and the stream starts are
+spread over one reply's duration so the load is steady rather than in lock-step.
+Time to first token = first content token at the client − request sent. Per-token latency =
+arrival at the client − the upstream's write time carried in the token (CLOCK_MONOTONIC is
+shared by every process on the machine). The Opencode server's loop lag is measured by the
+1 ms ticker inside that process while the relay runs; its baseline is the same ticker on the
+server's idle loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .common import Row, Worker, median, percentile, serve_commands
+from .opencode_server import opencode_server
+from .upstream import token_sent_at, upstream_server
+
+TTFT = 0.2
+RATE = 50.0
+FINAL = {"completed", "aborted", "error", "interrupted"}
+
+
+class _Stream:
+    """One session joined on one WebSocket, and the reply it is waiting for."""
+
+    def __init__(self, sid: str, sink: dict[str, list[float]]) -> None:
+        self.sid = sid
+        self.sink = sink
+        self.ws: Any = None
+        self.sent_at = 0.0
+        self.first = True
+        self.run_id: str | None = None
+        self.done: asyncio.Future[str] | None = None
+        self.joined = asyncio.Event()
+
+    def on_text(self, payload: bytes) -> None:
+        now = time.monotonic()
+        d = json.loads(payload)
+        kind = d.get("type")
+        if kind == "message.delta":
+            if self.done is None:
+                return
+            text = d["data"]["text"]
+            if self.first:
+                self.first = False
+                self.sink["ttft"].append((now - self.sent_at) * 1000)
+            self.sink["lat"].append((now - token_sent_at(text)) * 1000)
+        elif kind == "run.status":
+            run = d["data"]["run"]
+            if (self.done is not None and run["status"] in FINAL and not self.done.done()
+                    and (self.run_id is None or run["id"] == self.run_id)):
+                self.done.set_result(run["status"] if not run.get("error") else f"error: {run['error']}")
+        elif kind == "ack":
+            data = d.get("data") or {}
+            if "run_id" in data:
+                self.run_id = data["run_id"]
+            elif "session_id" in data:
+                self.joined.set()
+        elif kind == "error":
+            if self.done is not None and not self.done.done():
+                self.done.set_result(f"error: {d.get('error')}")
+            self.joined.set()
+
+
+def relay_client(conn: Connection, oc_port: int, up_port: int) -> None:
+    state: dict[str, Any] = {"streams": []}
+    base = f"http://127.0.0.1:{oc_port}"
+
+    async def setup() -> dict[str, Any]:
+        import aiohttp
+
+        http = state["http"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        r = await http.post(f"{base}/opencode/providers", json={
+            "name": "fake", "kind": "openai", "base_url": f"http://127.0.0.1:{up_port}/v1", "default_model": "m"})
+        if r.status != 201:
+            raise RuntimeError(f"create provider: {r.status} {await r.text()}")
+        r = await http.put(f"{base}/opencode/providers/fake/key", json={"key": "sk-bench-not-a-real-key"})
+        if r.status != 200:
+            raise RuntimeError(f"put key: {r.status} {await r.text()}")
+        return {"pid": os.getpid()}
+
+    async def prepare(n: int) -> int:
+        """At least `n` sessions on the fake provider, each joined on its own WebSocket."""
+        from .miniws import connect as ws_connect
+
+        http = state["http"]
+        sink: dict[str, list[float]] = {"ttft": [], "lat": []}
+        state["sink"] = sink
+        for s in state["streams"]:
+            s.sink = sink
+        while len(state["streams"]) < n:
+            k = len(state["streams"])
+            r = await http.post(f"{base}/opencode/sessions", json={"title": f"relay {k}"})
+            if r.status != 201:
+                raise RuntimeError(f"create session: {r.status} {await r.text()}")
+            sid = (await r.json())["id"]
+            r = await http.patch(f"{base}/opencode/sessions/{sid}",
+                                 json={"provider": "fake", "model": "m", "skills": ["assistant"]})
+            if r.status != 200:
+                raise RuntimeError(f"configure session: {r.status} {await r.text()}")
+            stream = _Stream(sid, sink)
+            stream.ws = await ws_connect("127.0.0.1", oc_port, "/opencode/ws", stream.on_text)
+            stream.ws.send_text(json.dumps({"id": f"j{k}", "type": "join", "session_id": sid}))
+            await asyncio.wait_for(stream.joined.wait(), 10)
+            state["streams"].append(stream)
+        return len(state["streams"])
+
+    async def staggered(n: int, rounds: int, one: Any, timeout: float) -> dict[str, Any]:
+        cycle = TTFT + state["tokens"] / RATE
+        errors: list[str] = []
+
+        async def stream_task(k: int) -> None:
+            await asyncio.sleep(cycle * k / n)
+            for _ in range(rounds):
+                err = await one(k)
+                if err:
+                    errors.append(err)
+
+        t0 = time.monotonic()
+        await asyncio.wait_for(asyncio.gather(*(stream_task(k) for k in range(n))), timeout)
+        return {"errors": errors[:5], "n_errors": len(errors), "elapsed": time.monotonic() - t0}
+
+    async def direct(n: int, rounds: int, timeout: float) -> dict[str, Any]:
+        http = state["http"]
+        sink: dict[str, list[float]] = {"ttft": [], "lat": []}
+        url = f"http://127.0.0.1:{up_port}/v1/chat/completions"
+        body = {"model": "m", "stream": True, "stream_options": {"include_usage": True},
+                "messages": [{"role": "system", "content": "You are a helpful assistant."},
+                             {"role": "user", "content": "hello"}]}
+        headers = {"Authorization": "Bearer sk-bench-not-a-real-key", "Accept": "text/event-stream"}
+
+        async def one(k: int) -> str | None:
+            t0 = time.monotonic()
+            first = True
+            async with http.post(url, json=body, headers=headers) as resp:
+                if resp.status != 200:
+                    return f"HTTP {resp.status}"
+                async for line in resp.content:
+                    if not line.startswith(b"data: "):
+                        continue
+                    payload = line[6:].strip()
+                    if payload == b"[DONE]":
+                        return None
+                    now = time.monotonic()
+                    chunk = json.loads(payload)
+                    choices = chunk.get("choices") or []
+                    text = choices[0]["delta"].get("content") if choices else None
+                    if text:
+                        if first:
+                            first = False
+                            sink["ttft"].append((now - t0) * 1000)
+                        sink["lat"].append((now - token_sent_at(text)) * 1000)
+            return "stream ended without [DONE]"
+
+        res = await staggered(n, rounds, one, timeout)
+        res.update(sink)
+        return res
+
+    async def relay(n: int, rounds: int, timeout: float) -> dict[str, Any]:
+        sink: dict[str, list[float]] = {"ttft": [], "lat": []}
+        streams = state["streams"][:n]
+        for s in streams:
+            s.sink = sink
+        loop = asyncio.get_running_loop()
+
+        async def one(k: int) -> str | None:
+            s = streams[k]
+            s.first, s.run_id = True, None
+            s.done = loop.create_future()
+            s.sent_at = time.monotonic()
+            s.ws.send_text(json.dumps({"id": f"s{k}", "type": "send", "session_id": s.sid, "text": "hello"}))
+            status = await s.done
+            s.done = None
+            return None if status == "completed" else status
+
+        res = await staggered(n, rounds, one, timeout)
+        res.update(sink)
+        return res
+
+    async def handle(cmd: tuple[Any, ...]) -> Any:
+        if cmd[0] == "prepare":
+            state["tokens"] = cmd[2]
+            return await prepare(cmd[1])
+        if cmd[0] == "direct":
+            return await direct(*cmd[1:])
+        if cmd[0] == "relay":
+            return await relay(*cmd[1:])
+        raise ValueError(cmd[0])
+
+    async def teardown() -> None:
+        for s in state["streams"]:
+            if s.ws is not None:
+                s.ws.close()
+        if "http" in state:
+            await state["http"].close()
+
+    serve_commands(conn, setup, handle, teardown)
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+def _summ(res: dict[str, Any]) -> dict[str, float]:
+    return {"ttft_p50": percentile(res["ttft"], 50), "ttft_p99": percentile(res["ttft"], 99),
+            "lat_p50": percentile(res["lat"], 50), "lat_p99": percentile(res["lat"], 99),
+            "n_ttft": len(res["ttft"]), "n_lat": len(res["lat"])}
+
+
+def run(quick: bool, repeat: int, log: Any = print) -> list[Row]:
+    tokens = 10 if quick else 50
+    levels = [1, 10, 20] if quick else [1, 50, 200]
+    lag_level = 30 if quick else 300
+    rounds_for = (lambda n: 4 if n == 1 else 2) if quick else (lambda n: 10 if n == 1 else 3)
+    workers: list[Worker] = []
+    tmp = tempfile.TemporaryDirectory(prefix="opencode-bench-relay-")
+    per: dict[tuple[str, int], list[dict[str, float]]] = {}
+    lags: dict[int, list[dict[str, float]]] = {}
+    try:
+        up = Worker("upstream", upstream_server, ttft=TTFT, rate=RATE, tokens=tokens)
+        workers.append(up)
+        oc = Worker("opencode-server", opencode_server, data_dir=tmp.name)
+        workers.append(oc)
+        up_info, oc_info = up.wait_ready(60), oc.wait_ready(60)
+        cl = Worker("relay-clients", relay_client, oc_port=oc_info["port"], up_port=up_info["port"])
+        workers.append(cl)
+        cl.wait_ready(60)
+        log(f"  relay: upstream {TTFT * 1000:.0f} ms to first token, {RATE:.0f} tokens/s, {tokens} tokens a reply "
+            f"(pids: opencode {oc_info['pid']}, upstream {up_info['pid']}, clients {cl.info['pid']})")
+
+        oc.call("lag_start")
+        time.sleep(2.0)
+        idle = oc.call("lag_stop")
+
+        def timeout_for(n: int, rounds: int) -> float:
+            return 60 + rounds * (TTFT + tokens / RATE) * 4 + n * 0.05
+
+        # Warm-up (discarded): the first requests open connections and fill caches on both paths.
+        cl.call("prepare", 1, tokens, timeout=60)
+        cl.call("direct", 1, 2, 60.0, timeout=90)
+        cl.call("relay", 1, 2, 60.0, timeout=90)
+
+        for n in levels + [lag_level]:
+            rounds = rounds_for(n)
+            cl.call("prepare", n, tokens, timeout=60 + n)
+            for rep in range(repeat):
+                t = timeout_for(n, rounds)
+                if n != lag_level:
+                    d = cl.call("direct", n, rounds, t, timeout=t + 30)
+                    if d["n_errors"]:
+                        raise RuntimeError(f"direct, {n} streams: {d['n_errors']} errors, e.g. {d['errors']}")
+                    per.setdefault(("direct", n), []).append(_summ(d))
+                oc.call("lag_start")
+                r = cl.call("relay", n, rounds, t, timeout=t + 30)
+                lag = oc.call("lag_stop")
+                if r["n_errors"]:
+                    raise RuntimeError(f"relay, {n} streams: {r['n_errors']} errors, e.g. {r['errors']}")
+                per.setdefault(("relay", n), []).append(_summ(r))
+                lags.setdefault(n, []).append(lag)
+                ds = per[("direct", n)][-1] if n != lag_level else None
+                rs = per[("relay", n)][-1]
+                log(f"    {n:3d} streams, rep {rep + 1}: TTFT p50 relay {rs['ttft_p50']:.1f} ms"
+                    + (f" vs direct {ds['ttft_p50']:.1f} ms" if ds else "")
+                    + f"; token latency p50/p99 relay {rs['lat_p50']:.2f}/{rs['lat_p99']:.2f} ms"
+                    + (f" vs direct {ds['lat_p50']:.2f}/{ds['lat_p99']:.2f} ms" if ds else "")
+                    + f"; server lag p99 {lag['p99_ms']:.2f} ms, server busy {lag['cpu_share']:.0%}")
+    finally:
+        for w in workers:
+            w.close()
+        tmp.cleanup()
+
+    def med(mode: str, n: int, key: str) -> tuple[float, list[float]]:
+        vals = [x[key] for x in per.get((mode, n), [])]
+        return median(vals), vals
+
+    rows: list[Row] = []
+    for n in levels:
+        rv, rr = med("relay", n, "ttft_p50")
+        dv, dr = med("direct", n, "ttft_p50")
+        rows.append(Row("5 relay", f"TTFT p50, {n} stream{'s' if n > 1 else ''}", "ms", rv, dv,
+                        "≤ 1.01× baseline", rv <= 1.01 * dv, rr, dr, note="baseline: client reading upstream directly"))
+    top = levels[-1]
+    for q, limit in (("p50", 0.5), ("p99", 3.0)):
+        rv, rr = med("relay", top, f"lat_{q}")
+        dv, dr = med("direct", top, f"lat_{q}")
+        rows.append(Row("5 relay", f"per-token latency {q}, {top} streams (added {rv - dv:+.2f} ms)", "ms", rv, dv,
+                        f"added ≤ {limit:g} ms", rv - dv <= limit, rr, dr))
+    lag_vals = [x["p99_ms"] for x in lags[lag_level]]
+    rows.append(Row("5 relay", f"server loop lag p99, {lag_level} streams", "ms", median(lag_vals), idle["p99_ms"],
+                    "≤ 10 ms", median(lag_vals) <= 10.0, lag_vals, [idle["p99_ms"]],
+                    note="baseline: the same ticker on the idle server loop"))
+    rv, rr = med("relay", lag_level, "ttft_p50")
+    rows.append(Row("5 relay", f"TTFT p50, {lag_level} streams", "ms", rv, None, "info", None, rr))
+    return rows
