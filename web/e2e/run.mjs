@@ -1,0 +1,263 @@
+// End-to-end: the real bundle in Debian's Chromium against the real standalone server, a fake
+// OpenAI-format LLM and a fake ComfyUI canvas. Run: `node e2e/run.mjs` (after `npm run build`).
+import assert from "node:assert/strict";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { launch, recordTraffic } from "./browser.mjs";
+import { api, PROPOSAL, startFakeComfy, startFakeLLM, startOpencode, WEB } from "./servers.mjs";
+
+const SHOTS = join(WEB, "e2e", "screenshots");
+const T = 30_000;
+let llm, comfy, oc, browser;
+
+before(async () => {
+  mkdirSync(SHOTS, { recursive: true });
+  llm = await startFakeLLM({ proposal: PROPOSAL });
+  comfy = await startFakeComfy();
+  oc = await startOpencode({ comfyuiUrl: comfy.url });
+  comfy.proxyTo(oc.url);
+  await api(oc.url, "POST", "/opencode/providers", { name: "fake", kind: "openai", base_url: llm.url, default_model: "fake-model" });
+  await api(oc.url, "PUT", "/opencode/providers/fake/key", { key: "sk-setup-0000" });
+  browser = await launch();
+});
+
+after(async () => {
+  await browser?.close();
+  await oc?.stop();
+  await comfy?.close();
+  await llm?.close();
+});
+
+/** `it`, with the pages' transcripts and the server's last log lines added to any failure. */
+const pages = new Set();
+function scenario(name, fn) {
+  it(name, async () => {
+    pages.clear();
+    try {
+      await fn();
+    } catch (e) {
+      const seen = [];
+      for (const p of pages) seen.push(await p.locator(".oc-transcript").first().innerText({ timeout: 1000 }).catch(() => "(closed)"));
+      e.message += `\n--- transcripts\n${seen.join("\n---\n")}\n--- server log\n${oc.log.join("").split("\n").slice(-25).join("\n")}`;
+      throw e;
+    }
+  });
+}
+
+async function newSession(body) {
+  return (await api(oc.url, "POST", "/opencode/sessions", body)).id;
+}
+
+/** A fresh browser context whose standalone panel opens `sessionId`. */
+async function standalone(sessionId, { dark = false, width = 900, height = 760 } = {}) {
+  const ctx = await browser.newContext({ viewport: { width, height }, colorScheme: dark ? "dark" : "light" });
+  await ctx.addInitScript(([k, v]) => localStorage.setItem(k, v), ["opencode.standalone.session", sessionId]);
+  const page = await openPage(ctx, `${oc.url}/opencode/`);
+  return { ctx, page };
+}
+
+async function openPage(ctx, url) {
+  const page = await ctx.newPage();
+  pages.add(page);
+  page.on("pageerror", (e) => console.error("pageerror:", e.message));
+  await page.goto(url);
+  await ready(page);
+  return page;
+}
+
+/** Connected, and the session's snapshot is in. */
+async function ready(page) {
+  await page.locator("[data-testid=connection][data-state=open]").waitFor({ timeout: T });
+  await page.locator("[data-testid=opencode-panel][data-phase=ready]").waitFor({ timeout: T });
+}
+
+async function send(page, text) {
+  await page.locator("textarea").fill(text);
+  await page.locator("textarea").press("Enter");
+}
+
+const replies = (page) => page.locator("article.oc-msg--assistant");
+const lastReply = (page) => replies(page).last();
+
+/** Send, then return the locator of the first reply that did not exist before. */
+async function sendForReply(page, text) {
+  const before = await replies(page).count();
+  await send(page, text);
+  const reply = replies(page).nth(before);
+  await reply.waitFor({ timeout: T });
+  return reply;
+}
+
+async function waitStatus(locator, status) {
+  try {
+    await locator.and(locator.page().locator(`[data-status=${status}]`)).waitFor({ timeout: T });
+  } catch (e) {
+    const now = await locator.evaluate((el) => `${el.dataset.status}: ${el.textContent}`, null, { timeout: 1000 }).catch(() => "gone");
+    throw new Error(`waiting for ${status}, the message is ${now}\n${e.message}`);
+  }
+}
+
+describe("standalone panel", () => {
+  scenario("streams a reply, Stop aborts it, and a reload restores the history", async () => {
+    const id = await newSession({ skills: ["echo"] });
+    const { ctx, page } = await standalone(id);
+    const words = Array.from({ length: 60 }, (_, i) => `word${i}`).join(" ");
+    await send(page, words);
+    const reply = lastReply(page);
+    await waitStatus(reply, "streaming");
+    await reply.locator(".oc-md", { hasText: "word0 word1" }).waitFor({ timeout: T });
+    await page.getByRole("button", { name: "Stop" }).click();
+    await waitStatus(reply, "aborted");
+    assert.equal(await reply.locator("[data-testid=message-status]").innerText(), "stopped");
+    const partial = (await reply.locator(".oc-md").innerText()).trim();
+    assert.ok(partial.startsWith("word0 word1") && partial.length < words.length, `partial reply: ${partial}`);
+    assert.equal(await page.getByRole("button", { name: "Stop" }).count(), 0);
+
+    await page.reload();
+    await ready(page);
+    const restored = lastReply(page);
+    await waitStatus(restored, "aborted");
+    assert.equal((await restored.locator(".oc-md").innerText()).trim(), partial);
+    assert.equal(await page.locator("article.oc-msg--user .oc-bubble").last().innerText(), words);
+    await ctx.close();
+  });
+
+  scenario("a second tab sees the same stream live, without duplicated text", async () => {
+    const id = await newSession({ skills: ["echo"] });
+    const { ctx, page: first } = await standalone(id);
+    const second = await openPage(ctx, `${oc.url}/opencode/`);
+    const text = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu";
+    await send(first, text);
+    await waitStatus(lastReply(second), "streaming"); // live in the other tab, not after the fact
+    await waitStatus(lastReply(second), "completed");
+    await waitStatus(lastReply(first), "completed");
+    assert.equal((await lastReply(second).locator(".oc-md").innerText()).trim(), text);
+    assert.equal((await lastReply(first).locator(".oc-md").innerText()).trim(), text);
+    await ctx.close();
+  });
+
+  scenario("a permission request is approved in the panel", async () => {
+    const id = await newSession({ skills: ["assistant", "comfyui"], provider: "fake", model: "fake-model" });
+    const { ctx, page } = await standalone(id);
+    await send(page, "Please propose a workflow for a cat picture");
+    const card = page.locator("[data-testid=permission-card]");
+    await card.waitFor({ timeout: T });
+    assert.match(await card.innerText(), /Assistant wants to use propose_workflow/);
+    assert.match(await card.innerText(), /edit/);
+    await card.getByRole("button", { name: "Allow", exact: true }).click();
+    await card.getByText("Allowed", { exact: true }).waitFor({ timeout: T });
+    // Allowed: the proposal reaches the panel; the standalone page has no canvas to load it into.
+    const proposal = page.locator("[data-testid=proposal-card]");
+    await proposal.waitFor({ timeout: T });
+    assert.match(await proposal.innerText(), /Proposed workflow: 7 nodes/);
+    assert.equal(await proposal.getByRole("button", { name: "Load into canvas" }).isDisabled(), true);
+    await proposal.getByRole("button", { name: "Reject" }).click();
+    const reply = lastReply(page);
+    await waitStatus(reply, "completed");
+    assert.match(await reply.innerText(), /Tool said: The user rejected the proposed workflow/);
+    assert.match(await reply.locator("[data-testid=tool-card] summary").innerText(), /propose_workflow[\s\S]*done/);
+    await ctx.close();
+  });
+
+  scenario("two roles stream side by side", async () => {
+    const id = await newSession({ skills: ["echo", "assistant"], provider: "fake", model: "fake-model", title: "Two roles" });
+    const { ctx, page } = await standalone(id, { dark: true, width: 1100, height: 720 });
+    await send(page, "Both of you, answer at the same time so we can compare how you stream");
+    const grid = page.locator(".oc-turn-replies").last();
+    await grid.waitFor({ timeout: T });
+    await page.waitForFunction(
+      () => {
+        const g = [...document.querySelectorAll(".oc-turn-replies")].pop();
+        const live = g ? [...g.querySelectorAll("article[data-status=streaming]")] : [];
+        return live.length === 2 && live.every((a) => (a.querySelector(".oc-md")?.textContent ?? "").length > 0);
+      },
+      null,
+      { timeout: T, polling: 20 },
+    );
+    assert.deepEqual(await grid.locator(".oc-role").allInnerTexts(), ["Echo", "Assistant"]);
+    await waitStatus(grid.locator("article").nth(0), "completed");
+    await waitStatus(grid.locator("article").nth(1), "completed");
+    await page.locator("[data-testid=usage]").waitFor({ timeout: T });
+    await page.screenshot({ path: join(SHOTS, "standalone.png") });
+    await ctx.close();
+  });
+
+  scenario("an API key goes to the key route only and is left nowhere in the page", async () => {
+    const KEY = "sk-e2e-SECRET-7Q2Z";
+    const id = await newSession({ skills: ["assistant"], provider: "fake", model: "fake-model" });
+    const { ctx, page } = await standalone(id);
+    const traffic = recordTraffic(page);
+    await page.getByRole("button", { name: "Providers" }).click();
+    const section = page.locator("[data-provider=fake]");
+    const field = section.locator("input[type=password]");
+    await field.fill(KEY);
+    await section.getByRole("button", { name: "Save" }).click();
+    await section.locator("[data-testid=key-hint]", { hasText: "7Q2Z" }).waitFor({ timeout: T });
+    assert.equal(await field.inputValue(), "");
+    await page.getByRole("button", { name: "Close" }).click();
+
+    await waitStatus(await sendForReply(page, "hello with the new key"), "completed");
+    assert.equal(llm.requests.at(-1).headers.authorization, `Bearer ${KEY}`); // the key works
+
+    const carrying = traffic.requests.filter((r) => r.body.includes(KEY) || r.url.includes(KEY) || JSON.stringify(r.headers).includes(KEY));
+    assert.deepEqual(carrying.map((r) => `${r.method} ${new URL(r.url).pathname}`), ["PUT /opencode/providers/fake/key"]);
+    assert.deepEqual(traffic.frames.filter((f) => f.payload.includes(KEY)), []);
+    assert.deepEqual(traffic.responses.filter((r) => r.body.includes(KEY)).map((r) => r.url), []);
+    const left = await page.evaluate((key) => {
+      const values = [...document.querySelectorAll("input, textarea")].map((e) => e.value);
+      const storage = [localStorage, sessionStorage].flatMap((s) => Object.keys(s).map((k) => s.getItem(k)));
+      return [document.documentElement.outerHTML, ...values, ...storage].filter((v) => String(v).includes(key)).length;
+    }, KEY);
+    assert.equal(left, 0);
+    await ctx.close();
+  });
+
+  scenario("sanitizes what it renders (in a real browser)", async () => {
+    const id = await newSession({ skills: ["echo"] });
+    const { ctx, page } = await standalone(id);
+    await send(page, '<img src=x onerror="window.__xss=1"> **bold** [bad](javascript:window.__xss=2) <script>window.__xss=3</script>');
+    const reply = lastReply(page);
+    await waitStatus(reply, "completed");
+    assert.equal(await reply.locator("strong").innerText(), "bold");
+    assert.equal(await reply.locator("img, script").count(), 0);
+    assert.equal(await reply.locator("a[href^=javascript]").count(), 0);
+    assert.equal(await page.evaluate(() => window.__xss), undefined);
+    await ctx.close();
+  });
+});
+
+describe("inside a (fake) ComfyUI canvas", () => {
+  scenario("lives in its node, reads the canvas and loads an accepted proposal", async () => {
+    const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 }, colorScheme: "dark" });
+    const page = await openPage(ctx, `${comfy.url}/?skills=echo`);
+    const node = page.locator(".node[data-node-type=OpencodeAgent]");
+    await node.locator("[data-testid=opencode-panel]").waitFor({ timeout: T });
+    const widgets = () => page.evaluate(() => Object.fromEntries(window.fakeComfy.graph.nodes.find((n) => n.type === "OpencodeAgent").widgets.map((w) => [w.name, w.value])));
+    await page.waitForFunction(() => window.fakeComfy.graph.nodes.find((n) => n.type === "OpencodeAgent").widgets[0].value !== "");
+    const sessionId = (await widgets()).session_id;
+    assert.match(sessionId, /^ses_/); // a new node made its session and wrote the id into its widget
+
+    await waitStatus(await sendForReply(node, "Hello from inside the canvas"), "completed");
+
+    await api(oc.url, "PATCH", `/opencode/sessions/${sessionId}`, { skills: ["assistant", "comfyui"], provider: "fake", model: "fake-model" });
+    await page.waitForFunction(() => window.fakeComfy.graph.nodes.find((n) => n.type === "OpencodeAgent").widgets.find((w) => w.name === "provider").value === "fake");
+    assert.deepEqual(await widgets(), { session_id: sessionId, skills: "assistant,comfyui", provider: "fake", model: "fake-model" });
+
+    const read = await sendForReply(node, "What is on my canvas right now?");
+    await waitStatus(read, "completed");
+    assert.match(await read.innerText(), /Tool said: Workflow on the canvas \(3 nodes/);
+
+    const proposing = await sendForReply(node, "Now propose a better workflow");
+    const card = node.locator("[data-testid=permission-card]").last();
+    await card.getByRole("button", { name: "Allow", exact: true }).click();
+    const proposal = node.locator("[data-testid=proposal-card]");
+    await proposal.getByRole("button", { name: "Load into canvas" }).click();
+    await page.locator(".node[data-node-type=SaveImage]").waitFor({ timeout: T });
+    await waitStatus(proposing, "completed");
+    assert.match(await proposing.innerText(), /Tool said: The user accepted the workflow/);
+    assert.equal(await page.locator(".node[data-node-type=KSampler]").count(), 1);
+    await page.screenshot({ path: join(SHOTS, "canvas.png") });
+    await ctx.close();
+  });
+});
