@@ -38,6 +38,30 @@ import asyncio, importlib.util, json, logging, socket, sys, time
 from pathlib import Path
 
 root, data_dir, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+
+# Loopback only, as in the test process: whatever a fuzzer makes the server call (a provider's
+# base URL, say), it can reach nothing beyond this machine, not even a DNS server.
+import ipaddress
+_connect, _getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+def _loopback(host):
+    try:
+        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+def _guarded_connect(self, address):
+    if isinstance(address, tuple) and self.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address[0]):
+        raise OSError(f"test guard: connection to non-loopback address {address[0]} refused")
+    return _connect(self, address)
+
+def _guarded_getaddrinfo(host, *args, **kwargs):
+    if host is not None and not _loopback(host if isinstance(host, str) else host.decode()):
+        raise socket.gaierror(socket.EAI_NONAME, f"test guard: no name lookups ({host!r})")
+    return _getaddrinfo(host, *args, **kwargs)
+
+socket.socket.connect = _guarded_connect
+socket.getaddrinfo = _guarded_getaddrinfo
 spec = importlib.util.spec_from_file_location("opencode_agent", Path(root) / "__init__.py",
                                               submodule_search_locations=[root])
 module = importlib.util.module_from_spec(spec)
