@@ -10,6 +10,7 @@
  */
 import { defineConfig, type Plugin } from "vite";
 import vue from "@vitejs/plugin-vue";
+import { fileURLToPath } from "node:url";
 
 // The only imports that leave the bundle; `src/host.ts` is their only user.
 const HOST_MODULES: Record<string, string> = {
@@ -21,6 +22,7 @@ function comfyExternals(): Plugin {
   return {
     name: "opencode-comfy-externals",
     enforce: "pre",
+    apply: "build",
     resolveId(id) {
       const target = HOST_MODULES[id];
       return target ? { id: target, external: true } : null;
@@ -30,6 +32,13 @@ function comfyExternals(): Plugin {
 
 export default defineConfig(({ command }) => ({
   plugins: [comfyExternals(), vue()],
+  // Vitest gets stand-ins for ComfyUI's modules (tests/stubs), configured by each test.
+  resolve: command === "build" ? {} : {
+    alias: {
+      "comfyui:app": fileURLToPath(new URL("./tests/stubs/comfy-app.ts", import.meta.url)),
+      "comfyui:api": fileURLToPath(new URL("./tests/stubs/comfy-api.ts", import.meta.url)),
+    },
+  },
   // Production Vue for the bundle only: Vitest (command "serve") keeps dev Vue for test-utils.
   define: command !== "build" ? {} : {
     "process.env.NODE_ENV": JSON.stringify("production"),

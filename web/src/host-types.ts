@@ -79,7 +79,6 @@ export interface ComfyApp {
   };
   ui?: { settings?: { getSettingValue?: (id: string, def?: unknown) => unknown; setSettingValue?: (id: string, v: unknown) => void } };
   canvas?: { setDirty?: (fg: boolean, bg?: boolean) => void };
-  graph?: { setDirtyCanvas?: (fg: boolean, bg?: boolean) => void };
   /** Set by the standalone shim only. */
   opencodeStandalone?: boolean;
 }

@@ -101,6 +101,6 @@ export function imageUrl(part: ImagePart): string {
 }
 
 export function redrawCanvas(): void {
+  // Through the canvas only: newer front ends log an error when `app.graph` is read too early.
   app?.canvas?.setDirty?.(true, true);
-  app?.graph?.setDirtyCanvas?.(true, true);
 }

@@ -1,0 +1,134 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { flushPromises } from "@vue/test-utils";
+import type { ComfyNode, ComfyWidget, SidebarTab } from "../src/host-types";
+import { app, registered } from "./stubs/comfy-app";
+import { api } from "./stubs/comfy-api";
+import { fakeTransport, FakeSocket } from "./fakes";
+import { defaultRoutes } from "./harness";
+import { session, snapshot } from "./fixtures";
+import "../src/main"; // registers the extension with the stub app, once
+
+vi.mock("dompurify", () => ({ default: () => ({ addHook: () => undefined, sanitize: (html: string) => html }) }));
+
+function fakeNode(values: Record<string, string> = {}) {
+  const widgets: ComfyWidget[] = ["session_id", "skills", "provider", "model"].map((name) => ({
+    name, type: "text", value: values[name] ?? "", callback: vi.fn(),
+  }));
+  const dom: { name: string; el: HTMLElement; options: Record<string, unknown> }[] = [];
+  const node: ComfyNode & { dom: typeof dom } = {
+    type: "OpencodeAgent",
+    comfyClass: "OpencodeAgent",
+    size: [200, 100],
+    widgets,
+    dom,
+    addDOMWidget(name, _type, el, options) {
+      document.body.appendChild(el);
+      dom.push({ name, el, options });
+      return { name, element: el };
+    },
+    setSize(size) {
+      node.size = size;
+    },
+    setDirtyCanvas: vi.fn(),
+  };
+  return node;
+}
+
+const toasts: unknown[] = [];
+let tabs: SidebarTab[] = [];
+
+beforeEach(() => {
+  FakeSocket.reset();
+  vi.stubGlobal("WebSocket", FakeSocket);
+  toasts.length = 0;
+  tabs = [];
+  app.extensionManager = {
+    registerSidebarTab: (tab) => tabs.push(tab),
+    toast: { add: (t) => toasts.push(t) },
+    setting: { get: (id: string) => ({ "Comfy.Locale": "zh-CN", "Opencode.DefaultSkills": "echo" } as Record<string, unknown>)[id] },
+  };
+  const transport = fakeTransport(defaultRoutes());
+  api.fetchImpl = (route, init) => transport.fetch(route, init ?? {});
+});
+
+afterEach(() => {
+  vi.unstubAllGlobals();
+  document.body.innerHTML = "";
+});
+
+describe("the ComfyUI extension", () => {
+  it("registers opencode.agent with its settings", () => {
+    expect(registered).toHaveLength(1);
+    const ext = registered[0];
+    expect(ext.name).toBe("opencode.agent");
+    expect(ext.settings?.map((s) => s.id)).toEqual([
+      "Opencode.DefaultProvider", "Opencode.DefaultSkills", "Opencode.FontSize", "Opencode.Token",
+    ]);
+  });
+
+  it("adds a sidebar tab that mounts and unmounts the panel", async () => {
+    await registered[0].setup?.(app);
+    expect(tabs.map((t) => [t.id, t.icon, t.type])).toEqual([["opencode", "pi pi-comments", "custom"]]);
+    const el = document.createElement("div");
+    document.body.appendChild(el);
+    tabs[0].render(el);
+    await flushPromises();
+    expect(el.querySelector("[data-testid=opencode-panel]")).not.toBeNull();
+    expect(el.textContent).toContain("新对话"); // ComfyUI's locale is zh-CN
+    tabs[0].destroy?.();
+    expect(el.querySelector("[data-testid=opencode-panel]")).toBeNull();
+  });
+
+  it("puts the panel in OpencodeAgent nodes only, hides the bound widgets and writes a new session id", async () => {
+    vi.useFakeTimers();
+    const other = fakeNode();
+    other.type = other.comfyClass = "KSampler";
+    registered[0].nodeCreated?.(other, app);
+    expect(other.dom).toHaveLength(0);
+
+    const node = fakeNode({ skills: "echo" });
+    registered[0].nodeCreated?.(node, app);
+    expect(node.dom.map((d) => [d.name, d.options.serialize])).toEqual([["opencode_panel", false]]);
+    expect(node.widgets!.every((w) => w.hidden)).toBe(true);
+    expect(node.size![0]).toBeGreaterThanOrEqual(460);
+    await vi.runOnlyPendingTimersAsync(); // the panel starts after the node's values are loaded
+    vi.useRealTimers();
+    await flushPromises();
+    expect(node.widgets![0].value).toBe("ses_1");
+    expect(node.widgets![0].callback).toHaveBeenCalledWith("ses_1");
+    const ws = FakeSocket.last();
+    expect(ws.url).toBe("ws://localhost:3000/api/opencode/ws");
+    ws.open();
+    await flushPromises();
+    ws.receive(snapshot({ session: session({ skills: ["echo", "assistant"], provider: "openai", model: "m1" }) }));
+    await flushPromises();
+    expect(node.widgets!.map((w) => w.value)).toEqual(["ses_1", "echo,assistant", "openai", "m1"]);
+    node.onRemoved?.();
+    expect(node.dom[0].el.querySelector("[data-testid=opencode-panel]")).toBeNull();
+  });
+
+  it("a node whose session is gone recreates it under the same id", async () => {
+    const routes = defaultRoutes();
+    const created: unknown[] = [];
+    routes["GET /opencode/sessions/ses_lost"] = () => [404, { error: { code: "not_found", message: "no", details: {} } }];
+    routes["POST /opencode/sessions"] = (body) => {
+      created.push(body);
+      return [201, session({ id: "ses_lost" })];
+    };
+    let calls = 0;
+    const transport = fakeTransport({
+      ...routes,
+      "GET /opencode/sessions/ses_lost": () => (++calls === 1 ? routes["GET /opencode/sessions/ses_lost"](undefined) : [200, session({ id: "ses_lost" })]),
+    });
+    api.fetchImpl = (route, init) => transport.fetch(route, init ?? {});
+    vi.useFakeTimers();
+    const node = fakeNode({ session_id: "ses_lost", skills: "echo" });
+    registered[0].nodeCreated?.(node, app);
+    await vi.runOnlyPendingTimersAsync();
+    vi.useRealTimers();
+    await flushPromises();
+    expect(created).toEqual([{ id: "ses_lost", skills: ["echo"], provider: null, model: null }]);
+    expect(node.widgets![0].value).toBe("ses_lost");
+    expect(transport.calls.every((c) => !c.path.startsWith("/api"))).toBe(true); // the prefix is api.fetchApi's job
+  });
+});
