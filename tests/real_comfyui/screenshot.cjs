@@ -1,5 +1,6 @@
 // Open a real ComfyUI's front end in Debian's Chromium, add an OpencodeAgent node, send a message
-// in its panel (echo skill: no model needed) and save a screenshot of the canvas.
+// in its panel (echo skill: no model needed) and save a screenshot of the canvas; then remove the
+// node and exit 2 if that throws.
 // Needs playwright-core installed OUTSIDE the repo (see README.md in this folder):
 //   NODE_PATH=/work/pw/node_modules node tests/real_comfyui/screenshot.cjs http://127.0.0.1:8188 out.png
 const { chromium } = require("playwright-core");
@@ -50,6 +51,18 @@ const out = process.argv[3] || "docs/screenshots/node-in-comfyui.png";
   await page.waitForTimeout(500);
   await page.screenshot({ path: out });
   const text = await panel.first().innerText();
-  console.log(JSON.stringify({ panelText: text.slice(0, 400), problems }, null, 1));
+  // After the picture: removing the node (what deleting it or opening another workflow does)
+  // must not throw; ComfyUI's DOM widget onRemove needs its `this`.
+  const removal = await page.evaluate(() => {
+    const node = window.app.graph._nodes.find((n) => n.type === "OpencodeAgent");
+    try {
+      window.app.graph.remove(node);
+      return "ok";
+    } catch (e) {
+      return `threw: ${e.message}`;
+    }
+  });
+  console.log(JSON.stringify({ panelText: text.slice(0, 400), removal, problems }, null, 1));
   await browser.close();
+  if (removal !== "ok") process.exit(2);
 })().catch((e) => { console.error(e); process.exit(1); });
