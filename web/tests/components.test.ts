@@ -122,6 +122,29 @@ describe("ToolCallCard", () => {
   });
 });
 
+describe("images", () => {
+  const part = { type: "image" as const, source: "upload" as const, filename: "cat.png", subfolder: "", folder_type: "output" as const, mime_type: "image/png" };
+
+  it("a tool's images show outside its collapsed card", () => {
+    const w = mount(ToolCallCard, {
+      props: {
+        call: { type: "tool_call", id: "c1", name: "view_image", arguments: {}, skill: null, status: "completed", started_at: 1, duration_ms: 5 },
+        result: { type: "tool_result", tool_call_id: "c1", name: "view_image", content: "Attached", is_error: false, images: [part] },
+        imageUrl,
+      },
+    });
+    expect(w.find("details img").exists()).toBe(false);
+    expect(w.find("img").attributes("src")).toBe("/view?filename=cat.png");
+  });
+
+  it("an image that cannot load turns into its file name", async () => {
+    const w = mount(MessageView, { props: { message: message({ parts: [part] }), imageUrl } });
+    await w.find("img").trigger("error");
+    expect(w.find("img").exists()).toBe(false);
+    expect(w.text()).toContain("cat.png");
+  });
+});
+
 describe("PermissionCard", () => {
   const request = {
     request_id: "perm_1", run_id: "run_1", skill: "assistant", tool: "queue_workflow", permission_class: "run" as const,
