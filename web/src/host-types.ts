@@ -16,7 +16,7 @@ export interface ComfyWidget {
 export interface ComfyDomWidget {
   name: string;
   element?: HTMLElement;
-  onRemove?: () => void;
+  onRemove?: (this: ComfyDomWidget) => void;
 }
 
 export interface ComfyNode {

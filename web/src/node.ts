@@ -5,7 +5,7 @@
  */
 import type { Ref } from "vue";
 import type { PanelBinding, SessionConfig } from "./deps";
-import type { ComfyNode, ComfyWidget } from "./host-types";
+import type { ComfyDomWidget, ComfyNode, ComfyWidget } from "./host-types";
 import { redrawCanvas } from "./host";
 import { hostDeps, mountPanel } from "./mount";
 
@@ -93,11 +93,12 @@ export function attachToNode(node: ComfyNode, defaults: () => SessionConfig, fon
     release();
     return onRemoved?.apply(this);
   };
-  const onRemove = domWidget?.onRemove;
   if (domWidget) {
-    domWidget.onRemove = () => {
+    // ComfyUI's own `onRemove` needs its `this` (the widget): keep it bound.
+    const onRemove = domWidget.onRemove;
+    domWidget.onRemove = function (this: ComfyDomWidget) {
       release();
-      onRemove?.();
+      return onRemove?.call(this ?? domWidget);
     };
   }
 }

@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { flushPromises } from "@vue/test-utils";
-import type { ComfyNode, ComfyWidget, SidebarTab } from "../src/host-types";
+import type { ComfyDomWidget, ComfyNode, ComfyWidget, SidebarTab } from "../src/host-types";
 import { app, registered } from "./stubs/comfy-app";
 import { api } from "./stubs/comfy-api";
 import { fakeTransport, FakeSocket } from "./fakes";
@@ -14,7 +14,8 @@ function fakeNode(values: Record<string, string> = {}) {
   const widgets: ComfyWidget[] = ["session_id", "skills", "provider", "model"].map((name) => ({
     name, type: "text", value: values[name] ?? "", callback: vi.fn(),
   }));
-  const dom: { name: string; el: HTMLElement; options: Record<string, unknown> }[] = [];
+  type Dom = ComfyDomWidget & { removedWith?: unknown };
+  const dom: { name: string; el: HTMLElement; options: Record<string, unknown>; widget: Dom }[] = [];
   const node: ComfyNode & { dom: typeof dom } = {
     type: "OpencodeAgent",
     comfyClass: "OpencodeAgent",
@@ -23,8 +24,17 @@ function fakeNode(values: Record<string, string> = {}) {
     dom,
     addDOMWidget(name, _type, el, options) {
       document.body.appendChild(el);
-      dom.push({ name, el, options });
-      return { name, element: el };
+      // Like ComfyUI's DOM widget: its own onRemove reads `this`.
+      const widget: Dom = {
+        name,
+        element: el,
+        onRemove(this: Dom) {
+          this.removedWith = this.element;
+          this.element!.remove();
+        },
+      };
+      dom.push({ name, el, options, widget });
+      return widget;
     },
     setSize(size) {
       node.size = size;
@@ -103,8 +113,11 @@ describe("the ComfyUI extension", () => {
     ws.receive(snapshot({ session: session({ skills: ["echo", "assistant"], provider: "openai", model: "m1" }) }));
     await flushPromises();
     expect(node.widgets!.map((w) => w.value)).toEqual(["ses_1", "echo,assistant", "openai", "m1"]);
-    node.onRemoved?.();
+    const widget = node.dom[0].widget;
+    widget.onRemove?.call(widget); // ComfyUI calls it as a method
+    expect(widget.removedWith).toBe(node.dom[0].el);
     expect(node.dom[0].el.querySelector("[data-testid=opencode-panel]")).toBeNull();
+    node.onRemoved?.(); // and then the node's hook: releasing twice is harmless
   });
 
   it("a node whose session is gone recreates it under the same id", async () => {
