@@ -169,6 +169,13 @@ export interface EventDataMap {
 
 export type EventType = keyof EventDataMap;
 
+/** Every event type, at run time (kept equal to `EVENT_DATA` in core/protocol.py by a test). */
+export const EVENT_TYPES = [
+  "session.state", "session.resync", "session.updated", "session.deleted", "message.created", "message.delta",
+  "message.completed", "tool.started", "tool.finished", "run.status", "log", "permission.requested",
+  "permission.resolved", "ui.request", "usage.updated",
+] as const satisfies readonly EventType[];
+
 /** The envelope `{seq, session_id, type, ts, data}` as one discriminated union. */
 export type OcEvent = {
   [K in EventType]: { seq: number; session_id: string; type: K; ts: number; data: EventDataMap[K] };
@@ -386,6 +393,11 @@ export interface CommandMap {
 }
 
 export type CommandType = keyof CommandMap;
+
+/** Every command type, at run time (kept equal to `COMMAND_TYPES` in core/protocol.py by a test). */
+export const COMMAND_TYPES = [
+  "join", "leave", "send", "abort", "configure", "ping", "permission.reply", "ui.reply",
+] as const satisfies readonly CommandType[];
 
 export interface AckReply {
   type: "ack";

@@ -244,3 +244,19 @@ describe("OpencodePanel", () => {
     expect(writeText.mock.calls[0][0]).toContain("slow answer");
   });
 });
+
+describe("closing with Escape", () => {
+  it("closes the skill list and the provider dialog", async () => {
+    const { w } = await started();
+    await w.find("[data-testid=skill-picker]").trigger("click");
+    expect(w.find("[role=group][aria-label='Roles & skills']").exists()).toBe(true);
+    document.dispatchEvent(new KeyboardEvent("keydown", { key: "Escape" }));
+    await flushPromises();
+    expect(w.find("[role=group][aria-label='Roles & skills']").exists()).toBe(false);
+    await w.find("[aria-label=Providers]").trigger("click");
+    expect(w.find("[role=dialog]").exists()).toBe(true);
+    document.dispatchEvent(new KeyboardEvent("keydown", { key: "Escape" }));
+    await flushPromises();
+    expect(w.find("[role=dialog]").exists()).toBe(false);
+  });
+});
