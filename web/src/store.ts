@@ -9,7 +9,7 @@ import { computed, inject, ref, shallowRef } from "vue";
 import { ApiError, OpencodeClient, type ConnectionState } from "./client";
 import { DEPS, type SessionConfig } from "./deps";
 import { t } from "./i18n";
-import type { ModelInfo, OcEvent, ProviderProfile, Session, SessionPatch, Skill, UiRequestData, VersionInfo } from "./protocol";
+import type { ModelInfo, OcEvent, ProviderProfile, SendMode, Session, SessionPatch, Skill, UiRequestData, VersionInfo } from "./protocol";
 import { PROTOCOL_VERSION } from "./protocol";
 import { activeRuns, dropProposal, EMPTY, prependHistory, reduce, withSession, type ChatState } from "./reducer";
 
@@ -271,12 +271,13 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     }
   }
 
-  async function send(text: string): Promise<boolean> {
+  /** `interrupt` stops what is running and answers this at once; `queue` waits its turn. */
+  async function send(text: string, mode: SendMode = "queue"): Promise<boolean> {
     const id = session.value?.id;
     if (!id || !text.trim()) return false;
     const mentioned = leadingMentions(text, new Set(roles.value.map((r) => r.id)));
     try {
-      const result = await client.send(id, { text, skills: mentioned, mode: "queue" });
+      const result = await client.send(id, { text, skills: mentioned, mode });
       if (result.queued) queuedIds.value = new Set([...queuedIds.value, result.message_id]);
       return true;
     } catch (err) {

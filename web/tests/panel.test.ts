@@ -91,7 +91,7 @@ describe("OpencodePanel", () => {
     const { w, ws } = await started();
     ws.receive(ev("run.status", 2, { run: run() }));
     await flushPromises();
-    expect(w.text()).toContain("Busy: your message will be queued.");
+    expect(w.text()).toContain("Busy: your message will be queued");
     await w.find("textarea").setValue("later");
     await w.find("textarea").trigger("keydown", { key: "Enter" });
     ws.ack("send", { message_id: "msg_q", run_id: "run_2", run_ids: ["run_2"], queued: true });
@@ -258,5 +258,29 @@ describe("closing with Escape", () => {
     document.dispatchEvent(new KeyboardEvent("keydown", { key: "Escape" }));
     await flushPromises();
     expect(w.find("[role=dialog]").exists()).toBe(false);
+  });
+});
+
+describe("stopping and interrupting", () => {
+  it("stops one role's reply from its header and Ctrl+Enter interrupts while busy", async () => {
+    const { w, ws } = await started();
+    ws.receive(ev("message.created", 2, { message: reply({ id: "a1", skill: "echo", run_id: "r1" }) }));
+    ws.receive(ev("message.created", 3, { message: reply({ id: "a2", skill: "assistant", run_id: "r2" }) }));
+    ws.receive(ev("run.status", 4, { run: run({ id: "r1", message_id: "a1" }) }));
+    ws.receive(ev("run.status", 5, { run: run({ id: "r2", message_id: "a2", skill: "assistant" }) }));
+    await flushPromises();
+    await w.find("[data-message-id=a2] [aria-label='Stop this reply']").trigger("click");
+    expect(ws.commands("abort")[0]).toMatchObject({ session_id: SID, run_id: "r2" });
+
+    await w.find("textarea").setValue("change of plan");
+    await w.find("textarea").trigger("keydown", { key: "Enter", ctrlKey: true });
+    expect(ws.commands("send")[0]).toMatchObject({ text: "change of plan", mode: "interrupt" });
+  });
+
+  it("shows spend against the budget", async () => {
+    const { w, ws } = await started();
+    ws.receive(ev("session.updated", 2, { session: session({ budget: { max_tokens: null, max_cost: 2 }, usage: { input_tokens: 1, output_tokens: 1, cost: 0.5 }, last_seq: 2 }) }));
+    await flushPromises();
+    expect(w.find("[data-testid=cost]").text()).toBe("$0.5000 of $2.00");
   });
 });
