@@ -84,6 +84,8 @@ class OpencodeAgent:
     RETURN_NAMES = ("reply", "session_id")
     OUTPUT_TOOLTIPS = ("The roles' reply (several roles: joined and labelled).", "The session's id.")
     FUNCTION = "run"
+    # An output node: a graph holding only this node (fed by a text node) still runs and answers.
+    OUTPUT_NODE = True
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
