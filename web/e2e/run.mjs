@@ -107,12 +107,12 @@ describe("standalone panel", () => {
     const reply = lastReply(page);
     await waitStatus(reply, "streaming");
     await reply.locator(".oc-md", { hasText: "word0 word1" }).waitFor({ timeout: T });
-    await page.getByRole("button", { name: "Stop" }).click();
+    await page.getByRole("button", { name: "Stop", exact: true }).click();
     await waitStatus(reply, "aborted");
     assert.equal(await reply.locator("[data-testid=message-status]").innerText(), "stopped");
     const partial = (await reply.locator(".oc-md").innerText()).trim();
     assert.ok(partial.startsWith("word0 word1") && partial.length < words.length, `partial reply: ${partial}`);
-    assert.equal(await page.getByRole("button", { name: "Stop" }).count(), 0);
+    assert.equal(await page.getByRole("button", { name: "Stop", exact: true }).count(), 0);
 
     await page.reload();
     await ready(page);
