@@ -163,9 +163,12 @@ export const usePanelStore = defineStore("opencode-panel", () => {
       server.value = await client.version().catch(() => null);
       await Promise.all([loadSkills(), loadProviders(), loadSessions()]);
       const wanted = deps.binding.sessionId();
-      if (wanted) await openSession(wanted, { createIfMissing: true });
-      else if (deps.binding.kind === "node") await newSession();
-      else if (sessions.value.length) await openSession(sessions.value[0].id);
+      const node = deps.binding.kind === "node";
+      // A node keeps its session id (recreated if this server lacks it); the sidebar and the
+      // standalone page fall back to the newest chat.
+      const known = wanted && (node || sessions.value.some((s) => s.id === wanted));
+      if (known) await openSession(wanted, { createIfMissing: node });
+      else if (!node && sessions.value.length) await openSession(sessions.value[0].id);
       else await newSession();
     } catch (err) {
       fail(t("error.load"), err);
@@ -189,12 +192,15 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     sessions.value = [...list].sort((a, b) => b.updated_at - a.updated_at);
   }
 
+  /** The provider's models; an unreachable provider (Ollama not running) just offers none. */
   async function loadModels(provider: string): Promise<void> {
+    let list: ModelInfo[] = [];
     try {
-      models.value = { ...models.value, [provider]: (await client.models(provider)).models };
+      list = (await client.models(provider)).models;
     } catch (err) {
-      fail(t("error.load"), err);
+      if (err instanceof ApiError && err.code === "unauthorized") needsToken.value = true;
     }
+    models.value = { ...models.value, [provider]: list };
   }
 
   async function openSession(id: string, opts: { createIfMissing?: boolean } = {}): Promise<void> {

@@ -284,3 +284,25 @@ describe("stopping and interrupting", () => {
     expect(w.find("[data-testid=cost]").text()).toBe("$0.5000 of $2.00");
   });
 });
+
+describe("which chat a panel opens", () => {
+  it("the sidebar falls back to the newest chat when its remembered one is gone", async () => {
+    const routes = defaultRoutes();
+    routes["GET /opencode/sessions"] = () => [200, { sessions: [session({ id: "ses_old", updated_at: 1 }), session({ id: SID, updated_at: 5 })] }];
+    const binding = memoryBinding("sidebar", "ses_gone");
+    const { transport } = await started([routes, { binding }]);
+    expect(binding.id).toBe(SID);
+    expect(transport.calls.some((c) => c.method === "POST")).toBe(false);
+  });
+
+  it("a provider whose models cannot be listed offers none, without an error", async () => {
+    const routes = defaultRoutes();
+    delete routes["GET /opencode/providers/openai/models"];
+    routes["GET /opencode/sessions/ses_1"] = () => [200, session({ provider: "openai" })];
+    const { w, toasts, ws } = await started([routes]);
+    ws.receive(ev("session.updated", 2, { session: session({ provider: "openai", last_seq: 2 }) }));
+    await flushPromises();
+    expect(toasts).toEqual([]);
+    expect(w.findAll("select[aria-label=Model] option").map((o) => o.text())).toEqual(["Default model"]);
+  });
+});
