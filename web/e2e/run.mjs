@@ -157,6 +157,9 @@ describe("standalone panel", () => {
     await waitStatus(reply, "completed");
     assert.match(await reply.innerText(), /Tool said: The user rejected the proposed workflow/);
     assert.match(await reply.locator("[data-testid=tool-card] summary").innerText(), /propose_workflow[\s\S]*done/);
+    // The run's server log reached the debug drawer live.
+    await page.getByRole("button", { name: "Debug" }).click();
+    await page.locator(".oc-log", { hasText: "propose_workflow" }).first().waitFor({ timeout: T });
     await ctx.close();
   });
 
