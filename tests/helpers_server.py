@@ -81,6 +81,23 @@ app = create_app(config, trust=trust)
 lags: list = []
 
 async def lag_probe(app):
+    if options.get("diagnose"):
+        # Name what holds the loop: callbacks over 20 ms, and garbage collections over 10 ms.
+        import gc
+        loop = asyncio.get_running_loop()
+        if options["diagnose"] == "debug":  # asyncio's debug mode is slow itself: off by default
+            loop.set_debug(True)
+            loop.slow_callback_duration = 0.02
+            logging.getLogger("asyncio").setLevel(logging.WARNING)
+        started = {}
+        def gc_timer(phase, info):
+            if phase == "start":
+                started["t"] = time.perf_counter()
+            elif (time.perf_counter() - started.get("t", time.perf_counter())) > 0.01:
+                print(f"GC gen{info['generation']} took {(time.perf_counter() - started['t']) * 1000:.0f} ms "
+                      f"collected {info['collected']}; tracked objects {len(gc.get_objects())}",
+                      file=sys.stderr, flush=True)
+        gc.callbacks.append(gc_timer)
     async def tick():
         loop = asyncio.get_running_loop()
         interval = 0.001
@@ -94,15 +111,33 @@ async def lag_probe(app):
     yield
     task.cancel()
 
+def schedstat():
+    # (on-CPU ns, ns spent runnable but waiting for a CPU, now) of this (the loop's) thread.
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            on_cpu, waiting, _ = (int(x) for x in f.read().split())
+        return on_cpu, waiting, time.monotonic_ns()
+    except (OSError, ValueError):
+        return None
+
+window = {"sched": schedstat()}
+
 async def loop_lag(request):
+    # The figures since the last reset; `?reset=1` starts a new window after answering.
+    data = sorted(lags)
+    now, then = schedstat(), window["sched"]
     if request.query.get("reset"):
         lags.clear()
-        return web.json_response({"reset": True})
-    data = sorted(lags)
+        window["sched"] = now
     def pct(q):
         return data[min(len(data) - 1, int(q * len(data)))] * 1000 if data else 0.0
-    return web.json_response({"samples": len(data), "p50_ms": pct(0.50), "p99_ms": pct(0.99),
-                              "max_ms": data[-1] * 1000 if data else 0.0})
+    out = {"samples": len(data), "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": data[-1] * 1000 if data else 0.0}
+    if now and then:
+        wall = max(1, now[2] - then[2])
+        # Busy: share of the window the loop thread ran; starved: share it was ready to run but
+        # every CPU was taken (by other processes: then lag says more about the machine).
+        out.update(busy=(now[0] - then[0]) / wall, starved=(now[1] - then[1]) / wall)
+    return web.json_response(out)
 
 app.cleanup_ctx.append(lag_probe)
 app.router.add_get("/_test/loop_lag", loop_lag)
@@ -119,11 +154,12 @@ class StandaloneServer:
     """One Opencode server process; `start()` again after `kill()` reuses the data dir (and port)."""
 
     def __init__(self, data_dir: Path, *, token: str | None = None, config: dict[str, Any] | None = None,
-                 log_path: Path | None = None) -> None:
+                 log_path: Path | None = None, diagnose: bool | str = False) -> None:
         self.data_dir = Path(data_dir)
         self.token = token
         self.config = config or {}
         self.log_path = log_path or self.data_dir.parent / "server.log"
+        self.diagnose = diagnose
         self.proc: subprocess.Popen[bytes] | None = None
         self.port: int = 0
 
@@ -137,7 +173,7 @@ class StandaloneServer:
 
     def start(self) -> "StandaloneServer":
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        options = {"token": self.token, "config": self.config, "port": self.port}
+        options = {"token": self.token, "config": self.config, "port": self.port, "diagnose": self.diagnose}
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps writing to it
         self.proc = subprocess.Popen(
             [sys.executable, "-c", CHILD, str(ROOT), str(self.data_dir), json.dumps(options)],
