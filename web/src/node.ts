@@ -36,6 +36,17 @@ function hide(w: ComfyWidget): void {
   w.computeSize = () => [0, -4];
 }
 
+/**
+ * Keys typed in the panel belong to it, not to the canvas (Delete would delete the node, space
+ * would pan). In a text field every key stays; elsewhere Ctrl/Cmd shortcuts (Ctrl+S) still
+ * reach ComfyUI.
+ */
+export function keepKeysInPanel(ev: KeyboardEvent): void {
+  const target = ev.target as HTMLElement | null;
+  const typing = !!target && (target.tagName === "TEXTAREA" || target.tagName === "INPUT" || target.isContentEditable);
+  if (typing || !(ev.ctrlKey || ev.metaKey)) ev.stopPropagation();
+}
+
 export function nodeBinding(node: ComfyNode, defaults: () => SessionConfig): PanelBinding {
   const read = (name: string) => String(widget(node, name)?.value ?? "").trim();
   return {
@@ -64,8 +75,7 @@ export function attachToNode(node: ComfyNode, defaults: () => SessionConfig, fon
   const el = document.createElement("div");
   el.className = "oc-node-host";
   el.style.cssText = "width:100%;height:100%;min-height:0;display:flex;";
-  // Keys typed in the panel belong to the panel, not to the canvas' shortcuts.
-  el.addEventListener("keydown", (ev) => ev.stopPropagation());
+  el.addEventListener("keydown", keepKeysInPanel);
   const domWidget = node.addDOMWidget("opencode_panel", "opencode", el, {
     serialize: false,
     hideOnZoom: false,

@@ -145,3 +145,25 @@ describe("the ComfyUI extension", () => {
     expect(transport.calls.every((c) => !c.path.startsWith("/api"))).toBe(true); // the prefix is api.fetchApi's job
   });
 });
+
+describe("keys in a node's panel", () => {
+  it("stay in the panel, except Ctrl/Cmd shortcuts outside text fields", async () => {
+    const { keepKeysInPanel } = await import("../src/node");
+    const host = document.createElement("div");
+    const area = document.createElement("textarea");
+    const button = document.createElement("button");
+    host.append(area, button);
+    document.body.appendChild(host);
+    host.addEventListener("keydown", keepKeysInPanel);
+    const seen: string[] = [];
+    const spy = (ev: KeyboardEvent) => seen.push(`${(ev.target as HTMLElement).tagName}:${ev.ctrlKey ? "ctrl+" : ""}${ev.key}`);
+    document.addEventListener("keydown", spy);
+    const press = (el: HTMLElement, key: string, ctrlKey = false) => el.dispatchEvent(new KeyboardEvent("keydown", { key, ctrlKey, bubbles: true }));
+    press(area, "Delete");
+    press(area, "s", true);
+    press(button, "Delete");
+    press(button, "s", true);
+    document.removeEventListener("keydown", spy);
+    expect(seen).toEqual(["BUTTON:ctrl+s"]);
+  });
+});
