@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { flushPromises } from "@vue/test-utils";
+import { flushPromises, type VueWrapper } from "@vue/test-utils";
 import OpencodePanel from "../src/components/OpencodePanel.vue";
 import { setLocale } from "../src/i18n";
 import { defaultRoutes, makeDeps, memoryBinding, mountWith } from "./harness";
@@ -29,7 +29,7 @@ async function started(opts: Parameters<typeof makeDeps> = []) {
   return { ...made, w, ws };
 }
 
-function button(w: Awaited<ReturnType<typeof started>>["w"], text: string) {
+function button(w: VueWrapper, text: string) {
   const b = w.findAll("button").find((x) => x.text().trim() === text);
   if (!b) throw new Error(`no button “${text}” in: ${w.findAll("button").map((x) => x.text()).join(" | ")}`);
   return b;
@@ -304,5 +304,27 @@ describe("which chat a panel opens", () => {
     await flushPromises();
     expect(toasts).toEqual([]);
     expect(w.findAll("select[aria-label=Model] option").map((o) => o.text())).toEqual(["Default model"]);
+  });
+});
+
+describe("history", () => {
+  it("loads earlier messages above the ones shown", async () => {
+    const routes = defaultRoutes();
+    const pages: string[] = [];
+    routes["GET /opencode/sessions/ses_1/messages"] = () => [200, { messages: [message({ id: "msg_0", parts: [{ type: "text", text: "the very first" }] })], has_more: false, next_before: null }];
+    const made = makeDeps(routes);
+    const w = mountWith(OpencodePanel, made.deps);
+    await flushPromises();
+    const ws = FakeSocket.last();
+    ws.open();
+    await flushPromises();
+    ws.receive(snapshot({ session: session({ last_seq: 1 }), messages: [message()], has_more: true }));
+    await flushPromises();
+    await button(w, "Load earlier messages").trigger("click");
+    await flushPromises();
+    pages.push(...made.transport.calls.filter((c) => c.path.includes("/messages")).map((c) => c.path));
+    expect(pages).toEqual(["/opencode/sessions/ses_1/messages?before=msg_u1&limit=50"]);
+    expect(w.findAll("article").map((a) => a.attributes("data-message-id"))).toEqual(["msg_0", "msg_u1"]);
+    expect(w.text()).not.toContain("Load earlier messages");
   });
 });
