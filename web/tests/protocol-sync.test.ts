@@ -5,7 +5,16 @@
  */
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
+import type {
+  ImagePart, LogData, Message, PermissionRequestedData, ProviderProfile, Run, Session, ToolCallPart, ToolResultPart,
+  UiRequestData, Usage,
+} from "../src/protocol";
 import { COMMAND_TYPES, EVENT_TYPES, PROTOCOL_VERSION } from "../src/protocol";
+
+/** All keys of T, checked by the type checker (a missing or unknown key fails `npm run typecheck`). */
+function keys<T>() {
+  return <const K extends readonly (keyof T)[]>(...k: Exclude<keyof T, K[number]> extends never ? K : never) => [...k] as string[];
+}
 
 const py = readFileSync(new URL("../../core/protocol.py", import.meta.url), "utf8");
 
@@ -52,5 +61,21 @@ describe("protocol.ts mirrors core/protocol.py", () => {
     ["ProviderKeyBody", ["key"]],
   ])("%s has the fields the panel sends", (model, fields) => {
     expect(fieldsOf(model)).toEqual(fields);
+  });
+
+  it.each([
+    ["Session", keys<Session>()("id", "title", "skills", "provider", "model", "created_at", "updated_at", "usage", "budget", "permissions", "last_seq")],
+    ["Message", keys<Message>()("id", "session_id", "role", "skill", "run_id", "parts", "status", "created_at", "updated_at", "usage", "error")],
+    ["Run", keys<Run>()("id", "session_id", "message_id", "skill", "status", "error")],
+    ["Usage", keys<Usage>()("input_tokens", "output_tokens", "cost")],
+    ["ToolCallPart", keys<ToolCallPart>()("type", "id", "name", "arguments", "skill", "status", "started_at", "duration_ms", "provider_data")],
+    ["ToolResultPart", keys<ToolResultPart>()("type", "tool_call_id", "name", "content", "is_error", "images")],
+    ["ImagePart", keys<ImagePart>()("type", "source", "filename", "subfolder", "folder_type", "mime_type")],
+    ["PermissionRequestedData", keys<PermissionRequestedData>()("request_id", "run_id", "skill", "tool", "permission_class", "summary", "arguments", "expires_at")],
+    ["UiRequestData", keys<UiRequestData>()("request_id", "run_id", "action", "payload")],
+    ["ProviderProfile", keys<ProviderProfile>()("name", "kind", "base_url", "default_model", "key_env", "models", "extra", "has_key", "key_hint")],
+    ["LogData", keys<LogData>()("level", "module", "message", "time", "run_id")],
+  ])("%s has the same fields in both", (model, fields) => {
+    expect(fieldsOf(model).sort()).toEqual([...fields].sort());
   });
 });
