@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
@@ -492,6 +493,19 @@ class SseSubscriber:
         return resp
 
 
+def ws_text_frame(text: str) -> bytes:
+    """`text` as one final, unmasked, uncompressed RFC 6455 text frame (what a server sends)."""
+    data = text.encode("utf-8")
+    n = len(data)
+    if n < 126:
+        header = bytes((0x81, n))
+    elif n < 1 << 16:
+        header = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, n)
+    return header + data
+
+
 class WsSubscriber:
     """One session joined on one WebSocket."""
 
@@ -499,9 +513,20 @@ class WsSubscriber:
         self.ws = ws
         self.transport = request.transport
         self.is_panel = is_panel
+        # Without compression a frame is the same bytes for every socket: the room's first
+        # subscriber builds it, the rest write it as is (one transport.write, no per-socket
+        # encoding). Slow consumers are the bus's job (`backlog()`), so no drain is needed.
+        self._raw = not ws.compress
 
     async def send(self, item: Published) -> None:
-        await self.ws.send_str(item.text)
+        t = self.transport
+        if self._raw and t is not None and not t.is_closing() and not self.ws.closed:
+            frame = item.wire.get("ws")
+            if frame is None:
+                frame = item.wire["ws"] = ws_text_frame(item.text)
+            t.write(frame)
+        else:
+            await self.ws.send_str(item.text)  # compressed, or closing: aiohttp decides (and raises)
 
     def backlog(self) -> int:
         t = self.transport

@@ -23,7 +23,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
 
 from pydantic import BaseModel
@@ -46,6 +46,9 @@ class Published:
 
     event: Event
     text: str
+    # What a transport makes of `text` (a WebSocket frame, say), built by its first subscriber
+    # and reused by the others; keyed by the transport's name.
+    wire: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
 
 
 class Subscriber(Protocol):
