@@ -2,7 +2,7 @@
 // a fake OpenAI-format LLM and a fake ComfyUI (its page, scripts, /object_info, and a proxy of
 // /api/opencode/* — HTTP and WebSocket — to Opencode, the way ComfyUI mirrors the routes).
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
 import { tmpdir } from "node:os";
@@ -77,12 +77,14 @@ export async function startOpencode({ comfyuiUrl, echoDelay = 0.12 } = {}) {
     dataDir,
     log,
     async stop() {
-      if (child.exitCode !== null) return;
-      const done = new Promise((ok) => child.once("exit", ok));
-      child.kill("SIGTERM");
-      const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
-      await done;
-      clearTimeout(timer);
+      if (child.exitCode === null) {
+        const done = new Promise((ok) => child.once("exit", ok));
+        child.kill("SIGTERM");
+        const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
+        await done;
+        clearTimeout(timer);
+      }
+      rmSync(dataDir, { recursive: true, force: true });
     },
   };
 }
