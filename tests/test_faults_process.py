@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,9 @@ async def _scenario(server: StandaloneServer, http: Any) -> None:
     for ws in sockets:
         await ws.ws.close()
 
+    t_restart = time.monotonic()
     await asyncio.to_thread(server.start)  # same data dir, same port
+    ready_s = time.monotonic() - t_restart
     listed = await call(http, server, "GET", "/opencode/sessions")
     assert {s["id"] for s in listed["sessions"]} == set(sids)
     for sid in sids:
@@ -105,6 +108,7 @@ async def _scenario(server: StandaloneServer, http: Any) -> None:
         assert len(msgs) == 5
 
     # No run left working, and the sessions are usable at once.
+    first_reply_s = None
     for sid in sids:
         ws = await connect(http, server)
         await ws.command("join", session_id=sid)
@@ -114,7 +118,10 @@ async def _scenario(server: StandaloneServer, http: Any) -> None:
         sent = await ws.command("send", session_id=sid, text="alive after the crash")
         final = await ws.until(run_final(sent["data"]["run_id"]))
         assert final["data"]["run"]["status"] == "completed"
+        first_reply_s = first_reply_s or time.monotonic() - t_restart
         await ws.ws.close()
+    print(f"\nSIGKILL: {SESSIONS} sessions streaming; restart ready in {ready_s:.2f}s, first new reply "
+          f"{first_reply_s:.2f}s after the restart began")
 
     # A client rejoining with the offset it had before the crash: the dead process may have
     # numbered events it never committed, and the new process has numbered new events since.
