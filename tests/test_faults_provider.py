@@ -20,6 +20,7 @@ from wsclient import WsClient, run_final
 
 KEY = "sk-fault-0123456789abcdefghijKEY"
 READ_TIMEOUT = 0.5
+STALL_TIMEOUT = 1.5  # the read timeout of the loop-blocking test: far above scheduling noise
 
 
 class LoopLag:
@@ -169,8 +170,8 @@ async def test_refused_connection_is_retried_then_reported(chat: Any, client: An
 async def test_the_loop_never_blocks_during_a_stall(chat: Any, llmock: Any, client: Any) -> None:
     """While one reply hangs on a silent upstream, other sockets and sessions are served at once."""
     llmock.tool_mode("off")
-    ws, sid = await chat("openai", llmock.base_url("openai"))
-    llmock.reply("a b c d e f g h").stall(after_chunks=2, seconds=READ_TIMEOUT * 4)
+    ws, sid = await chat("openai", llmock.base_url("openai"), read_timeout=STALL_TIMEOUT)
+    llmock.reply("a b c d e f g h").stall(after_chunks=2, seconds=STALL_TIMEOUT * 2)
     r = await client.post("/opencode/sessions", json={"skills": ["echo"]})
     echo_sid = (await r.json())["id"]
     other = WsClient(await client.ws_connect("/opencode/ws"))
@@ -189,8 +190,11 @@ async def test_the_loop_never_blocks_during_a_stall(chat: Any, llmock: Any, clie
         assert not [e for e in ws.events if run_final(sent["data"]["run_id"])(e)]
         final = await ws.until(run_final(sent["data"]["run_id"]), timeout=10)
     assert final["data"]["run"]["status"] == "error"
-    assert served_in < READ_TIMEOUT
-    assert lag.worst < 0.25, f"the loop stalled for {lag.worst * 1000:.0f} ms"
+    assert served_in < STALL_TIMEOUT
+    # A loop blocked on the silent upstream would lag by the whole read timeout; what is left is
+    # scheduling noise (a garbage collection of the test process, other processes on the machine).
+    assert lag.worst < STALL_TIMEOUT * 0.3, f"the loop stalled for {lag.worst * 1000:.0f} ms"
+    print(f"\nstall: another session served in {served_in * 1000:.0f} ms; worst loop lag {lag.worst * 1000:.1f} ms")
     await no_run_working(client, sid)
 
 
