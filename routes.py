@@ -372,6 +372,22 @@ async def put_permissions(request: web.Request) -> web.Response:
     return json_response(p.PermissionSettings(defaults=DEFAULT_POLICY, rules=gate.global_rules))
 
 
+@route("GET", "/opencode/files", "An image a message refers to (?filename=&subfolder=&type=&source=)")
+async def get_file(request: web.Request) -> web.Response:
+    q = request.query
+    part = parse_model(p.ImagePart, {
+        "source": q.get("source", "upload"), "filename": q.get("filename", ""),
+        "subfolder": q.get("subfolder", ""), "folder_type": q.get("type", "output"),
+    })
+    if not part.filename:
+        raise BadRequest("filename is required", code="validation_error")
+    data, mime = await service_of(request).load_image(part)
+    if not mime.startswith("image/"):
+        mime = "application/octet-stream"
+    return web.Response(body=data, content_type=mime, headers={"Cache-Control": "private, max-age=3600",
+                                                                "X-Content-Type-Options": "nosniff"})
+
+
 # --------------------------------------------------------------------------- providers
 
 

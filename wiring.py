@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .core.config import Config
+from .core.errors import NotFound
 from .core.images import ImageLoader
 from .core.service import OpencodeService, SkillFactory
 from .skills.comfyui import build_comfyui_skill
@@ -39,7 +40,7 @@ class HostWiring:
     def image_loader(self) -> ImageLoader:
         async def comfy_reader(part: Any) -> tuple[bytes, str]:
             if self.adapter is None:
-                raise LookupError("ComfyUI is not connected")
+                raise NotFound("ComfyUI is not connected yet", code="image_unavailable")
             return await self.adapter.load_image(part)
 
         return ImageLoader(self.config.data_dir, comfy_reader if self.make_adapter else None)

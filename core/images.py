@@ -2,7 +2,7 @@
 
 A part with `source="upload"` is read back from there for vision requests; `source="comfyui"`
 images are read through whatever ComfyUI adapter the host wired in. File I/O runs off the loop.
-Imports protocol and errors.
+Imports protocol, tools (its error type) and errors.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Awaitable, Callable
 
 from .errors import BadRequest, NotFound
 from .protocol import ImagePart
+from .tools import ToolError
 
 ComfyImageReader = Callable[[ImagePart], Awaitable[tuple[bytes, str]]]
 
@@ -41,7 +42,10 @@ class ImageLoader:
             if self.comfy is None:
                 raise BadRequest("this Opencode is not connected to ComfyUI, so ComfyUI images can't be read",
                                  code="image_unavailable")
-            return await self.comfy(part)
+            try:
+                return await self.comfy(part)
+            except ToolError as exc:
+                raise NotFound(str(exc), code="image_unavailable") from None
         target = (self.uploads / part.filename).resolve()
         if target.parent != self.uploads:
             raise BadRequest("invalid image file name", code="validation_error")

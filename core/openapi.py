@@ -31,6 +31,12 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
         {"name": "before", "in": "query", "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,64}$"}},
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
     ],
+    ("GET", "/opencode/files"): [
+        {"name": "filename", "in": "query", "required": True, "schema": {"type": "string", "maxLength": 255}},
+        {"name": "subfolder", "in": "query", "schema": {"type": "string", "maxLength": 255}},
+        {"name": "type", "in": "query", "schema": {"type": "string", "enum": ["input", "output", "temp"]}},
+        {"name": "source", "in": "query", "schema": {"type": "string", "enum": ["upload", "comfyui"]}},
+    ],
     ("GET", "/opencode/sessions/{id}/export"): [
         {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "md"]}},
     ],

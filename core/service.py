@@ -21,6 +21,7 @@ from .agent import AgentDeps, ResolvedModel
 from .bus import BusLogHandler, InProcessBus
 from .config import Config
 from .errors import BadRequest, NotFound, OpencodeError
+from .images import ImageLoader
 from .permissions import PermissionGate
 from .providers.http import create_session
 from .providers.profiles import ProviderProfiles
@@ -78,6 +79,8 @@ class OpencodeService:
     async def start(self) -> None:
         cfg = self.config
         cfg.ensure_dirs()
+        if self.image_loader is None:
+            self.image_loader = ImageLoader(cfg.data_dir)
         self.store = SqliteStore(cfg.db_path, max_rows=cfg.commit_max_rows, max_delay=cfg.commit_max_delay)
         await self.store.open()
         await self.store.recover()

@@ -188,3 +188,20 @@ async def test_restart_on_the_same_data_dir_restores_sessions(aiohttp_client: An
     sent = await j(await second.post(f"/opencode/sessions/{sid}/messages", json={"text": "again"}), 202)
     await second.app[SERVICE].sessions.wait_runs(sid, sent["run_ids"])
     assert second.app[SERVICE].bus.last_seq(sid) > last_seq
+
+
+async def test_files_route_serves_uploaded_images(client: TestClient, service: Any) -> None:
+    from opencode_agent.core.images import save_upload
+
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
+    part = save_upload(service.data_dir, png)
+    resp = await client.get(f"/opencode/files?filename={part.filename}&type=input&source=upload")
+    assert resp.status == 200 and resp.headers["Content-Type"] == "image/png"
+    assert await resp.read() == png
+    missing = await j(await client.get("/opencode/files?filename=nope.png&source=upload"), 404)
+    assert missing["error"]["code"] == "not_found"
+    sneaky = await client.get("/opencode/files?filename=../secrets.json&source=upload")
+    assert sneaky.status in (400, 404)
+    assert "keys" not in await sneaky.text()
+    no_comfy = await j(await client.get("/opencode/files?filename=a.png&source=comfyui"), 400)
+    assert no_comfy["error"]["code"] == "image_unavailable"

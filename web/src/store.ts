@@ -137,21 +137,38 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   async function answerProposal(req: UiRequestData, accepted: boolean): Promise<void> {
     const sessionId = session.value?.id;
     if (!sessionId) return;
-    let ok = true;
-    let error: string | null = null;
-    if (accepted) {
-      try {
-        await deps.loadWorkflow(proposedGraph(req));
-      } catch (err) {
-        ok = false;
-        error = err instanceof Error ? err.message : String(err);
-        notify("error", t("error.generic"), error);
-      }
-    }
+    const loadable = accepted && deps.canLoadWorkflow();
     chat.value = dropProposal(chat.value, req.request_id);
-    await client
-      .uiReply({ session_id: sessionId, request_id: req.request_id, ok, result: { accepted: accepted && ok }, error })
+    // Answer before loading: loading replaces the canvas, and with it this node's panel.
+    // The frame leaves now; its ack may never come back to a panel that is gone.
+    const replied = client
+      .uiReply({
+        session_id: sessionId, request_id: req.request_id, ok: loadable || !accepted,
+        result: { accepted: loadable },
+        error: accepted && !loadable ? "this ComfyUI cannot load an API-format workflow" : null,
+      })
       .catch((err) => fail(t("error.generic"), err));
+    if (!loadable) {
+      if (accepted) notify("error", t("error.generic"), "this ComfyUI cannot load an API-format workflow");
+      await replied;
+      return;
+    }
+    try {
+      await deps.loadWorkflow(withThisNode(proposedGraph(req)));
+    } catch (err) {
+      notify("error", t("error.generic"), err instanceof Error ? err.message : String(err));
+    }
+  }
+
+  /** A panel inside a node brings its node along into the loaded graph, so the chat stays. */
+  function withThisNode(graph: Record<string, unknown>): Record<string, unknown> {
+    const s = session.value;
+    if (deps.binding.kind !== "node" || !s) return graph;
+    if (Object.values(graph).some((n) => (n as { class_type?: string } | null)?.class_type === "OpencodeAgent")) return graph;
+    let id = 9000;
+    while (String(id) in graph) id++;
+    const inputs = { session_id: s.id, skills: s.skills.join(","), provider: s.provider ?? "", model: s.model ?? "" };
+    return { ...graph, [String(id)]: { class_type: "OpencodeAgent", inputs, _meta: { title: "Opencode Agent" } } };
   }
 
   // ------------------------------------------------------------------ loading

@@ -143,8 +143,14 @@ describe("OpencodePanel", () => {
   });
 
   it("answers get_workflow with the canvas graph and a proposal with accepted", async () => {
-    const loadWorkflow = vi.fn().mockResolvedValue(undefined);
+    let repliesWhenLoaded = -1;
+    // eslint-disable-next-line prefer-const
+    let wsRef: { commands: (t: string) => unknown[] } | undefined;
+    const loadWorkflow = vi.fn().mockImplementation(async () => {
+      repliesWhenLoaded = wsRef!.commands("ui.reply").length;
+    });
     const { w, ws } = await started([defaultRoutes(), { loadWorkflow }]);
+    wsRef = ws;
     ws.receive(ev("ui.request", 2, { request_id: "ui_1", run_id: null, action: "get_workflow", payload: {} }));
     await flushPromises();
     expect(ws.commands("ui.reply")[0]).toMatchObject({
@@ -158,7 +164,25 @@ describe("OpencodePanel", () => {
     await flushPromises();
     expect(loadWorkflow).toHaveBeenCalledWith(graph);
     expect(ws.commands("ui.reply")[1]).toMatchObject({ request_id: "ui_2", ok: true, result: { accepted: true } });
+    // The answer goes out before loading replaces the canvas (and this panel with it).
+    expect(repliesWhenLoaded).toBe(2);
     expect(w.find("[data-testid=proposal-card]").exists()).toBe(false);
+  });
+
+  it("a panel inside a node brings its node into an accepted proposal", async () => {
+    const loadWorkflow = vi.fn().mockResolvedValue(undefined);
+    const binding = memoryBinding("node", SID);
+    const { w, ws } = await started([defaultRoutes(), { loadWorkflow, binding }]);
+    const graph = { "1": { class_type: "SaveImage", inputs: {} } };
+    ws.receive(ev("ui.request", 3, { request_id: "ui_9", run_id: null, action: "propose_workflow", payload: { graph } }));
+    await flushPromises();
+    await button(w, "Load into canvas").trigger("click");
+    await flushPromises();
+    const loaded = loadWorkflow.mock.calls[0][0] as Record<string, { class_type: string; inputs: Record<string, unknown> }>;
+    expect(loaded["1"]).toEqual(graph["1"]);
+    const own = Object.values(loaded).filter((n) => n.class_type === "OpencodeAgent");
+    expect(own).toHaveLength(1);
+    expect(own[0].inputs.session_id).toBe(SID);
   });
 
   it("shows usage and cost from usage.updated", async () => {
