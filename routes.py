@@ -479,11 +479,18 @@ class SseSubscriber:
 
     async def stream(self, request: web.Request, until_runs: set[str] | None = None,
                      first: BaseModel | None = None) -> web.StreamResponse:
-        import asyncio
-
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
         await resp.prepare(request)
+        try:
+            await self._pump(resp, until_runs, first)
+        except ConnectionResetError:
+            pass  # the reader went away (a closed tab or EventSource): routine, nothing to answer
+        return resp
+
+    async def _pump(self, resp: web.StreamResponse, until_runs: set[str] | None, first: BaseModel | None) -> None:
+        import asyncio
+
         if first is not None:
             await resp.write(f"event: accepted\ndata: {first.model_dump_json()}\n\n".encode())
         open_runs = set(until_runs or ())
@@ -506,7 +513,6 @@ class SseSubscriber:
                     if not open_runs:
                         break
         await resp.write_eof()
-        return resp
 
 
 def ws_text_frame(text: str) -> bytes:
