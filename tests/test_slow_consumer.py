@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import socket
 import struct
@@ -159,3 +160,62 @@ async def test_slow_consumer_is_dropped_with_bounded_memory_and_rejoins(aiohttp_
     assert all(want[e["seq"]] == (e["type"], e["data"]) for e in again.events)
     print(f"\nslow consumer: dropped after {dropped_at:.2f}s, unsent at drop {at_drop[0]} B "
           f"(limit {BACKLOG}), {len(seen)} events before the drop, {len(replayed)} replayed on rejoin")
+
+
+async def test_slow_sse_reader_is_dropped_with_bounded_memory(aiohttp_client: Any, make_app: Any,
+                                                              config: Any) -> None:
+    """The same for an EventSource that stops reading: its queue stops at the limit."""
+    config.max_client_backlog = BACKLOG
+    config.echo_delay = 0.0005
+    client = await aiohttp_client(make_app())
+    service = client.app[SERVICE]
+    sid = (await (await client.post("/opencode/sessions", json={"skills": ["echo"]})).json())["id"]
+    at_drop: list[int] = []
+    real_drop = service.bus._drop  # noqa: SLF001
+
+    async def spy_drop(room_: Any, sub: Any, reason: str) -> None:
+        at_drop.append(sub.backlog())
+        await real_drop(room_, sub, reason)
+
+    service.bus._drop = spy_drop  # noqa: SLF001
+
+    def open_sse() -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", client.server.port))
+        sock.sendall(f"GET /opencode/sessions/{sid}/events?after_seq=0 HTTP/1.1\r\n"
+                     f"Host: 127.0.0.1:{client.server.port}\r\nAccept: text/event-stream\r\n\r\n".encode())
+        return sock
+
+    sock = await asyncio.to_thread(open_sse)
+    room = service.bus._rooms.get(sid)  # noqa: SLF001
+    healthy = WsClient(await client.ws_connect("/opencode/ws"))
+    await healthy.command("join", session_id=sid)
+    room = service.bus._rooms[sid]  # noqa: SLF001
+    while len(room.cursors) < 2:
+        await healthy.command("ping")
+    for _ in range(SENDS):
+        sent = await healthy.command("send", session_id=sid, text=TEXT)
+        await healthy.until(run_final(sent["data"]["run_id"]), timeout=30)
+        if service.bus.dropped:
+            break
+    assert service.bus.dropped == 1 and len(room.cursors) == 1
+    largest_event = max(len(json.dumps(e)) for e in healthy.events)
+    assert len(at_drop) == 1 and BACKLOG < at_drop[0] <= BACKLOG + 2 * largest_event, at_drop
+    sock.close()
+
+
+async def test_a_reader_that_goes_away_is_no_error(client: Any, service: Any, caplog: Any) -> None:
+    """An EventSource closed mid-stream (a tab closed) is routine: no error, no traceback."""
+    sid = (await (await client.post("/opencode/sessions", json={"skills": ["echo"]})).json())["id"]
+    resp = await client.get(f"/opencode/sessions/{sid}/events")
+    assert resp.status == 200
+    sent = await client.post(f"/opencode/sessions/{sid}/messages", json={"text": " ".join(["word"] * 300)})
+    await resp.content.readline()
+    resp.close()  # the reader goes away while events keep coming
+    run_id = (await sent.json())["run_id"]
+    await service.sessions.wait_runs(sid, [run_id])
+    room = service.bus._rooms[sid]  # noqa: SLF001
+    while room.cursors:  # the server noticed and let go of the subscriber
+        await asyncio.sleep(0.01)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
