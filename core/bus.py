@@ -23,7 +23,6 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
 
 from pydantic import BaseModel
@@ -40,15 +39,34 @@ log = logging.getLogger("opencode.bus")
 RESTART_SEQ_GAP = 1 << 20
 
 
-@dataclass(frozen=True)
 class Published:
-    """An event and its JSON text, serialised once for every subscriber."""
+    """One event for subscribers: its JSON text, serialised once, and the `Event` on demand.
 
-    event: Event
-    text: str
-    # What a transport makes of `text` (a WebSocket frame, say), built by its first subscriber
-    # and reused by the others; keyed by the transport's name.
-    wire: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
+    A room's ring keeps only the texts: a `str` is never scanned by the garbage collector, so a
+    full ring costs no collection time, where an `Event` model (plus its dict, its fields set and
+    this wrapper) made every full collection walk four objects per ring slot. The newest event's
+    `Published` is made when it is published; an older one, when a subscriber catches up, and it
+    parses its text back into an `Event` only if the subscriber asks for `.event` (a WebSocket
+    never does).
+    """
+
+    __slots__ = ("seq", "text", "wire", "_event")
+
+    def __init__(self, event: Event | None, text: str, seq: int | None = None) -> None:
+        if event is None and seq is None:
+            raise ValueError("a Published needs its event or its seq")
+        self._event = event
+        self.text = text
+        self.seq: int = event.seq if event is not None else seq  # type: ignore[assignment]
+        # What a transport makes of `text` (a WebSocket frame, say), built by its first subscriber
+        # and reused by the others; keyed by the transport's name.
+        self.wire: dict[str, bytes] = {}
+
+    @property
+    def event(self) -> Event:
+        if self._event is None:
+            self._event = Event.model_construct(**json.loads(self.text))
+        return self._event
 
 
 class Subscriber(Protocol):
@@ -102,23 +120,34 @@ class _Room:
     def __init__(self, session_id: str, last_seq: int, ring_size: int) -> None:
         self.session_id = session_id
         self.last_seq = last_seq
-        self.ring: deque[Published] = deque(maxlen=ring_size)
+        # The texts of events ring_first_seq()..last_seq, oldest first (see `Published`).
+        self.ring: deque[str] = deque(maxlen=ring_size)
+        self.newest: Published | None = None
         self.cursors: dict[Subscriber, int] = {}
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
     def ring_first_seq(self) -> int:
-        return self.ring[0].event.seq if self.ring else self.last_seq + 1
+        # Every publish appends one text and adds one to last_seq, so the ring is contiguous.
+        return self.last_seq - len(self.ring) + 1
 
     def events_after(self, seq: int) -> list[Published]:
         """Ring events with seq > `seq` (caller checked `seq + 1 >= ring_first_seq`)."""
         if not self.ring or seq >= self.last_seq:
             return []
-        start = seq + 1 - self.ring[0].event.seq
-        n = len(self.ring)
+        first = self.ring_first_seq()
+        start = seq + 1 - first
+        ring = self.ring
+        n = len(ring)
         if start >= n - 8:  # the usual case: one or a few behind; deque indexing near the end is O(1)
-            return [self.ring[i] for i in range(start, n)]
-        return list(self.ring)[start:]
+            texts = [ring[i] for i in range(start, n)]
+        else:
+            texts = list(ring)[start:]
+        out = [Published(None, text, first + start + k) for k, text in enumerate(texts)]
+        newest = self.newest
+        if newest is not None and newest.seq == out[-1].seq:
+            out[-1] = newest  # shared with the other subscribers (and it has its Event already)
+        return out
 
 
 class InProcessBus(Bus):
@@ -169,7 +198,9 @@ class InProcessBus(Bus):
         event = Event.model_construct(seq=room.last_seq, session_id=session_id, type=type_, ts=time.time(), data=payload)
         if type_ not in EPHEMERAL_EVENTS:
             self.store.append_event(event)
-        room.ring.append(Published(event, encode(event)))
+        text = encode(event)
+        room.ring.append(text)
+        room.newest = Published(event, text)
         if room.cursors:
             self._ensure_sender(room)
             room.wake.set()
@@ -194,8 +225,8 @@ class InProcessBus(Bus):
                     if cursor >= last or sub not in cursors:
                         continue
                     progressed = True
-                    item = room.ring[-1] if room.ring else None
-                    if cursor + 1 == last and item is not None and item.event.seq == last:
+                    item = room.newest
+                    if cursor + 1 == last and item is not None and item.seq == last:
                         # The usual case, once per subscriber per event: just the newest event.
                         # Inlined, as it is the hot path of a fan-out.
                         if sub.backlog() > self.max_backlog:
@@ -227,7 +258,7 @@ class InProcessBus(Bus):
                 return
             if sub not in room.cursors:
                 return
-            room.cursors[sub] = item.event.seq
+            room.cursors[sub] = item.seq
 
     async def _drop(self, room: _Room, sub: Subscriber, reason: str) -> None:
         if room.cursors.pop(sub, None) is None:
