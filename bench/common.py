@@ -74,10 +74,17 @@ class LagTicker:
         self.samples: list[float] = []
         self._task: asyncio.Task[None] | None = None
         self._recording = False
+        self._t0 = 0.0
+        self._sched0: tuple[float, float] | None = None
+        self.starved = math.nan  # share of the window the loop thread was runnable but had no CPU
+        self.busy = math.nan  # share of the window the loop thread ran
 
     def start(self) -> None:
+        """Call from the loop's thread (the run-queue figures are that thread's)."""
         self.samples = []
         self._recording = True
+        self._t0 = time.monotonic()
+        self._sched0 = thread_schedstat()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="bench-lag-ticker")
 
     async def _run(self) -> None:
@@ -93,10 +100,26 @@ class LagTicker:
         if self._task is not None:
             await asyncio.wait_for(self._task, 5)
             self._task = None
+        sched = thread_schedstat()
+        wall = time.monotonic() - self._t0
+        if sched is not None and self._sched0 is not None and wall > 0:
+            self.busy = (sched[0] - self._sched0[0]) / wall
+            self.starved = (sched[1] - self._sched0[1]) / wall
         return self.samples
 
     def summary(self) -> dict[str, float]:
-        return lag_summary(self.samples)
+        out = lag_summary(self.samples)
+        out.update(busy=self.busy, starved=self.starved)
+        return out
+
+
+def thread_schedstat() -> tuple[float, float] | None:
+    """(seconds on a CPU, seconds runnable but waiting for one) of the calling thread; Linux only."""
+    try:
+        run_ns, wait_ns, _ = Path("/proc/thread-self/schedstat").read_text().split()
+        return int(run_ns) / 1e9, int(wait_ns) / 1e9
+    except (OSError, ValueError):
+        return None
 
 
 def lag_summary(samples: Sequence[float]) -> dict[str, float]:

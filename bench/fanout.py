@@ -249,7 +249,9 @@ def run(quick: bool, repeat: int, log: Any = print) -> list[Row]:
     label = f"{clients} WS clients"
     return [
         Row("1 fan-out", f"deliveries/s, {label}", "/s", rate_o, rate_b, "≥ 0.80× baseline",
-            rate_o >= 0.8 * rate_b, [x["rate"] for x in o], [x["rate"] for x in b]),
+            rate_o >= 0.8 * rate_b, [x["rate"] for x in o], [x["rate"] for x in b],
+            note=f"client process busy {median([x['client_cpu_share'] for x in o]):.0%} / "
+                 f"{median([x['client_cpu_share'] for x in b]):.0%}"),
         Row("1 fan-out", f"server CPU per delivery, {label}", "µs", cpu_o, cpu_b, "≤ 1.25× baseline",
             cpu_o <= 1.25 * cpu_b, [x["cpu_us"] for x in o], [x["cpu_us"] for x in b]),
     ]

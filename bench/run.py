@@ -54,17 +54,32 @@ def _on_alarm(signum: int, frame: Any) -> None:
     raise _Deadline("the run passed its --timeout")
 
 
+BASELINES = {
+    "1 fan-out": "a bare aiohttp server broadcasting the same envelopes with `for ws in clients: await "
+                 "ws.send_str(s)`, its sockets in the same client process",
+    "2 streaming": "the same 1 ms ticker on the same loop with the service idle; deltas: the nominal 1/echo_delay",
+    "3 persistence": "raw aiosqlite `executemany` of the same pre-serialised rows, 100 a transaction, same "
+                     "pragmas; lag: raw inserts offered at the same rate",
+    "4 last page": "the same indexed query through aiosqlite in one round trip, rows left as tuples",
+    "5 relay": "the same client process reading the fake upstream directly; lag: the same ticker on the idle "
+               "server loop",
+}
+
+
 def table(rows: list[Row]) -> str:
-    lines = ["| benchmark | figure | Opencode | baseline | ratio | target | result |",
-             "| --- | --- | ---: | ---: | ---: | --- | --- |"]
+    lines = ["| benchmark | figure | Opencode | baseline | ratio | target | result | conditions |",
+             "| --- | --- | ---: | ---: | ---: | --- | --- | --- |"]
     for r in rows:
         ratio = r.ratio
         result = "—" if r.passed is None else ("PASS" if r.passed else "**FAIL**")
-        if r.note.startswith("error"):
-            result = "**ERROR**"
+        note = r.note
+        if note == "error":
+            result, note = "**ERROR**", ""
         lines.append(f"| {r.bench} | {r.figure} | {fmt(r.value, r.unit)} | {fmt(r.baseline, r.unit)} | "
-                     f"{'—' if ratio is None else f'{ratio:.2f}×'} | {r.target} | {result} |")
-    return "\n".join(lines)
+                     f"{'—' if ratio is None else f'{ratio:.2f}×'} | {r.target} | {result} | {note} |")
+    benches = sorted({r.bench for r in rows if r.bench in BASELINES})
+    legend = "\n".join(f"- {b}: {BASELINES[b]}" for b in benches)
+    return "\n".join(lines) + ("\n\nBaselines:\n" + legend if legend else "")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,8 +4,9 @@
 seconds after the request arrived, then one token every 1/`rate` seconds on an absolute
 schedule (no drift), then the finish chunk, the usage chunk and `[DONE]` — the chunk shapes
 OpenAI streams with `stream_options.include_usage`. Each token's text is the CLOCK_MONOTONIC
-time at which it was written (`"<seconds>|<index> "`), so a client on this machine can compute
-every token's delivery latency, whichever way it came.
+time at which it was written and the time the request arrived (`"<sent>|<index>|<arrived> "`), so
+a client on this machine can compute every token's delivery latency, and how long its request
+took to reach the upstream, whichever way it came.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ def token_sent_at(text: str) -> float:
     return float(text.split("|", 1)[0])
 
 
+def request_arrived_at(text: str) -> float:
+    """When the upstream received the request that produced this token."""
+    return float(text.split("|")[2])
+
+
 def upstream_server(conn: Connection, ttft: float, rate: float, tokens: int) -> None:
     state: dict[str, Any] = {"requests": 0, "late": []}
 
@@ -57,7 +63,7 @@ def upstream_server(conn: Connection, ttft: float, rate: float, tokens: int) -> 
                 now = clock()
                 if i == 0:
                     state["late"].append(now - t_first)
-                await resp.write(_chunk([_choice({"content": f"{now:.6f}|{i} "})]))
+                await resp.write(_chunk([_choice({"content": f"{now:.6f}|{i}|{t_req:.6f} "})]))
             await resp.write(_chunk([_choice({}, "stop")]))
             await resp.write(_chunk([], {"prompt_tokens": 20, "completion_tokens": tokens,
                                          "total_tokens": 20 + tokens}))
