@@ -10,8 +10,8 @@ rejoins with `after_seq`: each gap must be filled exactly once, or answered with
 also reports how much of the time its loop thread ran and how much it waited for a CPU: on a
 machine whose CPUs other processes hold, a lag over the limit is reported as a skip, not a pass.
 
-Each session streams 10 deltas a second (`OPENCODE_LOAD_WORD_DELAY`, seconds between deltas), so
-200 sessions publish 2,000 events a second and the server sends about 5,000 frames a second.
+Each session streams 20 deltas a second (`OPENCODE_LOAD_WORD_DELAY`, seconds between deltas), so
+200 sessions publish 4,000 events a second and the server sends about 10,000 frames a second.
 
 CI runs the short form (5 s). The full form, 200 sessions × 500 clients for 60 s:
 
@@ -42,7 +42,7 @@ FULL = bool(os.environ.get("OPENCODE_LOAD_FULL"))
 SESSIONS = int(os.environ.get("OPENCODE_LOAD_SESSIONS", "200"))
 CLIENTS = int(os.environ.get("OPENCODE_LOAD_CLIENTS", "500"))
 DURATION = float(os.environ.get("OPENCODE_LOAD_SECONDS", "60" if FULL else "5"))
-WORD_DELAY = float(os.environ.get("OPENCODE_LOAD_WORD_DELAY", "0.1"))  # 10 deltas a second per session
+WORD_DELAY = float(os.environ.get("OPENCODE_LOAD_WORD_DELAY", "0.05"))  # 20 deltas a second per session
 WARMUP = 1.0  # the start (every send, title and run at once) is a burst, not the steady state
 LAG_P99_MS = float(os.environ.get("OPENCODE_LOAD_LAG_P99_MS", "10"))
 # The lag is the server's only if it got a CPU when it wanted one (see `test_server_loop_lag_p99`).
