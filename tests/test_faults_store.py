@@ -63,16 +63,9 @@ async def quiet_rows(service: Any) -> dict[str, int]:
 # --------------------------------------------------------------------------- locked
 
 
-@pytest.fixture
-def short_busy_timeout(service: Any) -> None:
-    """Fail a locked write after 0.2 s instead of the default 2 s, to keep the suite fast."""
-    async def set_it() -> None:
-        await service.store._writer_db.execute("PRAGMA busy_timeout=200")  # noqa: SLF001
-    return set_it  # type: ignore[return-value]
-
-
-async def test_locked_database(client: Any, service: Any, short_busy_timeout: Any) -> None:
-    await short_busy_timeout()
+async def test_locked_database(client: Any, service: Any) -> None:
+    # Fail a locked write after 0.2 s instead of the default 2 s, to keep the suite fast.
+    await service.store._writer_db.execute("PRAGMA busy_timeout=200")  # noqa: SLF001
     sid = await new_session(client)
     ws = WsClient(await client.ws_connect("/opencode/ws"))
     await ws.command("join", session_id=sid)
