@@ -24,6 +24,14 @@ def delta_text(tag: str, i: int, size: int) -> str:
     return (t + "x" * size)[:max(size, len(t))]
 
 
+async def sample_store_backlog(svc: Any, out: list[int]) -> None:
+    """Rows queued in the store and not yet committed, every 50 ms (a diagnostic: it reads a
+    private counter of `SqliteStore`, and reads nothing if that ever goes away)."""
+    while True:
+        out.append(int(getattr(svc.store, "_queued_rows", 0)))
+        await asyncio.sleep(0.05)
+
+
 def opencode_server(conn: Connection, data_dir: str, fanout_session: bool = False) -> None:
     state: dict[str, Any] = {"ticker": None}
 
@@ -75,12 +83,16 @@ def opencode_server(conn: Connection, data_dir: str, fanout_session: bool = Fals
             ticker.start()
             state["lag_cpu0"] = time.process_time()
             state["lag_t0"] = time.monotonic()
+            state["backlog"] = []
+            state["sampler"] = asyncio.get_running_loop().create_task(sample_store_backlog(svc, state["backlog"]))
             return None
         if cmd[0] == "lag_stop":
             ticker = state["ticker"]
             await ticker.stop()
+            state["sampler"].cancel()
             summary = ticker.summary()
             summary["cpu_share"] = (time.process_time() - state["lag_cpu0"]) / (time.monotonic() - state["lag_t0"])
+            summary["store_backlog_max"] = max(state["backlog"], default=0)
             return summary
         raise ValueError(cmd[0])
 

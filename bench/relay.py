@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import tempfile
 import time
@@ -134,9 +135,11 @@ def relay_client(conn: Connection, oc_port: int, up_port: int) -> None:
                 if err:
                     errors.append(err)
 
-        t0 = time.monotonic()
+        t0, c0 = time.monotonic(), time.process_time()
         await asyncio.wait_for(asyncio.gather(*(stream_task(k) for k in range(n))), timeout)
-        return {"errors": errors[:5], "n_errors": len(errors), "elapsed": time.monotonic() - t0}
+        elapsed = time.monotonic() - t0
+        return {"errors": errors[:5], "n_errors": len(errors), "elapsed": elapsed,
+                "client_cpu": (time.process_time() - c0) / elapsed}
 
     async def direct(n: int, rounds: int, timeout: float) -> dict[str, Any]:
         http = state["http"]
@@ -220,7 +223,7 @@ def relay_client(conn: Connection, oc_port: int, up_port: int) -> None:
 
 
 def _summ(res: dict[str, Any]) -> dict[str, float]:
-    return {"ttft_p50": percentile(res["ttft"], 50), "ttft_p99": percentile(res["ttft"], 99),
+    return {"server_cpu_per_reply_ms": res.get("server_cpu_per_reply_ms", math.nan),"ttft_p50": percentile(res["ttft"], 50), "ttft_p99": percentile(res["ttft"], 99),
             "up_p50": percentile(res["to_upstream"], 50),
             "lat_p50": percentile(res["lat"], 50), "lat_p99": percentile(res["lat"], 99),
             "n_ttft": len(res["ttft"]), "n_lat": len(res["lat"])}
@@ -265,13 +268,18 @@ def run(quick: bool, repeat: int, log: Any = print) -> list[Row]:
             for rep in range(repeat):
                 t = timeout_for(n, rounds)
                 if n != lag_level:
+                    up_d = up.call("cpu")
                     d = cl.call("direct", n, rounds, t, timeout=t + 30)
+                    d["upstream_cpu"] = (up.call("cpu") - up_d) / d["elapsed"]
                     if d["n_errors"]:
                         raise RuntimeError(f"direct, {n} streams: {d['n_errors']} errors, e.g. {d['errors']}")
                     per.setdefault(("direct", n), []).append(_summ(d))
                 oc.call("lag_start")
+                up_r = up.call("cpu")
                 r = cl.call("relay", n, rounds, t, timeout=t + 30)
+                r["upstream_cpu"] = (up.call("cpu") - up_r) / r["elapsed"]
                 lag = oc.call("lag_stop")
+                r["server_cpu_per_reply_ms"] = lag["cpu_share"] * r["elapsed"] / max(1, len(r["ttft"])) * 1e3
                 if r["n_errors"]:
                     raise RuntimeError(f"relay, {n} streams: {r['n_errors']} errors, e.g. {r['errors']}")
                 per.setdefault(("relay", n), []).append(_summ(r))
@@ -285,7 +293,10 @@ def run(quick: bool, repeat: int, log: Any = print) -> list[Row]:
                     + f"; token latency p50/p99 relay {rs['lat_p50']:.2f}/{rs['lat_p99']:.2f} ms"
                     + (f" vs direct {ds['lat_p50']:.2f}/{ds['lat_p99']:.2f} ms" if ds else "")
                     + f"; server lag p99 {lag['p99_ms']:.2f} ms, loop thread busy {lag['busy']:.0%}, "
-                    f"starved {lag['starved']:.0%}, process CPU {lag['cpu_share']:.0%}")
+                    f"starved {lag['starved']:.0%}, store backlog max {lag['store_backlog_max']:,} rows; "
+                    f"CPU (share of a core) server {lag['cpu_share']:.0%} = {r['server_cpu_per_reply_ms']:.2f} ms "
+                    f"a reply, upstream {r['upstream_cpu']:.0%}, client {r['client_cpu']:.0%}"
+                    + (f" (direct: upstream {d['upstream_cpu']:.0%}, client {d['client_cpu']:.0%})" if ds else ""))
     finally:
         for w in workers:
             w.close()
@@ -314,4 +325,7 @@ def run(quick: bool, repeat: int, log: Any = print) -> list[Row]:
                          f"starved {median([x['starved'] for x in lags[lag_level]]):.0%}"))
     rv, rr = med("relay", lag_level, "ttft_p50")
     rows.append(Row("5 relay", f"TTFT p50, {lag_level} streams", "ms", rv, None, "info", None, rr))
+    rv, rr = med("relay", top, "server_cpu_per_reply_ms")
+    rows.append(Row("5 relay", f"server CPU per reply of {tokens} tokens, {top} streams", "ms", rv, None, "info",
+                    None, rr))
     return rows

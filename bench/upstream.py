@@ -85,6 +85,8 @@ def upstream_server(conn: Connection, ttft: float, rate: float, tokens: int) -> 
         return {"port": runner.addresses[0][1], "pid": os.getpid()}
 
     async def handle(cmd: tuple[Any, ...]) -> Any:
+        if cmd[0] == "cpu":
+            return time.process_time()
         if cmd[0] == "stats":
             late = state["late"]
             state["late"] = []
