@@ -76,9 +76,19 @@ def serve(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     wiring = standalone(cfg)
     app = create_app(cfg, wiring.skill_factories(), wiring.image_loader())
+    app.on_startup.append(_freeze_startup_objects)
     print(f"Opencode on http://{args.host}:{args.port}/opencode/ (data in {cfg.data_dir})", flush=True)
     web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
     return 0
+
+
+async def _freeze_startup_objects(app: Any) -> None:
+    """Move everything alive after start-up out of the collector's reach: full collections then
+    walk only what requests create, which keeps their pauses short under load."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 # --------------------------------------------------------------------------- run

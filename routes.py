@@ -122,6 +122,13 @@ def service_of(request: web.Request) -> OpencodeService:
         raise OpencodeError("Opencode is still starting; try again in a moment", code="starting", status=503) from None
 
 
+def trust_of(request: web.Request) -> TrustPolicy:
+    try:
+        return request.app[TRUST]
+    except KeyError:
+        raise OpencodeError("Opencode is still starting; try again in a moment", code="starting", status=503) from None
+
+
 def path_id(request: web.Request, name: str = "id") -> str:
     value = request.match_info[name]
     if not p.re_id(value):
@@ -225,6 +232,19 @@ async def openapi(request: web.Request) -> web.Response:
 @route("GET", "/opencode/schema.json", "JSON Schema of every protocol model")
 async def schema(request: web.Request) -> web.Response:
     return json_response(p.json_schema())
+
+
+@route("GET", "/opencode/token", "The access token remote clients need (asked from this machine)",
+       response=p.TokenInfo)
+async def get_token(request: web.Request) -> web.Response:
+    return json_response(p.TokenInfo(token=trust_of(request).token))
+
+
+@route("POST", "/opencode/token/rotate", "Replace the access token (remote clients need the new one)",
+       body=p.EmptyBody, response=p.TokenInfo)
+async def rotate_token(request: web.Request) -> web.Response:
+    await read_body(request, p.EmptyBody)
+    return json_response(p.TokenInfo(token=await trust_of(request).rotate()))
 
 
 # --------------------------------------------------------------------------- sessions

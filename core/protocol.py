@@ -410,6 +410,13 @@ def re_id(value: str) -> bool:
     return _ID_RE.fullmatch(value) is not None
 
 
+class TokenInfo(Model):
+    """The install's access token, for remote clients; only ever answered to a trusted caller."""
+
+    token: str
+    header: Literal["X-Opencode-Token"] = "X-Opencode-Token"
+
+
 class ErrorBody(Model):
     code: str
     message: str

@@ -205,3 +205,15 @@ async def test_files_route_serves_uploaded_images(client: TestClient, service: A
     assert "keys" not in await sneaky.text()
     no_comfy = await j(await client.get("/opencode/files?filename=a.png&source=comfyui"), 400)
     assert no_comfy["error"]["code"] == "image_unavailable"
+
+
+async def test_token_read_and_rotate_from_this_machine(client: TestClient) -> None:
+    first = await j(await client.get("/opencode/token"), 200)
+    assert first["token"] == "test-token" and first["header"] == "X-Opencode-Token"
+    rotated = await j(await client.post("/opencode/token/rotate", json={}), 200)
+    assert rotated["token"] != "test-token" and len(rotated["token"]) >= 32
+    # A remote caller (non-loopback Host) needs the new token, and the old one no longer works.
+    remote = {"Host": "opencode.example:8188"}
+    assert (await client.get("/opencode/sessions", headers={**remote, "X-Opencode-Token": "test-token"})).status == 401
+    ok = await client.get("/opencode/sessions", headers={**remote, "X-Opencode-Token": rotated["token"]})
+    assert ok.status == 200
