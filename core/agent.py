@@ -85,6 +85,8 @@ class AgentDeps:
     extra_tools: list[Tool] = field(default_factory=list)
     # Scrubs configured keys out of error text before it is stored or sent.
     redact: Callable[[str], str] = lambda text: text
+    # Background saves of finished replies the store refused; the service cancels them on close.
+    background: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 @dataclass
@@ -183,7 +185,8 @@ class AgentRun:
         try:
             await self.deps.store.save_message(self.message)
         except OpencodeError as exc:
-            log.error("could not save the final reply of run %s: %s", self.run.id, exc.message)
+            log.error("could not save the final reply of run %s (will retry): %s", self.run.id, exc.message)
+            _save_later(self.deps, self.message)
         sid = self.message.session_id
         self.deps.bus.publish(sid, "message.completed", MessageCompletedData(message=self.message))
         self.deps.bus.publish(sid, "run.status", RunStatusData(run=self.run))
@@ -350,6 +353,31 @@ class AgentRun:
             message_id=self.message.id, run_id=self.run.id, call=part, result=result))
         self._maybe_checkpoint()
         return result
+
+
+# Final replies whose save failed (disk full, locked database): retried until the cause goes.
+_RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+def _save_later(deps: AgentDeps, message: Message) -> None:
+    """Keep trying to save a finished reply in the background (cancelled when the service closes)."""
+    store = deps.store
+    snapshot = message.model_copy(deep=True)
+
+    async def retry() -> None:
+        for delay in _RETRY_DELAYS:
+            await asyncio.sleep(delay)
+            try:
+                await store.save_message(snapshot)
+                log.info("saved the final reply %s after the store recovered", snapshot.id)
+                return
+            except OpencodeError:
+                continue
+        log.error("gave up saving the final reply %s; it stays at its last checkpoint", snapshot.id)
+
+    task = asyncio.get_running_loop().create_task(retry(), name=f"opencode-save-{snapshot.id}")
+    deps.background.add(task)
+    task.add_done_callback(deps.background.discard)
 
 
 def _short(arguments: dict[str, Any], limit: int = 200) -> str:

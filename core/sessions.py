@@ -435,6 +435,9 @@ class SessionManager:
                 tasks.append(active.task)
             self._abort_all(live, "interrupted")
         await asyncio.gather(*tasks, return_exceptions=True)
+        for task in list(self.deps.background):
+            task.cancel()
+        await asyncio.gather(*self.deps.background, return_exceptions=True)
 
 
 def join_replies(replies: Sequence[Message]) -> str:

@@ -402,3 +402,33 @@ async def test_global_rules_apply_and_persist(env, client, service):
     assert '"edit": "allow"' in saved
     bad = await client.put("/opencode/permissions", json={"rules": {"edit": "maybe"}})
     assert bad.status == 400
+
+
+async def test_a_final_reply_the_store_refused_is_saved_once_it_recovers(env, service, monkeypatch):
+    from opencode_agent.core import agent as agent_module
+    from opencode_agent.core.errors import StoreUnavailable
+
+    monkeypatch.setattr(agent_module, "_RETRY_DELAYS", (0.0, 0.0, 0.0))
+    provider, session, ws_for = env
+    provider.turns.append(text_turn("kept"))
+    sid = await session("alpha")
+    ws = await ws_for(sid)
+    real_save = service.store.save_message
+    failures = {"left": 2}
+    recovered = asyncio.Event()
+
+    async def flaky_save(message):
+        if message.role == "assistant" and message.status == "completed":
+            if failures["left"] > 0:
+                failures["left"] -= 1
+                raise StoreUnavailable("the disk is full")
+            recovered.set()
+        await real_save(message)
+
+    monkeypatch.setattr(service.store, "save_message", flaky_save)
+    sent = await ws.command("send", session_id=sid, text="go")
+    await ws.until(run_final(sent["data"]["run_id"]))
+    await asyncio.wait_for(recovered.wait(), 5)
+    await service.store.flush()
+    stored = await service.store.get_message(final_message(ws, sent["data"]["run_id"])["id"])
+    assert stored is not None and stored.status == "completed" and stored.text() == "kept"
