@@ -46,6 +46,30 @@ def _loadavg() -> str:
         return "?"
 
 
+def _cpu_busy(seconds: float = 1.0) -> float:
+    """Share of all CPUs busy (any process) over `seconds`, from /proc/stat; NaN elsewhere."""
+    def read() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return sum(fields), idle
+    try:
+        t0, i0 = read()
+        time.sleep(seconds)
+        t1, i1 = read()
+    except (OSError, ValueError, IndexError):
+        return math.nan
+    return 1 - (i1 - i0) / max(1, t1 - t0)
+
+
+def _settle(limit: float, threshold: float = 0.25) -> str:
+    """Wait (at most `limit` seconds) until other processes leave the CPUs mostly idle."""
+    deadline = time.monotonic() + limit
+    busy = _cpu_busy()
+    while busy > threshold and time.monotonic() < deadline:
+        busy = _cpu_busy(2.0)
+    return f"CPUs {busy:.0%} busy before start" + ("" if busy <= threshold else f" (waited {limit:.0f}s for them to settle)")
+
+
 class _Deadline(Exception):
     pass
 
@@ -93,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save", action="store_true", help="write bench/results/ even for a quick run")
     ap.add_argument("--no-save", action="store_true", help="do not write bench/results/")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    ap.add_argument("--settle", type=float, default=None, help="before each benchmark, wait up to this many "
+                    "seconds for the CPUs to be at most 25%% busy with other work (default 90, quick 0)")
     args = ap.parse_args(argv)
 
     repeat = args.repeat or (1 if args.quick else 3)
@@ -116,12 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     errors = 0
     timings: dict[str, float] = {}
+    conditions: dict[str, str] = {}
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(int(timeout))
     try:
         for name in chosen:
             module, func = BENCHMARKS[name]
-            print(f"\n[{name}] load average {_loadavg()}", flush=True)
+            settle = args.settle if args.settle is not None else (0 if args.quick else 90)
+            settled = _settle(settle) if settle > 0 else ""
+            conditions[name] = f"load average {_loadavg()}" + (f"; {settled}" if settled else "")
+            print(f"\n[{name}] {conditions[name]}", flush=True)
             t0 = time.monotonic()
             try:
                 fn: Callable[..., list[Row]] = getattr(importlib.import_module(module), func)
@@ -142,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.alarm(0)
 
     finished = dt.datetime.now().astimezone()
-    footer = f"load average at end: {_loadavg()}; total {(finished - started).total_seconds():.0f}s"
+    footer = ("Before each benchmark: " + "; ".join(f"{k}: {v}" for k, v in conditions.items())
+              + f"\nload average at end: {_loadavg()}; total {(finished - started).total_seconds():.0f}s")
     text = table(rows)
     print("\n" + text + "\n\n" + footer, flush=True)
 
@@ -157,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / f"{stem}.json").write_text(json.dumps({
             "started": started.isoformat(), "finished": finished.isoformat(), "quick": args.quick,
             "repeat": repeat, "command": command, "machine": machine, "pid": os.getpid(),
-            "seconds": timings, "rows": [r.as_dict() for r in rows],
+            "seconds": timings, "conditions": conditions, "rows": [r.as_dict() for r in rows],
         }, indent=2, default=lambda o: None if isinstance(o, float) and math.isnan(o) else str(o)) + "\n",
             encoding="utf-8")
         print(f"wrote {out / (stem + '.md')} and .json", flush=True)
