@@ -143,7 +143,7 @@ class AgentRun:
         current_run.set(self.run.id)
         status, error = "completed", None
         try:
-            await self._begin()
+            self._begin()
             if self.input.role.engine == "echo":
                 await self._echo()
             else:
@@ -159,12 +159,14 @@ class AgentRun:
         await asyncio.shield(self.finish(status, error))
         return self.message
 
-    async def _begin(self) -> None:
+    def _begin(self) -> None:
+        """Announce the reply and queue its first row; the model request does not wait for the
+        commit (the group commit keeps it after the user's message, and checkpoints follow)."""
         self.run.status = "working"
         self._announced = True
         self.deps.bus.publish(self.message.session_id, "message.created", MessageCreatedData(message=self.message))
         self.deps.bus.publish(self.message.session_id, "run.status", RunStatusData(run=self.run))
-        await self.deps.store.save_message(self.message)
+        self.deps.store.queue_message(self.message)
 
     async def finish(self, status: str, error: str | None) -> None:
         """Give the reply its final status, save it, announce it. Runs once, even if cancelled early."""
