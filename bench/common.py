@@ -153,9 +153,14 @@ class Row:
     runs: list[float] = field(default_factory=list)
     baseline_runs: list[float] = field(default_factory=list)
     note: str = ""
+    # When Opencode and the baseline ran in adjacent pairs: the median of the per-pair ratios,
+    # steadier than the ratio of the medians when the machine's load drifts.
+    paired_ratio: float | None = None
 
     @property
     def ratio(self) -> float | None:
+        if self.paired_ratio is not None:
+            return self.paired_ratio
         if self.baseline is None or self.baseline == 0 or math.isnan(self.baseline) or math.isnan(self.value):
             return None
         return self.value / self.baseline

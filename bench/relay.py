@@ -252,7 +252,7 @@ def run(quick: bool, repeat: int, log: Any = print) -> list[Row]:
 
         oc.call("lag_start")
         time.sleep(2.0)
-        idle = oc.call("lag_stop")
+        idle = oc.call("lag_stop")  # also the ticker's own CPU, subtracted from the per-reply figure
 
         def timeout_for(n: int, rounds: int) -> float:
             return 60 + rounds * (TTFT + tokens / RATE) * 4 + n * 0.05
@@ -269,17 +269,22 @@ def run(quick: bool, repeat: int, log: Any = print) -> list[Row]:
                 t = timeout_for(n, rounds)
                 if n != lag_level:
                     up_d = up.call("cpu")
+                    up.call("counts")
                     d = cl.call("direct", n, rounds, t, timeout=t + 30)
                     d["upstream_cpu"] = (up.call("cpu") - up_d) / d["elapsed"]
+                    d["counts"] = up.call("counts")
                     if d["n_errors"]:
                         raise RuntimeError(f"direct, {n} streams: {d['n_errors']} errors, e.g. {d['errors']}")
                     per.setdefault(("direct", n), []).append(_summ(d))
                 oc.call("lag_start")
                 up_r = up.call("cpu")
+                up.call("counts")
                 r = cl.call("relay", n, rounds, t, timeout=t + 30)
                 r["upstream_cpu"] = (up.call("cpu") - up_r) / r["elapsed"]
+                r["counts"] = up.call("counts")
                 lag = oc.call("lag_stop")
-                r["server_cpu_per_reply_ms"] = lag["cpu_share"] * r["elapsed"] / max(1, len(r["ttft"])) * 1e3
+                r["server_cpu_per_reply_ms"] = ((lag["cpu_share"] - idle["cpu_share"]) * r["elapsed"]
+                                                / max(1, len(r["ttft"])) * 1e3)
                 if r["n_errors"]:
                     raise RuntimeError(f"relay, {n} streams: {r['n_errors']} errors, e.g. {r['errors']}")
                 per.setdefault(("relay", n), []).append(_summ(r))
@@ -296,7 +301,9 @@ def run(quick: bool, repeat: int, log: Any = print) -> list[Row]:
                     f"starved {lag['starved']:.0%}, store backlog max {lag['store_backlog_max']:,} rows; "
                     f"CPU (share of a core) server {lag['cpu_share']:.0%} = {r['server_cpu_per_reply_ms']:.2f} ms "
                     f"a reply, upstream {r['upstream_cpu']:.0%}, client {r['client_cpu']:.0%}"
-                    + (f" (direct: upstream {d['upstream_cpu']:.0%}, client {d['client_cpu']:.0%})" if ds else ""))
+                    + (f" (direct: upstream {d['upstream_cpu']:.0%}, client {d['client_cpu']:.0%})" if ds else "")
+                    + f"; upstream saw {r['counts']['requests']} requests on {r['counts']['connections']} connections"
+                    + (f" (direct: {d['counts']['requests']} on {d['counts']['connections']})" if ds else ""))
     finally:
         for w in workers:
             w.close()

@@ -42,7 +42,7 @@ def request_arrived_at(text: str) -> float:
 
 
 def upstream_server(conn: Connection, ttft: float, rate: float, tokens: int) -> None:
-    state: dict[str, Any] = {"requests": 0, "late": []}
+    state: dict[str, Any] = {"requests": 0, "late": [], "peers": set()}
 
     async def setup() -> dict[str, Any]:
         from aiohttp import web
@@ -51,6 +51,7 @@ def upstream_server(conn: Connection, ttft: float, rate: float, tokens: int) -> 
             t_req = time.monotonic()
             await request.read()
             state["requests"] += 1
+            state["peers"].add(request.transport.get_extra_info("peername") if request.transport else None)
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
             await resp.prepare(request)
             await resp.write(_chunk([_choice({"role": "assistant", "content": ""})]))
@@ -87,6 +88,11 @@ def upstream_server(conn: Connection, ttft: float, rate: float, tokens: int) -> 
     async def handle(cmd: tuple[Any, ...]) -> Any:
         if cmd[0] == "cpu":
             return time.process_time()
+        if cmd[0] == "counts":
+            # Requests and distinct client connections since the last call (keep-alive reuse).
+            out = {"requests": state["requests"], "connections": len(state["peers"])}
+            state["requests"], state["peers"] = 0, set()
+            return out
         if cmd[0] == "stats":
             late = state["late"]
             state["late"] = []
