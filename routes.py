@@ -5,28 +5,28 @@ One table of routes is mounted either on ComfyUI's `PromptServer.instance.routes
 standalone server). The service is opened in a `cleanup_ctx` of that app and reached through
 `request.app[SERVICE]`. Handlers stay thin: parse with the protocol models, call the core,
 answer with a protocol model; every failure is `{"error": {code, message, details}}`, never a 500.
-This is the only module that imports `aiohttp.web`.
+Only this module and `streams.py` (the SSE and WebSocket side) import `aiohttp.web`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 from aiohttp import WSMsgType, web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from .core import protocol as p
-from .core.bus import Published
 from .core.config import Config
 from .core.errors import BadRequest, NotFound, OpencodeError, PayloadTooLarge
 from .core.export import export_json, export_markdown
 from .core.service import OpencodeService, SkillFactory
 from .core.trust import TrustPolicy, check_request
+from .core.validation import parse_json, parse_model
+from .streams import SseSubscriber, WsConnection
 from .version import __version__
 
 log = logging.getLogger("opencode.routes")
@@ -54,21 +54,6 @@ def error_response(exc: OpencodeError, redact: Callable[[str], str] = lambda s: 
     return web.Response(text=redact(body.model_dump_json()), status=exc.status, content_type="application/json")
 
 
-def validation_details(exc: ValidationError) -> dict[str, Any]:
-    """Pydantic's errors without the offending input (it may be huge, or a secret)."""
-    return {"errors": [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()[:20]]}
-
-
-def parse_model(model: type[M], raw: Any) -> M:
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(map(str, first["loc"])) or "body"
-        raise BadRequest(f"invalid {where}: {first['msg']}", code="validation_error",
-                         details=validation_details(exc)) from None
-
-
 async def read_body(request: web.Request, model: type[M]) -> M:
     """Parse a JSON body into `model`: 415 if not JSON, 413 if too large, 400 if malformed."""
     ctype = request.headers.get("Content-Type", "")
@@ -90,16 +75,6 @@ async def read_body(request: web.Request, model: type[M]) -> M:
     except UnicodeDecodeError as exc:
         raise BadRequest(f"the body is not valid UTF-8: {exc}", code="bad_json") from None
     return parse_model(model, parse_json(text, "body"))
-
-
-def parse_json(text: str, what: str) -> Any:
-    """`json.loads` with every failure (syntax, absurd nesting) as a `bad_json` error."""
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise BadRequest(f"the {what} is not valid JSON: {exc}", code="bad_json") from None
-    except RecursionError:
-        raise BadRequest(f"the {what} is nested too deeply", code="bad_json") from None
 
 
 def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -471,113 +446,6 @@ async def list_models(request: web.Request) -> web.Response:
     return json_response(p.ModelList(models=await svc.list_models(path_id(request, "name"))))
 
 
-# --------------------------------------------------------------------------- streaming subscribers
-
-
-class SseSubscriber:
-    """A session subscription written as Server-Sent Events (`id: seq`, `event: type`)."""
-
-    is_panel = False
-
-    def __init__(self) -> None:
-        import asyncio
-
-        self._queue: asyncio.Queue[Published | None] = asyncio.Queue()
-        self._pending_bytes = 0
-        self.dropped: str | None = None
-
-    async def send(self, item: Published) -> None:
-        self._pending_bytes += len(item.text)
-        self._queue.put_nowait(item)
-
-    def backlog(self) -> int:
-        return self._pending_bytes
-
-    async def drop(self, reason: str) -> None:
-        self.dropped = reason
-        self._queue.put_nowait(None)
-
-    async def stream(self, request: web.Request, until_runs: set[str] | None = None,
-                     first: BaseModel | None = None) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                           "X-Accel-Buffering": "no"})
-        await resp.prepare(request)
-        try:
-            await self._pump(resp, until_runs, first)
-        except ConnectionResetError:
-            pass  # the reader went away (a closed tab or EventSource): routine, nothing to answer
-        return resp
-
-    async def _pump(self, resp: web.StreamResponse, until_runs: set[str] | None, first: BaseModel | None) -> None:
-        import asyncio
-
-        if first is not None:
-            await resp.write(f"event: accepted\ndata: {first.model_dump_json()}\n\n".encode())
-        open_runs = set(until_runs or ())
-        while True:
-            try:
-                item = await asyncio.wait_for(self._queue.get(), 15.0)
-            except asyncio.TimeoutError:
-                await resp.write(b": keep-alive\n\n")
-                continue
-            if item is None:
-                await resp.write(f"event: dropped\ndata: {json.dumps({'reason': self.dropped})}\n\n".encode())
-                break
-            self._pending_bytes -= len(item.text)
-            ev = item.event
-            await resp.write(f"id: {ev.seq}\nevent: {ev.type}\ndata: {item.text}\n\n".encode())
-            if until_runs is not None and ev.type == "run.status":
-                run = ev.data.get("run", {})
-                if run.get("id") in open_runs and run.get("status") in p.FINAL_RUN_STATUSES:
-                    open_runs.discard(run["id"])
-                    if not open_runs:
-                        break
-        await resp.write_eof()
-
-
-def ws_text_frame(text: str) -> bytes:
-    """`text` as one final, unmasked, uncompressed RFC 6455 text frame (what a server sends)."""
-    data = text.encode("utf-8")
-    n = len(data)
-    if n < 126:
-        header = bytes((0x81, n))
-    elif n < 1 << 16:
-        header = struct.pack("!BBH", 0x81, 126, n)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, n)
-    return header + data
-
-
-class WsSubscriber:
-    """One session joined on one WebSocket."""
-
-    def __init__(self, ws: web.WebSocketResponse, request: web.Request, is_panel: bool) -> None:
-        self.ws = ws
-        self.transport = request.transport
-        self.is_panel = is_panel
-        # Without compression a frame is the same bytes for every socket: the room's first
-        # subscriber builds it, the rest write it as is (one transport.write, no per-socket
-        # encoding). Slow consumers are the bus's job (`backlog()`), so no drain is needed.
-        self._raw = not ws.compress
-
-    async def send(self, item: Published) -> None:
-        t = self.transport
-        if self._raw and t is not None and not t.is_closing() and not self.ws.closed:
-            frame = item.wire.get("ws")
-            if frame is None:
-                frame = item.wire["ws"] = ws_text_frame(item.text)
-            t.write(frame)
-        else:
-            await self.ws.send_str(item.text)  # compressed, or closing: aiohttp decides (and raises)
-
-    def backlog(self) -> int:
-        t = self.transport
-        return t.get_write_buffer_size() if t is not None and not t.is_closing() else 0
-
-    async def drop(self, reason: str) -> None:
-        await self.ws.close(code=1013, message=f"dropped: {reason}; rejoin with after_seq".encode()[:120])
-
-
 # --------------------------------------------------------------------------- WebSocket
 
 
@@ -601,86 +469,6 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     finally:
         conn.leave_all()
     return ws
-
-
-class WsConnection:
-    """Parses commands, calls the core, answers each with `ack` or `error` carrying its id."""
-
-    def __init__(self, svc: OpencodeService, ws: web.WebSocketResponse, request: web.Request) -> None:
-        self.svc = svc
-        self.ws = ws
-        self.request = request
-        self.joined: dict[str, WsSubscriber] = {}
-
-    async def handle(self, text: str) -> None:
-        cid: str | None = None
-        try:
-            if len(text.encode("utf-8", "surrogatepass")) > p.MAX_WS_FRAME_BYTES:
-                raise PayloadTooLarge(f"frames are limited to {p.MAX_WS_FRAME_BYTES} bytes", code="frame_too_large")
-            raw = parse_json(text, "frame")
-            if isinstance(raw, dict) and isinstance(raw.get("id"), str) and p.re_id(raw["id"]):
-                cid = raw["id"]
-            if not isinstance(raw, dict) or not isinstance(raw.get("type"), str) or raw["type"] not in p.COMMAND_TYPES:
-                kind = raw.get("type") if isinstance(raw, dict) else None
-                raise BadRequest(f"unknown command {str(kind)[:40]!r}; commands: {', '.join(sorted(p.COMMAND_TYPES))}",
-                                 code="unknown_command")
-            command = parse_model(p.CommandAdapterModel, {"command": raw}).command
-            data = await self.dispatch(command)
-            await self.ws.send_str(p.AckReply(id=command.id, data=data).model_dump_json())
-        except OpencodeError as exc:
-            await self.reply_error(cid, exc)
-        except ConnectionResetError:
-            pass
-        except Exception:  # noqa: BLE001 - one bad command must not kill the socket
-            log.exception("websocket command failed")
-            await self.reply_error(cid, OpencodeError("unexpected server error; see the ComfyUI console"))
-
-    async def reply_error(self, cid: str | None, exc: OpencodeError) -> None:
-        if self.ws.closed:
-            return
-        body = p.ErrorReply(id=cid, error=p.ErrorBody(code=exc.code, message=self.svc.redact(exc.message),
-                                                        details=exc.details))
-        await self.ws.send_str(body.model_dump_json())
-
-    async def dispatch(self, cmd: Any) -> dict[str, Any]:
-        sessions = self.svc.sessions
-        if cmd.type == "ping":
-            return {"pong": True}
-        if cmd.type == "join":
-            await sessions.get(cmd.session_id)
-            old = self.joined.pop(cmd.session_id, None)
-            if old is not None:
-                self.svc.bus.unsubscribe(cmd.session_id, old)
-            sub = WsSubscriber(self.ws, self.request, cmd.panel)
-            self.joined[cmd.session_id] = sub
-            await self.svc.bus.subscribe(cmd.session_id, sub, cmd.after_seq)
-            return {"session_id": cmd.session_id}
-        if cmd.type == "leave":
-            for sid in [cmd.session_id] if cmd.session_id else list(self.joined):
-                sub = self.joined.pop(sid, None)
-                if sub is not None:
-                    self.svc.bus.unsubscribe(sid, sub)
-            return {}
-        if cmd.type == "send":
-            body = p.SendBody(text=cmd.text, images=cmd.images, skills=cmd.skills, mode=cmd.mode)
-            return (await sessions.send(cmd.session_id, body)).model_dump()
-        if cmd.type == "abort":
-            return (await sessions.abort(cmd.session_id, cmd.run_id, cmd.skill)).model_dump()
-        if cmd.type == "configure":
-            return {"session": (await sessions.patch(cmd.session_id, cmd.patch)).model_dump(mode="json")}
-        if cmd.type == "permission.reply":
-            await sessions.get(cmd.session_id)
-            self.svc.gate.reply(cmd.session_id, cmd.request_id, cmd.decision, cmd.remember)
-            return {}
-        if cmd.type == "ui.reply":
-            self.svc.ui.reply(cmd.session_id, cmd.request_id, cmd.ok, cmd.result, cmd.error)
-            return {}
-        raise BadRequest(f"unknown command {cmd.type}", code="unknown_command")
-
-    def leave_all(self) -> None:
-        for sid, sub in self.joined.items():
-            self.svc.bus.unsubscribe(sid, sub)
-        self.joined.clear()
 
 
 # --------------------------------------------------------------------------- the panel's files

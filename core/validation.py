@@ -1,0 +1,41 @@
+"""Parsing untrusted JSON into protocol models, with every failure as a clear `BadRequest`.
+
+Shared by the REST routes and the WebSocket commands, so a malformed body and a malformed frame
+get the same codes (`bad_json`, `validation_error`) and never an internal error. Imports errors.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from .errors import BadRequest
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validation_details(exc: ValidationError) -> dict[str, Any]:
+    """Pydantic's errors without the offending input (it may be huge, or a secret)."""
+    return {"errors": [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()[:20]]}
+
+
+def parse_model(model: type[M], raw: Any) -> M:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "body"
+        raise BadRequest(f"invalid {where}: {first['msg']}", code="validation_error",
+                         details=validation_details(exc)) from None
+
+
+def parse_json(text: str, what: str) -> Any:
+    """`json.loads` with every failure (syntax, absurd nesting) as a `bad_json` error."""
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise BadRequest(f"the {what} is not valid JSON: {exc}", code="bad_json") from None
+    except RecursionError:
+        raise BadRequest(f"the {what} is nested too deeply", code="bad_json") from None

@@ -1,0 +1,206 @@
+"""The streaming half of the logic layer: SSE and WebSocket subscribers, and WebSocket commands.
+
+`SseSubscriber` and `WsSubscriber` are the bus's `Subscriber`s for an SSE response and for one
+session joined on a socket; `WsConnection` parses a socket's command frames with the protocol
+models, calls the session manager and answers each with `ack` or `error`. The routes that own
+the sockets stay in `routes.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import struct
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from .core import protocol as p
+from .core.bus import Published
+from .core.errors import BadRequest, OpencodeError, PayloadTooLarge
+from .core.service import OpencodeService
+from .core.validation import parse_json, parse_model
+
+log = logging.getLogger("opencode.streams")
+
+
+class SseSubscriber:
+    """A session subscription written as Server-Sent Events (`id: seq`, `event: type`)."""
+
+    is_panel = False
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[Published | None] = asyncio.Queue()
+        self._pending_bytes = 0
+        self.dropped: str | None = None
+
+    async def send(self, item: Published) -> None:
+        self._pending_bytes += len(item.text)
+        self._queue.put_nowait(item)
+
+    def backlog(self) -> int:
+        return self._pending_bytes
+
+    async def drop(self, reason: str) -> None:
+        self.dropped = reason
+        self._queue.put_nowait(None)
+
+    async def stream(self, request: web.Request, until_runs: set[str] | None = None,
+                     first: BaseModel | None = None) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+        await resp.prepare(request)
+        try:
+            await self._pump(resp, until_runs, first)
+        except ConnectionResetError:
+            pass  # the reader went away (a closed tab or EventSource): routine, nothing to answer
+        return resp
+
+    async def _pump(self, resp: web.StreamResponse, until_runs: set[str] | None, first: BaseModel | None) -> None:
+        if first is not None:
+            await resp.write(f"event: accepted\ndata: {first.model_dump_json()}\n\n".encode())
+        open_runs = set(until_runs or ())
+        while True:
+            try:
+                item = await asyncio.wait_for(self._queue.get(), 15.0)
+            except asyncio.TimeoutError:
+                await resp.write(b": keep-alive\n\n")
+                continue
+            if item is None:
+                await resp.write(f"event: dropped\ndata: {json.dumps({'reason': self.dropped})}\n\n".encode())
+                break
+            self._pending_bytes -= len(item.text)
+            ev = item.event
+            await resp.write(f"id: {ev.seq}\nevent: {ev.type}\ndata: {item.text}\n\n".encode())
+            if until_runs is not None and ev.type == "run.status":
+                run = ev.data.get("run", {})
+                if run.get("id") in open_runs and run.get("status") in p.FINAL_RUN_STATUSES:
+                    open_runs.discard(run["id"])
+                    if not open_runs:
+                        break
+        await resp.write_eof()
+
+
+def ws_text_frame(text: str) -> bytes:
+    """`text` as one final, unmasked, uncompressed RFC 6455 text frame (what a server sends)."""
+    data = text.encode("utf-8")
+    n = len(data)
+    if n < 126:
+        header = bytes((0x81, n))
+    elif n < 1 << 16:
+        header = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, n)
+    return header + data
+
+
+class WsSubscriber:
+    """One session joined on one WebSocket."""
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request, is_panel: bool) -> None:
+        self.ws = ws
+        self.transport = request.transport
+        self.is_panel = is_panel
+        # Without compression a frame is the same bytes for every socket: the room's first
+        # subscriber builds it, the rest write it as is (one transport.write, no per-socket
+        # encoding). Slow consumers are the bus's job (`backlog()`), so no drain is needed.
+        self._raw = not ws.compress
+
+    async def send(self, item: Published) -> None:
+        t = self.transport
+        if self._raw and t is not None and not t.is_closing() and not self.ws.closed:
+            frame = item.wire.get("ws")
+            if frame is None:
+                frame = item.wire["ws"] = ws_text_frame(item.text)
+            t.write(frame)
+        else:
+            await self.ws.send_str(item.text)  # compressed, or closing: aiohttp decides (and raises)
+
+    def backlog(self) -> int:
+        t = self.transport
+        return t.get_write_buffer_size() if t is not None and not t.is_closing() else 0
+
+    async def drop(self, reason: str) -> None:
+        await self.ws.close(code=1013, message=f"dropped: {reason}; rejoin with after_seq".encode()[:120])
+
+
+class WsConnection:
+    """Parses commands, calls the core, answers each with `ack` or `error` carrying its id."""
+
+    def __init__(self, svc: OpencodeService, ws: web.WebSocketResponse, request: web.Request) -> None:
+        self.svc = svc
+        self.ws = ws
+        self.request = request
+        self.joined: dict[str, WsSubscriber] = {}
+
+    async def handle(self, text: str) -> None:
+        cid: str | None = None
+        try:
+            if len(text.encode("utf-8", "surrogatepass")) > p.MAX_WS_FRAME_BYTES:
+                raise PayloadTooLarge(f"frames are limited to {p.MAX_WS_FRAME_BYTES} bytes", code="frame_too_large")
+            raw = parse_json(text, "frame")
+            if isinstance(raw, dict) and isinstance(raw.get("id"), str) and p.re_id(raw["id"]):
+                cid = raw["id"]
+            if not isinstance(raw, dict) or not isinstance(raw.get("type"), str) or raw["type"] not in p.COMMAND_TYPES:
+                kind = raw.get("type") if isinstance(raw, dict) else None
+                raise BadRequest(f"unknown command {str(kind)[:40]!r}; commands: {', '.join(sorted(p.COMMAND_TYPES))}",
+                                 code="unknown_command")
+            command = parse_model(p.CommandAdapterModel, {"command": raw}).command
+            data = await self.dispatch(command)
+            await self.ws.send_str(p.AckReply(id=command.id, data=data).model_dump_json())
+        except OpencodeError as exc:
+            await self.reply_error(cid, exc)
+        except ConnectionResetError:
+            pass
+        except Exception:  # noqa: BLE001 - one bad command must not kill the socket
+            log.exception("websocket command failed")
+            await self.reply_error(cid, OpencodeError("unexpected server error; see the ComfyUI console"))
+
+    async def reply_error(self, cid: str | None, exc: OpencodeError) -> None:
+        if self.ws.closed:
+            return
+        body = p.ErrorReply(id=cid, error=p.ErrorBody(code=exc.code, message=self.svc.redact(exc.message),
+                                                        details=exc.details))
+        await self.ws.send_str(body.model_dump_json())
+
+    async def dispatch(self, cmd: Any) -> dict[str, Any]:
+        sessions = self.svc.sessions
+        if cmd.type == "ping":
+            return {"pong": True}
+        if cmd.type == "join":
+            await sessions.get(cmd.session_id)
+            old = self.joined.pop(cmd.session_id, None)
+            if old is not None:
+                self.svc.bus.unsubscribe(cmd.session_id, old)
+            sub = WsSubscriber(self.ws, self.request, cmd.panel)
+            self.joined[cmd.session_id] = sub
+            await self.svc.bus.subscribe(cmd.session_id, sub, cmd.after_seq)
+            return {"session_id": cmd.session_id}
+        if cmd.type == "leave":
+            for sid in [cmd.session_id] if cmd.session_id else list(self.joined):
+                sub = self.joined.pop(sid, None)
+                if sub is not None:
+                    self.svc.bus.unsubscribe(sid, sub)
+            return {}
+        if cmd.type == "send":
+            body = p.SendBody(text=cmd.text, images=cmd.images, skills=cmd.skills, mode=cmd.mode)
+            return (await sessions.send(cmd.session_id, body)).model_dump()
+        if cmd.type == "abort":
+            return (await sessions.abort(cmd.session_id, cmd.run_id, cmd.skill)).model_dump()
+        if cmd.type == "configure":
+            return {"session": (await sessions.patch(cmd.session_id, cmd.patch)).model_dump(mode="json")}
+        if cmd.type == "permission.reply":
+            await sessions.get(cmd.session_id)
+            self.svc.gate.reply(cmd.session_id, cmd.request_id, cmd.decision, cmd.remember)
+            return {}
+        if cmd.type == "ui.reply":
+            self.svc.ui.reply(cmd.session_id, cmd.request_id, cmd.ok, cmd.result, cmd.error)
+            return {}
+        raise BadRequest(f"unknown command {cmd.type}", code="unknown_command")
+
+    def leave_all(self) -> None:
+        for sid, sub in self.joined.items():
+            self.svc.bus.unsubscribe(sid, sub)
+        self.joined.clear()
