@@ -15,6 +15,7 @@ import type {
   ErrorEnvelope,
   MessagePage,
   ModelList,
+  TokenInfo,
   OcEvent,
   PermissionReplyBody,
   ProviderCreate,
@@ -168,6 +169,8 @@ export class OpencodeClient {
     this.request<ProviderProfile>("PUT", `/opencode/providers/${enc(name)}/key`, { key });
   deleteProviderKey = (name: string) => this.request<unknown>("DELETE", `/opencode/providers/${enc(name)}/key`);
   models = (name: string) => this.request<ModelList>("GET", `/opencode/providers/${enc(name)}/models`);
+  accessToken = () => this.request<TokenInfo>("GET", "/opencode/token");
+  rotateAccessToken = () => this.request<TokenInfo>("POST", "/opencode/token/rotate", {});
 
   // ------------------------------------------------------------ commands with a REST twin
 

@@ -412,3 +412,9 @@ export interface ErrorReply {
 }
 
 export type ServerFrame = AckReply | ErrorReply | OcEvent;
+
+/** `GET /opencode/token`: the install's access token for remote clients (answered to trusted callers only). */
+export interface TokenInfo {
+  token: string;
+  header: "X-Opencode-Token";
+}

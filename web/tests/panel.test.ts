@@ -232,6 +232,26 @@ describe("OpencodePanel", () => {
     expect(document.body.innerHTML).not.toContain("sk-secret");
   });
 
+  it("shows the access token only on request, and rotates it after a confirm", async () => {
+    const routes = defaultRoutes();
+    routes["GET /opencode/token"] = () => [200, { token: "tok-one", header: "X-Opencode-Token" }];
+    routes["POST /opencode/token/rotate"] = () => [200, { token: "tok-two", header: "X-Opencode-Token" }];
+    const { w, transport } = await started([routes]);
+    await w.find("[aria-label=Providers]").trigger("click");
+    const section = () => w.find("[data-testid=access-token]");
+    expect(section().text()).not.toContain("tok-one");
+    expect(transport.calls.some((c) => c.path === "/opencode/token")).toBe(false);
+    await button(w, "Show access token").trigger("click");
+    await flushPromises();
+    expect((section().find("input").element as HTMLInputElement).value).toBe("tok-one");
+    await button(w, "Rotate").trigger("click");
+    expect(section().text()).toContain("Replace the access token?");
+    expect(transport.calls.some((c) => c.path === "/opencode/token/rotate")).toBe(false);
+    await button(w, "Confirm").trigger("click");
+    await flushPromises();
+    expect((section().find("input").element as HTMLInputElement).value).toBe("tok-two");
+  });
+
   it("renames and deletes with a confirm", async () => {
     const routes = defaultRoutes();
     routes["PATCH /opencode/sessions/ses_1"] = (body) => [200, session({ title: (body as { title: string }).title, updated_at: 1005 })];
