@@ -26,7 +26,6 @@ from .protocol import (
     Message,
     MessageCompletedData,
     MessageCreatedData,
-    MessageDeltaData,
     ModelCaps,
     Run,
     RunStatusData,
@@ -201,8 +200,9 @@ class AgentRun:
             parts[-1].text += text
         else:
             parts.append(TextPart(text=text))
-        self.deps.bus.publish(self.message.session_id, "message.delta", MessageDeltaData(
-            message_id=self.message.id, run_id=self.run.id, skill=self.message.skill, text=text))
+        # The hot path: a plain dict of exactly `MessageDeltaData`'s fields, no model round trip.
+        self.deps.bus.publish(self.message.session_id, "message.delta", {
+            "message_id": self.message.id, "run_id": self.run.id, "skill": self.message.skill, "text": text})
         self._maybe_checkpoint()
 
     def _maybe_checkpoint(self) -> None:

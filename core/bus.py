@@ -88,12 +88,16 @@ class Subscriber(Protocol):
 SnapshotFn = Callable[[str], Awaitable[dict[str, Any]]]
 
 
-def encode(event: Event) -> str:
-    return json.dumps(
-        {"seq": event.seq, "session_id": event.session_id, "type": event.type, "ts": event.ts, "data": event.data},
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+def encode_data(data: dict[str, Any]) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def encode(event: Event, data_json: str | None = None) -> str:
+    """The wire envelope; `data_json` (already encoded) is spliced in, not encoded again."""
+    if data_json is None:
+        data_json = encode_data(event.data)
+    return (f'{{"seq":{event.seq},"session_id":{json.dumps(event.session_id)},"type":{json.dumps(event.type)},'
+            f'"ts":{event.ts!r},"data":{data_json}}}')
 
 
 class Bus(ABC):
@@ -196,9 +200,10 @@ class InProcessBus(Bus):
         room = self._room(session_id)
         room.last_seq += 1
         event = Event.model_construct(seq=room.last_seq, session_id=session_id, type=type_, ts=time.time(), data=payload)
+        data_json = encode_data(payload)  # once: for the store and inside the envelope
         if type_ not in EPHEMERAL_EVENTS:
-            self.store.append_event(event)
-        text = encode(event)
+            self.store.append_event(event, data_json)
+        text = encode(event, data_json)
         room.ring.append(text)
         room.newest = Published(event, text)
         if room.cursors:

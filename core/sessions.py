@@ -180,7 +180,10 @@ class SessionManager:
 
     async def delete(self, session_id: str) -> None:
         live = await self._get_live(session_id)
+        tasks = [a.task for a in live.active.values()]
         self._abort_all(live, "aborted")
+        # Let aborted runs write their last rows first, so none lands after the delete.
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.store.delete_session(session_id)
         self._live.pop(session_id, None)
         self.bus.publish(session_id, "session.deleted", SessionDeletedData(session_id=session_id))

@@ -77,8 +77,9 @@ class Store(ABC):
     async def get_message(self, message_id: str) -> Message | None: ...
 
     @abstractmethod
-    def append_event(self, event: Event) -> None:
-        """Queue an event for the log (group-committed; never awaited on the hot path)."""
+    def append_event(self, event: Event, data_json: str | None = None) -> None:
+        """Queue an event for the log (group-committed; never awaited on the hot path);
+        `data_json` is its data already encoded, when the caller has it."""
 
     @abstractmethod
     async def events_after(self, session_id: str, after_seq: int, limit: int) -> list[Event]: ...
@@ -100,10 +101,12 @@ INSERT INTO messages (id, session_id, role, skill, run_id, status, parts, usage,
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT(id) DO UPDATE SET status=excluded.status, parts=excluded.parts, usage=excluded.usage,
     error=excluded.error, updated_at=excluded.updated_at, run_id=excluded.run_id
+    WHERE excluded.updated_at >= messages.updated_at
 """
 _UPSERT_SESSION = """
 INSERT INTO sessions (id, body, created_at, updated_at) VALUES (?, ?, ?, ?)
 ON CONFLICT(id) DO UPDATE SET body=excluded.body, updated_at=excluded.updated_at
+    WHERE excluded.updated_at >= sessions.updated_at
 """
 _INSERT_EVENT = "INSERT OR IGNORE INTO events (session_id, seq, type, ts, data) VALUES (?, ?, ?, ?, ?)"
 _INSERT_AUDIT = """
@@ -157,6 +160,10 @@ class SqliteStore(Store):
         self._writer_db: aiosqlite.Connection | None = None
         self._reader_db: aiosqlite.Connection | None = None
         self._queue: deque[_Write] = deque()
+        # Message and session writes go ahead of queued event rows, so a send is not held behind
+        # a streaming backlog; among themselves they stay in order (a message's rowid is its
+        # place in the session). Upserts keep the newest `updated_at` besides.
+        self._urgent: deque[_Write] = deque()
         self._queued_rows = 0
         # Queued writes someone awaits: they are committed at once, never held for max_delay.
         self._awaited = 0
@@ -207,26 +214,26 @@ class SqliteStore(Store):
 
     # ------------------------------------------------------------------ writer
 
-    def _enqueue(self, write: _Write) -> None:
+    def _enqueue(self, write: _Write, *, urgent: bool = False) -> None:
         if self._closing and self._task is None:
             raise StoreUnavailable("the store is closed")
-        self._queue.append(write)
+        (self._urgent if urgent else self._queue).append(write)
         self._queued_rows += write.rows
         self._idle.clear()
         self._wake.set()
         if self._queued_rows >= self.max_rows:
             self._full.set()
 
-    async def _submit(self, sql: str, params: tuple[Any, ...] | dict[str, Any]) -> None:
+    async def _submit(self, sql: str, params: tuple[Any, ...] | dict[str, Any], *, urgent: bool = True) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Write(sql, params, done))
+        self._enqueue(_Write(sql, params, done), urgent=urgent)
         self._awaited += 1
         self._full.set()
         await done
 
     async def _write_loop(self) -> None:
         while True:
-            if not self._queue:
+            if not self._queue and not self._urgent:
                 self._idle.set()
                 if self._closing:
                     return
@@ -247,12 +254,13 @@ class SqliteStore(Store):
     def _take_batch(self) -> list[_Write]:
         batch: list[_Write] = []
         rows = 0
-        while self._queue and rows < self.max_rows:
-            w = self._queue.popleft()
-            batch.append(w)
-            rows += w.rows
-            if w.done is not None:
-                self._awaited -= 1
+        for lane in (self._urgent, self._queue):
+            while lane and rows < self.max_rows:
+                w = lane.popleft()
+                batch.append(w)
+                rows += w.rows
+                if w.done is not None:
+                    self._awaited -= 1
         self._queued_rows -= rows
         return batch
 
@@ -318,7 +326,8 @@ class SqliteStore(Store):
             "DELETE FROM audit WHERE session_id=?",
         ):
             self._enqueue(_Write(sql, (session_id,)))
-        await self._submit("DELETE FROM sessions WHERE id=?", (session_id,))
+        # In order behind the session's queued rows, so none of them lands after the delete.
+        await self._submit("DELETE FROM sessions WHERE id=?", (session_id,), urgent=False)
 
     async def get_session(self, session_id: str) -> Session | None:
         rows = await self._read("SELECT body FROM sessions WHERE id=?", (session_id,))
@@ -334,7 +343,8 @@ class SqliteStore(Store):
         await self._submit(_UPSERT_MESSAGE, _message_row(message))
 
     def queue_message(self, message: Message) -> None:
-        self._enqueue(_Write(_UPSERT_MESSAGE, _message_row(message)))
+        # The same lane as awaited message writes: messages commit in the order they were made.
+        self._enqueue(_Write(_UPSERT_MESSAGE, _message_row(message)), urgent=True)
 
     async def get_messages(
         self, session_id: str, *, before: str | None = None, limit: int = 50
@@ -359,10 +369,9 @@ class SqliteStore(Store):
 
     # ------------------------------------------------------------------ events
 
-    def append_event(self, event: Event) -> None:
-        self._enqueue(
-            _Write(_INSERT_EVENT, (event.session_id, event.seq, event.type, event.ts, json.dumps(event.data)))
-        )
+    def append_event(self, event: Event, data_json: str | None = None) -> None:
+        data = data_json if data_json is not None else json.dumps(event.data, ensure_ascii=False)
+        self._enqueue(_Write(_INSERT_EVENT, (event.session_id, event.seq, event.type, event.ts, data)))
 
     async def events_after(self, session_id: str, after_seq: int, limit: int) -> list[Event]:
         rows = await self._read(

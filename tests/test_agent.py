@@ -432,3 +432,15 @@ async def test_a_final_reply_the_store_refused_is_saved_once_it_recovers(env, se
     await service.store.flush()
     stored = await service.store.get_message(final_message(ws, sent["data"]["run_id"])["id"])
     assert stored is not None and stored.status == "completed" and stored.text() == "kept"
+
+
+def test_delta_events_match_the_protocol_model() -> None:
+    """The agent publishes deltas as plain dicts for speed; they must still be `MessageDeltaData`."""
+    import inspect
+
+    from opencode_agent.core import agent as agent_module
+    from opencode_agent.core.protocol import MessageDeltaData
+
+    source = inspect.getsource(agent_module.AgentRun._append_text)
+    keys = {k.strip('"') for k in __import__("re").findall(r'"(\w+)":', source)}
+    assert keys == set(MessageDeltaData.model_fields)
