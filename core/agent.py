@@ -223,7 +223,7 @@ class AgentRun:
 
     async def _agent_loop(self) -> None:
         resolved = await self.deps.models.resolve(self.input.session.provider, self.input.session.model)
-        log.info("run %s: %s with %s/%s", self.run.id, self.input.role.id, resolved.provider.profile.name, resolved.model)
+        log.debug("run %s: %s with %s/%s", self.run.id, self.input.role.id, resolved.provider.profile.name, resolved.model)
         tools = self._tools()
         if tools and not resolved.caps.tools:
             log.warning("model %s has no tool calling; running without tools", resolved.model)
@@ -277,7 +277,7 @@ class AgentRun:
         cost = (ev.input_tokens * caps.input_price + ev.output_tokens * caps.output_price) / 1_000_000
         self.message.usage = (self.message.usage or Usage()) + Usage(
             input_tokens=ev.input_tokens, output_tokens=ev.output_tokens, cost=cost)
-        log.info("tokens: %d in, %d out (cost %.6f)", ev.input_tokens, ev.output_tokens, cost)
+        log.debug("tokens: %d in, %d out (cost %.6f)", ev.input_tokens, ev.output_tokens, cost)
 
     def _check_budget(self) -> None:
         budget: Budget = self.input.session.budget

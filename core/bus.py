@@ -27,7 +27,7 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from pydantic import BaseModel
 
-from .protocol import EPHEMERAL_EVENTS, Event, LogData
+from .protocol import EPHEMERAL_EVENTS, Event
 from .store import Store
 
 log = logging.getLogger("opencode.bus")
@@ -92,17 +92,20 @@ def encode_data(data: dict[str, Any]) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
-def encode(event: Event, data_json: str | None = None) -> str:
-    """The wire envelope; `data_json` (already encoded) is spliced in, not encoded again."""
-    if data_json is None:
-        data_json = encode_data(event.data)
-    return (f'{{"seq":{event.seq},"session_id":{json.dumps(event.session_id)},"type":{json.dumps(event.type)},'
-            f'"ts":{event.ts!r},"data":{data_json}}}')
+def envelope(seq: int, session_id: str, type_: str, ts: float, data_json: str) -> str:
+    """The wire envelope around already encoded data (spliced in, not encoded again)."""
+    return (f'{{"seq":{seq},"session_id":{json.dumps(session_id)},"type":{json.dumps(type_)},'
+            f'"ts":{ts!r},"data":{data_json}}}')
+
+
+def encode(event: Event) -> str:
+    return envelope(event.seq, event.session_id, event.type, event.ts, encode_data(event.data))
 
 
 class Bus(ABC):
     @abstractmethod
-    def publish(self, session_id: str, type_: str, data: BaseModel | dict[str, Any]) -> Event: ...
+    def publish(self, session_id: str, type_: str, data: BaseModel | dict[str, Any]) -> int:
+        """Number, log and fan out one event; returns its seq."""
 
     @abstractmethod
     async def subscribe(self, session_id: str, sub: Subscriber, after_seq: int | None) -> None:
@@ -195,21 +198,22 @@ class InProcessBus(Bus):
 
     # ------------------------------------------------------------------ publish
 
-    def publish(self, session_id: str, type_: str, data: BaseModel | dict[str, Any]) -> Event:
+    def publish(self, session_id: str, type_: str, data: BaseModel | dict[str, Any]) -> int:
         payload = data.model_dump(mode="json") if isinstance(data, BaseModel) else data
         room = self._room(session_id)
         room.last_seq += 1
-        event = Event.model_construct(seq=room.last_seq, session_id=session_id, type=type_, ts=time.time(), data=payload)
+        seq, ts = room.last_seq, time.time()
         data_json = encode_data(payload)  # once: for the store and inside the envelope
         if type_ not in EPHEMERAL_EVENTS:
-            self.store.append_event(event, data_json)
-        text = encode(event, data_json)
+            self.store.append_event(session_id, seq, type_, ts, data_json)
+        text = envelope(seq, session_id, type_, ts, data_json)
         room.ring.append(text)
-        room.newest = Published(event, text)
+        # No `Event` model on the hot path: a subscriber that wants one parses the text back.
+        room.newest = Published(None, text, seq)
         if room.cursors:
             self._ensure_sender(room)
             room.wake.set()
-        return event
+        return seq
 
     def _ensure_sender(self, room: _Room) -> None:
         if room.task is None or room.task.done():
@@ -393,8 +397,9 @@ class BusLogHandler(logging.Handler):
         try:
             message = self.redact(record.getMessage())
             level = _LEVELS.get(record.levelno, "error" if record.levelno > logging.ERROR else "debug")
-            data = LogData(level=level, module=record.name, message=message, time=record.created,  # type: ignore[arg-type]
-                           run_id=getattr(record, "run_id", None) or current_run.get())
-            self.bus.publish(session_id, "log", data)
+            # Exactly `LogData`'s fields, as a plain dict: this runs for every debug line of a run.
+            self.bus.publish(session_id, "log", {
+                "level": level, "module": record.name, "message": message, "time": record.created,
+                "run_id": getattr(record, "run_id", None) or current_run.get()})
         except Exception:  # noqa: BLE001 - logging must never raise into the caller
             self.handleError(record)

@@ -77,9 +77,8 @@ class Store(ABC):
     async def get_message(self, message_id: str) -> Message | None: ...
 
     @abstractmethod
-    def append_event(self, event: Event, data_json: str | None = None) -> None:
-        """Queue an event for the log (group-committed; never awaited on the hot path);
-        `data_json` is its data already encoded, when the caller has it."""
+    def append_event(self, session_id: str, seq: int, type_: str, ts: float, data_json: str) -> None:
+        """Queue an event (its data already JSON) for the log: group-committed, never awaited."""
 
     @abstractmethod
     async def events_after(self, session_id: str, after_seq: int, limit: int) -> list[Event]: ...
@@ -369,9 +368,8 @@ class SqliteStore(Store):
 
     # ------------------------------------------------------------------ events
 
-    def append_event(self, event: Event, data_json: str | None = None) -> None:
-        data = data_json if data_json is not None else json.dumps(event.data, ensure_ascii=False)
-        self._enqueue(_Write(_INSERT_EVENT, (event.session_id, event.seq, event.type, event.ts, data)))
+    def append_event(self, session_id: str, seq: int, type_: str, ts: float, data_json: str) -> None:
+        self._enqueue(_Write(_INSERT_EVENT, (session_id, seq, type_, ts, data_json)))
 
     async def events_after(self, session_id: str, after_seq: int, limit: int) -> list[Event]:
         rows = await self._read(

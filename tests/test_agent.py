@@ -444,3 +444,20 @@ def test_delta_events_match_the_protocol_model() -> None:
     source = inspect.getsource(agent_module.AgentRun._append_text)
     keys = {k.strip('"') for k in __import__("re").findall(r'"(\w+)":', source)}
     assert keys == set(MessageDeltaData.model_fields)
+
+
+async def test_every_event_on_the_wire_is_a_protocol_event(env):
+    """Hot-path events are built as plain dicts; each must still validate as its protocol model."""
+    from opencode_agent.core.protocol import EventAdapter
+
+    provider, session, ws_for = env
+    provider.turns.extend([tool_turn(("c1", "lookup", {"query": "x"})), text_turn("a", "b")])
+    sid = await session("alpha", "testtools")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="go")
+    await ws.until(run_final(sent["data"]["run_id"]))
+    types = set()
+    for ev in ws.events:
+        EventAdapter.validate_python(ev)
+        types.add(ev["type"])
+    assert {"message.delta", "log", "tool.started", "tool.finished", "run.status", "usage.updated"} <= types
