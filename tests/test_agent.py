@@ -456,6 +456,7 @@ async def test_every_event_on_the_wire_is_a_protocol_event(env):
     ws = await ws_for(sid)
     sent = await ws.command("send", session_id=sid, text="go")
     await ws.until(run_final(sent["data"]["run_id"]))
+    await ws.until(lambda e: e["type"] == "usage.updated")
     types = set()
     for ev in ws.events:
         EventAdapter.validate_python(ev)
