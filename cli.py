@@ -53,7 +53,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
         return serve(args)
-    return asyncio.run(run_remote(args) if args.server else run_in_process(args))
+    if not args.server:
+        return asyncio.run(run_in_process(args))
+    import aiohttp
+
+    try:
+        return asyncio.run(run_remote(args))
+    except (aiohttp.ClientError, OSError) as exc:
+        print(f"error: cannot reach Opencode at {args.server}: {exc}", file=sys.stderr)
+        return 2
 
 
 def config_from(args: argparse.Namespace) -> Config:

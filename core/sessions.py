@@ -266,13 +266,14 @@ class SessionManager:
             self._run_done[run.id] = loop.create_future()
         self._remember(live, user)
         self.bus.publish(session_id, "message.created", MessageCreatedData(message=user))
-        await self._auto_title(live, text)
         if busy:
             live.queued.append(_Queued(user, runs, roles))
             for run in runs:
                 self.bus.publish(session_id, "run.status", RunStatusData(run=run))
         else:
             self._start(live, user, runs, roles)
+        # After the runs start: naming the chat must not delay its first reply.
+        await self._auto_title(live, text)
         return SendResult(message_id=user.id, run_id=runs[0].id if runs else None,
                           run_ids=[r.id for r in runs], queued=busy)
 

@@ -1,0 +1,104 @@
+"""`opencode-agent`: the standalone server command and `run`, remote and in-process.
+
+These run the real command lines (`python -m opencode_agent ...`), so they need the package
+installed (`pip install -e .`, as CI does); without it they skip.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "opencode_agent", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    if not _installed():
+        pytest.skip("opencode_agent is not installed (pip install -e .)")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "opencode_agent", "serve", "--port", str(port),
+                             "--data-dir", str(tmp_path / "data")], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/opencode/health", timeout=1) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("the server did not start: " + (proc.stdout.read() if proc.stdout else ""))
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _installed() -> bool:
+    probe = subprocess.run([sys.executable, "-c", "import opencode_agent.cli"], capture_output=True)
+    return probe.returncode == 0
+
+
+def get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def test_serve_answers_and_run_streams_against_it(server: str) -> None:
+    assert get(server + "/opencode/version")["protocol"] == 1
+    with urllib.request.urlopen(server + "/opencode/", timeout=5) as page:
+        assert b"<html" in page.read().lower()
+    done = cli("run", "hello from the terminal", "--skill", "echo", "--server", server)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "hello from the terminal"
+    sessions = get(server + "/opencode/sessions")["sessions"]
+    assert len(sessions) == 1 and sessions[0]["title"] == "hello from the terminal"
+
+
+def test_run_labels_several_roles_and_fails_on_an_error_run(server: str) -> None:
+    done = cli("run", "two voices", "--skill", "echo", "--skill", "assistant", "--server", server)
+    assert done.returncode == 1  # the assistant has no provider configured: a clear error
+    assert "[echo] two voices" in done.stdout
+    assert "no provider is chosen" in done.stderr
+
+
+def test_run_in_process_on_a_data_dir(tmp_path: Path) -> None:
+    if not _installed():
+        pytest.skip("opencode_agent is not installed (pip install -e .)")
+    data = tmp_path / "data"
+    first = cli("run", "first words", "--skill", "echo", "--data-dir", str(data))
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == "first words"
+    sid = first.stderr.strip().splitlines()[-1].removeprefix("(session ").rstrip(")")
+    again = cli("run", "second words", "--session", sid, "--data-dir", str(data))
+    assert again.returncode == 0 and again.stdout.strip() == "second words"
+
+
+def test_unknown_server_is_a_clear_error() -> None:
+    if not _installed():
+        pytest.skip("opencode_agent is not installed (pip install -e .)")
+    done = cli("run", "hi", "--server", f"http://127.0.0.1:{free_port()}", timeout=30)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
