@@ -32,7 +32,10 @@ function setValue(node: ComfyNode, name: string, value: string): void {
 function hide(w: ComfyWidget): void {
   // `hidden` for current front ends, a zero size for older LiteGraph drawing; the value still saves.
   w.hidden = true;
-  w.options = { ...(w.options ?? {}), hidden: true };
+  // On the widget's own options object, not a copy: Nodes 2.0 (front end 1.49) merges in the
+  // options the widget was registered with, which already carry `hidden: undefined`.
+  if (w.options) w.options.hidden = true;
+  else w.options = { hidden: true };
   w.computeSize = () => [0, -4];
 }
 
@@ -74,8 +77,12 @@ export function attachToNode(node: ComfyNode, defaults: () => SessionConfig, fon
   }
   const el = document.createElement("div");
   el.className = "oc-node-host";
-  el.style.cssText = "width:100%;height:100%;min-height:0;display:flex;";
+  el.style.cssText = "width:100%;height:100%;min-height:0;display:flex;outline:none;";
   el.addEventListener("keydown", keepKeysInPanel);
+  // Nodes 2.0 (front end 1.49+) sends wheel events over a node to the canvas (zoom) unless they
+  // happen inside a `data-capture-wheel` element holding the focus: once clicked, the panel scrolls.
+  el.dataset.captureWheel = "true";
+  el.tabIndex = -1;
   const domWidget = node.addDOMWidget("opencode_panel", "opencode", el, {
     serialize: false,
     hideOnZoom: false,

@@ -13,6 +13,7 @@ vi.mock("dompurify", () => ({ default: () => ({ addHook: () => undefined, saniti
 function fakeNode(values: Record<string, string> = {}) {
   const widgets: ComfyWidget[] = ["session_id", "skills", "provider", "model"].map((name) => ({
     name, type: "text", value: values[name] ?? "", callback: vi.fn(),
+    options: { advanced: undefined, hidden: undefined }, // as the front end creates STRING widgets
   }));
   type Dom = ComfyDomWidget & { removedWith?: unknown };
   const dom: { name: string; el: HTMLElement; options: Record<string, unknown>; widget: Dom }[] = [];
@@ -97,9 +98,14 @@ describe("the ComfyUI extension", () => {
     expect(other.dom).toHaveLength(0);
 
     const node = fakeNode({ skills: "echo" });
+    const registeredOptions = node.widgets!.map((w) => w.options); // what Nodes 2.0's widget store keeps
     registered[0].nodeCreated?.(node, app);
     expect(node.dom.map((d) => [d.name, d.options.serialize])).toEqual([["opencode_panel", false]]);
+    // Nodes 2.0 leaves wheel events inside a focused data-capture-wheel element alone
+    expect([node.dom[0].el.dataset.captureWheel, node.dom[0].el.tabIndex]).toEqual(["true", -1]);
     expect(node.widgets!.every((w) => w.hidden)).toBe(true);
+    // Nodes 2.0 merges the registered options over the current ones: hidden must be on those too.
+    expect(node.widgets!.every((w, i) => ({ ...w.options, ...registeredOptions[i] }).hidden === true)).toBe(true);
     expect(node.size![0]).toBeGreaterThanOrEqual(460);
     await vi.runOnlyPendingTimersAsync(); // the panel starts after the node's values are loaded
     vi.useRealTimers();
