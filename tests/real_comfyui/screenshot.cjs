@@ -67,7 +67,8 @@ const vueNodes = process.env.VUE_NODES === "1";
   }));
   // The same panel as a sidebar tab.
   let sidebar = "not found";
-  const tabButton = page.locator(".opencode-tab-button").first();
+  // class up to 1.49, data-testid in 1.58
+  const tabButton = page.locator(".opencode-tab-button, [data-testid=opencode-tab-button]").first();
   if (await tabButton.count()) {
     await tabButton.click();
     const side = page.locator("[data-testid=opencode-panel]").filter({ hasNot: page.locator(".oc-node-host") });
