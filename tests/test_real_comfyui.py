@@ -242,7 +242,7 @@ async def test_node_in_object_info(comfy: Comfy) -> None:
     optional = info["input"]["optional"]
     assert optional["text"][0] == "STRING" and optional["text"][1].get("forceInput") is True
     assert optional["image"][0] == "IMAGE"
-    assert info["output_node"] is False
+    assert info["output_node"] is True  # a graph holding only this node (fed by a text node) runs
 
 
 async def test_prompt_with_the_node_replies_in_history(comfy: Comfy, object_info: dict[str, Any]) -> None:
