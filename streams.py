@@ -54,8 +54,8 @@ class SseSubscriber:
         await resp.prepare(request)
         try:
             await self._pump(resp, until_runs, first)
-        except ConnectionResetError:
-            pass  # the reader went away (a closed tab or EventSource): routine, nothing to answer
+        except OSError:
+            pass  # the reader went away (closed tab, reset, broken pipe): routine, nothing to answer
         return resp
 
     async def _pump(self, resp: web.StreamResponse, until_runs: set[str] | None, first: BaseModel | None) -> None:
