@@ -133,6 +133,7 @@ class _Room:
         self.cursors: dict[Subscriber, int] = {}
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.last_publish = time.monotonic()
 
     def ring_first_seq(self) -> int:
         # Every publish appends one text and adds one to last_seq, so the ring is contiguous.
@@ -191,6 +192,22 @@ class InProcessBus(Bus):
         room = self._rooms.get(session_id)
         return room.last_seq if room else 0
 
+    def trim_idle(self, max_idle: float) -> int:
+        """Empty the ring of every room nobody watches and nothing was published to for
+        `max_idle` seconds: memory stays bounded by the active sessions, and a late rejoin is
+        replayed from the store instead. Returns how many rooms were trimmed."""
+        now = time.monotonic()
+        trimmed = 0
+        for room in self._rooms.values():
+            if room.ring and not room.cursors and now - room.last_publish >= max_idle:
+                room.ring.clear()
+                room.newest = None
+                if room.task is not None:
+                    room.task.cancel()
+                    room.task = None
+                trimmed += 1
+        return trimmed
+
     def close_room(self, session_id: str) -> None:
         room = self._rooms.pop(session_id, None)
         if room and room.task:
@@ -202,6 +219,7 @@ class InProcessBus(Bus):
         payload = data.model_dump(mode="json") if isinstance(data, BaseModel) else data
         room = self._room(session_id)
         room.last_seq += 1
+        room.last_publish = time.monotonic()
         seq, ts = room.last_seq, time.time()
         data_json = encode_data(payload)  # once: for the store and inside the envelope
         if type_ not in EPHEMERAL_EVENTS:

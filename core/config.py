@@ -39,6 +39,10 @@ class Config:
     checkpoint_interval: float = 0.5
     # Replay ring per session: this many events, then the store.
     ring_size: int = 4096
+    # A room nobody watches gives its ring back after this long without events (replay then
+    # comes from the store), checked every `ring_sweep_interval` seconds.
+    ring_idle_seconds: float = 300.0
+    ring_sweep_interval: float = 60.0
     # How far back `after_seq` may reach through the store before a resync is sent instead.
     replay_max_events: int = 20_000
     # Bytes a socket may have unsent before it is dropped as a slow consumer.

@@ -9,6 +9,7 @@ It is the only place that chooses SQLite, the in-process bus or aiohttp; everyth
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -106,9 +107,19 @@ class OpencodeService:
                                        recent_limit=cfg.snapshot_messages,
                                        validate_provider=self._validate_provider)
         self._install_logging()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_rings(), name="opencode-ring-sweeper")
         log.info("Opencode started; data in %s", cfg.data_dir)
 
+    async def _sweep_rings(self) -> None:
+        """Give idle rooms' replay rings back now and then (see `InProcessBus.trim_idle`)."""
+        while True:
+            await asyncio.sleep(self.config.ring_sweep_interval)
+            trimmed = self.bus.trim_idle(self.config.ring_idle_seconds)
+            if trimmed:
+                log.debug("trimmed the replay rings of %d idle session(s)", trimmed)
+
     async def close(self) -> None:
+        self._sweeper.cancel()
         await self.sessions.shutdown()
         await self.bus.close()
         for hook in reversed(self.close_hooks):

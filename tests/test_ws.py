@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -188,3 +189,28 @@ async def test_interrupt_mode_aborts_then_sends(aiohttp_client, make_app, config
     assert second["data"]["queued"] is False
     assert (await ws.until(run_final(first["data"]["run_id"])))["data"]["run"]["status"] == "aborted"
     assert (await ws.until(run_final(second["data"]["run_id"])))["data"]["run"]["status"] == "completed"
+
+
+async def test_an_idle_rooms_ring_is_trimmed_and_replay_comes_from_the_store(client, service):
+    sid = await new_session(client)
+    ws = await connect(client)
+    await ws.command("join", session_id=sid)
+    sent = await ws.command("send", session_id=sid, text="kept in the store")
+    await ws.until(run_final(sent["data"]["run_id"]))
+    events = [(e["seq"], e["type"]) for e in ws.events if e["seq"] > 0]
+    await ws.ws.close()
+
+    async def left() -> None:
+        while service.bus.subscriber_count(sid):
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(left(), 5)  # the server notices the closed socket
+    assert service.bus.trim_idle(3600) == 0  # not idle long enough
+    await service.store.flush()
+    assert service.bus.trim_idle(0) == 1
+    again = await connect(client)
+    await again.command("join", session_id=sid, after_seq=1)
+    assert [(e["seq"], e["type"]) for e in again.events] == [x for x in events if x[0] > 1]
+    # and the room works as before afterwards
+    sent2 = await again.command("send", session_id=sid, text="still live")
+    await again.until(run_final(sent2["data"]["run_id"]))
