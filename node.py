@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, TypeVar
 
 from .core.images import save_upload
-from .core.protocol import ImagePart, SendBody, SessionCreate, SessionPatch
+from .core.protocol import SendBody, SessionCreate, SessionPatch
 from .core.service import OpencodeService
 from .core.sessions import join_replies
 
@@ -28,10 +28,6 @@ log = logging.getLogger("opencode.node")
 T = TypeVar("T")
 WAIT_SLICE = 0.1
 DEFAULT_TIMEOUT = 600.0
-
-
-class Interrupted(Exception):
-    """ComfyUI's interrupt was pressed while the node waited."""
 
 
 @dataclass
@@ -206,4 +202,4 @@ def _images_as_png(image: Any) -> list[bytes]:
 NODE_CLASS_MAPPINGS = {"OpencodeAgent": OpencodeAgent}
 NODE_DISPLAY_NAME_MAPPINGS = {"OpencodeAgent": "Opencode Agent"}
 
-__all__ = ["OpencodeAgent", "NodeBridge", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "ImagePart"]
+__all__ = ["OpencodeAgent", "NodeBridge", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -38,6 +38,7 @@ from .protocol import (
     Usage,
     now,
 )
+from .providers.profiles import cost_of
 from .providers.base import ChatMessage, ChatRequest, Finish, Provider, TextDelta, ToolCallReady, UsageReport
 from .store import Store
 from .tools import Tool, ToolOutput
@@ -109,8 +110,8 @@ class _ToolContext:
         self._ui = run.deps.ui
 
     def log(self, level: str, message: str) -> None:
-        logging.getLogger("opencode.tools").log(logging.getLevelName(level.upper()) if isinstance(
-            logging.getLevelName(level.upper()), int) else logging.INFO, message)
+        number = logging.getLevelName(level.upper())
+        logging.getLogger("opencode.tools").log(number if isinstance(number, int) else logging.INFO, message)
 
     async def ui_request(self, action: str, payload: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
         return await self._ui.request(self.session_id, self.run_id, action, payload, timeout)
@@ -274,7 +275,7 @@ class AgentRun:
         return ([TextPart(text=text)] if text else []), calls
 
     def _add_usage(self, ev: UsageReport, caps: ModelCaps) -> None:
-        cost = (ev.input_tokens * caps.input_price + ev.output_tokens * caps.output_price) / 1_000_000
+        cost = cost_of(caps, ev.input_tokens, ev.output_tokens)
         self.message.usage = (self.message.usage or Usage()) + Usage(
             input_tokens=ev.input_tokens, output_tokens=ev.output_tokens, cost=cost)
         log.debug("tokens: %d in, %d out (cost %.6f)", ev.input_tokens, ev.output_tokens, cost)

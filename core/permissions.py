@@ -28,6 +28,7 @@ from .protocol import (
     Session,
     new_id,
 )
+from .secrets import atomic_write_text
 from .store import Store
 from .tools import Tool
 
@@ -152,15 +153,7 @@ class PermissionGate:
         path = self._rules_path
         if path is not None:
             text = PermissionRules(rules=rules).model_dump_json(indent=2)
-            await asyncio.to_thread(_atomic_write, path, text)
+            await asyncio.to_thread(atomic_write_text, path, text)
         self.global_rules = dict(rules)
         log.info("global permission rules set: %s", rules or "defaults only")
 
-    def pending_for(self, session_id: str) -> list[str]:
-        return [rid for rid, p in self._pending.items() if p.session_id == session_id]
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)

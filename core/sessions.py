@@ -22,7 +22,6 @@ from .bus import InProcessBus
 from .errors import BadRequest, Conflict, NotFound
 from .protocol import (
     AbortResult,
-    ImagePart,
     Message,
     MessageCreatedData,
     MessagePage,
@@ -450,7 +449,3 @@ def join_replies(replies: Sequence[Message]) -> str:
     if len(texts) == 1:
         return texts[0][1]
     return "\n\n".join(f"[{skill}]\n{text}" for skill, text in texts)
-
-
-def image_parts(parts: Sequence[Any]) -> list[ImagePart]:
-    return [p for p in parts if isinstance(p, ImagePart)]

@@ -17,7 +17,7 @@ import sqlite3
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -124,10 +124,6 @@ class _Write:
     done: asyncio.Future[None] | None = None
     rows: int = 1
 
-
-@dataclass
-class _Batch:
-    writes: list[_Write] = field(default_factory=list)
 
 
 def _message_row(m: Message) -> tuple[Any, ...]:

@@ -18,7 +18,6 @@ import asyncio
 import hmac
 import ipaddress
 import logging
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +25,12 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from .errors import Forbidden, Unauthorized
+from .secrets import atomic_write_text
 
 log = logging.getLogger("opencode.trust")
 
 TOKEN_FILE = "token"
 TOKEN_HEADER = "X-Opencode-Token"
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Real-IP")
 
 
@@ -68,12 +67,7 @@ def _read_or_create_token(path: Path) -> str:
 
 
 def _write_token(path: Path, token: str) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(token + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, token + "\n", mode=0o600)
     return token
 
 
@@ -134,10 +128,10 @@ def presented_token(headers: Mapping[str, str], query: Mapping[str, str]) -> str
 
 
 def check_request(policy: TrustPolicy, method: str, headers: Mapping[str, str], remote: str | None,
-                  query: Mapping[str, str], *, websocket: bool = False) -> None:
+                  query: Mapping[str, str]) -> None:
     """Raise Forbidden/Unauthorized unless this request may proceed."""
     # Every method: a cross-origin GET is harmless only while CORS stays closed, which ComfyUI's
-    # `--enable-cors-header` undoes. `websocket` is kept for callers; the upgrade is a GET too.
+    # `--enable-cors-header` undoes; the WebSocket upgrade is a GET too.
     check_origin(headers)
     if is_local(headers, remote):
         return
