@@ -37,8 +37,12 @@ class SseSubscriber:
         self.dropped: str | None = None
 
     async def send(self, item: Published) -> None:
+        self.send_now(item)
+
+    def send_now(self, item: Published) -> bool:
         self._pending_bytes += len(item.text)
         self._queue.put_nowait(item)
+        return True
 
     def backlog(self) -> int:
         return self._pending_bytes
@@ -109,14 +113,18 @@ class WsSubscriber:
         self._raw = not ws.compress
 
     async def send(self, item: Published) -> None:
-        t = self.transport
-        if self._raw and t is not None and not t.is_closing() and not self.ws.closed:
-            frame = item.wire.get("ws")
-            if frame is None:
-                frame = item.wire["ws"] = ws_text_frame(item.text)
-            t.write(frame)
-        else:
+        if not self.send_now(item):
             await self.ws.send_str(item.text)  # compressed, or closing: aiohttp decides (and raises)
+
+    def send_now(self, item: Published) -> bool:
+        t = self.transport
+        if not self._raw or t is None or t.is_closing() or self.ws.closed:
+            return False
+        frame = item.wire.get("ws")
+        if frame is None:
+            frame = item.wire["ws"] = ws_text_frame(item.text)
+        t.write(frame)
+        return True
 
     def backlog(self) -> int:
         t = self.transport

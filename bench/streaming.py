@@ -31,11 +31,15 @@ class CountingSubscriber:
         self.dropped: str | None = None
 
     async def send(self, item: Any) -> None:
+        self.send_now(item)
+
+    def send_now(self, item: Any) -> bool:
         if item.event.type == "message.delta":
             self.deltas += 1
             self.last = item.event.ts
             if self.deltas == 1:
                 self.first = self.last
+        return True
 
     def backlog(self) -> int:
         return 0

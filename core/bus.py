@@ -76,6 +76,11 @@ class Subscriber(Protocol):
 
     async def send(self, item: Published) -> None: ...
 
+    def send_now(self, item: Published) -> bool:
+        """Deliver `item` without waiting, if this subscriber can (a socket write that never
+        blocks); False sends it the usual way, through the room's sender task."""
+        ...
+
     def backlog(self) -> int:
         """Bytes accepted but not yet delivered; a subscriber above its limit is dropped."""
         ...
@@ -88,13 +93,16 @@ class Subscriber(Protocol):
 SnapshotFn = Callable[[str], Awaitable[dict[str, Any]]]
 
 
-def encode_data(data: dict[str, Any]) -> str:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+# One encoder, made once: `json.dumps` with options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+encode_data: Callable[[Any], str] = _ENCODER.encode
+# A `str` as a JSON string literal (what `_ENCODER` writes for one), for data built by hand.
+encode_str: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
 
 def envelope(seq: int, session_id: str, type_: str, ts: float, data_json: str) -> str:
     """The wire envelope around already encoded data (spliced in, not encoded again)."""
-    return (f'{{"seq":{seq},"session_id":{json.dumps(session_id)},"type":{json.dumps(type_)},'
+    return (f'{{"seq":{seq},"session_id":{encode_str(session_id)},"type":{encode_str(type_)},'
             f'"ts":{ts!r},"data":{data_json}}}')
 
 
@@ -106,6 +114,10 @@ class Bus(ABC):
     @abstractmethod
     def publish(self, session_id: str, type_: str, data: BaseModel | dict[str, Any]) -> int:
         """Number, log and fan out one event; returns its seq."""
+
+    def publish_json(self, session_id: str, type_: str, data_json: str) -> int:
+        """`publish` of data already encoded as a JSON object (the per-token hot path)."""
+        return self.publish(session_id, type_, json.loads(data_json))
 
     @abstractmethod
     async def subscribe(self, session_id: str, sub: Subscriber, after_seq: int | None) -> None:
@@ -126,6 +138,7 @@ class _Room:
 
     def __init__(self, session_id: str, last_seq: int, ring_size: int) -> None:
         self.session_id = session_id
+        self.session_json = encode_str(session_id)
         self.last_seq = last_seq
         # The texts of events ring_first_seq()..last_seq, oldest first (see `Published`).
         self.ring: deque[str] = deque(maxlen=ring_size)
@@ -167,6 +180,7 @@ class InProcessBus(Bus):
         self.replay_max_events = replay_max_events
         self.max_backlog = max_backlog
         self._rooms: dict[str, _Room] = {}
+        self._type_json: dict[str, str] = {}  # event type -> its JSON string literal
         self._closed = False
         self.dropped = 0
 
@@ -217,21 +231,40 @@ class InProcessBus(Bus):
 
     def publish(self, session_id: str, type_: str, data: BaseModel | dict[str, Any]) -> int:
         payload = data.model_dump(mode="json") if isinstance(data, BaseModel) else data
+        return self.publish_json(session_id, type_, encode_data(payload))
+
+    def publish_json(self, session_id: str, type_: str, data_json: str) -> int:
         room = self._room(session_id)
         room.last_seq += 1
         room.last_publish = time.monotonic()
         seq, ts = room.last_seq, time.time()
-        data_json = encode_data(payload)  # once: for the store and inside the envelope
+        # The data is encoded once: the store and the envelope share it.
         if type_ not in EPHEMERAL_EVENTS:
             self.store.append_event(session_id, seq, type_, ts, data_json)
-        text = envelope(seq, session_id, type_, ts, data_json)
+        type_json = self._type_json.get(type_) or self._type_json.setdefault(type_, encode_str(type_))
+        text = f'{{"seq":{seq},"session_id":{room.session_json},"type":{type_json},"ts":{ts!r},"data":{data_json}}}'
         room.ring.append(text)
         # No `Event` model on the hot path: a subscriber that wants one parses the text back.
-        room.newest = Published(None, text, seq)
-        if room.cursors:
+        item = room.newest = Published(None, text, seq)
+        if room.cursors and not self._deliver_now(room, item):
             self._ensure_sender(room)
             room.wake.set()
         return seq
+
+    def _deliver_now(self, room: _Room, item: Published) -> bool:
+        """Hand the newest event straight to every caught-up subscriber that takes it without
+        waiting; True when none is left for the sender task (no task switch per event then).
+        Only a subscriber whose cursor is just before `item` qualifies, so order and
+        exactly-once hold; one behind, over its backlog limit, or refusing is left to the task."""
+        cursors = room.cursors
+        last = item.seq
+        done = True
+        for sub, cursor in cursors.items():
+            if cursor == last - 1 and sub.backlog() <= self.max_backlog and sub.send_now(item):
+                cursors[sub] = last  # a value, not a key: the dict is safe to iterate on
+            else:
+                done = False
+        return done
 
     def _ensure_sender(self, room: _Room) -> None:
         if room.task is None or room.task.done():
@@ -378,6 +411,10 @@ class QueueSubscriber:
 
     async def send(self, item: Published) -> None:
         self.queue.put_nowait(item.event)
+
+    def send_now(self, item: Published) -> bool:
+        self.queue.put_nowait(item.event)
+        return True
 
     def backlog(self) -> int:
         return 0

@@ -1,0 +1,121 @@
+"""The in-process bus on its own: numbering, inline delivery to caught-up subscribers, and the
+sender task for the rest, with every subscriber getting every event once and in order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+
+from opencode_agent.core.bus import InProcessBus, Published
+from opencode_agent.core.store import SqliteStore
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "opencode.sqlite")
+    await s.open()
+    yield s
+    await s.close()
+
+
+class RecordingSubscriber:
+    """Takes events inline (`send_now`) unless told not to, and records how each one came."""
+
+    is_panel = False
+
+    def __init__(self, *, inline: bool = True, gate: asyncio.Event | None = None) -> None:
+        self.inline = inline
+        self.gate = gate
+        self.seqs: list[int] = []
+        self.how: list[str] = []
+
+    def send_now(self, item: Published) -> bool:
+        if not self.inline:
+            return False
+        self.seqs.append(json.loads(item.text)["seq"])
+        self.how.append("inline")
+        return True
+
+    async def send(self, item: Published) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        self.seqs.append(json.loads(item.text)["seq"])
+        self.how.append("task")
+
+    def backlog(self) -> int:
+        return 0
+
+    async def drop(self, reason: str) -> None:
+        raise AssertionError(f"dropped: {reason}")
+
+
+async def _snapshot(session_id: str) -> dict[str, Any]:
+    return {"session_id": session_id}
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_caught_up_subscriber_gets_events_inline_and_a_refusing_one_through_the_task(
+        store: SqliteStore) -> None:
+    bus = InProcessBus(store, _snapshot)
+    fast, slow = RecordingSubscriber(), RecordingSubscriber(inline=False)
+    await bus.subscribe("ses_a", fast, after_seq=0)
+    await bus.subscribe("ses_a", slow, after_seq=0)
+    await _settle()
+    for i in range(50):
+        bus.publish_json("ses_a", "message.delta", json.dumps({"message_id": "m", "text": str(i)}))
+    assert fast.seqs == list(range(1, 51)) and set(fast.how) == {"inline"}
+    await _settle()
+    assert slow.seqs == list(range(1, 51)) and set(slow.how) == {"task"}
+    await store.flush()
+    assert [e.seq for e in await store.events_after("ses_a", 0, 100)] == list(range(1, 51))
+    await bus.close()
+
+
+async def test_a_subscriber_busy_in_the_task_is_not_overtaken_by_inline_delivery(store: SqliteStore) -> None:
+    """While the task is still sending an older event, newer ones queue behind it, never inline."""
+    bus = InProcessBus(store, _snapshot)
+    gate = asyncio.Event()
+    sub = RecordingSubscriber(inline=False, gate=gate)
+    await bus.subscribe("ses_b", sub, after_seq=0)
+    bus.publish_json("ses_b", "log", "{}")  # goes to the task, which waits on the gate
+    await _settle()
+    sub.inline = True  # from now on it would take events inline, if it were caught up
+    for _ in range(10):
+        bus.publish_json("ses_b", "log", "{}")
+    assert sub.seqs == []  # nothing overtook the event stuck in the task
+    gate.set()
+    await _settle()
+    assert sub.seqs == list(range(1, 12))
+    assert sub.how[0] == "task"
+    # Caught up again: the next event goes inline.
+    bus.publish_json("ses_b", "log", "{}")
+    assert sub.seqs[-1] == 12 and sub.how[-1] == "inline"
+    await bus.close()
+
+
+async def test_publish_encodes_the_envelope_once_for_every_transport(store: SqliteStore) -> None:
+    bus = InProcessBus(store, _snapshot)
+    got: list[Published] = []
+
+    class Keep(RecordingSubscriber):
+        def send_now(self, item: Published) -> bool:
+            got.append(item)
+            return True
+
+    await bus.subscribe("ses_\"c", Keep(), after_seq=0)
+    bus.publish("ses_\"c", "message.delta", {"message_id": "m", "run_id": None, "skill": "assistant", "text": "é\n"})
+    envelope = json.loads(got[0].text)
+    assert envelope["seq"] == 1 and envelope["session_id"] == 'ses_"c' and envelope["type"] == "message.delta"
+    assert envelope["data"] == {"message_id": "m", "run_id": None, "skill": "assistant", "text": "é\n"}
+    assert got[0].event.data == envelope["data"]
+    await bus.close()
