@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
-from .bus import Bus, current_run, current_session
+from .bus import Bus, current_run, current_session, encode_str
 from .errors import BudgetExceeded, OpencodeError
 from .permissions import PermissionGate
 from .protocol import (
@@ -131,6 +131,9 @@ class AgentRun:
             created_at=now(), updated_at=now(), usage=Usage(),
         )
         self.final_status_on_cancel = "aborted"
+        # `MessageDeltaData` up to its text, encoded once: a delta's data is this plus its text.
+        self._delta_head = (f'{{"message_id":{encode_str(self.message.id)},"run_id":{encode_str(self.run.id)},'
+                            f'"skill":{encode_str(run_input.role.id)},"text":')
         self._announced = False
         self._finished = False
         self._last_checkpoint = time.monotonic()
@@ -201,9 +204,9 @@ class AgentRun:
             parts[-1].text += text
         else:
             parts.append(TextPart(text=text))
-        # The hot path: a plain dict of exactly `MessageDeltaData`'s fields, no model round trip.
-        self.deps.bus.publish(self.message.session_id, "message.delta", {
-            "message_id": self.message.id, "run_id": self.run.id, "skill": self.message.skill, "text": text})
+        # The hot path: exactly `MessageDeltaData`'s fields, encoded by hand, no model round trip.
+        self.deps.bus.publish_json(self.message.session_id, "message.delta",
+                                   f"{self._delta_head}{encode_str(text)}}}")
         self._maybe_checkpoint()
 
     def _maybe_checkpoint(self) -> None:
@@ -224,7 +227,6 @@ class AgentRun:
 
     async def _agent_loop(self) -> None:
         resolved = await self.deps.models.resolve(self.input.session.provider, self.input.session.model)
-        log.debug("run %s: %s with %s/%s", self.run.id, self.input.role.id, resolved.provider.profile.name, resolved.model)
         tools = self._tools()
         if tools and not resolved.caps.tools:
             log.warning("model %s has no tool calling; running without tools", resolved.model)
@@ -233,15 +235,18 @@ class AgentRun:
         history = build_history(self.input.history, self.input.role.id, self.input.user_message,
                                 resolved.caps.context_tokens, vision=resolved.caps.vision)
         system = self._system_prompt()
-        for turn in range(self.deps.max_turns):
+        target = f"{resolved.provider.profile.name}/{resolved.model}"
+        for turn in range(1, self.deps.max_turns + 1):
             self._check_budget()
             request = ChatRequest(model=resolved.model, system=system, messages=history,
                                   tools=[t.spec() for _, t in tools])
             started = time.monotonic()
-            log.debug("turn %d: request to %s started (%d messages, %d tools)", turn + 1, resolved.model,
-                      len(history), len(tools))
-            turn_parts, calls = await self._stream_turn(resolved, request)
-            log.debug("turn %d finished in %.0f ms", turn + 1, (time.monotonic() - started) * 1000)
+            # Two lines a turn for the debug drawer (each is an event every client receives).
+            log.debug("turn %d: request to %s started (%s, %d messages, %d tools)", turn, target,
+                      self.input.role.id, len(history), len(tools))
+            turn_parts, calls, finish, usage = await self._stream_turn(resolved, request)
+            log.debug("turn %d: %s after %.0f ms%s", turn, finish, (time.monotonic() - started) * 1000,
+                      _usage_note(usage, resolved.caps))
             if not calls:
                 return
             call_parts = [self._start_call(call, by_name) for call in calls]
@@ -251,34 +256,38 @@ class AgentRun:
         self._append_text(f"\n\n_(stopped after {self.deps.max_turns} turns)_")
         log.warning("run %s reached max_turns=%d", self.run.id, self.deps.max_turns)
 
-    async def _stream_turn(self, resolved: ResolvedModel, request: ChatRequest) -> tuple[list[Any], list[ToolCallReady]]:
+    async def _stream_turn(self, resolved: ResolvedModel, request: ChatRequest
+                           ) -> tuple[list[Any], list[ToolCallReady], str, UsageReport | None]:
+        """One model request: its text parts, the tool calls it asks for, why it stopped, its usage."""
         text_start = len(self.message.text())
         calls: list[ToolCallReady] = []
+        finish, usage = "end of stream", None
         stream = resolved.provider.stream(request)
+        append_text = self._append_text
         try:
             async for ev in stream:
-                if isinstance(ev, TextDelta):
+                if isinstance(ev, TextDelta):  # the hot path first: one check per token
                     if ev.text:
-                        self._append_text(ev.text)
+                        append_text(ev.text)
                 elif isinstance(ev, ToolCallReady):
                     calls.append(ev)
                 elif isinstance(ev, UsageReport):
+                    usage = ev
                     self._add_usage(ev, resolved.caps)
                 elif isinstance(ev, Finish):
-                    log.debug("finish reason: %s", ev.reason)
+                    finish = ev.reason
         finally:
             # Closing the generator closes the upstream HTTP response at once (abort really stops).
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 await aclose()
         text = self.message.text()[text_start:]
-        return ([TextPart(text=text)] if text else []), calls
+        return ([TextPart(text=text)] if text else []), calls, finish, usage
 
     def _add_usage(self, ev: UsageReport, caps: ModelCaps) -> None:
         cost = cost_of(caps, ev.input_tokens, ev.output_tokens)
         self.message.usage = (self.message.usage or Usage()) + Usage(
             input_tokens=ev.input_tokens, output_tokens=ev.output_tokens, cost=cost)
-        log.debug("tokens: %d in, %d out (cost %.6f)", ev.input_tokens, ev.output_tokens, cost)
 
     def _check_budget(self) -> None:
         budget: Budget = self.input.session.budget
@@ -381,6 +390,13 @@ def _save_later(deps: AgentDeps, message: Message) -> None:
     task = asyncio.get_running_loop().create_task(retry(), name=f"opencode-save-{snapshot.id}")
     deps.background.add(task)
     task.add_done_callback(deps.background.discard)
+
+
+def _usage_note(usage: UsageReport | None, caps: ModelCaps) -> str:
+    if usage is None:
+        return "; the provider reported no token counts"
+    cost = cost_of(caps, usage.input_tokens, usage.output_tokens)
+    return f"; tokens: {usage.input_tokens} in, {usage.output_tokens} out (cost {cost:.6f})"
 
 
 def _short(arguments: dict[str, Any], limit: int = 200) -> str:

@@ -435,15 +435,40 @@ async def test_a_final_reply_the_store_refused_is_saved_once_it_recovers(env, se
 
 
 def test_delta_events_match_the_protocol_model() -> None:
-    """The agent publishes deltas as plain dicts for speed; they must still be `MessageDeltaData`."""
-    import inspect
+    """The agent encodes deltas by hand for speed; each must still be exactly `MessageDeltaData`."""
+    import json
 
-    from opencode_agent.core import agent as agent_module
-    from opencode_agent.core.protocol import MessageDeltaData
+    from opencode_agent.core.agent import AgentDeps, AgentRun, RunInput
+    from opencode_agent.core.protocol import MessageDeltaData, Run, Session, Usage
 
-    source = inspect.getsource(agent_module.AgentRun._append_text)
-    keys = {k.strip('"') for k in __import__("re").findall(r'"(\w+)":', source)}
-    assert keys == set(MessageDeltaData.model_fields)
+    published: list[tuple[str, str]] = []
+
+    class RecordingBus:
+        def publish_json(self, session_id: str, type_: str, data_json: str) -> int:
+            published.append((type_, data_json))
+            return len(published)
+
+    class NoStore:
+        def queue_message(self, message: Message) -> None:
+            pass
+
+    role = Skill(id="assistant", name="Assistant", description="", kind="role", instructions="")
+    session = Session(id="ses_1", created_at=now(), updated_at=now())
+    run = Run(id="run_1", session_id="ses_1", message_id="msg_\"2", skill="assistant", status="working")
+    user = Message(id="msg_1", session_id="ses_1", role="user", parts=[TextPart(text="hi")], status="completed",
+                   created_at=now(), updated_at=now())
+    deps = AgentDeps(bus=RecordingBus(), store=NoStore(), gate=None, ui=None, models=None)  # type: ignore[arg-type]
+    agent = AgentRun(deps, RunInput(session=session, run=run, user_message=user, role=role, tool_skills=[],
+                                    history=[], spent=Usage()))
+    for text in ["plain", 'quotes " and \\ backslash', "line\nbreak\ttab", "ünïcödé ✓ 🎨", "\u0000\u001f"]:
+        agent._append_text(text)
+    assert [t for t, _ in published] == ["message.delta"] * 5
+    for (_, data_json), text in zip(published, ["plain", 'quotes " and \\ backslash', "line\nbreak\ttab",
+                                                  "ünïcödé ✓ 🎨", "\u0000\u001f"]):
+        data = json.loads(data_json)
+        assert MessageDeltaData.model_validate(data).model_dump() == {
+            "message_id": 'msg_"2', "run_id": "run_1", "skill": "assistant", "text": text}
+        assert set(data) == set(MessageDeltaData.model_fields)
 
 
 async def test_every_event_on_the_wire_is_a_protocol_event(env):
