@@ -39,10 +39,15 @@ SkillFactory = Callable[["OpencodeService"], Skill]
 
 
 class ModelResolverImpl:
-    """Picks the provider and model of a session from its profile name and model id."""
+    """Picks the provider and model of a session from its profile name and model id.
+
+    A resolution is reused while the profiles and the key are unchanged: every run asks, and
+    building a provider and its capabilities each time would sit in front of every first token.
+    """
 
     def __init__(self, service: "OpencodeService") -> None:
         self.service = service
+        self._cache: dict[tuple[str, str | None], tuple[tuple[int, str | None], ResolvedModel]] = {}
 
     async def resolve(self, provider_name: str | None, model: str | None) -> ResolvedModel:
         profiles = self.service.profiles
@@ -53,14 +58,24 @@ class ModelResolverImpl:
                 "(or PATCH the session's `provider`), or use the `echo` role",
                 code="no_provider",
             )
+        cached = self._cache.get((name, model))
+        if cached is not None and cached[0][0] == profiles.revision:
+            known = cached[1].provider.profile
+            if self.service.secrets.lookup(known.name, known.key_env, known.base_url) == cached[0][1]:
+                return cached[1]
         profile = await profiles.get(name)
+        key = self.service.secrets.lookup(profile.name, profile.key_env, profile.base_url)
+        stamp = (profiles.revision, key)
         model_id = model or profile.default_model
         if not model_id:
             raise BadRequest(f"provider {name} has no default model: choose a model for this session",
                              code="no_model")
-        key = self.service.secrets.lookup(profile.name, profile.key_env, profile.base_url)
         provider = build_provider(profile, key, self.service.http, image_loader=self.service.load_image)
-        return ResolvedModel(provider=provider, model=model_id, caps=await profiles.caps(name, model_id))
+        resolved = ResolvedModel(provider=provider, model=model_id, caps=await profiles.caps(name, model_id))
+        if len(self._cache) >= 256:
+            self._cache.clear()
+        self._cache[(name, model)] = (stamp, resolved)
+        return resolved
 
 
 @dataclass

@@ -138,6 +138,8 @@ class ProviderProfiles:
         self._env: Mapping[str, str] = os.environ if env is None else env
         self._profiles: dict[str, ProviderProfile] = {}
         self._loaded = False
+        # Bumped whenever the profiles change, so what was built from them can be reused until then.
+        self.revision = 0
         self._lock = asyncio.Lock()
         # Read-only reference for `caps()`, which runs at every run's start: building the presets
         # costs ~0.1 ms. Whatever leaves this object is a copy.
@@ -155,6 +157,7 @@ class ProviderProfiles:
                 await self._save(found)
                 log.info("created provider profiles: %s", ", ".join(found) or "(none)")
             self._profiles = found
+            self.revision += 1
             self._loaded = True
 
     def _read(self) -> dict[str, ProviderProfile] | None:
@@ -250,6 +253,7 @@ class ProviderProfiles:
             updated = {**self._profiles, profile.name: profile}
             await self._save(updated)
             self._profiles = updated
+            self.revision += 1
         log.info("created provider profile %s (%s, %s)", profile.name, profile.kind, profile.base_url)
         return self._public(profile)
 
@@ -268,6 +272,7 @@ class ProviderProfiles:
             updated = {**self._profiles, name: profile}
             await self._save(updated)
             self._profiles = updated
+            self.revision += 1
         log.info("updated provider profile %s (%s)", name, ", ".join(sorted(changes)) or "no change")
         return self._public(profile)
 
@@ -278,6 +283,7 @@ class ProviderProfiles:
             updated = {k: v for k, v in self._profiles.items() if k != name}
             await self._save(updated)
             self._profiles = updated
+            self.revision += 1
         await self.secrets.delete(name)
         log.info("deleted provider profile %s", name)
 
