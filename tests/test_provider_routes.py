@@ -96,3 +96,32 @@ async def test_no_provider_is_a_clear_run_error(client: Any) -> None:
     final = await ws.until(run_final(sent["data"]["run_id"]))
     assert final["data"]["run"]["status"] == "error"
     assert "no provider is chosen" in final["data"]["run"]["error"]
+
+
+async def test_a_changed_key_or_profile_applies_to_the_next_run(client: Any, fake_llm: FakeLLMServer) -> None:
+    """Runs reuse a resolved provider; a new key or an edited profile must still take effect."""
+    await j(await client.post("/opencode/providers", json={
+        "name": "fake", "kind": "openai", "base_url": fake_llm.url + "/v1", "default_model": "gpt-a"}), 201)
+    await j(await client.put("/opencode/providers/fake/key", json={"key": KEY}), 200)
+    sid = (await j(await client.post("/opencode/sessions", json={
+        "skills": ["assistant"], "provider": "fake"}), 201))["id"]
+    ws = WsClient(await client.ws_connect("/opencode/ws"))
+    await ws.command("join", session_id=sid)
+
+    async def one_reply() -> Any:
+        fake_llm.push(Reply(text="ok"))
+        sent = await ws.command("send", session_id=sid, text="hi")
+        final = await ws.until(run_final(sent["data"]["run_id"]))
+        assert final["data"]["run"]["status"] == "completed", final
+        return fake_llm.last
+
+    first, again = await one_reply(), await one_reply()
+    assert first.headers["Authorization"] == again.headers["Authorization"] == f"Bearer {KEY}"
+    assert first.body["model"] == again.body["model"] == "gpt-a"
+    other = KEY.replace("1234", "9876")
+    await j(await client.put("/opencode/providers/fake/key", json={"key": other}), 200)
+    assert (await one_reply()).headers["Authorization"] == f"Bearer {other}"
+    await j(await client.patch("/opencode/providers/fake", json={"default_model": "gpt-b"}), 200)
+    assert (await one_reply()).body["model"] == "gpt-b"
+    await j(await client.delete("/opencode/providers/fake/key"), 200)
+    assert "Authorization" not in (await one_reply()).headers
