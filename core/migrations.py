@@ -63,6 +63,12 @@ def m001_initial(db: sqlite3.Connection) -> None:
     )
 
 
+def m002_event_runs(db: sqlite3.Connection) -> None:
+    """Events of one session with contiguous seqs may share a row: `seq` is the first, `seq_end`
+    the last (NULL for a row holding one event) and `data` a JSON array of `[ts, type, data]`."""
+    db.execute("ALTER TABLE events ADD COLUMN seq_end INTEGER")
+
+
 def _run_script(db: sqlite3.Connection, script: str) -> None:
     """Run `;`-separated statements one by one: `executescript` would commit mid-migration."""
     for statement in script.split(";"):
@@ -71,7 +77,7 @@ def _run_script(db: sqlite3.Connection, script: str) -> None:
             db.execute(body)
 
 
-MIGRATIONS: list[Migration] = [m001_initial]
+MIGRATIONS: list[Migration] = [m001_initial, m002_event_runs]
 
 
 def migrate(db: sqlite3.Connection) -> int:

@@ -1,10 +1,22 @@
 """Persistence: the `Store` interface and its SQLite implementation.
 
 `SqliteStore` keeps one WAL database file. Writes go through a group-commit writer (a transaction
-holds at most `commit_max_rows` rows and waits at most `commit_max_delay`), so streaming never
-commits per token; reads use a second connection so they never queue behind a batch. Any write
-failure (locked, read-only, disk full) rolls the whole batch back and surfaces as
-`StoreUnavailable`; the writer keeps going once the cause is gone.
+holds at most `max_rows` rows and waits at most `max_delay`), so streaming never commits per
+token; reads use a second connection so they never queue behind a batch. Any write failure
+(locked, read-only, disk full) rolls the whole batch back and surfaces as `StoreUnavailable`; the
+writer keeps going once the cause is gone.
+
+The writer is a plain `sqlite3.Connection` owned by a dedicated one-thread executor: it is opened,
+used and closed only on that thread, and a whole transaction (BEGIN IMMEDIATE, every
+`executemany`, COMMIT or ROLLBACK) is one function run there, so a batch costs one thread hop
+instead of one per statement. aiosqlite has no public way to run a function on its connection's
+thread, hence the executor; the reader, which does one round trip a query anyway, stays on
+aiosqlite.
+
+The event log coalesces: consecutive events of one session (contiguous seqs) still waiting in the
+queue become one row, `seq` .. `seq_end`, type `"events"` and data a JSON array of
+`[ts, type, data]`, joined from the already encoded texts (a single event keeps its own type and
+data, `seq_end` NULL). `events_after` expands rows back into the events they hold.
 Imports protocol, errors and migrations; never the bus.
 """
 
@@ -17,9 +29,10 @@ import sqlite3
 import time
 from abc import ABC, abstractmethod
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import aiosqlite
 
@@ -95,6 +108,8 @@ class Store(ABC):
 
 # --------------------------------------------------------------------------- SQLite
 
+T = TypeVar("T")
+
 _UPSERT_MESSAGE = """
 INSERT INTO messages (id, session_id, role, skill, run_id, status, parts, usage, error, created_at, updated_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -107,12 +122,20 @@ INSERT INTO sessions (id, body, created_at, updated_at) VALUES (?, ?, ?, ?)
 ON CONFLICT(id) DO UPDATE SET body=excluded.body, updated_at=excluded.updated_at
     WHERE excluded.updated_at >= sessions.updated_at
 """
-_INSERT_EVENT = "INSERT OR IGNORE INTO events (session_id, seq, type, ts, data) VALUES (?, ?, ?, ?, ?)"
+_INSERT_EVENT = "INSERT OR IGNORE INTO events (session_id, seq, seq_end, type, ts, data) VALUES (?, ?, ?, ?, ?, ?)"
 _INSERT_AUDIT = """
 INSERT INTO audit (session_id, run_id, request_id, skill, tool, permission_class, decision, reason, ts)
 VALUES (:session_id, :run_id, :request_id, :skill, :tool, :permission_class, :decision, :reason, :ts)
 """
 _MESSAGE_COLUMNS = "id, session_id, role, skill, run_id, status, parts, usage, error, created_at, updated_at"
+# The first row to read for the events after `after_seq`: the one holding it (or the last one
+# before it), since `after_seq` may fall inside a coalesced row. One range scan of the primary key.
+_EVENTS_AFTER = """
+SELECT seq, seq_end, type, ts, data FROM events
+WHERE session_id=? AND seq >= COALESCE((SELECT MAX(seq) FROM events WHERE session_id=? AND seq<=?), 0)
+ORDER BY seq LIMIT ?
+"""
+EVENT_RUN_TYPE = "events"  # the `type` of a row holding several events
 
 
 @dataclass
@@ -124,6 +147,40 @@ class _Write:
     done: asyncio.Future[None] | None = None
     rows: int = 1
 
+
+class _EventRow:
+    """Queued events of one session with contiguous seqs, stored as one `events` row.
+
+    Appended to only while it waits in the queue; its parameters are built once the batch holding
+    it is taken (by then nothing appends to it any more), so an append is a list append."""
+
+    __slots__ = ("session_id", "seq", "seq_end", "events")
+    sql = _INSERT_EVENT
+    done: asyncio.Future[None] | None = None
+    rows = 1
+
+    def __init__(self, session_id: str, seq: int, type_: str, ts: float, data_json: str) -> None:
+        self.session_id = session_id
+        self.seq = self.seq_end = seq
+        self.events = [(type_, ts, data_json)]
+
+    def params_with(self, type_json: dict[str, str]) -> tuple[Any, ...]:
+        """The row's parameters; `type_json` caches each type's JSON text across a batch."""
+        if len(self.events) == 1:
+            type_, ts, data = self.events[0]
+            return (self.session_id, self.seq, None, type_, ts, data)
+        parts = []
+        for type_, ts, data in self.events:
+            tj = type_json.get(type_)
+            if tj is None:
+                tj = type_json[type_] = json.dumps(type_)
+            # Joined from the encoded texts: the data is never decoded and encoded again. A
+            # float's repr is valid JSON and reads back as the same float.
+            parts.append(f"[{ts!r},{tj},{data}]")
+        return (self.session_id, self.seq, self.seq_end, EVENT_RUN_TYPE, self.events[0][1], f"[{','.join(parts)}]")
+
+
+_Queued = _Write | _EventRow
 
 
 def _message_row(m: Message) -> tuple[Any, ...]:
@@ -148,17 +205,24 @@ def _message_from_row(row: Iterable[Any]) -> Message:
 class SqliteStore(Store):
     """One SQLite file in WAL mode, a group-commit writer connection and a reader connection."""
 
-    def __init__(self, path: Path, *, max_rows: int = 100, max_delay: float = 0.05) -> None:
+    def __init__(self, path: Path, *, max_rows: int = 100, max_delay: float = 0.05,
+                 max_events_per_row: int = 256) -> None:
         self.path = path
         self.max_rows = max_rows
         self.max_delay = max_delay
-        self._writer_db: aiosqlite.Connection | None = None
+        # Keeps a row (and a replay page, read whole) bounded while the writer stalls.
+        self.max_events_per_row = max_events_per_row
+        # Created, used and closed only on the executor's one thread (see the module docstring).
+        self._writer_db: sqlite3.Connection | None = None
+        self._writer: ThreadPoolExecutor | None = None
         self._reader_db: aiosqlite.Connection | None = None
-        self._queue: deque[_Write] = deque()
+        self._queue: deque[_Queued] = deque()
         # Message and session writes go ahead of queued event rows, so a send is not held behind
         # a streaming backlog; among themselves they stay in order (a message's rowid is its
         # place in the session). Upserts keep the newest `updated_at` besides.
-        self._urgent: deque[_Write] = deque()
+        self._urgent: deque[_Queued] = deque()
+        # Per session, its event row still in the queue that the next event may join.
+        self._open_rows: dict[str, _EventRow] = {}
         self._queued_rows = 0
         # Queued writes someone awaits: they are committed at once, never held for max_delay.
         self._awaited = 0
@@ -174,26 +238,34 @@ class SqliteStore(Store):
     # ------------------------------------------------------------------ lifecycle
 
     async def open(self) -> None:
-        await asyncio.to_thread(self._migrate)
-        self._writer_db = await self._connect()
-        self._reader_db = await self._connect()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="opencode-store-writer")
+        try:
+            self._writer_db = await self._on_writer_thread(self._open_writer)
+            self._reader_db = await self._connect_reader()
+        except BaseException:
+            await self._close_connections()
+            raise
         self._task = asyncio.get_running_loop().create_task(self._write_loop(), name="opencode-store-writer")
 
-    def _migrate(self) -> None:
+    def _open_writer(self) -> sqlite3.Connection:
+        """On the writer thread: create the file, migrate it, and keep the connection."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             migrate(db)
-        finally:
+            for pragma in _PRAGMAS:
+                db.execute(f"PRAGMA {pragma}")
+        except BaseException:
             db.close()
+            raise
+        return db
 
-    async def _connect(self) -> aiosqlite.Connection:
+    async def _connect_reader(self) -> aiosqlite.Connection:
         db = await aiosqlite.connect(self.path, isolation_level=None)
         await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=NORMAL")
-        await db.execute("PRAGMA busy_timeout=2000")
-        await db.execute("PRAGMA foreign_keys=ON")
+        for pragma in _PRAGMAS:
+            await db.execute(f"PRAGMA {pragma}")
         return db
 
     async def close(self) -> None:
@@ -202,14 +274,33 @@ class SqliteStore(Store):
         self._full.set()
         if self._task:
             await self._task
-        for db in (self._writer_db, self._reader_db):
-            if db is not None:
-                await db.close()
-        self._writer_db = self._reader_db = None
+        await self._close_connections()
+
+    async def _close_connections(self) -> None:
+        reader, self._reader_db = self._reader_db, None
+        if reader is not None:
+            await reader.close()
+        writer, self._writer_db = self._writer_db, None
+        executor, self._writer = self._writer, None
+        if executor is not None:
+            if writer is not None:
+                await asyncio.get_running_loop().run_in_executor(executor, writer.close)
+            # Its one thread is idle now: joining it does not block the loop.
+            executor.shutdown(wait=True)
+
+    async def _on_writer_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(*args)` on the writer thread, after whatever it is running now."""
+        if self._writer is None:
+            raise StoreUnavailable("the store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
+
+    async def _on_writer(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(writer connection)` on its thread (recovery, and tests that provoke faults)."""
+        return await self._on_writer_thread(lambda: fn(self._require_writer()))
 
     # ------------------------------------------------------------------ writer
 
-    def _enqueue(self, write: _Write, *, urgent: bool = False) -> None:
+    def _enqueue(self, write: _Queued, *, urgent: bool = False) -> None:
         if self._closing and self._task is None:
             raise StoreUnavailable("the store is closed")
         (self._urgent if urgent else self._queue).append(write)
@@ -246,8 +337,8 @@ class SqliteStore(Store):
             batch = self._take_batch()
             await self._commit(batch)
 
-    def _take_batch(self) -> list[_Write]:
-        batch: list[_Write] = []
+    def _take_batch(self) -> list[_Queued]:
+        batch: list[_Queued] = []
         rows = 0
         for lane in (self._urgent, self._queue):
             while lane and rows < self.max_rows:
@@ -257,27 +348,22 @@ class SqliteStore(Store):
                 if w.done is not None:
                     self._awaited -= 1
         self._queued_rows -= rows
+        # Rows in this batch must not change any more; rows left queued may start over too.
+        self._open_rows.clear()
         return batch
 
-    async def _commit(self, batch: list[_Write]) -> None:
+    async def _commit(self, batch: list[_Queued]) -> None:
         db = self._writer_db
         error: BaseException | None = None
-        if db is None:
+        if db is None or self._writer is None:
             error = StoreUnavailable("the store is not open")
         else:
             try:
-                await db.execute("BEGIN IMMEDIATE")
-                for sql, group in _group_by_statement(batch):
-                    await db.executemany(sql, group)
-                await db.execute("COMMIT")
+                await asyncio.get_running_loop().run_in_executor(self._writer, _run_transaction, db, batch)
                 self.commits += 1
             except (sqlite3.Error, ValueError) as exc:
                 error = StoreUnavailable(_describe_sqlite_error(exc), details={"cause": str(exc)})
                 self.failed_batches += 1
-                try:
-                    await db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
                 log.error("store write failed, batch of %d rolled back: %s", len(batch), exc)
         for w in batch:
             if w.done is not None and not w.done.done():
@@ -296,13 +382,15 @@ class SqliteStore(Store):
     async def recover(self) -> int:
         """Mark what a crash left streaming `interrupted`; returns how many messages changed."""
         now = time.time()
-        db = self._require_writer()
-        try:
-            cur = await db.execute(
+
+        def update(db: sqlite3.Connection) -> int:
+            return db.execute(
                 "UPDATE messages SET status='interrupted', updated_at=? WHERE status IN ('streaming', 'queued')",
                 (now,),
-            )
-            count = cur.rowcount
+            ).rowcount
+
+        try:
+            count = await self._on_writer(update)
         except sqlite3.Error as exc:
             raise StoreUnavailable(_describe_sqlite_error(exc)) from exc
         if count:
@@ -315,6 +403,8 @@ class SqliteStore(Store):
         )
 
     async def delete_session(self, session_id: str) -> None:
+        # Events appended from now on go in rows queued after the delete, as they did uncoalesced.
+        self._open_rows.pop(session_id, None)
         for sql in (
             "DELETE FROM events WHERE session_id=?",
             "DELETE FROM messages WHERE session_id=?",
@@ -365,21 +455,49 @@ class SqliteStore(Store):
     # ------------------------------------------------------------------ events
 
     def append_event(self, session_id: str, seq: int, type_: str, ts: float, data_json: str) -> None:
-        self._enqueue(_Write(_INSERT_EVENT, (session_id, seq, type_, ts, data_json)))
+        row = self._open_rows.get(session_id)
+        if row is not None and seq == row.seq_end + 1 and len(row.events) < self.max_events_per_row:
+            # Joins a row that is still queued: no new row, so nothing counts toward max_rows.
+            row.seq_end = seq
+            row.events.append((type_, ts, data_json))
+            return
+        row = _EventRow(session_id, seq, type_, ts, data_json)
+        self._enqueue(row)
+        self._open_rows[session_id] = row
 
     async def events_after(self, session_id: str, after_seq: int, limit: int) -> list[Event]:
-        rows = await self._read(
-            "SELECT seq, type, ts, data FROM events WHERE session_id=? AND seq>? ORDER BY seq LIMIT ?",
-            (session_id, after_seq, limit),
-        )
-        return [
-            Event.model_construct(seq=seq, session_id=session_id, type=t, ts=ts, data=json.loads(d))
-            for seq, t, ts, d in rows
-        ]
+        if limit <= 0:
+            return []
+        # Every row yields at least one event, except perhaps the first (it may end at after_seq).
+        rows = await self._read(_EVENTS_AFTER, (session_id, session_id, after_seq, limit + 1))
+        out: list[Event] = []
+        last = after_seq  # rows never overlap; skipping seqs already given keeps it exactly-once
+        for seq, seq_end, type_, ts, data in rows:
+            if seq_end is None:
+                if seq > last:
+                    out.append(Event.model_construct(
+                        seq=seq, session_id=session_id, type=type_, ts=ts, data=json.loads(data)))
+                    last = seq
+            elif seq_end > last:
+                for s, (ets, etype, edata) in enumerate(json.loads(data), start=seq):
+                    if s > last:
+                        out.append(Event.model_construct(
+                            seq=s, session_id=session_id, type=etype, ts=ets, data=edata))
+                        last = s
+                        if len(out) >= limit:
+                            break
+            if len(out) >= limit:
+                break
+        return out
 
     async def last_seq(self, session_id: str) -> int:
-        rows = await self._read("SELECT MAX(seq) FROM events WHERE session_id=?", (session_id,))
-        return int(rows[0][0] or 0)
+        rows = await self._read(
+            "SELECT seq, seq_end FROM events WHERE session_id=? ORDER BY seq DESC LIMIT 1", (session_id,)
+        )
+        if not rows:
+            return 0
+        seq, seq_end = rows[0]
+        return int(seq_end if seq_end is not None else seq)
 
     # ------------------------------------------------------------------ audit
 
@@ -397,7 +515,7 @@ class SqliteStore(Store):
 
     # ------------------------------------------------------------------ helpers
 
-    def _require_writer(self) -> aiosqlite.Connection:
+    def _require_writer(self) -> sqlite3.Connection:
         if self._writer_db is None:
             raise StoreUnavailable("the store is not open")
         return self._writer_db
@@ -412,14 +530,36 @@ class SqliteStore(Store):
             raise StoreUnavailable(_describe_sqlite_error(exc)) from exc
 
 
-def _group_by_statement(batch: list[_Write]) -> list[tuple[str, list[Any]]]:
+_PRAGMAS = ("synchronous=NORMAL", "busy_timeout=2000", "foreign_keys=ON")
+
+
+def _run_transaction(db: sqlite3.Connection, batch: list[_Queued]) -> None:
+    """On the writer thread: the whole batch in one transaction, rolled back whole on failure."""
+    groups = _group_by_statement(batch)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        for sql, params in groups:
+            db.executemany(sql, params)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        raise
+
+
+def _group_by_statement(batch: list[_Queued]) -> list[tuple[str, list[Any]]]:
     """Consecutive writes of the same statement become one `executemany`, order preserved."""
     groups: list[tuple[str, list[Any]]] = []
+    type_json: dict[str, str] = {}
     for w in batch:
+        params = w.params_with(type_json) if isinstance(w, _EventRow) else w.params
         if groups and groups[-1][0] == w.sql:
-            groups[-1][1].append(w.params)
+            groups[-1][1].append(params)
         else:
-            groups.append((w.sql, [w.params]))
+            groups.append((w.sql, [params]))
     return groups
 
 

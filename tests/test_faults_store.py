@@ -21,7 +21,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
-import aiosqlite
 import pytest
 
 from helpers_server import StandaloneServer
@@ -55,6 +54,12 @@ def integrity(db: Path) -> None:
             json.loads(parts)
 
 
+async def writer_pragma(service: Any, pragma: str) -> list[Any]:
+    """A PRAGMA on the store's writer connection, run on the writer's own thread."""
+    return await service.store._on_writer(  # noqa: SLF001
+        lambda db: db.execute(f"PRAGMA {pragma}").fetchall())
+
+
 async def quiet_rows(service: Any) -> dict[str, int]:
     await service.store.flush()
     return row_counts(service.config.db_path)
@@ -65,7 +70,7 @@ async def quiet_rows(service: Any) -> dict[str, int]:
 
 async def test_locked_database(client: Any, service: Any) -> None:
     # Fail a locked write after 0.2 s instead of the default 2 s, to keep the suite fast.
-    await service.store._writer_db.execute("PRAGMA busy_timeout=200")  # noqa: SLF001
+    await writer_pragma(service, "busy_timeout=200")
     sid = await new_session(client)
     ws = WsClient(await client.ws_connect("/opencode/ws"))
     await ws.command("join", session_id=sid)
@@ -100,17 +105,18 @@ async def test_locked_database(client: Any, service: Any) -> None:
 @contextlib.asynccontextmanager
 async def read_only_writer(service: Any) -> AsyncIterator[None]:
     """The writer connection swapped for one opened read-only: what SQLite does with a file it may
-    not write. The real connection comes back on exit."""
+    not write. The real connection comes back on exit. Both live on the writer's thread."""
     store = service.store
     await store.flush()
     real = store._writer_db  # noqa: SLF001
-    ro = await aiosqlite.connect(f"file:{service.config.db_path}?mode=ro", uri=True, isolation_level=None)
+    uri = f"file:{service.config.db_path}?mode=ro"
+    ro = await store._on_writer(lambda _: sqlite3.connect(uri, uri=True, isolation_level=None))  # noqa: SLF001
     store._writer_db = ro  # noqa: SLF001
     try:
         yield
     finally:
         store._writer_db = real  # noqa: SLF001
-        await ro.close()
+        await store._on_writer_thread(ro.close)  # noqa: SLF001
 
 
 async def test_read_only_database(client: Any, service: Any) -> None:
@@ -177,15 +183,14 @@ async def test_database_full(client: Any, service: Any) -> None:
     SQLITE_FULL, exactly as on a full disk."""
     sid = await new_session(client)
     await service.store.flush()
-    writer = service.store._writer_db  # noqa: SLF001
-    pages = (await (await writer.execute("PRAGMA page_count")).fetchone())[0]
+    [(pages,)] = await writer_pragma(service, "page_count")
     before = row_counts(service.config.db_path)
-    await writer.execute(f"PRAGMA max_page_count={pages}")
+    await writer_pragma(service, f"max_page_count={pages}")
     try:
         await expect_unavailable(await client.post(f"/opencode/sessions/{sid}/messages", json={"text": BIG_TEXT}),
                                  "full")
     finally:
-        await writer.execute("PRAGMA max_page_count=1073741823")
+        await writer_pragma(service, "max_page_count=1073741823")
     assert await quiet_rows(service) == before
     r = await client.post(f"/opencode/sessions/{sid}/messages", json={"text": BIG_TEXT[:2000]},
                           headers={"Accept": "text/event-stream"})
@@ -204,18 +209,17 @@ async def test_disk_fills_up_mid_stream(aiohttp_client: Any, make_app: Any, conf
     ws = WsClient(await client.ws_connect("/opencode/ws"))
     await ws.command("join", session_id=sid)
     await service.store.flush()
-    writer = service.store._writer_db  # noqa: SLF001
-    pages = (await (await writer.execute("PRAGMA page_count")).fetchone())[0]
+    [(pages,)] = await writer_pragma(service, "page_count")
     sent = await ws.command("send", session_id=sid, text=" ".join(f"w{i}" for i in range(60)))
     await ws.until(lambda e: e["type"] == "message.delta")
-    await writer.execute(f"PRAGMA max_page_count={pages}")
+    await writer_pragma(service, f"max_page_count={pages}")
     failed_before = service.store.failed_batches
     try:
         final = await ws.until(run_final(sent["data"]["run_id"]))
         assert final["data"]["run"]["status"] == "completed"  # the person saw the whole reply
         await service.store.flush()
     finally:
-        await writer.execute("PRAGMA max_page_count=1073741823")
+        await writer_pragma(service, "max_page_count=1073741823")
     integrity(service.config.db_path)
     assert service.store.failed_batches > failed_before
     page = await (await client.get(f"/opencode/sessions/{sid}/messages")).json()
