@@ -1,0 +1,339 @@
+"""`SqliteStore` on its own, on real files: coalesced event rows and their replay, migrating a v1
+database, the one-hop group-commit writer (a failed batch rolls back whole, the writer carries
+on), awaited writes, and close draining the queue."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+
+from opencode_agent.core.errors import StoreUnavailable
+from opencode_agent.core.migrations import MIGRATIONS, m001_initial
+from opencode_agent.core.protocol import Message, Session, TextPart
+from opencode_agent.core.store import EVENT_RUN_TYPE, SqliteStore
+
+Expected = tuple[int, str, float, dict[str, Any]]  # seq, type, ts, data
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "opencode.sqlite3"
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(db_path)
+    await s.open()
+    yield s
+    await s.close()
+
+
+def event_rows(db: Path, session_id: str | None = None) -> list[tuple[Any, ...]]:
+    """(session_id, seq, seq_end, type) of every stored row, read with a plain connection."""
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT session_id, seq, seq_end, type FROM events ORDER BY session_id, seq").fetchall()
+    return [r for r in rows if session_id is None or r[0] == session_id]
+
+
+def odd_event(seq: int) -> Expected:
+    """Data and timestamps that a careless join or re-encoding would change."""
+    types = ("message.delta", "run.status", "tool.call", "log")
+    data = {"i": seq, "text": f'"quoted" \\ back\\slash, unicode é ✓ 🎨 \n{seq}', "nested": {"a": [1, 2.5, None, True]},
+            "big": 2 ** 53 + seq, "tiny": 1e-7 * seq, "empty": {}}
+    return seq, types[seq % len(types)], 1_700_000_000.123456789 + seq / 3, data
+
+
+def append(store: SqliteStore, session_id: str, ev: Expected) -> None:
+    seq, type_, ts, data = ev
+    store.append_event(session_id, seq, type_, ts, json.dumps(data, ensure_ascii=False))
+
+
+def as_tuples(events: list[Any], session_id: str) -> list[Expected]:
+    assert all(e.session_id == session_id for e in events)
+    return [(e.seq, e.type, e.ts, e.data) for e in events]
+
+
+async def check_replay(store: SqliteStore, session_id: str, expected: list[Expected]) -> None:
+    """Every after_seq from 0 to the last (inside rows too), whole and in small pages."""
+    assert await store.last_seq(session_id) == (expected[-1][0] if expected else 0)
+    last = expected[-1][0] if expected else 0
+    for after in range(0, last + 1):
+        want = [e for e in expected if e[0] > after]
+        assert as_tuples(await store.events_after(session_id, after, 10_000), session_id) == want
+        for limit in (1, 2, 7):
+            assert as_tuples(await store.events_after(session_id, after, limit), session_id) == want[:limit]
+
+
+# --------------------------------------------------------------------------- coalesced rows
+
+
+async def test_contiguous_queued_events_share_rows_and_replay_exactly(db_path: Path) -> None:
+    store = SqliteStore(db_path, max_events_per_row=16)
+    await store.open()
+    try:
+        expected = [odd_event(seq) for seq in range(1, 16 * 2 + 6)]
+        for ev in expected:
+            append(store, "ses_a", ev)
+        # Merged events add no row: the queue holds one row per 16 events.
+        assert store._queued_rows == 3  # noqa: SLF001
+        await store.flush()
+        assert event_rows(db_path) == [
+            ("ses_a", 1, 16, EVENT_RUN_TYPE), ("ses_a", 17, 32, EVENT_RUN_TYPE), ("ses_a", 33, 37, EVENT_RUN_TYPE),
+        ]
+        await check_replay(store, "ses_a", expected)
+        assert store.failed_batches == 0
+    finally:
+        await store.close()
+
+
+async def test_a_row_holds_at_most_256_events_by_default(store: SqliteStore, db_path: Path) -> None:
+    expected = [odd_event(seq) for seq in range(1, 600)]
+    for ev in expected:
+        append(store, "ses_a", ev)
+    await store.flush()
+    assert [(r[1], r[2]) for r in event_rows(db_path)] == [(1, 256), (257, 512), (513, 599)]
+    assert await store.last_seq("ses_a") == 599
+    for after in (0, 1, 255, 256, 257, 300, 512, 598, 599):
+        want = [e for e in expected if e[0] > after]
+        assert as_tuples(await store.events_after("ses_a", after, 1000), "ses_a") == want
+        assert as_tuples(await store.events_after("ses_a", after, 3), "ses_a") == want[:3]
+
+
+async def test_interleaved_sessions_gaps_and_single_events(store: SqliteStore, db_path: Path) -> None:
+    # Seqs 6 and 13 of ses_a were ephemeral (never stored): a gap starts a new row.
+    a_seqs = [1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12, 14]
+    a = [odd_event(s) for s in a_seqs]
+    b = [odd_event(s) for s in range(1, 9)]
+    c = [odd_event(40)]
+    for i in range(max(len(a), len(b))):
+        if i < len(a):
+            append(store, "ses_a", a[i])
+        if i < len(b):
+            append(store, "ses_b", b[i])
+        if i == 3:
+            append(store, "ses_c", c[0])
+    await store.flush()
+    assert event_rows(db_path) == [
+        ("ses_a", 1, 5, EVENT_RUN_TYPE), ("ses_a", 7, 12, EVENT_RUN_TYPE), ("ses_a", 14, None, a[-1][1]),
+        ("ses_b", 1, 8, EVENT_RUN_TYPE), ("ses_c", 40, None, c[0][1]),
+    ]
+    await check_replay(store, "ses_a", a)
+    await check_replay(store, "ses_b", b)
+    await check_replay(store, "ses_c", c)
+    assert await store.events_after("ses_a", 0, 0) == []
+    assert await store.events_after("ses_none", 0, 10) == [] and await store.last_seq("ses_none") == 0
+
+
+async def test_a_row_taken_by_a_batch_is_not_appended_to(store: SqliteStore, db_path: Path) -> None:
+    expected = [odd_event(s) for s in range(1, 11)]
+    for ev in expected[:4]:
+        append(store, "ses_a", ev)
+    await store.flush()
+    for ev in expected[4:]:
+        append(store, "ses_a", ev)
+    await store.flush()
+    assert [(r[1], r[2]) for r in event_rows(db_path)] == [(1, 4), (5, 10)]
+    await check_replay(store, "ses_a", expected)
+
+
+async def test_a_seq_stored_twice_is_ignored(store: SqliteStore) -> None:
+    store.append_event("ses_a", 1, "log", 1.0, '{"v":"first"}')
+    await store.flush()
+    store.append_event("ses_a", 1, "log", 2.0, '{"v":"second"}')
+    store.append_event("ses_a", 2, "log", 3.0, '{"v":"next"}')
+    await store.flush()
+    assert store.failed_batches == 0
+    assert [(e.seq, e.data) for e in await store.events_after("ses_a", 0, 10)] == [(1, {"v": "first"})]
+
+
+async def test_events_appended_after_a_delete_outlive_it(store: SqliteStore, db_path: Path) -> None:
+    for ev in [odd_event(s) for s in (1, 2, 3)]:
+        append(store, "ses_a", ev)
+    deleting = asyncio.get_running_loop().create_task(store.delete_session("ses_a"))
+    await asyncio.sleep(0)  # the delete is queued (a yield, not a wait for time)
+    append(store, "ses_a", odd_event(4))
+    await deleting
+    await store.flush()
+    await check_replay(store, "ses_a", [odd_event(4)])
+
+
+# --------------------------------------------------------------------------- migration
+
+
+def make_v1_database(path: Path, events: list[tuple[str, Expected]]) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("BEGIN")
+        m001_initial(conn)
+        conn.execute("PRAGMA user_version = 1")
+        conn.executemany(
+            "INSERT INTO events (session_id, seq, type, ts, data) VALUES (?, ?, ?, ?, ?)",
+            [(sid, seq, t, ts, json.dumps(d)) for sid, (seq, t, ts, d) in events],
+        )
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+async def test_a_v1_database_migrates_and_reads_back(db_path: Path) -> None:
+    old = [odd_event(s) for s in range(1, 6)]
+    make_v1_database(db_path, [("ses_a", ev) for ev in old] + [("ses_b", odd_event(9))])
+    store = SqliteStore(db_path)
+    await store.open()
+    try:
+        with sqlite3.connect(db_path) as conn:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 2
+        await check_replay(store, "ses_a", old)
+        await check_replay(store, "ses_b", [odd_event(9)])
+        # New rows (coalesced, after a restart gap) follow the old ones.
+        new = [odd_event(s) for s in range(20, 30)]
+        for ev in new:
+            append(store, "ses_a", ev)
+        await store.flush()
+        assert [(r[1], r[2]) for r in event_rows(db_path, "ses_a")] == [(1, None), (2, None), (3, None),
+                                                                        (4, None), (5, None), (20, 29)]
+        await check_replay(store, "ses_a", old + new)
+    finally:
+        await store.close()
+
+
+async def test_a_database_newer_than_the_code_is_refused(db_path: Path) -> None:
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.close()
+    store = SqliteStore(db_path)
+    with pytest.raises(RuntimeError, match="newer"):
+        await store.open()
+    assert store._writer is None  # noqa: SLF001 - its thread was shut down
+
+
+# --------------------------------------------------------------------------- the writer
+
+
+def message(mid: str, session_id: str = "ses_a", status: str = "completed", text: str = "hi") -> Message:
+    t = time.time()
+    return Message(id=mid, session_id=session_id, role="assistant", skill="echo", parts=[TextPart(text=text)],
+                   status=status, created_at=t, updated_at=t)
+
+
+async def test_each_batch_is_one_call_on_the_writer_thread(store: SqliteStore, monkeypatch: Any) -> None:
+    executor = store._writer  # noqa: SLF001
+    assert executor is not None
+    calls: list[str] = []
+    submit = executor.submit
+
+    def counting_submit(fn: Any, *args: Any) -> Any:
+        calls.append(getattr(fn, "__name__", repr(fn)))
+        return submit(fn, *args)
+
+    monkeypatch.setattr(executor, "submit", counting_submit)
+    commits = store.commits
+    for i in range(250):
+        store.queue_message(message(f"msg_{i:04d}", text=str(i)))
+        append(store, "ses_b", odd_event(i + 1))
+    await store.flush()
+    # 250 message rows and one event row, 100 rows a transaction: 3 batches, 3 thread hops.
+    assert store.commits - commits == 3
+    assert calls == ["_run_transaction"] * 3
+    page, more = await store.get_messages("ses_a", limit=1000)
+    assert [m.id for m in page] == [f"msg_{i:04d}" for i in range(250)] and not more
+
+
+async def test_awaited_writes_are_readable_when_they_return(store: SqliteStore) -> None:
+    t = time.time()
+    session = Session(id="ses_a", title="first", created_at=t, updated_at=t)
+    await store.save_session(session)
+    assert (await store.get_session("ses_a")) == session
+    await store.save_message(message("msg_1"))
+    assert (await store.get_message("msg_1")).parts[0].text == "hi"  # type: ignore[union-attr]
+    audit = {"session_id": "ses_a", "run_id": "run_1", "request_id": "req_1", "skill": "echo", "tool": "t",
+             "permission_class": "read", "decision": "allow", "reason": "test", "ts": t}
+    await store.add_audit(audit)
+    assert await store.list_audit("ses_a") == [{k: v for k, v in audit.items() if k != "session_id"}]
+
+
+async def test_a_failed_batch_rolls_back_whole_and_the_writer_recovers(store: SqliteStore, db_path: Path) -> None:
+    await store._on_writer(lambda db: db.execute("PRAGMA busy_timeout=50").fetchall())  # noqa: SLF001
+    append(store, "ses_a", odd_event(1))
+    await store.flush()
+    other = sqlite3.connect(db_path, isolation_level=None, timeout=0)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        for ev in [odd_event(s) for s in (2, 3, 4)]:
+            append(store, "ses_a", ev)
+        store.queue_message(message("msg_lost"))
+        with pytest.raises(StoreUnavailable, match="locked"):
+            await store.save_message(message("msg_1"))  # the same batch as the rows above
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert store.failed_batches == 1
+    assert await store.get_message("msg_1") is None and await store.get_message("msg_lost") is None
+    await check_replay(store, "ses_a", [odd_event(1)])
+    # The cause is gone: the same writer commits again.
+    later = [odd_event(s) for s in (5, 6, 7)]
+    for ev in later:
+        append(store, "ses_a", ev)
+    await store.save_message(message("msg_1"))
+    assert (await store.get_message("msg_1")) is not None
+    await check_replay(store, "ses_a", [odd_event(1)] + later)
+    assert store.failed_batches == 1
+
+
+async def test_a_read_only_writer_fails_the_batch_with_advice(store: SqliteStore, db_path: Path) -> None:
+    real = store._writer_db  # noqa: SLF001
+    uri = f"file:{db_path}?mode=ro"
+    ro = await store._on_writer(lambda _: sqlite3.connect(uri, uri=True, isolation_level=None))  # noqa: SLF001
+    store._writer_db = ro  # noqa: SLF001
+    try:
+        append(store, "ses_a", odd_event(1))
+        with pytest.raises(StoreUnavailable, match="read-only") as info:
+            await store.save_session(Session(id="ses_a", created_at=1.0, updated_at=1.0))
+        assert info.value.details["cause"]
+    finally:
+        store._writer_db = real  # noqa: SLF001
+        await store._on_writer_thread(ro.close)  # noqa: SLF001
+    assert event_rows(db_path) == [] and await store.get_session("ses_a") is None
+    await store.save_session(Session(id="ses_a", created_at=1.0, updated_at=1.0))
+    assert await store.get_session("ses_a") is not None
+
+
+async def test_recover_marks_streaming_replies_interrupted(store: SqliteStore) -> None:
+    await store.save_message(message("msg_s", status="streaming"))
+    await store.save_message(message("msg_q", status="queued"))
+    await store.save_message(message("msg_c", status="completed"))
+    assert await store.recover() == 2
+    assert [(await store.get_message(m)).status for m in ("msg_s", "msg_q", "msg_c")] == [  # type: ignore[union-attr]
+        "interrupted", "interrupted", "completed"]
+
+
+async def test_close_drains_the_queue_and_stops_the_writer_thread(db_path: Path) -> None:
+    store = SqliteStore(db_path, max_delay=3600)  # only a flush or close commits early
+    await store.open()
+    threads = [t for t in threading.enumerate() if t.name.startswith("opencode-store-writer")]
+    expected = [odd_event(s) for s in range(1, 31)]
+    for ev in expected:
+        append(store, "ses_a", ev)
+    for i in range(5):
+        store.queue_message(message(f"msg_{i}"))
+    await store.close()
+    assert not [t for t in threads if t.is_alive()]
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 5
+    assert event_rows(db_path) == [("ses_a", 1, 30, EVENT_RUN_TYPE)]
+    reopened = SqliteStore(db_path)
+    await reopened.open()
+    try:
+        await check_replay(reopened, "ses_a", expected)
+    finally:
+        await reopened.close()
+    with pytest.raises(StoreUnavailable):
+        await store.get_session("ses_a")
