@@ -18,13 +18,13 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Any, AsyncIterator
-
-import aiohttp
+from typing import Any, Iterator
 
 from ..protocol import ImagePart, ModelInfo, TextPart, ToolCallPart, ToolResultPart
 from .base import ChatMessage, ChatRequest, Finish, StreamEvent, TextDelta, ToolCallReady, UsageReport
-from .http import CODE_ERROR, CODE_OVERLOADED, CODE_QUOTA, CODE_RATE_LIMITED, HttpProvider, image_placeholder
+from .http import (
+    CODE_ERROR, CODE_OVERLOADED, CODE_QUOTA, CODE_RATE_LIMITED, HttpProvider, SseParser, StreamDecoder, image_placeholder,
+)
 
 log = logging.getLogger("opencode.providers.anthropic")
 
@@ -124,54 +124,70 @@ class AnthropicProvider(HttpProvider):
 
     # ------------------------------------------------------------------ stream
 
-    async def parse(self, response: aiohttp.ClientResponse) -> AsyncIterator[StreamEvent]:
-        blocks: dict[int, dict[str, Any]] = {}
-        input_tokens = output_tokens = 0
-        stop_reason: str | None = None
-        stopped = emitted = False
-        async for event in self.sse(response):
-            data = self.loads(event.data)
+    def decoder(self) -> "AnthropicDecoder":
+        return AnthropicDecoder(self)
+
+
+class AnthropicDecoder(StreamDecoder):
+    """One Messages SSE body: text as it comes, each tool call at its block's stop, usage and
+    `Finish` at `message_stop`."""
+
+    def __init__(self, provider: AnthropicProvider) -> None:
+        self.provider = provider
+        self.sse = SseParser()
+        self.blocks: dict[int, dict[str, Any]] = {}
+        self.input_tokens = self.output_tokens = 0
+        self.stop_reason: str | None = None
+        self.emitted = False
+
+    def feed(self, chunk: bytes) -> Iterator[StreamEvent]:
+        provider = self.provider
+        for event in self.sse.feed(chunk):
+            data = provider.loads(event.data)
             if not isinstance(data, dict):
-                raise self.error(f"unexpected stream data: {event.data[:120]!r}")
+                raise provider.error(f"unexpected stream data: {event.data[:120]!r}")
             kind = data.get("type") or event.event
-            if kind == "error":
-                raise self._stream_error(data.get("error"), emitted)
-            if kind == "message_start":
-                usage = (data.get("message") or {}).get("usage") or {}
-                input_tokens = _input_tokens(usage)
-                output_tokens = int(usage.get("output_tokens") or 0)
-            elif kind == "content_block_start":
-                block = dict(data.get("content_block") or {})
-                block["json"] = ""
-                blocks[int(data.get("index", 0))] = block
-            elif kind == "content_block_delta":
+            if kind == "content_block_delta":  # the per-token event first
                 delta = data.get("delta") or {}
-                block = blocks.get(int(data.get("index", 0)))
+                block = self.blocks.get(int(data.get("index", 0)))
                 if delta.get("type") == "text_delta" and delta.get("text"):
-                    emitted = True
+                    self.emitted = True
                     yield TextDelta(str(delta["text"]))
                 elif delta.get("type") == "input_json_delta" and block is not None:
                     block["json"] += str(delta.get("partial_json") or "")
+            elif kind == "error":
+                raise self._stream_error(data.get("error"))
+            elif kind == "message_start":
+                usage = (data.get("message") or {}).get("usage") or {}
+                self.input_tokens = _input_tokens(usage)
+                self.output_tokens = int(usage.get("output_tokens") or 0)
+            elif kind == "content_block_start":
+                block = dict(data.get("content_block") or {})
+                block["json"] = ""
+                self.blocks[int(data.get("index", 0))] = block
             elif kind == "content_block_stop":
-                block = blocks.pop(int(data.get("index", 0)), None)
+                block = self.blocks.pop(int(data.get("index", 0)), None)
                 if block is not None and block.get("type") == "tool_use":
-                    emitted = True
+                    self.emitted = True
                     yield self._ready(block)
             elif kind == "message_delta":
-                stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
+                self.stop_reason = (data.get("delta") or {}).get("stop_reason") or self.stop_reason
                 usage = data.get("usage") or {}
                 # Cumulative counts; newer API versions may restate the input side too.
-                output_tokens = int(usage.get("output_tokens") or output_tokens)
+                self.output_tokens = int(usage.get("output_tokens") or self.output_tokens)
                 if usage.get("input_tokens") is not None:
-                    input_tokens = _input_tokens(usage)
+                    self.input_tokens = _input_tokens(usage)
             elif kind == "message_stop":
-                stopped = True
-                break
-        if not stopped:
-            raise self.truncated("message_stop")
-        yield UsageReport(input_tokens=input_tokens, output_tokens=output_tokens)
+                self.done = True
+                return
+
+    def finish(self) -> Iterator[StreamEvent]:
+        if not self.done:
+            raise self.provider.truncated("message_stop")
+        yield UsageReport(input_tokens=self.input_tokens, output_tokens=self.output_tokens)
+        stop_reason = self.stop_reason
         if stop_reason not in _STOP:
-            log.info("%s: stop_reason %r reported as stop", self.name, stop_reason)
+            log.info("%s: stop_reason %r reported as stop", self.provider.name, stop_reason)
         yield Finish(_STOP.get(stop_reason or "", "stop"))  # type: ignore[arg-type]
 
     def _ready(self, block: dict[str, Any]) -> ToolCallReady:
@@ -192,16 +208,16 @@ class AnthropicProvider(HttpProvider):
             provider_data=provider_data,
         )
 
-    def _stream_error(self, error: Any, emitted: bool) -> Exception:
+    def _stream_error(self, error: Any) -> Exception:
         error = error if isinstance(error, dict) else {"message": str(error)}
         kind = str(error.get("type") or "error")
         message = str(error.get("message") or kind)
         code = {"overloaded_error": CODE_OVERLOADED, "rate_limit_error": CODE_RATE_LIMITED}.get(kind, CODE_ERROR)
         if kind == "billing_error":
             code = CODE_QUOTA
-        return self.error(
+        return self.provider.error(
             f"{message} ({kind})",
-            retryable=kind in _RETRYABLE_STREAM_ERRORS and not emitted,
+            retryable=kind in _RETRYABLE_STREAM_ERRORS and not self.emitted,
             code=code,
         )
 

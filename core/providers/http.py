@@ -3,13 +3,21 @@
 - `create_session()` builds the one `aiohttp.ClientSession` the service opens at start and closes
   at stop: a connection pool as large as the number of concurrent runs, no total timeout (a
   reply may stream for minutes) but a read timeout, so a stalled stream fails instead of hanging.
+  aiohttp's own read timeout guards a request until the response head arrives; a streamed body is
+  guarded by a `_Watchdog` instead, which costs one timer per timeout period rather than one per
+  network read.
 - `RetryPolicy` decides whether and when to try again: on 408/409/429/5xx/529 and on connection
   errors before the first byte, honouring `retry-after-ms` then `retry-after`, with capped
   exponential backoff and jitter. A spending-limit error (OpenAI `insufficient_quota`, Anthropic
   billing errors) is never retried: waiting does not refill a wallet.
+- `LineParser` and `SseParser` cut raw body chunks into lines and server-sent events, synchronously
+  and incrementally: a dialect's `StreamDecoder` is fed each network read and turns it into
+  events without any I/O of its own.
 - `HttpProvider` is the base of the three dialects: it opens the request, maps every transport
-  failure and error body to `ProviderError` (with the provider's own message, redacted), reads SSE
-  events or NDJSON lines, and re-runs a stream that failed before it produced any event.
+  failure and error body to `ProviderError` (with the provider's own message, redacted), feeds the
+  body to the dialect's decoder, and re-runs a stream that failed before it produced any event.
+  Its `stream()` is the only async generator between the socket and the caller: one resumption
+  per event, one await per network read.
 
 Every retry logs one line on `opencode.providers`. The API key is only ever put in a request
 header; messages and log lines pass through a `Redactor` that knows it.
@@ -25,10 +33,10 @@ import json
 import logging
 import random
 import time
-from abc import abstractmethod
-from contextlib import aclosing, asynccontextmanager
+from abc import ABC, abstractmethod
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 
 import aiohttp
 
@@ -49,6 +57,8 @@ SPENDING_LIMIT_CODES: frozenset[str] = frozenset(
 )
 MAX_ERROR_BODY = 64 * 1024
 MAX_LINE = 16 * 1024 * 1024
+# `json.loads` without its per-call argument checks (one stream payload per token).
+decode_json: Callable[[str], Any] = json.JSONDecoder().decode
 
 # Stable `ProviderError.code`s a client can act on.
 CODE_AUTH = "provider_auth"
@@ -163,16 +173,195 @@ def error_details(body: str) -> tuple[str | None, str | None]:
     return (str(message) if message else None), (code or kind or status)
 
 
-@dataclass
+class LineTooLong(ValueError):
+    """A line grew past the parser's limit without ending: the stream is broken."""
+
+
+class LineParser:
+    """Cuts a byte stream into text lines as chunks arrive, for NDJSON.
+
+    Lines end with `\n` or `\r\n`, may be any length up to `max_line` bytes (a longer unfinished
+    line raises `LineTooLong`) and are decoded as UTF-8 once complete, so a character split
+    across two chunks comes out whole; invalid bytes become U+FFFD. Each chunk is scanned once.
+    """
+
+    __slots__ = ("_pending", "_size", "_max_line")
+
+    def __init__(self, max_line: int = MAX_LINE) -> None:
+        self._pending: list[bytes] = []  # the pieces of the unfinished line
+        self._size = 0
+        self._max_line = max_line
+
+    def feed(self, chunk: bytes) -> list[str]:
+        """The lines `chunk` completes, without their line endings."""
+        end = chunk.rfind(b"\n") + 1
+        if not end:
+            self._hold(chunk)
+            return []
+        block = chunk if end == len(chunk) else chunk[:end]
+        if self._pending:
+            self._pending.append(block)
+            block = b"".join(self._pending)
+            self._pending, self._size = [], 0
+        if end < len(chunk):
+            self._hold(chunk[end:])
+        # One decode for all the chunk's lines: "\n" never occurs inside a UTF-8 sequence.
+        text = block.decode("utf-8", errors="replace")
+        lines = text.split("\n")
+        lines.pop()  # the empty string after the last "\n"
+        if "\r" in text:
+            return [line.rstrip("\r") for line in lines]
+        return lines
+
+    def finish(self) -> list[str]:
+        """The last line when the body ended without a final line ending."""
+        if not self._pending:
+            return []
+        line = b"".join(self._pending).decode("utf-8", errors="replace").rstrip("\r")
+        self._pending, self._size = [], 0
+        return [line]
+
+    def _hold(self, piece: bytes) -> None:
+        self._pending.append(piece)
+        self._size += len(piece)
+        if self._size > self._max_line:
+            raise LineTooLong(f"a line longer than {self._max_line} bytes")
+
+
+@dataclass(slots=True)
 class SseEvent:
     event: str | None
     data: str
 
 
+class SseParser:
+    """Server-sent events from raw body chunks: comments, `event:` names, multi-line `data:`.
+
+    An event is dispatched at the blank line that ends it; one left unfinished when the body
+    ends is dropped (`finish()` returns nothing), as the SSE specification says. Lines follow
+    `LineParser`'s rules (`\r\n`, any length up to `max_line`, UTF-8 split across chunks).
+    """
+
+    __slots__ = ("_lines", "_event", "_data")
+
+    def __init__(self, max_line: int = MAX_LINE) -> None:
+        self._lines = LineParser(max_line)
+        self._event: str | None = None
+        self._data: list[str] = []
+
+    def feed(self, chunk: bytes) -> list[SseEvent]:
+        """The events `chunk` completes, in order."""
+        data = self._data
+        # A streamed token is usually one network read holding exactly one `data: ...\n\n` event:
+        # take it whole when nothing is pending. Any other shape goes through the lines below.
+        if (
+            chunk.startswith(b"data: ")
+            and chunk.find(b"\n") == len(chunk) - 2
+            and chunk.endswith(b"\n\n")
+            and not data
+            and not self._lines._pending
+            and chunk[-3] != 13  # "\r"
+        ):
+            event, self._event = self._event, None  # an `event:` line may have come in the last read
+            return [SseEvent(event, chunk[6:-2].decode("utf-8", errors="replace"))]
+        events: list[SseEvent] = []
+        for line in self._lines.feed(chunk):
+            if line.startswith("data:"):  # nearly every line: checked first
+                data.append(line[6:] if line.startswith(" ", 5) else line[5:])
+            elif not line:
+                if data:
+                    events.append(SseEvent(self._event, data[0] if len(data) == 1 else "\n".join(data)))
+                    data = self._data = []
+                self._event = None
+            elif line[0] != ":":  # a line starting with ":" is a comment
+                name, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if name == "data":
+                    data.append(value)
+                elif name == "event":
+                    self._event = value
+        return events
+
+    def finish(self) -> list[SseEvent]:
+        """Nothing: an event not closed by a blank line before the body ended is dropped."""
+        self._lines.finish()
+        self._event, self._data = None, []
+        return []
+
+
+class StreamDecoder(ABC):
+    """One response body of one dialect turned into events, fed each network read as it arrives.
+
+    No I/O and no awaits: `HttpProvider.stream()` reads, the decoder only parses, so an event
+    costs no extra async hop. `feed` and `finish` are generators, so the events a chunk completes
+    before a failure still go out before the `ProviderError`.
+    """
+
+    # Set once the dialect's end marker was seen ([DONE], message_stop, done: true): reading stops.
+    done: bool = False
+
+    @abstractmethod
+    def feed(self, chunk: bytes) -> Iterator[StreamEvent]:
+        """The events completed by one raw chunk of the body."""
+
+    @abstractmethod
+    def finish(self) -> Iterator[StreamEvent]:
+        """The closing events once the body ended or `done` was set; raise `ProviderError` if the
+        stream ended too early."""
+
+
+class _Watchdog:
+    """Closes a streamed response that waits `timeout` seconds for data, with one timer per period.
+
+    aiohttp's `sock_read` moves a timer on every network read; here the reader only stores the
+    time it starts waiting (`since`, None while it is busy with what it read). The timer fires at
+    most once per period: it re-arms for `since + timeout` while the reader is waiting less than
+    that (or later if the consumer holds the stream, which is no stall of the server's), else it
+    marks the stall and closes the response, so the pending read raises at once.
+    """
+
+    __slots__ = ("since", "stalled", "clock", "_timeout", "_loop", "_response", "_handle")
+
+    def __init__(self, response: aiohttp.ClientResponse, timeout: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        # The default loop's `time()` is `time.monotonic()` behind a Python call: skip the call.
+        self.clock: Callable[[], float] = (
+            time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
+        )
+        self.since: float | None = self.clock()
+        self.stalled = False
+        self._timeout = timeout
+        self._loop = loop
+        self._response = response
+        self._handle: asyncio.TimerHandle | None = None
+        if timeout is not None:
+            self._handle = loop.call_at(self.since + timeout, self._check)
+
+    def _check(self) -> None:
+        timeout = self._timeout
+        if timeout is None:
+            return
+        since = self.since
+        now = self._loop.time()
+        if since is None:
+            due = now + timeout
+        elif (due := since + timeout) <= now:
+            self.stalled = True
+            self._handle = None
+            self._response.close()
+            return
+        self._handle = self._loop.call_at(due, self._check)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 class HttpProvider(Provider):
     """Base of the HTTP dialects: requests, retries, error mapping and stream reading.
 
-    A subclass provides `url()`, `headers()`, `request_body()` and `parse()`; `stream()` here
+    A subclass provides `url()`, `headers()`, `request_body()` and `decoder()`; `stream()` here
     builds the body once, then runs attempts until one finishes or a failure is final.
     """
 
@@ -194,6 +383,8 @@ class HttpProvider(Provider):
         self._timeout: aiohttp.ClientTimeout | None = None
         if isinstance(read, (int, float)) and not isinstance(read, bool) and read > 0:
             self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=DEFAULT_SOCK_CONNECT, sock_read=float(read))
+        # Seconds without data after which a stream is stalled: the profile's, else the session's.
+        self.read_timeout: float | None = (self._timeout or http.timeout).sock_read
 
     # ------------------------------------------------------------------ dialect hooks
 
@@ -210,8 +401,8 @@ class HttpProvider(Provider):
         """The JSON body of one streaming chat request."""
 
     @abstractmethod
-    def parse(self, response: aiohttp.ClientResponse) -> AsyncIterator[StreamEvent]:
-        """Turn a 200 response into events; end with `Finish` or raise `ProviderError`."""
+    def decoder(self) -> StreamDecoder:
+        """A fresh decoder for one 200 response: its events end with `Finish` or it raises."""
 
     # ------------------------------------------------------------------ streaming
 
@@ -222,10 +413,36 @@ class HttpProvider(Provider):
             emitted = False
             try:
                 async with self.open("POST", self.url(), body) as response:
-                    async with aclosing(self.parse(response)) as events:
-                        async for event in events:
+                    # The hot path: per network read one await and two stores for the watchdog,
+                    # then a plain loop over the events the read completed.
+                    _stop_sock_read(response)
+                    decoder = self.decoder()
+                    feed = decoder.feed
+                    read = response.content.readany
+                    watchdog = _Watchdog(response, self.read_timeout)
+                    clock = watchdog.clock
+                    try:
+                        while True:
+                            watchdog.since = clock()
+                            try:
+                                chunk = await read()
+                            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                                raise self._read_error(exc, watchdog.stalled) from None
+                            watchdog.since = None
+                            if not chunk:
+                                break
+                            for event in feed(chunk):
+                                emitted = True
+                                yield event
+                            if decoder.done:
+                                break
+                        for event in decoder.finish():
                             emitted = True
                             yield event
+                    except LineTooLong:
+                        raise self.error("stream line too long", code=CODE_BROKEN_STREAM) from None
+                    finally:
+                        watchdog.stop()
                 return
             except ProviderError as exc:
                 # Once an event went out the caller has seen part of a reply: never replay it.
@@ -285,57 +502,15 @@ class HttpProvider(Provider):
             else:
                 response.close()
 
-    async def lines(self, response: aiohttp.ClientResponse) -> AsyncIterator[str]:
-        """The body's lines (without line endings), read as they arrive, any length up to 16 MB."""
-        pending: list[bytes] = []  # pieces of the current line; each chunk is scanned only once
-        size = 0
-        while True:
-            try:
-                chunk = await response.content.readany()
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                raise self._transport_error(exc, started=True) from None
-            if not chunk:
-                break
-            start = 0
-            while (end := chunk.find(b"\n", start)) >= 0:
-                pending.append(chunk[start:end])
-                yield b"".join(pending).rstrip(b"\r").decode("utf-8", errors="replace")
-                pending, size, start = [], 0, end + 1
-            if start < len(chunk):
-                pending.append(chunk[start:])
-                size += len(chunk) - start
-                if size > MAX_LINE:
-                    raise self.error("stream line too long", code=CODE_BROKEN_STREAM)
-        if pending:
-            yield b"".join(pending).rstrip(b"\r").decode("utf-8", errors="replace")
-
-    async def sse(self, response: aiohttp.ClientResponse) -> AsyncIterator[SseEvent]:
-        """Server-sent events; an event left unfinished at the end of the body is dropped."""
-        event: str | None = None
-        data: list[str] = []
-        async for line in self.lines(response):
-            if not line:
-                if data:
-                    yield SseEvent(event, "\n".join(data))
-                event, data = None, []
-                continue
-            if line.startswith(":"):
-                continue
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "data":
-                data.append(value)
-            elif name == "event":
-                event = value
-
     def loads(self, data: str) -> Any:
         """Parse one stream payload; corrupt data is a broken stream, never skipped silently."""
         try:
-            return json.loads(data)
+            return decode_json(data)
         except ValueError:
-            raise self.error(
-                f"malformed data in the stream: {data[:120]!r}", code=CODE_BROKEN_STREAM
-            ) from None
+            raise self.malformed(data) from None
+
+    def malformed(self, data: str) -> ProviderError:
+        return self.error(f"malformed data in the stream: {data[:120]!r}", code=CODE_BROKEN_STREAM)
 
     # ------------------------------------------------------------------ errors
 
@@ -360,12 +535,18 @@ class HttpProvider(Provider):
     def truncated(self, what: str) -> ProviderError:
         return self.error(f"the stream ended before {what}", code=CODE_BROKEN_STREAM)
 
+    def stalled(self) -> ProviderError:
+        return self.error(f"stream stalled: no data for {self.read_timeout}s", code=CODE_STALLED)
+
+    def _read_error(self, exc: BaseException, stalled: bool) -> ProviderError:
+        # The watchdog closed the response: the read fails with "connection closed", really a stall.
+        return self.stalled() if stalled else self._transport_error(exc, started=True)
+
     def _transport_error(self, exc: BaseException, *, started: bool) -> ProviderError:
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
             return self.error(f"cannot connect to {self.base_url}: timed out", retryable=not started, code=CODE_UNREACHABLE)
         if isinstance(exc, asyncio.TimeoutError):
-            timeout = self._timeout or self.http.timeout
-            return self.error(f"stream stalled: no data for {timeout.sock_read}s", code=CODE_STALLED)
+            return self.stalled()
         if isinstance(exc, aiohttp.ClientConnectorError):
             reason = exc.os_error.strerror or str(exc.os_error)
             return self.error(f"cannot connect to {self.base_url}: {reason}", retryable=True, code=CODE_UNREACHABLE)
@@ -420,6 +601,20 @@ class HttpProvider(Provider):
             log.warning("%s: image %s unavailable: %s", self.name, part.filename, exc)
             return None
         return base64.b64encode(data).decode("ascii"), mime or part.mime_type
+
+
+def _stop_sock_read(response: aiohttp.ClientResponse) -> None:
+    """Switch aiohttp's `sock_read` off once a streamed response's head is in.
+
+    It moves a timer on every network read; the `_Watchdog` guards the body instead. It stays on
+    until the head arrives because it starts when the request body is fully sent, a moment only
+    aiohttp sees (a large image upload must not count as a stall). A timer it already set is
+    cancelled by the next read, or fires as the same stall the watchdog would report.
+    """
+    connection = response.connection
+    protocol = connection.protocol if connection is not None else None
+    if protocol is not None:
+        protocol.read_timeout = None
 
 
 def image_placeholder(part: ImagePart) -> str:

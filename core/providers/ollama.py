@@ -14,13 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from typing import Any, AsyncIterator
-
-import aiohttp
+from typing import Any, Iterator
 
 from ..protocol import ImagePart, ModelInfo, TextPart, ToolCallPart, ToolResultPart
 from .base import ChatMessage, ChatRequest, Finish, StreamEvent, TextDelta, ToolCallReady, UsageReport
-from .http import HttpProvider, image_placeholder
+from .http import HttpProvider, LineParser, StreamDecoder, image_placeholder
 
 log = logging.getLogger("opencode.providers.ollama")
 
@@ -110,24 +108,46 @@ class OllamaProvider(HttpProvider):
 
     # ------------------------------------------------------------------ stream
 
-    async def parse(self, response: aiohttp.ClientResponse) -> AsyncIterator[StreamEvent]:
-        called = emitted = False
-        async for line in self.lines(response):
+    def decoder(self) -> "OllamaDecoder":
+        return OllamaDecoder(self)
+
+
+class OllamaDecoder(StreamDecoder):
+    """One NDJSON body: text and whole tool calls as they come, usage and `Finish` at `done`."""
+
+    def __init__(self, provider: OllamaProvider) -> None:
+        self.provider = provider
+        self.lines = LineParser()
+        self.called = self.emitted = False
+
+    def feed(self, chunk: bytes) -> Iterator[StreamEvent]:
+        return self._lines(self.lines.feed(chunk))
+
+    def finish(self) -> Iterator[StreamEvent]:
+        if not self.done:  # a last line without a line ending may still be the final one
+            yield from self._lines(self.lines.finish())
+        if not self.done:
+            raise self.provider.truncated('the final "done" line')
+
+    def _lines(self, lines: list[str]) -> Iterator[StreamEvent]:
+        provider = self.provider
+        for line in lines:
             if not line.strip():
                 continue
-            chunk = self.loads(line)
+            chunk = provider.loads(line)
             if not isinstance(chunk, dict):
-                raise self.error(f"unexpected stream data: {line[:120]!r}")
+                raise provider.error(f"unexpected stream data: {line[:120]!r}")
             if chunk.get("error"):
-                raise self.error(str(chunk["error"]), retryable=not emitted and "overloaded" in str(chunk["error"]).lower())
+                error = str(chunk["error"])
+                raise provider.error(error, retryable=not self.emitted and "overloaded" in error.lower())
             message = chunk.get("message") or {}
             text = message.get("content")
             if isinstance(text, str) and text:
-                emitted = True
+                self.emitted = True
                 yield TextDelta(text)
             for call in message.get("tool_calls") or []:
                 if isinstance(call, dict):
-                    called = emitted = True
+                    self.called = self.emitted = True
                     yield _ready(call)
             if chunk.get("done"):
                 yield UsageReport(
@@ -135,9 +155,9 @@ class OllamaProvider(HttpProvider):
                     output_tokens=int(chunk.get("eval_count") or 0),
                 )
                 reason = chunk.get("done_reason") or "stop"
-                yield Finish("length" if reason == "length" else "tool_calls" if called else "stop")
+                yield Finish("length" if reason == "length" else "tool_calls" if self.called else "stop")
+                self.done = True
                 return
-        raise self.truncated('the final "done" line')
 
 
 def _ready(call: dict[str, Any]) -> ToolCallReady:

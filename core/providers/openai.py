@@ -21,14 +21,15 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, Iterator
 from urllib.parse import urlsplit
-
-import aiohttp
 
 from ..protocol import ImagePart, ModelInfo, TextPart, ToolCallPart, ToolResultPart
 from .base import ChatMessage, ChatRequest, Finish, StreamEvent, TextDelta, ToolCallReady, UsageReport
-from .http import CODE_ERROR, CODE_OVERLOADED, CODE_RATE_LIMITED, RETRY_STATUSES, HttpProvider, image_placeholder
+from .http import (
+    CODE_ERROR, CODE_OVERLOADED, CODE_RATE_LIMITED, RETRY_STATUSES, HttpProvider, SseParser, StreamDecoder, decode_json,
+    image_placeholder,
+)
 
 log = logging.getLogger("opencode.providers.openai")
 
@@ -153,50 +154,78 @@ class OpenAIProvider(HttpProvider):
 
     # ------------------------------------------------------------------ stream
 
-    async def parse(self, response: aiohttp.ClientResponse) -> AsyncIterator[StreamEvent]:
-        calls = _CallAssembler()
-        finish: str | None = None
-        usage: tuple[int, int] | None = None
-        done = emitted = False
-        async for event in self.sse(response):
-            if event.data.strip() == "[DONE]":
-                done = True
-                break
-            chunk = self.loads(event.data)
-            if not isinstance(chunk, dict):
-                raise self.error(f"unexpected stream data: {event.data[:120]!r}")
-            if chunk.get("error"):
-                raise self._stream_error(chunk["error"], emitted)
-            if isinstance(chunk.get("usage"), dict):
-                u = chunk["usage"]
-                usage = (int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
-            for choice in chunk.get("choices") or []:
+    def decoder(self) -> "OpenAIDecoder":
+        return OpenAIDecoder(self)
+
+
+class OpenAIDecoder(StreamDecoder):
+    """One Chat Completions SSE body: text as it comes, then calls, usage and `Finish` at `[DONE]`."""
+
+    def __init__(self, provider: OpenAIProvider) -> None:
+        self.provider = provider
+        self.sse = SseParser()
+        self.calls = _CallAssembler()
+        self.finish_reason: str | None = None
+        self.usage: tuple[int, int] | None = None
+        self.emitted = False
+
+    def feed(self, chunk: bytes) -> Iterator[StreamEvent]:
+        # The per-token path: one JSON decode, a few dict lookups, one TextDelta.
+        for event in self.sse.feed(chunk):
+            data = event.data
+            if not data.startswith("{") and data.strip() == "[DONE]":
+                self.done = True
+                return
+            try:
+                message = decode_json(data)
+            except ValueError:
+                raise self.provider.malformed(data) from None
+            if not isinstance(message, dict):
+                raise self.provider.error(f"unexpected stream data: {data[:120]!r}")
+            error = message.get("error")
+            if error:
+                raise self._stream_error(error)
+            usage = message.get("usage")
+            if usage is not None and isinstance(usage, dict):
+                self.usage = (int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+            choices = message.get("choices")
+            if not choices or not isinstance(choices, list):
+                continue
+            for choice in choices:
                 if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                     continue
-                delta = choice.get("delta") or {}
-                text = delta.get("content")
-                if isinstance(text, str) and text:
-                    emitted = True
-                    yield TextDelta(text)
-                for fragment in delta.get("tool_calls") or []:
-                    calls.merge(fragment)
-                if choice.get("finish_reason"):
-                    finish = str(choice["finish_reason"])
+                delta = choice.get("delta")
+                if delta and isinstance(delta, dict):
+                    text = delta.get("content")
+                    if text and isinstance(text, str):
+                        self.emitted = True
+                        yield TextDelta(text)
+                    fragments = delta.get("tool_calls")
+                    if fragments and isinstance(fragments, list):
+                        for fragment in fragments:
+                            self.calls.merge(fragment)
+                reason = choice.get("finish_reason")
+                if reason:
+                    self.finish_reason = str(reason)
+
+    def finish(self) -> Iterator[StreamEvent]:
+        finish = self.finish_reason
         if finish is None:
-            raise self.truncated("a finish_reason")
-        if not done:
-            raise self.truncated("[DONE]")
-        for slot in calls.slots:
+            raise self.provider.truncated("a finish_reason")
+        if not self.done:
+            raise self.provider.truncated("[DONE]")
+        slots = self.calls.slots
+        for slot in slots:
             yield self._ready(slot)
-        if usage is not None:
-            yield UsageReport(input_tokens=usage[0], output_tokens=usage[1])
+        if self.usage is not None:
+            yield UsageReport(input_tokens=self.usage[0], output_tokens=self.usage[1])
         reason = _FINISH.get(finish, "stop")
-        if calls.slots:
+        if slots:
             reason = "tool_calls" if reason != "length" else reason
         elif reason == "tool_calls":
             reason = "stop"
         if finish not in _FINISH:
-            log.info("%s: finish_reason %r reported as stop", self.name, finish)
+            log.info("%s: finish_reason %r reported as stop", self.provider.name, finish)
         yield Finish(reason)  # type: ignore[arg-type]
 
     def _ready(self, slot: _CallSlot) -> ToolCallReady:
@@ -219,20 +248,20 @@ class OpenAIProvider(HttpProvider):
             provider_data=provider_data or None,
         )
 
-    def _stream_error(self, error: Any, emitted: bool) -> Exception:
+    def _stream_error(self, error: Any) -> Exception:
         if isinstance(error, dict):
             message = str(error.get("message") or error)
             code = error.get("code")
         else:
             message, code = str(error), None
         status = code if isinstance(code, int) else None
-        retryable = not emitted and (
+        retryable = not self.emitted and (
             (status in RETRY_STATUSES) or code in ("server_error", "rate_limit_exceeded", "overloaded")
         )
         kind = CODE_RATE_LIMITED if status == 429 or code == "rate_limit_exceeded" else CODE_ERROR
         if status in (503, 529) or code == "overloaded":
             kind = CODE_OVERLOADED
-        return self.error(message, retryable=retryable, code=kind)
+        return self.provider.error(message, retryable=retryable, code=kind)
 
 
 class _CallAssembler:
