@@ -1,8 +1,10 @@
-"""The shared HTTP layer: session settings, retry policy, error parsing, SSE reading, the registry,
-and that an API key never reaches an exception or a log line."""
+"""The shared HTTP layer: session settings, retry policy, error parsing, the incremental line and
+SSE parsers, stall detection, the registry, and that an API key never reaches an exception or a
+log line."""
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import logging
@@ -16,7 +18,11 @@ from opencode_agent.core.errors import BadRequest, ProviderError
 from opencode_agent.core.protocol import ProviderPatch, ProviderProfile, TextPart
 from opencode_agent.core.providers.anthropic import AnthropicProvider
 from opencode_agent.core.providers.base import ChatMessage, ChatRequest, Finish, Provider, TextDelta, UsageReport
-from opencode_agent.core.providers.http import RetryPolicy, create_session, error_details, parse_retry_after
+from aiohttp import web
+
+from opencode_agent.core.providers.http import (
+    LineParser, LineTooLong, RetryPolicy, SseEvent, SseParser, create_session, error_details, parse_retry_after,
+)
 from opencode_agent.core.providers.ollama import OllamaProvider
 from opencode_agent.core.providers.openai import OpenAIProvider
 from opencode_agent.core.providers.registry import build_provider, provider_for
@@ -144,6 +150,183 @@ async def test_an_abandoned_stream_frees_its_connection(fake_llm: Any, http: Any
     assert await stream.__anext__() == TextDelta("a")
     await stream.aclose()  # the caller aborted: the half-read response is closed, not pooled
     assert await collect(p) == [TextDelta("second"), UsageReport(11, 7), Finish("stop")]
+
+
+# --------------------------------------------------------------------------- incremental parsers
+
+SSE_BODY = (
+    ": keep-alive\r\n\r\n"
+    "event: greeting\r\ndata: h\u00e9llo w\u00f6rld \u2713\r\n\r\n"
+    "data: first line\ndata:second line\ndata\n\n"
+    'id: 7\nretry: 10\ndata: {"n": 1}\n\n'
+    "event: named but empty\n\n"
+    "data: a\r\n\n"
+    "data: never finished"
+).encode()
+SSE_EVENTS = [
+    SseEvent("greeting", "h\u00e9llo w\u00f6rld \u2713"),
+    SseEvent(None, "first line\nsecond line\n"),
+    SseEvent(None, '{"n": 1}'),
+    SseEvent(None, "a"),
+]
+
+
+def feed_all(parser: Any, pieces: list[bytes]) -> list[Any]:
+    out = [item for piece in pieces for item in parser.feed(piece)]
+    return out + parser.finish()
+
+
+def test_sse_parser_gives_the_same_events_however_the_body_is_cut() -> None:
+    assert feed_all(SseParser(), [SSE_BODY]) == SSE_EVENTS
+    assert feed_all(SseParser(), [SSE_BODY[i:i + 1] for i in range(len(SSE_BODY))]) == SSE_EVENTS
+    for cut in range(1, len(SSE_BODY)):  # every cut, through \r\n and inside UTF-8 characters
+        assert feed_all(SseParser(), [SSE_BODY[:cut], SSE_BODY[cut:]]) == SSE_EVENTS, cut
+
+
+def test_sse_parser_one_event_per_read_keeps_what_earlier_reads_left() -> None:
+    parser = SseParser()
+    assert parser.feed(b"data: plain\n\n") == [SseEvent(None, "plain")]
+    assert parser.feed(b"event: delta\n") == []
+    assert parser.feed(b"data: named\n\n") == [SseEvent("delta", "named")]
+    assert parser.feed(b"data: one\n") == []
+    assert parser.feed(b"data: two\n\n") == [SseEvent(None, "one\ntwo")]
+    assert parser.feed(b"data: par") == []
+    assert parser.feed(b"tial\n\n") == [SseEvent(None, "partial")]
+    assert parser.feed(b"data: cr\r\n\n") == [SseEvent(None, "cr")]
+    assert parser.feed(b"data: \xe2\x9c") == []
+    assert parser.feed(b"\x93\n\n") == [SseEvent(None, "\u2713")]
+    assert parser.feed(b"data: bad \xff\n\n") == [SseEvent(None, "bad \ufffd")]
+
+
+def test_line_parser_lines_endings_utf8_and_the_last_line() -> None:
+    body = '{"a": "\u00e9"}\r\n\n{"b": 2}\n{"c": "\u2713"}'.encode()
+    expected = ['{"a": "\u00e9"}', "", '{"b": 2}', '{"c": "\u2713"}']
+    for cut in range(len(body) + 1):
+        assert feed_all(LineParser(), [body[:cut], body[cut:]]) == expected, cut
+    assert feed_all(LineParser(), [body[i:i + 1] for i in range(len(body))]) == expected
+
+
+def test_line_parser_limit_counts_the_unfinished_line_only() -> None:
+    parser = LineParser(max_line=10)
+    assert parser.feed(b"0123456789\n" * 3) == ["0123456789"] * 3  # finished lines are never too long
+    assert parser.feed(b"01234") == [] and parser.feed(b"56789") == []
+    assert parser.feed(b"\nabc") == ["0123456789"]
+    with pytest.raises(LineTooLong):
+        parser.feed(b"defghijk")
+
+
+async def test_a_line_over_16_mb_breaks_the_stream(fake_llm: Any, http: Any) -> None:
+    # Still unfinished past 16 MB (a finished line is never too long: it is already parsed).
+    fake_llm.push(Stream([b"data: " + b"x" * (8 * 1024 * 1024), b"y" * (8 * 1024 * 1024)]))
+    p = OpenAIProvider(ProviderProfile(name="p", kind="openai", base_url=f"{fake_llm.url}/v1"), None, http)
+    with pytest.raises(ProviderError) as info:
+        await collect(p)
+    assert info.value.message == "p: stream line too long" and info.value.code == "provider_stream_broken"
+
+
+async def test_events_before_a_failure_in_the_same_read_still_go_out(fake_llm: Any, http: Any) -> None:
+    text = sse({"choices": [{"index": 0, "delta": {"content": "kept"}, "finish_reason": None}]})
+    fake_llm.push(Stream([text + b"data: {corrupt\n\n"]))
+    p = OpenAIProvider(ProviderProfile(name="p", kind="openai", base_url=f"{fake_llm.url}/v1"), None, http,
+                       retry=RetryPolicy(max_attempts=1))
+    seen: list[Any] = []
+    with pytest.raises(ProviderError) as info:
+        async for event in p.stream(REQUEST):
+            seen.append(event)
+    assert seen == [TextDelta("kept")] and info.value.code == "provider_stream_broken"
+
+
+# --------------------------------------------------------------------------- stall detection
+
+
+def openai_chunk(text: str) -> bytes:
+    return sse({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]})
+
+
+async def test_a_stream_sets_no_timer_per_network_read(aiohttp_server: Any, http: Any, monkeypatch: Any) -> None:
+    """aiohttp's `sock_read` moves a timer on every read; the stream's watchdog must not."""
+    tokens = 100
+    consumed = asyncio.Event()
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for i in range(tokens):  # in lockstep with the consumer: one token per network read
+            await response.write(openai_chunk(f"t{i} "))
+            await consumed.wait()
+            consumed.clear()
+        await response.write(sse({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}) + sse("[DONE]"))
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    server = await aiohttp_server(app)
+    p = OpenAIProvider(ProviderProfile(name="p", kind="openai", base_url=str(server.make_url("/v1"))), None, http)
+    loop = asyncio.get_running_loop()
+    timers = 0
+    call_at = loop.call_at
+
+    def counting_call_at(*args: Any, **kwargs: Any) -> Any:
+        nonlocal timers
+        timers += 1
+        return call_at(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_at", counting_call_at)
+    events = []
+    async for event in p.stream(REQUEST):
+        events.append(event)
+        consumed.set()
+    monkeypatch.undo()
+    assert len(events) == tokens + 1 and events[-1] == Finish("stop")
+    assert timers < 10, f"{timers} timers for {tokens} network reads"
+
+
+async def test_a_slow_consumer_is_not_a_stall(fake_llm: Any, http: Any) -> None:
+    """The watchdog measures the server: a caller that holds the stream longer than the read
+    timeout, while the data waits in the buffer, still gets the whole reply."""
+    fake_llm.push(Reply(text="one two three"))
+    profile = ProviderProfile(name="p", kind="openai", base_url=f"{fake_llm.url}/v1", extra={"read_timeout": 0.1})
+    events = []
+    async for event in OpenAIProvider(profile, None, http).stream(REQUEST):
+        events.append(event)
+        if len(events) == 1:
+            await asyncio.sleep(0.35)
+    assert events == [TextDelta("one "), TextDelta("two "), TextDelta("three"), UsageReport(11, 7), Finish("stop")]
+
+
+async def test_a_stall_before_the_response_head(aiohttp_server: Any, http: Any) -> None:
+    release = asyncio.Event()
+
+    async def silent(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(status=500)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", silent)
+    server = await aiohttp_server(app)
+    profile = ProviderProfile(name="p", kind="openai", base_url=str(server.make_url("/v1")), extra={"read_timeout": 0.2})
+    sleep = RecordingSleep()
+    started = time.monotonic()
+    try:
+        with pytest.raises(ProviderError) as info:
+            await collect(OpenAIProvider(profile, None, http, retry=RetryPolicy(sleep=sleep)))
+    finally:
+        release.set()
+    assert info.value.message == "p: stream stalled: no data for 0.2s" and info.value.code == "provider_stalled"
+    assert sleep.waits == [] and time.monotonic() - started < 2
+
+
+async def test_a_stall_after_some_events_is_caught_by_the_watchdog(fake_llm: Any, http: Any) -> None:
+    fake_llm.push(Stream([openai_chunk("a"), openai_chunk("b")], stall_after=2))
+    profile = ProviderProfile(name="p", kind="openai", base_url=f"{fake_llm.url}/v1", extra={"read_timeout": 0.2})
+    seen: list[Any] = []
+    started = time.monotonic()
+    with pytest.raises(ProviderError) as info:
+        async for event in OpenAIProvider(profile, None, http).stream(REQUEST):
+            seen.append(event)
+    assert seen == [TextDelta("a"), TextDelta("b")]
+    assert info.value.message == "p: stream stalled: no data for 0.2s" and info.value.code == "provider_stalled"
+    assert 0.2 <= time.monotonic() - started < 2
 
 
 # --------------------------------------------------------------------------- the key never leaks
