@@ -148,13 +148,19 @@ class AnthropicDecoder(StreamDecoder):
                 raise provider.error(f"unexpected stream data: {event.data[:120]!r}")
             kind = data.get("type") or event.event
             if kind == "content_block_delta":  # the per-token event first
-                delta = data.get("delta") or {}
-                block = self.blocks.get(int(data.get("index", 0)))
-                if delta.get("type") == "text_delta" and delta.get("text"):
-                    self.emitted = True
-                    yield TextDelta(str(delta["text"]))
-                elif delta.get("type") == "input_json_delta" and block is not None:
-                    block["json"] += str(delta.get("partial_json") or "")
+                delta = data.get("delta")
+                if not isinstance(delta, dict):
+                    continue
+                delta_type = delta.get("type")
+                if delta_type == "text_delta":
+                    text = delta.get("text")
+                    if text:
+                        self.emitted = True
+                        yield TextDelta(str(text))
+                elif delta_type == "input_json_delta":
+                    block = self.blocks.get(int(data.get("index", 0)))
+                    if block is not None:
+                        block["json"] += str(delta.get("partial_json") or "")
             elif kind == "error":
                 raise self._stream_error(data.get("error"))
             elif kind == "message_start":
