@@ -121,7 +121,13 @@ class _ToolContext:
 
 
 class AgentRun:
-    def __init__(self, deps: AgentDeps, run_input: RunInput) -> None:
+    """One role's reply. With `may_speak`, the run starts work (the model request goes out) at
+    once but says nothing until that future resolves: True once the caller has announced it
+    (`announce()`, after the user's message is committed), False when it is to vanish without a
+    word (the user's message could not be saved)."""
+
+    def __init__(self, deps: AgentDeps, run_input: RunInput, *,
+                 may_speak: asyncio.Future[bool] | None = None) -> None:
         self.deps = deps
         self.input = run_input
         self.run = run_input.run
@@ -135,6 +141,8 @@ class AgentRun:
         self._delta_head = (f'{{"message_id":{encode_str(self.message.id)},"run_id":{encode_str(self.run.id)},'
                             f'"skill":{encode_str(run_input.role.id)},"text":')
         self._announced = False
+        self._may_speak = may_speak
+        self.dropped = False  # ended without a word: its user message was never saved
         self._finished = False
         self._last_checkpoint = time.monotonic()
 
@@ -146,11 +154,14 @@ class AgentRun:
         current_run.set(self.run.id)
         status, error = "completed", None
         try:
-            self._begin()
+            if self._may_speak is None:
+                self.announce()
             if self.input.role.engine == "echo":
                 await self._echo()
             else:
                 await self._agent_loop()
+        except _Dropped:
+            return self.message
         except asyncio.CancelledError:
             status = self.final_status_on_cancel
         except OpencodeError as exc:
@@ -162,9 +173,11 @@ class AgentRun:
         await asyncio.shield(self.finish(status, error))
         return self.message
 
-    def _begin(self) -> None:
-        """Announce the reply and queue its first row; the model request does not wait for the
-        commit (the group commit keeps it after the user's message, and checkpoints follow)."""
+    def announce(self) -> None:
+        """Publish the reply and queue its first row (once); the model request does not wait for
+        the commit (the group commit keeps it after the user's message, and checkpoints follow)."""
+        if self._announced:
+            return
         self.run.status = "working"
         self._announced = True
         self.deps.bus.publish(self.message.session_id, "message.created", MessageCreatedData(message=self.message))
@@ -176,6 +189,8 @@ class AgentRun:
         if self._finished:
             return
         self._finished = True
+        if not await self._allowed_to_speak():
+            return
         if not self._announced:
             self._announced = True
             self.deps.bus.publish(self.message.session_id, "message.created", MessageCreatedData(message=self.message))
@@ -195,6 +210,20 @@ class AgentRun:
         sid = self.message.session_id
         self.deps.bus.publish(sid, "message.completed", MessageCompletedData(message=self.message))
         self.deps.bus.publish(sid, "run.status", RunStatusData(run=self.run))
+
+    async def _allowed_to_speak(self) -> bool:
+        """Wait, if need be, for the verdict on the user's message; False: this run is dropped."""
+        if self._announced or self._may_speak is None:
+            return True
+        if await asyncio.shield(self._may_speak):
+            self.announce()  # the caller did already; once is once
+            return True
+        self.dropped = True
+        return False
+
+    async def _before_first_word(self) -> None:
+        if not await self._allowed_to_speak():
+            raise _Dropped()
 
     # ------------------------------------------------------------------ streaming text
 
@@ -217,6 +246,7 @@ class AgentRun:
             self.deps.store.queue_message(self.message)
 
     async def _echo(self) -> None:
+        await self._before_first_word()
         text = self.input.user_message.text()
         words = text.split(" ")
         for i, word in enumerate(words):
@@ -266,6 +296,8 @@ class AgentRun:
         append_text = self._append_text
         try:
             async for ev in stream:
+                if not self._announced:
+                    await self._before_first_word()
                 if isinstance(ev, TextDelta):  # the hot path first: one check per token
                     if ev.text:
                         append_text(ev.text)
@@ -365,6 +397,10 @@ class AgentRun:
             message_id=self.message.id, run_id=self.run.id, call=part, result=result))
         self._maybe_checkpoint()
         return result
+
+
+class _Dropped(Exception):
+    """The run's user message was not saved: end without publishing or storing anything."""
 
 
 # Final replies whose save failed (disk full, locked database): retried until the cause goes.

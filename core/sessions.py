@@ -259,22 +259,52 @@ class SessionManager:
                        status="queued" if busy else "completed", created_at=t, updated_at=t)
         runs = [Run(id=new_id("run"), session_id=session_id, message_id=new_id("msg"), skill=r.id,
                     status="queued") for r in roles]
-        await self.store.save_message(user)
         loop = asyncio.get_running_loop()
-        for run in runs:
-            self._run_done[run.id] = loop.create_future()
-        self._remember(live, user)
-        self.bus.publish(session_id, "message.created", MessageCreatedData(message=user))
         if busy:
+            await self.store.save_message(user)
+            self._register_runs(runs)
+            self._remember(live, user)
+            self.bus.publish(session_id, "message.created", MessageCreatedData(message=user))
             live.queued.append(_Queued(user, runs, roles))
             for run in runs:
                 self.bus.publish(session_id, "run.status", RunStatusData(run=run))
         else:
-            self._start(live, user, runs, roles)
+            # The runs start while the message commits, so the model request does not wait for
+            # the disk; they say nothing until it is saved, and vanish if it is not.
+            saving = loop.create_task(self.store.save_message(user), name=f"opencode-save-{user.id}")
+            self._register_runs(runs)
+            self._remember(live, user)
+            may_speak: asyncio.Future[bool] = loop.create_future()
+            agents = self._start(live, user, runs, roles, may_speak=may_speak)
+            saving.add_done_callback(lambda done: self._after_commit(live, user, agents, done, may_speak))
+            await asyncio.shield(saving)  # the store's error, if any, is the sender's answer
         # After the runs start: naming the chat must not delay its first reply.
         await self._auto_title(live, text)
         return SendResult(message_id=user.id, run_id=runs[0].id if runs else None,
                           run_ids=[r.id for r in runs], queued=busy)
+
+    def _register_runs(self, runs: Sequence[Run]) -> None:
+        loop = asyncio.get_running_loop()
+        for run in runs:
+            self._run_done[run.id] = loop.create_future()
+
+    def _after_commit(self, live: _Live, user: Message, agents: Sequence[AgentRun],
+                      saving: asyncio.Future[None], may_speak: asyncio.Future[bool]) -> None:
+        """The user's message is committed (announce it, then its runs, in that order) or it is
+        not (its runs are dropped unseen and the sender gets the store's error)."""
+        saved = not saving.cancelled() and saving.exception() is None
+        if saved:
+            self.bus.publish(user.session_id, "message.created", MessageCreatedData(message=user))
+            for agent in agents:
+                agent.announce()
+        else:
+            live.recent.pop(user.id, None)
+            for agent in agents:
+                live.recent.pop(agent.message.id, None)
+                active = live.active.get(agent.run.id)
+                if active is not None:
+                    active.task.cancel()
+        may_speak.set_result(saved)
 
     def _address(self, session: Session, body: SendBody) -> tuple[str, list[SkillLike]]:
         """Which roles answer: a leading `@role`, else the body's skills, else the session's roles."""
@@ -316,7 +346,8 @@ class SessionManager:
                 out.append(skill)
         return out
 
-    def _start(self, live: _Live, user: Message, runs: list[Run], roles: list[SkillLike]) -> None:
+    def _start(self, live: _Live, user: Message, runs: list[Run], roles: list[SkillLike], *,
+               may_speak: asyncio.Future[bool] | None = None) -> list[AgentRun]:
         if user.status == "queued":
             user.status = "completed"
             user.updated_at = now()
@@ -324,13 +355,16 @@ class SessionManager:
             self.bus.publish(live.session.id, "message.created", MessageCreatedData(message=user))
         history = [m for m in live.recent.values() if m.id != user.id and m.status != "streaming"]
         tool_skills = self._tool_skills(live.session)
+        agents = []
         for run, role in zip(runs, roles):
             agent = AgentRun(self.deps, RunInput(
                 session=live.session, run=run, user_message=user, role=role, tool_skills=tool_skills,
-                history=history, spent=live.session.usage))
+                history=history, spent=live.session.usage), may_speak=may_speak)
             self._remember(live, agent.message)
             task = asyncio.get_running_loop().create_task(self._execute(live, agent), name=f"opencode-{run.id}")
             live.active[run.id] = _Active(run, agent, task)
+            agents.append(agent)
+        return agents
 
     async def _execute(self, live: _Live, agent: AgentRun) -> Message:
         try:
@@ -341,8 +375,10 @@ class SessionManager:
             message = agent.message
         finally:
             live.active.pop(agent.run.id, None)
-            self._settle(agent.run.id, agent.message)
-        if message.usage and (message.usage.input_tokens or message.usage.output_tokens):
+            self._settle(agent.run.id, None if agent.dropped else agent.message)
+        if agent.dropped:
+            live.recent.pop(message.id, None)
+        elif message.usage and (message.usage.input_tokens or message.usage.output_tokens):
             await self._add_usage(live, message)
         if not live.active and live.queued and not self._closing:
             nxt = live.queued.popleft()

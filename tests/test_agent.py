@@ -487,3 +487,93 @@ async def test_every_event_on_the_wire_is_a_protocol_event(env):
         EventAdapter.validate_python(ev)
         types.add(ev["type"])
     assert {"message.delta", "log", "tool.started", "tool.finished", "run.status", "usage.updated"} <= types
+
+
+async def test_runs_start_while_the_user_message_commits_and_speak_only_after_it(env, service, monkeypatch):
+    """The model request goes out before the user's message is committed; nothing of the run is
+    published before the message is, and the order on the wire stays user message → reply → text."""
+    provider, session, ws_for = env
+    sid = await session("alpha")
+    ws = await ws_for(sid)
+    asked = asyncio.Event()
+    commit = asyncio.Event()
+
+    async def turn(request: ChatRequest) -> AsyncIterator[Any]:
+        asked.set()
+        yield TextDelta("first")
+        yield Finish("stop")
+
+    provider.turns.append(turn)
+    real_save = service.store.save_message
+
+    async def slow_save(message: Message) -> None:
+        if message.role == "user":
+            await commit.wait()
+        await real_save(message)
+
+    monkeypatch.setattr(service.store, "save_message", slow_save)
+    sending = asyncio.ensure_future(ws.command("send", session_id=sid, text="hi"))
+    await asyncio.wait_for(asked.wait(), 5)  # the model was asked while the commit is held
+    assert not ws.of_type("message.created") and not ws.of_type("message.delta")
+    commit.set()
+    sent = await sending
+    await ws.until(run_final(sent["data"]["run_id"]))
+    order = [(e["type"], e["data"].get("message", {}).get("role")) for e in ws.events
+             if e.get("type") in ("message.created", "message.delta")]
+    assert order[:3] == [("message.created", "user"), ("message.created", "assistant"), ("message.delta", None)]
+
+
+async def test_a_user_message_the_store_refuses_leaves_no_trace_of_its_runs(env, service, monkeypatch):
+    """If the user's message cannot be saved, its runs (already asking the model) are dropped:
+    the upstream stream is closed, nothing but their debug log lines is published or stored, and the
+    sender gets the error."""
+    from opencode_agent.core.errors import StoreUnavailable
+
+    provider, session, ws_for = env
+    sid = await session("alpha", "beta")
+    ws = await ws_for(sid)
+    asked = asyncio.Event()
+    release = asyncio.Event()
+    both_asked = asyncio.Barrier(3)
+
+    async def turn(request: ChatRequest) -> AsyncIterator[Any]:
+        await both_asked.wait()
+        await release.wait()
+        yield TextDelta("never seen")
+        yield Finish("stop")
+
+    provider.by_role = lambda request: turn
+    real_save = service.store.save_message
+
+    async def refusing_save(message: Message) -> None:
+        if message.role == "user":
+            await asyncio.wait_for(both_asked.wait(), 5)
+            asked.set()
+            raise StoreUnavailable("the disk holding the Opencode database is full; free some space and try again")
+        await real_save(message)
+
+    monkeypatch.setattr(service.store, "save_message", refusing_save)
+    await service.store.flush()
+    before = len(await service.store.events_after(sid, 0, 10_000))
+    reply = await ws.command("send", session_id=sid, text="hello")
+    assert reply["error"]["code"] == "store_unavailable" and "disk" in reply["error"]["message"]
+    assert asked.is_set()
+    await asyncio.wait_for(service.sessions.wait_idle(sid), 5)  # the dropped runs ended...
+    assert provider.closed_streams == 2  # ...and closed their upstream streams without reading them
+    assert not release.is_set()
+    assert not [e for e in ws.events if e.get("type") in ("message.created", "run.status", "message.delta",
+                                                            "message.completed")]
+    await service.store.flush()
+    # Only the debug log remembers them: the model requests did go out.
+    after = await service.store.events_after(sid, 0, 10_000)
+    assert {e.type for e in after[before:]} == {"log"}
+    page = await service.sessions.messages(sid, None, 50)
+    assert page.messages == []
+    # The store is back: the next message is answered normally.
+    monkeypatch.setattr(service.store, "save_message", real_save)
+    provider.by_role = None
+    provider.turns.extend([text_turn("ok"), text_turn("ok")])
+    sent = await ws.command("send", session_id=sid, text="again")
+    for run_id in sent["data"]["run_ids"]:
+        final = await ws.until(run_final(run_id))
+        assert final["data"]["run"]["status"] == "completed"
