@@ -57,12 +57,15 @@ HOST_ENV_VARS: Mapping[str, str] = {
 }
 
 # Shapes of keys and credentials, redacted even when the key itself is unknown.
-_KEY_SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"\bBearer\s+[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE), f"Bearer {REDACTED}"),
-    (re.compile(r"\bsk-ant-[A-Za-z0-9_-]{8,}"), REDACTED),
-    (re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"), REDACTED),
-    (re.compile(r"\bAIza[0-9A-Za-z_-]{20,}"), REDACTED),
-    (re.compile(r"\b(?:gsk|xai|hf|pplx|ghp|github_pat)[_-][A-Za-z0-9_]{20,}"), REDACTED),
+# (what a key looks like, its replacement, lowercase words one of which any match contains):
+# a pattern only runs on text holding one of its words, so plain log lines cost a few `in` tests.
+_KEY_SHAPES: tuple[tuple[re.Pattern[str], str, tuple[str, ...]], ...] = (
+    (re.compile(r"\bBearer\s+[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE), f"Bearer {REDACTED}", ("bearer",)),
+    (re.compile(r"\bsk-ant-[A-Za-z0-9_-]{8,}"), REDACTED, ("sk-ant-",)),
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"), REDACTED, ("sk-",)),
+    (re.compile(r"\bAIza[0-9A-Za-z_-]{20,}"), REDACTED, ("aiza",)),
+    (re.compile(r"\b(?:gsk|xai|hf|pplx|ghp|github_pat)[_-][A-Za-z0-9_]{20,}"), REDACTED,
+     ("gsk", "xai", "hf", "pplx", "ghp", "github_pat")),
     # key=…, api_key: "…", "x-api-key": "…", token=… (query strings, headers, JSON, repr)
     (
         re.compile(
@@ -70,6 +73,7 @@ _KEY_SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
             r"""[A-Za-z0-9+/_.~-]{16,}={0,2}"""
         ),
         r"\1\2" + REDACTED,
+        ("key", "token", "secret", "password", "authorization"),
     ),
 )
 
@@ -97,8 +101,10 @@ class Redactor:
             return text
         if self._pattern is not None:
             text = self._pattern.sub(REDACTED, text)
-        for pattern, replacement in _KEY_SHAPES:
-            text = pattern.sub(replacement, text)
+        lower = text.casefold()
+        for pattern, replacement, words in _KEY_SHAPES:
+            if any(w in lower for w in words):
+                text = pattern.sub(replacement, text)
         return text
 
     __call__ = redact

@@ -111,6 +111,10 @@ async def test_the_store_redactor_knows_stored_and_environment_keys(tmp_path: Pa
     ("token=dGhpcyBpcyBhIHNlY3JldCB0b2tlbg==", f"token={REDACTED}"),
     ("gsk_abcdefghijklmnopqrstuvwxyz", REDACTED),
     ("a normal sentence with sk- in it and key=short", "a normal sentence with sk- in it and key=short"),
+    # Case-insensitive shapes in any case, even with characters that only case-fold to ASCII.
+    ("AUTHORIZATION: BEARER abc.def-ghi_jkl", f"AUTHORIZATION: Bearer {REDACTED}"),
+    ("\u017fecret=0123456789abcdef0123", f"\u017fecret={REDACTED}"),
+    ("X-API-KEY: 0123456789abcdef0123456789", f"X-API-KEY: {REDACTED}"),
 ])
 def test_redactor_key_shapes(text: str, expected: str) -> None:
     assert Redactor().redact(text) == expected
