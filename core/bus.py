@@ -230,8 +230,9 @@ class InProcessBus(Bus):
     # ------------------------------------------------------------------ publish
 
     def publish(self, session_id: str, type_: str, data: BaseModel | dict[str, Any]) -> int:
-        payload = data.model_dump(mode="json") if isinstance(data, BaseModel) else data
-        return self.publish_json(session_id, type_, encode_data(payload))
+        # A model encodes itself (pydantic's serializer, compact UTF-8 JSON like `encode_data`).
+        data_json = data.model_dump_json() if isinstance(data, BaseModel) else encode_data(data)
+        return self.publish_json(session_id, type_, data_json)
 
     def publish_json(self, session_id: str, type_: str, data_json: str) -> int:
         room = self._room(session_id)
