@@ -98,6 +98,7 @@ class RunInput:
     tool_skills: Sequence[SkillLike]
     history: list[Message]
     spent: Usage  # the session's usage before this run (for the budget)
+    turns: TurnCache | None = None  # the session's, shared by its runs
 
 
 class _ToolContext:
@@ -263,7 +264,7 @@ class AgentRun:
             tools = []
         by_name = {t.name: (skill, t) for skill, t in tools}
         history = build_history(self.input.history, self.input.role.id, self.input.user_message,
-                                resolved.caps.context_tokens, vision=resolved.caps.vision)
+                                resolved.caps.context_tokens, vision=resolved.caps.vision, cache=self.input.turns)
         system = self._system_prompt()
         target = f"{resolved.provider.profile.name}/{resolved.model}"
         for turn in range(1, self.deps.max_turns + 1):
@@ -475,17 +476,37 @@ def message_turns(message: Message, *, vision: bool) -> list[ChatMessage]:
     return turns
 
 
+class TurnCache:
+    """The provider turns and token estimate of each message, reused while the message is
+    unchanged (same `updated_at`): every run of a session rebuilds its history from the same
+    finished messages. The turns are shared, so nothing may modify them. Bounded; oldest out."""
+
+    def __init__(self, limit: int = 256) -> None:
+        self.limit = limit
+        self._items: dict[tuple[str, float, bool], tuple[list[ChatMessage], int]] = {}
+
+    def turns(self, message: Message, *, vision: bool) -> tuple[list[ChatMessage], int]:
+        key = (message.id, message.updated_at, vision)
+        hit = self._items.get(key)
+        if hit is None:
+            turns = message_turns(message, vision=vision)
+            hit = self._items[key] = (turns, sum(estimate_tokens(t.parts) for t in turns))
+            if len(self._items) > self.limit:
+                del self._items[next(iter(self._items))]
+        return hit
+
+
 def build_history(history: list[Message], role_id: str, user_message: Message, context_tokens: int,
-                  *, vision: bool) -> list[ChatMessage]:
+                  *, vision: bool, cache: TurnCache | None = None) -> list[ChatMessage]:
     """User messages and this role's replies, newest kept first, trimmed to the model's context."""
     budget = max(context_tokens - REPLY_RESERVE_TOKENS, 1024)
     chosen: list[list[ChatMessage]] = []
     used = 0
+    cache = cache or TurnCache()
     for m in reversed([*history, user_message]):
         if m.role == "assistant" and m.skill != role_id:
             continue
-        turns = message_turns(m, vision=vision)
-        cost = sum(estimate_tokens(t.parts) for t in turns)
+        turns, cost = cache.turns(m, vision=vision)
         if chosen and used + cost > budget:
             break
         used += cost

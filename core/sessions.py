@@ -17,7 +17,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol, Sequence
 
-from .agent import AgentDeps, AgentRun, RunInput, SkillLike
+from .agent import AgentDeps, AgentRun, RunInput, SkillLike, TurnCache
 from .bus import InProcessBus
 from .errors import BadRequest, Conflict, NotFound
 from .protocol import (
@@ -78,6 +78,7 @@ class _Live:
     has_more: bool
     active: dict[str, _Active] = field(default_factory=dict)
     queued: deque[_Queued] = field(default_factory=deque)
+    turns: TurnCache = field(default_factory=TurnCache)
 
 
 class SessionManager:
@@ -359,7 +360,7 @@ class SessionManager:
         for run, role in zip(runs, roles):
             agent = AgentRun(self.deps, RunInput(
                 session=live.session, run=run, user_message=user, role=role, tool_skills=tool_skills,
-                history=history, spent=live.session.usage), may_speak=may_speak)
+                history=history, spent=live.session.usage, turns=live.turns), may_speak=may_speak)
             self._remember(live, agent.message)
             task = asyncio.get_running_loop().create_task(self._execute(live, agent), name=f"opencode-{run.id}")
             live.active[run.id] = _Active(run, agent, task)

@@ -577,3 +577,26 @@ async def test_a_user_message_the_store_refuses_leaves_no_trace_of_its_runs(env,
     for run_id in sent["data"]["run_ids"]:
         final = await ws.until(run_final(run_id))
         assert final["data"]["run"]["status"] == "completed"
+
+
+def test_history_turns_are_reused_until_a_message_changes() -> None:
+    from opencode_agent.core.agent import TurnCache
+
+    def msg(mid: str, role: str, text: str, t: float) -> Message:
+        return Message(id=mid, session_id="s", role=role, skill="alpha" if role == "assistant" else None,  # type: ignore[arg-type]
+                       parts=[TextPart(text=text)], status="completed", created_at=t, updated_at=t)
+
+    history = [msg("m1", "user", "one", 1.0), msg("m2", "assistant", "two", 2.0)]
+    user = msg("m3", "user", "three", 3.0)
+    cache = TurnCache()
+    first = build_history(history, "alpha", user, 32000, vision=False, cache=cache)
+    again = build_history(history, "alpha", user, 32000, vision=False, cache=cache)
+    assert [t.parts for t in first] == [t.parts for t in again]
+    assert all(a is b for a, b in zip(first, again))  # the same turns, not rebuilt
+    assert build_history(history, "alpha", user, 32000, vision=False) == first  # as without a cache
+    history[1] = msg("m2", "assistant", "two, edited", 4.0)
+    edited = build_history(history, "alpha", user, 32000, vision=False, cache=cache)
+    assert edited[1].parts[0].text == "two, edited"
+    small = TurnCache(limit=2)
+    build_history(history, "alpha", user, 32000, vision=False, cache=small)
+    assert len(small._items) == 2  # noqa: SLF001 - bounded
