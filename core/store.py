@@ -8,10 +8,12 @@ writer keeps going once the cause is gone.
 
 The writer is a plain `sqlite3.Connection` owned by a dedicated one-thread executor: it is opened,
 used and closed only on that thread, and a whole transaction (BEGIN IMMEDIATE, every
-`executemany`, COMMIT or ROLLBACK) is one function run there, so a batch costs one thread hop
-instead of one per statement. aiosqlite has no public way to run a function on its connection's
-thread, hence the executor; the reader, which does one round trip a query anyway, stays on
-aiosqlite.
+insert, COMMIT or ROLLBACK) is one function run there, so a batch costs one thread hop instead of
+one per statement. aiosqlite has no public way to run a function on its connection's thread,
+hence the executor; the reader, which does one round trip a query anyway, stays on aiosqlite.
+Rows go up to 32 in one INSERT statement rather than one step each (`executemany`): every step
+gives the GIL away and must win it back from a busy event loop, which is what made the writer
+fall behind, not SQLite.
 
 The event log coalesces: consecutive events of one session (contiguous seqs) still waiting in the
 queue become one row, `seq` .. `seq_end`, type `"events"` and data a JSON array of
@@ -110,19 +112,50 @@ class Store(ABC):
 
 T = TypeVar("T")
 
-_UPSERT_MESSAGE = """
-INSERT INTO messages (id, session_id, role, skill, run_id, status, parts, usage, error, created_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ROWS_PER_STATEMENT = 32  # at most 352 variables a statement (11 a message): below SQLite's old limit of 999
+
+
+class _Insert:
+    """A positional INSERT whose rows go up to `ROWS_PER_STATEMENT` in one statement.
+
+    `executemany` steps once per row, and every step releases the GIL and must take it back; while
+    the event loop's thread is busy, taking it back waits up to the switch interval (5 ms). One
+    multi-row statement is one step. The texts for 1..ROWS_PER_STATEMENT rows stay in the writer
+    connection's statement cache, so they are prepared once."""
+
+    __slots__ = ("texts",)
+
+    def __init__(self, head: str, row: str, tail: str = "") -> None:
+        self.texts = [head + ",".join([row] * n) + tail for n in range(ROWS_PER_STATEMENT + 1)]
+
+    def execute(self, db: sqlite3.Connection, rows: list[Any]) -> None:
+        for i in range(0, len(rows), ROWS_PER_STATEMENT):
+            chunk = rows[i:i + ROWS_PER_STATEMENT]
+            db.execute(self.texts[len(chunk)], [value for row in chunk for value in row])
+
+
+_UPSERT_MESSAGE = _Insert(
+    "INSERT INTO messages (id, session_id, role, skill, run_id, status, parts, usage, error, created_at, updated_at)"
+    " VALUES ",
+    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    # Rows of one statement apply in order, as they would one statement each: a later row for the
+    # same id updates the earlier one when it is newer.
+    """
 ON CONFLICT(id) DO UPDATE SET status=excluded.status, parts=excluded.parts, usage=excluded.usage,
     error=excluded.error, updated_at=excluded.updated_at, run_id=excluded.run_id
     WHERE excluded.updated_at >= messages.updated_at
-"""
-_UPSERT_SESSION = """
-INSERT INTO sessions (id, body, created_at, updated_at) VALUES (?, ?, ?, ?)
+""",
+)
+_UPSERT_SESSION = _Insert(
+    "INSERT INTO sessions (id, body, created_at, updated_at) VALUES ",
+    "(?, ?, ?, ?)",
+    """
 ON CONFLICT(id) DO UPDATE SET body=excluded.body, updated_at=excluded.updated_at
     WHERE excluded.updated_at >= sessions.updated_at
-"""
-_INSERT_EVENT = "INSERT OR IGNORE INTO events (session_id, seq, seq_end, type, ts, data) VALUES (?, ?, ?, ?, ?, ?)"
+""",
+)
+_INSERT_EVENT = _Insert("INSERT OR IGNORE INTO events (session_id, seq, seq_end, type, ts, data) VALUES ",
+                        "(?, ?, ?, ?, ?, ?)")
 _INSERT_AUDIT = """
 INSERT INTO audit (session_id, run_id, request_id, skill, tool, permission_class, decision, reason, ts)
 VALUES (:session_id, :run_id, :request_id, :skill, :tool, :permission_class, :decision, :reason, :ts)
@@ -142,7 +175,7 @@ EVENT_RUN_TYPE = "events"  # the `type` of a row holding several events
 class _Write:
     """One queued statement; `done` is resolved when its transaction commits or fails."""
 
-    sql: str
+    sql: str | _Insert
     params: tuple[Any, ...] | dict[str, Any]
     done: asyncio.Future[None] | None = None
     rows: int = 1
@@ -250,7 +283,8 @@ class SqliteStore(Store):
     def _open_writer(self) -> sqlite3.Connection:
         """On the writer thread: create the file, migrate it, and keep the connection."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None)
+        # Room in the statement cache for every multi-row text (`_Insert`) besides the rest.
+        db = sqlite3.connect(self.path, isolation_level=None, cached_statements=256)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             migrate(db)
@@ -310,7 +344,7 @@ class SqliteStore(Store):
         if self._queued_rows >= self.max_rows:
             self._full.set()
 
-    async def _submit(self, sql: str, params: tuple[Any, ...] | dict[str, Any], *, urgent: bool = True) -> None:
+    async def _submit(self, sql: str | _Insert, params: tuple[Any, ...] | dict[str, Any], *, urgent: bool = True) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._enqueue(_Write(sql, params, done), urgent=urgent)
         self._awaited += 1
@@ -539,7 +573,10 @@ def _run_transaction(db: sqlite3.Connection, batch: list[_Queued]) -> None:
     try:
         db.execute("BEGIN IMMEDIATE")
         for sql, params in groups:
-            db.executemany(sql, params)
+            if isinstance(sql, _Insert):
+                sql.execute(db, params)
+            else:
+                db.executemany(sql, params)
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
@@ -550,9 +587,9 @@ def _run_transaction(db: sqlite3.Connection, batch: list[_Queued]) -> None:
         raise
 
 
-def _group_by_statement(batch: list[_Queued]) -> list[tuple[str, list[Any]]]:
-    """Consecutive writes of the same statement become one `executemany`, order preserved."""
-    groups: list[tuple[str, list[Any]]] = []
+def _group_by_statement(batch: list[_Queued]) -> list[tuple[str | _Insert, list[Any]]]:
+    """Consecutive writes of the same statement are run together, order preserved."""
+    groups: list[tuple[str | _Insert, list[Any]]] = []
     type_json: dict[str, str] = {}
     for w in batch:
         params = w.params_with(type_json) if isinstance(w, _EventRow) else w.params

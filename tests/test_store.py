@@ -247,6 +247,30 @@ async def test_each_batch_is_one_call_on_the_writer_thread(store: SqliteStore, m
     assert [m.id for m in page] == [f"msg_{i:04d}" for i in range(250)] and not more
 
 
+async def test_rows_of_one_statement_apply_in_order(store: SqliteStore) -> None:
+    """Up to 32 rows share an INSERT: a later row for the same key still updates only when newer
+    (messages, sessions) or is ignored (events), as one statement each would."""
+    def version(mid: str, updated: float, text: str) -> Message:
+        m = message(mid, text=text)
+        return m.model_copy(update={"created_at": 1.0, "updated_at": updated})
+
+    for i in range(40):  # spans two statements
+        store.queue_message(version(f"msg_{i:02d}", 1.0, "v1"))
+    store.queue_message(version("msg_00", 2.0, "v2"))
+    store.queue_message(version("msg_00", 1.5, "stale"))
+    store.queue_message(version("msg_39", 3.0, "v3"))
+    store.append_event("ses_a", 5, "log", 1.0, '{"v":"first"}')
+    store.append_event("ses_a", 5, "log", 2.0, '{"v":"again"}')  # not contiguous: a row of its own
+    commits = store.commits
+    await store.flush()
+    assert store.commits == commits + 1 and store.failed_batches == 0
+    page, _ = await store.get_messages("ses_a", limit=100)
+    assert [m.id for m in page] == [f"msg_{i:02d}" for i in range(40)]
+    texts = {m.id: m.parts[0].text for m in page}  # type: ignore[union-attr]
+    assert (texts["msg_00"], texts["msg_01"], texts["msg_39"]) == ("v2", "v1", "v3")
+    assert [(e.seq, e.data) for e in await store.events_after("ses_a", 0, 10)] == [(5, {"v": "first"})]
+
+
 async def test_awaited_writes_are_readable_when_they_return(store: SqliteStore) -> None:
     t = time.time()
     session = Session(id="ses_a", title="first", created_at=t, updated_at=t)
