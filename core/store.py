@@ -134,7 +134,7 @@ class _Insert:
             db.execute(self.texts[len(chunk)], [value for row in chunk for value in row])
 
 
-_UPSERT_MESSAGE = _Insert(
+_UPSERT_MESSAGES = _Insert(
     "INSERT INTO messages (id, session_id, role, skill, run_id, status, parts, usage, error, created_at, updated_at)"
     " VALUES ",
     "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -146,7 +146,7 @@ ON CONFLICT(id) DO UPDATE SET status=excluded.status, parts=excluded.parts, usag
     WHERE excluded.updated_at >= messages.updated_at
 """,
 )
-_UPSERT_SESSION = _Insert(
+_UPSERT_SESSIONS = _Insert(
     "INSERT INTO sessions (id, body, created_at, updated_at) VALUES ",
     "(?, ?, ?, ?)",
     """
@@ -154,8 +154,9 @@ ON CONFLICT(id) DO UPDATE SET body=excluded.body, updated_at=excluded.updated_at
     WHERE excluded.updated_at >= sessions.updated_at
 """,
 )
-_INSERT_EVENT = _Insert("INSERT OR IGNORE INTO events (session_id, seq, seq_end, type, ts, data) VALUES ",
+_INSERT_EVENTS = _Insert("INSERT OR IGNORE INTO events (session_id, seq, seq_end, type, ts, data) VALUES ",
                         "(?, ?, ?, ?, ?, ?)")
+_UPSERT_MESSAGE = _UPSERT_MESSAGES.texts[1]  # one row: what bench/persistence.py's raw baseline runs
 _INSERT_AUDIT = """
 INSERT INTO audit (session_id, run_id, request_id, skill, tool, permission_class, decision, reason, ts)
 VALUES (:session_id, :run_id, :request_id, :skill, :tool, :permission_class, :decision, :reason, :ts)
@@ -188,7 +189,7 @@ class _EventRow:
     it is taken (by then nothing appends to it any more), so an append is a list append."""
 
     __slots__ = ("session_id", "seq", "seq_end", "events")
-    sql = _INSERT_EVENT
+    sql = _INSERT_EVENTS
     done: asyncio.Future[None] | None = None
     rows = 1
 
@@ -433,7 +434,7 @@ class SqliteStore(Store):
 
     async def save_session(self, session: Session) -> None:
         await self._submit(
-            _UPSERT_SESSION, (session.id, session.model_dump_json(), session.created_at, session.updated_at)
+            _UPSERT_SESSIONS, (session.id, session.model_dump_json(), session.created_at, session.updated_at)
         )
 
     async def delete_session(self, session_id: str) -> None:
@@ -459,11 +460,11 @@ class SqliteStore(Store):
     # ------------------------------------------------------------------ messages
 
     async def save_message(self, message: Message) -> None:
-        await self._submit(_UPSERT_MESSAGE, _message_row(message))
+        await self._submit(_UPSERT_MESSAGES, _message_row(message))
 
     def queue_message(self, message: Message) -> None:
         # The same lane as awaited message writes: messages commit in the order they were made.
-        self._enqueue(_Write(_UPSERT_MESSAGE, _message_row(message)), urgent=True)
+        self._enqueue(_Write(_UPSERT_MESSAGES, _message_row(message)), urgent=True)
 
     async def get_messages(
         self, session_id: str, *, before: str | None = None, limit: int = 50
