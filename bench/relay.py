@@ -1,13 +1,16 @@
 """Benchmark 5: a reply relayed through the whole stack, against the same client reading upstream.
 
-Three processes besides the parent: the fake upstream (`upstream.py`: OpenAI Chat Completions
-SSE, 200 ms to the first token, then 50 tokens/s), the Opencode server (`create_app`, real
-service, a provider profile `fake` of kind `openai` pointing at the upstream, sessions using the
-`assistant` role with it) and one client process.
+Processes besides the parent: the fake upstream (`upstream.py`: OpenAI Chat Completions SSE,
+200 ms to the first token, then 50 tokens/s), the Opencode server (`create_app`, real service, a
+provider profile `fake` of kind `openai` pointing at the upstream, sessions using the
+`assistant` role with it), a bare aiohttp relay (`bare_relay.py`) and a client process for each.
 
-- direct: the client POSTs to the upstream itself and reads the SSE stream;
+- direct: the client POSTs to the upstream itself and reads the SSE stream (the baseline of the
+  time-to-first-token and per-token latency targets);
 - relay: the client sends `send` on a WebSocket joined to its session, Opencode calls the
-  upstream, and the deltas come back as `message.delta` events.
+  upstream, and the deltas come back as `message.delta` events;
+- bare: the same client and commands against the bare relay, the least a server can do for the
+  same job (the baseline of the server-side figures: loop lag and CPU per reply).
 
 `n` streams run at once; each does `rounds` replies back to back, and the stream starts are
 spread over one reply's duration so the load is steady rather than in lock-step.
@@ -30,6 +33,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .common import Row, Worker, median, percentile, serve_commands
+from .bare_relay import bare_relay_server
 from .opencode_server import opencode_server
 from .upstream import request_arrived_at, token_sent_at, upstream_server
 
@@ -223,10 +227,37 @@ def relay_client(conn: Connection, oc_port: int, up_port: int) -> None:
 
 
 def _summ(res: dict[str, Any]) -> dict[str, float]:
-    return {"server_cpu_per_reply_ms": res.get("server_cpu_per_reply_ms", math.nan),"ttft_p50": percentile(res["ttft"], 50), "ttft_p99": percentile(res["ttft"], 99),
+    return {"server_cpu_per_reply_ms": res.get("server_cpu_per_reply_ms", math.nan),
+            "ttft_p50": percentile(res["ttft"], 50), "ttft_p99": percentile(res["ttft"], 99),
             "up_p50": percentile(res["to_upstream"], 50),
             "lat_p50": percentile(res["lat"], 50), "lat_p99": percentile(res["lat"], 99),
             "n_ttft": len(res["ttft"]), "n_lat": len(res["lat"])}
+
+
+def _relay_pass(cl: Worker, srv: Worker, up: Worker, n: int, rounds: int, t: float, idle: dict[str, float]
+                ) -> tuple[dict[str, Any], dict[str, float]]:
+    """One relay pass through `srv` (Opencode or the bare relay), with its loop lag and CPU."""
+    srv.call("lag_start")
+    up_r = up.call("cpu")
+    up.call("counts")
+    r = cl.call("relay", n, rounds, t, timeout=t + 30)
+    r["upstream_cpu"] = (up.call("cpu") - up_r) / r["elapsed"]
+    r["counts"] = up.call("counts")
+    lag = srv.call("lag_stop")
+    r["server_cpu_per_reply_ms"] = ((lag["cpu_share"] - idle["cpu_share"]) * r["elapsed"]
+                                    / max(1, len(r["ttft"])) * 1e3)
+    if r["n_errors"]:
+        raise RuntimeError(f"relay, {n} streams: {r['n_errors']} errors, e.g. {r['errors']}")
+    return r, lag
+
+
+def _describe(name: str, s: dict[str, float], lag: dict[str, float], r: dict[str, Any]) -> str:
+    return (f"{name}: TTFT p50 {s['ttft_p50']:.1f} ms (upstream reached after {s['up_p50']:.2f} ms), token latency "
+            f"p50/p99 {s['lat_p50']:.2f}/{s['lat_p99']:.2f} ms, server lag p99 {lag['p99_ms']:.2f} ms, loop thread "
+            f"busy {lag['busy']:.0%} starved {lag['starved']:.0%}, store backlog max {lag['store_backlog_max']:,} rows, "
+            f"server CPU {lag['cpu_share']:.0%} = {r['server_cpu_per_reply_ms']:.2f} ms a reply, "
+            f"upstream {r['upstream_cpu']:.0%}, client {r['client_cpu']:.0%}, "
+            f"{r['counts']['requests']} requests on {r['counts']['connections']} upstream connections")
 
 
 def run(quick: bool, repeat: int, log: Any = print) -> list[Row]:
@@ -237,73 +268,64 @@ def run(quick: bool, repeat: int, log: Any = print) -> list[Row]:
     workers: list[Worker] = []
     tmp = tempfile.TemporaryDirectory(prefix="opencode-bench-relay-")
     per: dict[tuple[str, int], list[dict[str, float]]] = {}
-    lags: dict[int, list[dict[str, float]]] = {}
+    lags: dict[tuple[str, int], list[dict[str, float]]] = {}
     try:
         up = Worker("upstream", upstream_server, ttft=TTFT, rate=RATE, tokens=tokens)
         workers.append(up)
         oc = Worker("opencode-server", opencode_server, data_dir=tmp.name)
         workers.append(oc)
         up_info, oc_info = up.wait_ready(60), oc.wait_ready(60)
+        bare = Worker("bare-relay", bare_relay_server, up_port=up_info["port"])
+        workers.append(bare)
+        bare_info = bare.wait_ready(60)
         cl = Worker("relay-clients", relay_client, oc_port=oc_info["port"], up_port=up_info["port"])
         workers.append(cl)
+        cl_bare = Worker("bare-relay-clients", relay_client, oc_port=bare_info["port"], up_port=up_info["port"])
+        workers.append(cl_bare)
         cl.wait_ready(60)
+        cl_bare.wait_ready(60)
         log(f"  relay: upstream {TTFT * 1000:.0f} ms to first token, {RATE:.0f} tokens/s, {tokens} tokens a reply "
-            f"(pids: opencode {oc_info['pid']}, upstream {up_info['pid']}, clients {cl.info['pid']})")
+            f"(pids: opencode {oc_info['pid']}, bare relay {bare_info['pid']}, upstream {up_info['pid']}, "
+            f"clients {cl.info['pid']}/{cl_bare.info['pid']})")
 
-        oc.call("lag_start")
-        time.sleep(2.0)
-        idle = oc.call("lag_stop")  # also the ticker's own CPU, subtracted from the per-reply figure
+        idle: dict[str, dict[str, float]] = {}
+        for name, srv in (("opencode", oc), ("bare", bare)):
+            srv.call("lag_start")
+            time.sleep(2.0)
+            idle[name] = srv.call("lag_stop")  # also the ticker's own CPU, subtracted per reply
 
         def timeout_for(n: int, rounds: int) -> float:
             return 60 + rounds * (TTFT + tokens / RATE) * 4 + n * 0.05
 
-        # Warm-up (discarded): the first requests open connections and fill caches on both paths.
-        cl.call("prepare", 1, tokens, timeout=60)
+        # Warm-up (discarded): the first requests open connections and fill caches on every path.
+        for client in (cl, cl_bare):
+            client.call("prepare", 1, tokens, timeout=60)
+            client.call("relay", 1, 2, 60.0, timeout=90)
         cl.call("direct", 1, 2, 60.0, timeout=90)
-        cl.call("relay", 1, 2, 60.0, timeout=90)
 
         for n in levels + [lag_level]:
             rounds = rounds_for(n)
             cl.call("prepare", n, tokens, timeout=60 + n)
+            cl_bare.call("prepare", n, tokens, timeout=60 + n)
             for rep in range(repeat):
                 t = timeout_for(n, rounds)
+                lines = []
                 if n != lag_level:
                     up_d = up.call("cpu")
                     up.call("counts")
                     d = cl.call("direct", n, rounds, t, timeout=t + 30)
-                    d["upstream_cpu"] = (up.call("cpu") - up_d) / d["elapsed"]
-                    d["counts"] = up.call("counts")
                     if d["n_errors"]:
                         raise RuntimeError(f"direct, {n} streams: {d['n_errors']} errors, e.g. {d['errors']}")
                     per.setdefault(("direct", n), []).append(_summ(d))
-                oc.call("lag_start")
-                up_r = up.call("cpu")
-                up.call("counts")
-                r = cl.call("relay", n, rounds, t, timeout=t + 30)
-                r["upstream_cpu"] = (up.call("cpu") - up_r) / r["elapsed"]
-                r["counts"] = up.call("counts")
-                lag = oc.call("lag_stop")
-                r["server_cpu_per_reply_ms"] = ((lag["cpu_share"] - idle["cpu_share"]) * r["elapsed"]
-                                                / max(1, len(r["ttft"])) * 1e3)
-                if r["n_errors"]:
-                    raise RuntimeError(f"relay, {n} streams: {r['n_errors']} errors, e.g. {r['errors']}")
-                per.setdefault(("relay", n), []).append(_summ(r))
-                lags.setdefault(n, []).append(lag)
-                ds = per[("direct", n)][-1] if n != lag_level else None
-                rs = per[("relay", n)][-1]
-                log(f"    {n:3d} streams, rep {rep + 1}: TTFT p50 relay {rs['ttft_p50']:.1f} ms"
-                    + (f" vs direct {ds['ttft_p50']:.1f} ms" if ds else "")
-                    + f" (request reached upstream after {rs['up_p50']:.2f} ms"
-                    + (f" vs {ds['up_p50']:.2f} ms)" if ds else ")")
-                    + f"; token latency p50/p99 relay {rs['lat_p50']:.2f}/{rs['lat_p99']:.2f} ms"
-                    + (f" vs direct {ds['lat_p50']:.2f}/{ds['lat_p99']:.2f} ms" if ds else "")
-                    + f"; server lag p99 {lag['p99_ms']:.2f} ms, loop thread busy {lag['busy']:.0%}, "
-                    f"starved {lag['starved']:.0%}, store backlog max {lag['store_backlog_max']:,} rows; "
-                    f"CPU (share of a core) server {lag['cpu_share']:.0%} = {r['server_cpu_per_reply_ms']:.2f} ms "
-                    f"a reply, upstream {r['upstream_cpu']:.0%}, client {r['client_cpu']:.0%}"
-                    + (f" (direct: upstream {d['upstream_cpu']:.0%}, client {d['client_cpu']:.0%})" if ds else "")
-                    + f"; upstream saw {r['counts']['requests']} requests on {r['counts']['connections']} connections"
-                    + (f" (direct: {d['counts']['requests']} on {d['counts']['connections']})" if ds else ""))
+                    lines.append(f"direct: TTFT p50 {per[('direct', n)][-1]['ttft_p50']:.1f} ms, token latency "
+                                 f"p50/p99 {per[('direct', n)][-1]['lat_p50']:.2f}/{per[('direct', n)][-1]['lat_p99']:.2f} ms, "
+                                 f"upstream CPU {(up.call('cpu') - up_d) / d['elapsed']:.0%}, client {d['client_cpu']:.0%}")
+                for name, client, srv in (("opencode", cl, oc), ("bare", cl_bare, bare)):
+                    r, lag = _relay_pass(client, srv, up, n, rounds, t, idle[name])
+                    per.setdefault((name, n), []).append(_summ(r))
+                    lags.setdefault((name, n), []).append(lag)
+                    lines.append(_describe(name, per[(name, n)][-1], lag, r))
+                log(f"    {n:3d} streams, rep {rep + 1}:\n      " + "\n      ".join(lines))
     finally:
         for w in workers:
             w.close()
@@ -315,24 +337,37 @@ def run(quick: bool, repeat: int, log: Any = print) -> list[Row]:
 
     rows: list[Row] = []
     for n in levels:
-        rv, rr = med("relay", n, "ttft_p50")
+        rv, rr = med("opencode", n, "ttft_p50")
         dv, dr = med("direct", n, "ttft_p50")
+        bv, _ = med("bare", n, "ttft_p50")
         rows.append(Row("5 relay", f"TTFT p50, {n} stream{'s' if n > 1 else ''}", "ms", rv, dv,
-                        "≤ 1.01× baseline", rv <= 1.01 * dv, rr, dr))
+                        "≤ 1.01× baseline", rv <= 1.01 * dv, rr, dr, note=f"bare relay {bv:.1f} ms"))
     top = levels[-1]
     for q, limit in (("p50", 0.5), ("p99", 3.0)):
-        rv, rr = med("relay", top, f"lat_{q}")
+        rv, rr = med("opencode", top, f"lat_{q}")
         dv, dr = med("direct", top, f"lat_{q}")
+        bv, _ = med("bare", top, f"lat_{q}")
         rows.append(Row("5 relay", f"per-token latency {q}, {top} streams (added {rv - dv:+.2f} ms)", "ms", rv, dv,
-                        f"added ≤ {limit:g} ms", rv - dv <= limit, rr, dr))
-    lag_vals = [x["p99_ms"] for x in lags[lag_level]]
-    rows.append(Row("5 relay", f"server loop lag p99, {lag_level} streams", "ms", median(lag_vals), idle["p99_ms"],
-                    "≤ 10 ms", median(lag_vals) <= 10.0, lag_vals, [idle["p99_ms"]],
-                    note=f"server loop thread busy {median([x['busy'] for x in lags[lag_level]]):.0%}, "
-                         f"starved {median([x['starved'] for x in lags[lag_level]]):.0%}"))
-    rv, rr = med("relay", lag_level, "ttft_p50")
-    rows.append(Row("5 relay", f"TTFT p50, {lag_level} streams", "ms", rv, None, "info", None, rr))
-    rv, rr = med("relay", top, "server_cpu_per_reply_ms")
-    rows.append(Row("5 relay", f"server CPU per reply of {tokens} tokens, {top} streams", "ms", rv, None, "info",
-                    None, rr))
+                        f"added ≤ {limit:g} ms", rv - dv <= limit, rr, dr,
+                        note=f"bare relay {bv:.2f} ms (added {bv - dv:+.2f} ms)"))
+
+    def lag_of(name: str, key: str) -> tuple[float, list[float]]:
+        vals = [x[key] for x in lags[(name, lag_level)]]
+        return median(vals), vals
+
+    ov, orr = lag_of("opencode", "p99_ms")
+    bv, br = lag_of("bare", "p99_ms")
+    rows.append(Row("5 relay", f"server loop lag p99, {lag_level} streams (baseline: bare aiohttp relay)", "ms", ov, bv,
+                    "≤ 10 ms", ov <= 10.0, orr, br,
+                    note=f"loop thread busy {lag_of('opencode', 'busy')[0]:.0%} (bare {lag_of('bare', 'busy')[0]:.0%}), "
+                         f"starved {lag_of('opencode', 'starved')[0]:.0%} (bare {lag_of('bare', 'starved')[0]:.0%}); "
+                         f"idle loop {idle['opencode']['p99_ms']:.2f} ms"))
+    rv, rr = med("opencode", lag_level, "ttft_p50")
+    bv, br = med("bare", lag_level, "ttft_p50")
+    rows.append(Row("5 relay", f"TTFT p50, {lag_level} streams (baseline: bare relay)", "ms", rv, bv, "info", None, rr, br))
+    for n in (levels[1], top):
+        rv, rr = med("opencode", n, "server_cpu_per_reply_ms")
+        bv, br = med("bare", n, "server_cpu_per_reply_ms")
+        rows.append(Row("5 relay", f"server CPU per reply of {tokens} tokens, {n} streams (baseline: bare relay)", "ms",
+                        rv, bv, "info", None, rr, br))
     return rows

@@ -1,0 +1,133 @@
+"""A bare aiohttp relay: about the least a server can do to relay a model's reply over a WebSocket.
+
+The reference for the relay benchmark's server-side figures (loop lag, CPU per reply): the same
+processes, client and upstream as Opencode's pass, with a server that does only the relay. It
+speaks just enough of Opencode's protocol for `relay.py`'s client (create a provider and a
+session, `join`, `send`, `message.delta`, `run.status`). For each `send` it POSTs to the upstream
+with one shared `ClientSession`, splits each network read into SSE events, decodes each chunk and
+writes one `message.delta` envelope per token straight to the socket as a WebSocket frame (as
+Opencode's own sockets do). No storage, history, event log, replay, logging or read timeout:
+what is left is aiohttp, JSON and the socket writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import struct
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .common import LagTicker, serve_commands
+
+BODY = {"model": "m", "stream": True, "stream_options": {"include_usage": True},
+        "messages": [{"role": "system", "content": "You are a helpful assistant."},
+                     {"role": "user", "content": "hello"}]}
+
+
+def text_frame(text: str) -> bytes:
+    """One final, unmasked RFC 6455 text frame."""
+    data = text.encode()
+    n = len(data)
+    head = bytes((0x81, n)) if n < 126 else struct.pack("!BBH", 0x81, 126, n) if n < 1 << 16 else \
+        struct.pack("!BBQ", 0x81, 127, n)
+    return head + data
+
+
+def bare_relay_server(conn: Connection, up_port: int) -> None:
+    state: dict[str, Any] = {"ticker": None}
+    ids = itertools.count(1)
+
+    async def setup() -> dict[str, Any]:
+        import aiohttp
+        from aiohttp import web
+
+        http = state["http"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512))
+        url = f"http://127.0.0.1:{up_port}/v1/chat/completions"
+        headers = {"Authorization": "Bearer sk-bench-not-a-real-key", "Accept": "text/event-stream"}
+        seqs: dict[str, int] = {}
+        encode_str = json.encoder.encode_basestring  # type: ignore[attr-defined]
+
+        def envelope(sid: str, type_: str, data_json: str) -> str:
+            seqs[sid] = seq = seqs.get(sid, 0) + 1
+            return f'{{"seq":{seq},"session_id":"{sid}","type":"{type_}","ts":{time.time()!r},"data":{data_json}}}'
+
+        async def reply(transport: Any, sid: str, run_id: str) -> None:
+            head = f'{{"message_id":"msg_{run_id}","run_id":"{run_id}","skill":"assistant","text":'
+            status = "error"
+            async with http.post(url, json=BODY, headers=headers) as resp:
+                pending = b""
+                async for chunk in resp.content.iter_any():
+                    *events, pending = (pending + chunk).split(b"\n\n")
+                    for event in events:
+                        payload = event[6:]  # after "data: "
+                        if payload == b"[DONE]":
+                            status = "completed"
+                            break
+                        choices = json.loads(payload)["choices"]
+                        text = choices[0]["delta"].get("content") if choices else None
+                        if text:
+                            data = f"{head}{encode_str(text)}}}"
+                            transport.write(text_frame(envelope(sid, "message.delta", data)))
+            transport.write(text_frame(envelope(sid, "run.status", json.dumps({"run": {"id": run_id, "status": status}}))))
+
+        async def websocket(request: web.Request) -> web.WebSocketResponse:
+            ws = web.WebSocketResponse(compress=False)
+            await ws.prepare(request)
+            tasks: set[asyncio.Task[None]] = set()
+            async for msg in ws:
+                cmd = json.loads(msg.data)
+                if cmd["type"] == "join":
+                    await ws.send_str(json.dumps({"type": "ack", "id": cmd["id"], "data": {"session_id": cmd["session_id"]}}))
+                elif cmd["type"] == "send":
+                    run_id = f"run_{next(ids)}"
+                    await ws.send_str(json.dumps({"type": "ack", "id": cmd["id"], "data": {"run_id": run_id}}))
+                    task = asyncio.get_running_loop().create_task(reply(request.transport, cmd["session_id"], run_id))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            return ws
+
+        async def created(request: web.Request) -> web.Response:
+            return web.json_response({"id": f"ses_{next(ids)}", "name": "fake"}, status=201)
+
+        async def ok(request: web.Request) -> web.Response:
+            return web.json_response({})
+
+        app = web.Application()
+        app.router.add_get("/opencode/ws", websocket)
+        app.router.add_post("/opencode/providers", created)
+        app.router.add_put("/opencode/providers/{name}/key", ok)
+        app.router.add_post("/opencode/sessions", created)
+        app.router.add_patch("/opencode/sessions/{sid}", ok)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+        await site.start()
+        state["runner"] = runner
+        return {"port": runner.addresses[0][1], "pid": os.getpid()}
+
+    async def handle(cmd: tuple[Any, ...]) -> Any:
+        if cmd[0] == "lag_start":
+            ticker = state["ticker"] = LagTicker()
+            ticker.start()
+            state["lag_cpu0"], state["lag_t0"] = time.process_time(), time.monotonic()
+            return None
+        if cmd[0] == "lag_stop":
+            ticker = state["ticker"]
+            await ticker.stop()
+            summary = ticker.summary()
+            summary["cpu_share"] = (time.process_time() - state["lag_cpu0"]) / (time.monotonic() - state["lag_t0"])
+            summary["store_backlog_max"] = 0
+            return summary
+        raise ValueError(cmd[0])
+
+    async def teardown() -> None:
+        if "runner" in state:
+            await state["runner"].cleanup()
+        if "http" in state:
+            await state["http"].close()
+
+    serve_commands(conn, setup, handle, teardown)
