@@ -255,7 +255,7 @@ class SqliteStore(Store):
         # a streaming backlog; among themselves they stay in order (a message's rowid is its
         # place in the session). Upserts keep the newest `updated_at` besides.
         self._urgent: deque[_Queued] = deque()
-        # Per session, its event row still in the queue that the next event may join.
+        # Per session, its newest event row while it is still in the queue: the next event may join it.
         self._open_rows: dict[str, _EventRow] = {}
         self._queued_rows = 0
         # Queued writes someone awaits: they are committed at once, never held for max_delay.
@@ -382,9 +382,12 @@ class SqliteStore(Store):
                 rows += w.rows
                 if w.done is not None:
                     self._awaited -= 1
+                elif isinstance(w, _EventRow) and self._open_rows.get(w.session_id) is w:
+                    # Taken rows must not change any more. Rows left in the queue stay open: under
+                    # a backlog they keep taking their sessions' events, so the queue grows by
+                    # events per row, not by rows.
+                    del self._open_rows[w.session_id]
         self._queued_rows -= rows
-        # Rows in this batch must not change any more; rows left queued may start over too.
-        self._open_rows.clear()
         return batch
 
     async def _commit(self, batch: list[_Queued]) -> None:

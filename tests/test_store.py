@@ -143,6 +143,29 @@ async def test_a_row_taken_by_a_batch_is_not_appended_to(store: SqliteStore, db_
     await check_replay(store, "ses_a", expected)
 
 
+async def test_under_a_backlog_rows_left_queued_keep_taking_events(db_path: Path) -> None:
+    """A batch takes only `max_rows` rows; a row it leaves in the queue still grows, so a backlog
+    grows by events per row, not by one row per session per batch."""
+    store = SqliteStore(db_path, max_rows=2)
+    await store.open()
+    try:
+        for sid in ("ses_a", "ses_b", "ses_c"):
+            append(store, sid, odd_event(1))
+        batch = store._take_batch()  # noqa: SLF001 - what the writer does next, done here in step
+        assert [(w.session_id, w.seq) for w in batch] == [("ses_a", 1), ("ses_b", 1)]  # type: ignore[union-attr]
+        for sid in ("ses_a", "ses_c"):
+            append(store, sid, odd_event(2))
+        assert store._queued_rows == 2  # noqa: SLF001 - ses_a's new row; ses_c's event joined its row
+        await store._commit(batch)  # noqa: SLF001
+        await store.flush()
+        assert [(r[0], r[1], r[2]) for r in event_rows(db_path)] == [
+            ("ses_a", 1, None), ("ses_a", 2, None), ("ses_b", 1, None), ("ses_c", 1, 2)]
+        await check_replay(store, "ses_a", [odd_event(1), odd_event(2)])
+        await check_replay(store, "ses_c", [odd_event(1), odd_event(2)])
+    finally:
+        await store.close()
+
+
 async def test_a_seq_stored_twice_is_ignored(store: SqliteStore) -> None:
     store.append_event("ses_a", 1, "log", 1.0, '{"v":"first"}')
     await store.flush()
