@@ -40,7 +40,8 @@ class Config:
     # Replay ring per session: this many events, then the store.
     ring_size: int = 4096
     # A room nobody watches gives its ring back after this long without events (replay then
-    # comes from the store), checked every `ring_sweep_interval` seconds.
+    # comes from the store), and a session nobody uses is unloaded from memory (the next use
+    # reads it back), checked every `ring_sweep_interval` seconds.
     ring_idle_seconds: float = 300.0
     ring_sweep_interval: float = 60.0
     # How far back `after_seq` may reach through the store before a resync is sent instead.

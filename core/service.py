@@ -126,12 +126,14 @@ class OpencodeService:
         log.info("Opencode started; data in %s", cfg.data_dir)
 
     async def _sweep_rings(self) -> None:
-        """Give idle rooms' replay rings back now and then (see `InProcessBus.trim_idle`)."""
+        """Give idle sessions' memory back now and then: replay rings (`InProcessBus.trim_idle`)
+        and loaded sessions (`SessionManager.evict_idle`)."""
         while True:
             await asyncio.sleep(self.config.ring_sweep_interval)
             trimmed = self.bus.trim_idle(self.config.ring_idle_seconds)
-            if trimmed:
-                log.debug("trimmed the replay rings of %d idle session(s)", trimmed)
+            forgotten = self.sessions.evict_idle(self.config.ring_idle_seconds)
+            if trimmed or forgotten:
+                log.debug("idle sessions: %d replay ring(s) trimmed, %d session(s) unloaded", trimmed, forgotten)
 
     async def close(self) -> None:
         self._sweeper.cancel()

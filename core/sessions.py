@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol, Sequence
@@ -79,6 +80,7 @@ class _Live:
     active: dict[str, _Active] = field(default_factory=dict)
     queued: deque[_Queued] = field(default_factory=deque)
     turns: TurnCache = field(default_factory=TurnCache)
+    last_used: float = field(default_factory=time.monotonic)
 
 
 class SessionManager:
@@ -103,6 +105,7 @@ class SessionManager:
     async def _get_live(self, session_id: str) -> _Live:
         live = self._live.get(session_id)
         if live is not None:
+            live.last_used = time.monotonic()
             return live
         loading = self._loading.get(session_id)
         if loading is not None:
@@ -135,6 +138,19 @@ class SessionManager:
                 break
             live.recent.popitem(last=False)
             live.has_more = True
+
+    def evict_idle(self, max_idle: float) -> int:
+        """Forget the in-memory state of sessions unused for `max_idle` seconds, with no run
+        active or queued and nobody joined: memory stays bounded by the sessions in use. The
+        store holds all of it (settings are saved before they change in memory), so the next
+        use loads it again. Returns how many were forgotten."""
+        now = time.monotonic()
+        idle = [sid for sid, live in self._live.items()
+                if now - live.last_used >= max_idle and not live.active and not live.queued
+                and not self.bus.subscriber_count(sid)]
+        for sid in idle:
+            del self._live[sid]
+        return len(idle)
 
     # ------------------------------------------------------------------ sessions
 

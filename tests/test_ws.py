@@ -214,3 +214,33 @@ async def test_an_idle_rooms_ring_is_trimmed_and_replay_comes_from_the_store(cli
     # and the room works as before afterwards
     sent2 = await again.command("send", session_id=sid, text="still live")
     await again.until(run_final(sent2["data"]["run_id"]))
+
+
+async def test_an_idle_session_is_unloaded_and_comes_back_whole(client: Any, service: Any) -> None:
+    sid = await new_session(client)
+    ws = await connect(client)
+    await ws.command("join", session_id=sid)
+    sent = await ws.command("send", session_id=sid, text="remember me")
+    await ws.until(run_final(sent["data"]["run_id"]))
+    r = await client.patch(f"/opencode/sessions/{sid}", json={"title": "kept title"})
+    assert r.status == 200
+    assert service.sessions.evict_idle(0) == 0  # someone is joined
+    await ws.ws.close()
+
+    async def left() -> None:
+        while service.bus.subscriber_count(sid):
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(left(), 5)
+    assert service.sessions.evict_idle(3600) == 0  # not idle long enough
+    assert service.sessions.evict_idle(0) == 1
+    assert sid not in service.sessions._live  # noqa: SLF001
+    again = await connect(client)
+    await again.command("join", session_id=sid)
+    state = again.of_type("session.state")[-1]["data"]
+    assert state["session"]["title"] == "kept title"
+    assert [m["role"] for m in state["messages"]] == ["user", "assistant"]
+    assert state["messages"][0]["parts"][0]["text"] == "remember me"
+    sent2 = await again.command("send", session_id=sid, text="and go on")
+    final = await again.until(run_final(sent2["data"]["run_id"]))
+    assert final["data"]["run"]["status"] == "completed"
