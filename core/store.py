@@ -15,10 +15,12 @@ Rows go up to 32 in one INSERT statement rather than one step each (`executemany
 gives the GIL away and must win it back from a busy event loop, which is what made the writer
 fall behind, not SQLite.
 
-The event log coalesces: consecutive events of one session (contiguous seqs) still waiting in the
-queue become one row, `seq` .. `seq_end`, type `"events"` and data a JSON array of
-`[ts, type, data]`, joined from the already encoded texts (a single event keeps its own type and
-data, `seq_end` NULL). `events_after` expands rows back into the events they hold.
+The event log coalesces: consecutive events of one session (contiguous seqs) while their row still
+waits in the queue join that row (up to `max_events_per_row`), `seq` .. `seq_end`, type `"events"`
+and data a JSON array of `[ts, type, data]` joined from the already encoded texts (a single event
+keeps its own type and data, `seq_end` NULL). A backlog thus grows by events per row rather than
+by rows. `events_after` expands rows back into the events they hold. A seq stored twice keeps the
+first row that starts at it (INSERT OR IGNORE), as before; the bus never reuses a seq.
 Imports protocol, errors and migrations; never the bus.
 """
 
