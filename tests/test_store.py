@@ -263,9 +263,9 @@ async def test_each_batch_is_one_call_on_the_writer_thread(store: SqliteStore, m
         store.queue_message(message(f"msg_{i:04d}", text=str(i)))
         append(store, "ses_b", odd_event(i + 1))
     await store.flush()
-    # 250 message rows and one event row, 100 rows a transaction: 3 batches, 3 thread hops.
+    # 250 message rows and one event row, 100 rows a transaction: 3 batches, 2 thread hops each.
     assert store.commits - commits == 3
-    assert calls == ["_run_transaction"] * 3
+    assert calls == ["_apply_batch", "_end_transaction"] * 3
     page, more = await store.get_messages("ses_a", limit=1000)
     assert [m.id for m in page] == [f"msg_{i:04d}" for i in range(250)] and not more
 
