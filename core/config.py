@@ -48,7 +48,9 @@ class Config:
     replay_max_events: int = 20_000
     # Bytes a socket may have unsent before it is dropped as a slow consumer.
     max_client_backlog: int = 1 << 20
-    max_concurrent_runs: int = 256
+    # Runs streaming at once without waiting for an upstream connection: the size of the shared
+    # HTTP client's pool (aiohttp's default of 100 would queue the 101st run).
+    max_concurrent_runs: int = 512
     echo_delay: float = 0.02
     max_turns: int = 12
     permission_timeout: float = 120.0
