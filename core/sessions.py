@@ -288,11 +288,12 @@ class SessionManager:
         else:
             # The runs start while the message commits, so the model request does not wait for
             # the disk; they say nothing until it is saved, and vanish if it is not.
-            saving = loop.create_task(self.store.save_message(user), name=f"opencode-save-{user.id}")
             self._register_runs(runs)
             self._remember(live, user)
             may_speak: asyncio.Future[bool] = loop.create_future()
             agents = self._start(live, user, runs, roles, may_speak=may_speak)
+            # Created after the runs, so their model requests go out before the store's work.
+            saving = loop.create_task(self.store.save_message(user), name=f"opencode-save-{user.id}")
             saving.add_done_callback(lambda done: self._after_commit(live, user, agents, done, may_speak))
             await asyncio.shield(saving)  # the store's error, if any, is the sender's answer
         # After the runs start: naming the chat must not delay its first reply.
