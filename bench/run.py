@@ -1,6 +1,6 @@
 """Run Opencode's benchmarks and print every figure next to a baseline measured in the same run.
 
-    python -m bench                 # the documented full run (about 7 minutes on 2 cores)
+    python -m bench                 # the documented full run (about 9 minutes on 2 cores)
     python -m bench --quick         # small sizes, for a CI smoke test (about a minute)
     python -m bench --repeat 5 --only fanout,relay
 
