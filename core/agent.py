@@ -273,9 +273,12 @@ class AgentRun:
                                   tools=[t.spec() for _, t in tools])
             started = time.monotonic()
             # Two lines a turn for the debug drawer (each is an event every client receives).
-            log.debug("turn %d: request to %s started (%s, %d messages, %d tools)", turn, target,
-                      self.input.role.id, len(history), len(tools))
-            turn_parts, calls, finish, usage = await self._stream_turn(resolved, request)
+            started_line = _LineAfterRequest(log.debug, "turn %d: request to %s started (%s, %d messages, %d tools)",
+                                             turn, target, self.input.role.id, len(history), len(tools))
+            try:
+                turn_parts, calls, finish, usage = await self._stream_turn(resolved, request)
+            finally:
+                started_line.write()
             log.debug("turn %d: %s after %.0f ms%s", turn, finish, (time.monotonic() - started) * 1000,
                       _usage_note(usage, resolved.caps))
             if not calls:
@@ -398,6 +401,28 @@ class AgentRun:
             message_id=self.message.id, run_id=self.run.id, call=part, result=result))
         self._maybe_checkpoint()
         return result
+
+
+class _LineAfterRequest:
+    """A log line written just after the model request leaves rather than just before it.
+
+    Each log line is an event sent to every client at once; written in front of the request,
+    its socket writes and the clients it wakes delay the request. `call_later(0)` runs after
+    what the loop has already scheduled, the request's own write among it, and `write()` (at
+    the end of the turn, whatever happens) writes it then if it has not been, so it always
+    precedes the turn's later lines. Never written twice.
+    """
+
+    def __init__(self, emit: Callable[..., None], *args: Any) -> None:
+        self._line: tuple[Callable[..., None], tuple[Any, ...]] | None = (emit, args)
+        self._timer = asyncio.get_running_loop().call_later(0, self.write)
+
+    def write(self) -> None:
+        if self._line is not None:
+            emit, args = self._line
+            self._line = None
+            self._timer.cancel()
+            emit(*args)
 
 
 class _Dropped(Exception):
