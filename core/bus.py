@@ -102,8 +102,12 @@ encode_str: Callable[[str], str] = json.encoder.encode_basestring  # type: ignor
 
 def envelope(seq: int, session_id: str, type_: str, ts: float, data_json: str) -> str:
     """The wire envelope around already encoded data (spliced in, not encoded again)."""
-    return (f'{{"seq":{seq},"session_id":{encode_str(session_id)},"type":{encode_str(type_)},'
-            f'"ts":{ts!r},"data":{data_json}}}')
+    return _envelope_text(seq, encode_str(session_id), encode_str(type_), ts, data_json)
+
+
+def _envelope_text(seq: int, session_json: str, type_json: str, ts: float, data_json: str) -> str:
+    """`envelope` from pieces already encoded (the publish path caches the first two)."""
+    return f'{{"seq":{seq},"session_id":{session_json},"type":{type_json},"ts":{ts!r},"data":{data_json}}}'
 
 
 def encode(event: Event) -> str:
@@ -243,7 +247,7 @@ class InProcessBus(Bus):
         if type_ not in EPHEMERAL_EVENTS:
             self.store.append_event(session_id, seq, type_, ts, data_json)
         type_json = self._type_json.get(type_) or self._type_json.setdefault(type_, encode_str(type_))
-        text = f'{{"seq":{seq},"session_id":{room.session_json},"type":{type_json},"ts":{ts!r},"data":{data_json}}}'
+        text = _envelope_text(seq, room.session_json, type_json, ts, data_json)
         room.ring.append(text)
         # No `Event` model on the hot path: a subscriber that wants one parses the text back.
         item = room.newest = Published(None, text, seq)

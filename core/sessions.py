@@ -394,9 +394,8 @@ class SessionManager:
         finally:
             live.active.pop(agent.run.id, None)
             self._settle(agent.run.id, None if agent.dropped else agent.message)
-        if agent.dropped:
-            live.recent.pop(message.id, None)
-        elif message.usage and (message.usage.input_tokens or message.usage.output_tokens):
+        # A dropped run left `recent` in `_after_commit` and has no usage to count.
+        if not agent.dropped and message.usage and (message.usage.input_tokens or message.usage.output_tokens):
             await self._add_usage(live, message)
         if not live.active and live.queued and not self._closing:
             nxt = live.queued.popleft()

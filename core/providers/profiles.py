@@ -156,9 +156,12 @@ class ProviderProfiles:
                 found = self._seed()
                 await self._save(found)
                 log.info("created provider profiles: %s", ", ".join(found) or "(none)")
-            self._profiles = found
-            self.revision += 1
+            self._replace(found)
             self._loaded = True
+
+    def _replace(self, profiles: dict[str, ProviderProfile]) -> None:
+        self._profiles = profiles
+        self.revision += 1
 
     def _read(self) -> dict[str, ProviderProfile] | None:
         try:
@@ -252,8 +255,7 @@ class ProviderProfiles:
                 raise Conflict(f"a provider named {profile.name!r} already exists")
             updated = {**self._profiles, profile.name: profile}
             await self._save(updated)
-            self._profiles = updated
-            self.revision += 1
+            self._replace(updated)
         log.info("created provider profile %s (%s, %s)", profile.name, profile.kind, profile.base_url)
         return self._public(profile)
 
@@ -271,8 +273,7 @@ class ProviderProfiles:
             profile = ProviderProfile.model_validate(profile.model_dump())
             updated = {**self._profiles, name: profile}
             await self._save(updated)
-            self._profiles = updated
-            self.revision += 1
+            self._replace(updated)
         log.info("updated provider profile %s (%s)", name, ", ".join(sorted(changes)) or "no change")
         return self._public(profile)
 
@@ -282,8 +283,7 @@ class ProviderProfiles:
             self._find(name)
             updated = {k: v for k, v in self._profiles.items() if k != name}
             await self._save(updated)
-            self._profiles = updated
-            self.revision += 1
+            self._replace(updated)
         await self.secrets.delete(name)
         log.info("deleted provider profile %s", name)
 
