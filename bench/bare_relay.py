@@ -21,7 +21,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .common import LagTicker, serve_commands
+from .common import ServerWindow, serve_commands, serve_on_loopback
 
 BODY = {"model": "m", "stream": True, "stream_options": {"include_usage": True},
         "messages": [{"role": "system", "content": "You are a helpful assistant."},
@@ -38,7 +38,7 @@ def text_frame(text: str) -> bytes:
 
 
 def bare_relay_server(conn: Connection, up_port: int) -> None:
-    state: dict[str, Any] = {"ticker": None}
+    state: dict[str, Any] = {}
     ids = itertools.count(1)
 
     async def setup() -> dict[str, Any]:
@@ -102,24 +102,16 @@ def bare_relay_server(conn: Connection, up_port: int) -> None:
         app.router.add_put("/opencode/providers/{name}/key", ok)
         app.router.add_post("/opencode/sessions", created)
         app.router.add_patch("/opencode/sessions/{sid}", ok)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
+        runner = await serve_on_loopback(app)
         state["runner"] = runner
         return {"port": runner.addresses[0][1], "pid": os.getpid()}
 
     async def handle(cmd: tuple[Any, ...]) -> Any:
         if cmd[0] == "lag_start":
-            ticker = state["ticker"] = LagTicker()
-            ticker.start()
-            state["lag_cpu0"], state["lag_t0"] = time.process_time(), time.monotonic()
+            state["window"] = ServerWindow()
             return None
         if cmd[0] == "lag_stop":
-            ticker = state["ticker"]
-            await ticker.stop()
-            summary = ticker.summary()
-            summary["cpu_share"] = (time.process_time() - state["lag_cpu0"]) / (time.monotonic() - state["lag_t0"])
+            summary = await state["window"].stop()
             summary["store_backlog_max"] = 0
             return summary
         raise ValueError(cmd[0])

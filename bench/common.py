@@ -113,6 +113,36 @@ class LagTicker:
         return out
 
 
+class ServerWindow:
+    """A server process's measuring window: the lag ticker on its loop and its CPU share.
+
+    `stop()` returns the ticker's summary plus `cpu_share`, the process's CPU time (all threads)
+    over the window's wall time, the ticker's own included.
+    """
+
+    def __init__(self) -> None:
+        self.ticker = LagTicker()
+        self._cpu0 = time.process_time()
+        self._t0 = time.monotonic()
+        self.ticker.start()
+
+    async def stop(self) -> dict[str, float]:
+        await self.ticker.stop()
+        summary = self.ticker.summary()
+        summary["cpu_share"] = (time.process_time() - self._cpu0) / (time.monotonic() - self._t0)
+        return summary
+
+
+async def serve_on_loopback(app: Any) -> Any:
+    """Start `app` (an `aiohttp.web.Application`) on 127.0.0.1 and a free port; its runner."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, backlog=1024).start()
+    return runner
+
+
 def thread_schedstat() -> tuple[float, float] | None:
     """(seconds on a CPU, seconds runnable but waiting for one) of the calling thread; Linux only."""
     try:

@@ -24,7 +24,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .common import Row, Worker, median, serve_commands
+from .common import Row, Worker, median, serve_commands, serve_on_loopback
 from .opencode_server import delta_text, opencode_server
 
 # --------------------------------------------------------------------------- baseline server
@@ -52,10 +52,7 @@ def baseline_server(conn: Connection) -> None:
 
         app = web.Application()
         app.router.add_get("/ws", ws_handler)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
+        runner = await serve_on_loopback(app)
         state["runner"] = runner
         return {"port": runner.addresses[0][1], "pid": os.getpid()}
 

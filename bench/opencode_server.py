@@ -14,7 +14,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from .common import LagTicker, serve_commands
+from .common import ServerWindow, serve_commands, serve_on_loopback
 
 TOKEN = "bench-token"
 
@@ -33,11 +33,9 @@ async def sample_store_backlog(svc: Any, out: list[int]) -> None:
 
 
 def opencode_server(conn: Connection, data_dir: str, fanout_session: bool = False) -> None:
-    state: dict[str, Any] = {"ticker": None}
+    state: dict[str, Any] = {}
 
     async def setup() -> dict[str, Any]:
-        from aiohttp import web
-
         from .common import load_opencode
 
         load_opencode()
@@ -47,10 +45,7 @@ def opencode_server(conn: Connection, data_dir: str, fanout_session: bool = Fals
         from opencode_agent.routes import SERVICE, create_app
 
         app = create_app(Config(data_dir=Path(data_dir)), trust=TrustPolicy(token=TOKEN))
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
+        runner = await serve_on_loopback(app)
         svc = app[SERVICE]
         state.update(runner=runner, svc=svc)
         info: dict[str, Any] = {"port": runner.addresses[0][1], "pid": os.getpid()}
@@ -79,19 +74,13 @@ def opencode_server(conn: Connection, data_dir: str, fanout_session: bool = Fals
             await svc.store.flush()  # persisting the events is part of publishing them
             return {"cpu": time.process_time(), "dropped": svc.bus.dropped}
         if cmd[0] == "lag_start":
-            ticker = state["ticker"] = LagTicker()
-            ticker.start()
-            state["lag_cpu0"] = time.process_time()
-            state["lag_t0"] = time.monotonic()
+            state["window"] = ServerWindow()
             state["backlog"] = []
             state["sampler"] = asyncio.get_running_loop().create_task(sample_store_backlog(svc, state["backlog"]))
             return None
         if cmd[0] == "lag_stop":
-            ticker = state["ticker"]
-            await ticker.stop()
             state["sampler"].cancel()
-            summary = ticker.summary()
-            summary["cpu_share"] = (time.process_time() - state["lag_cpu0"]) / (time.monotonic() - state["lag_t0"])
+            summary = await state["window"].stop()
             summary["store_backlog_max"] = max(state["backlog"], default=0)
             return summary
         raise ValueError(cmd[0])

@@ -18,7 +18,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .common import serve_commands
+from .common import serve_commands, serve_on_loopback
 
 
 def _chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
@@ -78,10 +78,7 @@ def upstream_server(conn: Connection, ttft: float, rate: float, tokens: int) -> 
         app = web.Application()
         app.router.add_post("/v1/chat/completions", completions)
         app.router.add_get("/v1/models", models)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
+        runner = await serve_on_loopback(app)
         state["runner"] = runner
         return {"port": runner.addresses[0][1], "pid": os.getpid()}
 
