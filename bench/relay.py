@@ -32,7 +32,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .common import Row, Worker, median, percentile, serve_commands
+from .common import confine_load_generator, Row, Worker, median, percentile, serve_commands
 from .bare_relay import bare_relay_server
 from .opencode_server import opencode_server
 from .upstream import request_arrived_at, token_sent_at, upstream_server
@@ -86,6 +86,7 @@ class _Stream:
 
 
 def relay_client(conn: Connection, oc_port: int, up_port: int) -> None:
+    confine_load_generator()
     state: dict[str, Any] = {"streams": []}
     base = f"http://127.0.0.1:{oc_port}"
 
