@@ -72,16 +72,11 @@ class AnthropicProvider(HttpProvider):
 
     # ------------------------------------------------------------------ request
 
-    async def request_body(self, request: ChatRequest) -> dict[str, Any]:
-        messages = []
-        for message in request.messages:
-            content = await self._content(message)
-            if content:  # Anthropic rejects empty turns
-                messages.append({"role": message.role, "content": content})
+    def request_fields(self, request: ChatRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": request.model,
             "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
-            "messages": messages,
+            "messages": [],
             "stream": True,
         }
         if request.system:
@@ -93,6 +88,10 @@ class AnthropicProvider(HttpProvider):
         if request.temperature is not None:
             body["temperature"] = request.temperature
         return body
+
+    async def wire_messages(self, message: ChatMessage) -> list[dict[str, Any]]:
+        content = await self._content(message)
+        return [{"role": message.role, "content": content}] if content else []  # empty turns are rejected
 
     async def _content(self, message: ChatMessage) -> list[dict[str, Any]]:
         results: list[dict[str, Any]] = []

@@ -24,6 +24,13 @@ class ChatMessage:
 
     role: Literal["user", "assistant"]
     parts: list[Part]
+    # Its JSON in each provider's dialect (by `HttpProvider.wire_key`), filled on first use: the
+    # turns of a chat are shared between its runs and never change, and every request re-sends them.
+    encoded: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def has_images(self) -> bool:
+        """Whether it carries images (their encodings are too big to keep)."""
+        return any(isinstance(p, ImagePart) or getattr(p, "images", None) for p in self.parts)
 
 
 @dataclass

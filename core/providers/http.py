@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
+import itertools
 import json
 import logging
 import random
@@ -43,7 +44,7 @@ import aiohttp
 from ..errors import ProviderError
 from ..protocol import ImagePart, ProviderProfile
 from ..secrets import Redactor
-from .base import ChatRequest, ImageLoader, Provider, StreamEvent
+from .base import ChatMessage, ChatRequest, ImageLoader, Provider, StreamEvent
 
 log = logging.getLogger("opencode.providers")
 
@@ -61,6 +62,8 @@ MAX_LINE = 16 * 1024 * 1024
 decode_json: Callable[[str], Any] = json.JSONDecoder().decode
 
 # Stable `ProviderError.code`s a client can act on.
+_WIRE_KEYS = itertools.count(1)
+
 CODE_AUTH = "provider_auth"
 CODE_QUOTA = "provider_quota"
 CODE_RATE_LIMITED = "provider_rate_limited"
@@ -385,6 +388,8 @@ class HttpProvider(Provider):
             self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=DEFAULT_SOCK_CONNECT, sock_read=float(read))
         # Seconds without data after which a stream is stalled: the profile's, else the session's.
         self.read_timeout: float | None = (self._timeout or http.timeout).sock_read
+        # Names this provider's encodings on the turns it sends (`ChatMessage.encoded`).
+        self.wire_key = f"{self.kind}#{next(_WIRE_KEYS)}"
 
     # ------------------------------------------------------------------ dialect hooks
 
@@ -397,17 +402,52 @@ class HttpProvider(Provider):
         """Request headers, including the credential."""
 
     @abstractmethod
-    async def request_body(self, request: ChatRequest) -> dict[str, Any]:
-        """The JSON body of one streaming chat request."""
+    def request_fields(self, request: ChatRequest) -> dict[str, Any]:
+        """The JSON body of one streaming chat request without its history: `messages` holds only
+        what goes before the history (the system turn, in dialects that send one)."""
+
+    @abstractmethod
+    async def wire_messages(self, message: ChatMessage) -> list[dict[str, Any]]:
+        """One turn of history in this dialect: none, one or several wire messages."""
 
     @abstractmethod
     def decoder(self) -> StreamDecoder:
         """A fresh decoder for one 200 response: its events end with `Finish` or it raises."""
 
+    # ------------------------------------------------------------------ request body
+
+    async def request_body(self, request: ChatRequest) -> dict[str, Any]:
+        """The JSON body of one streaming chat request."""
+        body = self.request_fields(request)
+        for message in request.messages:
+            body["messages"].extend(await self.wire_messages(message))
+        return body
+
+    async def request_bytes(self, request: ChatRequest) -> bytes:
+        """`request_body()`, encoded, with each turn's encoding kept on the turn for the next request.
+
+        A chat re-sends its whole history with every request, and its finished turns are shared
+        between runs and never change: only the new turns are converted and encoded. Turns with
+        images are encoded afresh each time (their encodings are too big to keep).
+        """
+        body = self.request_fields(request)
+        messages = [json.dumps(m) for m in body.pop("messages")]
+        key = self.wire_key
+        for turn in request.messages:
+            encoded = turn.encoded.get(key)
+            if encoded is None:
+                encoded = ",".join(json.dumps(m) for m in await self.wire_messages(turn))
+                if not turn.has_images():
+                    turn.encoded[key] = encoded
+            if encoded:
+                messages.append(encoded)
+        rest = json.dumps(body)  # never empty: it holds the model at least
+        return f'{{"messages":[{",".join(messages)}],{rest[1:]}'.encode()
+
     # ------------------------------------------------------------------ streaming
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        body = await self.request_body(request)
+        body = await self.request_bytes(request)
         attempt = 1
         while True:
             emitted = False
@@ -478,11 +518,11 @@ class HttpProvider(Provider):
         log.warning("%s; retry %d/%d in %.2fs", exc.message, attempt, self.retry.max_attempts - 1, delay)
 
     @asynccontextmanager
-    async def open(self, method: str, url: str, body: dict[str, Any] | None) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Send one request; yield the response if it is a success, raise `ProviderError` if not."""
+    async def open(self, method: str, url: str, body: bytes | None) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send one request (`body`: JSON); yield the response if it succeeds, raise `ProviderError` if not."""
         kwargs: dict[str, Any] = {"headers": self.headers()}
         if body is not None:
-            kwargs["json"] = body
+            kwargs["data"] = body
         if self._timeout is not None:
             kwargs["timeout"] = self._timeout
         try:

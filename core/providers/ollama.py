@@ -43,12 +43,8 @@ class OllamaProvider(HttpProvider):
 
     # ------------------------------------------------------------------ request
 
-    async def request_body(self, request: ChatRequest) -> dict[str, Any]:
-        messages: list[dict[str, Any]] = []
-        if request.system:
-            messages.append({"role": "system", "content": request.system})
-        for message in request.messages:
-            messages.extend(await self._messages(message))
+    def request_fields(self, request: ChatRequest) -> dict[str, Any]:
+        messages = [{"role": "system", "content": request.system}] if request.system else []
         body: dict[str, Any] = {"model": request.model, "messages": messages, "stream": True}
         if request.tools:
             body["tools"] = [
@@ -70,7 +66,7 @@ class OllamaProvider(HttpProvider):
             body["keep_alive"] = extra["keep_alive"]
         return body
 
-    async def _messages(self, message: ChatMessage) -> list[dict[str, Any]]:
+    async def wire_messages(self, message: ChatMessage) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         text: list[str] = []
         images: list[str] = []

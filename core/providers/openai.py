@@ -67,15 +67,10 @@ class OpenAIProvider(HttpProvider):
 
     # ------------------------------------------------------------------ request
 
-    async def request_body(self, request: ChatRequest) -> dict[str, Any]:
-        messages: list[dict[str, Any]] = []
-        if request.system:
-            messages.append({"role": "system", "content": request.system})
-        for message in request.messages:
-            messages.extend(await self._messages(message))
+    def request_fields(self, request: ChatRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": request.model,
-            "messages": messages,
+            "messages": [{"role": "system", "content": request.system}] if request.system else [],
             "stream": True,
             "stream_options": {"include_usage": True},
         }
@@ -101,7 +96,7 @@ class OpenAIProvider(HttpProvider):
         host = urlsplit(self.base_url).hostname or ""
         return "max_completion_tokens" if host == "api.openai.com" else "max_tokens"
 
-    async def _messages(self, message: ChatMessage) -> list[dict[str, Any]]:
+    async def wire_messages(self, message: ChatMessage) -> list[dict[str, Any]]:
         if message.role == "assistant":
             return [self._assistant(message)]
         out: list[dict[str, Any]] = []
