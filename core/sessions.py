@@ -292,14 +292,19 @@ class SessionManager:
             self._remember(live, user)
             may_speak: asyncio.Future[bool] = loop.create_future()
             agents = self._start(live, user, runs, roles, may_speak=may_speak)
-            # Created after the runs, so their model requests go out before the store's work.
-            saving = loop.create_task(self.store.save_message(user), name=f"opencode-save-{user.id}")
+            saving = loop.create_task(self._save_behind_requests(user), name=f"opencode-save-{user.id}")
             saving.add_done_callback(lambda done: self._after_commit(live, user, agents, done, may_speak))
             await asyncio.shield(saving)  # the store's error, if any, is the sender's answer
         # After the runs start: naming the chat must not delay its first reply.
         await self._auto_title(live, text)
         return SendResult(message_id=user.id, run_id=runs[0].id if runs else None,
                           run_ids=[r.id for r in runs], queued=busy)
+
+    async def _save_behind_requests(self, user: Message) -> None:
+        """Save the user's message one turn of the loop after the runs start: their model requests
+        are written in that turn (aiohttp writes a body from a task of its own), before the store's work."""
+        await asyncio.sleep(0)
+        await self.store.save_message(user)
 
     def _register_runs(self, runs: Sequence[Run]) -> None:
         loop = asyncio.get_running_loop()
@@ -396,20 +401,19 @@ class SessionManager:
             self._settle(agent.run.id, None if agent.dropped else agent.message)
         # A dropped run left `recent` in `_after_commit` and has no usage to count.
         if not agent.dropped and message.usage and (message.usage.input_tokens or message.usage.output_tokens):
-            await self._add_usage(live, message)
+            self._add_usage(live, message)
         if not live.active and live.queued and not self._closing:
             nxt = live.queued.popleft()
             self._start(live, nxt.user_message, nxt.runs, nxt.roles)
         return message
 
-    async def _add_usage(self, live: _Live, message: Message) -> None:
+    def _add_usage(self, live: _Live, message: Message) -> None:
+        """Add a reply's usage to its session's totals. The row joins the next group commit (a
+        failed one is logged by the store): nothing waits on the disk while the next message comes in."""
         session = live.session.model_copy(update={"usage": live.session.usage + (message.usage or Usage()),
                                                   "updated_at": now()})
         live.session = session
-        try:
-            await self.store.save_session(session)
-        except Exception as exc:  # noqa: BLE001 - usage totals are best effort after the reply is saved
-            log.error("could not save usage of session %s: %s", session.id, exc)
+        self.store.queue_session(session)
         self.bus.publish(session.id, "usage.updated", UsageUpdatedData(usage=session.usage, message_id=message.id))
 
     # ------------------------------------------------------------------ abort

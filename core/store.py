@@ -71,6 +71,10 @@ class Store(ABC):
     async def save_session(self, session: Session) -> None: ...
 
     @abstractmethod
+    def queue_session(self, session: Session) -> None:
+        """Queue a session's row without waiting for its commit (running totals)."""
+
+    @abstractmethod
     async def delete_session(self, session_id: str) -> None: ...
 
     @abstractmethod
@@ -466,6 +470,11 @@ class SqliteStore(Store):
         await self._submit(
             _UPSERT_SESSIONS, (session.id, session.model_dump_json(), session.created_at, session.updated_at)
         )
+
+    def queue_session(self, session: Session) -> None:
+        # In the messages' lane: a later awaited `save_session` of the same session commits after it.
+        self._enqueue(_Write(_UPSERT_SESSIONS, (session.id, session.model_dump_json(), session.created_at,
+                                                session.updated_at)), urgent=True)
 
     async def delete_session(self, session_id: str) -> None:
         # Events appended from now on go in rows queued after the delete, as they did uncoalesced.
