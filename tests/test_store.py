@@ -384,3 +384,20 @@ async def test_close_drains_the_queue_and_stops_the_writer_thread(db_path: Path)
         await reopened.close()
     with pytest.raises(StoreUnavailable):
         await store.get_session("ses_a")
+
+
+async def test_a_queued_session_row_commits_with_the_next_batch_in_order(store: SqliteStore) -> None:
+    """Usage totals are queued, not awaited: the row lands with the next group commit, and an
+    awaited save of the same session queued after it still wins."""
+    from opencode_agent.core.protocol import Usage
+
+    s = Session(id="ses_q", title="first", created_at=1.0, updated_at=1.0)
+    await store.save_session(s)
+    store.queue_session(s.model_copy(update={"usage": Usage(input_tokens=5, output_tokens=7), "updated_at": 2.0}))
+    await store.flush()
+    got = await store.get_session("ses_q")
+    assert got is not None and got.usage.input_tokens == 5 and got.usage.output_tokens == 7
+    store.queue_session(s.model_copy(update={"usage": Usage(input_tokens=9), "updated_at": 3.0}))
+    await store.save_session(s.model_copy(update={"title": "renamed", "usage": Usage(input_tokens=9), "updated_at": 4.0}))
+    got = await store.get_session("ses_q")
+    assert got is not None and got.title == "renamed" and got.usage.input_tokens == 9 and got.updated_at == 4.0
