@@ -35,7 +35,7 @@ from typing import Any
 from .common import confine_load_generator, Row, Worker, median, percentile, serve_commands
 from .bare_relay import bare_relay_server
 from .opencode_server import opencode_server
-from .upstream import request_arrived_at, token_sent_at, upstream_server
+from .upstream import request_arrived_at, tokens_sent_at, upstream_server
 
 TTFT = 0.2
 RATE = 50.0
@@ -67,7 +67,7 @@ class _Stream:
                 self.first = False
                 self.sink["ttft"].append((now - self.sent_at) * 1000)
                 self.sink["to_upstream"].append((request_arrived_at(text) - self.sent_at) * 1000)
-            self.sink["lat"].append((now - token_sent_at(text)) * 1000)
+            self.sink["lat"].extend([(now - sent) * 1000 for sent in tokens_sent_at(text)])
         elif kind == "run.status":
             run = d["data"]["run"]
             if (self.done is not None and run["status"] in FINAL and not self.done.done()
@@ -176,7 +176,7 @@ def relay_client(conn: Connection, oc_port: int, up_port: int) -> None:
                             first = False
                             sink["ttft"].append((now - t0) * 1000)
                             sink["to_upstream"].append((request_arrived_at(text) - t0) * 1000)
-                        sink["lat"].append((now - token_sent_at(text)) * 1000)
+                        sink["lat"].extend([(now - sent) * 1000 for sent in tokens_sent_at(text)])
             return "stream ended without [DONE]"
 
         res = await staggered(n, rounds, one, timeout)

@@ -48,14 +48,15 @@ def _response(status: str, body: bytes, content_type: str = "application/json") 
             .encode() + body)
 
 
-def token_sent_at(text: str) -> float:
-    """The upstream's send time carried by a token's text."""
-    return float(text.split("|", 1)[0])
+def tokens_sent_at(text: str) -> list[float]:
+    """The upstream's send time of every token in a delta's text (a relay may join the tokens
+    that reached it together into one delta: each still counts, with its own latency)."""
+    return [float(token.split("|", 1)[0]) for token in text.split()]
 
 
 def request_arrived_at(text: str) -> float:
-    """When the upstream received the request that produced this token."""
-    return float(text.split("|")[2])
+    """When the upstream received the request that produced this text's first token."""
+    return float(text.split(None, 1)[0].split("|")[2])
 
 
 class _Stats:

@@ -46,8 +46,10 @@ async def test_stream_parses_with_the_openai_sdk(upstream: Any) -> None:
                     usage = chunk.usage
             assert len(texts) == 5, texts
             assert [int(t.split("|")[1]) for t in texts] == [0, 1, 2, 3, 4]
-            sent = [upstream.token_sent_at(t) for t in texts]
+            sent = [s for t in texts for s in upstream.tokens_sent_at(t)]
             arrived = upstream.request_arrived_at(texts[0])
+            assert upstream.tokens_sent_at(texts[0] + texts[1]) == sent[:2]  # two tokens joined by a relay
+            assert upstream.request_arrived_at(texts[0] + texts[1]) == arrived
             # Paced on an absolute schedule: token i no sooner than ttft + i/rate after the request.
             assert all(s >= arrived + 0.01 + i / 500 for i, s in enumerate(sent)), (arrived, sent)
             assert loop.time() - t0 >= 0.01 + 4 / 500

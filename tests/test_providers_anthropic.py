@@ -18,7 +18,7 @@ from opencode_agent.core.providers.base import (
 from opencode_agent.core.providers.http import RetryPolicy, create_session
 from opencode_agent.core.tools import ToolSpec
 from opencode_agent.tests.fakes.llm_servers import (  # noqa: F401  (fixture)
-    FakeToolCall, Fail, RecordingSleep, Reply, Stream, anthropic_error_event, anthropic_events, closed_port, fake_llm,
+    FakeToolCall, Fail, RecordingSleep, Reply, Stream, anthropic_error_event, anthropic_events, closed_port, joined, fake_llm,
 )
 
 KEY = "sk-ant-api03-test0123456789SECRET"
@@ -81,9 +81,10 @@ async def test_llmock_single_and_parallel_tool_calls(llmock: Any, http: Any, sle
     llmock.add(MockReply(tool_calls=(MockToolCall("get_weather", {"city": "Oslo"}),
                                      MockToolCall("get_weather", {"city": "Kyiv", "units": "metric"}))))
     p = provider(llmock.base_url("anthropic"), http, sleep)
-    first = await collect(p, ask(tools=[WEATHER]))
-    assert [type(e).__name__ for e in first] == ["TextDelta", "TextDelta", "TextDelta", "ToolCallReady", "UsageReport", "Finish"]
-    assert (first[3].name, first[3].arguments) == ("get_weather", {"city": "Paris"}) and first[3].id.startswith("toolu_")
+    first = joined(await collect(p, ask(tools=[WEATHER])))
+    assert [type(e).__name__ for e in first] == ["TextDelta", "ToolCallReady", "UsageReport", "Finish"]
+    assert first[0] == TextDelta("Let me look.")
+    assert (first[1].name, first[1].arguments) == ("get_weather", {"city": "Paris"}) and first[1].id.startswith("toolu_")
     assert first[-1] == Finish("tool_calls")
     second = await collect(p, ask(tools=[WEATHER]))
     assert [e.arguments for e in second if isinstance(e, ToolCallReady)] == [{"city": "Oslo"}, {"city": "Kyiv", "units": "metric"}]
@@ -154,8 +155,8 @@ async def test_fake_exact_events_headers_and_usage(fake_llm: Any, http: Any, sle
     fake_llm.push(Reply(text="Hi there", tool_calls=[FakeToolCall("get_weather", {"city": "Paris"}, id="toolu_1")],
                         input_tokens=40, output_tokens=12))
     events = await collect(provider(f"{fake_llm.url}/anthropic", http, sleep), ask(tools=[WEATHER]))
-    assert events == [
-        TextDelta("Hi "), TextDelta("there"),
+    assert joined(events) == [
+        TextDelta("Hi there"),
         ToolCallReady("toolu_1", "get_weather", {"city": "Paris"}),
         UsageReport(40, 12),
         Finish("tool_calls"),
@@ -221,7 +222,7 @@ async def test_fake_overloaded_after_output_is_final(fake_llm: Any, http: Any, s
     with pytest.raises(ProviderError) as info:
         async for event in provider(f"{fake_llm.url}/anthropic", http, sleep).stream(ask()):
             seen.append(event)
-    assert seen == [TextDelta("one "), TextDelta("two ")]
+    assert joined(seen) == [TextDelta("one two ")]  # what arrived, then the error
     err = info.value
     assert err.message == "claude: Overloaded (overloaded_error)"
     assert err.code == "provider_overloaded" and not err.retryable and len(fake_llm.requests) == 1

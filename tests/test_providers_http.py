@@ -29,7 +29,7 @@ from opencode_agent.core.providers.registry import build_provider, provider_for
 from opencode_agent.core.providers.profiles import ProviderProfiles
 from opencode_agent.core.secrets import SecretStore
 from opencode_agent.tests.fakes.llm_servers import (  # noqa: F401  (fixture)
-    Fail, RecordingSleep, Reply, Stream, anthropic_error_event, closed_port, fake_llm, sse,
+    Fail, RecordingSleep, Reply, Stream, anthropic_error_event, closed_port, joined, fake_llm, sse,
 )
 
 REQUEST = ChatRequest(model="m", system="", messages=[ChatMessage("user", [TextPart(text="hi")])])
@@ -139,7 +139,7 @@ async def test_sse_framing_crlf_comments_multiline_and_long_lines(fake_llm: Any,
     ]))
     p = OpenAIProvider(ProviderProfile(name="p", kind="openai", base_url=f"{fake_llm.url}/v1"), None, http)
     events = await collect(p)
-    assert events == [TextDelta("a"), TextDelta(long_text), Finish("stop")]
+    assert joined(events) == [TextDelta("a" + long_text), Finish("stop")]
 
 
 async def test_an_abandoned_stream_frees_its_connection(fake_llm: Any, http: Any) -> None:
@@ -291,7 +291,7 @@ async def test_a_slow_consumer_is_not_a_stall(fake_llm: Any, http: Any) -> None:
         events.append(event)
         if len(events) == 1:
             await asyncio.sleep(0.35)
-    assert events == [TextDelta("one "), TextDelta("two "), TextDelta("three"), UsageReport(11, 7), Finish("stop")]
+    assert joined(events) == [TextDelta("one two three"), UsageReport(11, 7), Finish("stop")]
 
 
 async def test_a_stall_before_the_response_head(aiohttp_server: Any, http: Any) -> None:
@@ -324,7 +324,7 @@ async def test_a_stall_after_some_events_is_caught_by_the_watchdog(fake_llm: Any
     with pytest.raises(ProviderError) as info:
         async for event in OpenAIProvider(profile, None, http).stream(REQUEST):
             seen.append(event)
-    assert seen == [TextDelta("a"), TextDelta("b")]
+    assert joined(seen) == [TextDelta("ab")]
     assert info.value.message == "p: stream stalled: no data for 0.2s" and info.value.code == "provider_stalled"
     assert 0.2 <= time.monotonic() - started < 2
 
@@ -398,3 +398,49 @@ async def test_provider_for_a_profile_name(fake_llm: Any, http: Any, data_dir: A
     p = await provider_for("ollama", profiles, http)
     assert await collect(p) == [TextDelta("hi"), UsageReport(11, 7), Finish("stop")]
     assert fake_llm.last.headers["Authorization"] == "Bearer proxy-token-0123456789"
+
+
+# --------------------------------------------------------------------------- text joined per read
+
+
+async def test_tokens_that_arrive_in_one_read_are_one_delta(aiohttp_server: Any, http: Any) -> None:
+    """A server that keeps up relays each token; tokens that reached it together (its loop was
+    behind, or the model sends bursts) go on as one delta, in order, nothing lost."""
+    async def completions(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(openai_chunk("a") + openai_chunk("b") + openai_chunk("c"))  # one read
+        await asyncio.sleep(0.05)
+        await resp.write(openai_chunk("d"))
+        await resp.write(sse({"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                              "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}) + b"data: [DONE]\n\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    server = await aiohttp_server(app)
+    profile = ProviderProfile(name="p", kind="openai", base_url=str(server.make_url("/v1")))
+    events = [e async for e in OpenAIProvider(profile, None, http).stream(REQUEST)]
+    assert events == [TextDelta("abc"), TextDelta("d"), Finish("stop")]
+
+
+def test_joining_keeps_other_events_in_place_and_text_before_a_failure() -> None:
+    from opencode_agent.core.providers.base import ToolCallReady
+    from opencode_agent.core.providers.http import _joined_text
+
+    call = ToolCallReady("c1", "render", {})
+    one = TextDelta("solo")
+    assert list(_joined_text([one]))[0] is one  # a lone token passes through untouched
+    assert list(_joined_text([TextDelta("a"), TextDelta("b"), call, TextDelta("c"), Finish("tool_calls")])) == [
+        TextDelta("ab"), call, TextDelta("c"), Finish("tool_calls")]
+
+    def failing() -> Any:
+        yield TextDelta("x")
+        yield TextDelta("y")
+        raise ProviderError("p: boom", code="provider_error")
+
+    seen: list[Any] = []
+    with pytest.raises(ProviderError):
+        for event in _joined_text(failing()):
+            seen.append(event)
+    assert seen == [TextDelta("xy")]

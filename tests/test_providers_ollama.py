@@ -15,7 +15,7 @@ from opencode_agent.core.providers.http import RetryPolicy, create_session
 from opencode_agent.core.providers.ollama import OllamaProvider
 from opencode_agent.core.tools import ToolSpec
 from opencode_agent.tests.fakes.llm_servers import (  # noqa: F401  (fixture)
-    FakeToolCall, Fail, RecordingSleep, Reply, Stream, closed_port, fake_llm, ollama_lines,
+    FakeToolCall, Fail, RecordingSleep, Reply, Stream, closed_port, joined, fake_llm, ollama_lines,
 )
 
 TOOL = ToolSpec(name="queue_prompt", description="Queue a workflow.", parameters={"type": "object", "properties": {}})
@@ -58,7 +58,7 @@ async def test_text_usage_and_request_body(fake_llm: Any, http: Any, sleep: Reco
     fake_llm.push(Reply(text="Hello from llama", input_tokens=26, output_tokens=4))
     p = provider(fake_llm.url, http, sleep, extra={"keep_alive": "30m", "options": {"num_ctx": 16384}})
     events = await collect(p, ask(temperature=0.1, max_tokens=200))
-    assert events == [TextDelta("Hello "), TextDelta("from "), TextDelta("llama"), UsageReport(26, 4), Finish("stop")]
+    assert joined(events) == [TextDelta("Hello from llama"), UsageReport(26, 4), Finish("stop")]
     sent = fake_llm.last
     assert sent.path == "/api/chat" and "Authorization" not in sent.headers
     assert sent.body == {

@@ -19,7 +19,7 @@ from opencode_agent.core.providers.http import RetryPolicy, create_session
 from opencode_agent.core.providers.openai import OpenAIProvider
 from opencode_agent.core.tools import ToolSpec
 from opencode_agent.tests.fakes.llm_servers import (  # noqa: F401  (fixture)
-    FakeToolCall, Fail, RecordingSleep, Reply, Stream, closed_port, fake_llm, gemini_chunks, openai_chunks, sse,
+    FakeToolCall, Fail, RecordingSleep, Reply, Stream, closed_port, joined, fake_llm, gemini_chunks, openai_chunks, sse,
 )
 
 KEY = "sk-test-0123456789abcdefSECRET"
@@ -136,7 +136,7 @@ async def test_llmock_truncated_stream_is_an_error(llmock: Any, http: Any, sleep
             events.append(event)
     assert info.value.message == "test: the stream ended before a finish_reason"
     assert info.value.code == "provider_stream_broken" and not info.value.retryable
-    assert events == [TextDelta("one "), TextDelta("two ")]  # what arrived, then the error
+    assert joined(events) == [TextDelta("one two ")]  # what arrived, then the error
     assert len(llmock.requests) == 1
 
 
@@ -184,7 +184,7 @@ async def test_llmock_list_models(llmock: Any, http: Any, sleep: RecordingSleep)
 async def test_fake_request_shape_and_event_sequence(fake_llm: Any, http: Any, sleep: RecordingSleep) -> None:
     fake_llm.push(Reply(text="Hello world", input_tokens=21, output_tokens=3))
     events = await collect(provider(f"{fake_llm.url}/v1", http, sleep), ask())
-    assert events == [TextDelta("Hello "), TextDelta("world"), UsageReport(21, 3), Finish("stop")]
+    assert joined(events) == [TextDelta("Hello world"), UsageReport(21, 3), Finish("stop")]
     sent = fake_llm.last
     assert sent.path == "/v1/chat/completions"
     assert sent.headers["Authorization"] == f"Bearer {KEY}"

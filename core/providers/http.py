@@ -37,14 +37,14 @@ import time
 from abc import ABC, abstractmethod
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 
 import aiohttp
 
 from ..errors import ProviderError
 from ..protocol import ImagePart, ProviderProfile
 from ..secrets import Redactor
-from .base import ChatMessage, ChatRequest, ImageLoader, Provider, StreamEvent
+from .base import ChatMessage, ChatRequest, ImageLoader, Provider, StreamEvent, TextDelta
 
 log = logging.getLogger("opencode.providers")
 
@@ -361,6 +361,36 @@ class _Watchdog:
             self._handle = None
 
 
+def _joined_text(events: Iterable[StreamEvent]) -> Iterator[StreamEvent]:
+    """The events of one network read, with adjacent text deltas joined into one.
+
+    A read holds one token while the server keeps up; when the loop falls behind, the tokens that
+    arrived meanwhile come in one read, and relaying them as one delta (one event, one frame per
+    socket) instead of one each sheds exactly the work that put it behind. Text decoded before a
+    failure in the same read still goes out, ahead of the failure.
+    """
+    texts: list[TextDelta] = []
+    try:
+        for event in events:
+            if event.__class__ is TextDelta:
+                texts.append(event)  # type: ignore[arg-type]
+                continue
+            if texts:
+                yield _text_event(texts)
+                texts = []
+            yield event
+    except Exception:
+        if texts:
+            yield _text_event(texts)
+        raise
+    if texts:
+        yield _text_event(texts)
+
+
+def _text_event(texts: list[TextDelta]) -> TextDelta:
+    return texts[0] if len(texts) == 1 else TextDelta("".join(t.text for t in texts))
+
+
 class HttpProvider(Provider):
     """Base of the HTTP dialects: requests, retries, error mapping and stream reading.
 
@@ -471,7 +501,7 @@ class HttpProvider(Provider):
                             watchdog.since = None
                             if not chunk:
                                 break
-                            for event in feed(chunk):
+                            for event in _joined_text(feed(chunk)):
                                 emitted = True
                                 yield event
                             if decoder.done:

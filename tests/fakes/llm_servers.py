@@ -93,6 +93,20 @@ def _call_id(call: FakeToolCall, position: int, prefix: str) -> str:
     return call.id or f"{prefix}_{position:04d}"
 
 
+def joined(events: list[Any]) -> list[Any]:
+    """Events with adjacent text deltas joined. How a reply's text splits into deltas follows the
+    network reads (a read holding several tokens yields one delta), so tests compare text this way."""
+    from opencode_agent.core.providers.base import TextDelta
+
+    out: list[Any] = []
+    for event in events:
+        if isinstance(event, TextDelta) and out and isinstance(out[-1], TextDelta):
+            out[-1] = TextDelta(out[-1].text + event.text)
+        else:
+            out.append(event)
+    return out
+
+
 def sse(data: Any, event: str | None = None) -> bytes:
     payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
     return ((f"event: {event}\n" if event else "") + f"data: {payload}\n\n").encode()
