@@ -246,19 +246,26 @@ def machine_info() -> dict[str, Any]:
 # --------------------------------------------------------------------------- worker processes
 
 
-def confine_load_generator() -> None:
-    """Keep this load-generating process (fake upstream, clients) off the servers' CPUs.
+_ALL_CPUS: set[int] | None = None
+
+
+def confine_load_generator(confined: bool = True) -> None:
+    """Keep this load-generating process (fake upstream, clients) off the servers' CPUs, or free it.
 
     In production the model runs on another machine and the clients are browsers elsewhere;
     here they share a 2-core machine with the server measured, and the scheduler would take
     turns between them. Confined to the last CPU, they leave the others to the servers (which
-    are not pinned and may still use the last CPU when it is free). Opt out with
-    `OPENCODE_BENCH_NO_PIN=1`; a no-op on one CPU or where affinity is not supported.
+    are not pinned and may still use the last CPU when it is free). A pass with no server in it
+    (the direct baseline) frees them again, so that baseline is the best this machine gives.
+    Off with `OPENCODE_BENCH_NO_PIN=1`; a no-op on one CPU or where affinity is not supported.
     """
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
-    if len(cpus) < 2 or os.environ.get("OPENCODE_BENCH_NO_PIN"):
+    global _ALL_CPUS
+    if not hasattr(os, "sched_getaffinity") or os.environ.get("OPENCODE_BENCH_NO_PIN"):
         return
-    os.sched_setaffinity(0, {max(cpus)})
+    if _ALL_CPUS is None:
+        _ALL_CPUS = set(os.sched_getaffinity(0))
+    if len(_ALL_CPUS) >= 2:
+        os.sched_setaffinity(0, {max(_ALL_CPUS)} if confined else _ALL_CPUS)
 
 
 class WorkerError(RuntimeError):
@@ -347,6 +354,10 @@ def serve_commands(conn: Connection, setup: Callable[[], Awaitable[Any]],
                 if cmd[0] == "stop":
                     break
                 try:
+                    if cmd[0] == "confine":  # any worker: see `confine_load_generator`
+                        confine_load_generator(cmd[1])
+                        conn.send(("ok", None))
+                        continue
                     conn.send(("ok", await handle(cmd)))
                 except Exception:  # noqa: BLE001 - report to the parent, keep serving
                     conn.send(("error", traceback.format_exc()))

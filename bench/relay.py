@@ -32,7 +32,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .common import confine_load_generator, Row, Worker, median, percentile, serve_commands
+from .common import Row, Worker, median, percentile, serve_commands
 from .bare_relay import bare_relay_server
 from .opencode_server import opencode_server
 from .upstream import request_arrived_at, tokens_sent_at, upstream_server
@@ -86,7 +86,6 @@ class _Stream:
 
 
 def relay_client(conn: Connection, oc_port: int, up_port: int) -> None:
-    confine_load_generator()
     state: dict[str, Any] = {"streams": []}
     base = f"http://127.0.0.1:{oc_port}"
 
@@ -235,9 +234,16 @@ def _summ(res: dict[str, Any]) -> dict[str, float]:
             "n_ttft": len(res["ttft"]), "n_lat": len(res["lat"])}
 
 
+def _confine(load: list[Worker], confined: bool) -> None:
+    """Load generators off the servers' CPU for a relay pass, free for the direct one."""
+    for w in load:
+        w.call("confine", confined)
+
+
 def _relay_pass(cl: Worker, srv: Worker, up: Worker, n: int, rounds: int, t: float, idle: dict[str, float]
                 ) -> tuple[dict[str, Any], dict[str, float]]:
     """One relay pass through `srv` (Opencode or the bare relay), with its loop lag and CPU."""
+    _confine([cl, up], True)
     srv.call("lag_start")
     up_r = up.call("cpu")
     up.call("counts")
@@ -302,6 +308,7 @@ def run(quick: bool, repeat: int, log: Any = print) -> list[Row]:
         for client in (cl, cl_bare):
             client.call("prepare", 1, tokens, timeout=60)
             client.call("relay", 1, 2, 60.0, timeout=90)
+        _confine([up, cl], False)
         cl.call("direct", 1, 2, 60.0, timeout=90)
 
         for n in levels + [lag_level]:
@@ -312,6 +319,7 @@ def run(quick: bool, repeat: int, log: Any = print) -> list[Row]:
                 t = timeout_for(n, rounds)
                 lines = []
                 if n != lag_level:
+                    _confine([up, cl], False)
                     up_d = up.call("cpu")
                     up.call("counts")
                     d = cl.call("direct", n, rounds, t, timeout=t + 30)

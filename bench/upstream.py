@@ -25,7 +25,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .common import confine_load_generator, serve_commands
+from .common import serve_commands
 
 _CHUNK_HEAD = b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":'
 _STREAM_HEADERS = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
@@ -145,7 +145,6 @@ class _Connection(asyncio.Protocol):
 
 
 def upstream_server(conn: Connection, ttft: float, rate: float, tokens: int) -> None:
-    confine_load_generator()
     stats = _Stats()
     state: dict[str, Any] = {}
 

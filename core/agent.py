@@ -12,6 +12,7 @@ Imports protocol, bus, store, tools, providers.base, permissions, ui_requests an
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -508,30 +509,32 @@ class TurnCache:
 
     def __init__(self, limit: int = 256) -> None:
         self.limit = limit
-        self._items: dict[tuple[str, float, bool], tuple[list[ChatMessage], int]] = {}
+        # By message id: (updated_at, vision, turns, token estimate); a newer version replaces it.
+        self._items: dict[str, tuple[float, bool, list[ChatMessage], int]] = {}
 
     def turns(self, message: Message, *, vision: bool) -> tuple[list[ChatMessage], int]:
-        key = (message.id, message.updated_at, vision)
-        hit = self._items.get(key)
-        if hit is None:
-            turns = message_turns(message, vision=vision)
-            hit = self._items[key] = (turns, sum(estimate_tokens(t.parts) for t in turns))
-            if len(self._items) > self.limit:
-                del self._items[next(iter(self._items))]
-        return hit
+        hit = self._items.get(message.id)
+        if hit is not None and hit[0] == message.updated_at and hit[1] == vision:
+            return hit[2], hit[3]
+        turns = message_turns(message, vision=vision)
+        cost = sum(estimate_tokens(t.parts) for t in turns)
+        self._items[message.id] = (message.updated_at, vision, turns, cost)
+        if len(self._items) > self.limit:
+            del self._items[next(iter(self._items))]
+        return turns, cost
 
 
 def build_history(history: list[Message], role_id: str, user_message: Message, context_tokens: int,
                   *, vision: bool, cache: TurnCache | None = None) -> list[ChatMessage]:
     """User messages and this role's replies, newest kept first, trimmed to the model's context."""
     budget = max(context_tokens - REPLY_RESERVE_TOKENS, 1024)
+    turns_of = (cache or TurnCache()).turns
     chosen: list[list[ChatMessage]] = []
     used = 0
-    cache = cache or TurnCache()
-    for m in reversed([*history, user_message]):
+    for m in itertools.chain((user_message,), reversed(history)):
         if m.role == "assistant" and m.skill != role_id:
             continue
-        turns, cost = cache.turns(m, vision=vision)
+        turns, cost = turns_of(m, vision=vision)
         if chosen and used + cost > budget:
             break
         used += cost
