@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable, Protocol, Sequence
 
 from .agent import AgentDeps, AgentRun, RunInput, SkillLike, TurnCache
 from .bus import InProcessBus
-from .errors import BadRequest, Conflict, NotFound
+from .errors import BadRequest, Conflict, NotFound, OpencodeError
 from .protocol import (
     AbortResult,
     Message,
@@ -413,7 +413,10 @@ class SessionManager:
         session = live.session.model_copy(update={"usage": live.session.usage + (message.usage or Usage()),
                                                   "updated_at": now()})
         live.session = session
-        self.store.queue_session(session)
+        try:
+            self.store.queue_session(session)
+        except OpencodeError as exc:  # usage totals are best effort after the reply is saved
+            log.error("could not save usage of session %s: %s", session.id, exc.message)
         self.bus.publish(session.id, "usage.updated", UsageUpdatedData(usage=session.usage, message_id=message.id))
 
     # ------------------------------------------------------------------ abort

@@ -600,3 +600,31 @@ def test_history_turns_are_reused_until_a_message_changes() -> None:
     small = TurnCache(limit=2)
     build_history(history, "alpha", user, 32000, vision=False, cache=small)
     assert len(small._items) == 2  # noqa: SLF001 - bounded
+
+
+async def test_usage_total_is_queued_and_a_refused_write_is_logged_not_raised(env, service, monkeypatch, caplog):
+    """The session's running total joins the next group commit; if the store refuses it, the
+    reply is unaffected, the total still reaches clients, and the failure is in the log."""
+    from opencode_agent.core.errors import StoreUnavailable
+
+    provider, session, ws_for = env
+    provider.turns.append(text_turn("one", input_tokens=10, output_tokens=5))
+    provider.turns.append(text_turn("two", input_tokens=20, output_tokens=7))
+    sid = await session("alpha")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="hi")
+    await ws.until(run_final(sent["data"]["run_id"]))
+    await service.store.flush()
+    stored = await service.store.get_session(sid)
+    assert stored is not None and stored.usage.input_tokens == 10 and stored.usage.output_tokens == 5
+
+    def refuse(session: Any) -> None:
+        raise StoreUnavailable("the store is closed")
+
+    monkeypatch.setattr(service.store, "queue_session", refuse)
+    sent = await ws.command("send", session_id=sid, text="again")
+    await ws.until(run_final(sent["data"]["run_id"]))
+    assert final_message(ws, sent["data"]["run_id"])["status"] == "completed"
+    usage = (await ws.until(lambda e: e["type"] == "usage.updated" and e["data"]["usage"]["input_tokens"] == 30))
+    assert usage["data"]["usage"]["output_tokens"] == 12
+    assert any("could not save usage" in r.getMessage() for r in caplog.records)

@@ -61,9 +61,10 @@ MAX_LINE = 16 * 1024 * 1024
 # `json.loads` without its per-call argument checks (one stream payload per token).
 decode_json: Callable[[str], Any] = json.JSONDecoder().decode
 
-# Stable `ProviderError.code`s a client can act on.
+# Names each provider instance's encodings on the turns it sends (`HttpProvider.wire_key`).
 _WIRE_KEYS = itertools.count(1)
 
+# Stable `ProviderError.code`s a client can act on.
 CODE_AUTH = "provider_auth"
 CODE_QUOTA = "provider_quota"
 CODE_RATE_LIMITED = "provider_rate_limited"
