@@ -247,7 +247,7 @@ def message(mid: str, session_id: str = "ses_a", status: str = "completed", text
                    status=status, created_at=t, updated_at=t)
 
 
-async def test_each_batch_is_one_call_on_the_writer_thread(store: SqliteStore, monkeypatch: Any) -> None:
+async def test_a_large_batch_takes_two_writer_calls_a_small_one_one(store: SqliteStore, monkeypatch: Any) -> None:
     executor = store._writer  # noqa: SLF001
     assert executor is not None
     calls: list[str] = []
@@ -268,6 +268,12 @@ async def test_each_batch_is_one_call_on_the_writer_thread(store: SqliteStore, m
     assert calls == ["_apply_batch", "_end_transaction"] * 3
     page, more = await store.get_messages("ses_a", limit=1000)
     assert [m.id for m in page] == [f"msg_{i:04d}" for i in range(250)] and not more
+
+    # A small batch (a reply saved, a few events) is applied and committed in one call.
+    calls.clear()
+    await store.save_message(message("msg_small", text="small"))
+    assert calls == ["_apply_and_commit"]
+    assert (await store.get_message("msg_small")) is not None
 
 
 async def test_rows_of_one_statement_apply_in_order(store: SqliteStore) -> None:
