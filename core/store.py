@@ -391,10 +391,12 @@ class SqliteStore(Store):
                 # Group commit: let more rows arrive, at most max_delay. A caller waiting on its
                 # write is not held back; writes queued meanwhile share the next transaction.
                 self._full.clear()
+                # A timer that sets the event, not `wait_for` (a task and a timer per batch).
+                timer = asyncio.get_running_loop().call_later(self.max_delay, self._full.set)
                 try:
-                    await asyncio.wait_for(self._full.wait(), self.max_delay)
-                except asyncio.TimeoutError:
-                    pass
+                    await self._full.wait()
+                finally:
+                    timer.cancel()
             batch = self._take_batch()
             await self._commit(batch)
 
