@@ -4,6 +4,7 @@ replay the recorded data."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -209,6 +210,8 @@ async def test_queue_ok_workflow_through_the_prompt_queue(tools: dict[str, Tool]
     assert result["prompt_id"] == prompt_id and server.number == 1
     assert server.on_prompt == [{"prompt": graph("cpu_ok"), "client_id": adapter.client_id}]
     # Events came from the worker thread through the send_sync hook, and still reached ComfyUI.
+    # The tool returns at the run's end; the worker may still be sending its tail frames.
+    await asyncio.to_thread(server.prompt_queue.join)
     assert ctx.statuses[1:] == [
         f"run {prompt_id} started",
         "running node 1 (EmptyImage)",
