@@ -107,8 +107,6 @@ def bare_relay_server(conn: Connection, up_port: int) -> None:
         return {"port": runner.addresses[0][1], "pid": os.getpid()}
 
     async def handle(cmd: tuple[Any, ...]) -> Any:
-        if cmd[0] == "cpu":
-            return {"cpu": time.process_time()}
         if cmd[0] == "lag_start":
             state["window"] = ServerWindow()
             return None

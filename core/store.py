@@ -7,8 +7,9 @@ token; reads use a second connection so they never queue behind a batch. Any wri
 writer keeps going once the cause is gone.
 
 The writer is a plain `sqlite3.Connection` owned by a dedicated one-thread executor: it is opened,
-used and closed only on that thread. A batch costs two thread hops, not one per statement: its
-statements (BEGIN IMMEDIATE and every insert, rolled back whole on failure), then COMMIT.
+used and closed only on that thread. A batch costs one or two thread hops, not one per
+statement: its statements (BEGIN IMMEDIATE and every insert, rolled back whole on failure), then
+COMMIT, in the same hop for a small batch and in a second one for a large batch.
 aiosqlite has no public way to run a function on its connection's thread,
 hence the executor; the reader, which does one round trip a query anyway, stays on aiosqlite.
 Rows go up to 32 in one INSERT statement rather than one step each (`executemany`): every step
@@ -225,6 +226,10 @@ class _EventRow:
 
 
 _Queued = _Write | _EventRow
+
+
+def _session_row(s: Session) -> tuple[Any, ...]:
+    return (s.id, s.model_dump_json(), s.created_at, s.updated_at)
 
 
 def _message_row(m: Message) -> tuple[Any, ...]:
@@ -475,14 +480,11 @@ class SqliteStore(Store):
         return count
 
     async def save_session(self, session: Session) -> None:
-        await self._submit(
-            _UPSERT_SESSIONS, (session.id, session.model_dump_json(), session.created_at, session.updated_at)
-        )
+        await self._submit(_UPSERT_SESSIONS, _session_row(session))
 
     def queue_session(self, session: Session) -> None:
         # In the messages' lane: a later awaited `save_session` of the same session commits after it.
-        self._enqueue(_Write(_UPSERT_SESSIONS, (session.id, session.model_dump_json(), session.created_at,
-                                                session.updated_at)), urgent=True)
+        self._enqueue(_Write(_UPSERT_SESSIONS, _session_row(session)), urgent=True)
 
     async def delete_session(self, session_id: str) -> None:
         # Events appended from now on go in rows queued after the delete, as they did uncoalesced.
