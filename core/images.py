@@ -38,6 +38,8 @@ class ImageLoader:
         self.comfy = comfy
 
     async def __call__(self, part: ImagePart) -> tuple[bytes, str]:
+        if "\x00" in part.filename or "\x00" in part.subfolder:  # no path holds one; the OS refuses it
+            raise BadRequest("invalid image file name", code="validation_error")
         if part.source == "comfyui":
             if self.comfy is None:
                 raise BadRequest("this Opencode is not connected to ComfyUI, so ComfyUI images can't be read",

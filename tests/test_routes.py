@@ -205,6 +205,10 @@ async def test_files_route_serves_uploaded_images(client: TestClient, service: A
     assert "keys" not in await sneaky.text()
     no_comfy = await j(await client.get("/opencode/files?filename=a.png&source=comfyui"), 400)
     assert no_comfy["error"]["code"] == "image_unavailable"
+    # A NUL byte in a name (found by the full schemathesis run): a clear 400, not a 500.
+    for query in ("filename=a%00.png&source=upload", "filename=a.png&subfolder=x%00&source=comfyui"):
+        nul = await j(await client.get(f"/opencode/files?{query}"), 400)
+        assert nul["error"]["code"] == "validation_error"
 
 
 async def test_token_read_and_rotate_from_this_machine(client: TestClient) -> None:
