@@ -100,16 +100,76 @@ def ws_text_frame(text: str) -> bytes:
     return header + data
 
 
+# Events a reader waits on as they happen (a reply's tokens): written at once. Everything else a
+# socket carries (status, log lines, acks) comes in bursts at a reply's start and end.
+SENT_AT_ONCE = frozenset({"message.delta"})
+
+
+class WsOutbox:
+    """One socket's outgoing frames (uncompressed: the same bytes for every socket).
+
+    Why: on loopback a `send` system call is the costliest step of delivering an event, and a
+    reply's start and end each publish four or five events plus the command's ack within a few
+    milliseconds. Frames other than deltas are therefore held up to `hold` seconds and leave in
+    one write; a delta is written at once, after anything held (order is the bus's order). Held
+    bytes past `max_held` are written at once, so a long replay is never held in memory, and
+    `backlog()` counts them, so the bus's slow-consumer limit still holds.
+    """
+
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None, *,
+                 hold: float = 0.003, max_held: int = 1 << 16) -> None:
+        self.ws = ws
+        self.transport = transport
+        self.hold = hold
+        self.max_held = max_held
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def is_open(self) -> bool:
+        t = self.transport
+        return t is not None and not t.is_closing() and not self.ws.closed
+
+    def write(self, frame: bytes, *, at_once: bool) -> None:
+        """Queue one whole frame; the caller checked `is_open()`."""
+        if not at_once and self.hold > 0:
+            self._held.append(frame)
+            self._held_bytes += len(frame)
+            if self._held_bytes >= self.max_held:
+                self.flush()
+            elif self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(self.hold, self.flush)
+            return
+        if self._held:
+            self._held.append(frame)
+            self.flush()
+        else:
+            self.transport.write(frame)  # type: ignore[union-attr]
+
+    def flush(self) -> None:
+        """Write the held frames in one call (dropped if the socket closed meanwhile)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        held, self._held, self._held_bytes = self._held, [], 0
+        if held and self.is_open():
+            self.transport.write(held[0] if len(held) == 1 else b"".join(held))  # type: ignore[union-attr]
+
+    def backlog(self) -> int:
+        t = self.transport
+        return (t.get_write_buffer_size() if t is not None and not t.is_closing() else 0) + self._held_bytes
+
+
 class WsSubscriber:
     """One session joined on one WebSocket."""
 
-    def __init__(self, ws: web.WebSocketResponse, request: web.Request, is_panel: bool) -> None:
+    def __init__(self, ws: web.WebSocketResponse, outbox: WsOutbox, is_panel: bool) -> None:
         self.ws = ws
-        self.transport = request.transport
+        self.outbox = outbox
         self.is_panel = is_panel
         # Without compression a frame is the same bytes for every socket: the room's first
-        # subscriber builds it, the rest write it as is (one transport.write, no per-socket
-        # encoding). Slow consumers are the bus's job (`backlog()`), so no drain is needed.
+        # subscriber builds it, the rest write it as is (no per-socket encoding). Slow consumers
+        # are the bus's job (`backlog()`), so no drain is needed.
         self._raw = not ws.compress
 
     async def send(self, item: Published) -> None:
@@ -117,20 +177,19 @@ class WsSubscriber:
             await self.ws.send_str(item.text)  # compressed, or closing: aiohttp decides (and raises)
 
     def send_now(self, item: Published) -> bool:
-        t = self.transport
-        if not self._raw or t is None or t.is_closing() or self.ws.closed:
+        if not self._raw or not self.outbox.is_open():
             return False
         frame = item.wire.get("ws")
         if frame is None:
             frame = item.wire["ws"] = ws_text_frame(item.text)
-        t.write(frame)
+        self.outbox.write(frame, at_once=item.type in SENT_AT_ONCE)
         return True
 
     def backlog(self) -> int:
-        t = self.transport
-        return t.get_write_buffer_size() if t is not None and not t.is_closing() else 0
+        return self.outbox.backlog()
 
     async def drop(self, reason: str) -> None:
+        self.outbox.flush()  # what it was sent comes before the close frame
         await self.ws.close(code=1013, message=f"dropped: {reason}; rejoin with after_seq".encode()[:120])
 
 
@@ -141,6 +200,7 @@ class WsConnection:
         self.svc = svc
         self.ws = ws
         self.request = request
+        self.outbox = WsOutbox(ws, request.transport, hold=svc.config.ws_hold)
         self.joined: dict[str, WsSubscriber] = {}
 
     async def handle(self, text: str) -> None:
@@ -157,7 +217,7 @@ class WsConnection:
                                  code="unknown_command")
             command = parse_model(p.CommandAdapterModel, {"command": raw}).command
             data = await self.dispatch(command)
-            await self.ws.send_str(p.AckReply(id=command.id, data=data).model_dump_json())
+            await self.reply(p.AckReply(id=command.id, data=data).model_dump_json())
         except OpencodeError as exc:
             await self.reply_error(cid, exc)
         except ConnectionResetError:
@@ -171,7 +231,15 @@ class WsConnection:
             return
         body = p.ErrorReply(id=cid, error=p.ErrorBody(code=exc.code, message=self.svc.redact(exc.message),
                                                         details=exc.details))
-        await self.ws.send_str(body.model_dump_json())
+        await self.reply(body.model_dump_json())
+
+    async def reply(self, text: str) -> None:
+        """An answer to a command: it joins the events held for the socket (it usually comes
+        with the burst its command caused), in order with them."""
+        if not self.ws.compress and self.outbox.is_open():
+            self.outbox.write(ws_text_frame(text), at_once=False)
+        else:
+            await self.ws.send_str(text)
 
     async def dispatch(self, cmd: Any) -> dict[str, Any]:
         sessions = self.svc.sessions
@@ -182,7 +250,7 @@ class WsConnection:
             old = self.joined.pop(cmd.session_id, None)
             if old is not None:
                 self.svc.bus.unsubscribe(cmd.session_id, old)
-            sub = WsSubscriber(self.ws, self.request, cmd.panel)
+            sub = WsSubscriber(self.ws, self.outbox, cmd.panel)
             self.joined[cmd.session_id] = sub
             await self.svc.bus.subscribe(cmd.session_id, sub, cmd.after_seq)
             return {"session_id": cmd.session_id}
@@ -212,3 +280,4 @@ class WsConnection:
         for sid, sub in self.joined.items():
             self.svc.bus.unsubscribe(sid, sub)
         self.joined.clear()
+        self.outbox.flush()

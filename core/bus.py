@@ -50,14 +50,17 @@ class Published:
     never does).
     """
 
-    __slots__ = ("seq", "text", "wire", "_event")
+    __slots__ = ("seq", "text", "type", "wire", "_event")
 
-    def __init__(self, event: Event | None, text: str, seq: int | None = None) -> None:
+    def __init__(self, event: Event | None, text: str, seq: int | None = None, type_: str | None = None) -> None:
         if event is None and seq is None:
             raise ValueError("a Published needs its event or its seq")
         self._event = event
         self.text = text
         self.seq: int = event.seq if event is not None else seq  # type: ignore[assignment]
+        # The event's type when known without parsing: the newest event's (a transport may send
+        # a `message.delta` at once and hold the rest briefly); None for one rebuilt from the ring.
+        self.type: str | None = event.type if event is not None else type_
         # What a transport makes of `text` (a WebSocket frame, say), built by its first subscriber
         # and reused by the others; keyed by the transport's name.
         self.wire: dict[str, bytes] = {}
@@ -250,7 +253,7 @@ class InProcessBus(Bus):
         text = _envelope_text(seq, room.session_json, type_json, ts, data_json)
         room.ring.append(text)
         # No `Event` model on the hot path: a subscriber that wants one parses the text back.
-        item = room.newest = Published(None, text, seq)
+        item = room.newest = Published(None, text, seq, type_)
         if room.cursors and not self._deliver_now(room, item):
             self._ensure_sender(room)
             room.wake.set()

@@ -48,6 +48,9 @@ class Config:
     replay_max_events: int = 20_000
     # Bytes a socket may have unsent before it is dropped as a slow consumer.
     max_client_backlog: int = 1 << 20
+    # A socket holds frames other than token deltas this long, so a reply's start or end (a few
+    # events and an ack) leaves in one write; 0 writes every frame at once.
+    ws_hold: float = 0.003
     # Runs streaming at once without waiting for an upstream connection: the size of the shared
     # HTTP client's pool (aiohttp's default of 100 would queue the 101st run).
     max_concurrent_runs: int = 512

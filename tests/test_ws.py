@@ -244,3 +244,75 @@ async def test_an_idle_session_is_unloaded_and_comes_back_whole(client: Any, ser
     sent2 = await again.command("send", session_id=sid, text="and go on")
     final = await again.until(run_final(sent2["data"]["run_id"]))
     assert final["data"]["run"]["status"] == "completed"
+
+
+async def _writes_for_one_reply(aiohttp_client, make_app, config, monkeypatch, hold: float) -> tuple[int, list[dict]]:
+    """Count the server's socket writes on one WebSocket while a four-word echo reply streams."""
+    from asyncio import selector_events
+
+    config.ws_hold, config.echo_delay = hold, 0.03  # deltas 30 ms apart
+    client = await aiohttp_client(make_app())
+    port = client.server.port
+    sid = await new_session(client)
+    ws = await connect(client)
+    await ws.command("join", session_id=sid)
+    await asyncio.sleep(0.05)  # the join's frames are written before counting starts
+    writes: list[int] = []
+    real_write = selector_events._SelectorSocketTransport.write
+
+    def counting_write(self, data):  # the server's side of the socket: its local port is the server's
+        if self.get_extra_info("sockname")[1] == port:
+            writes.append(len(data))
+        return real_write(self, data)
+
+    monkeypatch.setattr(selector_events._SelectorSocketTransport, "write", counting_write)
+    sent = await ws.command("send", session_id=sid, text="one two three four")
+    await ws.until(run_final(sent["data"]["run_id"]))
+    await asyncio.sleep(0.05)
+    monkeypatch.undo()
+    return len(writes), ws.events
+
+
+async def test_a_replys_start_and_end_leave_in_one_write_each(aiohttp_client, make_app, config, monkeypatch):
+    """Status events and the ack are held a moment and written together; deltas are not held."""
+    one_by_one, events_unheld = await _writes_for_one_reply(aiohttp_client, make_app, config, monkeypatch, 0.0)
+    held, events = await _writes_for_one_reply(aiohttp_client, make_app, config, monkeypatch, 0.1)
+    frames = len([e for e in events if e["seq"] > 0]) + 1  # the events and the send's ack
+    assert [e["type"] for e in events] == [e["type"] for e in events_unheld]
+    assert one_by_one == frames  # without the hold: one write per frame (the count sees them all)
+    # With it: the start (user message, reply, run status; the ack with them or with the next
+    # delta) leaves with the first delta, each delta is one write, the end (reply, status) one.
+    assert held in (4 + 1, 4), (held, [e["type"] for e in events])
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(seqs)
+
+
+async def test_a_held_frame_never_outlives_a_delta_or_a_close(aiohttp_client, make_app, config):
+    """A delta writes whatever is held before it, in order; a socket the server closes gets its
+    held frames before the close frame. The hold is 10 s here, so only those can write them."""
+    from aiohttp import WSMsgType
+
+    from opencode_agent.routes import SERVICE
+
+    config.ws_hold = 10.0
+    client = await aiohttp_client(make_app())
+    bus = client.app[SERVICE].bus
+    sid = await new_session(client)
+    ws = await connect(client)
+    join = asyncio.create_task(ws.command("join", session_id=sid))
+    await asyncio.sleep(0.2)
+    assert not join.done()  # the join's state and ack are held...
+    delta = {"message_id": "msg_x", "run_id": "run_x", "skill": "echo", "text": "hi"}
+    bus.publish(sid, "log", {"level": "info", "module": "opencode.test", "message": "held", "time": 0.0, "run_id": None})
+    bus.publish(sid, "message.delta", delta)  # ...until a delta comes
+    await asyncio.wait_for(join, 1.0)
+    await ws.until(lambda e: e["type"] == "message.delta", timeout=1.0)
+    assert [e["type"] for e in ws.events] == ["session.state", "log", "message.delta"]
+
+    bus.publish(sid, "log", {"level": "info", "module": "opencode.test", "message": "last words", "time": 0.0, "run_id": None})
+    room = bus._rooms[sid]
+    (sub,) = room.cursors
+    await bus._drop(room, sub, "test")
+    await ws.until(lambda e: e["type"] == "log" and e["data"]["message"] == "last words", timeout=1.0)
+    msg = await ws.ws.receive(timeout=1.0)
+    assert msg.type == WSMsgType.CLOSE and msg.data == 1013
