@@ -122,54 +122,56 @@ class WsOutbox:
         self.transport = transport
         self.hold = hold
         self.max_held = max_held
+        self.held_bytes = 0
         self._held: list[bytes] = []
-        self._held_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
 
     def is_open(self) -> bool:
         t = self.transport
         return t is not None and not t.is_closing() and not self.ws.closed
 
-    def write(self, frame: bytes, *, at_once: bool) -> None:
+    def write(self, frame: bytes, at_once: bool) -> None:
         """Queue one whole frame; the caller checked `is_open()`."""
-        if not at_once and self.hold > 0:
-            self._held.append(frame)
-            self._held_bytes += len(frame)
-            if self._held_bytes >= self.max_held:
+        if at_once or self.hold <= 0:
+            if self.held_bytes:
+                self._held.append(frame)
                 self.flush()
-            elif self._timer is None:
-                self._timer = asyncio.get_running_loop().call_later(self.hold, self.flush)
+            else:
+                self.transport.write(frame)  # type: ignore[union-attr]
             return
-        if self._held:
-            self._held.append(frame)
+        self._held.append(frame)
+        self.held_bytes += len(frame)
+        if self.held_bytes >= self.max_held:
             self.flush()
-        else:
-            self.transport.write(frame)  # type: ignore[union-attr]
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.hold, self.flush)
 
     def flush(self) -> None:
         """Write the held frames in one call (dropped if the socket closed meanwhile)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        held, self._held, self._held_bytes = self._held, [], 0
+        held, self._held, self.held_bytes = self._held, [], 0
         if held and self.is_open():
             self.transport.write(held[0] if len(held) == 1 else b"".join(held))  # type: ignore[union-attr]
 
     def backlog(self) -> int:
         t = self.transport
-        return (t.get_write_buffer_size() if t is not None and not t.is_closing() else 0) + self._held_bytes
+        return (t.get_write_buffer_size() if t is not None else 0) + self.held_bytes
 
 
 class WsSubscriber:
-    """One session joined on one WebSocket."""
+    """One session joined on one WebSocket.
+
+    Without compression a frame is the same bytes for every socket: the room's first subscriber
+    builds it, the rest write it as is (no per-socket encoding). Slow consumers are the bus's job
+    (`backlog()`), so no drain is needed. `send_now` and `backlog` run once per event per socket.
+    """
 
     def __init__(self, ws: web.WebSocketResponse, outbox: WsOutbox, is_panel: bool) -> None:
         self.ws = ws
         self.outbox = outbox
         self.is_panel = is_panel
-        # Without compression a frame is the same bytes for every socket: the room's first
-        # subscriber builds it, the rest write it as is (no per-socket encoding). Slow consumers
-        # are the bus's job (`backlog()`), so no drain is needed.
         self._raw = not ws.compress
 
     async def send(self, item: Published) -> None:
@@ -177,12 +179,13 @@ class WsSubscriber:
             await self.ws.send_str(item.text)  # compressed, or closing: aiohttp decides (and raises)
 
     def send_now(self, item: Published) -> bool:
-        if not self._raw or not self.outbox.is_open():
+        outbox = self.outbox
+        if not self._raw or not outbox.is_open():
             return False
-        frame = item.wire.get("ws")
+        frame = item.frame
         if frame is None:
-            frame = item.wire["ws"] = ws_text_frame(item.text)
-        self.outbox.write(frame, at_once=item.type in SENT_AT_ONCE)
+            frame = item.frame = ws_text_frame(item.text)
+        outbox.write(frame, item.type in SENT_AT_ONCE)
         return True
 
     def backlog(self) -> int:
@@ -237,7 +240,7 @@ class WsConnection:
         """An answer to a command: it joins the events held for the socket (it usually comes
         with the burst its command caused), in order with them."""
         if not self.ws.compress and self.outbox.is_open():
-            self.outbox.write(ws_text_frame(text), at_once=False)
+            self.outbox.write(ws_text_frame(text), False)
         else:
             await self.ws.send_str(text)
 

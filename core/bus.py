@@ -50,7 +50,7 @@ class Published:
     never does).
     """
 
-    __slots__ = ("seq", "text", "type", "wire", "_event")
+    __slots__ = ("seq", "text", "type", "frame", "_event")
 
     def __init__(self, event: Event | None, text: str, seq: int | None = None, type_: str | None = None) -> None:
         if event is None and seq is None:
@@ -61,9 +61,8 @@ class Published:
         # The event's type when known without parsing: the newest event's (a transport may send
         # a `message.delta` at once and hold the rest briefly); None for one rebuilt from the ring.
         self.type: str | None = event.type if event is not None else type_
-        # What a transport makes of `text` (a WebSocket frame, say), built by its first subscriber
-        # and reused by the others; keyed by the transport's name.
-        self.wire: dict[str, bytes] = {}
+        # `text` as a WebSocket frame: built by the first socket that sends it, reused by the rest.
+        self.frame: bytes | None = None
 
     @property
     def event(self) -> Event:
@@ -108,9 +107,35 @@ def envelope(seq: int, session_id: str, type_: str, ts: float, data_json: str) -
     return _envelope_text(seq, encode_str(session_id), encode_str(type_), ts, data_json)
 
 
-def _envelope_text(seq: int, session_json: str, type_json: str, ts: float, data_json: str) -> str:
-    """`envelope` from pieces already encoded (the publish path caches the first two)."""
-    return f'{{"seq":{seq},"session_id":{session_json},"type":{type_json},"ts":{ts!r},"data":{data_json}}}'
+def _envelope_text(seq: int, session_json: str, type_json: str, ts: float | str, data_json: str) -> str:
+    """`envelope` from pieces already encoded (the publish path caches the first two, and the
+    time's text; `ts` may be that text)."""
+    return f'{{"seq":{seq},"session_id":{session_json},"type":{type_json},"ts":{ts},"data":{data_json}}}'
+
+
+class _MillisecondClock:
+    """The time events are stamped with: wall-clock seconds to the millisecond, and its text.
+
+    Why: `repr` of a float costs about a microsecond, as much as the rest of building an
+    envelope, and under load many events share a millisecond, so the text is made once per
+    millisecond. A stamp is exactly `ms / 1000`, so a replayed event (its `ts` read back from
+    the store) prints the same as it did live.
+    """
+
+    __slots__ = ("_ms", "ts", "text")
+
+    def __init__(self) -> None:
+        self._ms = -1
+        self.ts = 0.0
+        self.text = "0.0"
+
+    def now(self) -> float:
+        ms = int(time.time() * 1000)
+        if ms != self._ms:
+            self._ms = ms
+            self.ts = ms / 1000
+            self.text = repr(self.ts)
+        return self.ts
 
 
 def encode(event: Event) -> str:
@@ -153,7 +178,7 @@ class _Room:
         self.cursors: dict[Subscriber, int] = {}
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-        self.last_publish = time.monotonic()
+        self.last_publish = time.time()
 
     def ring_first_seq(self) -> int:
         # Every publish appends one text and adds one to last_seq, so the ring is contiguous.
@@ -189,6 +214,7 @@ class InProcessBus(Bus):
         self._rooms: dict[str, _Room] = {}
         self._type_json: dict[str, str] = {}  # event type -> its JSON string literal
         self._closed = False
+        self._clock = _MillisecondClock()
         self.dropped = 0
 
     # ------------------------------------------------------------------ rooms
@@ -217,7 +243,7 @@ class InProcessBus(Bus):
         """Empty the ring of every room nobody watches and nothing was published to for
         `max_idle` seconds: memory stays bounded by the active sessions, and a late rejoin is
         replayed from the store instead. Returns how many rooms were trimmed."""
-        now = time.monotonic()
+        now = time.time()
         trimmed = 0
         for room in self._rooms.values():
             if room.ring and not room.cursors and now - room.last_publish >= max_idle:
@@ -242,15 +268,15 @@ class InProcessBus(Bus):
         return self.publish_json(session_id, type_, data_json)
 
     def publish_json(self, session_id: str, type_: str, data_json: str) -> int:
-        room = self._room(session_id)
-        room.last_seq += 1
-        room.last_publish = time.monotonic()
-        seq, ts = room.last_seq, time.time()
+        room = self._rooms.get(session_id) or self._room(session_id)
+        seq = room.last_seq = room.last_seq + 1
+        clock = self._clock
+        ts = room.last_publish = clock.now()
         # The data is encoded once: the store and the envelope share it.
         if type_ not in EPHEMERAL_EVENTS:
             self.store.append_event(session_id, seq, type_, ts, data_json)
         type_json = self._type_json.get(type_) or self._type_json.setdefault(type_, encode_str(type_))
-        text = _envelope_text(seq, room.session_json, type_json, ts, data_json)
+        text = _envelope_text(seq, room.session_json, type_json, clock.text, data_json)
         room.ring.append(text)
         # No `Event` model on the hot path: a subscriber that wants one parses the text back.
         item = room.newest = Published(None, text, seq, type_)

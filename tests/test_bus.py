@@ -119,3 +119,29 @@ async def test_publish_encodes_the_envelope_once_for_every_transport(store: Sqli
     assert envelope["data"] == {"message_id": "m", "run_id": None, "skill": "assistant", "text": "é\n"}
     assert got[0].event.data == envelope["data"]
     await bus.close()
+
+
+async def test_an_events_time_reads_the_same_live_and_replayed_from_the_store(store: SqliteStore) -> None:
+    """Stamps are whole milliseconds (their text is made once a millisecond), so the envelope a
+    socket got live and the one rebuilt from the stored row are the same text."""
+    from opencode_agent.core.bus import encode
+
+    bus = InProcessBus(store, _snapshot)
+    got: list[Published] = []
+
+    class Keep(RecordingSubscriber):
+        def send_now(self, item: Published) -> bool:
+            got.append(item)
+            return True
+
+    await bus.subscribe("ses_t", Keep(), after_seq=0)
+    for i in range(40):
+        bus.publish("ses_t", "log", {"message": f"line {i}"})
+        if i % 10 == 0:
+            await asyncio.sleep(0.002)  # a few different milliseconds
+    await store.flush()
+    stored = await store.events_after("ses_t", 0, 100)
+    assert [encode(ev) for ev in stored] == [p.text for p in got]
+    stamps = [json.loads(p.text)["ts"] for p in got]
+    assert len(set(stamps)) >= 2 and all(round(t * 1000) / 1000 == t for t in stamps)
+    await bus.close()
