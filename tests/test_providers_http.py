@@ -444,3 +444,26 @@ def test_joining_keeps_other_events_in_place_and_text_before_a_failure() -> None
         for event in _joined_text(failing()):
             seen.append(event)
     assert seen == [TextDelta("xy")]
+
+
+@pytest.mark.parametrize("payload", [
+    '{"choices":[{"index":0,"delta":{"content":"\\ud83d"}}]}',  # a lone surrogate escape
+    '{"choices":[],"x":NaN}',
+    '{"choices":[],"x":1e400}',
+    '{"a":1,"a":2}',
+    ' {"choices": [ ] } ',
+])
+def test_stream_payloads_decode_as_the_standard_library_reads_them(payload: str) -> None:
+    """orjson (when installed) is only a faster path: what it refuses, `json` still decides."""
+    from opencode_agent.core.providers.http import decode_json
+
+    got, want = decode_json(payload), json.loads(payload)
+    assert json.dumps(got) == json.dumps(want)
+
+
+@pytest.mark.parametrize("payload", ['{"choices":[}', "[1,]", '{"a":1} x', ""])
+def test_malformed_stream_payloads_still_raise_value_error(payload: str) -> None:
+    from opencode_agent.core.providers.http import decode_json
+
+    with pytest.raises(ValueError):
+        decode_json(payload)

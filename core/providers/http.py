@@ -59,7 +59,29 @@ SPENDING_LIMIT_CODES: frozenset[str] = frozenset(
 MAX_ERROR_BODY = 64 * 1024
 MAX_LINE = 16 * 1024 * 1024
 # `json.loads` without its per-call argument checks (one stream payload per token).
-decode_json: Callable[[str], Any] = json.JSONDecoder().decode
+_decode_json_stdlib: Callable[[str], Any] = json.JSONDecoder().decode
+
+try:
+    from orjson import loads as _orjson_loads
+except ImportError:  # not installed: the standard library's decoder does it all
+    _orjson_loads = None
+
+
+def decode_json(data: str) -> Any:
+    """One stream payload as JSON, as the standard library reads it.
+
+    Why orjson: it parses a chat-completion chunk about three times faster, and every streamed
+    token is one such parse. It refuses a few things `json` takes (lone surrogate escapes, NaN,
+    numbers past a float's range); those go to `json`, which accepts them or raises its usual
+    `ValueError`. One difference stays: orjson reads an integer past 64 bits as a float, a size
+    no provider's counts or ids come near (tool arguments are a string, decoded by `json`).
+    """
+    if _orjson_loads is not None:
+        try:
+            return _orjson_loads(data)
+        except ValueError:  # orjson.JSONDecodeError is a ValueError
+            pass
+    return _decode_json_stdlib(data)
 
 # Names each provider instance's encodings on the turns it sends (`HttpProvider.wire_key`).
 _WIRE_KEYS = itertools.count(1)
