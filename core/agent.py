@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
-from .bus import Bus, current_run, current_session, encode_str
+from .bus import Bus, current_run, current_session, debug_line, encode_str
 from .errors import BudgetExceeded, OpencodeError
 from .permissions import PermissionGate
 from .protocol import (
@@ -274,14 +274,14 @@ class AgentRun:
                                   tools=[t.spec() for _, t in tools])
             started = time.monotonic()
             # Two lines a turn for the debug drawer (each is an event every client receives).
-            started_line = _LineAfterRequest(log.debug, "turn %d: request to %s started (%s, %d messages, %d tools)",
-                                             turn, target, self.input.role.id, len(history), len(tools))
+            started_line = _LineAfterRequest(self._debug, f"turn {turn}: request to {target} started "
+                                             f"({self.input.role.id}, {len(history)} messages, {len(tools)} tools)")
             try:
                 turn_parts, calls, finish, usage = await self._stream_turn(resolved, request)
             finally:
                 started_line.write()
-            log.debug("turn %d: %s after %.0f ms%s", turn, finish, (time.monotonic() - started) * 1000,
-                      _usage_note(usage, resolved.caps))
+            self._debug(f"turn {turn}: {finish} after {(time.monotonic() - started) * 1000:.0f} ms"
+                        f"{_usage_note(usage, resolved.caps)}")
             if not calls:
                 return
             call_parts = [self._start_call(call, by_name) for call in calls]
@@ -325,6 +325,10 @@ class AgentRun:
         cost = cost_of(caps, ev.input_tokens, ev.output_tokens)
         self.message.usage = (self.message.usage or Usage()) + Usage(
             input_tokens=ev.input_tokens, output_tokens=ev.output_tokens, cost=cost)
+
+    def _debug(self, message: str) -> None:
+        """One of the turn's two lines for the debug drawer (see `debug_line`)."""
+        debug_line(self.deps.bus, self.deps.redact, log, message)
 
     def _check_budget(self) -> None:
         budget: Budget = self.input.session.budget

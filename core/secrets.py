@@ -56,16 +56,19 @@ HOST_ENV_VARS: Mapping[str, str] = {
     "api.together.xyz": "TOGETHER_API_KEY",
 }
 
-# Shapes of keys and credentials, redacted even when the key itself is unknown.
-# (what a key looks like, its replacement, lowercase words one of which any match contains):
-# a pattern only runs on text holding one of its words, so plain log lines cost a few `in` tests.
-_KEY_SHAPES: tuple[tuple[re.Pattern[str], str, tuple[str, ...]], ...] = (
-    (re.compile(r"\bBearer\s+[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE), f"Bearer {REDACTED}", ("bearer",)),
-    (re.compile(r"\bsk-ant-[A-Za-z0-9_-]{8,}"), REDACTED, ("sk-ant-",)),
-    (re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"), REDACTED, ("sk-",)),
-    (re.compile(r"\bAIza[0-9A-Za-z_-]{20,}"), REDACTED, ("aiza",)),
+# Shapes of keys and credentials, redacted even when the key itself is unknown:
+# (what a key looks like, its replacement, lowercase words one of which any match contains,
+# and what must follow such a word for a match to be possible, or None). A pattern only runs on
+# text that passes those checks, so a plain log line costs a few `in` tests. "tokens: 20" has
+# the word "token" but no `=` or `:` right after it; without the second check every such line
+# paid a case-insensitive scan (about 12 us, more than the rest of writing the line).
+_KEY_SHAPES: tuple[tuple[re.Pattern[str], str, tuple[str, ...], re.Pattern[str] | None], ...] = (
+    (re.compile(r"\bBearer\s+[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE), f"Bearer {REDACTED}", ("bearer",), None),
+    (re.compile(r"\bsk-ant-[A-Za-z0-9_-]{8,}"), REDACTED, ("sk-ant-",), None),
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"), REDACTED, ("sk-",), None),
+    (re.compile(r"\bAIza[0-9A-Za-z_-]{20,}"), REDACTED, ("aiza",), None),
     (re.compile(r"\b(?:gsk|xai|hf|pplx|ghp|github_pat)[_-][A-Za-z0-9_]{20,}"), REDACTED,
-     ("gsk", "xai", "hf", "pplx", "ghp", "github_pat")),
+     ("gsk", "xai", "hf", "pplx", "ghp", "github_pat"), re.compile(r"[_-]")),
     # key=…, api_key: "…", "x-api-key": "…", token=… (query strings, headers, JSON, repr)
     (
         re.compile(
@@ -74,8 +77,21 @@ _KEY_SHAPES: tuple[tuple[re.Pattern[str], str, tuple[str, ...]], ...] = (
         ),
         r"\1\2" + REDACTED,
         ("key", "token", "secret", "password", "authorization"),
+        re.compile(r"""["']?\s*[=:]"""),
     ),
 )
+
+
+def _may_match(lower: str, words: tuple[str, ...], follows: re.Pattern[str] | None) -> bool:
+    """Whether `lower` holds one of `words` (followed by what `follows` matches, if given):
+    a necessary condition for its pattern to match, checked without scanning with the pattern."""
+    for word in words:
+        at = lower.find(word)
+        while at >= 0:
+            if follows is None or follows.match(lower, at + len(word)):
+                return True
+            at = lower.find(word, at + 1)
+    return False
 
 
 class Redactor:
@@ -102,8 +118,8 @@ class Redactor:
         if self._pattern is not None:
             text = self._pattern.sub(REDACTED, text)
         lower = text.casefold()
-        for pattern, replacement, words in _KEY_SHAPES:
-            if any(w in lower for w in words):
+        for pattern, replacement, words, follows in _KEY_SHAPES:
+            if _may_match(lower, words, follows):
                 text = pattern.sub(replacement, text)
         return text
 

@@ -4,6 +4,7 @@ budgets and errors, with a scripted model. Concurrency is proven with barriers, 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, AsyncIterator
 
 import pytest
@@ -99,6 +100,31 @@ async def test_text_reply_with_usage_and_cost(env, service):
     assert req.system.startswith("ROLE:alpha") and req.messages[-1].parts[0].text == "hi"
     logs = [e["data"]["message"] for e in ws.of_type("log")]
     assert any("tokens: 1000 in, 500 out" in line for line in logs)
+    # The turn's two drawer lines, as a `logging` record through `BusLogHandler` would make them.
+    turn_lines = [e["data"] for e in ws.of_type("log") if e["data"]["message"].startswith("turn 1: ")]
+    assert [line["message"].split(" ")[2] for line in turn_lines] == ["request", "stop"]
+    for line in turn_lines:
+        assert line["level"] == "debug" and line["module"] == "opencode.agent"
+        assert line["run_id"] == sent["data"]["run_id"] and abs(line["time"] - time.time()) < 60
+
+
+async def test_the_turn_lines_follow_the_loggers_level(env):
+    import logging
+
+    provider, session, ws_for = env
+    provider.turns.append(text_turn("quiet"))
+    sid = await session("alpha")
+    ws = await ws_for(sid)
+    logger = logging.getLogger("opencode.agent")
+    old = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        sent = await ws.command("send", session_id=sid, text="hi")
+        await ws.until(run_final(sent["data"]["run_id"]))
+    finally:
+        logger.setLevel(old)
+    assert final_message(ws, sent["data"]["run_id"])["status"] == "completed"
+    assert not [e for e in ws.of_type("log") if e["data"]["message"].startswith("turn ")]
 
 
 async def test_tool_call_result_is_fed_back(env):

@@ -8,6 +8,8 @@ import os
 import stat
 from pathlib import Path
 
+import hypothesis
+import hypothesis.strategies
 import pytest
 
 from opencode_agent.core.errors import BadRequest
@@ -115,6 +117,11 @@ async def test_the_store_redactor_knows_stored_and_environment_keys(tmp_path: Pa
     ("AUTHORIZATION: BEARER abc.def-ghi_jkl", f"AUTHORIZATION: Bearer {REDACTED}"),
     ("\u017fecret=0123456789abcdef0123", f"\u017fecret={REDACTED}"),
     ("X-API-KEY: 0123456789abcdef0123456789", f"X-API-KEY: {REDACTED}"),
+    # A word that is not followed by `=` or `:` is no assignment; a later one still is.
+    ("turn 1: stop after 225 ms; tokens: 20 in, 2 out", "turn 1: stop after 225 ms; tokens: 20 in, 2 out"),
+    ("tokens: 20 in; Token :  'abcdefghijklmnop1234'", f"tokens: 20 in; Token :  '{REDACTED}'"),
+    ('password:"0123456789abcdef01"', f'password:"{REDACTED}"'),
+    ("hf-abcdefghijklmnopqrstuvwxyz", REDACTED),
 ])
 def test_redactor_key_shapes(text: str, expected: str) -> None:
     assert Redactor().redact(text) == expected
@@ -137,3 +144,26 @@ def test_redacting_filter_scrubs_formatted_records(caplog: pytest.LogCaptureFixt
     finally:
         logger.removeFilter(filt)
     assert caplog.records[-1].getMessage() == f"calling with {REDACTED} and Bearer {REDACTED}"
+
+
+def _reference_redact(text: str) -> str:
+    """The redactor before its word-then-separator check: every shape whose word occurs runs."""
+    from opencode_agent.core.secrets import _KEY_SHAPES
+
+    lower = text.casefold()
+    for pattern, replacement, words, _follows in _KEY_SHAPES:
+        if any(w in lower for w in words):
+            text = pattern.sub(replacement, text)
+    return text
+
+
+_PIECES = ["token", "tokens", "KEY", "api_key", "x-api-key", "secret", "Password", "authorization", "bearer ",
+           "sk-", "sk-ant-", "hf", "_", "-", "gsk", "AIza", "=", ":", " ", "  ", '"', "'", "\n", "\u017f",
+           "0123456789abcdef", "ABCDEFGHIJKLMNOP", "x", ".", "/"]
+
+
+@hypothesis.settings(max_examples=400, deadline=None)
+@hypothesis.given(hypothesis.strategies.lists(hypothesis.strategies.sampled_from(_PIECES), max_size=14))
+def test_the_redactors_checks_skip_only_text_no_shape_matches(pieces: list[str]) -> None:
+    text = "".join(pieces)
+    assert Redactor().redact(text) == _reference_redact(text)
