@@ -103,16 +103,22 @@ async def test_a_subscriber_busy_in_the_task_is_not_overtaken_by_inline_delivery
     await bus.close()
 
 
+class KeepingSubscriber(RecordingSubscriber):
+    """Keeps every `Published` it is handed inline."""
+
+    def __init__(self, got: list[Published]) -> None:
+        super().__init__()
+        self.got = got
+
+    def send_now(self, item: Published) -> bool:
+        self.got.append(item)
+        return True
+
+
 async def test_publish_encodes_the_envelope_once_for_every_transport(store: SqliteStore) -> None:
     bus = InProcessBus(store, _snapshot)
     got: list[Published] = []
-
-    class Keep(RecordingSubscriber):
-        def send_now(self, item: Published) -> bool:
-            got.append(item)
-            return True
-
-    await bus.subscribe("ses_\"c", Keep(), after_seq=0)
+    await bus.subscribe("ses_\"c", KeepingSubscriber(got), after_seq=0)
     bus.publish("ses_\"c", "message.delta", {"message_id": "m", "run_id": None, "skill": "assistant", "text": "é\n"})
     envelope = json.loads(got[0].text)
     assert envelope["seq"] == 1 and envelope["session_id"] == 'ses_"c' and envelope["type"] == "message.delta"
@@ -128,13 +134,7 @@ async def test_an_events_time_reads_the_same_live_and_replayed_from_the_store(st
 
     bus = InProcessBus(store, _snapshot)
     got: list[Published] = []
-
-    class Keep(RecordingSubscriber):
-        def send_now(self, item: Published) -> bool:
-            got.append(item)
-            return True
-
-    await bus.subscribe("ses_t", Keep(), after_seq=0)
+    await bus.subscribe("ses_t", KeepingSubscriber(got), after_seq=0)
     for i in range(40):
         bus.publish("ses_t", "log", {"message": f"line {i}"})
         if i % 10 == 0:
