@@ -467,3 +467,13 @@ def test_malformed_stream_payloads_still_raise_value_error(payload: str) -> None
 
     with pytest.raises(ValueError):
         decode_json(payload)
+
+
+def test_stream_payloads_decode_without_orjson(monkeypatch: pytest.MonkeyPatch) -> None:
+    """orjson is optional (requirements.txt lists it as a speed-up): without it `json` reads all."""
+    from opencode_agent.core.providers import http as http_module
+
+    monkeypatch.setattr(http_module, "_orjson_loads", None)
+    assert http_module.decode_json('{"choices":[{"delta":{"content":"hi"}}]}') == {"choices": [{"delta": {"content": "hi"}}]}
+    with pytest.raises(ValueError):
+        http_module.decode_json("{")
