@@ -120,18 +120,21 @@ class WsOutbox:
                  hold: float = 0.003, max_held: int = 1 << 16) -> None:
         self.ws = ws
         self.transport = transport
+        # A compressed socket's frames differ per socket: aiohttp builds and sends those.
+        self._raw = not ws.compress
         self.hold = hold
         self.max_held = max_held
         self.held_bytes = 0
         self._held: list[bytes] = []
         self._timer: asyncio.TimerHandle | None = None
 
-    def is_open(self) -> bool:
+    def accepts(self) -> bool:
+        """Whether frames may be written here (uncompressed and open); if not, aiohttp sends."""
         t = self.transport
-        return t is not None and not t.is_closing() and not self.ws.closed
+        return self._raw and t is not None and not t.is_closing() and not self.ws.closed
 
     def write(self, frame: bytes, at_once: bool) -> None:
-        """Queue one whole frame; the caller checked `is_open()`."""
+        """Queue one whole frame; the caller checked `accepts()`."""
         if at_once or self.hold <= 0:
             if self.held_bytes:
                 self._held.append(frame)
@@ -152,7 +155,7 @@ class WsOutbox:
             self._timer.cancel()
             self._timer = None
         held, self._held, self.held_bytes = self._held, [], 0
-        if held and self.is_open():
+        if held and self.accepts():
             self.transport.write(held[0] if len(held) == 1 else b"".join(held))  # type: ignore[union-attr]
 
     def backlog(self) -> int:
@@ -172,7 +175,6 @@ class WsSubscriber:
         self.ws = ws
         self.outbox = outbox
         self.is_panel = is_panel
-        self._raw = not ws.compress
 
     async def send(self, item: Published) -> None:
         if not self.send_now(item):
@@ -180,7 +182,7 @@ class WsSubscriber:
 
     def send_now(self, item: Published) -> bool:
         outbox = self.outbox
-        if not self._raw or not outbox.is_open():
+        if not outbox.accepts():
             return False
         frame = item.frame
         if frame is None:
@@ -239,7 +241,7 @@ class WsConnection:
     async def reply(self, text: str) -> None:
         """An answer to a command: it joins the events held for the socket (it usually comes
         with the burst its command caused), in order with them."""
-        if not self.ws.compress and self.outbox.is_open():
+        if self.outbox.accepts():
             self.outbox.write(ws_text_frame(text), False)
         else:
             await self.ws.send_str(text)

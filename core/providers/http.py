@@ -83,6 +83,7 @@ def decode_json(data: str) -> Any:
             pass
     return _decode_json_stdlib(data)
 
+
 # Names each provider instance's encodings on the turns it sends (`HttpProvider.wire_key`).
 _WIRE_KEYS = itertools.count(1)
 
@@ -417,8 +418,9 @@ def _text_event(texts: list[TextDelta]) -> TextDelta:
 class HttpProvider(Provider):
     """Base of the HTTP dialects: requests, retries, error mapping and stream reading.
 
-    A subclass provides `url()`, `headers()`, `request_body()` and `decoder()`; `stream()` here
-    builds the body once, then runs attempts until one finishes or a failure is final.
+    A subclass provides `url()`, `headers()`, `request_fields()`, `wire_messages()` and
+    `decoder()`; `stream()` here builds the body once (`request_bytes()`), then runs attempts
+    until one finishes or a failure is final.
     """
 
     def __init__(
