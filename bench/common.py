@@ -272,14 +272,25 @@ class WorkerError(RuntimeError):
     pass
 
 
+# glibc's threshold for serving an allocation with its own mmap, fixed for every worker. Left
+# dynamic, it starts at 128 KiB and rises only when such a block is freed, so whether asyncio's
+# 256 KiB receive buffer (one a socket read) costs an mmap, a page fault, an mremap and a munmap
+# depended on each process's allocation history: measured 2026-12-01, the bare relay paid them on
+# every read and the Opencode server did not (bare relay CPU a reply at 200 streams 6.6-6.75 ms
+# with it, 6.2 ms without). Fixed, every server pays the same for a read.
+MALLOC_MMAP_THRESHOLD = str(4 << 20)
+
+
 class Worker:
     """A child process running `target(conn, **kwargs)`, answering one reply per command.
 
-    Spawned (not forked) so no parent thread or loop leaks into it. The child sends
-    `("ready", info)` once it is set up; `call()` sends a command and waits for the reply.
+    Spawned (not forked) so no parent thread or loop leaks into it; every worker starts with the
+    same allocator settings (`MALLOC_MMAP_THRESHOLD`). The child sends `("ready", info)` once it
+    is set up; `call()` sends a command and waits for the reply.
     """
 
     def __init__(self, name: str, target: Callable[..., None], **kwargs: Any) -> None:
+        os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", MALLOC_MMAP_THRESHOLD)  # read by the child's libc at start
         ctx = mp.get_context("spawn")
         self.name = name
         self.conn, child = ctx.Pipe()
