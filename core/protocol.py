@@ -8,9 +8,10 @@ Imports only pydantic.
 
 from __future__ import annotations
 
+import itertools
 import re
+import secrets
 import time
-import uuid
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -30,9 +31,22 @@ ProviderName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 EntityId = Annotated[str, Field(pattern=ID_PATTERN)]
 
 
+# The low 36 bits of ids: a random start per process, then one step an id (`next` on a count is
+# atomic, so the node's worker thread may make ids too).
+_ID_BASE = secrets.randbits(36)
+_ID_SEQ = itertools.count()
+
+
 def new_id(prefix: str) -> str:
-    """A sortable-enough unique id with a readable prefix (`ses_…`, `msg_…`, `run_…`)."""
-    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+    """A unique id with a readable prefix (`ses_…`, `msg_…`, `run_…`): 11 hex digits of the time
+    in milliseconds, then 9 of a per-process sequence from a random start.
+
+    Why not uuid4: ids sort in the order a process made them (while its clock does not step
+    back), so a new message's key lands at the end of the messages' primary-key index rather than
+    on a random page of it (fewer pages written a commit), and making one costs no system call. Two processes collide only if, in one
+    millisecond, their sequences meet (a chance of about k²/2³⁶ for k ids each)."""
+    low = (_ID_BASE + next(_ID_SEQ)) & 0xFFFFFFFFF
+    return f"{prefix}_{int(time.time() * 1000):011x}{low:09x}"
 
 
 def now() -> float:
