@@ -129,9 +129,21 @@ async def test_caps_and_prices(data_dir: Path) -> None:
     # Emptied profile models fall back to the preset of the same service.
     await profiles.patch("claude", ProviderPatch(models={}))
     assert await profiles.price("claude", "claude-haiku-4-5") == (1.0, 5.0)
-    assert await profiles.caps("ollama", "some-new-model") == ModelCaps()
+    # Ollama holds `options.num_ctx` tokens (the preset's 16,384), whatever the model could take.
+    assert await profiles.caps("ollama", "some-new-model") == ModelCaps(context_tokens=16_384)
     assert family_caps("qwen2.5vl:7b").vision and family_caps("openrouter/google/gemini-2.5-pro").vision
     assert cost_of(ModelCaps(input_price=3.0, output_price=15.0), 1_000_000, 200_000) == pytest.approx(6.0)
+
+
+async def test_ollama_history_is_trimmed_to_the_context_ollama_runs_with(data_dir: Path) -> None:
+    profiles = await open_profiles(data_dir)
+    assert (await profiles.caps("ollama", "llama3.1:8b")).context_tokens == 16_384  # declared 131,072
+    await profiles.patch("ollama", ProviderPatch(extra={"options": {"num_ctx": 65_536}}))
+    assert (await profiles.caps("ollama", "llama3.1:8b")).context_tokens == 65_536
+    assert (await profiles.caps("ollama", "qwen3:8b")).context_tokens == 40_960  # the model's own is smaller
+    # Without num_ctx the server's own setting applies, which Opencode cannot see: the declared size.
+    await profiles.patch("ollama", ProviderPatch(extra={}))
+    assert (await profiles.caps("ollama", "llama3.1:8b")).context_tokens == 131_072
 
 
 async def test_a_corrupt_profiles_file_is_moved_aside(data_dir: Path, caplog: Any) -> None:

@@ -120,6 +120,16 @@ def family_caps(model: str) -> ModelCaps:
     return ModelCaps()
 
 
+def _context_in_effect(profile: ProviderProfile, caps: ModelCaps) -> ModelCaps:
+    """Ollama runs a model with `options.num_ctx` tokens of context whatever the model could
+    take, and cuts a longer prompt silently: the history is trimmed to that many instead."""
+    options = profile.extra.get("options") if profile.kind == "ollama" else None
+    num_ctx = options.get("num_ctx") if isinstance(options, dict) else None
+    if isinstance(num_ctx, int) and not isinstance(num_ctx, bool) and 512 <= num_ctx < caps.context_tokens:
+        caps.context_tokens = num_ctx
+    return caps
+
+
 def cost_of(caps: ModelCaps, input_tokens: int, output_tokens: int) -> float:
     """USD for a turn's tokens at the model's prices per million."""
     return (input_tokens * caps.input_price + output_tokens * caps.output_price) / 1_000_000
@@ -218,9 +228,13 @@ class ProviderProfiles:
         return self.secrets.lookup(profile.name, profile.key_env, profile.base_url)
 
     async def caps(self, name: str, model: str) -> ModelCaps:
-        """Declared (or overridden) caps of `model` on profile `name`, else family defaults."""
+        """Declared (or overridden) caps of `model` on profile `name`, else family defaults; the
+        context is what the server will actually hold (`_context_in_effect`)."""
         await self.load()
         profile = self._find(name)
+        return _context_in_effect(profile, self._declared_caps(profile, model))
+
+    def _declared_caps(self, profile: ProviderProfile, model: str) -> ModelCaps:
         if model in profile.models:
             return profile.models[model].model_copy()
         for preset in self._preset_refs:
