@@ -54,7 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return serve(args)
     if not args.server:
-        return asyncio.run(run_in_process(args))
+        from .core.errors import OpencodeError
+
+        try:
+            return asyncio.run(run_in_process(args))
+        except OpencodeError as exc:  # a bad session, skill or provider: the same answer a server gives
+            print(f"error: {exc.message} ({exc.code})", file=sys.stderr)
+            return 2
     import aiohttp
 
     try:

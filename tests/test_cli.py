@@ -6,6 +6,7 @@ installed (`pip install -e .`, as CI does); without it they skip.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -13,9 +14,11 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
+
+from opencode_agent.tests.fakes.llm_servers import Reply, fake_llm  # noqa: F401
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -66,6 +69,13 @@ def get(url: str) -> dict:
         return json.loads(r.read())
 
 
+def send_json(method: str, url: str, body: Any) -> dict:
+    request = urllib.request.Request(url, method=method, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as r:
+        return json.loads(r.read())
+
+
 def test_serve_answers_and_run_streams_against_it(server: str) -> None:
     assert get(server + "/opencode/version")["protocol"] == 1
     with urllib.request.urlopen(server + "/opencode/", timeout=5) as page:
@@ -82,6 +92,28 @@ def test_run_labels_several_roles_and_fails_on_an_error_run(server: str) -> None
     assert done.returncode == 1  # the assistant has no provider configured: a clear error
     assert "[echo] two voices" in done.stdout
     assert "no provider is chosen" in done.stderr
+
+
+async def test_run_asks_the_chosen_provider_and_model(server: str, fake_llm: Any) -> None:
+    send_json("POST", server + "/opencode/providers", {"name": "fw", "kind": "openai", "base_url": fake_llm.url + "/v1",
+                                                        "default_model": "not-this-one"})
+    send_json("PUT", server + "/opencode/providers/fw/key", {"key": "sk-cli-test-0123456789abcdef"})
+    fake_llm.push(Reply("Hello from the fake model."))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "opencode_agent", "run", "hello", "--skill", "assistant", "--provider", "fw",
+        "--model", "gpt-cli", "--server", server, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().strip() == "Hello from the fake model."
+    assert [r.body["model"] for r in fake_llm.requests] == ["gpt-cli"]
+
+
+def test_run_in_process_reports_a_bad_request_without_a_traceback(tmp_path: Path) -> None:
+    if not _installed():
+        pytest.skip("opencode_agent is not installed (pip install -e .)")
+    done = cli("run", "hi", "--provider", "nope", "--data-dir", str(tmp_path / "data"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "error: no provider profile nope" in done.stderr and "(unknown_provider)" in done.stderr
 
 
 def test_run_in_process_on_a_data_dir(tmp_path: Path) -> None:
