@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import secrets
 import stat
 import uuid
@@ -32,7 +33,7 @@ from typing import Any
 import pytest
 
 from opencode_agent.node import NodeBridge, OpencodeAgent
-from opencode_agent.routes import SERVICE
+from opencode_agent.routes import ROUTES, SERVICE
 from opencode_agent.tests.fakes.llm_servers import Fail, FakeLLMServer, Reply, fake_llm  # noqa: F401
 from wsclient import WsClient, run_final
 
@@ -322,10 +323,49 @@ async def test_the_key_leaks_nowhere(app_client: Any, fake_llm: FakeLLMServer, s
     secrets_file = service.data_dir / "secrets.json"
     assert KEY in secrets_file.read_text() and stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
 
+    # 5. Every other route in the route table once, the writes last; the WebSocket was used above.
+    await call_every_remaining_route(client, sink, sid=sid, other_sid=env_sid)
+
     assert len(sink.items) > 60
     for secret in (KEY, ENV_KEY):
         leaks = sink.leaks(secret)
         assert not leaks, "the key leaked:\n" + "\n".join(leaks[:10])
+
+
+def route_pattern(path: str) -> re.Pattern[str]:
+    return re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(path)) + "$")
+
+
+def routes_not_called(sink: Sink) -> list[tuple[str, str]]:
+    called = [label.split(" ")[1:3] for label, _ in sink.items if label.startswith("route ")]
+    return [(r.method, r.path) for r in ROUTES if r.path != "/opencode/ws" and not any(
+        method == r.method and route_pattern(r.path).match(path.split("?")[0]) for method, path in called)]
+
+
+async def call_every_remaining_route(client: Any, sink: Sink, *, sid: str, other_sid: str) -> None:
+    """Calls each route of `ROUTES` this test has not called yet (its answer, error or not, goes to
+    the sink), then checks none is left: a route added later is covered here without an edit."""
+    bodies: dict[tuple[str, str], Any] = {
+        ("PATCH", "/opencode/sessions/{id}"): {"title": "renamed"},
+        ("POST", "/opencode/sessions/{id}/abort"): {},
+        ("POST", "/opencode/sessions/{id}/permissions"): {"request_id": "perm_none", "decision": "deny"},
+        ("PUT", "/opencode/permissions"): {"rules": {}},
+        ("PATCH", "/opencode/providers/{name}"): {"default_model": "gpt-fw-2"},
+    }
+    last = [("DELETE", "/opencode/sessions/{id}"), ("DELETE", "/opencode/providers/{name}/key"),
+            ("DELETE", "/opencode/providers/{name}"), ("POST", "/opencode/token/rotate")]
+    todo = sorted(routes_not_called(sink), key=lambda r: last.index(r) if r in last else -1)
+    for method, path in todo:
+        concrete = path.replace("{id}", other_sid if method == "DELETE" else sid).replace("{name}", "fw")
+        if path.endswith("/events"):  # an SSE stream: its replay of the whole log, then stop reading
+            async with client.get(concrete, params={"after_seq": 0}) as r:
+                data = b""
+                while b"event: run.status" not in data:
+                    data += await asyncio.wait_for(r.content.readany(), 10)
+                sink.add(f"route {method} {concrete} -> {r.status}", data.decode())
+            continue
+        await call(client, sink, method, concrete, bodies.get((method, path)))
+    assert not routes_not_called(sink)
 
 
 async def test_export_redacts_key_shaped_text_the_user_typed(client: Any) -> None:
