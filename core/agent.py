@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Awaitable, Callable, Protocol, Sequence
 
 from .bus import Bus, current_run, current_session, debug_line, encode_str
 from .errors import BudgetExceeded, OpencodeError
@@ -49,6 +50,10 @@ log = logging.getLogger("opencode.agent")
 
 # Tokens kept free for the reply when trimming history to the model's context.
 REPLY_RESERVE_TOKENS = 4096
+# Older messages than the session's in-memory window are read in pages of this many, and at most
+# this many in all, while the model's context has room for them.
+OLDER_PAGE = 100
+MAX_OLDER_MESSAGES = 2000
 
 
 @dataclass
@@ -98,8 +103,13 @@ class RunInput:
     role: SkillLike
     tool_skills: Sequence[SkillLike]
     history: list[Message]
-    spent: Usage  # the session's usage before this run (for the budget)
+    # The session's usage now, its replies still running included (for the budget).
+    spent: Callable[[], Usage]
     turns: TurnCache | None = None  # the session's, shared by its runs
+    # Messages before `history` (the session's in-memory window), when the context has room for
+    # them: `load_older(oldest id, limit)` gives a page of them and whether there are more.
+    has_older: bool = False
+    load_older: Callable[[str, int], Awaitable[tuple[list[Message], bool]]] | None = None
 
 
 class _ToolContext:
@@ -264,14 +274,16 @@ class AgentRun:
             log.warning("model %s has no tool calling; running without tools", resolved.model)
             tools = []
         by_name = {t.name: (skill, t) for skill, t in tools}
-        history = build_history(self.input.history, self.input.role.id, self.input.user_message,
-                                resolved.caps.context_tokens, vision=resolved.caps.vision, cache=self.input.turns)
         system = self._system_prompt()
+        specs = [t.spec() for _, t in tools]
+        # The instructions and the tool schemas take their share of the context first.
+        fixed = (len(system) + sum(len(t.name) + len(t.description) + len(json.dumps(t.parameters))
+                                   for t in specs)) // 4
+        history = await self._history(max(resolved.caps.context_tokens - fixed, 0), resolved.caps.vision)
         target = f"{resolved.provider.profile.name}/{resolved.model}"
         for turn in range(1, self.deps.max_turns + 1):
             self._check_budget()
-            request = ChatRequest(model=resolved.model, system=system, messages=history,
-                                  tools=[t.spec() for _, t in tools])
+            request = ChatRequest(model=resolved.model, system=system, messages=history, tools=specs)
             started = time.monotonic()
             # Two lines a turn for the debug drawer (each is an event every client receives).
             started_line = _LineAfterRequest(self._debug, f"turn {turn}: request to {target} started "
@@ -287,9 +299,23 @@ class AgentRun:
             call_parts = [self._start_call(call, by_name) for call in calls]
             results = await asyncio.gather(*(self._run_call(p, by_name) for p in call_parts))
             history.append(ChatMessage("assistant", [*turn_parts, *call_parts]))
-            history.append(ChatMessage("user", list(results)))
+            history.append(ChatMessage("user", [_seen_by(r, resolved.caps.vision) for r in results]))
         self._append_text(f"\n\n_(stopped after {self.deps.max_turns} turns)_")
         log.warning("run %s reached max_turns=%d", self.run.id, self.deps.max_turns)
+
+    async def _history(self, context_tokens: int, vision: bool) -> list[ChatMessage]:
+        """The turns to send: the session's in-memory window, then older pages from the store for
+        as long as the context has room (at most `MAX_OLDER_MESSAGES` of them)."""
+        messages, more = self.input.history, self.input.has_older
+        args = (self.input.role.id, self.input.user_message, context_tokens)
+        while True:
+            turns, trimmed = choose_history(messages, *args, vision=vision, cache=self.input.turns)
+            loaded = len(messages) - len(self.input.history)
+            if trimmed or not more or self.input.load_older is None or loaded >= MAX_OLDER_MESSAGES:
+                return turns
+            oldest = messages[0].id if messages else self.input.user_message.id
+            older, more = await self.input.load_older(oldest, OLDER_PAGE)
+            messages = [m for m in older if m.status != "streaming"] + messages
 
     async def _stream_turn(self, resolved: ResolvedModel, request: ChatRequest
                            ) -> tuple[list[Any], list[ToolCallReady], str, UsageReport | None]:
@@ -331,15 +357,18 @@ class AgentRun:
         debug_line(self.deps.bus, self.deps.redact, log, message)
 
     def _check_budget(self) -> None:
+        """Before each model request: the session's spending, every role running now included."""
         budget: Budget = self.input.session.budget
-        spent = self.input.spent + (self.message.usage or Usage())
+        if budget.max_tokens is None and budget.max_cost is None:
+            return
+        spent = self.input.spent()
         if budget.max_tokens is not None and spent.input_tokens + spent.output_tokens >= budget.max_tokens:
             raise BudgetExceeded(
                 f"this session reached its budget of {budget.max_tokens} tokens; raise the budget in the "
                 "session settings to continue")
         if budget.max_cost is not None and spent.cost >= budget.max_cost:
             raise BudgetExceeded(
-                f"this session reached its budget of ${budget.max_cost:.2f}; raise the budget in the session "
+                f"this session reached its budget of {_dollars(budget.max_cost)}; raise the budget in the session "
                 "settings to continue")
 
     def _tools(self) -> list[tuple[str, Tool]]:
@@ -459,6 +488,11 @@ def _save_later(deps: AgentDeps, message: Message) -> None:
     task.add_done_callback(deps.background.discard)
 
 
+def _dollars(amount: float) -> str:
+    """$2.50, or for budgets under a cent its significant digits ($0.005, not $0.00)."""
+    return f"${amount:,.2f}" if amount >= 0.01 or amount == 0 else f"${amount:.2g}"
+
+
 def _usage_note(usage: UsageReport | None, caps: ModelCaps) -> str:
     if usage is None:
         return "; the provider reported no token counts"
@@ -502,8 +536,17 @@ def message_turns(message: Message, *, vision: bool) -> list[ChatMessage]:
         role = "user" if isinstance(p, ToolResultPart) else "assistant"
         if not turns or turns[-1].role != role:
             turns.append(ChatMessage(role, []))  # type: ignore[arg-type]
-        turns[-1].parts.append(p)
+        turns[-1].parts.append(_seen_by(p, vision) if isinstance(p, ToolResultPart) else p)
     return turns
+
+
+def _seen_by(result: ToolResultPart, vision: bool) -> ToolResultPart:
+    """A tool's result as the model gets it: a model without vision gets a note for its images
+    (the stored result, which the panel shows, keeps them)."""
+    if vision or not result.images:
+        return result
+    note = f"\n[{len(result.images)} image(s) not shown: this model does not take images]"
+    return result.model_copy(update={"images": [], "content": result.content + note})
 
 
 class TurnCache:
@@ -531,7 +574,15 @@ class TurnCache:
 def build_history(history: list[Message], role_id: str, user_message: Message, context_tokens: int,
                   *, vision: bool, cache: TurnCache | None = None) -> list[ChatMessage]:
     """User messages and this role's replies, newest kept first, trimmed to the model's context."""
+    return choose_history(history, role_id, user_message, context_tokens, vision=vision, cache=cache)[0]
+
+
+def choose_history(history: list[Message], role_id: str, user_message: Message, context_tokens: int,
+                   *, vision: bool, cache: TurnCache | None = None) -> tuple[list[ChatMessage], bool]:
+    """`build_history`, and whether a message was left out for want of room (if not, older
+    messages than `history` would fit too)."""
     budget = max(context_tokens - REPLY_RESERVE_TOKENS, 1024)
+    trimmed = False
     turns_of = (cache or TurnCache()).turns
     chosen: list[list[ChatMessage]] = []
     used = 0
@@ -540,6 +591,7 @@ def build_history(history: list[Message], role_id: str, user_message: Message, c
             continue
         turns, cost = turns_of(m, vision=vision)
         if chosen and used + cost > budget:
+            trimmed = True
             break
         used += cost
         chosen.append(turns)
@@ -547,4 +599,4 @@ def build_history(history: list[Message], role_id: str, user_message: Message, c
     # A provider needs the first turn to be the user's own words (not a tool result cut from its call).
     while out and (out[0].role != "user" or any(isinstance(p, ToolResultPart) for p in out[0].parts)):
         out.pop(0)
-    return out
+    return out, trimmed

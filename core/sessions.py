@@ -382,7 +382,9 @@ class SessionManager:
         for run, role in zip(runs, roles):
             agent = AgentRun(self.deps, RunInput(
                 session=live.session, run=run, user_message=user, role=role, tool_skills=tool_skills,
-                history=history, spent=live.session.usage, turns=live.turns), may_speak=may_speak)
+                history=history, spent=lambda: self._spent(live), turns=live.turns,
+                has_older=live.has_more, load_older=lambda before, limit: self.store.get_messages(
+                    live.session.id, before=before, limit=limit)), may_speak=may_speak)
             self._remember(live, agent.message)
             task = asyncio.get_running_loop().create_task(self._execute(live, agent), name=f"opencode-{run.id}")
             live.active[run.id] = _Active(run, agent, task)
@@ -406,6 +408,14 @@ class SessionManager:
             nxt = live.queued.popleft()
             self._start(live, nxt.user_message, nxt.runs, nxt.roles)
         return message
+
+    def _spent(self, live: _Live) -> Usage:
+        """The session's usage: its finished replies (in its totals) plus what its running ones used so far."""
+        total = live.session.usage
+        for active in live.active.values():
+            if active.agent.message.usage:
+                total = total + active.agent.message.usage
+        return total
 
     def _add_usage(self, live: _Live, message: Message) -> None:
         """Add a reply's usage to its session's totals. The row joins the next group commit (a

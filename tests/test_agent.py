@@ -4,6 +4,7 @@ budgets and errors, with a scripted model. Concurrency is proven with barriers, 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any, AsyncIterator
 
@@ -12,10 +13,10 @@ import pytest
 from fakes.scripted_provider import ScriptedProvider, ScriptedResolver, text_turn, tool_turn
 from opencode_agent.core.agent import build_history
 from opencode_agent.core.errors import ProviderError
-from opencode_agent.core.protocol import Message, ModelCaps, TextPart, ToolCallPart, ToolResultPart, now
+from opencode_agent.core.protocol import ImagePart, Message, ModelCaps, TextPart, ToolCallPart, ToolResultPart, now
 from opencode_agent.core.providers.base import ChatRequest, Finish, TextDelta, UsageReport
 from opencode_agent.core.skills import Skill
-from opencode_agent.core.tools import ToolContext, tool
+from opencode_agent.core.tools import ToolContext, ToolOutput, tool
 from wsclient import WsClient, run_final
 
 
@@ -51,6 +52,31 @@ async def paint(ctx: ToolContext, color: str) -> dict[str, Any]:
     return {"painted": color}
 
 
+@tool(permission="read")
+async def render(ctx: ToolContext, what: str) -> ToolOutput:
+    """Render something as an image."""
+    return ToolOutput(f"rendered {what}", images=[ImagePart(filename=f"{what}.png")])
+
+
+tool_running: asyncio.Event | None = None
+tool_cancelled: asyncio.Event | None = None
+
+
+@tool(permission="read")
+async def wait_forever(ctx: ToolContext, reason: str) -> str:
+    """Run until cancelled (an abort must cancel a running tool)."""
+    assert tool_running is not None and tool_cancelled is not None
+    tool_running.set()
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        tool_cancelled.set()
+        raise
+    return "never"
+
+
+SLOW_TOOLS = Skill(id="slowtools", name="Slow tools", description="tools for tests", kind="tools",
+                   instructions="", tools=[render, wait_forever])
 TOOLS = Skill(id="testtools", name="Test tools", description="tools for tests", kind="tools",
               instructions="Use the tools.", tools=[lookup, meet, paint])
 
@@ -59,7 +85,7 @@ TOOLS = Skill(id="testtools", name="Test tools", description="tools for tests", 
 async def env(client, service):
     provider = ScriptedProvider()
     service.sessions.deps.models = ScriptedResolver(provider)
-    for s in (role("alpha"), role("beta"), role("gamma"), TOOLS):
+    for s in (role("alpha"), role("beta"), role("gamma"), TOOLS, SLOW_TOOLS):
         service.skills.register(s, replace=True)
 
     async def session(*skills: str, **extra: Any) -> str:
@@ -319,6 +345,120 @@ async def test_budget_stops_the_run(env):
     assert len(provider.requests) == 1
 
 
+async def test_a_tool_call_writes_its_arguments_and_duration_to_the_log(env):
+    provider, session, ws_for = env
+    provider.turns.extend([tool_turn(("c1", "lookup", {"query": "blue pigments"})), text_turn("done")])
+    sid = await session("alpha", "testtools")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="go")
+    await ws.until(run_final(sent["data"]["run_id"]))
+    lines = [e["data"] for e in ws.of_type("log") if e["data"]["message"].startswith("tool lookup")]
+    assert [line["message"] for line in lines][0] == "tool lookup(query='blue pigments')"
+    assert re.fullmatch(r"tool lookup completed in \d+ ms", lines[1]["message"])
+    assert all(line["run_id"] == sent["data"]["run_id"] and line["level"] == "info" for line in lines)
+
+
+@pytest.mark.parametrize("vision", [False, True])
+async def test_tool_images_reach_only_a_model_with_vision(env, service, vision):
+    provider, session, ws_for = env
+    service.sessions.deps.models = ScriptedResolver(provider, ModelCaps(tools=True, vision=vision))
+    provider.turns.extend([tool_turn(("r1", "render", {"what": "cat"})), text_turn("a cat")])
+    sid = await session("alpha", "slowtools")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="draw")
+    await ws.until(run_final(sent["data"]["run_id"]))
+    sent_result = provider.requests[1].messages[-1].parts[0]
+    assert isinstance(sent_result, ToolResultPart)
+    if vision:
+        assert [i.filename for i in sent_result.images] == ["cat.png"] and sent_result.content == "rendered cat"
+    else:
+        assert sent_result.images == [] and "1 image(s) not shown" in sent_result.content
+    # The stored reply keeps the image for the panel either way.
+    stored = final_message(ws, sent["data"]["run_id"])
+    assert [p["images"][0]["filename"] for p in stored["parts"] if p["type"] == "tool_result"] == ["cat.png"]
+
+
+async def test_abort_cancels_a_running_tool_within_200_ms(env):
+    global tool_running, tool_cancelled
+    tool_running, tool_cancelled = asyncio.Event(), asyncio.Event()
+    provider, session, ws_for = env
+    provider.turns.extend([tool_turn(("w1", "wait_forever", {"reason": "test"})), text_turn("never")])
+    sid = await session("alpha", "slowtools")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="go")
+    await asyncio.wait_for(tool_running.wait(), 5)
+    asked = time.monotonic()
+    await ws.command("abort", session_id=sid)
+    final = await ws.until(run_final(sent["data"]["run_id"]))
+    assert time.monotonic() - asked < 0.2  # the issue's bound; it takes a few ms
+    assert tool_cancelled.is_set() and final["data"]["run"]["status"] == "aborted"
+    call = final_message(ws, sent["data"]["run_id"])["parts"][0]
+    assert call["type"] == "tool_call" and call["status"] == "aborted"
+    assert len(provider.requests) == 1
+
+
+async def test_history_reaches_past_the_in_memory_window_while_the_context_has_room(env, service):
+    provider, session, ws_for = env
+    service.sessions.recent_limit = 4  # the session keeps its last 4 messages in memory
+    sid = await session("alpha")
+    ws = await ws_for(sid)
+    for i in range(5):
+        provider.turns.append(text_turn(f"answer {i}"))
+        sent = await ws.command("send", session_id=sid, text=f"question {i}")
+        await ws.until(run_final(sent["data"]["run_id"]))
+    texts = [p.text for m in provider.requests[-1].messages for p in m.parts]
+    assert texts == [x for i in range(4) for x in (f"question {i}", f"answer {i}")] + ["question 4"]
+
+
+async def test_the_instructions_and_tool_schemas_take_their_share_of_the_context(env, service):
+    provider, session, ws_for = env
+    service.sessions.deps.models = ScriptedResolver(provider, ModelCaps(tools=True, context_tokens=4096 + 3000))
+    service.skills.register(Skill(id="verbose", name="Verbose", description="test role", kind="role",
+                                  instructions="ROLE:verbose\n" + "x" * 4000), replace=True)  # ~1,000 tokens
+    sid = await session("verbose")
+    ws = await ws_for(sid)
+    for i in range(3):
+        provider.turns.append(text_turn("y" * 4800))  # ~1,200 tokens a reply
+        sent = await ws.command("send", session_id=sid, text=f"question {i}")
+        await ws.until(run_final(sent["data"]["run_id"]))
+    # 3,000 tokens of room less ~1,000 for the instructions: two replies (~2,400) no longer fit.
+    sent = provider.requests[-1].messages
+    assert [m.role for m in sent] == ["user", "assistant", "user"] and sent[0].parts[0].text == "question 1"
+
+
+async def test_the_budget_counts_every_role_running_at_once(env):
+    global pair_barrier
+    pair_barrier = asyncio.Barrier(2)  # both first turns are in before either role asks again
+    provider, session, ws_for = env
+    turns = {name: [tool_turn((f"{name}-1", "meet", {"who": name})), text_turn("never")] for name in ("alpha", "beta")}
+    provider.by_role = lambda request: turns[role_of(request)].pop(0)
+    sid = await session("alpha", "beta", "testtools")
+    ws = await ws_for(sid)
+    await ws.command("configure", session_id=sid, patch={"budget": {"max_tokens": 15}})
+    sent = await ws.command("send", session_id=sid, text="go")
+    finals = [await ws.until(run_final(run_id)) for run_id in sent["data"]["run_ids"]]
+    # 10 tokens a role: either alone is under 15, together they are over it.
+    assert [f["data"]["run"]["status"] for f in finals] == ["error", "error"]
+    assert all("budget of 15 tokens" in f["data"]["run"]["error"] for f in finals)
+    assert len(provider.requests) == 2
+
+
+async def test_a_money_budget_stops_the_next_run(env, service):
+    provider, session, ws_for = env
+    provider.turns.extend([text_turn("first", input_tokens=1000, output_tokens=500), text_turn("never")])
+    sid = await session("alpha")
+    ws = await ws_for(sid)
+    await ws.command("configure", session_id=sid, patch={"budget": {"max_cost": 0.001}})
+    first = await ws.command("send", session_id=sid, text="one")
+    assert (await ws.until(run_final(first["data"]["run_id"])))["data"]["run"]["status"] == "completed"
+    assert (await service.sessions.get(sid)).usage.cost == pytest.approx(0.002)  # $1 and $2 a million
+    second = await ws.command("send", session_id=sid, text="two")
+    final = await ws.until(run_final(second["data"]["run_id"]))
+    assert final["data"]["run"]["status"] == "error"
+    assert "budget of $0.001;" in final["data"]["run"]["error"]
+    assert len(provider.requests) == 1
+
+
 async def test_provider_error_ends_the_run_with_its_message(env):
     provider, session, ws_for = env
     provider.turns.append(ProviderError("model overloaded, try later", http_status=529))
@@ -485,7 +625,7 @@ def test_delta_events_match_the_protocol_model() -> None:
                    created_at=now(), updated_at=now())
     deps = AgentDeps(bus=RecordingBus(), store=NoStore(), gate=None, ui=None, models=None)  # type: ignore[arg-type]
     agent = AgentRun(deps, RunInput(session=session, run=run, user_message=user, role=role, tool_skills=[],
-                                    history=[], spent=Usage()))
+                                    history=[], spent=Usage))
     for text in ["plain", 'quotes " and \\ backslash', "line\nbreak\ttab", "ünïcödé ✓ 🎨", "\u0000\u001f"]:
         agent._append_text(text)
     assert [t for t, _ in published] == ["message.delta"] * 5
