@@ -113,6 +113,9 @@ async def test_transient_errors_are_retried_to_completion(chat: Any, llmock: Any
     assert out["run"]["status"] == "completed", out
     assert "fine after all" in "".join(p.get("text", "") for p in out["message"]["parts"])
     assert [r.status for r in llmock.requests] == [int(fault), 200]
+    # The retry is a line in the session's debug drawer, with its run.
+    retries = [e["data"] for e in ws.of_type("log") if "; retry 1/2 in " in e["data"]["message"]]
+    assert len(retries) == 1 and retries[0]["level"] == "warning" and retries[0]["run_id"] == out["run"]["id"]
     await no_run_working(client, sid)
 
 
