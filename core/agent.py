@@ -53,7 +53,7 @@ REPLY_RESERVE_TOKENS = 4096
 # Older messages than the session's in-memory window are read in pages of this many, and at most
 # this many in all, while the model's context has room for them.
 OLDER_PAGE = 100
-MAX_OLDER_MESSAGES = 2000
+MAX_OLDER_MESSAGES = 250
 
 
 @dataclass
@@ -107,9 +107,9 @@ class RunInput:
     spent: Callable[[], Usage]
     turns: TurnCache | None = None  # the session's, shared by its runs
     # Messages before `history` (the session's in-memory window), when the context has room for
-    # them: `load_older(oldest id, limit)` gives a page of them and whether there are more.
+    # them: `load_older(n)` gives the last `n` of them (oldest first) and whether there are more.
     has_older: bool = False
-    load_older: Callable[[str, int], Awaitable[tuple[list[Message], bool]]] | None = None
+    load_older: Callable[[int], Awaitable[tuple[list[Message], bool]]] | None = None
 
 
 class _ToolContext:
@@ -304,18 +304,20 @@ class AgentRun:
         log.warning("run %s reached max_turns=%d", self.run.id, self.deps.max_turns)
 
     async def _history(self, context_tokens: int, vision: bool) -> list[ChatMessage]:
-        """The turns to send: the session's in-memory window, then older pages from the store for
-        as long as the context has room (at most `MAX_OLDER_MESSAGES` of them)."""
-        messages, more = self.input.history, self.input.has_older
+        """The turns to send: the session's in-memory window, then older messages (read once per
+        loaded session) for as long as the context has room, at most `MAX_OLDER_MESSAGES` of them."""
+        window, more = self.input.history, self.input.has_older
+        messages, asked = window, 0
         args = (self.input.role.id, self.input.user_message, context_tokens)
         while True:
             turns, trimmed = choose_history(messages, *args, vision=vision, cache=self.input.turns)
-            loaded = len(messages) - len(self.input.history)
-            if trimmed or not more or self.input.load_older is None or loaded >= MAX_OLDER_MESSAGES:
+            if trimmed or not more or self.input.load_older is None or asked >= MAX_OLDER_MESSAGES:
                 return turns
-            oldest = messages[0].id if messages else self.input.user_message.id
-            older, more = await self.input.load_older(oldest, OLDER_PAGE)
-            messages = [m for m in older if m.status != "streaming"] + messages
+            asked = min(asked + OLDER_PAGE, MAX_OLDER_MESSAGES)
+            older, more = await self.input.load_older(asked)
+            # The window was taken before this run's own reply joined it and pushed one out.
+            in_window = {m.id for m in window}
+            messages = [m for m in older if m.id not in in_window and m.status != "streaming"] + window
 
     async def _stream_turn(self, resolved: ResolvedModel, request: ChatRequest
                            ) -> tuple[list[Any], list[ToolCallReady], str, UsageReport | None]:
@@ -554,7 +556,7 @@ class TurnCache:
     unchanged (same `updated_at`): every run of a session rebuilds its history from the same
     finished messages. The turns are shared, so nothing may modify them. Bounded; oldest out."""
 
-    def __init__(self, limit: int = 256) -> None:
+    def __init__(self, limit: int = 4 * MAX_OLDER_MESSAGES) -> None:
         self.limit = limit
         # By message id: (updated_at, vision, turns, token estimate); a newer version replaces it.
         self._items: dict[str, tuple[float, bool, list[ChatMessage], int]] = {}

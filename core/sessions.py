@@ -18,7 +18,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol, Sequence
 
-from .agent import AgentDeps, AgentRun, RunInput, SkillLike, TurnCache
+from .agent import MAX_OLDER_MESSAGES, OLDER_PAGE, AgentDeps, AgentRun, RunInput, SkillLike, TurnCache
 from .bus import InProcessBus
 from .errors import BadRequest, Conflict, NotFound, OpencodeError
 from .protocol import (
@@ -81,6 +81,10 @@ class _Live:
     queued: deque[_Queued] = field(default_factory=deque)
     turns: TurnCache = field(default_factory=TurnCache)
     last_used: float = field(default_factory=time.monotonic)
+    # Messages just before `recent`, oldest first, read from the store when a run's context had
+    # room for them and kept (they are finished; `recent` hands its evictions on to the end).
+    older: list[Message] = field(default_factory=list)
+    older_more: bool | None = None  # whether the store has messages before `older`; None: as `has_more`
 
 
 class SessionManager:
@@ -136,7 +140,12 @@ class SessionManager:
             oldest = next(iter(live.recent))
             if live.recent[oldest].status in ("streaming", "queued"):
                 break
-            live.recent.popitem(last=False)
+            _, evicted = live.recent.popitem(last=False)
+            if live.older_more is not None:  # `older` was read: it goes on right before `recent`
+                live.older.append(evicted)
+                if len(live.older) > MAX_OLDER_MESSAGES:
+                    del live.older[0]
+                    live.older_more = True
             live.has_more = True
 
     def evict_idle(self, max_idle: float) -> int:
@@ -383,13 +392,25 @@ class SessionManager:
             agent = AgentRun(self.deps, RunInput(
                 session=live.session, run=run, user_message=user, role=role, tool_skills=tool_skills,
                 history=history, spent=lambda: self._spent(live), turns=live.turns,
-                has_older=live.has_more, load_older=lambda before, limit: self.store.get_messages(
-                    live.session.id, before=before, limit=limit)), may_speak=may_speak)
+                has_older=live.has_more, load_older=lambda count: self._older(live, count)), may_speak=may_speak)
             self._remember(live, agent.message)
             task = asyncio.get_running_loop().create_task(self._execute(live, agent), name=f"opencode-{run.id}")
             live.active[run.id] = _Active(run, agent, task)
             agents.append(agent)
         return agents
+
+    async def _older(self, live: _Live, count: int) -> tuple[list[Message], bool]:
+        """Up to `count` of the messages before the in-memory window, oldest first, and whether
+        there are more; each is read from the store once per loaded session."""
+        if live.older_more is None:
+            live.older_more = live.has_more
+        while len(live.older) < count and live.older_more:
+            first = live.older[0] if live.older else next(iter(live.recent.values()), None)
+            if first is None:
+                break
+            page, live.older_more = await self.store.get_messages(live.session.id, before=first.id, limit=OLDER_PAGE)
+            live.older[:0] = page
+        return live.older[-count:], live.older_more or len(live.older) > count
 
     async def _execute(self, live: _Live, agent: AgentRun) -> Message:
         try:

@@ -408,6 +408,14 @@ async def test_history_reaches_past_the_in_memory_window_while_the_context_has_r
         await ws.until(run_final(sent["data"]["run_id"]))
     texts = [p.text for m in provider.requests[-1].messages for p in m.parts]
     assert texts == [x for i in range(4) for x in (f"question {i}", f"answer {i}")] + ["question 4"]
+    # Older messages are read from the store once per loaded session, not once per run.
+    reads = []
+    real_read = service.store.get_messages
+    service.store.get_messages = lambda *a, **k: reads.append(k) or real_read(*a, **k)
+    provider.turns.append(text_turn("answer 5"))
+    sent = await ws.command("send", session_id=sid, text="question 5")
+    await ws.until(run_final(sent["data"]["run_id"]))
+    assert len(provider.requests[-1].messages) == 11 and reads == []
 
 
 async def test_the_instructions_and_tool_schemas_take_their_share_of_the_context(env, service):
