@@ -50,6 +50,8 @@ log = logging.getLogger("opencode.agent")
 
 # Tokens kept free for the reply when trimming history to the model's context.
 REPLY_RESERVE_TOKENS = 4096
+# With less than this much of its budget left, a session's next reply is capped at what is left.
+BUDGET_CAP_TOKENS = 4096
 # Older messages than the session's in-memory window are read in pages of this many, and at most
 # this many in all, while the model's context has room for them.
 OLDER_PAGE = 100
@@ -283,7 +285,8 @@ class AgentRun:
         target = f"{resolved.provider.profile.name}/{resolved.model}"
         for turn in range(1, self.deps.max_turns + 1):
             self._check_budget()
-            request = ChatRequest(model=resolved.model, system=system, messages=history, tools=specs)
+            cap = self._reply_cap(resolved.caps)
+            request = ChatRequest(model=resolved.model, system=system, messages=history, tools=specs, max_tokens=cap)
             started = time.monotonic()
             # Two lines a turn for the debug drawer (each is an event every client receives).
             started_line = _LineAfterRequest(self._debug, f"turn {turn}: request to {target} started "
@@ -294,6 +297,9 @@ class AgentRun:
                 started_line.write()
             self._debug(f"turn {turn}: {finish} after {(time.monotonic() - started) * 1000:.0f} ms"
                         f"{_usage_note(usage, resolved.caps)}")
+            if cap is not None and finish == "length":
+                raise BudgetExceeded(f"the reply was cut where this session's budget ran out "
+                                     f"({self._budget_text()}); raise the budget in the session settings to continue")
             if not calls:
                 return
             call_parts = [self._start_call(call, by_name) for call in calls]
@@ -372,6 +378,31 @@ class AgentRun:
             raise BudgetExceeded(
                 f"this session reached its budget of {_dollars(budget.max_cost)}; raise the budget in the session "
                 "settings to continue")
+
+    def _reply_cap(self, caps: ModelCaps) -> int | None:
+        """A cap on the next reply's output tokens when less than `BUDGET_CAP_TOKENS` of the
+        session's budget are left, so the reply stops where the budget does (None: no cap).
+
+        Why only then: every model takes at least that many output tokens, and a larger cap could
+        pass the model's own limit, which providers refuse. The request's input is not known in
+        tokens until it is answered, so a session may pass its budget by one request's input."""
+        budget: Budget = self.input.session.budget
+        if budget.max_tokens is None and budget.max_cost is None:
+            return None
+        spent = self.input.spent()
+        rooms = []
+        if budget.max_tokens is not None:
+            rooms.append(budget.max_tokens - spent.input_tokens - spent.output_tokens)
+        if budget.max_cost is not None and caps.output_price > 0:
+            rooms.append(int((budget.max_cost - spent.cost) / caps.output_price * 1_000_000))
+        room = min(rooms, default=BUDGET_CAP_TOKENS)
+        return max(room, 1) if room < BUDGET_CAP_TOKENS else None
+
+    def _budget_text(self) -> str:
+        budget: Budget = self.input.session.budget
+        parts = ([f"{budget.max_tokens} tokens"] if budget.max_tokens is not None else []) + (
+            [_dollars(budget.max_cost)] if budget.max_cost is not None else [])
+        return " and ".join(parts)
 
     def _tools(self) -> list[tuple[str, Tool]]:
         out: list[tuple[str, Tool]] = []

@@ -124,6 +124,7 @@ async def test_text_reply_with_usage_and_cost(env, service):
     assert (await service.sessions.get(sid)).usage.output_tokens == 500
     req = provider.requests[0]
     assert req.system.startswith("ROLE:alpha") and req.messages[-1].parts[0].text == "hi"
+    assert req.max_tokens is None  # no budget: the model's own limit
     logs = [e["data"]["message"] for e in ws.of_type("log")]
     assert any("tokens: 1000 in, 500 out" in line for line in logs)
     # The turn's two drawer lines, as a `logging` record through `BusLogHandler` would make them.
@@ -449,6 +450,23 @@ async def test_the_budget_counts_every_role_running_at_once(env):
     assert [f["data"]["run"]["status"] for f in finals] == ["error", "error"]
     assert all("budget of 15 tokens" in f["data"]["run"]["error"] for f in finals)
     assert len(provider.requests) == 2
+
+
+async def test_a_reply_is_capped_where_the_budget_runs_out(env):
+    provider, session, ws_for = env
+    provider.turns.extend([text_turn("first", input_tokens=100, output_tokens=50),
+                           [TextDelta("cut sh"), UsageReport(100, 150), Finish("length")]])
+    sid = await session("alpha")
+    ws = await ws_for(sid)
+    await ws.command("configure", session_id=sid, patch={"budget": {"max_tokens": 300}})
+    first = await ws.command("send", session_id=sid, text="one")
+    assert (await ws.until(run_final(first["data"]["run_id"])))["data"]["run"]["status"] == "completed"
+    second = await ws.command("send", session_id=sid, text="two")
+    final = await ws.until(run_final(second["data"]["run_id"]))
+    assert [r.max_tokens for r in provider.requests] == [300, 150]  # what was left of the budget
+    assert final["data"]["run"]["status"] == "error"
+    assert "cut where this session's budget ran out (300 tokens)" in final["data"]["run"]["error"]
+    assert final_message(ws, second["data"]["run_id"])["parts"] == [{"type": "text", "text": "cut sh"}]
 
 
 async def test_a_money_budget_stops_the_next_run(env, service):
