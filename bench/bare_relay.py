@@ -37,9 +37,17 @@ def text_frame(text: str) -> bytes:
     return head + data
 
 
-def bare_relay_server(conn: Connection, up_port: int) -> None:
+def bare_relay_server(conn: Connection, up_port: int, spin_ms: float = 0.0) -> None:
+    """`spin_ms`: CPU to burn for each reply, half as it starts and half as it ends (`knee.py`:
+    a stand-in for a server's own work a reply, such as saving and announcing it)."""
     state: dict[str, Any] = {}
     ids = itertools.count(1)
+    spin = spin_ms / 2000
+
+    def burn() -> None:
+        end = time.perf_counter() + spin
+        while time.perf_counter() < end:
+            pass
 
     async def setup() -> dict[str, Any]:
         import aiohttp
@@ -56,6 +64,8 @@ def bare_relay_server(conn: Connection, up_port: int) -> None:
             return f'{{"seq":{seq},"session_id":"{sid}","type":"{type_}","ts":{time.time()!r},"data":{data_json}}}'
 
         async def reply(transport: Any, sid: str, run_id: str) -> None:
+            if spin:
+                burn()
             head = f'{{"message_id":"msg_{run_id}","run_id":"{run_id}","skill":"assistant","text":'
             status = "error"
             async with http.post(url, json=BODY, headers=headers) as resp:
@@ -72,6 +82,8 @@ def bare_relay_server(conn: Connection, up_port: int) -> None:
                         if text:
                             data = f"{head}{encode_str(text)}}}"
                             transport.write(text_frame(envelope(sid, "message.delta", data)))
+            if spin:
+                burn()
             transport.write(text_frame(envelope(sid, "run.status", json.dumps({"run": {"id": run_id, "status": status}}))))
 
         async def websocket(request: web.Request) -> web.WebSocketResponse:
