@@ -43,8 +43,9 @@ def new_id(prefix: str) -> str:
 
     Why not uuid4: ids sort in the order a process made them (while its clock does not step
     back), so a new message's key lands at the end of the messages' primary-key index rather than
-    on a random page of it (fewer pages written a commit), and making one costs no system call. Two processes collide only if, in one
-    millisecond, their sequences meet (a chance of about k²/2³⁶ for k ids each)."""
+    on a random page of it (fewer pages written a commit), and making one costs no system call.
+    Two processes collide only if, in one millisecond, their sequences meet (a chance of about
+    k²/2³⁶ for k ids each)."""
     low = (_ID_BASE + next(_ID_SEQ)) & 0xFFFFFFFFF
     return f"{prefix}_{int(time.time() * 1000):011x}{low:09x}"
 

@@ -85,6 +85,7 @@ class _Live:
     # room for them and kept (they are finished; `recent` hands its evictions on to the end).
     older: list[Message] = field(default_factory=list)
     older_more: bool | None = None  # whether the store has messages before `older`; None: as `has_more`
+    reading_older: asyncio.Lock = field(default_factory=asyncio.Lock)  # one reader: roles ask at once
 
 
 class SessionManager:
@@ -402,15 +403,17 @@ class SessionManager:
     async def _older(self, live: _Live, count: int) -> tuple[list[Message], bool]:
         """Up to `count` of the messages before the in-memory window, oldest first, and whether
         there are more; each is read from the store once per loaded session."""
-        if live.older_more is None:
-            live.older_more = live.has_more
-        while len(live.older) < count and live.older_more:
-            first = live.older[0] if live.older else next(iter(live.recent.values()), None)
-            if first is None:
-                break
-            page, live.older_more = await self.store.get_messages(live.session.id, before=first.id, limit=OLDER_PAGE)
-            live.older[:0] = page
-        return live.older[-count:], live.older_more or len(live.older) > count
+        async with live.reading_older:
+            if live.older_more is None:
+                live.older_more = live.has_more
+            while len(live.older) < count and live.older_more:
+                first = live.older[0] if live.older else next(iter(live.recent.values()), None)
+                if first is None:
+                    break
+                page, live.older_more = await self.store.get_messages(live.session.id, before=first.id,
+                                                                      limit=OLDER_PAGE)
+                live.older[:0] = page
+            return live.older[-count:], live.older_more or len(live.older) > count
 
     async def _execute(self, live: _Live, agent: AgentRun) -> Message:
         try:

@@ -419,6 +419,22 @@ async def test_history_reaches_past_the_in_memory_window_while_the_context_has_r
     assert len(provider.requests[-1].messages) == 11 and reads == []
 
 
+async def test_roles_reaching_past_the_window_at_once_read_it_once(env, service):
+    provider, session, ws_for = env
+    service.sessions.recent_limit = 4
+    provider.by_role = lambda request: text_turn(f"{role_of(request)} says {len(provider.requests)}")
+    sid = await session("alpha", "beta")
+    ws = await ws_for(sid)
+    for i in range(3):
+        sent = await ws.command("send", session_id=sid, text=f"question {i}")
+        for run_id in sent["data"]["run_ids"]:
+            await ws.until(run_final(run_id))
+    for request in provider.requests[-2:]:
+        texts = [p.text for m in request.messages for p in m.parts]
+        assert len(texts) == len(set(texts)) == 5, texts  # 3 questions, this role's 2 earlier answers
+        assert [t for t in texts if t.startswith("question")] == ["question 0", "question 1", "question 2"]
+
+
 async def test_the_instructions_and_tool_schemas_take_their_share_of_the_context(env, service):
     provider, session, ws_for = env
     service.sessions.deps.models = ScriptedResolver(provider, ModelCaps(tools=True, context_tokens=4096 + 3000))
