@@ -69,6 +69,12 @@ def m002_event_runs(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE events ADD COLUMN seq_end INTEGER")
 
 
+def m003_message_bodies(db: sqlite3.Connection) -> None:
+    """A message row keeps the whole message as JSON in `body`, which a read returns as it is;
+    rows written before (their `body` NULL) are read from their columns, as they were."""
+    db.execute("ALTER TABLE messages ADD COLUMN body TEXT")
+
+
 def _run_script(db: sqlite3.Connection, script: str) -> None:
     """Run `;`-separated statements one by one: `executescript` would commit mid-migration."""
     for statement in script.split(";"):
@@ -77,7 +83,7 @@ def _run_script(db: sqlite3.Connection, script: str) -> None:
             db.execute(body)
 
 
-MIGRATIONS: list[Migration] = [m001_initial, m002_event_runs]
+MIGRATIONS: list[Migration] = [m001_initial, m002_event_runs, m003_message_bodies]
 
 
 def migrate(db: sqlite3.Connection) -> int:

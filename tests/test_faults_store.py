@@ -50,8 +50,8 @@ def integrity(db: Path) -> None:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         for (data,) in conn.execute("SELECT data FROM events"):
             json.loads(data)
-        for (parts,) in conn.execute("SELECT parts FROM messages"):
-            json.loads(parts)
+        for (body,) in conn.execute("SELECT body FROM messages"):
+            json.loads(body)
 
 
 async def writer_pragma(service: Any, pragma: str) -> list[Any]:

@@ -16,7 +16,7 @@ import pytest
 
 from opencode_agent.core.errors import StoreUnavailable
 from opencode_agent.core.migrations import MIGRATIONS, m001_initial
-from opencode_agent.core.protocol import Message, Session, TextPart
+from opencode_agent.core.protocol import Message, PartList, Session, TextPart, Usage
 from opencode_agent.core.store import EVENT_RUN_TYPE, SqliteStore
 
 Expected = tuple[int, str, float, dict[str, Any]]  # seq, type, ts, data
@@ -213,7 +213,7 @@ async def test_a_v1_database_migrates_and_reads_back(db_path: Path) -> None:
     await store.open()
     try:
         with sqlite3.connect(db_path) as conn:
-            assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 2
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 3
         await check_replay(store, "ses_a", old)
         await check_replay(store, "ses_b", [odd_event(9)])
         # New rows (coalesced, after a restart gap) follow the old ones.
@@ -224,6 +224,62 @@ async def test_a_v1_database_migrates_and_reads_back(db_path: Path) -> None:
         assert [(r[1], r[2]) for r in event_rows(db_path, "ses_a")] == [(1, None), (2, None), (3, None),
                                                                         (4, None), (5, None), (20, 29)]
         await check_replay(store, "ses_a", old + new)
+    finally:
+        await store.close()
+
+
+def v2_message_row(m: Message) -> tuple[Any, ...]:
+    """A message as schema v2 wrote it: its parts and usage as JSON columns, no body."""
+    return (m.id, m.session_id, m.role, m.skill, m.run_id, m.status, PartList.dump_json(m.parts).decode(),
+            m.usage.model_dump_json() if m.usage else None, m.error, m.created_at, m.updated_at)
+
+
+async def test_messages_written_before_bodies_read_back_beside_new_ones(db_path: Path) -> None:
+    old = [Message(id=f"msg_old{i}", session_id="ses_a", role="assistant", skill="assistant", run_id=f"run_{i}",
+                   parts=[TextPart(text=f"old \"reply\" {i} ✓")], usage=Usage(input_tokens=i, output_tokens=2),
+                   status="streaming" if i == 2 else "completed", created_at=1.5 + i, updated_at=1.25 + i)
+           for i in range(3)]
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("BEGIN")
+    for step in MIGRATIONS[:2]:
+        step(conn)
+    conn.execute("PRAGMA user_version = 2")
+    conn.executemany("INSERT INTO messages (id, session_id, role, skill, run_id, status, parts, usage, error, "
+                     "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [v2_message_row(m) for m in old])
+    conn.execute("COMMIT")
+    conn.close()
+    store = SqliteStore(db_path)
+    await store.open()
+    try:
+        assert await store.recover() == 1  # the one a crash left streaming, body or not
+        new = Message(id="msg_new", session_id="ses_a", role="user", parts=[TextPart(text="new")],
+                      created_at=9.0, updated_at=9.0)
+        await store.save_message(new)
+        page, more = await store.get_messages("ses_a")
+        assert not more and [m.id for m in page] == ["msg_old0", "msg_old1", "msg_old2", "msg_new"]
+        assert page[:2] == old[:2] and page[3] == new
+        assert page[2].status == "interrupted" and page[2].parts == old[2].parts
+        with sqlite3.connect(db_path) as conn:
+            bodies = dict(conn.execute("SELECT id, body FROM messages"))
+        assert bodies["msg_old0"] is None and Message.model_validate_json(bodies["msg_new"]) == new
+    finally:
+        await store.close()
+
+
+async def test_recovery_marks_a_bodied_message_interrupted_in_its_body_too(db_path: Path) -> None:
+    store = SqliteStore(db_path)
+    await store.open()
+    left = Message(id="msg_left", session_id="ses_a", role="assistant", parts=[TextPart(text="half a")],
+                   status="streaming", created_at=1.0, updated_at=1.0)
+    await store.save_message(left)
+    await store.close()
+    store = SqliteStore(db_path)
+    await store.open()
+    try:
+        assert await store.recover() == 1
+        got = await store.get_message("msg_left")
+        assert got is not None and got.status == "interrupted" and got.parts == left.parts
+        assert got.updated_at > 1.0
     finally:
         await store.close()
 
