@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -279,8 +278,7 @@ class AgentRun:
         system = self._system_prompt()
         specs = [t.spec() for _, t in tools]
         # The instructions and the tool schemas take their share of the context first.
-        fixed = (len(system) + sum(len(t.name) + len(t.description) + len(json.dumps(t.parameters))
-                                   for t in specs)) // 4
+        fixed = (len(system) + sum(t.size for t in specs)) // 4
         history = await self._history(max(resolved.caps.context_tokens - fixed, 0), resolved.caps.vision)
         target = f"{resolved.provider.profile.name}/{resolved.model}"
         for turn in range(1, self.deps.max_turns + 1):

@@ -54,6 +54,12 @@ def now() -> float:
     return time.time()
 
 
+def model_json(model: BaseModel) -> str:
+    """`model.model_dump_json()`, the same text, by the model's serializer directly: the
+    method's keyword handling costs about 1.5 us a call, paid for every event and saved row."""
+    return model.__pydantic_serializer__.to_json(model).decode()
+
+
 class Model(BaseModel):
     """Base for protocol models: unknown fields are rejected so typos surface as errors."""
 

@@ -44,7 +44,7 @@ from pydantic import TypeAdapter
 
 from .errors import StoreUnavailable
 from .migrations import migrate
-from .protocol import Event, Message, Session
+from .protocol import Event, Message, Session, model_json
 
 _encode_str: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
@@ -229,11 +229,7 @@ _Queued = _Write | _EventRow
 
 
 def _session_row(s: Session) -> tuple[Any, ...]:
-    return (s.id, Session.__pydantic_serializer__.to_json(s).decode(), s.created_at, s.updated_at)
-
-
-# `model_dump_json()` without its keyword handling: the same JSON, 1.5 us less a row saved.
-_message_json = Message.__pydantic_serializer__.to_json
+    return (s.id, model_json(s), s.created_at, s.updated_at)
 
 
 def _message_row(m: Message) -> tuple[Any, ...]:
@@ -241,7 +237,7 @@ def _message_row(m: Message) -> tuple[Any, ...]:
     JSON, which is what a read returns. `parts` and `usage` stay empty: they are read only from
     rows written before `body` existed (schema v2)."""
     return (m.id, m.session_id, m.role, m.skill, m.run_id, m.status, "", None, m.error, m.created_at,
-            m.updated_at, _message_json(m).decode())
+            m.updated_at, model_json(m))
 
 
 _MESSAGE_LIST = TypeAdapter(list[Message])

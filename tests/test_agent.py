@@ -4,6 +4,7 @@ budgets and errors, with a scripted model. Concurrency is proven with barriers, 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from typing import Any, AsyncIterator
@@ -349,6 +350,20 @@ async def test_budget_stops_the_run(env):
     assert final["data"]["run"]["status"] == "error"
     assert "budget of 5 tokens" in final["data"]["run"]["error"]
     assert len(provider.requests) == 1
+
+
+async def test_a_tools_spec_is_made_once_and_sent_as_is(env):
+    provider, session, ws_for = env
+    provider.turns.extend([text_turn("one"), text_turn("two")])
+    sid = await session("alpha", "testtools")
+    ws = await ws_for(sid)
+    for text in ("first", "second"):
+        sent = await ws.command("send", session_id=sid, text=text)
+        await ws.until(run_final(sent["data"]["run_id"]))
+    sent_specs = [{t.name: t for t in r.tools}["lookup"] for r in provider.requests]
+    assert sent_specs[0] is sent_specs[1] is lookup.spec()  # its schema is generated once
+    assert lookup.spec().parameters["properties"]["query"]["type"] == "string"
+    assert lookup.spec().size == len("lookup") + len(lookup.description) + len(json.dumps(lookup.spec().parameters))
 
 
 @pytest.mark.parametrize("vision", [False, True])

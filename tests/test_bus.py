@@ -145,3 +145,14 @@ async def test_an_events_time_reads_the_same_live_and_replayed_from_the_store(st
     stamps = [json.loads(p.text)["ts"] for p in got]
     assert len(set(stamps)) >= 2 and all(round(t * 1000) / 1000 == t for t in stamps)
     await bus.close()
+
+
+def test_model_json_is_model_dump_json() -> None:
+    from opencode_agent.core.protocol import (Message, MessageCreatedData, Session, TextPart, ToolCallPart, Usage,
+                                              model_json)
+
+    message = Message(id="msg_1", session_id="ses_1", role="assistant", skill="alpha", run_id="run_1",
+                      parts=[TextPart(text="ü \"q\" \n"), ToolCallPart(id="c1", name="t", arguments={"a": [1, None]})],
+                      usage=Usage(input_tokens=3, output_tokens=4, cost=0.25), created_at=1.5, updated_at=2.0)
+    for model in (message, MessageCreatedData(message=message), Session(id="ses_1", created_at=1.0, updated_at=1.0)):
+        assert model_json(model) == model.model_dump_json()
