@@ -100,8 +100,8 @@ def ws_text_frame(text: str) -> bytes:
     return header + data
 
 
-# Events a reader waits on as they happen (a reply's tokens): written at once. Everything else a
-# socket carries (status, log lines, acks) comes in bursts at a reply's start and end.
+# Events a reader waits on as they happen (a reply's tokens): written at once, as are acks.
+# Everything else a socket carries (status, log lines) comes in bursts at a reply's start and end.
 SENT_AT_ONCE = frozenset({"message.delta"})
 
 
@@ -110,8 +110,9 @@ class WsOutbox:
 
     Why: on loopback a `send` system call is the costliest step of delivering an event, and a
     reply's start and end each publish four or five events plus the command's ack within a few
-    milliseconds. Frames other than deltas are therefore held up to `hold` seconds and leave in
-    one write; a delta is written at once, after anything held (order is the bus's order). Held
+    milliseconds. Frames other than deltas and acks are therefore held up to `hold` seconds and
+    leave in one write; a delta or an ack is written at once, after anything held (order is the
+    bus's order). Held
     bytes past `max_held` are written at once, so a long replay is never held in memory, and
     `backlog()` counts them, so the bus's slow-consumer limit still holds.
     """
@@ -239,10 +240,11 @@ class WsConnection:
         await self.reply(body.model_dump_json())
 
     async def reply(self, text: str) -> None:
-        """An answer to a command: it joins the events held for the socket (it usually comes
-        with the burst its command caused), in order with them."""
+        """An answer to a command, written at once: a client waiting on it (a script's ping, a
+        panel's send) must not wait out the hold. The frames its command caused were published
+        before it, so they leave with it, in order, in the same write."""
         if self.outbox.accepts():
-            self.outbox.write(ws_text_frame(text), False)
+            self.outbox.write(ws_text_frame(text), True)
         else:
             await self.ws.send_str(text)
 

@@ -246,7 +246,7 @@ async def test_an_idle_session_is_unloaded_and_comes_back_whole(client: Any, ser
     assert final["data"]["run"]["status"] == "completed"
 
 
-async def _writes_for_one_reply(aiohttp_client, make_app, config, monkeypatch, hold: float) -> tuple[int, list[dict]]:
+async def _writes_for_one_reply(aiohttp_client, make_app, config, monkeypatch, hold: float) -> tuple[list[bytes], list[dict]]:
     """Count the server's socket writes on one WebSocket while a four-word echo reply streams."""
     from asyncio import selector_events
 
@@ -257,12 +257,12 @@ async def _writes_for_one_reply(aiohttp_client, make_app, config, monkeypatch, h
     ws = await connect(client)
     await ws.command("join", session_id=sid)
     await asyncio.sleep(0.05)  # the join's frames are written before counting starts
-    writes: list[int] = []
+    writes: list[bytes] = []
     real_write = selector_events._SelectorSocketTransport.write
 
     def counting_write(self, data):  # the server's side of the socket: its local port is the server's
         if self.get_extra_info("sockname")[1] == port:
-            writes.append(len(data))
+            writes.append(bytes(data))
         return real_write(self, data)
 
     monkeypatch.setattr(selector_events._SelectorSocketTransport, "write", counting_write)
@@ -270,26 +270,47 @@ async def _writes_for_one_reply(aiohttp_client, make_app, config, monkeypatch, h
     await ws.until(run_final(sent["data"]["run_id"]))
     await asyncio.sleep(0.05)
     monkeypatch.undo()
-    return len(writes), ws.events
+    return writes, ws.events
+
+
+def _frame_types(write: bytes) -> list[str]:
+    """The `type` of each unmasked text frame one server write holds, in order."""
+    types, at = [], 0
+    while at < len(write):
+        size, at = write[at + 1] & 0x7F, at + 2
+        if size >= 126:
+            width = 2 if size == 126 else 8
+            size, at = int.from_bytes(write[at:at + width], "big"), at + width
+        types.append(json.loads(write[at:at + size])["type"])
+        at += size
+    return types
 
 
 async def test_a_replys_start_and_end_leave_in_one_write_each(aiohttp_client, make_app, config, monkeypatch):
-    """Status events and the ack are held a moment and written together; deltas are not held."""
+    """Status events are held a moment and written together; the ack takes them with it at once
+    (a client waiting on it never waits out the hold); deltas are not held."""
     one_by_one, events_unheld = await _writes_for_one_reply(aiohttp_client, make_app, config, monkeypatch, 0.0)
     held, events = await _writes_for_one_reply(aiohttp_client, make_app, config, monkeypatch, 0.1)
     frames = len([e for e in events if e["seq"] > 0]) + 1  # the events and the send's ack
     assert [e["type"] for e in events] == [e["type"] for e in events_unheld]
-    assert one_by_one == frames  # without the hold: one write per frame (the count sees them all)
-    # With it: the start (user message, reply, run status; the ack with them or with the next
-    # delta) leaves with the first delta, each delta is one write, the end (reply, status) one.
-    assert held in (4 + 1, 4), (held, [e["type"] for e in events])
+    assert len(one_by_one) == frames  # without the hold: one write per frame (the count sees them all)
+    # With it: the start (user message, reply, run status) leaves with the first delta, the
+    # title with the send's ack in the next write (at once, not after the hold), each further
+    # delta is one write, and the end (reply, status) one.
+    types = [_frame_types(w) for w in held]
+    assert len(held) == 2 + 3 + 1, types
+    assert types[0][-1] == "message.delta" and types[0].count("message.created") == 2 and "run.status" in types[0]
+    assert types[1][-1] == "ack"
+    assert types[2:5] == [["message.delta"]] * 3
+    assert "message.delta" not in types[5] and "ack" not in types[5]
     seqs = [e["seq"] for e in events]
     assert seqs == sorted(seqs)
 
 
 async def test_a_held_frame_never_outlives_a_delta_or_a_close(aiohttp_client, make_app, config):
     """A delta writes whatever is held before it, in order; a socket the server closes gets its
-    held frames before the close frame. The hold is 10 s here, so only those can write them."""
+    held frames before the close frame. The hold is 10 s here, so only those can write them; an
+    ack is never held."""
     from aiohttp import WSMsgType
 
     from opencode_agent.routes import SERVICE
@@ -299,13 +320,13 @@ async def test_a_held_frame_never_outlives_a_delta_or_a_close(aiohttp_client, ma
     bus = client.app[SERVICE].bus
     sid = await new_session(client)
     ws = await connect(client)
-    join = asyncio.create_task(ws.command("join", session_id=sid))
-    await asyncio.sleep(0.2)
-    assert not join.done()  # the join's state and ack are held...
-    delta = {"message_id": "msg_x", "run_id": "run_x", "skill": "echo", "text": "hi"}
+    await asyncio.wait_for(ws.command("join", session_id=sid), 1.0)  # the ack (and the state before it) at once
+    assert [e["type"] for e in ws.events] == ["session.state"]
     bus.publish(sid, "log", {"level": "info", "module": "opencode.test", "message": "held", "time": 0.0, "run_id": None})
+    with pytest.raises(asyncio.TimeoutError):
+        await ws.until(lambda e: e["type"] == "log", timeout=0.2)  # the log line is held...
+    delta = {"message_id": "msg_x", "run_id": "run_x", "skill": "echo", "text": "hi"}
     bus.publish(sid, "message.delta", delta)  # ...until a delta comes
-    await asyncio.wait_for(join, 1.0)
     await ws.until(lambda e: e["type"] == "message.delta", timeout=1.0)
     assert [e["type"] for e in ws.events] == ["session.state", "log", "message.delta"]
 
