@@ -97,11 +97,15 @@ export const usePanelStore = defineStore("opencode-panel", () => {
       case "session.deleted":
         sessions.value = sessions.value.filter((s) => s.id !== event.data.session_id);
         break;
-      case "run.status": {
-        const run = event.data.run;
-        if (run.status !== "queued" && queuedIds.value.has(run.message_id)) {
+      case "message.created":
+      case "message.completed": {
+        // A queued message leaves the queue when the server re-announces it (status
+        // `completed` as its runs start, `aborted` when they are cancelled first). A run's
+        // `message_id` is its reply's id, never the prompt's, so runs can't tell.
+        const m = event.data.message;
+        if (m.status !== "queued" && queuedIds.value.has(m.id)) {
           const next = new Set(queuedIds.value);
-          next.delete(run.message_id);
+          next.delete(m.id);
           queuedIds.value = next;
         }
         break;

@@ -98,7 +98,10 @@ describe("OpencodePanel", () => {
     ws.receive(ev("message.created", 3, { message: message({ id: "msg_q", parts: [{ type: "text", text: "later" }], status: "queued" }) }));
     await flushPromises();
     expect(w.find("[data-message-id=msg_q] [data-testid=message-status]").text()).toBe("queued");
-    ws.receive(ev("run.status", 4, { run: run({ id: "run_2", message_id: "msg_q", status: "working" }) }));
+    // What the server sends as the queued message starts: the prompt again, completed, then
+    // its run, whose `message_id` is the reply's.
+    ws.receive(ev("message.created", 4, { message: message({ id: "msg_q", parts: [{ type: "text", text: "later" }], status: "completed" }) }));
+    ws.receive(ev("run.status", 5, { run: run({ id: "run_2", message_id: "msg_r2", status: "working" }) }));
     await flushPromises();
     expect(w.find("[data-message-id=msg_q] [data-testid=message-status]").exists()).toBe(false);
   });
