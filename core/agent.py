@@ -274,6 +274,10 @@ class AgentRun:
         if tools and not resolved.caps.tools:
             log.warning("model %s has no tool calling; running without tools", resolved.model)
             tools = []
+        caps = resolved.caps
+        if self.input.session.budget.max_cost is not None and not (caps.input_price or caps.output_price):
+            log.warning("model %s has no price, so its replies cost $0 against this session's money budget; "
+                        "set its prices in the provider's models (or use a token budget)", resolved.model)
         by_name = {t.name: (skill, t) for skill, t in tools}
         system = self._system_prompt()
         specs = [t.spec() for _, t in tools]

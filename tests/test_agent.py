@@ -531,6 +531,20 @@ async def test_model_without_tools_runs_without_them(env, service):
     assert any("no tool calling" in e["data"]["message"] for e in ws.of_type("log"))
 
 
+async def test_a_money_budget_on_an_unpriced_model_is_flagged_in_the_log(env, service):
+    provider, session, ws_for = env
+    service.sessions.deps.models = ScriptedResolver(provider, ModelCaps())  # no prices
+    provider.turns.append(text_turn("free"))
+    sid = await session("alpha")
+    ws = await ws_for(sid)
+    await ws.command("configure", session_id=sid, patch={"budget": {"max_cost": 1.0}})
+    sent = await ws.command("send", session_id=sid, text="go")
+    assert (await ws.until(run_final(sent["data"]["run_id"])))["data"]["run"]["status"] == "completed"
+    warnings = [e["data"] for e in ws.of_type("log") if "has no price" in e["data"]["message"]]
+    assert len(warnings) == 1 and warnings[0]["level"] == "warning"
+    assert warnings[0]["run_id"] == sent["data"]["run_id"]
+
+
 async def test_max_turns(env, service):
     provider, session, ws_for = env
     service.sessions.deps.max_turns = 2

@@ -120,6 +120,13 @@ async def test_caps_and_prices(data_dir: Path) -> None:
     await profiles.create(ProviderCreate(name="claude", kind="anthropic"))
     assert await profiles.price("claude", "claude-sonnet-4-5") == (3.0, 15.0)
     assert (await profiles.caps("claude", "claude-sonnet-4-5")).vision is True
+    # The ids a provider's model list gives: a dated snapshot, Gemini's "models/" prefix.
+    assert await profiles.price("claude", "claude-sonnet-4-5-20250929") == (3.0, 15.0)
+    await profiles.create(ProviderCreate(name="oai", kind="openai"))
+    assert await profiles.price("oai", "gpt-4.1-mini-2025-04-14") == (0.4, 1.6)
+    assert await profiles.price("oai", "gpt-4o-mini") == (0.15, 0.6)  # a name, not a snapshot of gpt-4o
+    await profiles.create(ProviderCreate(name="gem", kind="openai", base_url="https://generativelanguage.googleapis.com/v1beta/openai"))
+    assert await profiles.price("gem", "models/gemini-2.5-pro") == (1.25, 10.0)
     # Not declared: family defaults (vision for Claude), unknown price.
     new = await profiles.caps("claude", "claude-future-9")
     assert (new.vision, new.context_tokens, new.input_price) == (True, 200_000, 0.0)

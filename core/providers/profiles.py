@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -118,6 +119,20 @@ def family_caps(model: str) -> ModelCaps:
     if any(marker in bare for marker in _VISION_MARKERS):
         return _caps(True, 32_000)
     return ModelCaps()
+
+
+# A pinned snapshot of a model: "claude-sonnet-4-5-20250929", "gpt-4.1-mini-2025-04-14".
+_SNAPSHOT_SUFFIX = re.compile(r"-(?:\d{8}|\d{4}-\d{2}-\d{2})$")
+
+
+def declared_model(models: dict[str, ModelCaps], model: str) -> ModelCaps | None:
+    """The caps declared for `model`, or for the id it is a spelling of: providers list pinned
+    snapshots (a date after the name) and Gemini lists "models/<id>", while a preset declares
+    the plain id once; without this such a model would run at a price of $0."""
+    if model in models:
+        return models[model]
+    plain = _SNAPSHOT_SUFFIX.sub("", model.removeprefix("models/"))
+    return models.get(plain)
 
 
 def _context_in_effect(profile: ProviderProfile, caps: ModelCaps) -> ModelCaps:
@@ -235,11 +250,14 @@ class ProviderProfiles:
         return _context_in_effect(profile, self._declared_caps(profile, model))
 
     def _declared_caps(self, profile: ProviderProfile, model: str) -> ModelCaps:
-        if model in profile.models:
-            return profile.models[model].model_copy()
+        declared = declared_model(profile.models, model)
+        if declared is not None:
+            return declared.model_copy()
         for preset in self._preset_refs:
-            if preset.kind == profile.kind and _host(preset.base_url) == _host(profile.base_url) and model in preset.models:
-                return preset.models[model].model_copy()
+            if preset.kind == profile.kind and _host(preset.base_url) == _host(profile.base_url):
+                declared = declared_model(preset.models, model)
+                if declared is not None:
+                    return declared.model_copy()
         return family_caps(model)
 
     async def price(self, name: str, model: str) -> tuple[float, float]:
