@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -31,6 +32,7 @@ from .secrets import SecretStore
 from .sessions import SessionManager
 from .skills import Skill, SkillRegistry
 from .store import SqliteStore
+from .trust import is_loopback_host
 from .ui_requests import UiBroker
 
 log = logging.getLogger("opencode.service")
@@ -154,11 +156,17 @@ class OpencodeService:
         return self.secrets.redactor.redact(text)
 
     async def default_provider(self) -> str | None:
-        """The configured default, else the first profile that has a key (or needs none)."""
+        """The configured default, else the first profile that has a key, else the first that
+        needs none (a server on this machine such as Ollama or LM Studio): a fresh install with
+        only Ollama answers with it instead of asking the user to pick what is the only choice."""
         if self.config.default_provider:
             return self.config.default_provider
-        for profile in await self.profiles.list():
+        profiles = await self.profiles.list()
+        for profile in profiles:
             if profile.has_key:
+                return profile.name
+        for profile in profiles:
+            if profile.key_env is None and is_loopback_host(urlsplit(profile.base_url).hostname):
                 return profile.name
         return None
 

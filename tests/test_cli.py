@@ -88,6 +88,8 @@ def test_serve_answers_and_run_streams_against_it(server: str) -> None:
 
 
 def test_run_labels_several_roles_and_fails_on_an_error_run(server: str) -> None:
+    # Without the seeded Ollama profile (a keyless local server) no provider can be chosen.
+    urllib.request.urlopen(urllib.request.Request(server + "/opencode/providers/ollama", method="DELETE"), timeout=5)
     done = cli("run", "two voices", "--skill", "echo", "--skill", "assistant", "--server", server)
     assert done.returncode == 1  # the assistant has no provider configured: a clear error
     assert "[echo] two voices" in done.stdout

@@ -89,6 +89,7 @@ async def test_upstream_error_surfaces_as_run_error_without_the_key(client: Any,
 
 
 async def test_no_provider_is_a_clear_run_error(client: Any) -> None:
+    await j(await client.delete("/opencode/providers/ollama"), 200)  # the seeded keyless local one
     sid = (await j(await client.post("/opencode/sessions", json={"skills": ["assistant"]}), 201))["id"]
     ws = WsClient(await client.ws_connect("/opencode/ws"))
     await ws.command("join", session_id=sid)
@@ -125,3 +126,27 @@ async def test_a_changed_key_or_profile_applies_to_the_next_run(client: Any, fak
     assert (await one_reply()).body["model"] == "gpt-b"
     await j(await client.delete("/opencode/providers/fake/key"), 200)
     assert "Authorization" not in (await one_reply()).headers
+
+
+async def test_with_no_key_anywhere_a_server_on_this_machine_answers(client: Any, fake_llm: FakeLLMServer) -> None:
+    """A fresh install with only a local server (Ollama, LM Studio) needs no provider chosen:
+    a profile that has a key comes first, else the first that needs none."""
+    await j(await client.delete("/opencode/providers/ollama"), 200)
+    await j(await client.post("/opencode/providers", json={
+        "name": "studio", "kind": "openai", "base_url": fake_llm.url + "/v1", "default_model": "local-model"}), 201)
+    fake_llm.push(Reply(text="from the local server"))
+    sid = (await j(await client.post("/opencode/sessions", json={"skills": ["assistant"]}), 201))["id"]
+    ws = WsClient(await client.ws_connect("/opencode/ws"))
+    await ws.command("join", session_id=sid)
+    sent = await ws.command("send", session_id=sid, text="hi")
+    final = await ws.until(run_final(sent["data"]["run_id"]))
+    assert final["data"]["run"]["status"] == "completed"
+    assert fake_llm.last.body["model"] == "local-model"
+    # A profile with a key is preferred to it.
+    await j(await client.post("/opencode/providers", json={
+        "name": "keyed", "kind": "openai", "base_url": fake_llm.url + "/v1", "default_model": "keyed-model"}), 201)
+    await j(await client.put("/opencode/providers/keyed/key", json={"key": KEY}), 200)
+    fake_llm.push(Reply(text="from the keyed one"))
+    sent = await ws.command("send", session_id=sid, text="again")
+    await ws.until(run_final(sent["data"]["run_id"]))
+    assert fake_llm.last.body["model"] == "keyed-model"
