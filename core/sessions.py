@@ -48,6 +48,9 @@ log = logging.getLogger("opencode.sessions")
 
 ROLE_MENTION = re.compile(r"^@([a-z0-9][a-z0-9_-]{0,63})\b\s*")
 DEFAULT_TITLE = "New chat"
+# How long an interrupting message waits for the runs it stopped to record their text (they end
+# within milliseconds; a tool that ignores cancellation is not waited for longer).
+INTERRUPT_SETTLE_SECONDS = 2.0
 
 
 class SkillSource(Protocol):
@@ -278,8 +281,7 @@ class SessionManager:
         text, roles = self._address(live.session, body)
         busy = bool(live.active or live.queued)
         if busy and body.mode == "interrupt":
-            self._abort_all(live, "aborted")
-            busy = False
+            busy = await self._interrupt(live)
         t = now()
         parts: list[Any] = [TextPart(text=text)] + list(body.images)
         user = Message(id=new_id("msg"), session_id=session_id, role="user", parts=parts,
@@ -472,6 +474,16 @@ class SessionManager:
                 self._cancel_queued_run(live, q, r)
                 aborted.append(r.id)
         return AbortResult(aborted=aborted)
+
+    async def _interrupt(self, live: _Live) -> bool:
+        """Abort every run, and wait (briefly) for the stopped replies to settle, so the next
+        request's history has what the model had said when it was cut off, after the prompt it
+        answered; True if another message took the floor meanwhile (the new one then queues)."""
+        stopping = {active.task for active in live.active.values()}
+        self._abort_all(live, "aborted")
+        if stopping:
+            await asyncio.wait(stopping, timeout=INTERRUPT_SETTLE_SECONDS)
+        return bool(live.queued) or any(a.task not in stopping for a in live.active.values())
 
     def _abort_all(self, live: _Live, status: str) -> list[str]:
         aborted = []

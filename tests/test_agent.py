@@ -325,6 +325,25 @@ async def test_abort_one_role_the_others_finish(env):
     assert provider.closed_streams == 2  # the upstream stream of the aborted run was closed
 
 
+async def test_an_interruption_sees_the_reply_it_cut_off(env):
+    """`mode: interrupt` aborts the running reply and sends: the new request's history has the
+    cut-off reply, with the text it had, between the two prompts."""
+    provider, session, ws_for = env
+    provider.by_role = stalling_role("alpha", asyncio.Event())
+    sid = await session("alpha")
+    ws = await ws_for(sid)
+    first = await ws.command("send", session_id=sid, text="first question")
+    await ws.until(lambda e: e["type"] == "message.delta")
+    provider.by_role = None
+    provider.turns.append(text_turn("second answer"))
+    second = await ws.command("send", session_id=sid, text="second", mode="interrupt")
+    assert second["data"]["queued"] is False
+    assert (await ws.until(run_final(first["data"]["run_id"])))["data"]["run"]["status"] == "aborted"
+    assert (await ws.until(run_final(second["data"]["run_id"])))["data"]["run"]["status"] == "completed"
+    history = [(m.role, "".join(getattr(p, "text", "") for p in m.parts)) for m in provider.requests[-1].messages]
+    assert history == [("user", "first question"), ("assistant", "alpha starts"), ("user", "second")]
+
+
 async def test_abort_all_closes_upstream_and_nothing_streams_after(env):
     provider, session, ws_for = env
     provider.by_role = stalling_role("alpha", asyncio.Event())
