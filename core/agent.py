@@ -49,6 +49,8 @@ log = logging.getLogger("opencode.agent")
 
 # Tokens kept free for the reply when trimming history to the model's context.
 REPLY_RESERVE_TOKENS = 4096
+# A tool result cut to fit the context keeps at least its start.
+MIN_RESULT_CHARS = 200
 # With less than this much of its budget left, a session's next reply is capped at what is left.
 BUDGET_CAP_TOKENS = 4096
 # Older messages than the session's in-memory window are read in pages of this many, and at most
@@ -283,12 +285,18 @@ class AgentRun:
         specs = [t.spec() for _, t in tools]
         # The instructions and the tool schemas take their share of the context first.
         fixed = (len(system) + sum(t.size for t in specs)) // 4
-        history = await self._history(max(resolved.caps.context_tokens - fixed, 0), resolved.caps.vision)
+        context = max(resolved.caps.context_tokens - fixed, 0)
+        history = await self._history(context, resolved.caps.vision)
+        prompt_at = len(history) - 1  # this run's prompt; its tool turns follow it
         target = f"{resolved.provider.profile.name}/{resolved.model}"
         for turn in range(1, self.deps.max_turns + 1):
+            if turn > 1:  # tool results may have outgrown the context
+                history, prompt_at = fit_to_context(history, prompt_at, context)
             self._check_budget()
             cap = self._reply_cap(resolved.caps)
-            request = ChatRequest(model=resolved.model, system=system, messages=history, tools=specs, max_tokens=cap)
+            # A request's own list: later turns append to `history`.
+            request = ChatRequest(model=resolved.model, system=system, messages=list(history), tools=specs,
+                                  max_tokens=cap)
             started = time.monotonic()
             # Two lines a turn for the debug drawer (each is an event every client receives).
             started_line = _LineAfterRequest(self._debug, f"turn {turn}: request to {target} started "
@@ -554,8 +562,53 @@ def estimate_tokens(parts: Sequence[Any]) -> int:
         elif isinstance(p, ToolCallPart):
             total += len(str(p.arguments)) // 4 + 10
         elif isinstance(p, ToolResultPart):
-            total += len(p.content) // 4 + 10
+            total += len(p.content) // 4 + 10 + 1000 * len(p.images)
     return total
+
+
+def _is_prompt(turn: ChatMessage) -> bool:
+    """A user's own words (not a turn of tool results)."""
+    return turn.role == "user" and not any(isinstance(p, ToolResultPart) for p in turn.parts)
+
+
+def fit_to_context(history: list[ChatMessage], prompt_at: int, context_tokens: int
+                   ) -> tuple[list[ChatMessage], int]:
+    """A run's turns trimmed again once tool results joined them: whole earlier exchanges go
+    first (oldest first, so a tool call never loses its result), then the run's own tool
+    results are cut short, oldest first, each saying so. Returns the turns and where the
+    run's prompt now is. Why: a model's server cuts an overlong prompt on its own (Ollama from
+    the start, instructions included) or refuses it."""
+    budget = max(context_tokens - REPLY_RESERVE_TOKENS, 1024)
+    costs = [estimate_tokens(t.parts) for t in history]
+    over = sum(costs) - budget
+    start = 0
+    while over > 0 and start < prompt_at:
+        end = start + 1
+        while end < prompt_at and not _is_prompt(history[end]):
+            end += 1
+        over -= sum(costs[start:end])
+        start = end
+    history, prompt_at = history[start:], prompt_at - start
+    if over > 0:
+        excess = over * 4  # characters
+        for i in range(prompt_at + 1, len(history)):
+            history[i], excess = _cut_results(history[i], excess)
+    return history, prompt_at
+
+
+def _cut_results(turn: ChatMessage, excess: int) -> tuple[ChatMessage, int]:
+    """`turn` with its tool results shortened by up to `excess` characters in all, and what is
+    left to cut. Turns are shared with earlier requests, so a changed one is a new turn."""
+    parts = []
+    for p in turn.parts:
+        if excess > 0 and isinstance(p, ToolResultPart) and len(p.content) > MIN_RESULT_CHARS:
+            keep = max(len(p.content) - excess, MIN_RESULT_CHARS)
+            excess -= len(p.content) - keep
+            note = f"\n[{len(p.content) - keep} characters cut to fit the model's context]"
+            p = p.model_copy(update={"content": p.content[:keep] + note})
+        parts.append(p)
+    changed = any(a is not b for a, b in zip(parts, turn.parts))
+    return (ChatMessage(turn.role, parts) if changed else turn), excess
 
 
 def message_turns(message: Message, *, vision: bool) -> list[ChatMessage]:

@@ -12,7 +12,8 @@ from typing import Any, AsyncIterator
 import pytest
 
 from fakes.scripted_provider import ScriptedProvider, ScriptedResolver, text_turn, tool_turn
-from opencode_agent.core.agent import build_history
+from opencode_agent.core.agent import REPLY_RESERVE_TOKENS, build_history, estimate_tokens, fit_to_context
+from opencode_agent.core.providers.base import ChatMessage
 from opencode_agent.core.errors import ProviderError
 from opencode_agent.core.protocol import ImagePart, Message, ModelCaps, TextPart, ToolCallPart, ToolResultPart, now
 from opencode_agent.core.providers.base import ChatRequest, Finish, TextDelta, UsageReport
@@ -76,8 +77,14 @@ async def wait_forever(ctx: ToolContext, reason: str) -> str:
     return "never"
 
 
+@tool(permission="read")
+async def blob(ctx: ToolContext, n: int) -> str:
+    """Return a large result (40,000 characters)."""
+    return f"blob {n} " + "x" * 40_000
+
+
 SLOW_TOOLS = Skill(id="slowtools", name="Slow tools", description="tools for tests", kind="tools",
-                   instructions="", tools=[render, wait_forever])
+                   instructions="", tools=[render, wait_forever, blob])
 TOOLS = Skill(id="testtools", name="Test tools", description="tools for tests", kind="tools",
               instructions="Use the tools.", tools=[lookup, meet, paint])
 
@@ -562,6 +569,43 @@ async def test_a_money_budget_on_an_unpriced_model_is_flagged_in_the_log(env, se
     warnings = [e["data"] for e in ws.of_type("log") if "has no price" in e["data"]["message"]]
     assert len(warnings) == 1 and warnings[0]["level"] == "warning"
     assert warnings[0]["run_id"] == sent["data"]["run_id"]
+
+
+async def test_tool_results_that_outgrow_the_context_are_cut_to_fit(env, service):
+    """Two 40,000-character results in a 16,384-token context: every request fits (what the
+    model's server would otherwise cut from the start, instructions first), the run's prompt
+    stays first, and each cut result says it was cut."""
+    provider, session, ws_for = env
+    service.sessions.deps.models = ScriptedResolver(provider, ModelCaps(tools=True, context_tokens=16_384))
+    provider.turns.extend([tool_turn(("c1", "blob", {"n": 1})), tool_turn(("c2", "blob", {"n": 2})), text_turn("done")])
+    sid = await session("alpha", "slowtools")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="go")
+    assert (await ws.until(run_final(sent["data"]["run_id"])))["data"]["run"]["status"] == "completed"
+    assert len(provider.requests) == 3
+    for request in provider.requests:
+        assert sum(estimate_tokens(m.parts) for m in request.messages) <= 16_384 - REPLY_RESERVE_TOKENS
+        assert request.messages[0].parts[0].text == "go"
+    results = [p for m in provider.requests[2].messages for p in m.parts if isinstance(p, ToolResultPart)]
+    assert [r.content[:6] for r in results] == ["blob 1", "blob 2"]
+    assert "characters cut to fit the model's context]" in results[0].content
+    # The stored reply keeps the whole results (the panel shows them).
+    stored = [p for p in final_message(ws, sent["data"]["run_id"])["parts"] if p["type"] == "tool_result"]
+    assert [len(p["content"]) for p in stored] == [40_007, 40_007]
+
+
+def test_fitting_drops_earlier_exchanges_before_cutting_this_runs_results() -> None:
+    call = ToolCallPart(id="c1", name="lookup", arguments={"query": "q"})
+    turns = [ChatMessage("user", [TextPart(text="old " * 4000)]), ChatMessage("assistant", [TextPart(text="old answer")]),
+             ChatMessage("user", [TextPart(text="now")]), ChatMessage("assistant", [call]),
+             ChatMessage("user", [ToolResultPart(tool_call_id="c1", name="lookup", content="r" * 20_000)])]
+    fitted, prompt_at = fit_to_context(list(turns), 2, 12_000)  # a budget of 7,904 tokens
+    assert prompt_at == 0 and fitted[:2] == turns[2:4]  # the old exchange went whole
+    assert fitted[2].parts[0].content == "r" * 20_000  # this run's result fits once it has gone
+    fitted, _ = fit_to_context(list(turns), 2, 8_000)  # 3,904 tokens: the result is cut too
+    assert fitted[2].parts[0].content.endswith("characters cut to fit the model's context]")
+    assert sum(estimate_tokens(t.parts) for t in fitted) <= 8_000 - REPLY_RESERVE_TOKENS + 20
+    assert turns[4].parts[0].content == "r" * 20_000  # the shared turn itself is not changed
 
 
 async def test_max_turns(env, service):
