@@ -277,6 +277,10 @@ class AgentRun:
             log.warning("model %s has no tool calling; running without tools", resolved.model)
             tools = []
         caps = resolved.caps
+        images = sum(isinstance(p, ImagePart) for p in self.input.user_message.parts)
+        if images and not caps.vision:
+            log.warning("model %s does not take images: the message's %d image(s) are left out of its request "
+                        "(declare vision in the provider's models if it does)", resolved.model, images)
         if self.input.session.budget.max_cost is not None and not (caps.input_price or caps.output_price):
             log.warning("model %s has no price, so its replies cost $0 against this session's money budget; "
                         "set its prices in the provider's models (or use a token budget)", resolved.model)
@@ -614,7 +618,10 @@ def _cut_results(turn: ChatMessage, excess: int) -> tuple[ChatMessage, int]:
 def message_turns(message: Message, *, vision: bool) -> list[ChatMessage]:
     """A stored message as provider turns; tool calls without results are dropped, never split."""
     if message.role == "user":
-        parts = [p for p in message.parts if isinstance(p, TextPart) or (vision and isinstance(p, ImagePart))]
+        parts: list[Any] = [p for p in message.parts if isinstance(p, TextPart) or (vision and isinstance(p, ImagePart))]
+        unseen = 0 if vision else sum(isinstance(p, ImagePart) for p in message.parts)
+        if unseen:  # the model is told, rather than answering as if it had seen them
+            parts.append(TextPart(text=_unseen_images_note(unseen)))
         return [ChatMessage("user", parts)] if parts else []
     answered = {p.tool_call_id for p in message.parts if isinstance(p, ToolResultPart)}
     turns: list[ChatMessage] = []
@@ -628,12 +635,16 @@ def message_turns(message: Message, *, vision: bool) -> list[ChatMessage]:
     return turns
 
 
+def _unseen_images_note(count: int) -> str:
+    return f"[{count} image(s) not shown: this model does not take images]"
+
+
 def _seen_by(result: ToolResultPart, vision: bool) -> ToolResultPart:
     """A tool's result as the model gets it: a model without vision gets a note for its images
     (the stored result, which the panel shows, keeps them)."""
     if vision or not result.images:
         return result
-    note = f"\n[{len(result.images)} image(s) not shown: this model does not take images]"
+    note = "\n" + _unseen_images_note(len(result.images))
     return result.model_copy(update={"images": [], "content": result.content + note})
 
 

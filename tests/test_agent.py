@@ -412,6 +412,26 @@ async def test_tool_images_reach_only_a_model_with_vision(env, service, vision):
     assert [p["images"][0]["filename"] for p in stored["parts"] if p["type"] == "tool_result"] == ["cat.png"]
 
 
+@pytest.mark.parametrize("vision", [False, True])
+async def test_a_users_images_reach_only_a_model_with_vision(env, service, vision):
+    """A model without vision is told the message had images (and the session's log says so),
+    rather than answering as if there were none."""
+    provider, session, ws_for = env
+    service.sessions.deps.models = ScriptedResolver(provider, ModelCaps(vision=vision))
+    provider.turns.append(text_turn("seen"))
+    sid = await session("alpha")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="what is this?", images=[{"filename": "cat.png"}])
+    await ws.until(run_final(sent["data"]["run_id"]))
+    (prompt,) = provider.requests[0].messages
+    warned = [e for e in ws.of_type("log") if "does not take images" in e["data"]["message"]]
+    if vision:
+        assert [type(p).__name__ for p in prompt.parts] == ["TextPart", "ImagePart"] and not warned
+    else:
+        assert [p.text for p in prompt.parts] == ["what is this?", "[1 image(s) not shown: this model does not take images]"]
+        assert len(warned) == 1 and warned[0]["data"]["level"] == "warning"
+
+
 async def test_abort_cancels_a_running_tool_within_200_ms(env):
     global tool_running, tool_cancelled
     tool_running, tool_cancelled = asyncio.Event(), asyncio.Event()
