@@ -104,7 +104,7 @@ def dialect(request: Any, llmock: Any) -> tuple[str, str]:
 # --------------------------------------------------------------------------- retried to completion
 
 
-@pytest.mark.parametrize("fault", ["429", "529", "500", "503"])
+@pytest.mark.parametrize("fault", ["408", "409", "429", "529", "500", "503"])
 async def test_transient_errors_are_retried_to_completion(chat: Any, llmock: Any, client: Any,
                                                           dialect: tuple[str, str], fault: str) -> None:
     ws, sid = await chat(*dialect)
