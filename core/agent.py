@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol, Sequence
@@ -578,10 +579,10 @@ def _is_prompt(turn: ChatMessage) -> bool:
 def fit_to_context(history: list[ChatMessage], prompt_at: int, context_tokens: int
                    ) -> tuple[list[ChatMessage], int]:
     """A run's turns trimmed again once tool results joined them: whole earlier exchanges go
-    first (oldest first, so a tool call never loses its result), then the run's own tool
-    results are cut short, oldest first, each saying so. Returns the turns and where the
-    run's prompt now is. Why: a model's server cuts an overlong prompt on its own (Ollama from
-    the start, instructions included) or refuses it."""
+    first (oldest first, so a tool call never loses its result), then the images of the run's
+    own tool results, then their text is cut short; oldest first, each result saying so.
+    Returns the turns and where the run's prompt now is. Why: a model's server cuts an
+    overlong prompt on its own (Ollama from the start, instructions included) or refuses it."""
     budget = max(context_tokens - REPLY_RESERVE_TOKENS, 1024)
     costs = [estimate_tokens(t.parts) for t in history]
     over = sum(costs) - budget
@@ -593,26 +594,44 @@ def fit_to_context(history: list[ChatMessage], prompt_at: int, context_tokens: i
         over -= sum(costs[start:end])
         start = end
     history, prompt_at = history[start:], prompt_at - start
-    if over > 0:
-        excess = over * 4  # characters
+    for shorten in (_without_images, _cut_text):
         for i in range(prompt_at + 1, len(history)):
-            history[i], excess = _cut_results(history[i], excess)
+            turn, parts = history[i], []
+            for p in turn.parts:
+                if over > 0 and isinstance(p, ToolResultPart):
+                    shorter = shorten(p, over)
+                    over -= estimate_tokens([p]) - estimate_tokens([shorter])
+                    p = shorter
+                parts.append(p)
+            if any(a is not b for a, b in zip(parts, turn.parts)):
+                history[i] = ChatMessage(turn.role, parts)  # turns are shared: a new one, not an edit
     return history, prompt_at
 
 
-def _cut_results(turn: ChatMessage, excess: int) -> tuple[ChatMessage, int]:
-    """`turn` with its tool results shortened by up to `excess` characters in all, and what is
-    left to cut. Turns are shared with earlier requests, so a changed one is a new turn."""
-    parts = []
-    for p in turn.parts:
-        if excess > 0 and isinstance(p, ToolResultPart) and len(p.content) > MIN_RESULT_CHARS:
-            keep = max(len(p.content) - excess, MIN_RESULT_CHARS)
-            excess -= len(p.content) - keep
-            note = f"\n[{len(p.content) - keep} characters cut to fit the model's context]"
-            p = p.model_copy(update={"content": p.content[:keep] + note})
-        parts.append(p)
-    changed = any(a is not b for a, b in zip(parts, turn.parts))
-    return (ChatMessage(turn.role, parts) if changed else turn), excess
+def _without_images(result: ToolResultPart, over_tokens: int) -> ToolResultPart:
+    """A result's images (about 1,000 tokens each) left out, saying so."""
+    if not result.images:
+        return result
+    note = f"\n[{len(result.images)} image(s) left out to fit the model's context]"
+    return result.model_copy(update={"images": [], "content": result.content + note})
+
+
+# The note a cut result ends with; a result cut again counts all it lost.
+_CUT_NOTE = re.compile(r"\n\[(\d+) characters cut to fit the model's context\]$")
+
+
+def _cut_text(result: ToolResultPart, over_tokens: int) -> ToolResultPart:
+    """A result's text cut by `over_tokens` (4 characters a token), keeping at least its first
+    `MIN_RESULT_CHARS` characters, and saying how many it lost."""
+    content, cut_before = result.content, 0
+    if (found := _CUT_NOTE.search(content)) is not None:
+        content, cut_before = content[:found.start()], int(found.group(1))
+    keep = max(len(content) - over_tokens * 4, MIN_RESULT_CHARS)
+    if keep >= len(content):
+        return result
+    cut = len(content) - keep
+    note = f"\n[{cut_before + cut} characters cut to fit the model's context]"
+    return result.model_copy(update={"content": content[:keep] + note})
 
 
 def message_turns(message: Message, *, vision: bool) -> list[ChatMessage]:

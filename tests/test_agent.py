@@ -626,6 +626,21 @@ def test_fitting_drops_earlier_exchanges_before_cutting_this_runs_results() -> N
     assert fitted[2].parts[0].content.endswith("characters cut to fit the model's context]")
     assert sum(estimate_tokens(t.parts) for t in fitted) <= 8_000 - REPLY_RESERVE_TOKENS + 20
     assert turns[4].parts[0].content == "r" * 20_000  # the shared turn itself is not changed
+    # Cut again (the next turn), the note counts everything the result lost, once.
+    again, _ = fit_to_context([ChatMessage("user", [TextPart(text="now")])] + fitted[1:], 0, 6_000)
+    content = again[2].parts[0].content
+    kept = len(content.split("\n[", 1)[0])
+    assert content.count("characters cut") == 1 and content.endswith(f"[{20_000 - kept} characters cut to fit the model's context]")
+
+
+def test_fitting_leaves_out_a_results_images_before_cutting_its_text() -> None:
+    images = [ImagePart(filename=f"{i}.png") for i in range(6)]
+    turns = [ChatMessage("user", [TextPart(text="draw")]),
+             ChatMessage("assistant", [ToolCallPart(id="c1", name="render", arguments={"what": "cats"})]),
+             ChatMessage("user", [ToolResultPart(tool_call_id="c1", name="render", content="rendered", images=images)])]
+    fitted, _ = fit_to_context(list(turns), 0, 8_000)  # 6,000 tokens of images against 3,904
+    (result,) = fitted[2].parts
+    assert result.images == [] and result.content == "rendered\n[6 image(s) left out to fit the model's context]"
 
 
 async def test_max_turns(env, service):
