@@ -64,6 +64,10 @@ class _Active:
     run: Run
     agent: AgentRun
     task: asyncio.Task[Message]
+    # A task cancelled before its first step never runs its body (nor its `finally`), so a run
+    # stopped that early is flagged instead, and stops itself as it starts.
+    started: bool = False
+    stop_at_start: bool = False
 
 
 @dataclass
@@ -82,6 +86,8 @@ class _Live:
     has_more: bool
     active: dict[str, _Active] = field(default_factory=dict)
     queued: deque[_Queued] = field(default_factory=deque)
+    # Interrupting sends waiting for the runs they stopped: messages queued meanwhile wait for them.
+    interrupting: int = 0
     turns: TurnCache = field(default_factory=TurnCache)
     last_used: float = field(default_factory=time.monotonic)
     # Messages just before `recent`, oldest first, read from the store when a run's context had
@@ -159,7 +165,7 @@ class SessionManager:
         use loads it again. Returns how many were forgotten."""
         now = time.monotonic()
         idle = [sid for sid, live in self._live.items()
-                if now - live.last_used >= max_idle and not live.active and not live.queued
+                if now - live.last_used >= max_idle and not live.active and not live.queued and not live.interrupting
                 and not self.bus.subscriber_count(sid)]
         for sid in idle:
             del self._live[sid]
@@ -279,9 +285,10 @@ class SessionManager:
     async def send(self, session_id: str, body: SendBody) -> SendResult:
         live = await self._get_live(session_id)
         text, roles = self._address(live.session, body)
-        busy = bool(live.active or live.queued)
+        busy = bool(live.active or live.queued or live.interrupting)
         if busy and body.mode == "interrupt":
-            busy = await self._interrupt(live)
+            await self._interrupt(live)
+            busy = False
         t = now()
         parts: list[Any] = [TextPart(text=text)] + list(body.images)
         user = Message(id=new_id("msg"), session_id=session_id, role="user", parts=parts,
@@ -418,7 +425,12 @@ class SessionManager:
             return live.older[-count:], live.older_more or len(live.older) > count
 
     async def _execute(self, live: _Live, agent: AgentRun) -> Message:
+        active = live.active.get(agent.run.id)
+        if active is not None:
+            active.started = True
         try:
+            if active is not None and active.stop_at_start:
+                raise asyncio.CancelledError
             message = await agent.execute()
         except asyncio.CancelledError:
             # Cancelled before its first step, or cancelled again while finishing.
@@ -430,7 +442,7 @@ class SessionManager:
         # A dropped run left `recent` in `_after_commit` and has no usage to count.
         if not agent.dropped and message.usage and (message.usage.input_tokens or message.usage.output_tokens):
             self._add_usage(live, message)
-        if not live.active and live.queued and not self._closing:
+        if not live.active and live.queued and not live.interrupting and not self._closing:
             nxt = live.queued.popleft()
             self._start(live, nxt.user_message, nxt.runs, nxt.roles)
         return message
@@ -464,8 +476,7 @@ class SessionManager:
         aborted = []
         for active in list(live.active.values()):
             if (run_id and active.run.id == run_id) or (skill and active.run.skill == skill):
-                active.agent.final_status_on_cancel = "aborted"
-                active.task.cancel()
+                self._stop(active, "aborted")
                 aborted.append(active.run.id)
         if run_id and not aborted and not any(r.id == run_id for q in live.queued for r in q.runs):
             raise NotFound(f"no active run {run_id} in session {session_id}")
@@ -475,27 +486,47 @@ class SessionManager:
                 aborted.append(r.id)
         return AbortResult(aborted=aborted)
 
-    async def _interrupt(self, live: _Live) -> bool:
-        """Abort every run, and wait (briefly) for the stopped replies to settle, so the next
-        request's history has what the model had said when it was cut off, after the prompt it
-        answered; True if another message took the floor meanwhile (the new one then queues)."""
-        stopping = {active.task for active in live.active.values()}
-        self._abort_all(live, "aborted")
-        if stopping:
-            await asyncio.wait(stopping, timeout=INTERRUPT_SETTLE_SECONDS)
-        return bool(live.queued) or any(a.task not in stopping for a in live.active.values())
+    async def _interrupt(self, live: _Live) -> None:
+        """Abort every run and every message queued so far, then wait (briefly) for the stopped
+        replies to settle, so the next request's history has what the model had said when it
+        was cut off, after the prompt it answered. Messages queued meanwhile wait for this one;
+        runs another interrupt starts meanwhile are stopped too (the newest interrupt wins)."""
+        live.interrupting += 1
+        try:
+            self._abort_all(live, "aborted")
+            deadline = time.monotonic() + INTERRUPT_SETTLE_SECONDS
+            while live.active and (left := deadline - time.monotonic()) > 0:
+                self._abort_all_active(live, "aborted")
+                await asyncio.wait([a.task for a in live.active.values()], timeout=left)
+        finally:
+            live.interrupting -= 1
 
     def _abort_all(self, live: _Live, status: str) -> list[str]:
-        aborted = []
-        for active in list(live.active.values()):
-            active.agent.final_status_on_cancel = status
-            active.task.cancel()
-            aborted.append(active.run.id)
+        aborted = self._abort_all_active(live, status)
         for q in list(live.queued):
             for r in list(q.runs):
                 self._cancel_queued_run(live, q, r)
                 aborted.append(r.id)
         return aborted
+
+    def _abort_all_active(self, live: _Live, status: str) -> list[str]:
+        """Cancel every running run (one already stopping is left to finish its stop)."""
+        aborted = []
+        for active in list(live.active.values()):
+            self._stop(active, status)
+            aborted.append(active.run.id)
+        return aborted
+
+    @staticmethod
+    def _stop(active: _Active, status: str) -> None:
+        """Stop a run as `status`; one already stopping is left to finish its stop."""
+        if active.task.cancelling() or active.stop_at_start:
+            return
+        active.agent.final_status_on_cancel = status
+        if active.started:
+            active.task.cancel()
+        else:
+            active.stop_at_start = True
 
     def _settle(self, run_id: str, message: Message | None) -> None:
         done = self._run_done.get(run_id)
@@ -533,7 +564,7 @@ class SessionManager:
         while live.active or live.queued:
             await asyncio.gather(*(a.task for a in list(live.active.values())), return_exceptions=True)
             if not live.active and live.queued:
-                await asyncio.sleep(0)
+                await asyncio.sleep(0.01 if live.interrupting else 0)
 
     async def shutdown(self) -> None:
         """Stop every run as `interrupted` (the service is going away, not the user's choice)."""

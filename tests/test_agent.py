@@ -15,7 +15,9 @@ from fakes.scripted_provider import ScriptedProvider, ScriptedResolver, text_tur
 from opencode_agent.core.agent import REPLY_RESERVE_TOKENS, build_history, estimate_tokens, fit_to_context
 from opencode_agent.core.providers.base import ChatMessage
 from opencode_agent.core.errors import ProviderError
-from opencode_agent.core.protocol import ImagePart, Message, ModelCaps, TextPart, ToolCallPart, ToolResultPart, now
+from opencode_agent.core.protocol import (
+    ImagePart, Message, ModelCaps, SendBody, TextPart, ToolCallPart, ToolResultPart, now,
+)
 from opencode_agent.core.providers.base import ChatRequest, Finish, TextDelta, UsageReport
 from opencode_agent.core.skills import Skill
 from opencode_agent.core.tools import ToolContext, ToolOutput, tool
@@ -349,6 +351,54 @@ async def test_an_interruption_sees_the_reply_it_cut_off(env):
     assert (await ws.until(run_final(second["data"]["run_id"])))["data"]["run"]["status"] == "completed"
     history = [(m.role, "".join(getattr(p, "text", "") for p in m.parts)) for m in provider.requests[-1].messages]
     assert history == [("user", "first question"), ("assistant", "alpha starts"), ("user", "second")]
+
+
+def slow_to_stop(name: str):
+    """A turn that streams, then waits; told to stop, it takes 50 ms (an upstream slow to close)."""
+    async def turn(_: ChatRequest) -> AsyncIterator[Any]:
+        yield TextDelta(f"{name} starts")
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.05)
+            raise
+    return turn
+
+
+async def test_a_message_sent_while_an_interrupt_waits_comes_after_it(env, service):
+    provider, session, ws_for = env
+    sid = await session("alpha")
+    ws = await ws_for(sid)
+    provider.turns.extend([slow_to_stop("first"), text_turn("interrupting answer"), text_turn("later answer")])
+    first = await ws.command("send", session_id=sid, text="first")
+    await ws.until(lambda e: e["type"] == "message.delta")
+    interrupting, later = await asyncio.gather(
+        service.sessions.send(sid, SendBody(text="interrupting", mode="interrupt")),
+        service.sessions.send(sid, SendBody(text="later")))
+    assert (interrupting.queued, later.queued) == (False, True)
+    await service.sessions.wait_runs(sid, [later.run_id])
+    prompts = [r.messages[-1].parts[0].text for r in provider.requests]
+    assert prompts == ["first", "interrupting", "later"]
+    assert (await ws.until(run_final(first["data"]["run_id"])))["data"]["run"]["status"] == "aborted"
+
+
+async def test_of_two_interrupts_at_once_the_newer_one_answers(env, service):
+    provider, session, ws_for = env
+    sid = await session("alpha")
+    ws = await ws_for(sid)
+    # Whatever starts, only the newest prompt gets an answer that ends on its own.
+    provider.by_role = lambda request: (text_turn("newer answer") if request.messages[-1].parts[0].text == "newer"
+                                        else slow_to_stop(request.messages[-1].parts[0].text))
+    first = await ws.command("send", session_id=sid, text="first")
+    await ws.until(lambda e: e["type"] == "message.delta")
+    older, newer = await asyncio.gather(
+        service.sessions.send(sid, SendBody(text="older", mode="interrupt")),
+        service.sessions.send(sid, SendBody(text="newer", mode="interrupt")))
+    assert not older.queued and not newer.queued
+    await service.sessions.wait_runs(sid, [older.run_id, newer.run_id])
+    statuses = {r: (await ws.until(run_final(r)))["data"]["run"]["status"]
+                for r in (first["data"]["run_id"], older.run_id, newer.run_id)}
+    assert list(statuses.values()) == ["aborted", "aborted", "completed"]
 
 
 async def test_abort_all_closes_upstream_and_nothing_streams_after(env):
