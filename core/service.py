@@ -40,6 +40,21 @@ log = logging.getLogger("opencode.service")
 SkillFactory = Callable[["OpencodeService"], Skill]
 
 
+async def _local_server_answers(base_url: str, timeout: float = 0.25) -> bool:
+    """Whether a server on this machine accepts a connection at `base_url` (a refused loopback
+    connection answers at once; no request is sent)."""
+    parts = urlsplit(base_url)
+    if not is_loopback_host(parts.hostname):
+        return False
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, port), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
 class ModelResolverImpl:
     """Picks the provider and model of a session from its profile name and model id.
 
@@ -56,8 +71,9 @@ class ModelResolverImpl:
         name = provider_name or await self.service.default_provider()
         if not name:
             raise BadRequest(
-                "no provider is chosen for this session: pick one in the panel's provider menu "
-                "(or PATCH the session's `provider`), or use the `echo` role",
+                "no provider is chosen for this session, and no model server on this machine answers "
+                "(Ollama, LM Studio): pick one in the panel's provider menu (or PATCH the session's "
+                "`provider`), start your local server, or use the `echo` role",
                 code="no_provider",
             )
         cached = self._cache.get((name, model))
@@ -157,8 +173,9 @@ class OpencodeService:
 
     async def default_provider(self) -> str | None:
         """The configured default, else the first profile that has a key, else the first that
-        needs none (a server on this machine such as Ollama or LM Studio): a fresh install with
-        only Ollama answers with it instead of asking the user to pick what is the only choice."""
+        needs none and answers (a server on this machine such as Ollama or LM Studio): a fresh
+        install with only Ollama running answers with it instead of asking the user to pick the
+        only choice, and one with nothing running still gets "no provider is chosen"."""
         if self.config.default_provider:
             return self.config.default_provider
         profiles = await self.profiles.list()
@@ -166,7 +183,7 @@ class OpencodeService:
             if profile.has_key:
                 return profile.name
         for profile in profiles:
-            if profile.key_env is None and is_loopback_host(urlsplit(profile.base_url).hostname):
+            if profile.key_env is None and await _local_server_answers(profile.base_url):
                 return profile.name
         return None
 

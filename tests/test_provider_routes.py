@@ -89,7 +89,10 @@ async def test_upstream_error_surfaces_as_run_error_without_the_key(client: Any,
 
 
 async def test_no_provider_is_a_clear_run_error(client: Any) -> None:
-    await j(await client.delete("/opencode/providers/ollama"), 200)  # the seeded keyless local one
+    from fakes.llm_servers import closed_port
+
+    # The seeded Ollama profile needs no key, but nothing answers where it points.
+    await j(await client.patch("/opencode/providers/ollama", json={"base_url": f"http://127.0.0.1:{closed_port()}"}), 200)
     sid = (await j(await client.post("/opencode/sessions", json={"skills": ["assistant"]}), 201))["id"]
     ws = WsClient(await client.ws_connect("/opencode/ws"))
     await ws.command("join", session_id=sid)
@@ -97,6 +100,7 @@ async def test_no_provider_is_a_clear_run_error(client: Any) -> None:
     final = await ws.until(run_final(sent["data"]["run_id"]))
     assert final["data"]["run"]["status"] == "error"
     assert "no provider is chosen" in final["data"]["run"]["error"]
+    assert "start your local server" in final["data"]["run"]["error"]
 
 
 async def test_a_changed_key_or_profile_applies_to_the_next_run(client: Any, fake_llm: FakeLLMServer) -> None:
