@@ -46,7 +46,7 @@ from .store import Store
 
 log = logging.getLogger("opencode.sessions")
 
-ROLE_MENTION = re.compile(r"^@([a-z0-9][a-z0-9_-]{0,63})\b\s*")
+ROLE_MENTION = re.compile(r"^\s*@([a-z0-9][a-z0-9_-]{0,63})\b\s*")
 DEFAULT_TITLE = "New chat"
 # How long an interrupting message waits for the runs it stopped to record their text (they end
 # within milliseconds; a tool that ignores cancellation is not waited for longer).
@@ -349,13 +349,17 @@ class SessionManager:
         may_speak.set_result(saved)
 
     def _address(self, session: Session, body: SendBody) -> tuple[str, list[SkillLike]]:
-        """Which roles answer: a leading `@role`, else the body's skills, else the session's roles."""
+        """Which roles answer: the leading `@role` mentions ("@echo @assistant hi": both, the
+        text "hi"), else the body's skills, else the session's roles."""
         text = body.text
         ids: list[str] = list(body.skills)
-        mention = ROLE_MENTION.match(text)
-        if mention and self._is_role(mention.group(1)):
-            ids = [mention.group(1)]
-            text = text[mention.end():] or text
+        mentioned: list[str] = []
+        while (mention := ROLE_MENTION.match(text)) and self._is_role(mention.group(1)):
+            mentioned.append(mention.group(1))
+            text = text[mention.end():]
+        if mentioned:
+            ids = mentioned
+            text = text or body.text
         if not ids:
             ids = [s for s in session.skills if self._is_role(s)]
         if not ids:

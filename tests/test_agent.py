@@ -297,6 +297,19 @@ async def test_at_role_addresses_one_role(env):
     assert provider.requests[-1].messages[-1].parts[0].text == "who are you"
 
 
+async def test_several_at_roles_address_each_of_them(env):
+    provider, session, ws_for = env
+    provider.by_role = lambda req: text_turn(f"I am {role_of(req)}")
+    sid = await session("alpha", "beta", "gamma")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text=" @gamma @beta  both of you, @alpha is not asked")
+    assert len(sent["data"]["run_ids"]) == 2
+    for run_id in sent["data"]["run_ids"]:
+        await ws.until(run_final(run_id))
+    assert sorted(final_message(ws, r)["skill"] for r in sent["data"]["run_ids"]) == ["beta", "gamma"]
+    assert {r.messages[-1].parts[0].text for r in provider.requests} == {"both of you, @alpha is not asked"}
+
+
 def stalling_role(stall: str, gate: asyncio.Event):
     def by_role(request: ChatRequest):
         name = role_of(request)

@@ -192,7 +192,9 @@ describe("ProposalCard", () => {
 describe("mentions", () => {
   it.each([
     ["@ec", 3, { start: 0, query: "ec" }],
-    ["hi @", 4, { start: 3, query: "" }],
+    ["@echo @as", 9, { start: 6, query: "as" }],
+    ["hi @", 4, null],  // only leading mentions address roles
+    ["tell me @workflow", 17, null],
     ["mail@x", 6, null],
     ["@echo hi", 8, null],
   ] as const)("mentionAt(%j, %d)", (text, caret, expected) => {

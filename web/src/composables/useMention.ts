@@ -5,9 +5,13 @@
 import { computed, ref, type Ref } from "vue";
 import type { Skill } from "../protocol";
 
+/**
+ * The `@word` being typed before the caret, if it is among the message's leading mentions
+ * (only those address roles: "@echo @assistant hi" goes to both, "hi @echo" to the usual roles).
+ */
 export function mentionAt(text: string, caret: number): { start: number; query: string } | null {
   const before = text.slice(0, caret);
-  const m = /(^|\s)@([a-z0-9_-]*)$/i.exec(before);
+  const m = /^(\s*(?:@[a-z0-9_-]+\s+)*)@([a-z0-9_-]*)$/i.exec(before);
   if (!m) return null;
   return { start: caret - m[2].length - 1, query: m[2].toLowerCase() };
 }
