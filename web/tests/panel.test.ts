@@ -283,7 +283,9 @@ describe("OpencodePanel", () => {
     await flushPromises();
     await button(w, "Debug").trigger("click");
     const lines = () => w.findAll(".oc-log").map((l) => l.text());
-    expect(lines()).toHaveLength(2); // "info" and up by default
+    expect(lines()).toHaveLength(3); // every line by default, debug ones included
+    await w.find("select[aria-label='Level']").setValue("info");
+    expect(lines()).toHaveLength(2);
     await w.find("input[type=search]").setValue("slow");
     expect(lines()).toEqual([expect.stringContaining("WARNING opencode.providers [run_1] slow answer")]);
     await button(w, "Copy as text").trigger("click");
