@@ -330,7 +330,23 @@ describe("stopping and interrupting", () => {
     const { w, ws } = await started();
     ws.receive(ev("session.updated", 2, { session: session({ budget: { max_tokens: null, max_cost: 2 }, usage: { input_tokens: 1, output_tokens: 1, cost: 0.5 }, last_seq: 2 }) }));
     await flushPromises();
-    expect(w.find("[data-testid=cost]").text()).toBe("$0.5000 of $2.00");
+    expect(w.find("[data-testid=cost]").text()).toBe("$0.50 of $2.00");
+    // A small budget and a small spend never read "$0.00"; a token budget shows beside the tokens.
+    ws.receive(ev("session.updated", 3, { session: session({ budget: { max_tokens: 200_000, max_cost: 0.001 }, usage: { input_tokens: 1200, output_tokens: 300, cost: 0.0048 }, last_seq: 3 }) }));
+    await flushPromises();
+    expect(w.find("[data-testid=cost]").text()).toBe("$0.0048 of $0.001");
+    expect(w.find("[data-testid=usage]").text()).toBe("1.2k in · 300 out of 200.0k");
+  });
+
+  it("shows what each finished reply used", async () => {
+    const { w, ws } = await started();
+    ws.receive(ev("message.created", 2, { message: reply({ id: "a1", skill: "echo", run_id: "r1", status: "completed",
+      parts: [{ type: "text", text: "hi" }], usage: { input_tokens: 1200, output_tokens: 300, cost: 0.0048 } }) }));
+    ws.receive(ev("message.created", 3, { message: reply({ id: "a2", skill: "echo", run_id: "r2", status: "streaming",
+      parts: [{ type: "text", text: "go" }], usage: { input_tokens: 10, output_tokens: 1, cost: 0 } }) }));
+    await flushPromises();
+    expect(w.find("[data-message-id=a1] [data-testid=message-usage]").text()).toBe("1.2k in · 300 out · $0.0048");
+    expect(w.find("[data-message-id=a2] [data-testid=message-usage]").exists()).toBe(false);  // still streaming
   });
 });
 

@@ -1,0 +1,16 @@
+/** Numbers as the panel shows them: token counts compact, dollar amounts never rounded to zero. */
+
+/** 950 → "950", 12_300 → "12.3k", 2_500_000 → "2.5M". */
+export function compactTokens(n: number): string {
+  return n >= 1_000_000 ? `${(n / 1_000_000).toFixed(1)}M` : n >= 1000 ? `${(n / 1000).toFixed(1)}k` : String(n);
+}
+
+/** US dollars without the sign: cents from ten cents up ("12.34", "0.50"), four decimals from a
+ * cent ("0.0123"), below that two significant digits ("0.0048", "0.001"), so a small amount or a
+ * small budget never reads "0.00". */
+export function dollars(usd: number): string {
+  if (usd === 0) return "0";
+  if (usd >= 0.1) return usd.toFixed(2);
+  if (usd >= 0.01) return usd.toFixed(4);
+  return Number(usd.toPrecision(2)).toString();
+}
