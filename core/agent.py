@@ -54,6 +54,7 @@ REPLY_RESERVE_TOKENS = 4096
 MIN_RESULT_CHARS = 200
 # With less than this much of its budget left, a session's next reply is capped at what is left.
 BUDGET_CAP_TOKENS = 4096
+RAISE_BUDGET = "raise it with the panel's Budget button (or PATCH the session's `budget`) to continue"
 # Older messages than the session's in-memory window are read in pages of this many, and at most
 # this many in all, while the model's context has room for them.
 OLDER_PAGE = 100
@@ -314,7 +315,7 @@ class AgentRun:
                         f"{_usage_note(usage, resolved.caps)}")
             if cap is not None and finish == "length":
                 raise BudgetExceeded(f"the reply was cut where this session's budget ran out "
-                                     f"({self._budget_text()}); raise the budget in the session settings to continue")
+                                     f"({self._budget_text()}); {RAISE_BUDGET}")
             if not calls:
                 return
             call_parts = [self._start_call(call, by_name) for call in calls]
@@ -387,12 +388,10 @@ class AgentRun:
         spent = self.input.spent()
         if budget.max_tokens is not None and spent.input_tokens + spent.output_tokens >= budget.max_tokens:
             raise BudgetExceeded(
-                f"this session reached its budget of {budget.max_tokens} tokens; raise the budget in the "
-                "session settings to continue")
+                f"this session reached its budget of {budget.max_tokens} tokens; {RAISE_BUDGET}")
         if budget.max_cost is not None and spent.cost >= budget.max_cost:
             raise BudgetExceeded(
-                f"this session reached its budget of {_dollars(budget.max_cost)}; raise the budget in the session "
-                "settings to continue")
+                f"this session reached its budget of {_dollars(budget.max_cost)}; {RAISE_BUDGET}")
 
     def _reply_cap(self, caps: ModelCaps) -> int | None:
         """A cap on the next reply's output tokens when less than `BUDGET_CAP_TOKENS` of the

@@ -47,6 +47,8 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   const needsToken = ref(false);
   const skills = ref<Skill[]>([]);
   const providers = ref<ProviderProfile[]>([]);
+  // Providers whose model list could not be read: asked again when chosen again.
+  const failedModelLists = new Set<string>();
   const presets = ref<ProviderProfile[]>([]);
   const models = ref<Record<string, ModelInfo[]>>({});
   const sessions = ref<Session[]>([]);
@@ -213,15 +215,19 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     sessions.value = [...list].sort((a, b) => b.updated_at - a.updated_at);
   }
 
-  /** The provider's models; an unreachable provider (Ollama not running) just offers none. */
+  /** The provider's models. When it can't list them (Ollama not running, no key yet) the panel
+   * says so and offers the models its profile declares; choosing the provider again retries. */
   async function loadModels(provider: string): Promise<void> {
-    let list: ModelInfo[] = [];
     try {
-      list = (await client.models(provider)).models;
+      models.value = { ...models.value, [provider]: (await client.models(provider)).models };
     } catch (err) {
       if (err instanceof ApiError && err.code === "unauthorized") needsToken.value = true;
+      else notify("warn", t("model.listFailed", { provider }), err instanceof Error ? err.message : String(err));
+      const declared = providers.value.find((p) => p.name === provider)?.models ?? {};
+      const list: ModelInfo[] = Object.entries(declared).map(([id, caps]) => ({ id, caps }));
+      models.value = { ...models.value, [provider]: list };
+      failedModelLists.add(provider);
     }
-    models.value = { ...models.value, [provider]: list };
   }
 
   async function openSession(id: string, opts: { createIfMissing?: boolean } = {}): Promise<void> {
@@ -388,7 +394,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   return {
     client, connection, server, needsToken, skills, providers, presets, models, sessions, chat, loading,
     notices, queuedIds, protocolMismatch, session, roles, running, busy, skillById,
-    start, loadModels, openSession, newSession, loadEarlier, configure, renameSession, deleteSession, send, stop,
+    start, loadModels, failedModelLists, openSession, newSession, loadEarlier, configure, renameSession, deleteSession, send, stop,
     replyPermission, answerProposal, saveKey, removeKey, addProvider, useToken, loadSessions, notify, dismiss, dispose,
   };
 });

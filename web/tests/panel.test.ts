@@ -91,7 +91,7 @@ describe("OpencodePanel", () => {
     const { w, ws } = await started();
     ws.receive(ev("run.status", 2, { run: run() }));
     await flushPromises();
-    expect(w.text()).toContain("Busy: your message will be queued");
+    expect(w.text()).toContain("Busy: Queue sends your message when the replies finish");
     await w.find("textarea").setValue("later");
     await w.find("textarea").trigger("keydown", { key: "Enter" });
     ws.ack("send", { message_id: "msg_q", run_id: "run_2", run_ids: ["run_2"], queued: true });
@@ -326,6 +326,20 @@ describe("stopping and interrupting", () => {
     expect(ws.commands("send")[0]).toMatchObject({ text: "change of plan", mode: "interrupt" });
   });
 
+  it("offers Send now beside Queue while replies run, and refuses an overlong message before sending", async () => {
+    const { w, ws } = await started();
+    expect(w.find("[data-testid=send-now]").exists()).toBe(false);
+    ws.receive(ev("run.status", 2, { run: run() }));
+    await flushPromises();
+    await w.find("textarea").setValue("stop and do this");
+    await w.find("[data-testid=send-now]").trigger("click");
+    await flushPromises();
+    expect(ws.commands("send")[0]).toMatchObject({ text: "stop and do this", mode: "interrupt" });
+    await w.find("textarea").setValue("x".repeat(100_001));
+    expect(w.find("[data-testid=too-long]").text()).toContain("at most 100,000");
+    expect(w.find("button[type=submit]").attributes("disabled")).toBeDefined();
+  });
+
   it("shows spend against the budget", async () => {
     const { w, ws } = await started();
     ws.receive(ev("session.updated", 2, { session: session({ budget: { max_tokens: null, max_cost: 2 }, usage: { input_tokens: 1, output_tokens: 1, cost: 0.5 }, last_seq: 2 }) }));
@@ -360,15 +374,32 @@ describe("which chat a panel opens", () => {
     expect(transport.calls.some((c) => c.method === "POST")).toBe(false);
   });
 
-  it("a provider whose models cannot be listed offers none, without an error", async () => {
+  it("a provider whose models cannot be listed says so and offers the models its profile declares", async () => {
     const routes = defaultRoutes();
     delete routes["GET /opencode/providers/openai/models"];
+    const caps = { tools: true, vision: false, context_tokens: 128_000, input_price: 0, output_price: 0 };
+    const listed = routes["GET /opencode/providers"](undefined)[1] as { providers: { models: Record<string, unknown> }[] };
+    listed.providers[0].models = { "declared-model": caps };
+    routes["GET /opencode/providers"] = () => [200, listed];
     routes["GET /opencode/sessions/ses_1"] = () => [200, session({ provider: "openai" })];
     const { w, toasts, ws } = await started([routes]);
     ws.receive(ev("session.updated", 2, { session: session({ provider: "openai", last_seq: 2 }) }));
     await flushPromises();
-    expect(toasts).toEqual([]);
-    expect(w.findAll("select[aria-label=Model] option").map((o) => o.text())).toEqual(["Default model"]);
+    expect(toasts).toEqual([expect.stringContaining("Could not list the models of openai")]);
+    expect(w.findAll("select[aria-label=Model] option").map((o) => o.text()))
+      .toEqual(["Default model", "declared-model — 128.0k context · tools"]);
+  });
+
+  it("sets the session's budget", async () => {
+    const { w, ws } = await started();
+    await w.find("[data-testid=budget-button]").trigger("click");
+    const inputs = w.findAll("[data-testid=budget-form] input");
+    await inputs[0].setValue("200000");
+    await inputs[1].setValue("0.5");
+    await w.find("[data-testid=budget-form]").trigger("submit");
+    await flushPromises();
+    expect(ws.commands("configure")[0]).toMatchObject({ session_id: SID, patch: { budget: { max_tokens: 200000, max_cost: 0.5 } } });
+    expect(w.find("[data-testid=budget-form]").exists()).toBe(false);
   });
 });
 
