@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator, Callable
 
 from .core.config import Config
 from .node import NodeBridge, OpencodeAgent
-from .routes import SERVICE, register_routes, service_context
+from .routes import SERVICE, mount_lifecycle, register_routes, service_context
 from .wiring import inside_comfyui
 
 log = logging.getLogger("opencode.mount")
@@ -38,8 +38,7 @@ def mount(server: Any) -> None:
     config = Config(data_dir=comfyui_data_dir())
     wiring = inside_comfyui(config, server)
     register_routes(server.routes)
-    server.app.cleanup_ctx.append(
-        closed_at_exit(service_context(config, wiring.skill_factories(), wiring.image_loader())))
+    mount_lifecycle(server.app, closed_at_exit(service_context(config, wiring.skill_factories(), wiring.image_loader())))
     OpencodeAgent.bridge = NodeBridge(loop=server.loop, service=lambda: server.app[SERVICE],
                                       check_interrupt=check_interrupt)
     log.info("Opencode %s mounted under /opencode (data in %s)", _version(), config.data_dir)

@@ -10,14 +10,16 @@ Only this module and `streams.py` (the SSE and WebSocket side) import `aiohttp.w
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import BaseModel
 
 from .core import protocol as p
@@ -34,6 +36,9 @@ log = logging.getLogger("opencode.routes")
 
 SERVICE = web.AppKey("opencode_service", OpencodeService)
 TRUST = web.AppKey("opencode_trust", TrustPolicy)
+# The open WebSockets, closed with "going away" when the app shuts down (see `close_sockets`).
+SOCKETS = web.AppKey("opencode_sockets", weakref.WeakSet)
+SOCKET_CLOSE_TIMEOUT = 2.0
 WEB_DIR = Path(__file__).resolve().parent / "web"
 MAX_BODY_BYTES = 2 << 20
 CAPABILITIES = ["sessions", "events.sse", "ws", "multi_role", "providers", "skills", "permissions", "export"]
@@ -456,6 +461,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         # Sends never wait for a drain below this; the bus drops a socket at half of it.
         request.transport.set_write_buffer_limits(high=svc.config.max_client_backlog * 2)
     conn = WsConnection(svc, ws, request)
+    sockets = request.app.get(SOCKETS)
+    if sockets is not None:
+        sockets.add(ws)
     try:
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
@@ -531,10 +539,31 @@ def service_context(config: Config, skill_factories: list[SkillFactory] | None =
     return context
 
 
+async def close_sockets(app: web.Application) -> None:
+    """An `on_shutdown` handler: close every open WebSocket as "going away" (1001).
+
+    Why: a WebSocket handler runs until its socket closes, so a stopping server would keep its
+    clients for the whole shutdown timeout while they think they are connected (a restarted
+    server's panel sent into the old process and timed out); told, the panel reconnects at once.
+    """
+    sockets = [ws for ws in app.get(SOCKETS, ()) if not ws.closed]
+    if sockets:
+        await asyncio.wait([asyncio.ensure_future(ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down"))
+                            for ws in sockets], timeout=SOCKET_CLOSE_TIMEOUT)
+
+
+def mount_lifecycle(app: web.Application, context: Callable[[web.Application], AsyncIterator[None]]) -> None:
+    """Open the service with `app` (`context`, a `cleanup_ctx` entry) and close its sockets on
+    shutdown: both must be added before the app starts, which freezes its signals."""
+    app[SOCKETS] = weakref.WeakSet()
+    app.on_shutdown.append(close_sockets)
+    app.cleanup_ctx.append(context)
+
+
 def create_app(config: Config, skill_factories: list[SkillFactory] | None = None,
                image_loader: Any = None, trust: TrustPolicy | None = None) -> web.Application:
     """A bare aiohttp app serving Opencode alone (tests and `opencode-agent serve`)."""
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     register_routes(app)
-    app.cleanup_ctx.append(service_context(config, skill_factories, image_loader, trust))
+    mount_lifecycle(app, service_context(config, skill_factories, image_loader, trust))
     return app

@@ -337,3 +337,19 @@ async def test_a_held_frame_never_outlives_a_delta_or_a_close(aiohttp_client, ma
     await ws.until(lambda e: e["type"] == "log" and e["data"]["message"] == "last words", timeout=1.0)
     msg = await ws.ws.receive(timeout=1.0)
     assert msg.type == WSMsgType.CLOSE and msg.data == 1013
+
+
+async def test_a_stopping_server_closes_its_sockets_as_going_away(aiohttp_client, make_app):
+    """A WebSocket handler runs until its socket closes: without this a stopping server kept its
+    clients for the whole shutdown timeout, and they went on sending into it."""
+    from aiohttp import WSCloseCode, WSMsgType
+
+    client = await aiohttp_client(make_app())
+    sid = await new_session(client)
+    ws = await connect(client)
+    await ws.command("join", session_id=sid)
+    started = asyncio.get_running_loop().time()
+    await client.app.shutdown()  # what a stopping runner does first
+    msg = await ws.ws.receive(timeout=2.0)
+    assert msg.type == WSMsgType.CLOSE and msg.data == WSCloseCode.GOING_AWAY
+    assert asyncio.get_running_loop().time() - started < 1.0
