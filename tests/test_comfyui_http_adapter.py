@@ -270,6 +270,22 @@ async def test_get_run_of_the_ok_run_and_unknown_ids(tools: dict[str, Tool], com
     assert out.is_error and "no run 'nope' in ComfyUI's queue or history" in out.content
 
 
+async def test_get_run_of_a_run_leaving_the_queue_for_the_history(tools: dict[str, Tool], adapter: HttpComfyAdapter,
+                                                                  comfy: FakeComfyUI, monkeypatch: Any) -> None:
+    """Seen in a real ComfyUI (0.3.64): a run just finished was in neither `/history` nor
+    `/queue` when read between ComfyUI's two steps; it is not an unknown run."""
+    real_queue_state = adapter.queue_state
+
+    async def saved_meanwhile() -> dict[str, list[str]]:
+        state = await real_queue_state()
+        comfy.history[OK_PROMPT_ID] = load("history_run_ok.json")[OK_PROMPT_ID]  # saved just after
+        return state
+
+    monkeypatch.setattr(adapter, "queue_state", saved_meanwhile)
+    out = await call(tools, "get_run", prompt_id=OK_PROMPT_ID)
+    assert not out.is_error and payload(out)["outputs"]["3"]["class_type"] == "SaveImage"
+
+
 async def test_events_of_a_finished_run_come_from_its_history(adapter: HttpComfyAdapter, comfy: FakeComfyUI) -> None:
     comfy.history[OK_PROMPT_ID] = load("history_run_ok.json")[OK_PROMPT_ID]
     events = [e.type async for e in adapter.events(OK_PROMPT_ID)]

@@ -119,9 +119,12 @@ class Comfy:
         return session
 
     async def new_provider(self, base_url: str) -> str:
+        """A profile for the scripted model `gpt-test`, declared with tools and vision (an
+        undeclared model gets no vision, and a tool's images would reach it as a note)."""
         name = f"rt-{uuid.uuid4().hex[:10]}"
+        caps = {"tools": True, "vision": True, "context_tokens": 128_000}
         await self.post("/opencode/providers", {"name": name, "kind": "openai", "base_url": base_url,
-                                                "default_model": "gpt-test"})
+                                                "default_model": "gpt-test", "models": {"gpt-test": caps}})
         self.providers.append(name)
         return name
 

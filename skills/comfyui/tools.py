@@ -184,6 +184,11 @@ def build_tools(adapter: ComfyAdapter, *, run_timeout: float = 600.0, propose_ti
         if prompt_id in state["pending"]:
             position = state["pending"].index(prompt_id) + 1
             return ToolOutput(_compact_json({"prompt_id": prompt_id, "status": "pending", "position": position, "queued": len(state["pending"])}))
+        # ComfyUI takes a finished run off its queue and then saves its history: read between
+        # the two, it is in neither, so the history is asked once more.
+        entry = await adapter.history(prompt_id)
+        if entry is not None:
+            return _run_output(summarize_history(prompt_id, entry))
         raise ToolError(f"no run '{prompt_id}' in ComfyUI's queue or history (history is lost when ComfyUI restarts)")
 
     @tool(permission="read")
