@@ -609,10 +609,15 @@ def fit_to_context(history: list[ChatMessage], prompt_at: int, context_tokens: i
 
 def _without_images(result: ToolResultPart, over_tokens: int) -> ToolResultPart:
     """A result's images (about 1,000 tokens each) left out, saying so."""
+    return _images_noted(result, f"[{len(result.images)} image(s) left out to fit the model's context]")
+
+
+def _images_noted(result: ToolResultPart, note: str) -> ToolResultPart:
+    """`result` with its images replaced by `note` at the end of its text (a copy: the stored
+    result, which the panel shows, keeps them)."""
     if not result.images:
         return result
-    note = f"\n[{len(result.images)} image(s) left out to fit the model's context]"
-    return result.model_copy(update={"images": [], "content": result.content + note})
+    return result.model_copy(update={"images": [], "content": f"{result.content}\n{note}"})
 
 
 # The note a cut result ends with; a result cut again counts all it lost.
@@ -660,10 +665,7 @@ def _unseen_images_note(count: int) -> str:
 def _seen_by(result: ToolResultPart, vision: bool) -> ToolResultPart:
     """A tool's result as the model gets it: a model without vision gets a note for its images
     (the stored result, which the panel shows, keeps them)."""
-    if vision or not result.images:
-        return result
-    note = "\n" + _unseen_images_note(len(result.images))
-    return result.model_copy(update={"images": [], "content": result.content + note})
+    return result if vision else _images_noted(result, _unseen_images_note(len(result.images)))
 
 
 class TurnCache:
@@ -714,6 +716,6 @@ def choose_history(history: list[Message], role_id: str, user_message: Message, 
         chosen.append(turns)
     out = [t for turns in reversed(chosen) for t in turns]
     # A provider needs the first turn to be the user's own words (not a tool result cut from its call).
-    while out and (out[0].role != "user" or any(isinstance(p, ToolResultPart) for p in out[0].parts)):
+    while out and not _is_prompt(out[0]):
         out.pop(0)
     return out, trimmed

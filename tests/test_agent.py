@@ -326,6 +326,18 @@ def stalling_role(stall: str, gate: asyncio.Event):
     return by_role
 
 
+async def stalled_reply(env, text: str) -> tuple[ScriptedProvider, str, WsClient, dict[str, Any]]:
+    """An `alpha` session whose reply to `text` has begun streaming and never ends on its own:
+    the provider, the session id, its socket and the send's ack."""
+    provider, session, ws_for = env
+    provider.by_role = stalling_role("alpha", asyncio.Event())
+    sid = await session("alpha")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text=text)
+    await ws.until(lambda e: e["type"] == "message.delta")
+    return provider, sid, ws, sent
+
+
 async def test_abort_one_role_the_others_finish(env):
     provider, session, ws_for = env
     gate = asyncio.Event()
@@ -350,12 +362,7 @@ async def test_abort_one_role_the_others_finish(env):
 async def test_an_interruption_sees_the_reply_it_cut_off(env):
     """`mode: interrupt` aborts the running reply and sends: the new request's history has the
     cut-off reply, with the text it had, between the two prompts."""
-    provider, session, ws_for = env
-    provider.by_role = stalling_role("alpha", asyncio.Event())
-    sid = await session("alpha")
-    ws = await ws_for(sid)
-    first = await ws.command("send", session_id=sid, text="first question")
-    await ws.until(lambda e: e["type"] == "message.delta")
+    provider, sid, ws, first = await stalled_reply(env, "first question")
     provider.by_role = None
     provider.turns.append(text_turn("second answer"))
     second = await ws.command("send", session_id=sid, text="second", mode="interrupt")
@@ -415,12 +422,7 @@ async def test_of_two_interrupts_at_once_the_newer_one_answers(env, service):
 
 
 async def test_abort_all_closes_upstream_and_nothing_streams_after(env):
-    provider, session, ws_for = env
-    provider.by_role = stalling_role("alpha", asyncio.Event())
-    sid = await session("alpha")
-    ws = await ws_for(sid)
-    sent = await ws.command("send", session_id=sid, text="go")
-    await ws.until(lambda e: e["type"] == "message.delta")
+    provider, sid, ws, sent = await stalled_reply(env, "go")
     await ws.command("abort", session_id=sid)
     final = await ws.until(run_final(sent["data"]["run_id"]))
     assert final["data"]["run"]["status"] == "aborted"

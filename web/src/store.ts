@@ -215,8 +215,16 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     sessions.value = [...list].sort((a, b) => b.updated_at - a.updated_at);
   }
 
+  /** The provider's models, read unless already read; a list that could not be read is asked
+   * for again (a local server may have started meanwhile). */
+  async function ensureModels(provider: string): Promise<void> {
+    if (models.value[provider] && !failedModelLists.has(provider)) return;
+    failedModelLists.delete(provider);
+    await loadModels(provider);
+  }
+
   /** The provider's models. When it can't list them (Ollama not running, no key yet) the panel
-   * says so and offers the models its profile declares; choosing the provider again retries. */
+   * says so and offers the models its profile declares. */
   async function loadModels(provider: string): Promise<void> {
     try {
       models.value = { ...models.value, [provider]: (await client.models(provider)).models };
@@ -394,7 +402,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   return {
     client, connection, server, needsToken, skills, providers, presets, models, sessions, chat, loading,
     notices, queuedIds, protocolMismatch, session, roles, running, busy, skillById,
-    start, loadModels, failedModelLists, openSession, newSession, loadEarlier, configure, renameSession, deleteSession, send, stop,
+    start, ensureModels, openSession, newSession, loadEarlier, configure, renameSession, deleteSession, send, stop,
     replyPermission, answerProposal, saveKey, removeKey, addProvider, useToken, loadSessions, notify, dismiss, dispose,
   };
 });
