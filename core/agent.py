@@ -347,8 +347,18 @@ class AgentRun:
         text_start = len(self.message.text())
         calls: list[ToolCallReady] = []
         finish, usage = "end of stream", None
-        stream = resolved.provider.stream(request)
         append_text = self._append_text
+        task = asyncio.current_task()
+
+        def take_text(text: str) -> bool:
+            """Text straight from the network read, once the reply is announced and not stopping."""
+            if not self._announced or (task is not None and task.cancelling()):
+                return False
+            if text:
+                append_text(text)
+            return True
+
+        stream = resolved.provider.stream(request, take_text)
         try:
             async for ev in stream:
                 if not self._announced:

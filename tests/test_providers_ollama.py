@@ -15,6 +15,7 @@ from opencode_agent.core.providers.http import RetryPolicy, create_session
 from opencode_agent.core.providers.ollama import OllamaProvider
 from opencode_agent.core.tools import ToolSpec
 from opencode_agent.tests.fakes.llm_servers import (  # noqa: F401  (fixture)
+    READ_MODES, read_stream,
     FakeToolCall, Fail, RecordingSleep, Reply, Stream, closed_port, joined, fake_llm, ollama_lines,
 )
 
@@ -44,8 +45,19 @@ def ask(*messages: ChatMessage, tools: list[ToolSpec] | None = None, **kw: Any) 
                        messages=list(messages) or [ChatMessage("user", [TextPart(text="hi")])], tools=tools or [], **kw)
 
 
+@pytest.fixture(autouse=True, params=READ_MODES)
+def read_mode(request: pytest.FixtureRequest) -> str:
+    """Every test here runs with both readers: the task's and the agent's inline one."""
+    global MODE
+    MODE = request.param
+    return MODE
+
+
+MODE = "task"
+
+
 async def collect(p: OllamaProvider, request: ChatRequest) -> list[Any]:
-    return [event async for event in p.stream(request)]
+    return await read_stream(p, request, MODE)
 
 
 async def failure(p: OllamaProvider, request: ChatRequest) -> ProviderError:

@@ -19,6 +19,7 @@ from opencode_agent.core.providers.http import RetryPolicy, create_session
 from opencode_agent.core.providers.openai import OpenAIProvider
 from opencode_agent.core.tools import ToolSpec
 from opencode_agent.tests.fakes.llm_servers import (  # noqa: F401  (fixture)
+    READ_MODES, read_stream,
     FakeToolCall, Fail, RecordingSleep, Reply, Stream, closed_port, joined, fake_llm, gemini_chunks, openai_chunks, sse,
 )
 
@@ -53,8 +54,19 @@ def ask(text: str = "hi", *, tools: list[ToolSpec] | None = None, model: str = "
                        tools=tools or [])
 
 
+@pytest.fixture(autouse=True, params=READ_MODES)
+def read_mode(request: pytest.FixtureRequest) -> str:
+    """Every test here runs with both readers: the task's and the agent's inline one."""
+    global MODE
+    MODE = request.param
+    return MODE
+
+
+MODE = "task"
+
+
 async def collect(p: OpenAIProvider, request: ChatRequest) -> list[Any]:
-    return [event async for event in p.stream(request)]
+    return await read_stream(p, request, MODE)
 
 
 async def failure(p: OpenAIProvider, request: ChatRequest) -> ProviderError:

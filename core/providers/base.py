@@ -81,6 +81,9 @@ class Finish:
 
 StreamEvent = Union[TextDelta, ToolCallReady, UsageReport, Finish]
 
+# Takes a text delta as it arrives off the network; False declines it, and it is yielded instead.
+TextSink = Callable[[str], bool]
+
 # Resolves an image reference to (bytes, mime type) for vision requests.
 ImageLoader = Callable[[ImagePart], Awaitable[tuple[bytes, str]]]
 
@@ -103,8 +106,13 @@ class Provider(ABC):
         self.image_loader = image_loader
 
     @abstractmethod
-    def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-        """Stream one model turn. Must end with `Finish` or raise `ProviderError`."""
+    def stream(self, request: ChatRequest, on_text: TextSink | None = None) -> AsyncIterator[StreamEvent]:
+        """Stream one model turn. Must end with `Finish` or raise `ProviderError`.
+
+        `on_text`, when given, may be handed text deltas synchronously, straight from the network
+        read, instead of their being yielded (the relay's hot path); a provider is free to ignore
+        it. Text it declines is yielded, and nothing is yielded ahead of text it took.
+        """
 
     @abstractmethod
     async def list_models(self) -> list[ModelInfo]:

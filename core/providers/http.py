@@ -16,12 +16,13 @@
 - `HttpProvider` is the base of the three dialects: it opens the request, maps every transport
   failure and error body to `ProviderError` (with the provider's own message, redacted), feeds the
   body to the dialect's decoder, and re-runs a stream that failed before it produced any event.
-  Its `stream()` is the only async generator between the socket and the caller: one resumption
-  per event, one await per network read.
+  Given an `on_text` sink (the agent gives one), it hooks the connection with an `InlineBody`
+  (`inline.py`), so text is relayed inside the network read that brings it and the task wakes
+  only for the other events; otherwise it awaits each network read.
 
 Every retry logs one line on `opencode.providers`. The API key is only ever put in a request
 header; messages and log lines pass through a `Redactor` that knows it.
-Imports protocol, errors, secrets and providers.base only.
+Imports protocol, errors, secrets, providers.base and providers.inline only.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ import aiohttp
 from ..errors import ProviderError
 from ..protocol import ImagePart, ProviderProfile
 from ..secrets import Redactor
-from .base import ChatMessage, ChatRequest, ImageLoader, Provider, StreamEvent, TextDelta
+from .base import ChatMessage, ChatRequest, ImageLoader, Provider, StreamEvent, TextDelta, TextSink
+from .inline import InlineBody
 
 log = logging.getLogger("opencode.providers")
 
@@ -347,7 +349,7 @@ class _Watchdog:
     marks the stall and closes the response, so the pending read raises at once.
     """
 
-    __slots__ = ("since", "stalled", "clock", "_timeout", "_loop", "_response", "_handle")
+    __slots__ = ("since", "stalled", "clock", "on_stall", "_timeout", "_loop", "_response", "_handle")
 
     def __init__(self, response: aiohttp.ClientResponse, timeout: float | None) -> None:
         loop = asyncio.get_running_loop()
@@ -357,6 +359,8 @@ class _Watchdog:
         )
         self.since: float | None = self.clock()
         self.stalled = False
+        # Told of a stall after the response is closed (an inline reader has no read to fail).
+        self.on_stall: Callable[[BaseException], None] | None = None
         self._timeout = timeout
         self._loop = loop
         self._response = response
@@ -376,8 +380,14 @@ class _Watchdog:
             self.stalled = True
             self._handle = None
             self._response.close()
+            if self.on_stall is not None:
+                self.on_stall(asyncio.TimeoutError())
             return
         self._handle = self._loop.call_at(due, self._check)
+
+    def touch(self) -> None:
+        """Data arrived: the stall window starts again."""
+        self.since = self.clock()
 
     def stop(self) -> None:
         if self._handle is not None:
@@ -501,36 +511,26 @@ class HttpProvider(Provider):
 
     # ------------------------------------------------------------------ streaming
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest, on_text: TextSink | None = None) -> AsyncIterator[StreamEvent]:
         body = await self.request_bytes(request)
         attempt = 1
         while True:
             emitted = False
             try:
                 async with self.open("POST", self.url(), body) as response:
-                    # The hot path: per network read one await and two stores for the watchdog,
-                    # then a plain loop over the events the read completed.
                     _stop_sock_read(response)
                     decoder = self.decoder()
-                    feed = decoder.feed
-                    read = response.content.readany
                     watchdog = _Watchdog(response, self.read_timeout)
-                    clock = watchdog.clock
+                    inline = InlineBody.attach(response, decoder, _joined_text, on_text, watchdog.touch) if on_text else None
                     try:
-                        while True:
-                            watchdog.since = clock()
-                            try:
-                                chunk = await read()
-                            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                                raise self._read_error(exc, watchdog.stalled) from None
-                            watchdog.since = None
-                            if not chunk:
-                                break
-                            for event in _joined_text(feed(chunk)):
-                                emitted = True
-                                yield event
-                            if decoder.done:
-                                break
+                        if inline is not None:
+                            watchdog.on_stall = inline.fail
+                            events = self._inline_events(inline, watchdog)
+                        else:
+                            events = self._read_events(response, decoder, watchdog)
+                        async for event in events:
+                            emitted = True
+                            yield event
                         for event in decoder.finish():
                             emitted = True
                             yield event
@@ -538,6 +538,9 @@ class HttpProvider(Provider):
                         raise self.error("stream line too long", code=CODE_BROKEN_STREAM) from None
                     finally:
                         watchdog.stop()
+                        if inline is not None:
+                            emitted = emitted or inline.emitted
+                            inline.detach()
                 return
             except ProviderError as exc:
                 # Once an event went out the caller has seen part of a reply: never replay it.
@@ -547,6 +550,44 @@ class HttpProvider(Provider):
                 self._log_retry(exc, attempt, delay)
                 await self.retry.sleep(delay)
                 attempt += 1
+
+    async def _read_events(self, response: aiohttp.ClientResponse, decoder: StreamDecoder,
+                           watchdog: "_Watchdog") -> AsyncIterator[StreamEvent]:
+        """The body's events read the usual way: per network read one await and two stores for
+        the watchdog, then a plain loop over the events the read completed."""
+        feed = decoder.feed
+        read = response.content.readany
+        clock = watchdog.clock
+        while True:
+            watchdog.since = clock()
+            try:
+                chunk = await read()
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise self._read_error(exc, watchdog.stalled) from None
+            watchdog.since = None
+            if not chunk:
+                return
+            for event in _joined_text(feed(chunk)):
+                yield event
+            if decoder.done:
+                return
+
+    async def _inline_events(self, inline: InlineBody, watchdog: "_Watchdog") -> AsyncIterator[StreamEvent]:
+        """The events the inline reader left for the task (its text went to `on_text` already)."""
+        clock = watchdog.clock
+        while True:
+            watchdog.since = clock()
+            try:
+                events = await inline.next()
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise self._read_error(exc, watchdog.stalled) from None
+            if not events:
+                return
+            watchdog.since = None  # the consumer holds the stream: no stall of the server's
+            inline.holding = True
+            for event in events:
+                yield event
+            inline.holding = False
 
     async def get_json(self, url: str) -> Any:
         """GET a JSON document (model lists), with the same retries as a stream's opening."""

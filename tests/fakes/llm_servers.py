@@ -383,3 +383,24 @@ def closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- the two ways to read
+
+READ_MODES = ("task", "inline")
+
+
+async def read_stream(provider: Any, request: Any, mode: str) -> list[Any]:
+    """Every event of one stream, in arrival order, read as the agent does (`inline`: text goes
+    to a sink straight from the network read) or as any other caller does (`task`)."""
+    from opencode_agent.core.providers.base import TextDelta
+
+    events: list[Any] = []
+
+    def sink(text: str) -> bool:
+        events.append(TextDelta(text))
+        return True
+
+    async for event in provider.stream(request, sink if mode == "inline" else None):
+        events.append(event)
+    return events

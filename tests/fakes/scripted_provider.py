@@ -15,7 +15,7 @@ from opencode_agent.core.agent import ResolvedModel
 from opencode_agent.core.errors import ProviderError
 from opencode_agent.core.protocol import ModelCaps, ModelInfo, ProviderProfile
 from opencode_agent.core.providers.base import (
-    ChatRequest, Finish, Provider, StreamEvent, TextDelta, ToolCallReady, UsageReport,
+    ChatRequest, Finish, Provider, StreamEvent, TextDelta, TextSink, ToolCallReady, UsageReport,
 )
 
 Turn = list[StreamEvent] | Callable[[ChatRequest], AsyncIterator[StreamEvent]] | ProviderError
@@ -41,7 +41,7 @@ class ScriptedProvider(Provider):
         self.requests: list[ChatRequest] = []
         self.closed_streams = 0
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: ChatRequest, on_text: TextSink | None = None) -> AsyncIterator[StreamEvent]:
         self.requests.append(request)
         turn = self.by_role(request) if self.by_role else self.turns.popleft()
         try:

@@ -1,0 +1,300 @@
+"""The inline reader: text handed to the agent's sink inside the network read that brought it.
+
+Each test runs a real provider against a real loopback server whose writes the test paces, so
+"inside the read" is observable: the sink has the text while the stream has yielded nothing.
+The dialect suites (`test_providers_openai|anthropic|ollama`) run every case with both readers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Awaitable, Callable
+
+import pytest
+from aiohttp import web
+
+from opencode_agent.core.errors import ProviderError
+from opencode_agent.core.protocol import ProviderProfile, TextPart
+from opencode_agent.core.providers.base import ChatMessage, ChatRequest, Finish, TextDelta, UsageReport
+from opencode_agent.core.providers.http import RetryPolicy, create_session
+from opencode_agent.core.providers.inline import InlineBody
+from opencode_agent.core.providers.openai import OpenAIProvider
+from opencode_agent.tests.fakes.llm_servers import RecordingSleep, read_stream, sse
+
+REQUEST = ChatRequest(model="m", system="", messages=[ChatMessage("user", [TextPart(text="hi")])])
+Writer = Callable[[web.StreamResponse], Awaitable[None]]
+
+
+def token(text: str) -> bytes:
+    return sse({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]})
+
+
+END = (sse({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+       + sse({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}) + b"data: [DONE]\n\n")
+
+
+@pytest.fixture
+async def http() -> Any:
+    session = create_session(sock_read=5)
+    yield session
+    await session.close()
+
+
+@pytest.fixture
+async def serve(aiohttp_server: Any, http: Any) -> Callable[..., Awaitable[OpenAIProvider]]:
+    """`await serve(writer, ...)`: a provider whose requests get bodies written by `writer`s, in turn."""
+    async def start(*writers: Writer, read_timeout: float | None = None) -> OpenAIProvider:
+        queue = list(writers)
+
+        async def completions(request: web.Request) -> web.StreamResponse:
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await queue.pop(0)(response)
+            return response
+
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", completions)
+        server = await aiohttp_server(app)
+        extra = {"read_timeout": read_timeout} if read_timeout else {}
+        profile = ProviderProfile(name="p", kind="openai", base_url=str(server.make_url("/v1")), extra=extra)
+        return OpenAIProvider(profile, None, http, retry=RetryPolicy(sleep=RecordingSleep()))
+    return start
+
+
+async def test_text_reaches_the_sink_inside_the_read(serve: Any) -> None:
+    """The server holds its reply after "a": the sink has it though the stream yielded nothing."""
+    release = asyncio.Event()
+
+    async def body(response: web.StreamResponse) -> None:
+        await response.write(token("a"))
+        await release.wait()
+        await response.write(token("b") + END)
+
+    provider = await serve(body)
+    sunk: list[str] = []
+    yielded: list[Any] = []
+
+    async def consume() -> None:
+        async for event in provider.stream(REQUEST, lambda text: sunk.append(text) or True):
+            yielded.append(event)
+
+    task = asyncio.create_task(consume())
+    for _ in range(200):
+        if sunk:
+            break
+        await asyncio.sleep(0.01)
+    assert sunk == ["a"] and yielded == []
+    release.set()
+    await task
+    assert sunk == ["a", "b"]
+    assert yielded == [UsageReport(3, 2), Finish("stop")]
+
+
+async def test_declined_text_and_text_behind_a_held_event_keep_their_order(serve: Any) -> None:
+    """Text the sink declines is yielded; text arriving while the caller holds a yielded event
+    waits behind it rather than overtaking it through the sink."""
+    sent_b = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def body(response: web.StreamResponse) -> None:
+        await response.write(token("a"))
+        await asyncio.sleep(0.05)
+        await response.write(token("b"))
+        sent_b.set()
+        await go_on.wait()
+        await response.write(token("c") + END)
+
+    provider = await serve(body)
+    order: list[str] = []
+    asked: list[str] = []
+
+    def sink(text: str) -> bool:
+        asked.append(text)
+        if text == "a":
+            return False  # not announced yet, say
+        order.append(f"sink {text}")
+        return True
+
+    async for event in provider.stream(REQUEST, sink):
+        if isinstance(event, TextDelta):
+            order.append(f"yield {event.text}")
+            if event.text == "a":
+                await sent_b.wait()
+                await asyncio.sleep(0.05)  # "b" arrives while "a" is held
+                go_on.set()
+    assert order == ["yield a", "yield b", "sink c"]
+    assert asked == ["a", "c"]  # "b" was never offered: it had to wait behind "a"
+
+
+async def test_the_connection_is_reused_and_the_protocol_restored(serve: Any, http: Any) -> None:
+    async def body(response: web.StreamResponse) -> None:
+        for text in ("x", "y"):
+            await response.write(token(text))
+            await asyncio.sleep(0.01)
+        await response.write(END)
+
+    provider = await serve(body, body, body)
+    protocols = set()
+    original = InlineBody.attach.__func__  # type: ignore[attr-defined]
+
+    def spy(cls: Any, response: Any, *args: Any) -> Any:
+        protocols.add(response.connection.protocol)
+        return original(cls, response, *args)
+
+    InlineBody.attach = classmethod(spy)  # type: ignore[assignment]
+    try:
+        for _ in range(3):
+            sunk: list[str] = []
+            events = [e async for e in provider.stream(REQUEST, lambda t: sunk.append(t) or True)]
+            assert "".join(sunk) == "xy" and events == [UsageReport(3, 2), Finish("stop")]
+    finally:
+        InlineBody.attach = classmethod(original)  # type: ignore[assignment]
+    assert len(protocols) == 1  # one pooled keep-alive connection served all three
+    protocol = protocols.pop()
+    assert "data_received" not in vars(protocol) and "connection_lost" not in vars(protocol)
+
+
+async def test_the_end_of_the_body_in_one_read_with_the_last_tokens(http: Any) -> None:
+    """A server that writes the finish, the usage, [DONE] and the closing chunk in one write
+    (several HTTP chunks in one read): taking them lets aiohttp re-enter the reader, which must
+    still decode everything once and in order. Three replies on one keep-alive connection."""
+    connections = 0
+
+    class Upstream(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            nonlocal connections
+            connections += 1
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            if b"\r\n\r\n" in data:
+                asyncio.get_running_loop().create_task(self.reply())
+
+        async def reply(self) -> None:
+            def chunk(data: bytes) -> bytes:
+                return b"%x\r\n%s\r\n" % (len(data), data)
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                                 b"Transfer-Encoding: chunked\r\n\r\n" + chunk(token("")))
+            for text in ("one ", "two"):
+                await asyncio.sleep(0.01)
+                self.transport.write(chunk(token(text)))
+            await asyncio.sleep(0.01)
+            parts = END.split(b"\n\n")[:-1]
+            self.transport.write(b"".join(chunk(p + b"\n\n") for p in parts) + b"0\r\n\r\n")
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Upstream, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        profile = ProviderProfile(name="p", kind="openai", base_url=f"http://127.0.0.1:{port}/v1")
+        provider = OpenAIProvider(profile, None, http)
+        for _ in range(3):
+            sunk: list[str] = []
+            events = [e async for e in provider.stream(REQUEST, lambda t: sunk.append(t) or True)]
+            assert "".join(sunk) == "one two" and events == [UsageReport(3, 2), Finish("stop")]
+        assert connections == 1
+    finally:
+        server.close()
+
+
+async def test_closing_the_stream_stops_the_sink_at_once(serve: Any) -> None:
+    async def body(response: web.StreamResponse) -> None:
+        for i in range(200):
+            await response.write(token(f"{i} "))
+            await asyncio.sleep(0.005)
+        await response.write(END)
+
+    async def short(response: web.StreamResponse) -> None:
+        await response.write(token("next") + END)
+
+    provider = await serve(body, short)
+    sunk: list[str] = []
+    stream = provider.stream(REQUEST, lambda t: sunk.append(t) or True)
+    reading = asyncio.ensure_future(stream.__anext__())
+    while len(sunk) < 3:
+        await asyncio.sleep(0.005)
+    reading.cancel()  # the run was aborted
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    await stream.aclose()
+    count = len(sunk)
+    await asyncio.sleep(0.1)
+    assert len(sunk) == count < 200
+    # The next request works (its whole body may come with its head: then nothing is hooked).
+    assert await read_stream(provider, REQUEST, "inline") == [TextDelta("next"), UsageReport(3, 2), Finish("stop")]
+
+
+async def test_a_failing_sink_fails_the_stream(serve: Any) -> None:
+    async def body(response: web.StreamResponse) -> None:
+        await response.write(token("a"))
+        await asyncio.sleep(0.02)
+        await response.write(token("b") + END)
+
+    provider = await serve(body)
+
+    def sink(text: str) -> bool:
+        raise RuntimeError("the bus is closed")
+
+    with pytest.raises(RuntimeError, match="the bus is closed"):
+        async for _ in provider.stream(REQUEST, sink):
+            pass
+
+
+async def test_a_stall_after_some_text_is_caught(serve: Any) -> None:
+    release = asyncio.Event()
+
+    async def body(response: web.StreamResponse) -> None:
+        await response.write(token("a"))
+        await release.wait()
+
+    provider = await serve(body, read_timeout=0.2)
+    sunk: list[str] = []
+    started = time.monotonic()
+    try:
+        with pytest.raises(ProviderError) as info:
+            async for _ in provider.stream(REQUEST, lambda t: sunk.append(t) or True):
+                pass
+    finally:
+        release.set()
+    assert sunk == ["a"]
+    assert info.value.code == "provider_stalled" and info.value.message == "p: stream stalled: no data for 0.2s"
+    assert 0.2 <= time.monotonic() - started < 2
+    assert provider.retry.sleep.waits == []  # type: ignore[attr-defined]  (text went out: no retry)
+
+
+async def test_malformed_data_after_some_text_is_a_broken_stream_not_retried(serve: Any) -> None:
+    async def body(response: web.StreamResponse) -> None:
+        await response.write(token("a"))
+        await asyncio.sleep(0.02)
+        await response.write(b"data: {not json\n\n")
+
+    provider = await serve(body)
+    sunk: list[str] = []
+    with pytest.raises(ProviderError) as info:
+        async for _ in provider.stream(REQUEST, lambda t: sunk.append(t) or True):
+            pass
+    assert sunk == ["a"] and info.value.code == "provider_stream_broken"
+    assert provider.retry.sleep.waits == []  # type: ignore[attr-defined]
+
+
+def test_only_asyncio_transports_are_hooked() -> None:
+    """A loop that binds a protocol's methods once (uvloop) would never call the hook."""
+    class Transport:
+        pass
+
+    Transport.__module__ = "uvloop.loop"
+
+    class Protocol:
+        transport = Transport()
+
+        def data_received(self, data: bytes) -> None: ...
+
+        def connection_lost(self, exc: BaseException | None) -> None: ...
+
+    class Response:
+        class connection:  # noqa: N801 - shaped like aiohttp's
+            protocol = Protocol()
+
+    assert InlineBody.attach(Response(), None, None, None, None) is None  # type: ignore[arg-type]
+    assert "data_received" not in vars(Response.connection.protocol)
