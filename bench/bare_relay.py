@@ -19,7 +19,7 @@ import os
 import struct
 import time
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from .common import ServerWindow, serve_commands, serve_on_loopback
 
@@ -37,54 +37,34 @@ def text_frame(text: str) -> bytes:
     return head + data
 
 
-def bare_relay_server(conn: Connection, up_port: int, spin_ms: float = 0.0) -> None:
-    """`spin_ms`: CPU to burn for each reply, half as it starts and half as it ends (`knee.py`:
-    a stand-in for a server's own work a reply, such as saving and announcing it)."""
-    state: dict[str, Any] = {}
-    ids = itertools.count(1)
-    spin = spin_ms / 2000
+Reply = Callable[[Any, str, str], Awaitable[None]]  # (the socket's transport, session id, run id)
 
-    def burn() -> None:
-        end = time.perf_counter() + spin
-        while time.perf_counter() < end:
-            pass
+
+def envelope_maker() -> Callable[[str, str, str], str]:
+    """Opencode's event envelope text, with a sequence number per session."""
+    seqs: dict[str, int] = {}
+
+    def envelope(sid: str, type_: str, data_json: str) -> str:
+        seqs[sid] = seq = seqs.get(sid, 0) + 1
+        return f'{{"seq":{seq},"session_id":"{sid}","type":"{type_}","ts":{time.time()!r},"data":{data_json}}}'
+    return envelope
+
+
+def status_frame(envelope: Callable[[str, str, str], str], sid: str, run_id: str, status: str) -> bytes:
+    return text_frame(envelope(sid, "run.status", json.dumps({"run": {"id": run_id, "status": status}})))
+
+
+def serve_relay(conn: Connection, make_reply: Callable[[dict[str, Any]], Awaitable[Reply]]) -> None:
+    """The command side every reference relay shares: aiohttp for the WebSocket and the few
+    routes `relay.py`'s client calls; each `send` starts `reply` in a task. `make_reply(state)`
+    builds the reply function inside the running loop (`state["close"]`: callables for teardown)."""
+    state: dict[str, Any] = {"close": []}
+    ids = itertools.count(1)
 
     async def setup() -> dict[str, Any]:
-        import aiohttp
         from aiohttp import web
 
-        http = state["http"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512))
-        url = f"http://127.0.0.1:{up_port}/v1/chat/completions"
-        headers = {"Authorization": "Bearer sk-bench-not-a-real-key", "Accept": "text/event-stream"}
-        seqs: dict[str, int] = {}
-        encode_str = json.encoder.encode_basestring  # type: ignore[attr-defined]
-
-        def envelope(sid: str, type_: str, data_json: str) -> str:
-            seqs[sid] = seq = seqs.get(sid, 0) + 1
-            return f'{{"seq":{seq},"session_id":"{sid}","type":"{type_}","ts":{time.time()!r},"data":{data_json}}}'
-
-        async def reply(transport: Any, sid: str, run_id: str) -> None:
-            if spin:
-                burn()
-            head = f'{{"message_id":"msg_{run_id}","run_id":"{run_id}","skill":"assistant","text":'
-            status = "error"
-            async with http.post(url, json=BODY, headers=headers) as resp:
-                pending = b""
-                async for chunk in resp.content.iter_any():
-                    *events, pending = (pending + chunk).split(b"\n\n")
-                    for event in events:
-                        payload = event[6:]  # after "data: "
-                        if payload == b"[DONE]":
-                            status = "completed"
-                            break
-                        choices = json.loads(payload)["choices"]
-                        text = choices[0]["delta"].get("content") if choices else None
-                        if text:
-                            data = f"{head}{encode_str(text)}}}"
-                            transport.write(text_frame(envelope(sid, "message.delta", data)))
-            if spin:
-                burn()
-            transport.write(text_frame(envelope(sid, "run.status", json.dumps({"run": {"id": run_id, "status": status}}))))
+        reply = await make_reply(state)
 
         async def websocket(request: web.Request) -> web.WebSocketResponse:
             ws = web.WebSocketResponse(compress=False)
@@ -131,7 +111,54 @@ def bare_relay_server(conn: Connection, up_port: int, spin_ms: float = 0.0) -> N
     async def teardown() -> None:
         if "runner" in state:
             await state["runner"].cleanup()
-        if "http" in state:
-            await state["http"].close()
+        for close in state["close"]:
+            await close()
 
     serve_commands(conn, setup, handle, teardown)
+
+
+def bare_relay_server(conn: Connection, up_port: int, spin_ms: float = 0.0) -> None:
+    """`spin_ms`: CPU to burn for each reply, half as it starts and half as it ends (`knee.py`:
+    a stand-in for a server's own work a reply, such as saving and announcing it)."""
+    spin = spin_ms / 2000
+
+    def burn() -> None:
+        end = time.perf_counter() + spin
+        while time.perf_counter() < end:
+            pass
+
+    async def make_reply(state: dict[str, Any]) -> Reply:
+        import aiohttp
+
+        http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512))
+        state["close"].append(http.close)
+        url = f"http://127.0.0.1:{up_port}/v1/chat/completions"
+        headers = {"Authorization": "Bearer sk-bench-not-a-real-key", "Accept": "text/event-stream"}
+        envelope = envelope_maker()
+        encode_str = json.encoder.encode_basestring  # type: ignore[attr-defined]
+
+        async def reply(transport: Any, sid: str, run_id: str) -> None:
+            if spin:
+                burn()
+            head = f'{{"message_id":"msg_{run_id}","run_id":"{run_id}","skill":"assistant","text":'
+            status = "error"
+            async with http.post(url, json=BODY, headers=headers) as resp:
+                pending = b""
+                async for chunk in resp.content.iter_any():
+                    *events, pending = (pending + chunk).split(b"\n\n")
+                    for event in events:
+                        payload = event[6:]  # after "data: "
+                        if payload == b"[DONE]":
+                            status = "completed"
+                            break
+                        choices = json.loads(payload)["choices"]
+                        text = choices[0]["delta"].get("content") if choices else None
+                        if text:
+                            data = f"{head}{encode_str(text)}}}"
+                            transport.write(text_frame(envelope(sid, "message.delta", data)))
+            if spin:
+                burn()
+            transport.write(status_frame(envelope, sid, run_id, status))
+        return reply
+
+    serve_relay(conn, make_reply)

@@ -3,14 +3,16 @@
 Processes besides the parent: the fake upstream (`upstream.py`: OpenAI Chat Completions SSE,
 200 ms to the first token, then 50 tokens/s), the Opencode server (`create_app`, real service, a
 provider profile `fake` of kind `openai` pointing at the upstream, sessions using the
-`assistant` role with it), a bare aiohttp relay (`bare_relay.py`) and a client process for each.
+`assistant` role with it), a bare aiohttp relay (`bare_relay.py`), a floor relay (`floor_relay.py`:
+raw asyncio protocols, the least Python can do) and a client process for each.
 
 - direct: the client POSTs to the upstream itself and reads the SSE stream (the baseline of the
   time-to-first-token and per-token latency targets);
 - relay: the client sends `send` on a WebSocket joined to its session, Opencode calls the
   upstream, and the deltas come back as `message.delta` events;
-- bare: the same client and commands against the bare relay, the least a server can do for the
-  same job (the baseline of the server-side figures: loop lag and CPU per reply).
+- bare: the same client and commands against the bare relay, the least an aiohttp server can do
+  for the same job (the baseline of the server-side figures: loop lag and CPU per reply);
+- floor: the same against the floor relay, to show what this machine allows at all (in notes).
 
 `n` streams run at once; each does `rounds` replies back to back, and the stream starts are
 spread over one reply's duration so the load is steady rather than in lock-step.
@@ -34,6 +36,7 @@ from typing import Any
 
 from .common import Row, Worker, median, percentile, serve_commands
 from .bare_relay import bare_relay_server
+from .floor_relay import floor_relay_server
 from .opencode_server import opencode_server
 from .upstream import request_arrived_at, tokens_sent_at, upstream_server
 
@@ -285,18 +288,24 @@ def run(quick: bool, repeat: int, log: Any = print) -> list[Row]:
         bare = Worker("bare-relay", bare_relay_server, up_port=up_info["port"])
         workers.append(bare)
         bare_info = bare.wait_ready(60)
+        floor = Worker("floor-relay", floor_relay_server, up_port=up_info["port"])
+        workers.append(floor)
+        floor_info = floor.wait_ready(60)
         cl = Worker("relay-clients", relay_client, oc_port=oc_info["port"], up_port=up_info["port"])
         workers.append(cl)
         cl_bare = Worker("bare-relay-clients", relay_client, oc_port=bare_info["port"], up_port=up_info["port"])
         workers.append(cl_bare)
-        cl.wait_ready(60)
-        cl_bare.wait_ready(60)
+        cl_floor = Worker("floor-relay-clients", relay_client, oc_port=floor_info["port"], up_port=up_info["port"])
+        workers.append(cl_floor)
+        for client in (cl, cl_bare, cl_floor):
+            client.wait_ready(60)
         log(f"  relay: upstream {TTFT * 1000:.0f} ms to first token, {RATE:.0f} tokens/s, {tokens} tokens a reply "
-            f"(pids: opencode {oc_info['pid']}, bare relay {bare_info['pid']}, upstream {up_info['pid']}, "
-            f"clients {cl.info['pid']}/{cl_bare.info['pid']})")
+            f"(pids: opencode {oc_info['pid']}, bare relay {bare_info['pid']}, floor relay {floor_info['pid']}, "
+            f"upstream {up_info['pid']}, clients {cl.info['pid']}/{cl_bare.info['pid']}/{cl_floor.info['pid']})")
+        servers = (("opencode", cl, oc), ("bare", cl_bare, bare), ("floor", cl_floor, floor))
 
         idle: dict[str, dict[str, float]] = {}
-        for name, srv in (("opencode", oc), ("bare", bare)):
+        for name, _, srv in servers:
             srv.call("lag_start")
             time.sleep(2.0)
             idle[name] = srv.call("lag_stop")  # also the ticker's own CPU, subtracted per reply
@@ -305,7 +314,7 @@ def run(quick: bool, repeat: int, log: Any = print) -> list[Row]:
             return 60 + rounds * (TTFT + tokens / RATE) * 4 + n * 0.05
 
         # Warm-up (discarded): the first requests open connections and fill caches on every path.
-        for client in (cl, cl_bare):
+        for _, client, _ in servers:
             client.call("prepare", 1, tokens, timeout=60)
             client.call("relay", 1, 2, 60.0, timeout=90)
         _confine([up, cl], False)
@@ -313,8 +322,8 @@ def run(quick: bool, repeat: int, log: Any = print) -> list[Row]:
 
         for n in levels + [lag_level]:
             rounds = rounds_for(n)
-            cl.call("prepare", n, tokens, timeout=60 + n)
-            cl_bare.call("prepare", n, tokens, timeout=60 + n)
+            for _, client, _ in servers:
+                client.call("prepare", n, tokens, timeout=60 + n)
             for rep in range(repeat):
                 t = timeout_for(n, rounds)
                 lines = []
@@ -329,7 +338,7 @@ def run(quick: bool, repeat: int, log: Any = print) -> list[Row]:
                     lines.append(f"direct: TTFT p50 {per[('direct', n)][-1]['ttft_p50']:.1f} ms, token latency "
                                  f"p50/p99 {per[('direct', n)][-1]['lat_p50']:.2f}/{per[('direct', n)][-1]['lat_p99']:.2f} ms, "
                                  f"upstream CPU {(up.call('cpu') - up_d) / d['elapsed']:.0%}, client {d['client_cpu']:.0%}")
-                for name, client, srv in (("opencode", cl, oc), ("bare", cl_bare, bare)):
+                for name, client, srv in servers:
                     r, lag = _relay_pass(client, srv, up, n, rounds, t, idle[name])
                     per.setdefault((name, n), []).append(_summ(r))
                     lags.setdefault((name, n), []).append(lag)
@@ -349,16 +358,20 @@ def run(quick: bool, repeat: int, log: Any = print) -> list[Row]:
         rv, rr = med("opencode", n, "ttft_p50")
         dv, dr = med("direct", n, "ttft_p50")
         bv, _ = med("bare", n, "ttft_p50")
+        fv, _ = med("floor", n, "ttft_p50")
         rows.append(Row("5 relay", f"TTFT p50, {n} stream{'s' if n > 1 else ''}", "ms", rv, dv,
-                        "≤ 1.01× baseline", rv <= 1.01 * dv, rr, dr, note=f"bare relay {bv:.1f} ms"))
+                        "≤ 1.01× baseline", rv <= 1.01 * dv, rr, dr,
+                        note=f"bare relay {bv:.1f} ms ({bv / dv:.2f}×), floor relay {fv:.1f} ms ({fv / dv:.2f}×)"))
     top = levels[-1]
     for q, limit in (("p50", 0.5), ("p99", 3.0)):
         rv, rr = med("opencode", top, f"lat_{q}")
         dv, dr = med("direct", top, f"lat_{q}")
         bv, _ = med("bare", top, f"lat_{q}")
+        fv, _ = med("floor", top, f"lat_{q}")
         rows.append(Row("5 relay", f"per-token latency {q}, {top} streams (added {rv - dv:+.2f} ms)", "ms", rv, dv,
                         f"added ≤ {limit:g} ms", rv - dv <= limit, rr, dr,
-                        note=f"bare relay {bv:.2f} ms (added {bv - dv:+.2f} ms)"))
+                        note=f"bare relay {bv:.2f} ms (added {bv - dv:+.2f} ms), "
+                             f"floor relay {fv:.2f} ms (added {fv - dv:+.2f} ms)"))
 
     def lag_of(name: str, key: str) -> tuple[float, list[float]]:
         vals = [x[key] for x in lags[(name, lag_level)]]
@@ -368,15 +381,19 @@ def run(quick: bool, repeat: int, log: Any = print) -> list[Row]:
     bv, br = lag_of("bare", "p99_ms")
     rows.append(Row("5 relay", f"server loop lag p99, {lag_level} streams (baseline: bare aiohttp relay)", "ms", ov, bv,
                     "≤ 10 ms", ov <= 10.0, orr, br,
-                    note=f"loop thread busy {lag_of('opencode', 'busy')[0]:.0%} (bare {lag_of('bare', 'busy')[0]:.0%}), "
+                    note=f"floor relay {lag_of('floor', 'p99_ms')[0]:.1f} ms; loop thread busy "
+                         f"{lag_of('opencode', 'busy')[0]:.0%} (bare {lag_of('bare', 'busy')[0]:.0%}, "
+                         f"floor {lag_of('floor', 'busy')[0]:.0%}), "
                          f"starved {lag_of('opencode', 'starved')[0]:.0%} (bare {lag_of('bare', 'starved')[0]:.0%}); "
                          f"idle loop {idle['opencode']['p99_ms']:.2f} ms"))
     rv, rr = med("opencode", lag_level, "ttft_p50")
     bv, br = med("bare", lag_level, "ttft_p50")
-    rows.append(Row("5 relay", f"TTFT p50, {lag_level} streams (baseline: bare relay)", "ms", rv, bv, "info", None, rr, br))
+    rows.append(Row("5 relay", f"TTFT p50, {lag_level} streams (baseline: bare relay)", "ms", rv, bv, "info", None, rr, br,
+                    note=f"floor relay {med('floor', lag_level, 'ttft_p50')[0]:.1f} ms"))
     for n in (levels[1], top):
         rv, rr = med("opencode", n, "server_cpu_per_reply_ms")
         bv, br = med("bare", n, "server_cpu_per_reply_ms")
         rows.append(Row("5 relay", f"server CPU per reply of {tokens} tokens, {n} streams (baseline: bare relay)", "ms",
-                        rv, bv, "info", None, rr, br))
+                        rv, bv, "info", None, rr, br,
+                        note=f"floor relay {med('floor', n, 'server_cpu_per_reply_ms')[0]:.2f} ms"))
     return rows
