@@ -298,3 +298,20 @@ def test_only_asyncio_transports_are_hooked() -> None:
 
     assert InlineBody.attach(Response(), None, None, None, None) is None  # type: ignore[arg-type]
     assert "data_received" not in vars(Response.connection.protocol)
+
+
+async def test_a_connection_dropped_mid_body_is_a_broken_stream(serve: Any) -> None:
+    async def body(response: web.StreamResponse) -> None:
+        await response.write(token("a"))
+        await asyncio.sleep(0.02)
+        assert response._req is not None and response._req.transport is not None
+        response._req.transport.close()  # the server goes away in the middle of a chunked body
+
+    provider = await serve(body)
+    sunk: list[str] = []
+    with pytest.raises(ProviderError) as info:
+        async for _ in provider.stream(REQUEST, lambda t: sunk.append(t) or True):
+            pass
+    assert sunk == ["a"] and info.value.code == "provider_stream_broken"
+    assert "connection lost mid-stream" in info.value.message
+    assert provider.retry.sleep.waits == []  # type: ignore[attr-defined]
