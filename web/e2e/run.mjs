@@ -230,6 +230,15 @@ describe("standalone panel", () => {
   });
 });
 
+/** At the node's default width the config bar keeps its controls on one line. */
+async function oneLineConfig(node) {
+  const boxes = await node.locator(".oc-config").first().evaluate((bar) => [...bar.children]
+    .filter((c) => !c.classList.contains("oc-budget"))
+    .map((c) => { const r = c.getBoundingClientRect(); return { middle: Math.round(r.top + r.height / 2), left: Math.round(r.left), width: Math.round(r.width) }; }));
+  const middles = boxes.map((b) => b.middle);
+  assert.ok(boxes.length >= 5 && Math.max(...middles) - Math.min(...middles) <= 2, `config bar wraps: ${JSON.stringify(boxes)}`);
+}
+
 describe("inside a (fake) ComfyUI canvas", () => {
   scenario("lives in its node, reads the canvas and loads an accepted proposal", async () => {
     const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 }, colorScheme: "dark" });
@@ -240,6 +249,7 @@ describe("inside a (fake) ComfyUI canvas", () => {
     await page.waitForFunction(() => window.fakeComfy.graph.nodes.find((n) => n.type === "OpencodeAgent").widgets[0].value !== "");
     const sessionId = (await widgets()).session_id;
     assert.match(sessionId, /^ses_/); // a new node made its session and wrote the id into its widget
+    await oneLineConfig(node);
 
     await waitStatus(await sendForReply(node, "Hello from inside the canvas"), "completed");
 
@@ -259,6 +269,7 @@ describe("inside a (fake) ComfyUI canvas", () => {
     await page.locator(".node[data-node-type=SaveImage]").waitFor({ timeout: T });
     await waitStatus(proposing, "completed");
     assert.match(await proposing.innerText(), /Tool said: The user accepted the workflow/);
+    await oneLineConfig(node); // still one line with two roles, a provider and a model chosen
     assert.equal(await page.locator(".node[data-node-type=KSampler]").count(), 1);
     await page.screenshot({ path: join(SHOTS, "canvas.png") });
     await ctx.close();
