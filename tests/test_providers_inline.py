@@ -44,11 +44,13 @@ async def http() -> Any:
 @pytest.fixture
 async def serve(aiohttp_server: Any, http: Any) -> Callable[..., Awaitable[OpenAIProvider]]:
     """`await serve(writer, ...)`: a provider whose requests get bodies written by `writer`s, in turn."""
-    async def start(*writers: Writer, read_timeout: float | None = None) -> OpenAIProvider:
+    async def start(*writers: Writer, read_timeout: float | None = None, compress: bool = False) -> OpenAIProvider:
         queue = list(writers)
 
         async def completions(request: web.Request) -> web.StreamResponse:
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            if compress:
+                response.enable_compression(web.ContentCoding.gzip)
             await response.prepare(request)
             await queue.pop(0)(response)
             return response
@@ -278,6 +280,41 @@ async def test_malformed_data_after_some_text_is_a_broken_stream_not_retried(ser
     assert provider.retry.sleep.waits == []  # type: ignore[attr-defined]
 
 
+def _chunk(choices: Any, **more: Any) -> bytes:
+    return sse({"id": "c", "object": "chat.completion.chunk", "choices": choices, **more})
+
+
+TEXT_ONLY_CASES = [
+    (_chunk([{"index": 0, "delta": {"content": 'héllo "q" \\ ✓'}, "finish_reason": None}]), 'héllo "q" \\ ✓'),
+    (_chunk([{"index": 0, "delta": {"content": "x"}}], usage=None), "x"),
+    (_chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}}]), None),
+    (_chunk([{"index": 0, "delta": {"content": "end"}, "finish_reason": "stop"}]), None),
+    (_chunk([], usage={"prompt_tokens": 1, "completion_tokens": 2}), None),
+    (_chunk([{"index": 0, "delta": {"content": "t", "tool_calls": [{"index": 0, "function": {"arguments": "{"}}]}}]), None),
+    (_chunk([{"index": 1, "delta": {"content": "other choice"}}]), None),
+    (sse({"error": {"message": "boom"}}), None),
+    (b"data: [DONE]\n\n", None),
+    (_chunk([{"index": 0, "delta": {"content": "a"}}]) * 2, None),  # two events in one read
+    (_chunk([{"index": 0, "delta": {"content": "a"}}]).replace(b"\n\n", b"\r\n\r\n"), None),
+    (b"data: {not json\n\n", None),
+]
+
+
+@pytest.mark.parametrize(("chunk", "text"), TEXT_ONLY_CASES)
+async def test_the_text_only_shortcut_agrees_with_the_full_decoder(http: Any, chunk: bytes, text: str | None) -> None:
+    """The inline reader's shortcut answers only where full decoding yields that one text delta,
+    and leaves the decoder as full decoding would."""
+    p = OpenAIProvider(ProviderProfile(name="p", kind="openai", base_url="http://127.0.0.1:9/v1"), None, http)
+    short, full = p.decoder(), p.decoder()
+    assert short.text_only(chunk) == text
+    if text is None:
+        return
+    assert list(full.feed(chunk)) == [TextDelta(text)]
+    keys = ("finish_reason", "usage", "emitted", "done")
+    assert {k: getattr(short, k) for k in keys} == {k: getattr(full, k) for k in keys}
+    assert short.calls.slots == full.calls.slots == []
+
+
 def test_only_asyncio_transports_are_hooked() -> None:
     """A loop that binds a protocol's methods once (uvloop) would never call the hook."""
     class Transport:
@@ -315,3 +352,23 @@ async def test_a_connection_dropped_mid_body_is_a_broken_stream(serve: Any) -> N
     assert sunk == ["a"] and info.value.code == "provider_stream_broken"
     assert "connection lost mid-stream" in info.value.message
     assert provider.retry.sleep.waits == []  # type: ignore[attr-defined]
+
+
+async def test_a_compressed_body_is_read_whole(serve: Any) -> None:
+    """A gzip body: aiohttp's decompressor holds data back and resumes through the reader's own
+    reads, so none of those resumptions may be skipped."""
+    burst = token("t ") * 20_000  # about 1.5 MB that compresses to a few kB: more than one
+    # decompression step (256 KiB) in one read, so aiohttp pauses and resumes mid-read
+
+    async def body(response: web.StreamResponse) -> None:
+        await response.write(token("a "))
+        await asyncio.sleep(0.02)
+        await response.write(burst)
+        await asyncio.sleep(0.02)
+        await response.write(END)
+
+    provider = await serve(body, compress=True)
+    events = await read_stream(provider, REQUEST, "inline")
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    assert text == "a " + "t " * 20_000
+    assert events[-2:] == [UsageReport(3, 2), Finish("stop")]

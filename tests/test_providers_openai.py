@@ -429,3 +429,4 @@ async def test_official_sdk_reads_the_fake_gemini_chunks(fake_llm: Any) -> None:
     call = last.choices[0].delta.tool_calls[0]
     assert call.index is None and call.id == "fc-1" and json.loads(call.function.arguments) == {"city": "Oslo"}
     assert call.model_extra["extra_content"] == signature
+

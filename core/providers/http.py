@@ -86,6 +86,16 @@ def decode_json(data: str) -> Any:
     return _decode_json_stdlib(data)
 
 
+def decode_json_bytes(data: bytes) -> Any:
+    """`decode_json` of a payload still in bytes, read as UTF-8 the way the SSE parser reads it."""
+    if _orjson_loads is not None:
+        try:
+            return _orjson_loads(data)
+        except ValueError:
+            pass
+    return _decode_json_stdlib(data.decode("utf-8", errors="replace"))
+
+
 # Names each provider instance's encodings on the turns it sends (`HttpProvider.wire_key`).
 _WIRE_KEYS = itertools.count(1)
 
@@ -311,6 +321,10 @@ class SseParser:
                     self._event = value
         return events
 
+    def idle(self) -> bool:
+        """Nothing pending from earlier reads: the next read starts a fresh event."""
+        return not self._data and self._event is None and not self._lines._pending
+
     def finish(self) -> list[SseEvent]:
         """Nothing: an event not closed by a blank line before the body ended is dropped."""
         self._lines.finish()
@@ -337,6 +351,15 @@ class StreamDecoder(ABC):
     def finish(self) -> Iterator[StreamEvent]:
         """The closing events once the body ended or `done` was set; raise `ProviderError` if the
         stream ended too early."""
+
+    def text_only(self, chunk: bytes) -> str | None:
+        """The text of a read that holds one plain text delta and nothing else, or None.
+
+        The inline reader's shortcut for the usual token: one parse, no event objects, no
+        generators. None consumes nothing (the caller then feeds the chunk), so a dialect answers
+        only for chunks whose full decoding would yield exactly that one `TextDelta`.
+        """
+        return None
 
 
 class _Watchdog:

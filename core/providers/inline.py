@@ -44,7 +44,8 @@ class InlineBody:
     """
 
     __slots__ = ("ended", "emitted", "holding", "_content", "_protocol", "_feed", "_decoder", "_join", "_on_text",
-                 "_touch", "_events", "_error", "_waiter", "_loop", "_received", "_lost", "_pumping")
+                 "_touch", "_events", "_error", "_waiter", "_loop", "_received", "_lost", "_pumping", "_text_only",
+                 "_plain")
 
     def __init__(self, response: aiohttp.ClientResponse, protocol: Any, decoder: "StreamDecoder",
                  join: Joiner, on_text: TextSink, touch: Callable[[], None]) -> None:
@@ -55,6 +56,7 @@ class InlineBody:
         self._protocol = protocol
         self._decoder = decoder
         self._feed = decoder.feed
+        self._text_only = decoder.text_only
         self._join = join
         self._on_text = on_text
         self._touch = touch  # tells the stall watchdog that data arrived
@@ -65,6 +67,7 @@ class InlineBody:
         self._received = protocol.data_received
         self._lost = protocol.connection_lost
         self._pumping = False
+        self._plain = response.headers.get("Content-Encoding", "identity").lower() == "identity"
 
     @classmethod
     def attach(cls, response: aiohttp.ClientResponse, decoder: "StreamDecoder", join: Joiner,
@@ -117,6 +120,10 @@ class InlineBody:
     # ------------------------------------------------------------------ protocol hooks
 
     def _data_received(self, data: bytes) -> None:
+        if not data and self._pumping and self._plain:
+            # Our own `read_nowait()` resuming the parser: an uncompressed body leaves it nothing
+            # to resume (only a decompressor holds data back), so skip a parse of nothing a token.
+            return
         self._received(data)
         self._pump()
 
@@ -155,6 +162,13 @@ class InlineBody:
         events = self._events
         on_text = self._on_text
         try:
+            if not events and not self.holding:
+                text = self._text_only(chunk)  # the usual token, without building events
+                if text is not None:
+                    self.emitted = True
+                    if not on_text(text):
+                        events.append(TextDelta(text))
+                    return
             for event in self._join(self._feed(chunk)):
                 self.emitted = True
                 if (event.__class__ is TextDelta and not events and not self.holding

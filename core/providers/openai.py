@@ -28,6 +28,7 @@ from ..protocol import ImagePart, ModelInfo, TextPart, ToolCallPart, ToolResultP
 from .base import ChatMessage, ChatRequest, Finish, StreamEvent, TextDelta, ToolCallReady, UsageReport
 from .http import (
     CODE_ERROR, CODE_OVERLOADED, CODE_RATE_LIMITED, RETRY_STATUSES, HttpProvider, SseParser, StreamDecoder, decode_json,
+    decode_json_bytes,
     image_placeholder,
 )
 
@@ -202,6 +203,33 @@ class OpenAIDecoder(StreamDecoder):
                 reason = choice.get("finish_reason")
                 if reason:
                     self.finish_reason = str(reason)
+
+    def text_only(self, chunk: bytes) -> str | None:
+        # One `data: {...}\n\n` event whose only news is `choices[0].delta.content`; anything
+        # else (role, tool calls, finish, usage, an error, [DONE], a split event) is left to `feed`.
+        if (not chunk.startswith(b"data: {") or not chunk.endswith(b"\n\n") or chunk.find(b"\n") != len(chunk) - 2
+                or chunk[-3] == 13 or not self.sse.idle()):
+            return None
+        try:
+            message = decode_json_bytes(chunk[6:-2])
+        except ValueError:
+            return None
+        if message.__class__ is not dict or message.get("error") or message.get("usage") is not None:
+            return None
+        choices = message.get("choices")
+        if choices.__class__ is not list or len(choices) != 1:
+            return None
+        choice = choices[0]
+        if choice.__class__ is not dict or choice.get("index", 0) != 0 or choice.get("finish_reason"):
+            return None
+        delta = choice.get("delta")
+        if delta.__class__ is not dict or delta.get("tool_calls"):
+            return None
+        text = delta.get("content")
+        if text.__class__ is not str or not text:
+            return None
+        self.emitted = True
+        return text
 
     def finish(self) -> Iterator[StreamEvent]:
         finish = self.finish_reason
