@@ -18,7 +18,7 @@ from opencode_agent.core.providers.base import (
 from opencode_agent.core.providers.http import RetryPolicy, create_session
 from opencode_agent.core.tools import ToolSpec
 from opencode_agent.tests.fakes.llm_servers import (  # noqa: F401  (fixture)
-    READ_MODES, read_stream,
+    collect, http, read_mode,
     FakeToolCall, Fail, RecordingSleep, Reply, Stream, anthropic_error_event, anthropic_events, closed_port, joined, fake_llm,
 )
 
@@ -28,13 +28,6 @@ WEATHER = ToolSpec(
     description="Weather for a city.",
     parameters={"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
 )
-
-
-@pytest.fixture
-async def http() -> Any:
-    session = create_session(sock_read=5)
-    yield session
-    await session.close()
 
 
 @pytest.fixture
@@ -52,19 +45,7 @@ def ask(text: str = "hi", *, tools: list[ToolSpec] | None = None) -> ChatRequest
                        tools=tools or [])
 
 
-@pytest.fixture(autouse=True, params=READ_MODES)
-def read_mode(request: pytest.FixtureRequest) -> str:
-    """Every test here runs with both readers: the task's and the agent's inline one."""
-    global MODE
-    MODE = request.param
-    return MODE
-
-
-MODE = "task"
-
-
-async def collect(p: AnthropicProvider, request: ChatRequest) -> list[Any]:
-    return await read_stream(p, request, MODE)
+pytestmark = pytest.mark.usefixtures("read_mode")  # every test here runs with both readers
 
 
 async def failure(p: AnthropicProvider, request: ChatRequest) -> ProviderError:

@@ -29,17 +29,10 @@ from opencode_agent.core.providers.registry import build_provider, provider_for
 from opencode_agent.core.providers.profiles import ProviderProfiles
 from opencode_agent.core.secrets import SecretStore
 from opencode_agent.tests.fakes.llm_servers import (  # noqa: F401  (fixture)
-    Fail, RecordingSleep, Reply, Stream, anthropic_error_event, closed_port, joined, fake_llm, sse,
+    Fail, RecordingSleep, Reply, Stream, anthropic_error_event, closed_port, joined, fake_llm, http, sse,
 )
 
 REQUEST = ChatRequest(model="m", system="", messages=[ChatMessage("user", [TextPart(text="hi")])])
-
-
-@pytest.fixture
-async def http() -> Any:
-    session = create_session(sock_read=5)
-    yield session
-    await session.close()
 
 
 async def collect(p: Provider, request: ChatRequest = REQUEST) -> list[Any]:

@@ -17,10 +17,10 @@ from aiohttp import web
 from opencode_agent.core.errors import ProviderError
 from opencode_agent.core.protocol import ProviderProfile, TextPart
 from opencode_agent.core.providers.base import ChatMessage, ChatRequest, Finish, TextDelta, UsageReport
-from opencode_agent.core.providers.http import RetryPolicy, create_session
+from opencode_agent.core.providers.http import RetryPolicy
 from opencode_agent.core.providers.inline import InlineBody
 from opencode_agent.core.providers.openai import OpenAIProvider
-from opencode_agent.tests.fakes.llm_servers import RecordingSleep, read_stream, sse
+from opencode_agent.tests.fakes.llm_servers import RecordingSleep, http, read_stream, sse  # noqa: F401  (fixture)
 
 REQUEST = ChatRequest(model="m", system="", messages=[ChatMessage("user", [TextPart(text="hi")])])
 Writer = Callable[[web.StreamResponse], Awaitable[None]]
@@ -34,11 +34,13 @@ END = (sse({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
        + sse({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}) + b"data: [DONE]\n\n")
 
 
-@pytest.fixture
-async def http() -> Any:
-    session = create_session(sock_read=5)
-    yield session
-    await session.close()
+async def failing_stream(provider: OpenAIProvider) -> tuple[list[str], ProviderError, OpenAIProvider]:
+    """Read a stream that must fail: the text its sink got, the error, the provider."""
+    sunk: list[str] = []
+    with pytest.raises(ProviderError) as info:
+        async for _ in provider.stream(REQUEST, lambda t: sunk.append(t) or True):
+            pass
+    return sunk, info.value, provider
 
 
 @pytest.fixture
@@ -271,12 +273,8 @@ async def test_malformed_data_after_some_text_is_a_broken_stream_not_retried(ser
         await asyncio.sleep(0.02)
         await response.write(b"data: {not json\n\n")
 
-    provider = await serve(body)
-    sunk: list[str] = []
-    with pytest.raises(ProviderError) as info:
-        async for _ in provider.stream(REQUEST, lambda t: sunk.append(t) or True):
-            pass
-    assert sunk == ["a"] and info.value.code == "provider_stream_broken"
+    sunk, error, provider = await failing_stream(await serve(body))
+    assert sunk == ["a"] and error.code == "provider_stream_broken"
     assert provider.retry.sleep.waits == []  # type: ignore[attr-defined]
 
 
@@ -344,13 +342,9 @@ async def test_a_connection_dropped_mid_body_is_a_broken_stream(serve: Any) -> N
         assert response._req is not None and response._req.transport is not None
         response._req.transport.close()  # the server goes away in the middle of a chunked body
 
-    provider = await serve(body)
-    sunk: list[str] = []
-    with pytest.raises(ProviderError) as info:
-        async for _ in provider.stream(REQUEST, lambda t: sunk.append(t) or True):
-            pass
-    assert sunk == ["a"] and info.value.code == "provider_stream_broken"
-    assert "connection lost mid-stream" in info.value.message
+    sunk, error, provider = await failing_stream(await serve(body))
+    assert sunk == ["a"] and error.code == "provider_stream_broken"
+    assert "connection lost mid-stream" in error.message
     assert provider.retry.sleep.waits == []  # type: ignore[attr-defined]
 
 

@@ -15,18 +15,11 @@ from opencode_agent.core.providers.http import RetryPolicy, create_session
 from opencode_agent.core.providers.ollama import OllamaProvider
 from opencode_agent.core.tools import ToolSpec
 from opencode_agent.tests.fakes.llm_servers import (  # noqa: F401  (fixture)
-    READ_MODES, read_stream,
+    collect, http, read_mode,
     FakeToolCall, Fail, RecordingSleep, Reply, Stream, closed_port, joined, fake_llm, ollama_lines,
 )
 
 TOOL = ToolSpec(name="queue_prompt", description="Queue a workflow.", parameters={"type": "object", "properties": {}})
-
-
-@pytest.fixture
-async def http() -> Any:
-    session = create_session(sock_read=5)
-    yield session
-    await session.close()
 
 
 @pytest.fixture
@@ -45,19 +38,7 @@ def ask(*messages: ChatMessage, tools: list[ToolSpec] | None = None, **kw: Any) 
                        messages=list(messages) or [ChatMessage("user", [TextPart(text="hi")])], tools=tools or [], **kw)
 
 
-@pytest.fixture(autouse=True, params=READ_MODES)
-def read_mode(request: pytest.FixtureRequest) -> str:
-    """Every test here runs with both readers: the task's and the agent's inline one."""
-    global MODE
-    MODE = request.param
-    return MODE
-
-
-MODE = "task"
-
-
-async def collect(p: OllamaProvider, request: ChatRequest) -> list[Any]:
-    return await read_stream(p, request, MODE)
+pytestmark = pytest.mark.usefixtures("read_mode")  # every test here runs with both readers
 
 
 async def failure(p: OllamaProvider, request: ChatRequest) -> ProviderError:

@@ -385,14 +385,36 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-# --------------------------------------------------------------------------- the two ways to read
+# --------------------------------------------------------------------------- provider test plumbing
 
-READ_MODES = ("task", "inline")
+
+@pytest.fixture
+async def http() -> Any:
+    """The providers' client session, as the service makes it, with a short read timeout."""
+    from opencode_agent.core.providers.http import create_session
+
+    session = create_session(sock_read=5)
+    yield session
+    await session.close()
+
+
+class ReadMode:
+    """How `collect` reads a stream: `task` (as any caller does) or `inline` (as the agent does,
+    text going to a sink straight from the network read). Set per test by `read_mode`."""
+
+    current = "task"
+
+
+@pytest.fixture(params=("task", "inline"))
+def read_mode(request: pytest.FixtureRequest) -> Any:
+    """Runs a test with each reader (a dialect suite: `pytestmark = usefixtures("read_mode")`)."""
+    ReadMode.current = request.param
+    yield request.param
+    ReadMode.current = "task"
 
 
 async def read_stream(provider: Any, request: Any, mode: str) -> list[Any]:
-    """Every event of one stream, in arrival order, read as the agent does (`inline`: text goes
-    to a sink straight from the network read) or as any other caller does (`task`)."""
+    """Every event of one stream, in arrival order, read the `mode` way."""
     from opencode_agent.core.providers.base import TextDelta
 
     events: list[Any] = []
@@ -404,3 +426,8 @@ async def read_stream(provider: Any, request: Any, mode: str) -> list[Any]:
     async for event in provider.stream(request, sink if mode == "inline" else None):
         events.append(event)
     return events
+
+
+async def collect(provider: Any, request: Any) -> list[Any]:
+    """Every event of one stream, read the way the current test's `read_mode` says."""
+    return await read_stream(provider, request, ReadMode.current)
