@@ -8,9 +8,13 @@ The dialect suites (`test_providers_openai|anthropic|ollama`) run every case wit
 from __future__ import annotations
 
 import asyncio
+import shutil
+import ssl
+import subprocess
 import time
 from typing import Any, Awaitable, Callable
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -366,3 +370,45 @@ async def test_a_compressed_body_is_read_whole(serve: Any) -> None:
     text = "".join(e.text for e in events if isinstance(e, TextDelta))
     assert text == "a " + "t " * 20_000
     assert events[-2:] == [UsageReport(3, 2), Finish("stop")]
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+async def test_text_reaches_the_sink_over_tls(aiohttp_server: Any, tmp_path: Any) -> None:
+    """Real providers are https: asyncio's TLS transport calls the hooked protocol the same way."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    release = asyncio.Event()
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(token("a"))
+        await release.wait()
+        await response.write(token("b") + END)
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    server = await aiohttp_server(app, ssl=context)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False)) as session:
+        profile = ProviderProfile(name="p", kind="openai", base_url=f"https://127.0.0.1:{server.port}/v1")
+        provider = OpenAIProvider(profile, None, session)
+        sunk: list[str] = []
+        yielded: list[Any] = []
+
+        async def consume() -> None:
+            async for event in provider.stream(REQUEST, lambda text: sunk.append(text) or True):
+                yielded.append(event)
+
+        task = asyncio.create_task(consume())
+        for _ in range(300):
+            if sunk:
+                break
+            await asyncio.sleep(0.01)
+        assert sunk == ["a"] and yielded == []  # inside the read, over TLS
+        release.set()
+        await task
+    assert sunk == ["a", "b"] and yielded == [UsageReport(3, 2), Finish("stop")]
