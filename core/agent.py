@@ -154,6 +154,8 @@ class AgentRun:
             created_at=now(), updated_at=now(), usage=Usage(),
         )
         self.final_status_on_cancel = "aborted"
+        # Set by whoever stops the run, before cancelling its task (Python 3.10 cannot ask the task).
+        self.stopping = False
         # `MessageDeltaData` up to its text, encoded once: a delta's data is this plus its text.
         self._delta_head = (f'{{"message_id":{encode_str(self.message.id)},"run_id":{encode_str(self.run.id)},'
                             f'"skill":{encode_str(run_input.role.id)},"text":')
@@ -352,7 +354,7 @@ class AgentRun:
 
         def take_text(text: str) -> bool:
             """Text straight from the network read, once the reply is announced and not stopping."""
-            if not self._announced or (task is not None and task.cancelling()):
+            if not self._announced or self.stopping or is_cancelling(task):
                 return False
             if text:
                 append_text(text)
@@ -543,6 +545,13 @@ def _save_later(deps: AgentDeps, message: Message) -> None:
     task = asyncio.get_running_loop().create_task(retry(), name=f"opencode-save-{snapshot.id}")
     deps.background.add(task)
     task.add_done_callback(deps.background.discard)
+
+
+def is_cancelling(task: "asyncio.Task[Any] | None") -> bool:
+    """Whether `task` is being cancelled: `Task.cancelling()` where Python has it (3.11+); on 3.10
+    only the canceller knows, so callers also keep a flag of their own (`AgentRun.stopping`)."""
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling is not None and cancelling())
 
 
 def _dollars(amount: float) -> str:

@@ -18,7 +18,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol, Sequence
 
-from .agent import MAX_OLDER_MESSAGES, OLDER_PAGE, AgentDeps, AgentRun, RunInput, SkillLike, TurnCache
+from .agent import MAX_OLDER_MESSAGES, OLDER_PAGE, AgentDeps, AgentRun, RunInput, SkillLike, TurnCache, is_cancelling
 from .bus import InProcessBus
 from .errors import BadRequest, Conflict, NotFound, OpencodeError
 from .protocol import (
@@ -345,6 +345,7 @@ class SessionManager:
                 live.recent.pop(agent.message.id, None)
                 active = live.active.get(agent.run.id)
                 if active is not None:
+                    active.agent.stopping = True
                     active.task.cancel()
         may_speak.set_result(saved)
 
@@ -524,8 +525,9 @@ class SessionManager:
     @staticmethod
     def _stop(active: _Active, status: str) -> None:
         """Stop a run as `status`; one already stopping is left to finish its stop."""
-        if active.task.cancelling() or active.stop_at_start:
+        if active.agent.stopping or is_cancelling(active.task) or active.stop_at_start:
             return
+        active.agent.stopping = True
         active.agent.final_status_on_cancel = status
         if active.started:
             active.task.cancel()

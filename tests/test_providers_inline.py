@@ -163,47 +163,77 @@ async def test_the_connection_is_reused_and_the_protocol_restored(serve: Any, ht
     assert "data_received" not in vars(protocol) and "connection_lost" not in vars(protocol)
 
 
-async def test_the_end_of_the_body_in_one_read_with_the_last_tokens(http: Any) -> None:
+def http_chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+RAW_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.fixture
+async def raw_upstream(http: Any) -> Any:
+    """`await raw_upstream(reply)`: (a provider, the count of connections made) for a bare asyncio
+    server that answers each request with `reply(transport)`: the bytes on the wire are the test's."""
+    servers: list[asyncio.Server] = []
+
+    async def start(reply: Callable[[Any], Awaitable[None]]) -> tuple[OpenAIProvider, list[int]]:
+        connections = [0]
+
+        class Upstream(asyncio.Protocol):
+            def connection_made(self, transport: Any) -> None:
+                connections[0] += 1
+                self.transport = transport
+
+            def data_received(self, data: bytes) -> None:
+                if b"\r\n\r\n" in data:
+                    asyncio.get_running_loop().create_task(reply(self.transport))
+
+        server = await asyncio.get_running_loop().create_server(Upstream, "127.0.0.1", 0)
+        servers.append(server)
+        port = server.sockets[0].getsockname()[1]
+        profile = ProviderProfile(name="p", kind="openai", base_url=f"http://127.0.0.1:{port}/v1",
+                                  extra={"read_timeout": 2})
+        return OpenAIProvider(profile, None, http), connections
+    yield start
+    for server in servers:
+        server.close()
+
+
+async def test_the_end_of_the_body_in_one_read_with_the_last_tokens(raw_upstream: Any) -> None:
     """A server that writes the finish, the usage, [DONE] and the closing chunk in one write
     (several HTTP chunks in one read): taking them lets aiohttp re-enter the reader, which must
     still decode everything once and in order. Three replies on one keep-alive connection."""
-    connections = 0
-
-    class Upstream(asyncio.Protocol):
-        def connection_made(self, transport: Any) -> None:
-            nonlocal connections
-            connections += 1
-            self.transport = transport
-
-        def data_received(self, data: bytes) -> None:
-            if b"\r\n\r\n" in data:
-                asyncio.get_running_loop().create_task(self.reply())
-
-        async def reply(self) -> None:
-            def chunk(data: bytes) -> bytes:
-                return b"%x\r\n%s\r\n" % (len(data), data)
-            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                                 b"Transfer-Encoding: chunked\r\n\r\n" + chunk(token("")))
-            for text in ("one ", "two"):
-                await asyncio.sleep(0.01)
-                self.transport.write(chunk(token(text)))
+    async def reply(transport: Any) -> None:
+        transport.write(RAW_HEAD + http_chunk(token("")))
+        for text in ("one ", "two"):
             await asyncio.sleep(0.01)
-            parts = END.split(b"\n\n")[:-1]
-            self.transport.write(b"".join(chunk(p + b"\n\n") for p in parts) + b"0\r\n\r\n")
+            transport.write(http_chunk(token(text)))
+        await asyncio.sleep(0.01)
+        transport.write(b"".join(http_chunk(p + b"\n\n") for p in END.split(b"\n\n")[:-1]) + b"0\r\n\r\n")
 
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(Upstream, "127.0.0.1", 0)
-    try:
-        port = server.sockets[0].getsockname()[1]
-        profile = ProviderProfile(name="p", kind="openai", base_url=f"http://127.0.0.1:{port}/v1")
-        provider = OpenAIProvider(profile, None, http)
-        for _ in range(3):
-            sunk: list[str] = []
-            events = [e async for e in provider.stream(REQUEST, lambda t: sunk.append(t) or True)]
-            assert "".join(sunk) == "one two" and events == [UsageReport(3, 2), Finish("stop")]
-        assert connections == 1
-    finally:
-        server.close()
+    provider, connections = await raw_upstream(reply)
+    for _ in range(3):
+        sunk: list[str] = []
+        events = [e async for e in provider.stream(REQUEST, lambda t: sunk.append(t) or True)]
+        assert "".join(sunk) == "one two" and events == [UsageReport(3, 2), Finish("stop")]
+    assert connections == [1]
+
+
+async def test_a_burst_of_tiny_chunks_aiohttp_holds_back_is_read_whole(raw_upstream: Any) -> None:
+    """More tiny HTTP chunks in one read than aiohttp keeps unread (`read_bufsize // 16`): its
+    parser pauses mid-read and parses the rest only when the reader resumes it, through
+    `data_received(b"")` from inside our own read. The end of the body is in that rest."""
+    body = token("t ") * 4000 + END
+
+    async def reply(transport: Any) -> None:
+        transport.write(RAW_HEAD + http_chunk(token("a ")))
+        await asyncio.sleep(0.05)
+        transport.write(b"".join(http_chunk(body[i:i + 4]) for i in range(0, len(body), 4)) + b"0\r\n\r\n")
+
+    provider, _ = await raw_upstream(reply)
+    events = await read_stream(provider, REQUEST, "inline")
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "a " + "t " * 4000
+    assert events[-2:] == [UsageReport(3, 2), Finish("stop")]
 
 
 async def test_closing_the_stream_stops_the_sink_at_once(serve: Any) -> None:

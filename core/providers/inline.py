@@ -44,8 +44,7 @@ class InlineBody:
     """
 
     __slots__ = ("ended", "emitted", "holding", "_content", "_protocol", "_feed", "_decoder", "_join", "_on_text",
-                 "_touch", "_events", "_error", "_waiter", "_loop", "_received", "_lost", "_pumping", "_text_only",
-                 "_plain")
+                 "_touch", "_events", "_error", "_waiter", "_loop", "_received", "_lost", "_pumping", "_text_only")
 
     def __init__(self, response: aiohttp.ClientResponse, protocol: Any, decoder: "StreamDecoder",
                  join: Joiner, on_text: TextSink, touch: Callable[[], None]) -> None:
@@ -67,7 +66,6 @@ class InlineBody:
         self._received = protocol.data_received
         self._lost = protocol.connection_lost
         self._pumping = False
-        self._plain = response.headers.get("Content-Encoding", "identity").lower() == "identity"
 
     @classmethod
     def attach(cls, response: aiohttp.ClientResponse, decoder: "StreamDecoder", join: Joiner,
@@ -120,10 +118,6 @@ class InlineBody:
     # ------------------------------------------------------------------ protocol hooks
 
     def _data_received(self, data: bytes) -> None:
-        if not data and self._pumping and self._plain:
-            # Our own `read_nowait()` resuming the parser: an uncompressed body leaves it nothing
-            # to resume (only a decompressor holds data back), so skip a parse of nothing a token.
-            return
         self._received(data)
         self._pump()
 
