@@ -68,12 +68,7 @@ async def read_body(request: web.Request, model: type[M]) -> M:
                             code="unsupported_media_type", status=415)
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise PayloadTooLarge(f"the body is larger than {MAX_BODY_BYTES} bytes")
-    try:
-        raw = await request.content.read(MAX_BODY_BYTES + 1)
-    except ValueError:
-        raise PayloadTooLarge(f"the body is larger than {MAX_BODY_BYTES} bytes") from None
-    if len(raw) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"the body is larger than {MAX_BODY_BYTES} bytes")
+    raw = await _read_all(request, MAX_BODY_BYTES)
     if not raw.strip():
         raw = b"{}"
     try:
@@ -81,6 +76,24 @@ async def read_body(request: web.Request, model: type[M]) -> M:
     except UnicodeDecodeError as exc:
         raise BadRequest(f"the body is not valid UTF-8: {exc}", code="bad_json") from None
     return parse_model(model, parse_json(text, "body"))
+
+
+async def _read_all(request: web.Request, limit: int) -> bytes:
+    """The whole body, refused past `limit` bytes. One `read(n)` returns what has arrived so far,
+    which for a body sent in several pieces (a large message, a slow client) is only the first."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            chunk = await request.content.read(limit + 1 - size)
+        except ValueError:  # aiohttp's own cap on the body
+            raise PayloadTooLarge(f"the body is larger than {limit} bytes") from None
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
 
 
 def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:

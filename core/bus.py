@@ -303,8 +303,9 @@ class InProcessBus(Bus):
     def _ensure_sender(self, room: _Room) -> None:
         if room.task is None or room.task.done():
             # The sender must not inherit a run's context (its log-capture run id, say).
-            room.task = asyncio.get_running_loop().create_task(
-                self._send_loop(room), name=f"opencode-room-{room.session_id}", context=contextvars.Context()
+            # (Created inside an empty context: `create_task(context=...)` needs Python 3.11.)
+            room.task = contextvars.Context().run(
+                asyncio.get_running_loop().create_task, self._send_loop(room), name=f"opencode-room-{room.session_id}"
             )
 
     async def _send_loop(self, room: _Room) -> None:

@@ -11,7 +11,7 @@ from typing import Any, AsyncIterator
 
 import pytest
 
-from fakes.scripted_provider import ScriptedProvider, ScriptedResolver, text_turn, tool_turn
+from fakes.scripted_provider import Barrier, ScriptedProvider, ScriptedResolver, text_turn, tool_turn
 from opencode_agent.core.agent import REPLY_RESERVE_TOKENS, build_history, estimate_tokens, fit_to_context
 from opencode_agent.core.providers.base import ChatMessage
 from opencode_agent.core.errors import ProviderError
@@ -33,7 +33,7 @@ def role_of(request: ChatRequest) -> str:
     return request.system.split("\n")[0].removeprefix("ROLE:")
 
 
-pair_barrier: asyncio.Barrier | None = None
+pair_barrier: Any = None
 
 
 @tool(permission="read")
@@ -190,7 +190,7 @@ async def test_tool_call_result_is_fed_back(env):
 
 async def test_parallel_tool_calls_run_at_once(env):
     global pair_barrier
-    pair_barrier = asyncio.Barrier(2)
+    pair_barrier = Barrier(2)
     provider, session, ws_for = env
     provider.turns.extend([tool_turn(("a", "meet", {"who": "x"}), ("b", "meet", {"who": "y"})), text_turn("done")])
     sid = await session("alpha", "testtools")
@@ -254,7 +254,7 @@ async def test_permission_reply_over_rest(env, client):
     assert again.status == 404
 
 
-def interleaving_roles(barrier: asyncio.Barrier):
+def interleaving_roles(barrier: Any):
     def by_role(request: ChatRequest):
         name = role_of(request)
 
@@ -271,7 +271,7 @@ def interleaving_roles(barrier: asyncio.Barrier):
 
 async def test_three_roles_stream_interleaved_and_complete(env):
     provider, session, ws_for = env
-    provider.by_role = interleaving_roles(asyncio.Barrier(3))
+    provider.by_role = interleaving_roles(Barrier(3))
     sid = await session("alpha", "beta", "gamma")
     ws = await ws_for(sid)
     sent = await ws.command("send", session_id=sid, text="hello all")
@@ -571,7 +571,7 @@ async def test_the_instructions_and_tool_schemas_take_their_share_of_the_context
 
 async def test_the_budget_counts_every_role_running_at_once(env):
     global pair_barrier
-    pair_barrier = asyncio.Barrier(2)  # both first turns are in before either role asks again
+    pair_barrier = Barrier(2)  # both first turns are in before either role asks again
     provider, session, ws_for = env
     turns = {name: [tool_turn((f"{name}-1", "meet", {"who": name})), text_turn("never")] for name in ("alpha", "beta")}
     provider.by_role = lambda request: turns[role_of(request)].pop(0)
@@ -926,7 +926,7 @@ async def test_a_user_message_the_store_refuses_leaves_no_trace_of_its_runs(env,
     ws = await ws_for(sid)
     asked = asyncio.Event()
     release = asyncio.Event()
-    both_asked = asyncio.Barrier(3)
+    both_asked = Barrier(3)
 
     async def turn(request: ChatRequest) -> AsyncIterator[Any]:
         await both_asked.wait()

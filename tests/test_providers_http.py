@@ -110,6 +110,26 @@ async def test_non_json_error_body_is_quoted(fake_llm: Any, http: Any) -> None:
     assert info.value.message == "p: <html>Bad Gateway</html> (HTTP 502)" and info.value.retryable
 
 
+async def test_an_error_body_sent_in_pieces_is_read_whole(aiohttp_server: Any, http: Any) -> None:
+    async def completions(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(status=400, headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        body = json.dumps({"error": {"message": "context too long: " + "x" * 3000, "code": "context_length_exceeded"}})
+        await resp.write(body[:100].encode())
+        await asyncio.sleep(0.05)
+        await resp.write(body[100:].encode())
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    server = await aiohttp_server(app)
+    profile = ProviderProfile(name="p", kind="openai", base_url=str(server.make_url("/v1")))
+    with pytest.raises(ProviderError) as info:
+        await collect(OpenAIProvider(profile, None, http, retry=RetryPolicy(max_attempts=1)))
+    assert info.value.message.startswith("p: context too long: xxx") and info.value.code == "provider_bad_request"
+    assert "(context_length_exceeded) (HTTP 400)" in info.value.message
+
+
 async def test_x_should_retry_header_wins(fake_llm: Any, http: Any) -> None:
     sleep = RecordingSleep()
     fake_llm.push(Fail(500, {"error": {"message": "nope"}}, {"x-should-retry": "false"}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -160,6 +161,33 @@ async def test_bad_input_gets_a_clear_error_and_writes_nothing(client: TestClien
     err = await j(resp, status)
     assert err["error"]["code"] == code and err["error"]["message"]
     assert await service.store.list_sessions() == []
+
+
+async def test_a_body_sent_in_pieces_is_read_whole(client: TestClient) -> None:
+    """A large message from a slow client arrives in several reads; all of them make the body."""
+    sid = (await j(await client.post("/opencode/sessions", json={"skills": ["echo"]}), 201))["id"]
+    body = json.dumps({"text": "lorem ipsum " * 6000}).encode()
+
+    async def pieces() -> Any:
+        for i in range(0, len(body), 16_384):
+            yield body[i:i + 16_384]
+            await asyncio.sleep(0.01)
+
+    resp = await client.post(f"/opencode/sessions/{sid}/messages", data=pieces(),
+                             headers={"Content-Type": "application/json"})
+    sent = await j(resp, 202)
+    page = await j(await client.get(f"/opencode/sessions/{sid}/messages"), 200)
+    [user] = [m for m in page["messages"] if m["id"] == sent["message_id"]]
+    assert user["parts"][0]["text"] == "lorem ipsum " * 6000
+    too_big = b'{"text": "' + b"x" * (2 << 20) + b'"}'
+
+    async def big_pieces() -> Any:
+        for i in range(0, len(too_big), 1 << 18):
+            yield too_big[i:i + (1 << 18)]
+
+    resp = await client.post(f"/opencode/sessions/{sid}/messages", data=big_pieces(),
+                             headers={"Content-Type": "application/json"})
+    assert (await j(resp, 413))["error"]["code"] == "payload_too_large"
 
 
 async def test_empty_message_is_rejected(client: TestClient) -> None:

@@ -715,11 +715,16 @@ class HttpProvider(Provider):
         return self.error(f"connection failed: {type(exc).__name__}: {exc}", retryable=True, code=CODE_UNREACHABLE)
 
     async def _http_error(self, response: aiohttp.ClientResponse) -> ProviderError:
+        chunks: list[bytes] = []
+        size = 0
         try:
-            raw = await response.content.read(MAX_ERROR_BODY)
+            # `read(n)` gives what has arrived so far: read on to the end (or the cap).
+            while size < MAX_ERROR_BODY and (chunk := await response.content.read(MAX_ERROR_BODY - size)):
+                chunks.append(chunk)
+                size += len(chunk)
         except (aiohttp.ClientError, asyncio.TimeoutError):
-            raw = b""
-        text = raw.decode("utf-8", errors="replace")
+            pass  # what did arrive still says something
+        text = b"".join(chunks).decode("utf-8", errors="replace")
         status = response.status
         message, code = error_details(text)
         if not message:

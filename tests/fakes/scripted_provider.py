@@ -68,3 +68,24 @@ class ScriptedResolver:
 
     async def resolve(self, provider_name: str | None, model: str | None) -> ResolvedModel:
         return ResolvedModel(provider=self.provider, model=model or "m", caps=self.caps)
+
+
+class _CyclicBarrier:
+    """`asyncio.Barrier` (Python 3.11+) as these tests use it, for runs on Python 3.10."""
+
+    def __init__(self, parties: int) -> None:
+        self.parties = parties
+        self._arrived = 0
+        self._open = asyncio.Event()
+
+    async def wait(self) -> None:
+        gate = self._open
+        self._arrived += 1
+        if self._arrived == self.parties:
+            self._arrived, self._open = 0, asyncio.Event()
+            gate.set()
+        else:
+            await gate.wait()
+
+
+Barrier: Any = getattr(asyncio, "Barrier", _CyclicBarrier)
