@@ -38,6 +38,27 @@ END = (sse({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
        + sse({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}) + b"data: [DONE]\n\n")
 
 
+async def read_while_held(provider: OpenAIProvider, release: asyncio.Event) -> tuple[list[str], list[Any]]:
+    """Read a stream whose server sends "a" then waits for `release`: the sink must have "a"
+    while the stream has yielded nothing. Returns what the sink got and what was yielded."""
+    sunk: list[str] = []
+    yielded: list[Any] = []
+
+    async def consume() -> None:
+        async for event in provider.stream(REQUEST, lambda text: sunk.append(text) or True):
+            yielded.append(event)
+
+    task = asyncio.create_task(consume())
+    for _ in range(300):
+        if sunk:
+            break
+        await asyncio.sleep(0.01)
+    assert sunk == ["a"] and yielded == []  # inside the read
+    release.set()
+    await task
+    return sunk, yielded
+
+
 async def failing_stream(provider: OpenAIProvider) -> tuple[list[str], ProviderError, OpenAIProvider]:
     """Read a stream that must fail: the text its sink got, the error, the provider."""
     sunk: list[str] = []
@@ -79,22 +100,7 @@ async def test_text_reaches_the_sink_inside_the_read(serve: Any) -> None:
         await release.wait()
         await response.write(token("b") + END)
 
-    provider = await serve(body)
-    sunk: list[str] = []
-    yielded: list[Any] = []
-
-    async def consume() -> None:
-        async for event in provider.stream(REQUEST, lambda text: sunk.append(text) or True):
-            yielded.append(event)
-
-    task = asyncio.create_task(consume())
-    for _ in range(200):
-        if sunk:
-            break
-        await asyncio.sleep(0.01)
-    assert sunk == ["a"] and yielded == []
-    release.set()
-    await task
+    sunk, yielded = await read_while_held(await serve(body), release)
     assert sunk == ["a", "b"]
     assert yielded == [UsageReport(3, 2), Finish("stop")]
 
@@ -425,20 +431,5 @@ async def test_text_reaches_the_sink_over_tls(aiohttp_server: Any, tmp_path: Any
     server = await aiohttp_server(app, ssl=context)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False)) as session:
         profile = ProviderProfile(name="p", kind="openai", base_url=f"https://127.0.0.1:{server.port}/v1")
-        provider = OpenAIProvider(profile, None, session)
-        sunk: list[str] = []
-        yielded: list[Any] = []
-
-        async def consume() -> None:
-            async for event in provider.stream(REQUEST, lambda text: sunk.append(text) or True):
-                yielded.append(event)
-
-        task = asyncio.create_task(consume())
-        for _ in range(300):
-            if sunk:
-                break
-            await asyncio.sleep(0.01)
-        assert sunk == ["a"] and yielded == []  # inside the read, over TLS
-        release.set()
-        await task
+        sunk, yielded = await read_while_held(OpenAIProvider(profile, None, session), release)
     assert sunk == ["a", "b"] and yielded == [UsageReport(3, 2), Finish("stop")]
