@@ -20,6 +20,27 @@ async def j(resp: Any, status: int) -> Any:
     return json.loads(body) if body else None
 
 
+async def add_provider(client: Any, fake_llm: FakeLLMServer, name: str, model: str, *, key: str | None = None) -> None:
+    """An OpenAI-format profile on the fake server, with `key` stored if given."""
+    await j(await client.post("/opencode/providers", json={
+        "name": name, "kind": "openai", "base_url": fake_llm.url + "/v1", "default_model": model}), 201)
+    if key is not None:
+        await j(await client.put(f"/opencode/providers/{name}/key", json={"key": key}), 200)
+
+
+async def session_socket(client: Any, sid: str, **join: Any) -> WsClient:
+    """A WebSocket joined to session `sid`."""
+    ws = WsClient(await client.ws_connect("/opencode/ws"))
+    await ws.command("join", session_id=sid, **join)
+    return ws
+
+
+async def reply_to(ws: WsClient, sid: str, text: str) -> dict[str, Any]:
+    """Send `text` and wait for its run's final `run.status` event."""
+    sent = await ws.command("send", session_id=sid, text=text)
+    return await ws.until(run_final(sent["data"]["run_id"]))
+
+
 async def test_profile_crud_and_write_only_key(client: Any, fake_llm: FakeLLMServer) -> None:
     body = {"name": "fake", "kind": "openai", "base_url": fake_llm.url + "/v1", "default_model": "gpt-a"}
     created = await j(await client.post("/opencode/providers", json=body), 201)
@@ -41,19 +62,15 @@ async def test_profile_crud_and_write_only_key(client: Any, fake_llm: FakeLLMSer
 
 
 async def test_openai_stream_with_tool_call_through_the_service(client: Any, fake_llm: FakeLLMServer) -> None:
-    await j(await client.post("/opencode/providers", json={
-        "name": "fake", "kind": "openai", "base_url": fake_llm.url + "/v1", "default_model": "gpt-a"}), 201)
-    await j(await client.put("/opencode/providers/fake/key", json={"key": KEY}), 200)
+    await add_provider(client, fake_llm, "fake", "gpt-a", key=KEY)
     sid = (await j(await client.post("/opencode/sessions", json={
         "skills": ["assistant"], "provider": "fake", "model": "gpt-a"}), 201))["id"]
     fake_llm.push(
         Reply(tool_calls=[FakeToolCall("read_skill_reference", {"skill": "prompt-engineer", "path": "nope.md"}, id="c1")]),
         Reply(text="Here is your answer.", input_tokens=120, output_tokens=30),
     )
-    ws = WsClient(await client.ws_connect("/opencode/ws"))
-    await ws.command("join", session_id=sid, panel=True)
-    sent = await ws.command("send", session_id=sid, text="help me")
-    final = await ws.until(run_final(sent["data"]["run_id"]))
+    ws = await session_socket(client, sid, panel=True)
+    final = await reply_to(ws, sid, "help me")
     assert final["data"]["run"]["status"] == "completed", final
     text = "".join(e["data"]["text"] for e in ws.of_type("message.delta"))
     assert text == "Here is your answer."
@@ -70,17 +87,13 @@ async def test_openai_stream_with_tool_call_through_the_service(client: Any, fak
 async def test_upstream_error_surfaces_as_run_error_without_the_key(client: Any, fake_llm: FakeLLMServer) -> None:
     from fakes.llm_servers import Fail
 
-    await j(await client.post("/opencode/providers", json={
-        "name": "fake", "kind": "openai", "base_url": fake_llm.url + "/v1", "default_model": "gpt-a"}), 201)
-    await j(await client.put("/opencode/providers/fake/key", json={"key": KEY}), 200)
+    await add_provider(client, fake_llm, "fake", "gpt-a", key=KEY)
     sid = (await j(await client.post("/opencode/sessions", json={
         "skills": ["assistant"], "provider": "fake"}), 201))["id"]
     fake_llm.push(Fail(401, {"error": {"message": f"Incorrect API key provided: {KEY}", "type": "invalid_request_error",
                                        "code": "invalid_api_key"}}))
-    ws = WsClient(await client.ws_connect("/opencode/ws"))
-    await ws.command("join", session_id=sid)
-    sent = await ws.command("send", session_id=sid, text="hi")
-    final = await ws.until(run_final(sent["data"]["run_id"]))
+    ws = await session_socket(client, sid)
+    final = await reply_to(ws, sid, "hi")
     assert final["data"]["run"]["status"] == "error"
     assert "Incorrect API key" in final["data"]["run"]["error"]
     assert KEY not in json.dumps(ws.events)
@@ -94,10 +107,8 @@ async def test_no_provider_is_a_clear_run_error(client: Any) -> None:
     # The seeded Ollama profile needs no key, but nothing answers where it points.
     await j(await client.patch("/opencode/providers/ollama", json={"base_url": f"http://127.0.0.1:{closed_port()}"}), 200)
     sid = (await j(await client.post("/opencode/sessions", json={"skills": ["assistant"]}), 201))["id"]
-    ws = WsClient(await client.ws_connect("/opencode/ws"))
-    await ws.command("join", session_id=sid)
-    sent = await ws.command("send", session_id=sid, text="hi")
-    final = await ws.until(run_final(sent["data"]["run_id"]))
+    ws = await session_socket(client, sid)
+    final = await reply_to(ws, sid, "hi")
     assert final["data"]["run"]["status"] == "error"
     assert "no provider is chosen" in final["data"]["run"]["error"]
     assert "start your local server" in final["data"]["run"]["error"]
@@ -105,18 +116,14 @@ async def test_no_provider_is_a_clear_run_error(client: Any) -> None:
 
 async def test_a_changed_key_or_profile_applies_to_the_next_run(client: Any, fake_llm: FakeLLMServer) -> None:
     """Runs reuse a resolved provider; a new key or an edited profile must still take effect."""
-    await j(await client.post("/opencode/providers", json={
-        "name": "fake", "kind": "openai", "base_url": fake_llm.url + "/v1", "default_model": "gpt-a"}), 201)
-    await j(await client.put("/opencode/providers/fake/key", json={"key": KEY}), 200)
+    await add_provider(client, fake_llm, "fake", "gpt-a", key=KEY)
     sid = (await j(await client.post("/opencode/sessions", json={
         "skills": ["assistant"], "provider": "fake"}), 201))["id"]
-    ws = WsClient(await client.ws_connect("/opencode/ws"))
-    await ws.command("join", session_id=sid)
+    ws = await session_socket(client, sid)
 
     async def one_reply() -> Any:
         fake_llm.push(Reply(text="ok"))
-        sent = await ws.command("send", session_id=sid, text="hi")
-        final = await ws.until(run_final(sent["data"]["run_id"]))
+        final = await reply_to(ws, sid, "hi")
         assert final["data"]["run"]["status"] == "completed", final
         return fake_llm.last
 
@@ -136,21 +143,15 @@ async def test_with_no_key_anywhere_a_server_on_this_machine_answers(client: Any
     """A fresh install with only a local server (Ollama, LM Studio) needs no provider chosen:
     a profile that has a key comes first, else the first that needs none."""
     await j(await client.delete("/opencode/providers/ollama"), 200)
-    await j(await client.post("/opencode/providers", json={
-        "name": "studio", "kind": "openai", "base_url": fake_llm.url + "/v1", "default_model": "local-model"}), 201)
+    await add_provider(client, fake_llm, "studio", "local-model")
     fake_llm.push(Reply(text="from the local server"))
     sid = (await j(await client.post("/opencode/sessions", json={"skills": ["assistant"]}), 201))["id"]
-    ws = WsClient(await client.ws_connect("/opencode/ws"))
-    await ws.command("join", session_id=sid)
-    sent = await ws.command("send", session_id=sid, text="hi")
-    final = await ws.until(run_final(sent["data"]["run_id"]))
+    ws = await session_socket(client, sid)
+    final = await reply_to(ws, sid, "hi")
     assert final["data"]["run"]["status"] == "completed"
     assert fake_llm.last.body["model"] == "local-model"
     # A profile with a key is preferred to it.
-    await j(await client.post("/opencode/providers", json={
-        "name": "keyed", "kind": "openai", "base_url": fake_llm.url + "/v1", "default_model": "keyed-model"}), 201)
-    await j(await client.put("/opencode/providers/keyed/key", json={"key": KEY}), 200)
+    await add_provider(client, fake_llm, "keyed", "keyed-model", key=KEY)
     fake_llm.push(Reply(text="from the keyed one"))
-    sent = await ws.command("send", session_id=sid, text="again")
-    await ws.until(run_final(sent["data"]["run_id"]))
+    await reply_to(ws, sid, "again")
     assert fake_llm.last.body["model"] == "keyed-model"
