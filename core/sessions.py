@@ -18,7 +18,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol, Sequence
 
-from .agent import MAX_OLDER_MESSAGES, OLDER_PAGE, AgentDeps, AgentRun, RunInput, SkillLike, TurnCache, is_cancelling
+from .agent import MAX_OLDER_MESSAGES, OLDER_PAGE, AgentDeps, AgentRun, RunInput, SkillLike, TurnCache
 from .bus import InProcessBus
 from .errors import BadRequest, Conflict, NotFound, OpencodeError
 from .protocol import (
@@ -525,7 +525,7 @@ class SessionManager:
     @staticmethod
     def _stop(active: _Active, status: str) -> None:
         """Stop a run as `status`; one already stopping is left to finish its stop."""
-        if active.agent.stopping or is_cancelling(active.task) or active.stop_at_start:
+        if active.agent.stopping:  # every stop goes through here (or sets the flag itself)
             return
         active.agent.stopping = True
         active.agent.final_status_on_cancel = status
