@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sys
 import time
 from typing import Any, AsyncIterator
 
@@ -283,6 +284,27 @@ async def test_three_roles_stream_interleaved_and_complete(env):
     for run_id in sent["data"]["run_ids"]:
         msg = final_message(ws, run_id)
         assert msg["status"] == "completed" and msg["parts"][0]["text"] == f"{msg['skill']}0 {msg['skill']}1 {msg['skill']}2 "
+
+
+async def test_each_role_asks_its_model_in_the_loop_turn_of_the_send(env, service):
+    """On Python 3.12+ a run starts eagerly: under load a loop turn lasts milliseconds, and the
+    model should not wait one (or, with aiohttp's own body-writing task, two) before it is asked."""
+    provider, session, _ = env
+    sid = await session("alpha", "beta")
+    await service.sessions.get(sid)  # loaded, so the send itself does not wait on the store
+    asked_in_the_send_turn: dict[str, bool] = {}
+    next_turn = asyncio.Event()
+
+    def by_role(request: ChatRequest) -> list[Any]:
+        asked_in_the_send_turn[role_of(request)] = not next_turn.is_set()
+        return text_turn("ok")
+
+    provider.by_role = by_role
+    asyncio.get_running_loop().call_soon(next_turn.set)  # runs in the loop's next turn
+    sent = await service.sessions.send(sid, SendBody(text="hi"))
+    await service.sessions.wait_runs(sid, sent.run_ids)
+    eager = sys.version_info >= (3, 12)
+    assert asked_in_the_send_turn == {"alpha": eager, "beta": eager}
 
 
 async def test_at_role_addresses_one_role(env):
