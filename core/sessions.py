@@ -320,6 +320,7 @@ class SessionManager:
             live.queued.append(_Queued(user, runs, roles))
             for run in runs:
                 self.bus.publish(session_id, "run.status", RunStatusData(run=run))
+            self._start_next(live)  # the busy runs may have ended while it was saved
         else:
             # The runs start while the message commits, so the model request does not wait for
             # the disk; they say nothing until it is saved, and vanish if it is not.
@@ -463,10 +464,14 @@ class SessionManager:
         # A dropped run left `recent` in `_after_commit` and has no usage to count.
         if not agent.dropped and message.usage and (message.usage.input_tokens or message.usage.output_tokens):
             self._add_usage(live, message)
+        self._start_next(live)
+        return message
+
+    def _start_next(self, live: _Live) -> None:
+        """Start the oldest queued message once nothing runs and no interrupt is waiting."""
         if not live.active and live.queued and not live.interrupting and not self._closing:
             nxt = live.queued.popleft()
             self._start(live, nxt.user_message, nxt.runs, nxt.roles)
-        return message
 
     def _spent(self, live: _Live) -> Usage:
         """The session's usage: its finished replies (in its totals) plus what its running ones used so far."""
