@@ -488,6 +488,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 break
     finally:
         conn.leave_all()
+        await conn.answered()
     return ws
 
 

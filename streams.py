@@ -200,7 +200,12 @@ class WsSubscriber:
 
 
 class WsConnection:
-    """Parses commands, calls the core, answers each with `ack` or `error` carrying its id."""
+    """Parses commands, calls the core, answers each with `ack` or `error` carrying its id.
+
+    A send is answered once its message is committed, which takes a while on a loaded server:
+    the frames behind it are read as soon as its runs have started (so an abort finds them), and
+    its answer follows from a task of its own. Nothing else behind a send waits for the disk.
+    """
 
     def __init__(self, svc: OpencodeService, ws: web.WebSocketResponse, request: web.Request) -> None:
         self.svc = svc
@@ -208,8 +213,30 @@ class WsConnection:
         self.request = request
         self.outbox = WsOutbox(ws, request.transport, hold=svc.config.ws_hold)
         self.joined: dict[str, WsSubscriber] = {}
+        self._answering: set[asyncio.Task[None]] = set()
 
     async def handle(self, text: str) -> None:
+        """One command frame: answered before the next is read, or, for a send, once it has started."""
+        command = await self._parse(text)
+        if command is None:
+            return
+        if command.type != "send":
+            await self._answer(command)
+            return
+        loop = asyncio.get_running_loop()
+        started: asyncio.Future[None] = loop.create_future()
+        answering = loop.create_task(self._answer(command, started))
+        self._answering.add(answering)
+        answering.add_done_callback(self._answering.discard)
+        await asyncio.wait([started, answering], return_when=asyncio.FIRST_COMPLETED)
+
+    async def answered(self) -> None:
+        """Until every send taken so far has been answered (or has failed to be: the socket closed)."""
+        if self._answering:
+            await asyncio.wait(set(self._answering))
+
+    async def _parse(self, text: str) -> Any:
+        """The frame's command, or None once the frame has been answered with an error."""
         cid: str | None = None
         try:
             if len(text.encode("utf-8", "surrogatepass")) > p.MAX_WS_FRAME_BYTES:
@@ -221,16 +248,28 @@ class WsConnection:
                 kind = raw.get("type") if isinstance(raw, dict) else None
                 raise BadRequest(f"unknown command {str(kind)[:40]!r}; commands: {', '.join(sorted(p.COMMAND_TYPES))}",
                                  code="unknown_command")
-            command = parse_model(p.CommandAdapterModel, {"command": raw}).command
-            data = await self.dispatch(command)
+            return parse_model(p.CommandAdapterModel, {"command": raw}).command
+        except OpencodeError as exc:
+            await self._answer_error(cid, exc)
+        return None
+
+    async def _answer(self, command: Any, started: asyncio.Future[None] | None = None) -> None:
+        try:
+            data = await self.dispatch(command, started)
             await self.reply(p.AckReply(id=command.id, data=data).model_dump_json())
         except OpencodeError as exc:
-            await self.reply_error(cid, exc)
+            await self._answer_error(command.id, exc)
         except ConnectionResetError:
             pass
         except Exception:  # noqa: BLE001 - one bad command must not kill the socket
             log.exception("websocket command failed")
-            await self.reply_error(cid, OpencodeError("unexpected server error; see the ComfyUI console"))
+            await self._answer_error(command.id, OpencodeError("unexpected server error; see the ComfyUI console"))
+
+    async def _answer_error(self, cid: str | None, exc: OpencodeError) -> None:
+        try:
+            await self.reply_error(cid, exc)
+        except ConnectionResetError:
+            pass
 
     async def reply_error(self, cid: str | None, exc: OpencodeError) -> None:
         if self.ws.closed:
@@ -248,7 +287,8 @@ class WsConnection:
         else:
             await self.ws.send_str(text)
 
-    async def dispatch(self, cmd: Any) -> dict[str, Any]:
+    async def dispatch(self, cmd: Any, started: asyncio.Future[None] | None = None) -> dict[str, Any]:
+        """Run one command; a send resolves `started` once its runs have started (or it has queued)."""
         sessions = self.svc.sessions
         if cmd.type == "ping":
             return {"pong": True}
@@ -269,7 +309,7 @@ class WsConnection:
             return {}
         if cmd.type == "send":
             body = p.SendBody(text=cmd.text, images=cmd.images, skills=cmd.skills, mode=cmd.mode)
-            return (await sessions.send(cmd.session_id, body)).model_dump()
+            return (await sessions.send(cmd.session_id, body, started=started)).model_dump()
         if cmd.type == "abort":
             return (await sessions.abort(cmd.session_id, cmd.run_id, cmd.skill)).model_dump()
         if cmd.type == "configure":

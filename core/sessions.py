@@ -69,6 +69,11 @@ def start_eagerly(coro: Coroutine[Any, Any, Message], *, name: str) -> asyncio.T
     return loop.create_task(coro, name=name)
 
 
+def _resolve(started: asyncio.Future[None] | None) -> None:
+    if started is not None and not started.done():
+        started.set_result(None)
+
+
 class SkillSource(Protocol):
     def get(self, skill_id: str) -> SkillLike | None: ...
 
@@ -298,7 +303,12 @@ class SessionManager:
 
     # ------------------------------------------------------------------ sending
 
-    async def send(self, session_id: str, body: SendBody) -> SendResult:
+    async def send(self, session_id: str, body: SendBody, *,
+                   started: asyncio.Future[None] | None = None) -> SendResult:
+        """Send a message: its runs start at once, or it queues behind the busy ones; returns once
+        the message is committed. `started` is resolved as soon as the runs have started or the
+        message has its place in the queue, before that wait: a socket answers the commands behind
+        a send (an abort of these very runs, say) from then on, not after the disk."""
         live = await self._get_live(session_id)
         text, roles = self._address(live.session, body)
         busy = bool(live.active or live.queued or live.interrupting)
@@ -321,6 +331,7 @@ class SessionManager:
             for run in runs:
                 self.bus.publish(session_id, "run.status", RunStatusData(run=run))
             self._start_next(live)  # the busy runs may have ended while it was saved
+            _resolve(started)
         else:
             # The runs start while the message commits, so the model request does not wait for
             # the disk; they say nothing until it is saved, and vanish if it is not.
@@ -330,6 +341,7 @@ class SessionManager:
             agents = self._start(live, user, runs, roles, may_speak=may_speak)
             saving = loop.create_task(self._save_behind_requests(user), name=f"opencode-save-{user.id}")
             saving.add_done_callback(lambda done: self._after_commit(live, user, agents, done, may_speak))
+            _resolve(started)
             await asyncio.shield(saving)  # the store's error, if any, is the sender's answer
         # After the runs start: naming the chat must not delay its first reply.
         await self._auto_title(live, text)

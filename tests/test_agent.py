@@ -411,6 +411,33 @@ async def test_a_message_queued_as_the_busy_reply_ends_still_runs(env, service, 
     assert reply.status == "completed" and reply.text() == "second reply"
 
 
+async def test_a_send_waiting_on_the_disk_holds_up_no_other_command_on_its_socket(env, service, monkeypatch):
+    """A send is answered once its message is committed, slow under load. The ping and the abort
+    sent behind it on the same socket are answered meanwhile, and the abort finds its run."""
+    provider, session, ws_for = env
+    provider.by_role = stalling_role("alpha", asyncio.Event())
+    sid = await session("alpha")
+    ws = await ws_for(sid)
+    disk = asyncio.Event()
+    save = service.store.save_message
+
+    async def slow_save(message: Message) -> None:
+        if message.role == "user":
+            await disk.wait()
+        await save(message)
+
+    monkeypatch.setattr(service.store, "save_message", slow_save)
+    send = await ws.post("send", session_id=sid, text="go")
+    try:
+        assert (await ws.command("ping"))["data"] == {"pong": True}
+        aborted = await ws.command("abort", session_id=sid)
+    finally:
+        disk.set()
+    sent = await ws.reply(send)
+    assert aborted["data"]["aborted"] == [sent["data"]["run_id"]]
+    assert (await ws.until(run_final(sent["data"]["run_id"])))["data"]["run"]["status"] == "aborted"
+
+
 async def test_an_interruption_sees_the_reply_it_cut_off(env):
     """`mode: interrupt` aborts the running reply and sends: the new request's history has the
     cut-off reply, with the text it had, between the two prompts."""

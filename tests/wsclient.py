@@ -19,9 +19,13 @@ class WsClient:
         self.replies: dict[str, dict[str, Any]] = {}
 
     async def command(self, type_: str, **fields: Any) -> dict[str, Any]:
+        return await self.reply(await self.post(type_, **fields))
+
+    async def post(self, type_: str, **fields: Any) -> str:
+        """Send a command without waiting for its answer; its id, for `reply`."""
         cid = f"c{next(_ids)}"
         await self.ws.send_str(json.dumps({"id": cid, "type": type_, **fields}))
-        return await self.reply(cid)
+        return cid
 
     async def reply(self, cid: str, timeout: float = 10) -> dict[str, Any]:
         async def wait() -> dict[str, Any]:
