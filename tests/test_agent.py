@@ -112,6 +112,20 @@ async def env(client, service):
     return provider, session, ws
 
 
+def hold_user_commits(service: Any, monkeypatch: Any) -> asyncio.Event:
+    """Make every user message's save wait for the returned event (a slow disk under load)."""
+    commit = asyncio.Event()
+    save = service.store.save_message
+
+    async def slow_save(message: Message) -> None:
+        if message.role == "user":
+            await commit.wait()
+        await save(message)
+
+    monkeypatch.setattr(service.store, "save_message", slow_save)
+    return commit
+
+
 def final_message(ws: WsClient, run_id: str) -> dict[str, Any]:
     for ev in reversed(ws.of_type("message.completed")):
         if ev["data"]["message"]["run_id"] == run_id:
@@ -418,15 +432,7 @@ async def test_a_send_waiting_on_the_disk_holds_up_no_other_command_on_its_socke
     provider.by_role = stalling_role("alpha", asyncio.Event())
     sid = await session("alpha")
     ws = await ws_for(sid)
-    disk = asyncio.Event()
-    save = service.store.save_message
-
-    async def slow_save(message: Message) -> None:
-        if message.role == "user":
-            await disk.wait()
-        await save(message)
-
-    monkeypatch.setattr(service.store, "save_message", slow_save)
+    disk = hold_user_commits(service, monkeypatch)
     send = await ws.post("send", session_id=sid, text="go")
     try:
         assert (await ws.command("ping"))["data"] == {"pong": True}
@@ -967,7 +973,6 @@ async def test_runs_start_while_the_user_message_commits_and_speak_only_after_it
     sid = await session("alpha")
     ws = await ws_for(sid)
     asked = asyncio.Event()
-    commit = asyncio.Event()
 
     async def turn(request: ChatRequest) -> AsyncIterator[Any]:
         asked.set()
@@ -975,14 +980,7 @@ async def test_runs_start_while_the_user_message_commits_and_speak_only_after_it
         yield Finish("stop")
 
     provider.turns.append(turn)
-    real_save = service.store.save_message
-
-    async def slow_save(message: Message) -> None:
-        if message.role == "user":
-            await commit.wait()
-        await real_save(message)
-
-    monkeypatch.setattr(service.store, "save_message", slow_save)
+    commit = hold_user_commits(service, monkeypatch)
     sending = asyncio.ensure_future(ws.command("send", session_id=sid, text="hi"))
     await asyncio.wait_for(asked.wait(), 5)  # the model was asked while the commit is held
     assert not ws.of_type("message.created") and not ws.of_type("message.delta")
