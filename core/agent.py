@@ -192,6 +192,12 @@ class AgentRun:
         await asyncio.shield(self.finish(status, error))
         return self.message
 
+    @property
+    def finishing(self) -> bool:
+        """Its final status is set and being saved: there is nothing left to stop, and cancelling
+        it now would only cut that save short."""
+        return self._finished
+
     def announce(self) -> None:
         """Publish the reply and queue its first row (once); the model request does not wait for
         the commit (the group commit keeps it after the user's message, and checkpoints follow)."""

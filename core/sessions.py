@@ -116,6 +116,11 @@ class _Live:
     older: list[Message] = field(default_factory=list)
     older_more: bool | None = None  # whether the store has messages before `older`; None: as `has_more`
     reading_older: asyncio.Lock = field(default_factory=asyncio.Lock)  # one reader: roles ask at once
+    changing: asyncio.Lock = field(default_factory=asyncio.Lock)  # one change of the session at a time
+    deleted: bool = False  # set as a delete begins: nothing starts in it any more
+    # Sends saving a message that will queue: a send that comes meanwhile queues behind them.
+    queueing: int = 0
+    last_save: asyncio.Task[None] | None = None  # the latest user message's save (saves keep send order)
 
 
 class SessionManager:
@@ -224,23 +229,44 @@ class SessionManager:
             self._check_skills(changes["skills"])
         if changes.get("provider") and self.validate_provider:
             await self.validate_provider(changes["provider"])
-        data = live.session.model_dump()
         # An explicit null clears what may be empty (provider, model) and leaves the rest as it is.
-        data.update({k: v for k, v in changes.items() if v is not None or k in ("provider", "model")})
-        data["updated_at"] = now()
-        updated = Session.model_validate(data)
-        await self.store.save_session(updated)
-        live.session = updated
-        self.bus.publish(session_id, "session.updated", SessionUpdatedData(session=updated))
+        changes = {k: v for k, v in changes.items() if v is not None or k in ("provider", "model")}
+        return await self._change(live, lambda session: changes)
+
+    async def _change(self, live: _Live, changes_to: Callable[[Session], dict[str, Any]]) -> Session:
+        """Apply `changes_to(session)` to the session as the change before it left it, save, publish.
+
+        Why a lock: a change reads the session, waits for its save, then replaces it. Two at once
+        (the automatic title and the panel's settings, two remembered permissions) would each
+        replace the other's; a reply's usage added meanwhile (`_add_usage`) is kept as well.
+        """
+        async with live.changing:
+            data = live.session.model_dump()
+            data.update(changes_to(live.session))
+            data["updated_at"] = now()
+            updated = Session.model_validate(data)
+            await self.store.save_session(updated)
+            if live.session.usage != updated.usage:  # a reply ended during the save
+                updated = updated.model_copy(update={"usage": live.session.usage, "updated_at": now()})
+                self.store.queue_session(updated)
+            live.session = updated
+        self.bus.publish(live.session.id, "session.updated", SessionUpdatedData(session=updated))
         return updated
 
     async def delete(self, session_id: str) -> None:
         live = await self._get_live(session_id)
+        live.deleted = True  # from now on sends are refused, and a message saving to queue is dropped
         tasks = [a.task for a in live.active.values()]
         self._abort_all(live, "aborted")
-        # Let aborted runs write their last rows first, so none lands after the delete.
+        # Let aborted runs and dropped messages write their last rows first, so none lands after the delete.
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.store.delete_session(session_id)
+        while live.queueing:
+            await asyncio.sleep(0.005)
+        try:
+            await self.store.delete_session(session_id)
+        except BaseException:
+            live.deleted = False
+            raise
         self._live.pop(session_id, None)
         self.bus.publish(session_id, "session.deleted", SessionDeletedData(session_id=session_id))
         asyncio.get_running_loop().call_later(2.0, self.bus.close_room, session_id)
@@ -254,7 +280,7 @@ class SessionManager:
 
     async def remember_permission(self, session_id: str, tool: str, policy: str) -> None:
         live = await self._get_live(session_id)
-        await self.patch(session_id, SessionPatch(permissions={**live.session.permissions, tool: policy}))  # type: ignore[dict-item]
+        await self._change(live, lambda session: {"permissions": {**session.permissions, tool: policy}})
 
     # ------------------------------------------------------------------ reading
 
@@ -310,10 +336,12 @@ class SessionManager:
         message has its place in the queue, before that wait: a socket answers the commands behind
         a send (an abort of these very runs, say) from then on, not after the disk."""
         live = await self._get_live(session_id)
+        self._check_open(live)
         text, roles = self._address(live.session, body)
-        busy = bool(live.active or live.queued or live.interrupting)
+        busy = bool(live.active or live.queued or live.interrupting or live.queueing)
         if busy and body.mode == "interrupt":
             await self._interrupt(live)
+            self._check_open(live)
             busy = False
         t = now()
         parts: list[Any] = [TextPart(text=text)] + list(body.images)
@@ -323,13 +351,21 @@ class SessionManager:
                     status="queued") for r in roles]
         loop = asyncio.get_running_loop()
         if busy:
-            await self.store.save_message(user)
+            live.queueing += 1
+            try:
+                await asyncio.shield(self._save_in_order(live, user))
+            finally:
+                live.queueing -= 1
             self._register_runs(runs)
             self._remember(live, user)
             self.bus.publish(session_id, "message.created", MessageCreatedData(message=user))
-            live.queued.append(_Queued(user, runs, roles))
+            queued = _Queued(user, runs, roles)
+            live.queued.append(queued)
             for run in runs:
                 self.bus.publish(session_id, "run.status", RunStatusData(run=run))
+            if live.deleted or self._closing:  # it came while they began: it will never run
+                for run in list(runs):
+                    self._cancel_queued_run(live, queued, run)
             self._start_next(live)  # the busy runs may have ended while it was saved
             _resolve(started)
         else:
@@ -339,7 +375,7 @@ class SessionManager:
             self._remember(live, user)
             may_speak: asyncio.Future[bool] = loop.create_future()
             agents = self._start(live, user, runs, roles, may_speak=may_speak)
-            saving = loop.create_task(self._save_behind_requests(user), name=f"opencode-save-{user.id}")
+            saving = self._save_in_order(live, user)
             saving.add_done_callback(lambda done: self._after_commit(live, user, agents, done, may_speak))
             _resolve(started)
             await asyncio.shield(saving)  # the store's error, if any, is the sender's answer
@@ -348,9 +384,19 @@ class SessionManager:
         return SendResult(message_id=user.id, run_id=runs[0].id if runs else None,
                           run_ids=[r.id for r in runs], queued=busy)
 
-    async def _save_behind_requests(self, user: Message) -> None:
-        """Save the user's message one turn of the loop after the runs start: their model requests
-        are written in that turn (aiohttp writes a body from a task of its own), before the store's work."""
+    def _save_in_order(self, live: _Live, user: Message) -> asyncio.Task[None]:
+        """Save a user's message once the ones sent before it are: two sends at once (two tabs, a
+        script) are stored, announced and queued in the order they came."""
+        task = asyncio.get_running_loop().create_task(self._save_after(live.last_save, user),
+                                                      name=f"opencode-save-{user.id}")
+        live.last_save = task
+        return task
+
+    async def _save_after(self, previous: asyncio.Task[None] | None, user: Message) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])
+        # One loop turn after the runs start: their model requests are written in that turn
+        # (before 3.12 aiohttp writes a body from a task of its own), before the store's work.
         await asyncio.sleep(0)
         await self.store.save_message(user)
 
@@ -373,9 +419,8 @@ class SessionManager:
             for agent in agents:
                 live.recent.pop(agent.message.id, None)
                 active = live.active.get(agent.run.id)
-                if active is not None:
-                    active.agent.stopping = True
-                    active.task.cancel()
+                if active is not None:  # it ends unseen: `may_speak` tells it so
+                    self._stop(active, "aborted")
         may_speak.set_result(saved)
 
     def _address(self, session: Session, body: SendBody) -> tuple[str, list[SkillLike]]:
@@ -429,7 +474,8 @@ class SessionManager:
             user.updated_at = now()
             self.store.queue_message(user)
             self.bus.publish(live.session.id, "message.created", MessageCreatedData(message=user))
-        history = [m for m in live.recent.values() if m.id != user.id and m.status != "streaming"]
+        # Not the replies still streaming, nor the messages queued behind this one.
+        history = [m for m in live.recent.values() if m.id != user.id and m.status not in ("streaming", "queued")]
         tool_skills = self._tool_skills(live.session)
         agents = []
         for run, role in zip(runs, roles):
@@ -479,9 +525,17 @@ class SessionManager:
         self._start_next(live)
         return message
 
+    def _check_open(self, live: _Live) -> None:
+        """Refuse a send to a session being deleted, or while the service shuts down."""
+        if live.deleted:
+            raise NotFound(f"session {live.session.id} was deleted; start a new chat")
+        if self._closing:
+            raise Conflict("the server is shutting down; send the message again once it is back",
+                           code="shutting_down")
+
     def _start_next(self, live: _Live) -> None:
         """Start the oldest queued message once nothing runs and no interrupt is waiting."""
-        if not live.active and live.queued and not live.interrupting and not self._closing:
+        if not live.active and live.queued and not live.interrupting and not self._closing and not live.deleted:
             nxt = live.queued.popleft()
             self._start(live, nxt.user_message, nxt.runs, nxt.roles)
 
@@ -512,11 +566,13 @@ class SessionManager:
         if run_id is None and skill is None:
             return AbortResult(aborted=self._abort_all(live, "aborted"))
         aborted = []
+        matched = False
         for active in list(live.active.values()):
             if (run_id and active.run.id == run_id) or (skill and active.run.skill == skill):
-                self._stop(active, "aborted")
-                aborted.append(active.run.id)
-        if run_id and not aborted and not any(r.id == run_id for q in live.queued for r in q.runs):
+                matched = True
+                if self._stop(active, "aborted"):
+                    aborted.append(active.run.id)
+        if run_id and not matched and not any(r.id == run_id for q in live.queued for r in q.runs):
             raise NotFound(f"no active run {run_id} in session {session_id}")
         for q in list(live.queued):
             for r in [r for r in q.runs if r.id == run_id or r.skill == skill]:
@@ -549,23 +605,23 @@ class SessionManager:
 
     def _abort_all_active(self, live: _Live, status: str) -> list[str]:
         """Cancel every running run (one already stopping is left to finish its stop)."""
-        aborted = []
-        for active in list(live.active.values()):
-            self._stop(active, status)
-            aborted.append(active.run.id)
-        return aborted
+        return [active.run.id for active in list(live.active.values()) if self._stop(active, status)]
 
     @staticmethod
-    def _stop(active: _Active, status: str) -> None:
-        """Stop a run as `status`; one already stopping is left to finish its stop."""
-        if active.agent.stopping:  # every stop goes through here (or sets the flag itself)
-            return
+    def _stop(active: _Active, status: str) -> bool:
+        """Stop a run as `status`; one already stopping is left to finish its stop. False for a
+        run that has already finished and is saving its reply: that one ends as it is."""
+        if active.agent.stopping:  # every stop goes through here
+            return True
+        if active.agent.finishing:
+            return False
         active.agent.stopping = True
         active.agent.final_status_on_cancel = status
         if active.started:
             active.task.cancel()
         else:
             active.stop_at_start = True
+        return True
 
     def _settle(self, run_id: str, message: Message | None) -> None:
         done = self._run_done.get(run_id)

@@ -395,36 +395,6 @@ async def test_abort_one_role_the_others_finish(env):
     assert provider.closed_streams == 2  # the upstream stream of the aborted run was closed
 
 
-async def test_a_message_queued_as_the_busy_reply_ends_still_runs(env, service, monkeypatch):
-    """A message sent while a reply runs is saved before it joins the queue; if that reply ends
-    during the save, nothing else would start the queued message (nor any sent after it)."""
-    provider, session, _ = env
-    reply_may_end = asyncio.Event()
-
-    async def gated(_: ChatRequest) -> AsyncIterator[Any]:
-        yield TextDelta("first reply")
-        await reply_may_end.wait()
-        yield Finish("stop")
-
-    turns = [gated, text_turn("second reply")]
-    provider.by_role = lambda request: turns.pop(0)
-    sid = await session("alpha")
-    first = await service.sessions.send(sid, SendBody(text="first"))
-    save = service.store.save_message
-
-    async def save_while_the_reply_ends(message: Message) -> None:
-        if message.role == "user" and message.text() == "second":
-            reply_may_end.set()
-            await service.sessions.wait_runs(sid, first.run_ids)
-        await save(message)
-
-    monkeypatch.setattr(service.store, "save_message", save_while_the_reply_ends)
-    second = await service.sessions.send(sid, SendBody(text="second"))
-    assert second.queued
-    [reply] = await asyncio.wait_for(service.sessions.wait_runs(sid, second.run_ids), 5)
-    assert reply.status == "completed" and reply.text() == "second reply"
-
-
 async def test_a_send_waiting_on_the_disk_holds_up_no_other_command_on_its_socket(env, service, monkeypatch):
     """A send is answered once its message is committed, slow under load. The ping and the abort
     sent behind it on the same socket are answered meanwhile, and the abort finds its run."""

@@ -1,0 +1,274 @@
+"""Sessions under interleavings: every await between reading a session's state and acting on it is
+a place where another send, a reply's end, an abort, a patch, a delete or a shutdown can land.
+Each test holds one such await open (a slow save) and lands the other thing inside it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator
+
+import pytest
+
+from fakes.scripted_provider import ScriptedProvider, ScriptedResolver, text_turn
+from opencode_agent.core.errors import Conflict, NotFound
+from opencode_agent.core.protocol import Budget, Message, SendBody, SessionPatch
+from opencode_agent.core.providers.base import ChatRequest, Finish, TextDelta, UsageReport
+from opencode_agent.core.skills import Skill
+
+
+@pytest.fixture
+async def env(client, service):
+    provider = ScriptedProvider()
+    service.sessions.deps.models = ScriptedResolver(provider)
+    service.skills.register(Skill(id="alpha", name="Alpha", description="test role", kind="role",
+                                  instructions="ROLE:alpha"), replace=True)
+
+    async def session() -> str:
+        r = await client.post("/opencode/sessions", json={"skills": ["alpha"]})
+        assert r.status == 201, await r.text()
+        return (await r.json())["id"]
+
+    return provider, session
+
+
+def held(gate: asyncio.Event, usage: UsageReport | None = None):
+    """A turn that streams a word, then waits for `gate` before it finishes."""
+    async def turn(_: ChatRequest) -> AsyncIterator[Any]:
+        yield TextDelta("first reply")
+        await gate.wait()
+        if usage is not None:
+            yield usage
+        yield Finish("stop")
+    return turn
+
+
+def never_ending(_: ChatRequest) -> AsyncIterator[Any]:
+    """A turn that streams a word and then waits until it is stopped (and takes a moment to stop)."""
+    async def turn() -> AsyncIterator[Any]:
+        yield TextDelta("starts")
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.02)
+            raise
+    return turn()
+
+
+def slowed(monkeypatch: Any, owner: Any, name: str, when: Any, during: Any) -> None:
+    """Make `owner.name(x)` run `await during()` first whenever `when(x)`."""
+    real = getattr(owner, name)
+
+    async def slow(item: Any) -> None:
+        if when(item):
+            await during()
+        await real(item)
+
+    monkeypatch.setattr(owner, name, slow)
+
+
+def texts(request: ChatRequest) -> list[tuple[str, str]]:
+    return [(m.role, "".join(getattr(p, "text", "") for p in m.parts)) for m in request.messages]
+
+
+async def test_a_queued_message_does_not_see_the_one_queued_after_it(env, service):
+    provider, session = env
+    gate = asyncio.Event()
+    provider.turns.extend([held(gate), text_turn("B answer"), text_turn("C answer")])
+    sid = await session()
+    await service.sessions.send(sid, SendBody(text="A"))
+    b = await service.sessions.send(sid, SendBody(text="B"))
+    c = await service.sessions.send(sid, SendBody(text="C"))
+    assert b.queued and c.queued
+    gate.set()
+    await asyncio.wait_for(service.sessions.wait_runs(sid, c.run_ids), 5)
+    assert texts(provider.requests[1]) == [("user", "A"), ("assistant", "first reply"), ("user", "B")]
+    assert texts(provider.requests[2])[-3:] == [("user", "B"), ("assistant", "B answer"), ("user", "C")]
+
+
+async def test_a_message_queued_as_the_busy_reply_ends_still_runs(env, service, monkeypatch):
+    """A message sent while a reply runs is saved before it joins the queue; if that reply ends
+    during the save, nothing else would start the queued message (nor any sent after it)."""
+    provider, session = env
+    reply_may_end = asyncio.Event()
+    provider.turns.extend([held(reply_may_end), text_turn("second reply")])
+    sid = await session()
+    first = await service.sessions.send(sid, SendBody(text="first"))
+
+    async def the_reply_ends() -> None:
+        reply_may_end.set()
+        await service.sessions.wait_runs(sid, first.run_ids)
+
+    slowed(monkeypatch, service.store, "save_message", lambda m: m.role == "user" and m.text() == "second",
+           the_reply_ends)
+    second = await service.sessions.send(sid, SendBody(text="second"))
+    assert second.queued
+    [reply] = await asyncio.wait_for(service.sessions.wait_runs(sid, second.run_ids), 5)
+    assert reply.status == "completed" and reply.text() == "second reply"
+
+
+async def test_two_patches_at_once_both_land(env, service):
+    _, session = env
+    sid = await session()
+    await asyncio.gather(service.sessions.patch(sid, SessionPatch(title="renamed")),
+                         service.sessions.patch(sid, SessionPatch(budget=Budget(max_tokens=1000))))
+    for s in (await service.sessions.get(sid), await service.store.get_session(sid)):
+        assert (s.title, s.budget.max_tokens) == ("renamed", 1000)
+
+
+async def test_two_remembered_permissions_at_once_both_land(env, service):
+    _, session = env
+    sid = await session()
+    await asyncio.gather(service.sessions.remember_permission(sid, "edit", "allow"),
+                         service.sessions.remember_permission(sid, "queue", "deny"))
+    assert (await service.sessions.get(sid)).permissions == {"edit": "allow", "queue": "deny"}
+
+
+async def test_usage_counted_while_a_patch_saves_is_kept(env, service, monkeypatch):
+    provider, session = env
+    reply_may_end = asyncio.Event()
+    provider.turns.append(held(reply_may_end, UsageReport(1000, 500)))
+    sid = await session()
+    await service.sessions.patch(sid, SessionPatch(title="named"))  # no automatic title later
+    sent = await service.sessions.send(sid, SendBody(text="hi"))
+
+    async def the_reply_ends() -> None:
+        reply_may_end.set()
+        await service.sessions.wait_runs(sid, sent.run_ids)
+
+    slowed(monkeypatch, service.store, "save_session", lambda s: s.title == "configured", the_reply_ends)
+    await service.sessions.patch(sid, SessionPatch(title="configured"))
+    await service.store.flush()
+    for s in (await service.sessions.get(sid), await service.store.get_session(sid)):
+        assert (s.title, s.usage.output_tokens) == ("configured", 500)
+
+
+async def test_an_abort_during_the_final_save_lets_the_reply_complete(env, service, monkeypatch):
+    """A reply that has finished is saving its final text: an abort now has nothing to stop, and the
+    run is not over (for `wait_idle`, the next queued message) until that save is done."""
+    provider, session = env
+    provider.turns.append(text_turn("done"))
+    sid = await session()
+    saving, disk = asyncio.Event(), asyncio.Event()
+
+    async def hold() -> None:
+        saving.set()
+        await disk.wait()
+
+    slowed(monkeypatch, service.store, "save_message", lambda m: m.role == "assistant" and m.status == "completed",
+           hold)
+    sent = await service.sessions.send(sid, SendBody(text="hi"))
+    await asyncio.wait_for(saving.wait(), 5)
+    assert (await service.sessions.abort(sid)).aborted == []
+    idle = asyncio.ensure_future(service.sessions.wait_idle(sid))
+    await asyncio.sleep(0.05)
+    assert not idle.done()
+    disk.set()
+    await asyncio.wait_for(idle, 5)
+    [reply] = await service.sessions.wait_runs(sid, sent.run_ids)
+    assert reply.status == "completed" and reply.text() == "done"
+
+
+async def test_a_send_while_its_session_is_deleted_is_refused_and_starts_nothing(env, service):
+    provider, session = env
+    provider.turns.extend([never_ending, never_ending])
+    sid = await session()
+    await service.sessions.send(sid, SendBody(text="first"))
+    while not provider.requests:
+        await asyncio.sleep(0.001)
+    deleting = asyncio.ensure_future(service.sessions.delete(sid))
+    await asyncio.sleep(0)
+    with pytest.raises(NotFound):
+        await service.sessions.send(sid, SendBody(text="late"))
+    await deleting
+    await asyncio.sleep(0.05)
+    assert len(provider.requests) == 1
+
+
+async def test_a_message_saved_as_the_service_shuts_down_is_settled(env, service, monkeypatch):
+    """`wait_runs` (the node waits on it) returns for a message queued while shutdown began, and a
+    send after it is refused rather than started."""
+    provider, session = env
+    provider.turns.append(never_ending)
+    sid = await session()
+    await service.sessions.send(sid, SendBody(text="first"))
+    while not provider.requests:
+        await asyncio.sleep(0.001)
+    disk = asyncio.Event()
+    slowed(monkeypatch, service.store, "save_message", lambda m: m.role == "user" and m.text() == "late", disk.wait)
+    sending = asyncio.ensure_future(service.sessions.send(sid, SendBody(text="late")))
+    await asyncio.sleep(0.01)
+    await service.sessions.shutdown()
+    disk.set()
+    late = await sending
+    assert await asyncio.wait_for(service.sessions.wait_runs(sid, late.run_ids), 2) == []
+    with pytest.raises(Conflict) as refused:
+        await service.sessions.send(sid, SendBody(text="after"))
+    assert refused.value.code == "shutting_down"
+    assert len(provider.requests) == 1
+
+
+async def test_two_sends_at_once_are_stored_in_the_order_they_came(env, service):
+    provider, session = env
+    gate = asyncio.Event()
+    provider.turns.extend([held(gate), text_turn("two answer")])
+    sid = await session()
+    one, two = await asyncio.gather(service.sessions.send(sid, SendBody(text="one")),
+                                    service.sessions.send(sid, SendBody(text="two")))
+    assert not one.queued and two.queued
+    gate.set()
+    await asyncio.wait_for(service.sessions.wait_runs(sid, two.run_ids), 5)
+    await service.store.flush()
+    stored, _ = await service.store.get_messages(sid, limit=50)
+    assert [m.text() for m in stored if m.role == "user"] == ["one", "two"]
+    events = await service.store.events_after(sid, 0, 10_000)
+    created = [e.data["message"]["parts"][0]["text"] for e in events
+               if e.type == "message.created" and e.data["message"]["role"] == "user"]
+    assert created[0] == "one"
+
+
+async def test_a_send_behind_a_message_still_saving_to_queue_comes_after_it(env, service, monkeypatch):
+    """The busy reply ends while the second message is being saved to queue, and a third comes
+    meanwhile: the third must not start at once, ahead of the second."""
+    provider, session = env
+    reply_may_end = asyncio.Event()
+    provider.turns.extend([held(reply_may_end), text_turn("second reply"), text_turn("third reply")])
+    sid = await session()
+    first = await service.sessions.send(sid, SendBody(text="first"))
+    sending_third: list[asyncio.Future[Any]] = []
+
+    async def the_reply_ends_and_a_third_comes() -> None:
+        reply_may_end.set()
+        await service.sessions.wait_runs(sid, first.run_ids)
+        sending_third.append(asyncio.ensure_future(service.sessions.send(sid, SendBody(text="third"))))
+        await asyncio.sleep(0.01)
+
+    slowed(monkeypatch, service.store, "save_message", lambda m: m.role == "user" and m.text() == "second",
+           the_reply_ends_and_a_third_comes)
+    second = await service.sessions.send(sid, SendBody(text="second"))
+    third = await sending_third[0]
+    assert second.queued and third.queued
+    await asyncio.wait_for(service.sessions.wait_runs(sid, third.run_ids), 5)
+    assert [texts(r)[-1] for r in provider.requests] == [("user", "first"), ("user", "second"), ("user", "third")]
+
+
+async def test_a_message_saving_to_queue_as_its_session_is_deleted_leaves_no_row(env, service, monkeypatch):
+    provider, session = env
+    provider.turns.append(never_ending)
+    sid = await session()
+    await service.sessions.send(sid, SendBody(text="first"))
+    while not provider.requests:
+        await asyncio.sleep(0.001)
+    disk = asyncio.Event()
+    slowed(monkeypatch, service.store, "save_message", lambda m: m.role == "user" and m.text() == "late", disk.wait)
+    sending = asyncio.ensure_future(service.sessions.send(sid, SendBody(text="late")))
+    await asyncio.sleep(0.01)
+    deleting = asyncio.ensure_future(service.sessions.delete(sid))
+    await asyncio.sleep(0.05)
+    disk.set()
+    late = await sending
+    await deleting
+    await service.store.flush()
+    assert await service.store.get_session(sid) is None
+    assert (await service.store.get_messages(sid, limit=50))[0] == []
+    assert [e.type for e in await service.store.events_after(sid, 0, 10_000)] == ["session.deleted"]
+    assert len(provider.requests) == 1
