@@ -179,6 +179,16 @@ async def test_queue_result_from_events_when_history_is_missing(tools: dict[str,
     assert result["outputs"]["3"]["images"][0]["filename"] == SAVED_IMAGE
 
 
+async def test_a_finished_run_is_read_from_its_history_once_comfyui_saves_it(tools: dict[str, Tool], comfy: FakeComfyUI) -> None:
+    """ComfyUI sends a run's last event before it saves the run's history: a `get_run` right after
+    `queue_workflow` must not find the run still "running"."""
+    comfy.history_lag = 0.2
+    result = payload(await call(tools, "queue_workflow", graph=graph("cpu_ok")))
+    assert result["status"] == "success" and result.get("duration_s") == 0.013  # from the history
+    again = payload(await call(tools, "get_run", prompt_id=OK_PROMPT_ID))
+    assert again["status"] == "success" and again["outputs"] == result["outputs"]
+
+
 async def test_queue_invalid_workflow_returns_readable_node_errors(tools: dict[str, Tool], comfy: FakeComfyUI) -> None:
     out = await call(tools, "queue_workflow", graph=graph("txt2img"))
     assert out.is_error

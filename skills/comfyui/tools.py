@@ -24,6 +24,7 @@ log = logging.getLogger("opencode.comfyui.tools")
 
 MAX_GRAPH_JSON_CHARS = 16_000
 MAX_MODEL_FILES = 300
+HISTORY_SAVE_WAIT = 2.0  # seconds a finished run's history may take to appear (`_history_once_saved`)
 
 
 def _compact_json(value: Any) -> str:
@@ -164,7 +165,7 @@ def build_tools(adapter: ComfyAdapter, *, run_timeout: float = 600.0, propose_ti
                 f"Run {prompt_id} is still going after {run_timeout:.0f} s; it stays in ComfyUI's queue. "
                 f"Call get_run(\"{prompt_id}\") later for its result."
             )
-        entry = await adapter.history(prompt_id)
+        entry = await _history_once_saved(adapter, prompt_id)
         result = summarize_history(prompt_id, entry) if entry is not None else tracker.summary()
         return _run_output(result)
 
@@ -222,6 +223,22 @@ def build_tools(adapter: ComfyAdapter, *, run_timeout: float = 600.0, propose_ti
         return result
 
     return [search_nodes, describe_node, get_workflow, propose_workflow, queue_workflow, get_run, view_image, list_models]
+
+
+async def _history_once_saved(adapter: ComfyAdapter, prompt_id: str) -> dict[str, Any] | None:
+    """A finished run's history entry. ComfyUI sends a run's last event a moment before it saves the
+    run's history and takes it off the running queue: read in between, the result would come from
+    the events alone and a `get_run` right after would still say "running". So while ComfyUI lists
+    the run as running, its history is asked again, for `HISTORY_SAVE_WAIT` seconds at most."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HISTORY_SAVE_WAIT
+    while True:
+        entry = await adapter.history(prompt_id)
+        if entry is not None or loop.time() >= deadline:
+            return entry
+        if prompt_id not in (await adapter.queue_state())["running"]:
+            return await adapter.history(prompt_id)  # saved meanwhile, or never will be
+        await asyncio.sleep(0.02)
 
 
 def _run_output(result: dict[str, Any]) -> ToolOutput:

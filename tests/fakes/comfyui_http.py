@@ -32,6 +32,9 @@ class FakeComfyUI:
         self.history: dict[str, dict[str, Any]] = {}
         self.queue: dict[str, list[Any]] = load("queue_empty.json")
         self.record_history = True
+        # As the real ComfyUI does: the last event goes out, then, this much later, the history is
+        # saved and the run leaves the running queue (None: history first, as a fast machine shows it).
+        self.history_lag: float | None = None
         self.requests: list[str] = []
         self.posted: list[dict[str, Any]] = []
         self.queue_posts: list[dict[str, Any]] = []
@@ -100,11 +103,19 @@ class FakeComfyUI:
         for frame in run.body_frames:
             if ws is not None:
                 await ws.send_json(frame)
-        if self.record_history:
+        running = [run.number, run.prompt_id, {}, {}, []]
+        if self.history_lag is not None:
+            self.queue["queue_running"].append(running)
+        elif self.record_history:
             self.history[run.prompt_id] = copy.deepcopy(run.history)
         for frame in run.tail_frames:
             if ws is not None:
                 await ws.send_json(frame)
+        if self.history_lag is not None:
+            await asyncio.sleep(self.history_lag)
+            if self.record_history:
+                self.history[run.prompt_id] = copy.deepcopy(run.history)
+            self.queue["queue_running"].remove(running)
 
     async def get_queue(self, request: web.Request) -> web.Response:
         return web.json_response(self.queue)
