@@ -348,7 +348,7 @@ class SendResult(Model):
     message_id: str
     run_id: str | None
     run_ids: list[str]
-    queued: bool = False
+    queued: bool = False  # still waiting for the busy runs when this answer left (its start is an event)
 
 
 class AbortBody(Model):

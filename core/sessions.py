@@ -382,7 +382,7 @@ class SessionManager:
         # After the runs start: naming the chat must not delay its first reply.
         await self._auto_title(live, text)
         return SendResult(message_id=user.id, run_id=runs[0].id if runs else None,
-                          run_ids=[r.id for r in runs], queued=busy)
+                          run_ids=[r.id for r in runs], queued=user.status == "queued")
 
     def _save_in_order(self, live: _Live, user: Message) -> asyncio.Task[None]:
         """Save a user's message once the ones sent before it are: two sends at once (two tabs, a
@@ -455,9 +455,14 @@ class SessionManager:
         return skill is not None and skill.kind == "role"
 
     async def _auto_title(self, live: _Live, text: str) -> None:
+        """Name a new chat after its first message. Best effort: the message is already sent, so a
+        title that cannot be saved is logged, not the send's answer."""
         if live.session.title == DEFAULT_TITLE and text.strip():
             title = " ".join(text.split())[:60]
-            await self.patch(live.session.id, SessionPatch(title=title))
+            try:
+                await self.patch(live.session.id, SessionPatch(title=title))
+            except OpencodeError as exc:
+                log.error("could not name session %s: %s", live.session.id, exc.message)
 
     def _tool_skills(self, session: Session) -> list[SkillLike]:
         out = []

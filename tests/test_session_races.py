@@ -10,7 +10,7 @@ from typing import Any, AsyncIterator
 import pytest
 
 from fakes.scripted_provider import ScriptedProvider, ScriptedResolver, text_turn
-from opencode_agent.core.errors import Conflict, NotFound
+from opencode_agent.core.errors import Conflict, NotFound, StoreUnavailable
 from opencode_agent.core.protocol import Budget, Message, SendBody, SessionPatch
 from opencode_agent.core.providers.base import ChatRequest, Finish, TextDelta, UsageReport
 from opencode_agent.core.skills import Skill
@@ -101,7 +101,7 @@ async def test_a_message_queued_as_the_busy_reply_ends_still_runs(env, service, 
     slowed(monkeypatch, service.store, "save_message", lambda m: m.role == "user" and m.text() == "second",
            the_reply_ends)
     second = await service.sessions.send(sid, SendBody(text="second"))
-    assert second.queued
+    assert not second.queued  # it started as soon as it was saved, before the answer
     [reply] = await asyncio.wait_for(service.sessions.wait_runs(sid, second.run_ids), 5)
     assert reply.status == "completed" and reply.text() == "second reply"
 
@@ -246,7 +246,7 @@ async def test_a_send_behind_a_message_still_saving_to_queue_comes_after_it(env,
            the_reply_ends_and_a_third_comes)
     second = await service.sessions.send(sid, SendBody(text="second"))
     third = await sending_third[0]
-    assert second.queued and third.queued
+    assert not second.queued and third.queued
     await asyncio.wait_for(service.sessions.wait_runs(sid, third.run_ids), 5)
     assert [texts(r)[-1] for r in provider.requests] == [("user", "first"), ("user", "second"), ("user", "third")]
 
@@ -272,3 +272,18 @@ async def test_a_message_saving_to_queue_as_its_session_is_deleted_leaves_no_row
     assert (await service.store.get_messages(sid, limit=50))[0] == []
     assert [e.type for e in await service.store.events_after(sid, 0, 10_000)] == ["session.deleted"]
     assert len(provider.requests) == 1
+
+
+async def test_a_chat_title_that_cannot_be_saved_does_not_fail_the_send(env, service, monkeypatch, caplog):
+    provider, session = env
+    provider.turns.append(text_turn("hello"))
+    sid = await session()
+
+    async def disk_full(s: Any) -> None:
+        raise StoreUnavailable("database or disk is full")
+
+    monkeypatch.setattr(service.store, "save_session", disk_full)
+    sent = await service.sessions.send(sid, SendBody(text="name me"))
+    [reply] = await asyncio.wait_for(service.sessions.wait_runs(sid, sent.run_ids), 5)
+    assert reply.status == "completed"
+    assert any("could not name session" in r.getMessage() for r in caplog.records)
