@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .core.config import Config
+from .core.protocol import FINAL_RUN_STATUSES
 
 log = logging.getLogger("opencode.cli")
 
@@ -54,12 +55,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return serve(args)
     if not args.server:
+        from pydantic import ValidationError
+
         from .core.errors import OpencodeError
 
         try:
             return asyncio.run(run_in_process(args))
         except OpencodeError as exc:  # a bad session, skill or provider: the same answer a server gives
             print(f"error: {exc.message} ({exc.code})", file=sys.stderr)
+            return 2
+        except ValidationError as exc:  # a malformed skill id, an over-long prompt
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "input"
+            print(f"error: {where}: {first['msg']} (invalid)", file=sys.stderr)
             return 2
     import aiohttp
 
@@ -111,11 +119,12 @@ async def _freeze_startup_objects(app: Any) -> None:
 class _Printer:
     """Writes deltas as they come; with several roles, each line is prefixed by its role."""
 
-    def __init__(self, out: Any = sys.stdout) -> None:
-        self.out = out
+    def __init__(self, out: Any = None) -> None:
+        self.out = out or sys.stdout  # looked up now: the stdout of the moment, not of the import
         self.roles: set[str] = set()
         self.current: str | None = None
         self.failed = False
+        self.unfinished: set[str] = set()  # run ids without a final status yet
 
     def delta(self, skill: str, text: str) -> None:
         if len(self.roles) <= 1:
@@ -139,6 +148,8 @@ class _Printer:
             print(f"\n[permission needed for {data['tool']}: answer in the panel]", file=sys.stderr, flush=True)
         elif t == "run.status":
             run = data["run"]
+            if run["status"] in FINAL_RUN_STATUSES:
+                self.unfinished.discard(run["id"])
             if run["status"] == "error":
                 self.failed = True
                 print(f"\n[{run['skill']}] error: {run.get('error')}", file=sys.stderr, flush=True)
@@ -177,8 +188,7 @@ async def run_in_process(args: argparse.Namespace) -> int:
                 break
             data = ev.model_dump(mode="json")
             printer.event(data)
-            if ev.type == "run.status" and ev.data["run"]["id"] in open_runs and ev.data["run"]["status"] in (
-                    "completed", "aborted", "error", "interrupted"):
+            if ev.type == "run.status" and ev.data["run"]["status"] in FINAL_RUN_STATUSES:
                 open_runs.discard(ev.data["run"]["id"])
         print(f"\n(session {sid})", file=sys.stderr)
         return 1 if printer.failed else 0
@@ -191,7 +201,9 @@ async def run_remote(args: argparse.Namespace) -> int:
 
     base = args.server.rstrip("/")
     headers = {"X-Opencode-Token": args.token} if args.token else {}
-    async with aiohttp.ClientSession(headers=headers) as http:
+    # No total timeout: a reply may stream for longer than aiohttp's default five minutes.
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
+    async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
         sid = args.session
         if sid is None:
             body = {"skills": args.skill, "provider": args.provider, "model": args.model}
@@ -207,10 +219,21 @@ async def run_remote(args: argparse.Namespace) -> int:
             async for event, data in _sse(resp):
                 if event == "accepted":
                     printer.roles = set(json.loads(data)["run_ids"])
+                    printer.unfinished = set(printer.roles)
+                elif event == "dropped":  # we read too slowly (a pager that stopped reading)
+                    reason = json.loads(data).get("reason")
+                    return _cut_short(sid, f"the server stopped streaming to us: {reason}")
                 else:
                     printer.event(json.loads(data))
+        if printer.unfinished:
+            return _cut_short(sid, "the stream ended before the reply did")
         print(f"\n(session {sid})", file=sys.stderr)
         return 1 if printer.failed else 0
+
+
+def _cut_short(sid: str, why: str) -> int:
+    print(f"\nerror: {why}; the reply goes on on the server: see session {sid} in the panel", file=sys.stderr)
+    return 2
 
 
 async def _json(resp: Any) -> Any:

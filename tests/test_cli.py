@@ -6,6 +6,7 @@ installed (`pip install -e .`, as CI does); without it they skip.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import socket
@@ -16,8 +17,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
+import aiohttp
+import aiohttp.client
 import pytest
 
+from opencode_agent.cli import run_remote
 from opencode_agent.tests.fakes.llm_servers import Reply, fake_llm  # noqa: F401
 
 def free_port() -> int:
@@ -136,3 +140,35 @@ def test_unknown_server_is_a_clear_error() -> None:
     done = cli("run", "hi", "--server", f"http://127.0.0.1:{free_port()}", timeout=30)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
+
+
+def test_run_in_process_reports_a_malformed_skill_id_without_a_traceback(tmp_path: Path) -> None:
+    if not _installed():
+        pytest.skip("opencode_agent is not installed (pip install -e .)")
+    done = cli("run", "hi", "--skill", "Bad Skill!", "--data-dir", str(tmp_path / "data"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "\nerror: skills.0: String should match pattern" in done.stderr and "(invalid)" in done.stderr
+
+
+def remote_args(client: Any, prompt: str) -> argparse.Namespace:
+    return argparse.Namespace(server=str(client.make_url("")).rstrip("/"), token="test-token", session=None,
+                              skill=["echo"], provider=None, model=None, prompt=prompt)
+
+
+async def test_a_remote_run_that_the_server_stops_streaming_is_an_error(aiohttp_client, make_app, config, capfd) -> None:
+    """A reader that falls behind (a pager that stopped reading) is dropped by the server: the
+    command says so and exits 2, rather than 0 with half a reply."""
+    config.max_client_backlog = 300
+    config.echo_delay = 0.0
+    client = await aiohttp_client(make_app())
+    assert await run_remote(remote_args(client, "word " * 400)) == 2
+    assert "error: the server stopped streaming to us: stopped reading (slow consumer)" in capfd.readouterr().err
+
+
+async def test_a_remote_run_may_stream_longer_than_aiohttps_default_timeout(aiohttp_client, make_app, config,
+                                                                            monkeypatch, capfd) -> None:
+    monkeypatch.setattr(aiohttp.client, "DEFAULT_TIMEOUT", aiohttp.ClientTimeout(total=0.5))  # 300 s, scaled
+    config.echo_delay = 0.05
+    client = await aiohttp_client(make_app())
+    assert await run_remote(remote_args(client, "word " * 20)) == 0
+    assert capfd.readouterr().out.strip() == ("word " * 20).strip()
