@@ -255,10 +255,19 @@ class InProcessBus(Bus):
                 trimmed += 1
         return trimmed
 
-    def close_room(self, session_id: str) -> None:
-        room = self._rooms.pop(session_id, None)
-        if room and room.task:
+    def close_room(self, session_id: str, *, only: object | None = None) -> None:
+        """Drop the session's room; with `only`, just if it is still that room (a timer set for
+        a deleted session must not close the room of a new session given the same id)."""
+        room = self._rooms.get(session_id)
+        if room is None or (only is not None and room is not only):
+            return
+        del self._rooms[session_id]
+        if room.task:
             room.task.cancel()
+
+    def room_of(self, session_id: str) -> object | None:
+        """The session's room as an opaque token for `close_room(only=...)`."""
+        return self._rooms.get(session_id)
 
     # ------------------------------------------------------------------ publish
 

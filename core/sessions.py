@@ -210,6 +210,7 @@ class SessionManager:
         session = Session(id=session_id, title=body.title or DEFAULT_TITLE, skills=list(body.skills),
                           provider=body.provider, model=body.model, created_at=t, updated_at=t)
         await self.store.save_session(session)
+        self.bus.close_room(session_id)  # a deleted session's room, if the id is used again
         self._live[session_id] = _Live(session, OrderedDict(), False)
         log.info("created session %s", session_id)
         return session
@@ -262,14 +263,16 @@ class SessionManager:
         await asyncio.gather(*tasks, return_exceptions=True)
         while live.queueing:
             await asyncio.sleep(0.005)
+        # Announced first, so that its row goes with the session's other events.
+        self.bus.publish(session_id, "session.deleted", SessionDeletedData(session_id=session_id))
         try:
             await self.store.delete_session(session_id)
         except BaseException:
             live.deleted = False
             raise
         self._live.pop(session_id, None)
-        self.bus.publish(session_id, "session.deleted", SessionDeletedData(session_id=session_id))
-        asyncio.get_running_loop().call_later(2.0, self.bus.close_room, session_id)
+        room = self.bus.room_of(session_id)
+        asyncio.get_running_loop().call_later(2.0, lambda: self.bus.close_room(session_id, only=room))
         log.info("deleted session %s", session_id)
 
     def _check_skills(self, skill_ids: Sequence[str]) -> None:

@@ -226,6 +226,8 @@ class _EventRow:
 
 
 _Queued = _Write | _EventRow
+# `flush()`'s marker: a statement that changes nothing (a batch runs DML only, grouped by statement).
+_FLUSH_MARK = "DELETE FROM sessions WHERE 0"
 
 
 def _session_row(s: Session) -> tuple[Any, ...]:
@@ -339,6 +341,7 @@ class SqliteStore(Store):
         self._full.set()
         if self._task:
             await self._task
+            self._task = None  # from now on a write is refused (`_enqueue`), not left waiting forever
         await self._close_connections()
 
     async def _close_connections(self) -> None:
@@ -456,9 +459,14 @@ class SqliteStore(Store):
                     w.done.set_exception(error)
 
     async def flush(self) -> None:
-        while not self._idle.is_set():
-            self._full.set()
-            await self._idle.wait()
+        """Commit what was queued before this call. Why a marker rather than waiting for the writer
+        to go idle: under steady streaming it is rarely idle, and a page read waited seconds."""
+        if self._idle.is_set():
+            return
+        try:
+            await self._submit(_FLUSH_MARK, (), urgent=False)  # behind every row queued so far
+        except StoreUnavailable:
+            pass  # the rows before it failed with it (and were logged): there is nothing to wait for
 
     # ------------------------------------------------------------------ sessions
 

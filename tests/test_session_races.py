@@ -270,7 +270,7 @@ async def test_a_message_saving_to_queue_as_its_session_is_deleted_leaves_no_row
     await service.store.flush()
     assert await service.store.get_session(sid) is None
     assert (await service.store.get_messages(sid, limit=50))[0] == []
-    assert [e.type for e in await service.store.events_after(sid, 0, 10_000)] == ["session.deleted"]
+    assert await service.store.events_after(sid, 0, 10_000) == []  # `session.deleted` went with them
     assert len(provider.requests) == 1
 
 
@@ -287,3 +287,31 @@ async def test_a_chat_title_that_cannot_be_saved_does_not_fail_the_send(env, ser
     [reply] = await asyncio.wait_for(service.sessions.wait_runs(sid, sent.run_ids), 5)
     assert reply.status == "completed"
     assert any("could not name session" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_session_deleted_and_created_again_under_its_id_keeps_every_event(env, service, client):
+    """The node recreates its session under the same id when the chat was deleted in the panel.
+    The new session's events must all be stored from seq 1 (none collide with the old session's),
+    and the old room's closing timer must not close the new session's room."""
+    provider, _ = env
+    provider.turns.extend([text_turn("old reply"), text_turn("new reply")])
+
+    async def chat(text: str) -> None:
+        r = await client.post("/opencode/sessions", json={"id": "ses_reused", "skills": ["alpha"]})
+        assert r.status == 201, await r.text()
+        sent = await service.sessions.send("ses_reused", SendBody(text=text))
+        await asyncio.wait_for(service.sessions.wait_runs("ses_reused", sent.run_ids), 5)
+
+    await chat("old")
+    await service.sessions.delete("ses_reused")
+    await chat("new")
+    room = service.bus.room_of("ses_reused")
+    await asyncio.sleep(2.1)  # the deleted session's room closes now, not the new one
+    assert service.bus.room_of("ses_reused") is room
+    await service.store.flush()
+    events = await service.store.events_after("ses_reused", 0, 10_000)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert "session.deleted" not in {e.type for e in events}
+    texts_created = [e.data["message"]["parts"][0]["text"] for e in events if e.type == "message.created"
+                     and e.data["message"]["role"] == "user"]
+    assert texts_created == ["new"]

@@ -446,6 +446,38 @@ async def test_close_drains_the_queue_and_stops_the_writer_thread(db_path: Path)
         await reopened.close()
     with pytest.raises(StoreUnavailable):
         await store.get_session("ses_a")
+    for late_write in (lambda: store.queue_message(message("msg_late")),
+                       lambda: store.append_event("ses_a", 31, "log", 1.0, "{}")):
+        with pytest.raises(StoreUnavailable, match="closed"):  # refused, not accepted and never written
+            late_write()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await asyncio.wait_for(store.save_message(message("msg_late")), 5)
+
+
+async def test_a_flush_waits_for_what_came_before_it_not_for_the_writer_to_go_idle(db_path: Path) -> None:
+    """Under steady streaming the writer is rarely idle: a flush (a page read, a replay from the
+    store) must still return once the rows queued before it are committed."""
+    store = SqliteStore(db_path)
+    await store.open()
+    streaming = True
+
+    async def publisher() -> None:  # an event every loop turn: the queue is never empty
+        seq = 0
+        while streaming:
+            seq += 1
+            store.append_event("ses_busy", seq, "message.delta", 1.0, '{"text":"x"}')
+            await asyncio.sleep(0)
+
+    busy = asyncio.ensure_future(publisher())
+    try:
+        await asyncio.sleep(0.05)
+        store.queue_message(message("msg_before"))
+        await asyncio.wait_for(store.flush(), 5)
+        assert await store.get_message("msg_before") is not None
+    finally:
+        streaming = False
+        await busy
+        await store.close()
 
 
 async def test_a_queued_session_row_commits_with_the_next_batch_in_order(store: SqliteStore) -> None:
