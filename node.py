@@ -131,19 +131,27 @@ class OpencodeAgent:
         result: dict[str, Any] = {}
 
         async def send_and_wait() -> tuple[str, str]:
-            sid = await ensure_session(svc(), settings)
-            result["sid"] = sid
-            sent = await svc().sessions.send(sid, SendBody(text=text or "", images=images))
-            result["runs"] = sent.run_ids
+            sid = result["sid"] = await ensure_session(svc(), settings)
+            # Shielded: a Cancel must not cut the send short while its message commits, or the runs
+            # it has already started could not be found (by `abort`) to be stopped.
+            sending = result["sending"] = asyncio.ensure_future(
+                svc().sessions.send(sid, SendBody(text=text or "", images=images)))
+            sent = await asyncio.shield(sending)
             return await wait_replies(svc(), sid, sent.run_ids), sid
 
         async def abort() -> None:
-            if "sid" in result:
-                for run_id in result.get("runs", []):
-                    try:
-                        await svc().sessions.abort(result["sid"], run_id)
-                    except Exception:  # noqa: BLE001 - already finished
-                        pass
+            sending = result.get("sending")
+            if sending is None:
+                return
+            try:
+                sent = await sending  # it is committing: then its runs are known
+            except Exception:  # noqa: BLE001 - the send failed: it started nothing
+                return
+            for run_id in sent.run_ids:
+                try:
+                    await svc().sessions.abort(result["sid"], run_id)
+                except Exception:  # noqa: BLE001 - already finished
+                    pass
 
         reply, sid = bridge.call(send_and_wait, on_cancel=abort)
         return reply, sid
@@ -172,6 +180,10 @@ async def wait_replies(svc: OpencodeService, session_id: str, run_ids: list[str]
     failed = [m for m in replies if m.status == "error"]
     if failed and len(failed) == len(replies):
         raise RuntimeError(f"Opencode: {failed[0].error}")
+    finished = [m for m in replies if m.status == "completed"]
+    if not finished and not failed:  # a cut-off or missing reply must not flow on as if it were one
+        raise RuntimeError("Opencode: the reply was stopped before it finished (in the panel, by an interrupting "
+                           "message, or its chat was deleted); queue the prompt again")
     return join_replies(replies)
 
 

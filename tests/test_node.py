@@ -129,3 +129,53 @@ def test_image_input_is_attached(server: ServerLoop) -> None:
     user = page.messages[0]
     assert [p.type for p in user.parts] == ["text", "image"]
     assert (server.service.data_dir / "uploads" / user.parts[1].filename).is_file()
+
+
+def interrupting(server: ServerLoop, pressed: threading.Event) -> type[Exception]:
+    """Install a bridge whose interrupt check raises once `pressed` is set; the exception type."""
+    class Interrupted(Exception):
+        pass
+
+    def check() -> None:
+        if pressed.is_set():
+            raise Interrupted()
+
+    OpencodeAgent.bridge = NodeBridge(loop=server.loop, service=lambda: server.service, check_interrupt=check)
+    return Interrupted
+
+
+def test_a_cancel_while_the_message_commits_still_stops_its_run(server: ServerLoop) -> None:
+    """Cancel pressed while the node's message is being saved (slow disk): its run has started by
+    then, and must be found and stopped, not left to answer."""
+    server.service.sessions.deps.echo_delay = 0.05
+    pressed = threading.Event()
+    Interrupted = interrupting(server, pressed)
+    store = server.service.store
+    save = store.save_message
+
+    async def slow_save(message: Any) -> None:
+        if message.role == "user":
+            pressed.set()
+            await asyncio.sleep(0.5)
+        await save(message)
+
+    store.save_message = slow_save  # type: ignore[method-assign]
+    try:
+        with pytest.raises(Interrupted):
+            OpencodeAgent().run(session_id="ses_node_commit", skills="echo", text="word " * 200)
+    finally:
+        store.save_message = save  # type: ignore[method-assign]
+    page = server.call(server.service.sessions.messages("ses_node_commit", None, 10))
+    assert page.messages[-1].role == "assistant" and page.messages[-1].status == "aborted"
+
+
+def test_a_reply_stopped_in_the_panel_is_an_error_not_a_cut_off_text(server: ServerLoop) -> None:
+    server.service.sessions.deps.echo_delay = 0.05
+
+    async def stop_it_soon() -> None:
+        await asyncio.sleep(0.3)
+        await server.service.sessions.abort("ses_node_stop")
+
+    asyncio.run_coroutine_threadsafe(stop_it_soon(), server.loop)
+    with pytest.raises(RuntimeError, match="the reply was stopped before it finished"):
+        OpencodeAgent().run(session_id="ses_node_stop", skills="echo", text="word " * 200)
