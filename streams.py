@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import struct
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -220,15 +220,27 @@ class WsConnection:
         command = await self._parse(text)
         if command is None:
             return
-        if command.type != "send":
-            await self._answer(command)
+        if command.type == "send":
+            await self._start_send(command)
+        else:
+            await self._answer(command, lambda: self.dispatch(command))
+
+    async def _start_send(self, command: Any) -> None:
+        """Start a send here, in this task (no task switch on the way to the model), and answer it
+        from a task of its own once its message is committed."""
+        body = p.SendBody(text=command.text, images=command.images, skills=command.skills, mode=command.mode)
+        try:
+            sending = await self.svc.sessions.start_send(command.session_id, body)
+        except Exception as exc:  # noqa: BLE001 - one bad command must not kill the socket
+            await self._answer_failure(command.id, exc)
             return
-        loop = asyncio.get_running_loop()
-        started: asyncio.Future[None] = loop.create_future()
-        answering = loop.create_task(self._answer(command, started))
+
+        async def answer() -> dict[str, Any]:
+            return (await sending.answer()).model_dump()
+
+        answering = asyncio.get_running_loop().create_task(self._answer(command, answer))
         self._answering.add(answering)
         answering.add_done_callback(self._answering.discard)
-        await asyncio.wait([started, answering], return_when=asyncio.FIRST_COMPLETED)
 
     async def answered(self) -> None:
         """Until every send taken so far has been answered (or has failed to be: the socket closed)."""
@@ -253,17 +265,21 @@ class WsConnection:
             await self._answer_error(cid, exc)
         return None
 
-    async def _answer(self, command: Any, started: asyncio.Future[None] | None = None) -> None:
+    async def _answer(self, command: Any, run: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        """Answer `command` with `run()`'s data, or with its error."""
         try:
-            data = await self.dispatch(command, started)
+            data = await run()
             await self.reply(p.AckReply(id=command.id, data=data).model_dump_json())
-        except OpencodeError as exc:
-            await self._answer_error(command.id, exc)
-        except ConnectionResetError:
-            pass
-        except Exception:  # noqa: BLE001 - one bad command must not kill the socket
-            log.exception("websocket command failed")
-            await self._answer_error(command.id, OpencodeError("unexpected server error; see the ComfyUI console"))
+        except Exception as exc:  # noqa: BLE001 - one bad command must not kill the socket
+            await self._answer_failure(command.id, exc)
+
+    async def _answer_failure(self, cid: str | None, exc: Exception) -> None:
+        if isinstance(exc, ConnectionResetError):  # the socket is gone: nobody to answer
+            return
+        if not isinstance(exc, OpencodeError):
+            log.error("websocket command failed", exc_info=exc)
+            exc = OpencodeError("unexpected server error; see the ComfyUI console")
+        await self._answer_error(cid, exc)
 
     async def _answer_error(self, cid: str | None, exc: OpencodeError) -> None:
         try:
@@ -287,8 +303,8 @@ class WsConnection:
         else:
             await self.ws.send_str(text)
 
-    async def dispatch(self, cmd: Any, started: asyncio.Future[None] | None = None) -> dict[str, Any]:
-        """Run one command; a send resolves `started` once its runs have started (or it has queued)."""
+    async def dispatch(self, cmd: Any) -> dict[str, Any]:
+        """Run one command other than `send` (see `_start_send`)."""
         sessions = self.svc.sessions
         if cmd.type == "ping":
             return {"pong": True}
@@ -307,9 +323,6 @@ class WsConnection:
                 if sub is not None:
                     self.svc.bus.unsubscribe(sid, sub)
             return {}
-        if cmd.type == "send":
-            body = p.SendBody(text=cmd.text, images=cmd.images, skills=cmd.skills, mode=cmd.mode)
-            return (await sessions.send(cmd.session_id, body, started=started)).model_dump()
         if cmd.type == "abort":
             return (await sessions.abort(cmd.session_id, cmd.run_id, cmd.skill)).model_dump()
         if cmd.type == "configure":

@@ -69,11 +69,6 @@ def start_eagerly(coro: Coroutine[Any, Any, Message], *, name: str) -> asyncio.T
     return loop.create_task(coro, name=name)
 
 
-def _resolve(started: asyncio.Future[None] | None) -> None:
-    if started is not None and not started.done():
-        started.set_result(None)
-
-
 class SkillSource(Protocol):
     def get(self, skill_id: str) -> SkillLike | None: ...
 
@@ -121,6 +116,27 @@ class _Live:
     # Sends saving a message that will queue: a send that comes meanwhile queues behind them.
     queueing: int = 0
     last_save: asyncio.Task[None] | None = None  # the latest user message's save (saves keep send order)
+
+
+@dataclass
+class Sending:
+    """A send whose runs have started (or whose message has queued): `answer()` waits for the
+    message's commit, names a new chat after it, and says what was sent."""
+
+    manager: "SessionManager"
+    live: _Live
+    user: Message
+    runs: list[Run]
+    text: str
+    saving: asyncio.Task[None] | None  # None: saved already (a queued message is saved first)
+
+    async def answer(self) -> SendResult:
+        if self.saving is not None:
+            await asyncio.shield(self.saving)  # the store's error, if any, is the sender's answer
+        # After the runs start: naming the chat must not delay its first reply.
+        await self.manager._auto_title(self.live, self.text)
+        return SendResult(message_id=self.user.id, run_id=self.runs[0].id if self.runs else None,
+                          run_ids=[r.id for r in self.runs], queued=self.user.status == "queued")
 
 
 class SessionManager:
@@ -332,12 +348,15 @@ class SessionManager:
 
     # ------------------------------------------------------------------ sending
 
-    async def send(self, session_id: str, body: SendBody, *,
-                   started: asyncio.Future[None] | None = None) -> SendResult:
+    async def send(self, session_id: str, body: SendBody) -> SendResult:
         """Send a message: its runs start at once, or it queues behind the busy ones; returns once
-        the message is committed. `started` is resolved as soon as the runs have started or the
-        message has its place in the queue, before that wait: a socket answers the commands behind
-        a send (an abort of these very runs, say) from then on, not after the disk."""
+        the message is committed (a store error is the answer)."""
+        return await (await self.start_send(session_id, body)).answer()
+
+    async def start_send(self, session_id: str, body: SendBody) -> "Sending":
+        """The first half of `send`: when it returns, the message's runs have started, or it has
+        its place in the queue; `answer()` then waits for its commit. A socket reads its next
+        command in between (an abort of these very runs, say) rather than after the disk."""
         live = await self._get_live(session_id)
         self._check_open(live)
         text, roles = self._address(live.session, body)
@@ -352,40 +371,37 @@ class SessionManager:
                        status="queued" if busy else "completed", created_at=t, updated_at=t)
         runs = [Run(id=new_id("run"), session_id=session_id, message_id=new_id("msg"), skill=r.id,
                     status="queued") for r in roles]
-        loop = asyncio.get_running_loop()
         if busy:
-            live.queueing += 1
-            try:
-                await asyncio.shield(self._save_in_order(live, user))
-            finally:
-                live.queueing -= 1
-            self._register_runs(runs)
-            self._remember(live, user)
-            self.bus.publish(session_id, "message.created", MessageCreatedData(message=user))
-            queued = _Queued(user, runs, roles)
-            live.queued.append(queued)
-            for run in runs:
-                self.bus.publish(session_id, "run.status", RunStatusData(run=run))
-            if live.deleted or self._closing:  # it came while they began: it will never run
-                for run in list(runs):
-                    self._cancel_queued_run(live, queued, run)
-            self._start_next(live)  # the busy runs may have ended while it was saved
-            _resolve(started)
-        else:
-            # The runs start while the message commits, so the model request does not wait for
-            # the disk; they say nothing until it is saved, and vanish if it is not.
-            self._register_runs(runs)
-            self._remember(live, user)
-            may_speak: asyncio.Future[bool] = loop.create_future()
-            agents = self._start(live, user, runs, roles, may_speak=may_speak)
-            saving = self._save_in_order(live, user)
-            saving.add_done_callback(lambda done: self._after_commit(live, user, agents, done, may_speak))
-            _resolve(started)
-            await asyncio.shield(saving)  # the store's error, if any, is the sender's answer
-        # After the runs start: naming the chat must not delay its first reply.
-        await self._auto_title(live, text)
-        return SendResult(message_id=user.id, run_id=runs[0].id if runs else None,
-                          run_ids=[r.id for r in runs], queued=user.status == "queued")
+            await self._queue(live, user, runs, roles)
+            return Sending(self, live, user, runs, text, None)
+        # The runs start while the message commits, so the model request does not wait for
+        # the disk; they say nothing until it is saved, and vanish if it is not.
+        self._register_runs(runs)
+        self._remember(live, user)
+        may_speak: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        agents = self._start(live, user, runs, roles, may_speak=may_speak)
+        saving = self._save_in_order(live, user)
+        saving.add_done_callback(lambda done: self._after_commit(live, user, agents, done, may_speak))
+        return Sending(self, live, user, runs, text, saving)
+
+    async def _queue(self, live: _Live, user: Message, runs: list[Run], roles: list[SkillLike]) -> None:
+        """Save a message sent while runs are busy, then queue it (or start it, if they ended meanwhile)."""
+        live.queueing += 1
+        try:
+            await asyncio.shield(self._save_in_order(live, user))
+        finally:
+            live.queueing -= 1
+        self._register_runs(runs)
+        self._remember(live, user)
+        self.bus.publish(live.session.id, "message.created", MessageCreatedData(message=user))
+        queued = _Queued(user, runs, roles)
+        live.queued.append(queued)
+        for run in runs:
+            self.bus.publish(live.session.id, "run.status", RunStatusData(run=run))
+        if live.deleted or self._closing:  # it came while they began: it will never run
+            for run in list(runs):
+                self._cancel_queued_run(live, queued, run)
+        self._start_next(live)  # the busy runs may have ended while it was saved
 
     def _save_in_order(self, live: _Live, user: Message) -> asyncio.Task[None]:
         """Save a user's message once the ones sent before it are: two sends at once (two tabs, a
