@@ -90,10 +90,8 @@ def test_no_input_and_no_session_outputs_empty(server: ServerLoop) -> None:
     assert OpencodeAgent().run(session_id="") == ("", "")
 
 
-def test_interrupt_aborts_the_run(server: ServerLoop) -> None:
-    server.service.sessions.deps.echo_delay = 0.05
-    pressed = threading.Event()
-
+def interrupting(server: ServerLoop, pressed: threading.Event) -> type[Exception]:
+    """Install a bridge whose interrupt check raises once `pressed` is set; the exception type."""
     class Interrupted(Exception):
         pass
 
@@ -102,6 +100,13 @@ def test_interrupt_aborts_the_run(server: ServerLoop) -> None:
             raise Interrupted()
 
     OpencodeAgent.bridge = NodeBridge(loop=server.loop, service=lambda: server.service, check_interrupt=check)
+    return Interrupted
+
+
+def test_interrupt_aborts_the_run(server: ServerLoop) -> None:
+    server.service.sessions.deps.echo_delay = 0.05
+    pressed = threading.Event()
+    Interrupted = interrupting(server, pressed)
     timer = threading.Timer(0.3, pressed.set)
     timer.start()
     with pytest.raises(Interrupted):
@@ -129,19 +134,6 @@ def test_image_input_is_attached(server: ServerLoop) -> None:
     user = page.messages[0]
     assert [p.type for p in user.parts] == ["text", "image"]
     assert (server.service.data_dir / "uploads" / user.parts[1].filename).is_file()
-
-
-def interrupting(server: ServerLoop, pressed: threading.Event) -> type[Exception]:
-    """Install a bridge whose interrupt check raises once `pressed` is set; the exception type."""
-    class Interrupted(Exception):
-        pass
-
-    def check() -> None:
-        if pressed.is_set():
-            raise Interrupted()
-
-    OpencodeAgent.bridge = NodeBridge(loop=server.loop, service=lambda: server.service, check_interrupt=check)
-    return Interrupted
 
 
 def test_a_cancel_while_the_message_commits_still_stops_its_run(server: ServerLoop) -> None:

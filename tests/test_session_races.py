@@ -66,6 +66,23 @@ def slowed(monkeypatch: Any, owner: Any, name: str, when: Any, during: Any) -> N
     monkeypatch.setattr(owner, name, slow)
 
 
+async def a_late_send_held_in_its_save(env: Any, service: Any, monkeypatch: Any
+                                      ) -> tuple[str, asyncio.Future[Any], asyncio.Event]:
+    """A session whose reply never ends, and a second send ("late") held in its save until the
+    returned event is set: the session, the send in flight, the event."""
+    provider, session = env
+    provider.turns.append(never_ending)
+    sid = await session()
+    await service.sessions.send(sid, SendBody(text="first"))
+    while not provider.requests:
+        await asyncio.sleep(0.001)
+    disk = asyncio.Event()
+    slowed(monkeypatch, service.store, "save_message", lambda m: m.role == "user" and m.text() == "late", disk.wait)
+    sending = asyncio.ensure_future(service.sessions.send(sid, SendBody(text="late")))
+    await asyncio.sleep(0.01)
+    return sid, sending, disk
+
+
 def texts(request: ChatRequest) -> list[tuple[str, str]]:
     return [(m.role, "".join(getattr(p, "text", "") for p in m.parts)) for m in request.messages]
 
@@ -187,16 +204,8 @@ async def test_a_send_while_its_session_is_deleted_is_refused_and_starts_nothing
 async def test_a_message_saved_as_the_service_shuts_down_is_settled(env, service, monkeypatch):
     """`wait_runs` (the node waits on it) returns for a message queued while shutdown began, and a
     send after it is refused rather than started."""
-    provider, session = env
-    provider.turns.append(never_ending)
-    sid = await session()
-    await service.sessions.send(sid, SendBody(text="first"))
-    while not provider.requests:
-        await asyncio.sleep(0.001)
-    disk = asyncio.Event()
-    slowed(monkeypatch, service.store, "save_message", lambda m: m.role == "user" and m.text() == "late", disk.wait)
-    sending = asyncio.ensure_future(service.sessions.send(sid, SendBody(text="late")))
-    await asyncio.sleep(0.01)
+    provider, _ = env
+    sid, sending, disk = await a_late_send_held_in_its_save(env, service, monkeypatch)
     await service.sessions.shutdown()
     disk.set()
     late = await sending
@@ -252,20 +261,12 @@ async def test_a_send_behind_a_message_still_saving_to_queue_comes_after_it(env,
 
 
 async def test_a_message_saving_to_queue_as_its_session_is_deleted_leaves_no_row(env, service, monkeypatch):
-    provider, session = env
-    provider.turns.append(never_ending)
-    sid = await session()
-    await service.sessions.send(sid, SendBody(text="first"))
-    while not provider.requests:
-        await asyncio.sleep(0.001)
-    disk = asyncio.Event()
-    slowed(monkeypatch, service.store, "save_message", lambda m: m.role == "user" and m.text() == "late", disk.wait)
-    sending = asyncio.ensure_future(service.sessions.send(sid, SendBody(text="late")))
-    await asyncio.sleep(0.01)
+    provider, _ = env
+    sid, sending, disk = await a_late_send_held_in_its_save(env, service, monkeypatch)
     deleting = asyncio.ensure_future(service.sessions.delete(sid))
     await asyncio.sleep(0.05)
     disk.set()
-    late = await sending
+    await sending
     await deleting
     await service.store.flush()
     assert await service.store.get_session(sid) is None
