@@ -126,6 +126,11 @@ class _Printer:
         self.failed = False
         self.unfinished: set[str] = set()  # run ids without a final status yet
 
+    def start(self, run_ids: Sequence[str]) -> None:
+        """The runs of the message sent: one is unlabelled; each is unfinished until its final status."""
+        self.roles = set(run_ids)
+        self.unfinished = set(run_ids)
+
     def delta(self, skill: str, text: str) -> None:
         if len(self.roles) <= 1:
             self.out.write(text)
@@ -180,16 +185,12 @@ async def run_in_process(args: argparse.Namespace) -> int:
         await svc.bus.subscribe(sid, sub, svc.bus.last_seq(sid) if svc.bus.last_seq(sid) else None)
         result = await svc.sessions.send(sid, SendBody(text=args.prompt))
         printer = _Printer()
-        printer.roles = {r for r in result.run_ids}
-        open_runs = set(result.run_ids)
-        while open_runs:
+        printer.start(result.run_ids)
+        while printer.unfinished:
             ev = await sub.queue.get()
             if ev is None:
                 break
-            data = ev.model_dump(mode="json")
-            printer.event(data)
-            if ev.type == "run.status" and ev.data["run"]["status"] in FINAL_RUN_STATUSES:
-                open_runs.discard(ev.data["run"]["id"])
+            printer.event(ev.model_dump(mode="json"))
         print(f"\n(session {sid})", file=sys.stderr)
         return 1 if printer.failed else 0
     finally:
@@ -218,8 +219,7 @@ async def run_remote(args: argparse.Namespace) -> int:
                 await _json(resp)
             async for event, data in _sse(resp):
                 if event == "accepted":
-                    printer.roles = set(json.loads(data)["run_ids"])
-                    printer.unfinished = set(printer.roles)
+                    printer.start(json.loads(data)["run_ids"])
                 elif event == "dropped":  # we read too slowly (a pager that stopped reading)
                     reason = json.loads(data).get("reason")
                     return _cut_short(sid, f"the server stopped streaming to us: {reason}")

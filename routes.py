@@ -28,7 +28,7 @@ from .core.errors import BadRequest, NotFound, OpencodeError, PayloadTooLarge
 from .core.export import export_json, export_markdown
 from .core.service import OpencodeService, SkillFactory
 from .core.trust import TrustPolicy, check_request
-from .core.validation import parse_json, parse_model
+from .core.validation import parse_json, parse_model, read_at_most
 from .streams import SseSubscriber, WsConnection
 from .version import __version__
 
@@ -79,21 +79,14 @@ async def read_body(request: web.Request, model: type[M]) -> M:
 
 
 async def _read_all(request: web.Request, limit: int) -> bytes:
-    """The whole body, refused past `limit` bytes. One `read(n)` returns what has arrived so far,
-    which for a body sent in several pieces (a large message, a slow client) is only the first."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        try:
-            chunk = await request.content.read(limit + 1 - size)
-        except ValueError:  # aiohttp's own cap on the body
-            raise PayloadTooLarge(f"the body is larger than {limit} bytes") from None
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+    """The whole body, refused past `limit` bytes."""
+    try:
+        raw = await read_at_most(request.content, limit + 1)
+    except ValueError:  # aiohttp's own cap on the body
+        raise PayloadTooLarge(f"the body is larger than {limit} bytes") from None
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+    return raw
 
 
 def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:

@@ -39,3 +39,15 @@ def parse_json(text: str, what: str) -> Any:
         raise BadRequest(f"the {what} is not valid JSON: {exc}", code="bad_json") from None
     except RecursionError:
         raise BadRequest(f"the {what} is nested too deeply", code="bad_json") from None
+
+
+async def read_at_most(stream: Any, limit: int) -> bytes:
+    """Up to `limit` bytes of a body (an aiohttp `StreamReader`), read to its end or the cap. Why
+    a loop: one `read(n)` returns what has arrived so far, which for a body sent in several
+    pieces (a large message, a slow peer) is only the first of them."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit and (chunk := await stream.read(limit - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)

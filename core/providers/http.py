@@ -45,6 +45,7 @@ import aiohttp
 from ..errors import ProviderError
 from ..protocol import ImagePart, ProviderProfile
 from ..secrets import Redactor
+from ..validation import read_at_most
 from .base import ChatMessage, ChatRequest, ImageLoader, Provider, StreamEvent, TextDelta, TextSink
 from .inline import InlineBody
 
@@ -715,16 +716,11 @@ class HttpProvider(Provider):
         return self.error(f"connection failed: {type(exc).__name__}: {exc}", retryable=True, code=CODE_UNREACHABLE)
 
     async def _http_error(self, response: aiohttp.ClientResponse) -> ProviderError:
-        chunks: list[bytes] = []
-        size = 0
         try:
-            # `read(n)` gives what has arrived so far: read on to the end (or the cap).
-            while size < MAX_ERROR_BODY and (chunk := await response.content.read(MAX_ERROR_BODY - size)):
-                chunks.append(chunk)
-                size += len(chunk)
+            raw = await read_at_most(response.content, MAX_ERROR_BODY)
         except (aiohttp.ClientError, asyncio.TimeoutError):
-            pass  # what did arrive still says something
-        text = b"".join(chunks).decode("utf-8", errors="replace")
+            raw = b""
+        text = raw.decode("utf-8", errors="replace")
         status = response.status
         message, code = error_details(text)
         if not message:
