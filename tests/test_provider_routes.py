@@ -155,3 +155,14 @@ async def test_with_no_key_anywhere_a_server_on_this_machine_answers(client: Any
     fake_llm.push(Reply(text="from the keyed one"))
     await reply_to(ws, sid, "again")
     assert fake_llm.last.body["model"] == "keyed-model"
+
+
+async def test_a_malformed_base_url_is_a_clear_400_and_nothing_is_stored(client: Any) -> None:
+    # "http://[" made urlsplit raise, which was a 500; a port out of range was stored and failed
+    # only when the model list was asked for.
+    for url in ("http://[", "http://[::1", "http://127.0.0.1:99999", "http://127.0.0.1:port/v1", "ftp://x", "x"):
+        body = await j(await client.post("/opencode/providers", json={"name": "bad", "kind": "openai", "base_url": url}), 400)
+        assert body["error"]["details"] == {"field": "base_url"} and "base_url" in body["error"]["message"], body
+        await j(await client.patch("/opencode/providers/ollama", json={"base_url": url}), 400)
+    await j(await client.get("/opencode/providers/bad"), 404)
+    assert (await j(await client.get("/opencode/providers/ollama"), 200))["base_url"] == "http://127.0.0.1:11434"

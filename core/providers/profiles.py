@@ -341,6 +341,10 @@ class ProviderProfiles:
 def _check_url(url: str, kind: str) -> None:
     if kind == "echo" and not url:
         return
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in 0..65535
+    except ValueError as exc:  # "http://[" (an unclosed IPv6 host), "http://host:99999"
+        raise BadRequest(f"base_url is not a valid URL ({exc}): {url!r}", details={"field": "base_url"}) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise BadRequest(f"base_url must be an http(s) URL, got {url!r}", details={"field": "base_url"})
