@@ -111,8 +111,11 @@ def check_origin(headers: Mapping[str, str]) -> None:
         return
     if origin.strip().lower() == "null":
         raise Forbidden("requests with Origin: null are refused", code="forbidden_origin")
-    parts = urlsplit(origin)
-    if not parts.netloc or parts.netloc.lower() != (headers.get("Host") or "").lower():
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:  # "http://[": an unclosed IPv6 host
+        netloc = ""
+    if not netloc or netloc.lower() != (headers.get("Host") or "").lower():
         raise Forbidden(f"requests from {origin[:100]} are refused: Opencode only accepts its own page",
                         code="forbidden_origin")
 

@@ -95,6 +95,7 @@ FOREIGN = [
     {"Origin": "null"},
     {"Origin": "http://127.0.0.1:1"},  # another port on this machine is another origin
     {"Origin": "http://localhost.evil.example"},
+    {"Origin": "http://["},  # an Origin urlsplit cannot read (it was a 500)
     {"Sec-Fetch-Site": "cross-site"},
     {"Origin": EVIL, "X-Opencode-Token": TOKEN},  # a token never makes a foreign page trusted
 ]
