@@ -228,7 +228,8 @@ class WsConnection:
     async def _start_send(self, command: Any) -> None:
         """Start a send here, in this task (no task switch on the way to the model), and answer it
         from a task of its own once its message is committed."""
-        body = p.SendBody(text=command.text, images=command.images, skills=command.skills, mode=command.mode)
+        body = p.SendBody(text=command.text, images=command.images, skills=command.skills, mode=command.mode,
+                          client_id=command.client_id)
         try:
             sending = await self.svc.sessions.start_send(command.session_id, body)
         except Exception as exc:  # noqa: BLE001 - one bad command must not kill the socket

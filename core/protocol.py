@@ -335,6 +335,13 @@ class SessionPatch(Model):
     permissions: dict[str, PermissionPolicy] | None = None
 
 
+# The sender's own name for one send. A send repeated with the name of one of the session's last
+# `SENT_REMEMBERED` sends is answered as that one was and sends nothing: a panel whose connection
+# dropped before the answer came can send again without the message going twice.
+ClientSendId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+SENT_REMEMBERED = 256
+
+
 class SendBody(Model):
     text: str = Field(max_length=MAX_TEXT_CHARS)
     images: list[ImagePart] = Field(default_factory=list, max_length=8)
@@ -342,6 +349,7 @@ class SendBody(Model):
     skills: list[SkillId] = Field(default_factory=list, max_length=MAX_SKILLS)
     # `queue`: wait for busy runs; `interrupt`: abort them, then send.
     mode: Literal["queue", "interrupt"] = "queue"
+    client_id: ClientSendId | None = None
 
 
 class SendResult(Model):
@@ -575,6 +583,7 @@ class SendCommand(_Command):
     images: list[ImagePart] = Field(default_factory=list, max_length=8)
     skills: list[SkillId] = Field(default_factory=list, max_length=MAX_SKILLS)
     mode: Literal["queue", "interrupt"] = "queue"
+    client_id: ClientSendId | None = None
 
 
 class AbortCommand(_Command):

@@ -29,6 +29,7 @@ from .protocol import (
     MessagePage,
     Run,
     RunStatusData,
+    SENT_REMEMBERED,
     SendBody,
     SendResult,
     Session,
@@ -116,6 +117,8 @@ class _Live:
     # Sends saving a message that will queue: a send that comes meanwhile queues behind them.
     queueing: int = 0
     last_save: asyncio.Task[None] | None = None  # the latest user message's save (saves keep send order)
+    # The last sends that named themselves (`SendBody.client_id`), so a repeat is answered, not sent.
+    sent: OrderedDict[str, asyncio.Future[Sending]] = field(default_factory=OrderedDict)
 
 
 @dataclass
@@ -137,6 +140,17 @@ class Sending:
         await self.manager._auto_title(self.live, self.text)
         return SendResult(message_id=self.user.id, run_id=self.runs[0].id if self.runs else None,
                           run_ids=[r.id for r in self.runs], queued=self.user.status == "queued")
+
+
+def _send_failed(started: asyncio.Future[Sending]) -> bool:
+    """Whether a remembered send failed (it did not start, or its message was not saved): a repeat
+    of it is then sent anew. One still starting has not failed: a repeat waits for it."""
+    if not started.done():
+        return False
+    if started.cancelled() or started.exception() is not None:
+        return True
+    saving = started.result().saving
+    return saving is not None and saving.done() and (saving.cancelled() or saving.exception() is not None)
 
 
 class SessionManager:
@@ -356,9 +370,38 @@ class SessionManager:
     async def start_send(self, session_id: str, body: SendBody) -> "Sending":
         """The first half of `send`: when it returns, the message's runs have started, or it has
         its place in the queue; `answer()` then waits for its commit. A socket reads its next
-        command in between (an abort of these very runs, say) rather than after the disk."""
+        command in between (an abort of these very runs, say) rather than after the disk.
+
+        A send that repeats the `client_id` of one of the session's last sends is that send again
+        (its answer is the first one's), unless the first failed: then it is sent anew."""
         live = await self._get_live(session_id)
         self._check_open(live)
+        if body.client_id is None:
+            return await self._start_send(live, body)
+        earlier = live.sent.get(body.client_id)
+        if earlier is not None and not _send_failed(earlier):
+            return await asyncio.shield(earlier)
+        started: asyncio.Future[Sending] = asyncio.get_running_loop().create_future()
+        live.sent[body.client_id] = started
+        live.sent.move_to_end(body.client_id)
+        while len(live.sent) > SENT_REMEMBERED:
+            live.sent.popitem(last=False)
+        try:
+            sending = await self._start_send(live, body)
+        except BaseException as exc:
+            if live.sent.get(body.client_id) is started:
+                del live.sent[body.client_id]
+            if isinstance(exc, asyncio.CancelledError):
+                started.cancel()
+            else:
+                started.set_exception(exc)
+                started.exception()  # retrieved here: a repeat may never come to read it
+            raise
+        started.set_result(sending)
+        return sending
+
+    async def _start_send(self, live: _Live, body: SendBody) -> "Sending":
+        session_id = live.session.id
         text, roles = self._address(live.session, body)
         busy = bool(live.active or live.queued or live.interrupting or live.queueing)
         if busy and body.mode == "interrupt":

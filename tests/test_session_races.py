@@ -316,3 +316,55 @@ async def test_a_session_deleted_and_created_again_under_its_id_keeps_every_even
     texts_created = [e.data["message"]["parts"][0]["text"] for e in events if e.type == "message.created"
                      and e.data["message"]["role"] == "user"]
     assert texts_created == ["new"]
+
+
+async def test_a_repeated_send_is_answered_once_not_sent_twice(env, service, client, monkeypatch):
+    """A panel whose socket dropped before a send's answer sends it again under the same
+    `client_id`: over the socket, over REST, and while the first is still saving, the repeat gets
+    the first one's answer, and the session has one message and one reply."""
+    provider, session = env
+    provider.turns.extend([text_turn("only reply"), text_turn("second reply")])
+    sid = await session()
+    disk = asyncio.Event()
+    slowed(monkeypatch, service.store, "save_message", lambda m: m.role == "user", disk.wait)
+    first = asyncio.ensure_future(service.sessions.send(sid, SendBody(text="once", client_id="tab1-0001")))
+    await asyncio.sleep(0.01)
+    repeat = asyncio.ensure_future(service.sessions.send(sid, SendBody(text="once", client_id="tab1-0001")))
+    await asyncio.sleep(0.01)
+    disk.set()
+    a, b = await asyncio.wait_for(asyncio.gather(first, repeat), 5)
+    assert a == b
+    await asyncio.wait_for(service.sessions.wait_runs(sid, a.run_ids), 5)
+    over_rest = await client.post(f"/opencode/sessions/{sid}/messages", json={"text": "once", "client_id": "tab1-0001"})
+    assert over_rest.status == 202 and (await over_rest.json())["message_id"] == a.message_id
+    ws = await client.ws_connect("/opencode/ws")
+    await ws.send_json({"id": "c1", "type": "send", "session_id": sid, "text": "once", "client_id": "tab1-0001"})
+    ack = await asyncio.wait_for(ws.receive_json(), 5)
+    assert ack["type"] == "ack" and ack["data"]["message_id"] == a.message_id, ack
+    await ws.close()
+    page, _ = await service.store.get_messages(sid)
+    assert [(m.role, m.text()) for m in page] == [("user", "once"), ("assistant", "only reply")]
+    assert len(provider.requests) == 1
+    other = await service.sessions.send(sid, SendBody(text="another", client_id="tab1-0002"))
+    assert other.message_id != a.message_id
+
+
+async def test_a_repeat_of_a_send_that_failed_is_sent_anew(env, service, monkeypatch):
+    provider, session = env
+    provider.turns.extend([text_turn("never said: its message was not saved"), text_turn("the reply")])
+    sid = await session()
+    real = service.store.save_message
+    failures = [StoreUnavailable("disk full")]
+
+    async def fails_once(message: Message) -> None:
+        if message.role == "user" and failures:
+            raise failures.pop()
+        await real(message)
+
+    monkeypatch.setattr(service.store, "save_message", fails_once)
+    with pytest.raises(StoreUnavailable):
+        await service.sessions.send(sid, SendBody(text="try", client_id="tab1-0003"))
+    again = await service.sessions.send(sid, SendBody(text="try", client_id="tab1-0003"))
+    await asyncio.wait_for(service.sessions.wait_runs(sid, again.run_ids), 5)
+    page, _ = await service.store.get_messages(sid)
+    assert [(m.role, m.text()) for m in page] == [("user", "try"), ("assistant", "the reply")]

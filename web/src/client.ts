@@ -62,6 +62,10 @@ export interface ClientOptions {
   backoffMs?: number[];
   commandTimeoutMs?: number;
   pingIntervalMs?: number;
+  /** How many times a send whose answer was lost is tried in all, and how long each repeat
+   * waits for the socket to come back before it goes over REST instead. */
+  sendAttempts?: number;
+  resendWaitMs?: number;
 }
 
 export type ConnectionState = "idle" | "connecting" | "open" | "reconnecting" | "closed";
@@ -80,6 +84,14 @@ export class ApiError extends Error {
 
 const OPEN = 1;
 const DEFAULT_BACKOFF = [500, 1000, 2000, 4000, 8000, 15000];
+/** Failures after which a command may or may not have reached the server. */
+const ANSWER_LOST = new Set(["disconnected", "timeout", "network_error"]);
+
+/** A random name for one send (`crypto.randomUUID` needs a secure context; ComfyUI on a LAN is not one). */
+export function newClientId(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(12));
+  return "snd_" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
 
 interface Pending {
   resolve: (data: Record<string, unknown>) => void;
@@ -110,6 +122,8 @@ export class OpencodeClient {
       backoffMs: options.backoffMs ?? DEFAULT_BACKOFF,
       commandTimeoutMs: options.commandTimeoutMs ?? 15000,
       pingIntervalMs: options.pingIntervalMs ?? 25000,
+      sendAttempts: options.sendAttempts ?? 3,
+      resendWaitMs: options.resendWaitMs ?? 10000,
     };
   }
 
@@ -174,9 +188,45 @@ export class OpencodeClient {
 
   // ------------------------------------------------------------ commands with a REST twin
 
+  /**
+   * Send a message. A send whose answer was lost (the socket dropped, the call timed out, the
+   * network failed) may have reached the server, so it is sent again, over the socket once it is
+   * back or over REST, under the same `client_id`: the server answers a repeat as it answered the
+   * first and never sends the message twice.
+   */
   async send(sessionId: string, body: SendBody): Promise<SendResult> {
+    const once: SendBody = { ...body, client_id: body.client_id ?? newClientId() };
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.sendOnce(sessionId, once);
+      } catch (err) {
+        const lost = err instanceof ApiError && ANSWER_LOST.has(err.code);
+        if (!lost || attempt >= this.opts.sendAttempts || this.state === "closed") throw err;
+        await this.untilOpen(this.opts.resendWaitMs);
+      }
+    }
+  }
+
+  private async sendOnce(sessionId: string, body: SendBody): Promise<SendResult> {
     if (this.isOpen()) return (await this.command("send", { session_id: sessionId, ...body })) as unknown as SendResult;
     return this.request<SendResult>("POST", `/opencode/sessions/${enc(sessionId)}/messages`, body);
+  }
+
+  /** Resolves once the socket is open, or after `ms` (a send then goes over REST); at once when
+   * no socket is coming (never connected, or closed). */
+  private untilOpen(ms: number): Promise<void> {
+    if (this.isOpen() || this.state === "closed" || this.state === "idle") return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        off();
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      const off = this.onState((s) => {
+        if (s === "open" || s === "closed") done();
+      });
+    });
   }
 
   async abort(sessionId: string, body: AbortBody = {}): Promise<AbortResult> {

@@ -213,6 +213,8 @@ export interface SendBody {
   images?: ImagePart[];
   skills?: string[];
   mode?: SendMode;
+  /** The sender's name for this send: a repeat under it is answered, not sent again. */
+  client_id?: string;
 }
 
 export interface SendResult {

@@ -71,6 +71,57 @@ describe("OpencodeClient WebSocket", () => {
     expect(states).toEqual(["connecting", "open"]);
   });
 
+  it("sends again under the same client_id when the socket drops before the answer", async () => {
+    const { client, transport } = makeClient();
+    client.connect();
+    void client.join(SID);
+    let ws = FakeSocket.last();
+    ws.open();
+    const sent = client.send(SID, { text: "order 1 pizza" });
+    const first = ws.commands("send")[0];
+    expect(first.client_id).toMatch(/^snd_[0-9a-f]{24}$/);
+    ws.drop(); // the frame left; its answer never comes
+    await vi.advanceTimersByTimeAsync(100);
+    ws = FakeSocket.last();
+    ws.open();
+    await vi.advanceTimersByTimeAsync(0);
+    const again = ws.commands("send");
+    expect(again).toHaveLength(1);
+    expect(again[0]).toMatchObject({ text: "order 1 pizza", client_id: first.client_id });
+    ws.ack("send", { message_id: "m1", run_id: "r1", run_ids: ["r1"], queued: false });
+    await expect(sent).resolves.toMatchObject({ message_id: "m1" });
+    expect(transport.calls.filter((c) => c.method === "POST")).toEqual([]);
+  });
+
+  it("sends again over REST when the socket stays down, and gives up after the last try", async () => {
+    const { client, transport } = makeClient();
+    client.connect();
+    const ws = FakeSocket.last();
+    ws.open();
+    const sent = client.send(SID, { text: "hi" });
+    const id = ws.commands("send")[0].client_id;
+    ws.drop(); // and no new socket ever opens
+    await vi.advanceTimersByTimeAsync(9999);
+    expect(transport.calls.filter((c) => c.method === "POST")).toEqual([]);
+    await vi.advanceTimersByTimeAsync(1);
+    await expect(sent).resolves.toMatchObject({ message_id: "m" });
+    const posts = transport.calls.filter((c) => c.method === "POST");
+    expect(posts.map((c) => (c.body as { client_id: string }).client_id)).toEqual([id]);
+  });
+
+  it("does not send again when the server answered with an error", async () => {
+    const { client } = makeClient();
+    client.connect();
+    const ws = FakeSocket.last();
+    ws.open();
+    const sent = client.send(SID, { text: "hi" });
+    const cmd = ws.commands("send")[0];
+    ws.receive({ type: "error", id: cmd.id, error: { code: "unknown_skill", message: "no role nope", details: {} } });
+    await expect(sent).rejects.toMatchObject({ code: "unknown_skill" });
+    await vi.advanceTimersByTimeAsync(20000);
+    expect(ws.commands("send")).toHaveLength(1);
+  });
+
   it("rejects a command answered with an error frame", async () => {
     const { client } = makeClient();
     client.connect();

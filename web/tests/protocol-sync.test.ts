@@ -53,7 +53,7 @@ describe("protocol.ts mirrors core/protocol.py", () => {
   it.each([
     ["SessionCreate", ["id", "title", "skills", "provider", "model"]],
     ["SessionPatch", ["title", "skills", "provider", "model", "budget", "permissions"]],
-    ["SendBody", ["text", "images", "skills", "mode"]],
+    ["SendBody", ["text", "images", "skills", "mode", "client_id"]],
     ["PermissionReplyBody", ["request_id", "decision", "remember"]],
     ["AbortBody", ["run_id", "skill"]],
     ["JoinCommand", ["type", "session_id", "after_seq", "panel"]],
