@@ -166,3 +166,21 @@ async def test_a_malformed_base_url_is_a_clear_400_and_nothing_is_stored(client:
         await j(await client.patch("/opencode/providers/ollama", json={"base_url": url}), 400)
     await j(await client.get("/opencode/providers/bad"), 404)
     assert (await j(await client.get("/opencode/providers/ollama"), 200))["base_url"] == "http://127.0.0.1:11434"
+
+
+async def test_a_profile_moved_to_another_host_does_not_take_the_old_services_key(
+        client: Any, fake_llm: FakeLLMServer, monkeypatch: Any) -> None:
+    """OPENAI_API_KEY is for api.openai.com: a profile patched to point elsewhere stops using it
+    (as a profile created there never does), unless the patch names the variable itself."""
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    made = await j(await client.post("/opencode/providers", json={"name": "openai", "kind": "openai"}), 201)
+    assert (made["key_env"], made["has_key"]) == ("OPENAI_API_KEY", True)
+    moved = await j(await client.patch("/opencode/providers/openai", json={"base_url": fake_llm.url + "/v1"}), 200)
+    assert (moved["key_env"], moved["has_key"]) == (None, False)
+    await j(await client.get("/opencode/providers/openai/models"), 200)
+    assert "Authorization" not in fake_llm.last.headers
+    kept = await j(await client.patch("/opencode/providers/openai", json={"base_url": fake_llm.url + "/v1",
+                                                                             "key_env": "OPENAI_API_KEY"}), 200)
+    assert kept["key_env"] == "OPENAI_API_KEY"
+    await j(await client.get("/opencode/providers/openai/models"), 200)
+    assert fake_llm.last.headers["Authorization"] == f"Bearer {KEY}"

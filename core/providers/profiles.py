@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from ..errors import BadRequest, Conflict, NotFound
 from ..protocol import ModelCaps, ProviderCreate, ProviderPatch, ProviderProfile
-from ..secrets import SecretStore, atomic_write_text
+from ..secrets import SecretStore, atomic_write_text, usual_env_var
 
 log = logging.getLogger("opencode.providers.profiles")
 
@@ -300,6 +300,12 @@ class ProviderProfiles:
             for required in ("base_url", "default_model", "models", "extra"):
                 if required in changes and changes[required] is None:
                     del changes[required]
+            if "base_url" in changes:
+                _check_url(changes["base_url"], current.kind)
+            if _leaves_its_service(current, changes):
+                # The old service's key variable (OPENAI_API_KEY for api.openai.com) is not for
+                # the new host, as `create` decides too: a patch that wants it says so.
+                changes["key_env"] = None
             profile = current.model_copy(update=changes)
             _check_url(profile.base_url, profile.kind)
             profile = ProviderProfile.model_validate(profile.model_dump())
@@ -336,6 +342,15 @@ class ProviderProfiles:
         key = self.secrets.lookup(profile.name, profile.key_env, profile.base_url)
         hint = self.secrets.hint(profile.name, profile.key_env, profile.base_url) if key else None
         return profile.model_copy(update={"has_key": key is not None, "key_hint": hint}, deep=True)
+
+
+def _leaves_its_service(current: ProviderProfile, changes: Mapping[str, Any]) -> bool:
+    """Whether a patch moves a profile to another host while keeping the old host's usual key
+    variable, which would then send that service's key to the new host."""
+    url = changes.get("base_url")
+    if url is None or "key_env" in changes or current.key_env is None:
+        return False
+    return _host(url) != _host(current.base_url) and current.key_env == usual_env_var(current.base_url)
 
 
 def _check_url(url: str, kind: str) -> None:
