@@ -137,7 +137,7 @@ class Budget(Model):
     """A per-session ceiling; a run that would pass it stops with `budget_exceeded`."""
 
     max_tokens: int | None = Field(default=None, ge=0)
-    max_cost: float | None = Field(default=None, ge=0)
+    max_cost: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
 
 class Session(Model):
@@ -461,14 +461,17 @@ class ErrorEnvelope(Model):
 ProviderKind = Literal["openai", "anthropic", "ollama", "echo"]
 
 
+MAX_PRICE = 100_000.0  # USD per million tokens: far above any model's, far below a cost that overflows
+
+
 class ModelCaps(Model):
     """What a model can do and what it costs (USD per million tokens); presets, user-overridable."""
 
     tools: bool = True
     vision: bool = False
-    context_tokens: int = Field(default=32_000, ge=512)
-    input_price: float = Field(default=0.0, ge=0)
-    output_price: float = Field(default=0.0, ge=0)
+    context_tokens: int = Field(default=32_000, ge=512, le=100_000_000)
+    input_price: float = Field(default=0.0, ge=0, le=MAX_PRICE, allow_inf_nan=False)
+    output_price: float = Field(default=0.0, ge=0, le=MAX_PRICE, allow_inf_nan=False)
 
 
 class ProviderProfile(Model):

@@ -31,10 +31,16 @@ def parse_model(model: type[M], raw: Any) -> M:
                          details=validation_details(exc)) from None
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (numbers must be finite)")
+
+
 def parse_json(text: str, what: str) -> Any:
-    """`json.loads` with every failure (syntax, absurd nesting) as a `bad_json` error."""
+    """`json.loads` with every failure (syntax, absurd nesting) as a `bad_json` error. Python's
+    `NaN`/`Infinity` are refused: JSON has no such numbers, and an infinite price or budget would
+    be stored as `null` and break every read of what it touched."""
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_refuse_constant)
     except ValueError as exc:
         raise BadRequest(f"the {what} is not valid JSON: {exc}", code="bad_json") from None
     except RecursionError:

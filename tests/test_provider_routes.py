@@ -184,3 +184,19 @@ async def test_a_profile_moved_to_another_host_does_not_take_the_old_services_ke
     assert kept["key_env"] == "OPENAI_API_KEY"
     await j(await client.get("/opencode/providers/openai/models"), 200)
     assert fake_llm.last.headers["Authorization"] == f"Bearer {KEY}"
+
+
+async def test_prices_and_budgets_must_be_finite_and_sane(client: Any) -> None:
+    """An infinite price made a reply's cost infinite, stored as null: the session could not be
+    read again after a restart. JSON has no NaN or Infinity; a price has a ceiling."""
+    for raw in ('{"models": {"m": {"input_price": 1e308}}}', '{"models": {"m": {"output_price": Infinity}}}',
+                '{"models": {"m": {"input_price": NaN}}}', '{"models": {"m": {"context_tokens": 1e400}}}'):
+        r = await client.patch("/opencode/providers/ollama", data=raw, headers={"Content-Type": "application/json"})
+        body = await j(r, 400)
+        assert body["error"]["code"] in ("bad_json", "validation_error"), body
+    sid = (await j(await client.post("/opencode/sessions", json={}), 201))["id"]
+    r = await client.patch(f"/opencode/sessions/{sid}", data='{"budget": {"max_cost": Infinity}}',
+                           headers={"Content-Type": "application/json"})
+    assert (await j(r, 400))["error"]["code"] == "bad_json"
+    ok = await j(await client.patch("/opencode/providers/ollama", json={"models": {"m": {"input_price": 75.0}}}), 200)
+    assert ok["models"]["m"]["input_price"] == 75.0
