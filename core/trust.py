@@ -139,7 +139,9 @@ def check_request(policy: TrustPolicy, method: str, headers: Mapping[str, str], 
     if is_local(headers, remote):
         return
     token = presented_token(headers, query)
-    if token and hmac.compare_digest(token.encode(), policy.token.encode()):
+    # aiohttp keeps undecodable header bytes as surrogates: encoded back as they came, they are
+    # simply a wrong token.
+    if token and hmac.compare_digest(token.encode("utf-8", "surrogateescape"), policy.token.encode()):
         return
     raise Unauthorized(
         "this Opencode server is reached from another machine or through a proxy, so requests need its "

@@ -8,6 +8,7 @@ calling `check_request` directly. Every refused request must write nothing.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sqlite3
 import stat
@@ -315,3 +316,17 @@ async def test_token_file_is_private_stable_and_rotatable(tmp_path: Path, caplog
         check_request(policy, "GET", {"Host": "evil.example"}, "127.0.0.1", {"token": old})
     check_request(policy, "GET", {"Host": "evil.example"}, "127.0.0.1", {"token": new})
     assert [p.name for p in tmp_path.iterdir()] == [TOKEN_FILE]  # no temp file left behind
+
+
+async def test_a_token_that_is_not_utf8_is_a_wrong_token_not_a_500(client: Any) -> None:
+    """Raw header bytes that are not UTF-8 (aiohttp keeps them as surrogates) made the token
+    comparison raise: anyone who could reach the port could log a traceback per request."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(b"GET /opencode/sessions HTTP/1.1\r\nHost: evil.example\r\nX-Opencode-Token: \xff\xfe\r\n"
+                     b"Connection: close\r\n\r\n")
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+    finally:
+        writer.close()
+    assert status_line.split()[1] == b"401", status_line
