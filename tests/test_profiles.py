@@ -168,3 +168,15 @@ async def test_invalid_entries_are_skipped(data_dir: Path) -> None:
     ]}))
     profiles = await open_profiles(data_dir)
     assert [p.name for p in await profiles.list()] == ["ok"]
+
+
+async def test_a_key_saved_in_extra_headers_before_they_were_checked_is_listed_as_a_hint(data_dir: Path) -> None:
+    key = "0123456789abcdef0123456789abcdef"
+    (data_dir / "providers.json").write_text(json.dumps({"version": 1, "profiles": [
+        {"name": "azure", "kind": "openai", "base_url": "https://x.openai.azure.com/openai/v1",
+         "extra": {"headers": {"api-key": key, "X-Title": "Opencode"}}},
+    ]}))
+    profiles = await open_profiles(data_dir)
+    listed = (await profiles.list())[0]
+    assert listed.extra["headers"] == {"api-key": "…cdef", "X-Title": "Opencode"}
+    assert key not in (await profiles.get("azure")).model_dump_json()

@@ -200,3 +200,23 @@ async def test_prices_and_budgets_must_be_finite_and_sane(client: Any) -> None:
     assert (await j(r, 400))["error"]["code"] == "bad_json"
     ok = await j(await client.patch("/opencode/providers/ollama", json={"models": {"m": {"input_price": 75.0}}}), 200)
     assert ok["models"]["m"]["input_price"] == 75.0
+
+
+async def test_extra_headers_are_checked_and_a_key_goes_through_the_key_route(
+        client: Any, fake_llm: FakeLLMServer) -> None:
+    """A CRLF in a header value was stored and made every request to the provider a 500; a key put
+    in `extra.headers` was listed back in full. Azure's `api-key` header is `extra.key_header`."""
+    base = {"kind": "openai", "base_url": fake_llm.url + "/v1"}
+    for headers in ({"X-A": "a\r\nX-Injected: 1"}, {"bad name": "x"}, {"X-A": 5}, {"api-key": KEY},
+                    {"Authorization": f"Bearer {KEY}"}):
+        body = await j(await client.post("/opencode/providers", json={"name": "h", **base, "extra": {"headers": headers}}), 400)
+        assert body["error"]["details"] == {"field": "extra"} and KEY not in json.dumps(body), body
+    await j(await client.get("/opencode/providers/h"), 404)
+    await j(await client.post("/opencode/providers", json={
+        "name": "azure", **base, "extra": {"headers": {"X-Title": "Opencode"}, "key_header": "api-key"}}), 201)
+    await j(await client.patch("/opencode/providers/azure", json={"extra": {"headers": {"x-api-key": KEY}}}), 400)
+    await j(await client.put("/opencode/providers/azure/key", json={"key": KEY}), 200)
+    await j(await client.get("/opencode/providers/azure/models"), 200)
+    sent = fake_llm.last.headers
+    assert (sent["api-key"], sent["X-Title"]) == (KEY, "Opencode") and "Authorization" not in sent
+    assert KEY not in await (await client.get("/opencode/providers")).text()

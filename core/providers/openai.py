@@ -57,7 +57,11 @@ class OpenAIProvider(HttpProvider):
         if isinstance(extra, dict):  # e.g. OpenRouter's HTTP-Referer / X-Title
             headers.update({str(k): str(v) for k, v in extra.items()})
         if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
+            key_header = self.profile.extra.get("key_header")  # Azure OpenAI: `api-key`
+            if isinstance(key_header, str) and key_header.lower() != "authorization":
+                headers[key_header] = self._api_key
+            else:
+                headers["Authorization"] = f"Bearer {self._api_key}"
         return headers
 
     async def list_models(self) -> list[ModelInfo]:

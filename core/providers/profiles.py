@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from ..errors import BadRequest, Conflict, NotFound
 from ..protocol import ModelCaps, ProviderCreate, ProviderPatch, ProviderProfile
-from ..secrets import SecretStore, atomic_write_text, usual_env_var
+from ..secrets import SecretStore, atomic_write_text, key_hint, usual_env_var
 
 log = logging.getLogger("opencode.providers.profiles")
 
@@ -272,6 +272,7 @@ class ProviderProfiles:
         template = self._template(body.name, body.kind)
         base_url = body.base_url or (template.base_url if template else "")
         _check_url(base_url, body.kind)
+        _check_extra(body.extra)
         same_service = template is not None and _host(template.base_url) == _host(base_url)
         profile = ProviderProfile(
             name=body.name,
@@ -302,6 +303,8 @@ class ProviderProfiles:
                     del changes[required]
             if "base_url" in changes:
                 _check_url(changes["base_url"], current.kind)
+            if "extra" in changes:
+                _check_extra(changes["extra"])
             if _leaves_its_service(current, changes):
                 # The old service's key variable (OPENAI_API_KEY for api.openai.com) is not for
                 # the new host, as `create` decides too: a patch that wants it says so.
@@ -341,7 +344,44 @@ class ProviderProfiles:
     def _public(self, profile: ProviderProfile) -> ProviderProfile:
         key = self.secrets.lookup(profile.name, profile.key_env, profile.base_url)
         hint = self.secrets.hint(profile.name, profile.key_env, profile.base_url) if key else None
-        return profile.model_copy(update={"has_key": key is not None, "key_hint": hint}, deep=True)
+        update: dict[str, Any] = {"has_key": key is not None, "key_hint": hint}
+        headers = profile.extra.get("headers")
+        if isinstance(headers, dict) and any(str(n).lower() in _CREDENTIAL_HEADERS for n in headers):
+            # Saved before such headers were refused: listed as a hint, like a stored key.
+            masked = {n: key_hint(str(v)) if str(n).lower() in _CREDENTIAL_HEADERS else v for n, v in headers.items()}
+            update["extra"] = {**profile.extra, "headers": masked}
+        return profile.model_copy(update=update, deep=True)
+
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")  # an HTTP token (RFC 9110)
+# Headers that carry a credential: a key goes through the write-only key route, never in a
+# profile that is listed back (set `extra.key_header` to send the stored key under another name).
+_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key", "x-goog-api-key",
+                                 "cookie"})
+
+
+def _check_extra(extra: Mapping[str, Any]) -> None:
+    """`extra.headers` must be names and one-line values that aiohttp can send, and no credential;
+    `extra.key_header` must be a header name."""
+    headers = extra.get("headers")
+    if headers is not None and not isinstance(headers, dict):
+        raise _bad_extra("extra.headers must be an object of header names to values")
+    for name, value in (headers or {}).items():
+        if not _HEADER_NAME.match(name):
+            raise _bad_extra(f"extra.headers: {name[:100]!r} is not a valid header name")
+        if not isinstance(value, str) or len(value) > 4000 or any(c in value for c in "\r\n\0"):
+            raise _bad_extra(f"extra.headers: the value of {name} must be one line of text (at most 4,000 characters)")
+        if name.lower() in _CREDENTIAL_HEADERS:
+            raise _bad_extra(f"extra.headers: {name} carries a key, and a profile is listed back: store the key "
+                             f"with PUT /opencode/providers/<profile>/key, and set extra.key_header to {name!r} "
+                             "to send it under that name")
+    key_header = extra.get("key_header")
+    if key_header is not None and not (isinstance(key_header, str) and _HEADER_NAME.match(key_header)):
+        raise _bad_extra("extra.key_header must be a header name, e.g. api-key")
+
+
+def _bad_extra(message: str) -> BadRequest:
+    return BadRequest(message, details={"field": "extra"})
 
 
 def _leaves_its_service(current: ProviderProfile, changes: Mapping[str, Any]) -> bool:
