@@ -481,3 +481,15 @@ async def test_cancel_interrupts_a_running_prompt_only(adapter: HttpComfyAdapter
     assert comfy.interrupts == [{"prompt_id": "running-id"}]
     assert await adapter.cancel("gone") is False
     assert comfy.interrupts == [{"prompt_id": "running-id"}] and comfy.queue_posts == []
+
+
+async def test_a_models_arguments_stay_inside_their_route(tools: dict[str, Tool], comfy: FakeComfyUI) -> None:
+    """A folder or run id from the model went into the URL as it was: `../view?…` reached
+    ComfyUI's `/view`, whose PNG then failed to decode and ended the whole run."""
+    out = await call(tools, "list_models", folder="../view?filename=a.png&type=output")
+    assert out.is_error and "unknown model folder '../view?filename=a.png&type=output'" in out.content
+    out = await call(tools, "get_run", prompt_id="../object_info")
+    assert "/view" not in comfy.requests and "/object_info" not in comfy.requests, comfy.requests
+    comfy.raw_models["loras"] = b"\x89PNG\r\n\x1a\n\xff\xfe"
+    out = await call(tools, "list_models", folder="loras")
+    assert out.is_error and "not JSON" in out.content

@@ -13,6 +13,7 @@ import json
 import logging
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -29,6 +30,11 @@ from .adapter import (
 )
 
 log = logging.getLogger("opencode.comfyui.http")
+
+
+def _segment(value: str) -> str:
+    """A model's argument as one path segment: `../view?…` must not reach another route."""
+    return quote(value, safe="")
 
 
 class HttpComfyAdapter(ComfyAdapter):
@@ -104,7 +110,7 @@ class HttpComfyAdapter(ComfyAdapter):
         raise ComfyError(f"ComfyUI answered /prompt with HTTP {status}: {body[:300].decode('utf-8', 'replace')}")
 
     async def history(self, prompt_id: str) -> dict[str, Any] | None:
-        answer = await self._json("GET", f"/history/{prompt_id}")
+        answer = await self._json("GET", f"/history/{_segment(prompt_id)}")
         entry = answer.get(prompt_id) if isinstance(answer, dict) else None
         return entry if isinstance(entry, dict) else None
 
@@ -128,12 +134,15 @@ class HttpComfyAdapter(ComfyAdapter):
         return [str(f) for f in answer] if isinstance(answer, list) else []
 
     async def models(self, folder: str) -> list[str]:
-        status, body = await self._request("GET", f"/models/{folder}")
+        status, body = await self._request("GET", f"/models/{_segment(folder)}")
         if status == 404:
             raise ComfyError(f"unknown model folder '{folder}'; ComfyUI's folders are: {', '.join(await self.folders())}")
         if status >= 400:
             raise ComfyError(f"ComfyUI answered /models/{folder} with HTTP {status}")
-        answer = json.loads(body)
+        try:
+            answer = json.loads(body)
+        except ValueError:  # UnicodeDecodeError too
+            raise ComfyError(f"ComfyUI's answer to /models/{folder} is not JSON") from None
         return [str(f) for f in answer] if isinstance(answer, list) else []
 
     async def view(self, filename: str, subfolder: str = "", type: str = "output") -> bytes:

@@ -27,6 +27,7 @@ class FakeComfyUI:
         self.object_info = object_info()
         self.folders: list[str] = load("models_folders.json")
         self.models: dict[str, list[str]] = {f: [] for f in self.folders}
+        self.raw_models: dict[str, bytes] = {}  # a folder answered with these bytes, not JSON
         self.files: dict[tuple[str, str, str], bytes] = {("output", "", SAVED_IMAGE): saved_png()}
         self.runs = recorded_runs()
         self.history: dict[str, dict[str, Any]] = {}
@@ -144,6 +145,8 @@ class FakeComfyUI:
 
     async def get_models(self, request: web.Request) -> web.Response:
         folder = request.match_info["folder"]
+        if folder in self.raw_models:
+            return web.Response(body=self.raw_models[folder], content_type="application/octet-stream")
         if folder not in self.models:
             return web.Response(status=404)
         return web.json_response(self.models[folder])
