@@ -272,6 +272,8 @@ class SessionManager:
         replace the other's; a reply's usage added meanwhile (`_add_usage`) is kept as well.
         """
         async with live.changing:
+            if live.deleted:  # a delete began while this change waited: it must not bring it back
+                raise NotFound(f"no session {live.session.id}; it was deleted")
             data = live.session.model_dump()
             data.update(changes_to(live.session))
             data["updated_at"] = now()
@@ -293,13 +295,16 @@ class SessionManager:
         await asyncio.gather(*tasks, return_exceptions=True)
         while live.queueing:
             await asyncio.sleep(0.005)
-        # Announced first, so that its row goes with the session's other events.
-        self.bus.publish(session_id, "session.deleted", SessionDeletedData(session_id=session_id))
-        try:
-            await self.store.delete_session(session_id)
-        except BaseException:
-            live.deleted = False
-            raise
+        # A change saving now finishes first (and is deleted with the rest); one still waiting
+        # for this lock finds the session deleted.
+        async with live.changing:
+            # Announced first, so that its row goes with the session's other events.
+            self.bus.publish(session_id, "session.deleted", SessionDeletedData(session_id=session_id))
+            try:
+                await self.store.delete_session(session_id)
+            except BaseException:
+                live.deleted = False
+                raise
         self._live.pop(session_id, None)
         room = self.bus.room_of(session_id)
         asyncio.get_running_loop().call_later(2.0, lambda: self.bus.close_room(session_id, only=room))
@@ -519,7 +524,7 @@ class SessionManager:
     async def _auto_title(self, live: _Live, text: str) -> None:
         """Name a new chat after its first message. Best effort: the message is already sent, so a
         title that cannot be saved is logged, not the send's answer."""
-        if live.session.title == DEFAULT_TITLE and text.strip():
+        if live.session.title == DEFAULT_TITLE and text.strip() and not live.deleted:
             title = " ".join(text.split())[:60]
             try:
                 await self.patch(live.session.id, SessionPatch(title=title))

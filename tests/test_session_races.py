@@ -368,3 +368,27 @@ async def test_a_repeat_of_a_send_that_failed_is_sent_anew(env, service, monkeyp
     await asyncio.wait_for(service.sessions.wait_runs(sid, again.run_ids), 5)
     page, _ = await service.store.get_messages(sid)
     assert [(m.role, m.text()) for m in page] == [("user", "try"), ("assistant", "the reply")]
+
+
+async def test_a_change_saving_as_the_session_is_deleted_does_not_bring_it_back(env, service, monkeypatch):
+    """A patch, a remembered permission or the automatic title that was saving when a delete came
+    was committed after the delete: the session was back, though the delete had answered."""
+    _, session = env
+    sid = await session()
+    disk = asyncio.Event()
+    slowed(monkeypatch, service.store, "save_session", lambda s: s.title == "patched", disk.wait)
+    patching = asyncio.ensure_future(service.sessions.patch(sid, SessionPatch(title="patched")))
+    await asyncio.sleep(0.01)
+    deleting = asyncio.ensure_future(service.sessions.delete(sid))
+    await asyncio.sleep(0.01)
+    late = asyncio.ensure_future(service.sessions.remember_permission(sid, "queue_workflow", "allow"))
+    await asyncio.sleep(0.01)
+    disk.set()
+    await asyncio.wait_for(deleting, 5)
+    await asyncio.wait_for(patching, 5)  # it had begun its save: it finishes, then the delete goes
+    with pytest.raises(NotFound):
+        await asyncio.wait_for(late, 5)
+    await service.store.flush()
+    assert await service.store.get_session(sid) is None
+    with pytest.raises(NotFound):
+        await service.sessions.get(sid)
