@@ -324,9 +324,11 @@ class SessionManager:
 
     async def messages(self, session_id: str, before: str | None, limit: int) -> MessagePage:
         await self._get_live(session_id)
-        if before is not None and await self.store.get_message(before) is None:
-            raise NotFound(f"no message {before} in session {session_id}")
-        await self.store.flush()
+        await self.store.flush()  # a message just announced may still be on its way to the disk
+        if before is not None:
+            anchor = await self.store.get_message(before)
+            if anchor is None or anchor.session_id != session_id:
+                raise NotFound(f"no message {before} in session {session_id}")
         messages, has_more = await self.store.get_messages(session_id, before=before, limit=limit)
         live = self._live.get(session_id)
         if live is not None:  # streaming replies: the in-memory copy is ahead of the checkpoint

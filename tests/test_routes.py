@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from opencode_agent.core.protocol import SendBody
 from opencode_agent.routes import ROUTES, SERVICE
 
 
@@ -60,6 +61,26 @@ async def test_send_and_page_messages(client: TestClient, service: Any) -> None:
     assert older["messages"][0]["id"] == ids[0]
     # the session got its title from the first message
     assert (await j(await client.get(f"/opencode/sessions/{sid}"), 200))["title"] == "m0"
+
+
+async def test_a_page_before_a_message_is_exact(client: TestClient, service: Any) -> None:
+    """`before` a message the server has just announced (not yet on disk) is that page, not a
+    404; `before` another session's message is a 404, not an empty page that reads as the end."""
+    a = (await j(await client.post("/opencode/sessions", json={"skills": ["echo"]}), 201))["id"]
+    b = (await j(await client.post("/opencode/sessions", json={"skills": ["echo"]}), 201))["id"]
+    first = await j(await client.post(f"/opencode/sessions/{a}/messages", json={"text": "one"}), 202)
+    await service.sessions.wait_runs(a, first["run_ids"])
+    other = await j(await client.post(f"/opencode/sessions/{b}/messages", json={"text": "elsewhere"}), 202)
+    await service.sessions.wait_runs(b, other["run_ids"])
+    service.store.max_delay = 10.0  # a reply's rows now wait in the queue until a flush
+    second = await service.sessions.start_send(a, SendBody(text="two"))
+    await second.answer()
+    await service.sessions.wait_runs(a, [r.id for r in second.runs])
+    reply = second.runs[0].message_id
+    page = await j(await client.get(f"/opencode/sessions/{a}/messages?before={reply}"), 200)
+    assert [m["parts"][0]["text"] for m in page["messages"]] == ["one", "one", "two"]
+    err = await j(await client.get(f"/opencode/sessions/{a}/messages?before={other['message_id']}"), 404)
+    assert err["error"]["code"] == "not_found"
 
 
 async def test_send_streams_sse_with_accept_header(client: TestClient) -> None:
