@@ -38,6 +38,8 @@ SERVICE = web.AppKey("opencode_service", OpencodeService)
 TRUST = web.AppKey("opencode_trust", TrustPolicy)
 # The open WebSockets, closed with "going away" when the app shuts down (see `close_sockets`).
 SOCKETS = web.AppKey("opencode_sockets", weakref.WeakSet)
+# The open SSE streams, ended with `event: dropped` when the app shuts down.
+SSE_STREAMS = web.AppKey("opencode_sse_streams", weakref.WeakSet)
 SOCKET_CLOSE_TIMEOUT = 2.0
 WEB_DIR = Path(__file__).resolve().parent / "web"
 MAX_BODY_BYTES = 2 << 20
@@ -284,7 +286,7 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     if "text/event-stream" not in request.headers.get("Accept", ""):
         return json_response(await svc.sessions.send(sid, body), status=202)
     await svc.sessions.get(sid)
-    sub = SseSubscriber()
+    sub = _sse_subscriber(request)
     await svc.bus.subscribe(sid, sub, svc.bus.last_seq(sid))
     try:
         result = await svc.sessions.send(sid, body)
@@ -307,12 +309,21 @@ async def session_events(request: web.Request) -> web.StreamResponse:
             after = max(0, int(last_event_id))
         except ValueError:
             raise BadRequest("Last-Event-ID must be an event seq", code="validation_error") from None
-    sub = SseSubscriber()
+    sub = _sse_subscriber(request)
     await svc.bus.subscribe(sid, sub, after)
     try:
         return await sub.stream(request)
     finally:
         svc.bus.unsubscribe(sid, sub)
+
+
+def _sse_subscriber(request: web.Request) -> SseSubscriber:
+    """A new SSE stream, known to the app so that a shutdown ends it (see `close_sockets`)."""
+    sub = SseSubscriber()
+    streams = request.app.get(SSE_STREAMS)
+    if streams is not None:
+        streams.add(sub)
+    return sub
 
 
 @route("POST", "/opencode/sessions/{id}/abort", "Abort one run, one role's runs, or all", body=p.AbortBody,
@@ -547,12 +558,15 @@ def service_context(config: Config, skill_factories: list[SkillFactory] | None =
 
 
 async def close_sockets(app: web.Application) -> None:
-    """An `on_shutdown` handler: close every open WebSocket as "going away" (1001).
+    """An `on_shutdown` handler: close every open WebSocket as "going away" (1001), and end every
+    SSE stream with `event: dropped`.
 
     Why: a WebSocket handler runs until its socket closes, so a stopping server would keep its
     clients for the whole shutdown timeout while they think they are connected (a restarted
     server's panel sent into the old process and timed out); told, the panel reconnects at once.
     """
+    for stream in list(app.get(SSE_STREAMS, ())):
+        await stream.drop("server shutting down")
     sockets = [ws for ws in app.get(SOCKETS, ()) if not ws.closed]
     if sockets:
         await asyncio.wait([asyncio.ensure_future(ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down"))
@@ -563,6 +577,7 @@ def mount_lifecycle(app: web.Application, context: Callable[[web.Application], A
     """Open the service with `app` (`context`, a `cleanup_ctx` entry) and close its sockets on
     shutdown: both must be added before the app starts, which freezes its signals."""
     app[SOCKETS] = weakref.WeakSet()
+    app[SSE_STREAMS] = weakref.WeakSet()
     app.on_shutdown.append(close_sockets)
     app.cleanup_ctx.append(context)
 

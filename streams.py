@@ -78,6 +78,8 @@ class SseSubscriber:
             self._pending_bytes -= len(item.text)
             ev = item.event
             await resp.write(f"id: {ev.seq}\nevent: {ev.type}\ndata: {item.text}\n\n".encode())
+            if ev.type == "session.deleted":
+                break  # nothing more will come: the reader is told by ending the stream
             if until_runs is not None and ev.type == "run.status":
                 run = ev.data.get("run", {})
                 if run.get("id") in open_runs and run.get("status") in p.FINAL_RUN_STATUSES:

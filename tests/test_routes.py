@@ -115,6 +115,21 @@ async def test_events_sse_replays_after_seq(client: TestClient, service: Any) ->
     assert seqs == [last - 1, last]
 
 
+async def test_an_sse_stream_ends_when_its_session_is_deleted_or_the_server_stops(client: TestClient) -> None:
+    """SSE streams outlived a deleted session (keep-alives forever) and held a stopping server
+    for its whole shutdown timeout; WebSockets were already closed as going away."""
+    gone = (await j(await client.post("/opencode/sessions", json={}), 201))["id"]
+    kept = (await j(await client.post("/opencode/sessions", json={}), 201))["id"]
+    deleted_stream = await client.get(f"/opencode/sessions/{gone}/events")
+    stopped_stream = await client.get(f"/opencode/sessions/{kept}/events")
+    await j(await client.delete(f"/opencode/sessions/{gone}"), 200)
+    text = (await asyncio.wait_for(deleted_stream.read(), 5)).decode()
+    assert text.rstrip().split("\n")[-2] == "event: session.deleted", text
+    await client.app.shutdown()
+    text = (await asyncio.wait_for(stopped_stream.read(), 5)).decode()
+    assert text.endswith('event: dropped\ndata: {"reason": "server shutting down"}\n\n'), text
+
+
 async def test_abort_route(client: TestClient, service: Any) -> None:
     service.sessions.deps.echo_delay = 0.05
     sid = (await j(await client.post("/opencode/sessions", json={"skills": ["echo"]}), 201))["id"]
