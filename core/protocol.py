@@ -14,7 +14,7 @@ import secrets
 import time
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
 PROTOCOL_VERSION = 1
 
@@ -23,12 +23,22 @@ MAX_TEXT_CHARS = 100_000
 MAX_TITLE_CHARS = 200
 MAX_SKILLS = 16
 MAX_WS_FRAME_BYTES = 1 << 20
-ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+# Not dots alone: a URL path cannot carry `.` or `..` (browsers and curl resolve them away).
+ID_PATTERN = r"^[A-Za-z0-9_.:-]*[A-Za-z0-9_:-][A-Za-z0-9_.:-]*$"
+MAX_ID_CHARS = 64
 _ID_RE = re.compile(ID_PATTERN)
 
 SkillId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+
+
+def _each_once(ids: list[str]) -> list[str]:
+    return list(dict.fromkeys(ids))
+
+
+# A session's roles and skills, each once and in the order given (`["echo", "echo"]` is `["echo"]`).
+SkillIds = Annotated[list[SkillId], AfterValidator(_each_once)]
 ProviderName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-EntityId = Annotated[str, Field(pattern=ID_PATTERN)]
+EntityId = Annotated[str, Field(pattern=ID_PATTERN, max_length=MAX_ID_CHARS)]
 
 
 # The low 36 bits of ids: a random start per process, then one step an id (`next` on a count is
@@ -321,18 +331,18 @@ class SessionCreate(Model):
     # A client may bring its own id (a workflow reopened on another machine keeps its session id).
     id: EntityId | None = None
     title: str = Field(default="", max_length=MAX_TITLE_CHARS)
-    skills: list[SkillId] = Field(default_factory=list, max_length=MAX_SKILLS)
+    skills: SkillIds = Field(default_factory=list, max_length=MAX_SKILLS)
     provider: ProviderName | None = None
     model: str | None = Field(default=None, max_length=200)
 
 
 class SessionPatch(Model):
     title: str | None = Field(default=None, max_length=MAX_TITLE_CHARS)
-    skills: list[SkillId] | None = Field(default=None, max_length=MAX_SKILLS)
+    skills: SkillIds | None = Field(default=None, max_length=MAX_SKILLS)
     provider: ProviderName | None = None
     model: str | None = Field(default=None, max_length=200)
     budget: Budget | None = None
-    permissions: dict[str, PermissionPolicy] | None = None
+    permissions: dict[Annotated[str, Field(max_length=64)], PermissionPolicy] | None = Field(default=None, max_length=200)
 
 
 # The sender's own name for one send. A send repeated with the name of one of the session's last
@@ -436,7 +446,7 @@ class AuditList(Model):
 
 def re_id(value: str) -> bool:
     """Whether `value` is a well-formed id (path segments are checked before any lookup)."""
-    return _ID_RE.fullmatch(value) is not None
+    return len(value) <= MAX_ID_CHARS and _ID_RE.fullmatch(value) is not None
 
 
 class TokenInfo(Model):
@@ -490,7 +500,7 @@ class ProviderProfile(Model):
 
 class ProviderCreate(Model):
     name: ProviderName
-    kind: ProviderKind
+    kind: Literal["openai", "anthropic", "ollama"]  # `echo` is the echo skill's engine, not a provider
     base_url: str | None = Field(default=None, max_length=500)
     default_model: str = Field(default="", max_length=200)
     key_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]{0,99}$")

@@ -285,3 +285,17 @@ async def test_token_read_and_rotate_from_this_machine(client: TestClient) -> No
     assert (await client.get("/opencode/sessions", headers={**remote, "X-Opencode-Token": "test-token"})).status == 401
     ok = await client.get("/opencode/sessions", headers={**remote, "X-Opencode-Token": rotated["token"]})
     assert ok.status == 200
+
+
+async def test_ids_skills_permissions_and_kinds_that_could_not_work_are_refused(client: TestClient) -> None:
+    """Each of these was stored and then could not work: a session named `..` that no URL can
+    reach, a role listed twice, a permission rule with a 10 kB name, a provider of kind `echo`."""
+    for bad_id in (".", "..", "...", "x" * 65):
+        await j(await client.post("/opencode/sessions", json={"id": bad_id}), 400)
+    sid = (await j(await client.post("/opencode/sessions", json={"id": ".hidden.", "skills": ["echo", "echo"]}), 201))["id"]
+    assert (await j(await client.get(f"/opencode/sessions/{sid}"), 200))["skills"] == ["echo"]
+    patched = await j(await client.patch(f"/opencode/sessions/{sid}", json={"skills": ["assistant", "echo", "assistant"]}), 200)
+    assert patched["skills"] == ["assistant", "echo"]
+    await j(await client.patch(f"/opencode/sessions/{sid}", json={"permissions": {"x" * 10_000: "allow"}}), 400)
+    await j(await client.patch(f"/opencode/sessions/{sid}", json={"permissions": {f"t{i}": "allow" for i in range(201)}}), 400)
+    await j(await client.post("/opencode/providers", json={"name": "e", "kind": "echo"}), 400)
