@@ -43,7 +43,11 @@ SSE_STREAMS = web.AppKey("opencode_sse_streams", weakref.WeakSet)
 SOCKET_CLOSE_TIMEOUT = 2.0
 WEB_DIR = Path(__file__).resolve().parent / "web"
 MAX_BODY_BYTES = 2 << 20
-CAPABILITIES = ["sessions", "events.sse", "ws", "multi_role", "providers", "skills", "permissions", "export"]
+# What this server can do, for a panel newer than the server (ComfyUI serves the panel's files
+# from disk, so an update is in the browser before ComfyUI restarts): `send.client_id` is a send
+# that may carry its client_id (older servers refuse the field).
+CAPABILITIES = ["sessions", "events.sse", "ws", "multi_role", "providers", "skills", "permissions", "export",
+                "send.client_id"]
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

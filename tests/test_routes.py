@@ -21,7 +21,7 @@ async def j(resp: Any, status: int) -> Any:
 
 async def test_version_and_health(client: TestClient) -> None:
     v = await j(await client.get("/opencode/version"), 200)
-    assert v["protocol"] == 1 and v["name"] == "opencode" and "ws" in v["capabilities"]
+    assert v["protocol"] == 1 and v["name"] == "opencode" and {"ws", "send.client_id"} <= set(v["capabilities"])
     h = await j(await client.get("/opencode/health"), 200)
     assert h["status"] == "ok"
 
