@@ -28,6 +28,7 @@ Imports protocol, errors and migrations; never the bus.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
@@ -191,6 +192,7 @@ class _Write:
     params: tuple[Any, ...] | dict[str, Any]
     done: asyncio.Future[None] | None = None
     rows: int = 1
+    attempts: int = 0  # failed commits so far (see `_retry`)
 
 
 class _EventRow:
@@ -199,7 +201,7 @@ class _EventRow:
     Appended to only while it waits in the queue; its parameters are built once the batch holding
     it is taken (by then nothing appends to it any more), so an append is a list append."""
 
-    __slots__ = ("session_id", "seq", "seq_end", "events")
+    __slots__ = ("session_id", "seq", "seq_end", "events", "attempts")
     sql = _INSERT_EVENTS
     done: asyncio.Future[None] | None = None
     rows = 1
@@ -208,6 +210,7 @@ class _EventRow:
         self.session_id = session_id
         self.seq = self.seq_end = seq
         self.events = [(type_, ts, data_json)]
+        self.attempts = 0
 
     def params_with(self, type_json: dict[str, str]) -> tuple[Any, ...]:
         """The row's parameters; `type_json` caches each type's JSON text across a batch."""
@@ -226,8 +229,22 @@ class _EventRow:
 
 
 _Queued = _Write | _EventRow
+# A batch that failed for a reason that may pass (a lock held elsewhere, a full disk) is tried
+# again this many times in all, RETRY_DELAYS apart (the last one repeating): about 9 s in all.
+MAX_ATTEMPTS = 8
+RETRY_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.6, 2.0)
 # `flush()`'s marker: a statement that changes nothing (a batch runs DML only, grouped by statement).
 _FLUSH_MARK = "DELETE FROM sessions WHERE 0"
+
+
+def _retryable(w: _Queued) -> bool:
+    return w.done is None and (isinstance(w, _EventRow) or w.sql is _UPSERT_MESSAGES or w.sql is _UPSERT_SESSIONS)
+
+
+def _session_of(w: _Queued) -> str:
+    if isinstance(w, _EventRow):
+        return w.session_id
+    return str(w.params[1] if w.sql is _UPSERT_MESSAGES else w.params[0])
 
 
 def _session_row(s: Session) -> tuple[Any, ...]:
@@ -298,8 +315,10 @@ class SqliteStore(Store):
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
+        self._close_requested = asyncio.Event()
         self.commits = 0
         self.failed_batches = 0
+        self.lost_rows = 0  # queued rows given up after MAX_ATTEMPTS failed commits
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -337,6 +356,7 @@ class SqliteStore(Store):
 
     async def close(self) -> None:
         self._closing = True
+        self._close_requested.set()
         self._wake.set()
         self._full.set()
         if self._task:
@@ -407,7 +427,11 @@ class SqliteStore(Store):
                 finally:
                     timer.cancel()
             batch = self._take_batch()
-            await self._commit(batch)
+            delay = await self._commit(batch)
+            if delay and not self._closing:
+                # Only `close()` cuts the wait short: new writes, awaited or not, wait with the retry.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._close_requested.wait(), delay)
 
     def _take_batch(self) -> list[_Queued]:
         batch: list[_Queued] = []
@@ -427,7 +451,10 @@ class SqliteStore(Store):
         self._queued_rows -= rows
         return batch
 
-    async def _commit(self, batch: list[_Queued]) -> None:
+    async def _commit(self, batch: list[_Queued]) -> float:
+        """Commit `batch`; on failure roll it back whole and answer its awaited writes with the
+        error. Returns how long to wait before the next batch: non-zero when rows of this one
+        were queued again to be retried (`_retry`)."""
         db = self._writer_db
         error: BaseException | None = None
         if db is None or self._writer is None:
@@ -451,12 +478,42 @@ class SqliteStore(Store):
                 error = StoreUnavailable(_describe_sqlite_error(exc), details={"cause": str(exc)})
                 self.failed_batches += 1
                 log.error("store write failed, batch of %d rolled back: %s", len(batch), exc)
+                if isinstance(exc, sqlite3.OperationalError):  # locked, busy, full, I/O: may pass
+                    return self._retry(batch, error)
+        self._answer(batch, error)
+        return 0.0
+
+    def _answer(self, batch: list[_Queued], error: BaseException | None) -> None:
         for w in batch:
             if w.done is not None and not w.done.done():
                 if error is None:
                     w.done.set_result(None)
                 else:
                     w.done.set_exception(error)
+
+    def _retry(self, batch: list[_Queued], error: BaseException) -> float:
+        """Queue a failed batch's unawaited rows again, ahead of everything: event rows, and
+        message and session rows, which are upserts where the newest wins, so a late one never
+        undoes a newer one. An awaited write is answered with the error (its caller decides) and
+        is not repeated, nor is an unawaited delete (it belongs to an awaited one). Returns the
+        wait before the next try; rows that failed MAX_ATTEMPTS times are given up, and logged."""
+        self._answer(batch, error)
+        again = [w for w in batch if _retryable(w)]
+        attempts = 2 if self._closing else MAX_ATTEMPTS  # a closing store tries once more, at once
+        lost = [w for w in again if w.attempts + 1 >= attempts]
+        again = [w for w in again if w.attempts + 1 < attempts]
+        if lost:
+            self.lost_rows += len(lost)
+            log.error("store: gave up %d queued row(s) after %d failed commits (sessions %s)", len(lost),
+                      MAX_ATTEMPTS, ", ".join(sorted({_session_of(w) for w in lost})))
+        if not again:
+            return 0.0
+        for w in again:
+            w.attempts += 1
+        self._urgent.extendleft(reversed(again))
+        self._queued_rows += sum(w.rows for w in again)
+        self._idle.clear()
+        return RETRY_DELAYS[min(again[0].attempts, len(RETRY_DELAYS)) - 1]
 
     async def flush(self) -> None:
         """Commit what was queued before this call. Why a marker rather than waiting for the writer

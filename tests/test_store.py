@@ -17,7 +17,7 @@ import pytest
 from opencode_agent.core.errors import StoreUnavailable
 from opencode_agent.core.migrations import MIGRATIONS, m001_initial
 from opencode_agent.core.protocol import Message, PartList, Session, TextPart, Usage
-from opencode_agent.core.store import EVENT_RUN_TYPE, SqliteStore
+from opencode_agent.core.store import EVENT_RUN_TYPE, MAX_ATTEMPTS, SqliteStore
 
 Expected = tuple[int, str, float, dict[str, Any]]  # seq, type, ts, data
 
@@ -369,32 +369,55 @@ async def test_awaited_writes_are_readable_when_they_return(store: SqliteStore) 
     assert await store.list_audit("ses_a") == [{k: v for k, v in audit.items() if k != "session_id"}]
 
 
-async def test_a_failed_batch_rolls_back_whole_and_the_writer_recovers(store: SqliteStore, db_path: Path) -> None:
+async def test_a_failed_batch_rolls_back_whole_and_its_queued_rows_are_retried(store: SqliteStore, db_path: Path) -> None:
+    """A lock held elsewhere (or a full disk) fails a batch whole: the awaited write gets the error
+    at once; the queued rows (a reply's events and checkpoint) were lost with it, leaving a gap
+    in the event log. They are now tried again, in order, once the cause goes."""
     await store._on_writer(lambda db: db.execute("PRAGMA busy_timeout=50").fetchall())  # noqa: SLF001
     append(store, "ses_a", odd_event(1))
     await store.flush()
     other = sqlite3.connect(db_path, isolation_level=None, timeout=0)
     other.execute("BEGIN EXCLUSIVE")
+    held = [odd_event(s) for s in (2, 3, 4)]
     try:
-        for ev in [odd_event(s) for s in (2, 3, 4)]:
+        for ev in held:
             append(store, "ses_a", ev)
-        store.queue_message(message("msg_lost"))
+        store.queue_message(message("msg_kept"))
         with pytest.raises(StoreUnavailable, match="locked"):
             await store.save_message(message("msg_1"))  # the same batch as the rows above
+        assert await store.get_message("msg_kept") is None
+        await asyncio.sleep(0.5)  # a few more tries fail while the lock is held
+        assert store.failed_batches >= 2
     finally:
         other.execute("ROLLBACK")
         other.close()
-    assert store.failed_batches == 1
-    assert await store.get_message("msg_1") is None and await store.get_message("msg_lost") is None
-    await check_replay(store, "ses_a", [odd_event(1)])
-    # The cause is gone: the same writer commits again.
     later = [odd_event(s) for s in (5, 6, 7)]
     for ev in later:
         append(store, "ses_a", ev)
-    await store.save_message(message("msg_1"))
-    assert (await store.get_message("msg_1")) is not None
-    await check_replay(store, "ses_a", [odd_event(1)] + later)
-    assert store.failed_batches == 1
+    await asyncio.wait_for(store.save_message(message("msg_1")), 5)
+    await store.flush()
+    assert await store.get_message("msg_1") is not None and await store.get_message("msg_kept") is not None
+    await check_replay(store, "ses_a", [odd_event(1)] + held + later)
+    assert store.lost_rows == 0
+
+
+async def test_rows_that_keep_failing_are_given_up_after_the_last_try(store: SqliteStore, db_path: Path,
+                                                                     monkeypatch: Any, caplog: Any) -> None:
+    monkeypatch.setattr("opencode_agent.core.store.RETRY_DELAYS", (0.01,))
+    await store._on_writer(lambda db: db.execute("PRAGMA busy_timeout=10").fetchall())  # noqa: SLF001
+    other = sqlite3.connect(db_path, isolation_level=None, timeout=0)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        append(store, "ses_a", odd_event(1))
+        for _ in range(200):
+            if store.lost_rows:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert store.lost_rows == 1 and store.failed_batches == MAX_ATTEMPTS
+    assert "gave up 1 queued row(s) after 8 failed commits (sessions ses_a)" in caplog.text
 
 
 async def test_a_read_only_writer_fails_the_batch_with_advice(store: SqliteStore, db_path: Path) -> None:
