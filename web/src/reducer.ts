@@ -115,11 +115,21 @@ export function dropProposal(state: ChatState, requestId: string): ChatState {
   return { ...state, proposals: state.proposals.filter((p) => p.request_id !== requestId) };
 }
 
-/** Put an older page of history in front of what is shown. */
-export function prependHistory(state: ChatState, older: Message[], hasMore: boolean): ChatState {
-  if (state.phase !== "ready") return state;
+/** An older page of one session's history, read before its first message `before`. */
+export interface HistoryPage {
+  sessionId: string;
+  before: string;
+  messages: Message[];
+  hasMore: boolean;
+}
+
+/** Put an older page of history in front of what is shown. The page was read while the person
+ * could switch chats (or a resync replace the list): it fits only the chat and first message
+ * it was read for, and is dropped otherwise. */
+export function prependHistory(state: ChatState, page: HistoryPage): ChatState {
+  if (state.phase !== "ready" || state.session.id !== page.sessionId || state.messages[0]?.id !== page.before) return state;
   const known = new Set(state.messages.map((m) => m.id));
-  return { ...state, messages: [...older.filter((m) => !known.has(m.id)), ...state.messages], hasMore };
+  return { ...state, messages: [...page.messages.filter((m) => !known.has(m.id)), ...state.messages], hasMore: page.hasMore };
 }
 
 /** Runs still queued or working, oldest first. */

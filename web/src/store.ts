@@ -269,9 +269,11 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   async function loadEarlier(): Promise<void> {
     const c = chat.value;
     if (c.phase !== "ready" || !c.hasMore || c.messages.length === 0) return;
+    const sessionId = c.session.id;
+    const before = c.messages[0].id;
     try {
-      const page = await client.messages(c.session.id, c.messages[0].id);
-      chat.value = prependHistory(chat.value, page.messages, page.has_more);
+      const page = await client.messages(sessionId, before);
+      chat.value = prependHistory(chat.value, { sessionId, before, messages: page.messages, hasMore: page.has_more });
     } catch (err) {
       fail(t("error.load"), err);
     }

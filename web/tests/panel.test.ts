@@ -35,6 +35,15 @@ function button(w: VueWrapper, text: string) {
   return b;
 }
 
+/** Open the list of chats and click the one titled `title`. */
+async function pickChat(w: VueWrapper, title: string) {
+  await w.find("[aria-label=Chats]").trigger("click");
+  await flushPromises();
+  const item = w.findAll(".oc-menu-item").find((b) => b.text().startsWith(title));
+  if (!item) throw new Error(`no chat “${title}” in: ${w.findAll(".oc-menu-item").map((x) => x.text()).join(" | ")}`);
+  await item.trigger("click");
+}
+
 describe("OpencodePanel", () => {
   it("creates a session when it has none, writes its id, joins it and shows the history", async () => {
     const { w, ws, deps, transport } = await started();
@@ -422,5 +431,43 @@ describe("history", () => {
     expect(pages).toEqual(["/opencode/sessions/ses_1/messages?before=msg_u1&limit=50"]);
     expect(w.findAll("article").map((a) => a.attributes("data-message-id"))).toEqual(["msg_0", "msg_u1"]);
     expect(w.text()).not.toContain("Load earlier messages");
+  });
+
+  it("an older page that answers after a switch to another chat is dropped, not shown in it", async () => {
+    const routes = defaultRoutes();
+    routes["GET /opencode/sessions"] = () => [200, { sessions: [session(), session({ id: "ses_2", title: "Other chat", updated_at: 900 })] }];
+    routes["GET /opencode/sessions/ses_2"] = () => [200, session({ id: "ses_2", title: "Other chat" })];
+    const made = makeDeps(routes);
+    let release!: () => void;
+    const gate = new Promise<void>((ok) => (release = ok));
+    const base = made.deps.transport;
+    made.deps.transport = {
+      wsUrl: base.wsUrl,
+      async fetch(path, init) {
+        if (!path.startsWith("/opencode/sessions/ses_1/messages")) return base.fetch(path, init);
+        await gate;
+        const page = { messages: [message({ id: "msg_old", parts: [{ type: "text", text: "from the first chat" }] })], has_more: false };
+        return new Response(JSON.stringify(page), { status: 200 });
+      },
+    };
+    const w = mountWith(OpencodePanel, made.deps);
+    await flushPromises();
+    const ws = FakeSocket.last();
+    ws.open();
+    await flushPromises();
+    ws.receive(snapshot({ session: session({ last_seq: 1 }), messages: [message()], has_more: true }));
+    await flushPromises();
+    await button(w, "Load earlier messages").trigger("click");
+    await pickChat(w, "Other chat");
+    await flushPromises();
+    ws.ack("leave");
+    ws.ack("join", { session_id: "ses_2" });
+    ws.receive(snapshot({ session: session({ id: "ses_2", title: "Other chat", last_seq: 3 }), messages: [message({ id: "msg_b1", session_id: "ses_2" })] }));
+    await flushPromises();
+    release();
+    await flushPromises();
+    expect(w.find("[data-testid=session-title]").text()).toBe("Other chat");
+    expect(w.findAll("article").map((a) => a.attributes("data-message-id"))).toEqual(["msg_b1"]);
+    expect(w.text()).not.toContain("from the first chat");
   });
 });

@@ -180,9 +180,17 @@ describe("reduce: what it ignores", () => {
 
 describe("local helpers", () => {
   it("prependHistory puts older messages first without duplicates", () => {
-    const s = prependHistory(ready(base), [message({ id: "msg_0" }), message()], false) as ReadyState;
+    const page = { sessionId: SID, before: "msg_u1", messages: [message({ id: "msg_0" }), message()], hasMore: false };
+    const s = prependHistory(ready(base), page) as ReadyState;
     expect(s.messages.map((m) => m.id)).toEqual(["msg_0", "msg_u1"]);
     expect(s.hasMore).toBe(false);
+  });
+
+  it("prependHistory drops a page read for another chat, or for a list a resync replaced", () => {
+    const shown = ready(base);
+    const page = { sessionId: "ses_2", before: "msg_u1", messages: [message({ id: "msg_0", session_id: "ses_2" })], hasMore: false };
+    expect(prependHistory(shown, page)).toBe(shown);
+    expect(prependHistory(shown, { ...page, sessionId: SID, before: "msg_gone" })).toBe(shown);
   });
 
   it("dropProposal forgets an answered proposal", () => {
