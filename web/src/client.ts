@@ -288,6 +288,8 @@ export class OpencodeClient {
     if (previous !== sessionId) this.lastSeq.delete(sessionId);
     if (!this.isOpen()) return; // joined on open
     if (previous && previous !== sessionId) await this.command("leave", { session_id: previous }).catch(() => undefined);
+    // Another join began while the leave was out: joining this one now would follow both.
+    if (this.joined !== sessionId) return;
     await this.command("join", { session_id: sessionId, panel: this.opts.panel });
   }
 

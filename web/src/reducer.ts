@@ -43,12 +43,20 @@ export interface ReadyState {
   lastSeq: number;
 }
 
-export type ChatState = { phase: "empty" } | { phase: "deleted"; sessionId: string } | ReadyState;
+/** `joining`: the session asked for, whose snapshot alone may fill the empty panel. */
+export type ChatState = { phase: "empty"; joining?: string } | { phase: "deleted"; sessionId: string } | ReadyState;
 
 export const EMPTY: ChatState = { phase: "empty" };
 
+/** Nothing shown while the panel joins `sessionId`. */
+export function joining(sessionId: string): ChatState {
+  return { phase: "empty", joining: sessionId };
+}
+
 export function reduce(state: ChatState, event: OcEvent): ChatState {
   if (event.type === "session.state" || event.type === "session.resync") {
+    // A snapshot of a chat the panel has left (its join answered late) must not replace this one.
+    if (!follows(state, event.data.session.id)) return state;
     return fromSnapshot(state, event.data, event.seq);
   }
   if (state.phase !== "ready" || event.session_id !== state.session.id) return state;
@@ -136,6 +144,13 @@ export function prependHistory(state: ChatState, page: HistoryPage): ChatState {
 export function activeRuns(state: ChatState): Run[] {
   if (state.phase !== "ready") return [];
   return Object.values(state.runs).filter((r) => !FINAL_RUN_STATUSES.has(r.status) && r.status !== "idle");
+}
+
+/** Whether `sessionId` is the session this state shows or waits for (any, before a first join). */
+function follows(state: ChatState, sessionId: string): boolean {
+  if (state.phase === "ready") return state.session.id === sessionId;
+  if (state.phase === "deleted") return state.sessionId === sessionId;
+  return state.joining === undefined || state.joining === sessionId;
 }
 
 function fromSnapshot(state: ChatState, data: SessionStateData, seq: number): ReadyState {

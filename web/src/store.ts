@@ -11,7 +11,7 @@ import { DEPS, type SessionConfig } from "./deps";
 import { t } from "./i18n";
 import type { ModelInfo, OcEvent, ProviderProfile, SendMode, Session, SessionPatch, Skill, UiRequestData, VersionInfo } from "./protocol";
 import { PROTOCOL_VERSION } from "./protocol";
-import { activeRuns, dropProposal, EMPTY, prependHistory, reduce, withSession, type ChatState } from "./reducer";
+import { activeRuns, dropProposal, EMPTY, joining, prependHistory, reduce, withSession, type ChatState } from "./reducer";
 
 export interface Notice {
   id: number;
@@ -238,18 +238,26 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     }
   }
 
+  // Counts openSession calls: a call another one overtook (a slow answer for a chat clicked
+  // before the last) stops instead of switching the panel back to it.
+  let opening = 0;
+
   async function openSession(id: string, opts: { createIfMissing?: boolean } = {}): Promise<void> {
+    const call = ++opening;
+    let s: Session;
     try {
-      const s = await client.getSession(id);
-      rememberSession(s);
+      s = await client.getSession(id);
     } catch (err) {
+      if (call !== opening) return;
       // A workflow opened on another machine: recreate its session under the same id.
       if (err instanceof ApiError && err.status === 404 && opts.createIfMissing) return newSession({ id });
       throw err;
     }
+    if (call !== opening) return;
+    rememberSession(s);
     deps.binding.setSessionId(id);
     queuedIds.value = new Set();
-    if (chat.value.phase !== "ready" || chat.value.session.id !== id) chat.value = EMPTY;
+    if (chat.value.phase !== "ready" || chat.value.session.id !== id) chat.value = joining(id);
     await client.join(id);
   }
 

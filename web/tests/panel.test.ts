@@ -412,6 +412,48 @@ describe("which chat a panel opens", () => {
   });
 });
 
+describe("switching chats", () => {
+  it("the last chat picked wins over an earlier pick whose answer comes later", async () => {
+    const routes = defaultRoutes();
+    routes["GET /opencode/sessions"] = () => [200, { sessions: [session(), session({ id: "ses_B", title: "Bee", updated_at: 999 }), session({ id: "ses_C", title: "Cee", updated_at: 998 })] }];
+    routes["GET /opencode/sessions/ses_B"] = () => [200, session({ id: "ses_B", title: "Bee" })];
+    routes["GET /opencode/sessions/ses_C"] = () => [200, session({ id: "ses_C", title: "Cee" })];
+    let releaseB!: () => void;
+    const gateB = new Promise<void>((ok) => (releaseB = ok));
+    const made = makeDeps(routes);
+    const base = made.deps.transport;
+    made.deps.transport = {
+      wsUrl: base.wsUrl,
+      async fetch(path, init) {
+        if (path === "/opencode/sessions/ses_B") await gateB;
+        return base.fetch(path, init);
+      },
+    };
+    const w = mountWith(OpencodePanel, made.deps);
+    await flushPromises();
+    const ws = FakeSocket.last();
+    ws.open();
+    await flushPromises();
+    ws.receive(snapshot({ session: session({ last_seq: 1 }) }));
+    await flushPromises();
+    await pickChat(w, "Bee"); // its answer is slow
+    await pickChat(w, "Cee");
+    await flushPromises();
+    ws.ack("leave");
+    ws.ack("join");
+    ws.receive(snapshot({ session: session({ id: "ses_C", title: "Cee", last_seq: 2 }) }));
+    await flushPromises();
+    releaseB();
+    await flushPromises();
+    // Even a snapshot of B (a join sent before the switch) leaves the panel on C.
+    ws.receive(snapshot({ session: session({ id: "ses_B", title: "Bee", last_seq: 2 }) }));
+    await flushPromises();
+    expect(w.find("[data-testid=session-title]").text()).toBe("Cee");
+    expect(made.deps.binding.sessionId()).toBe("ses_C");
+    expect(ws.commands("join").map((c) => c.session_id)).toEqual([SID, "ses_C"]);
+  });
+});
+
 describe("history", () => {
   it("loads earlier messages above the ones shown", async () => {
     const routes = defaultRoutes();

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import type { ChatState, ReadyState } from "../src/reducer";
-import { activeRuns, dropProposal, EMPTY, MAX_LOGS, prependHistory, reduce } from "../src/reducer";
+import { activeRuns, dropProposal, EMPTY, joining, MAX_LOGS, prependHistory, reduce } from "../src/reducer";
 import type { OcEvent } from "../src/protocol";
 import { ev, message, reply, run, session, SID, snapshot } from "./fixtures";
 
@@ -21,6 +21,15 @@ describe("reduce: snapshots", () => {
     const after = ready([snapshot({ session: session({ last_seq: 9 }), messages: [message({ id: "msg_x" })] }, type)], before);
     expect(after.messages.map((m) => m.id)).toEqual(["msg_x"]);
     expect(after.lastSeq).toBe(9);
+  });
+
+  it("takes only the snapshot of the session it shows or joins, not a late one of a chat left", () => {
+    const shown = ready(base);
+    const other = snapshot({ session: session({ id: "ses_2", last_seq: 9 }) }, "session.resync");
+    expect(reduce(shown, other)).toBe(shown);
+    const waiting = joining("ses_3");
+    expect(reduce(waiting, other)).toBe(waiting);
+    expect(ready([snapshot({ session: session({ id: "ses_3" }) })], waiting).session.id).toBe("ses_3");
   });
 
   it("keeps pending permission requests whose run is still active across a resync", () => {
