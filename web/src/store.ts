@@ -55,7 +55,6 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   const chat = shallowRef<ChatState>(EMPTY);
   const loading = ref(false);
   const notices = ref<Notice[]>([]);
-  const queuedIds = ref<Set<string>>(new Set());
   let noticeId = 0;
 
   const protocolMismatch = computed(() => server.value !== null && server.value.protocol !== PROTOCOL_VERSION);
@@ -99,19 +98,6 @@ export const usePanelStore = defineStore("opencode-panel", () => {
       case "session.deleted":
         sessions.value = sessions.value.filter((s) => s.id !== event.data.session_id);
         break;
-      case "message.created":
-      case "message.completed": {
-        // A queued message leaves the queue when the server re-announces it (status
-        // `completed` as its runs start, `aborted` when they are cancelled first). A run's
-        // `message_id` is its reply's id, never the prompt's, so runs can't tell.
-        const m = event.data.message;
-        if (m.status !== "queued" && queuedIds.value.has(m.id)) {
-          const next = new Set(queuedIds.value);
-          next.delete(m.id);
-          queuedIds.value = next;
-        }
-        break;
-      }
       case "ui.request":
         if (event.data.action === "get_workflow") void answerGetWorkflow(event.data);
         break;
@@ -256,7 +242,6 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     if (call !== opening) return;
     rememberSession(s);
     deps.binding.setSessionId(id);
-    queuedIds.value = new Set();
     if (chat.value.phase !== "ready" || chat.value.session.id !== id) chat.value = joining(id);
     await client.join(id);
   }
@@ -328,8 +313,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     if (!id || !text.trim()) return false;
     const mentioned = leadingMentions(text, new Set(roles.value.map((r) => r.id)));
     try {
-      const result = await client.send(id, { text, skills: mentioned, mode });
-      if (result.queued) queuedIds.value = new Set([...queuedIds.value, result.message_id]);
+      await client.send(id, { text, skills: mentioned, mode });
       return true;
     } catch (err) {
       fail(t("error.send"), err);
@@ -411,7 +395,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
 
   return {
     client, connection, server, needsToken, skills, providers, presets, models, sessions, chat, loading,
-    notices, queuedIds, protocolMismatch, session, roles, running, busy, skillById,
+    notices, protocolMismatch, session, roles, running, busy, skillById,
     start, ensureModels, openSession, newSession, loadEarlier, configure, renameSession, deleteSession, send, stop,
     replyPermission, answerProposal, saveKey, removeKey, addProvider, useToken, loadSessions, notify, dismiss, dispose,
   };

@@ -115,6 +115,30 @@ describe("OpencodePanel", () => {
     expect(w.find("[data-message-id=msg_q] [data-testid=message-status]").exists()).toBe(false);
   });
 
+  it("a queued message that started while the socket was down is not labelled queued after the resync", async () => {
+    const { w, ws } = await started();
+    ws.receive(ev("run.status", 2, { run: run() }));
+    await w.find("textarea").setValue("later");
+    await w.find("textarea").trigger("keydown", { key: "Enter" });
+    ws.receive(ev("message.created", 3, { message: message({ id: "msg_q", parts: [{ type: "text", text: "later" }], status: "queued" }) }));
+    ws.ack("send", { message_id: "msg_q", run_id: "run_2", run_ids: ["run_2"], queued: true });
+    await flushPromises();
+    const label = () => w.find("[data-message-id=msg_q] [data-testid=message-status]");
+    expect(label().text()).toBe("queued");
+    ws.drop();
+    await new Promise((r) => setTimeout(r, 600)); // the first reconnect waits 500 ms
+    const again = FakeSocket.last();
+    again.open();
+    await flushPromises();
+    again.receive(snapshot({
+      session: session({ last_seq: 40 }),
+      messages: [message(), message({ id: "msg_q", parts: [{ type: "text", text: "later" }] }), reply({ id: "msg_r2", run_id: "run_2", status: "completed" })],
+    }, "session.resync"));
+    await flushPromises();
+    expect(w.find("[data-message-id=msg_q]").attributes("data-status")).toBe("completed");
+    expect(label().exists()).toBe(false);
+  });
+
   it("completes @role from the role skills", async () => {
     const { w } = await started();
     const area = w.find("textarea");
