@@ -436,6 +436,40 @@ describe("which chat a panel opens", () => {
   });
 });
 
+describe("changing the session's setup", () => {
+  it("two quick role toggles both count, and a refused one is unticked again", async () => {
+    const { w, ws } = await started();
+    await w.find("[data-testid=skill-picker]").trigger("click");
+    const box = (name: string) => w.find(`input[aria-label="${name}"]`);
+    const ticked = (name: string) => (box(name).element as HTMLInputElement).checked;
+    await box("Assistant").setValue(true);
+    await box("ComfyUI tools").setValue(true); // before the first answer
+    const [first, second] = ws.commands("configure");
+    expect((second.patch as { skills: string[] }).skills).toEqual(["echo", "assistant", "comfyui"]);
+    ws.receive({ type: "ack", id: first.id, data: { session: session({ skills: ["echo", "assistant"], updated_at: 1001 }) } });
+    ws.receive({ type: "ack", id: second.id, data: { session: session({ skills: ["echo", "assistant", "comfyui"], updated_at: 1002 }) } });
+    await flushPromises();
+    expect([ticked("Echo"), ticked("Assistant"), ticked("ComfyUI tools")]).toEqual([true, true, true]);
+
+    await box("Echo").setValue(false);
+    const refused = ws.commands("configure").at(-1)!;
+    ws.receive({ type: "error", id: refused.id, error: { code: "bad_request", message: "a session needs a role", details: {} } });
+    await flushPromises();
+    expect(ticked("Echo")).toBe(true);
+  });
+
+  it("a refused provider change puts the select back on the session's provider", async () => {
+    const { w, ws, toasts } = await started();
+    const select = w.find("select[aria-label=Provider]");
+    await select.setValue("openai");
+    const cmd = ws.commands("configure").at(-1)!;
+    ws.receive({ type: "error", id: cmd.id, error: { code: "unknown_provider", message: "no provider profile openai", details: {} } });
+    await flushPromises();
+    expect(toasts).toEqual(["Something went wrong: no provider profile openai"]);
+    expect((select.element as HTMLSelectElement).value).toBe("");
+  });
+});
+
 describe("switching chats", () => {
   it("the last chat picked wins over an earlier pick whose answer comes later", async () => {
     const routes = defaultRoutes();
