@@ -176,9 +176,9 @@ export const usePanelStore = defineStore("opencode-panel", () => {
       // A node keeps its session id (recreated if this server lacks it); the sidebar and the
       // standalone page fall back to the newest chat.
       const known = wanted && (node || sessions.value.some((s) => s.id === wanted));
-      if (known) await openSession(wanted, { createIfMissing: node });
-      else if (!node && sessions.value.length) await openSession(sessions.value[0].id);
-      else await newSession();
+      if (known) await open(wanted, { createIfMissing: node });
+      else if (!node && sessions.value.length) await open(sessions.value[0].id);
+      else await create();
     } catch (err) {
       fail(t("error.load"), err);
     } finally {
@@ -224,11 +224,31 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     }
   }
 
-  // Counts openSession calls: a call another one overtook (a slow answer for a chat clicked
-  // before the last) stops instead of switching the panel back to it.
+  /** Show a chat picked by the person; a failure is a notice, and a chat deleted elsewhere
+   * leaves the list. */
+  async function openSession(id: string): Promise<void> {
+    try {
+      await open(id);
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 404) sessions.value = sessions.value.filter((s) => s.id !== id);
+      fail(t("error.load"), err);
+    }
+  }
+
+  /** Start a new chat from the New button; a failure is a notice. */
+  async function newSession(): Promise<void> {
+    try {
+      await create();
+    } catch (err) {
+      fail(t("error.generic"), err);
+    }
+  }
+
+  // Counts `open` calls: a call another one overtook (a slow answer for a chat clicked before
+  // the last) stops instead of switching the panel back to it.
   let opening = 0;
 
-  async function openSession(id: string, opts: { createIfMissing?: boolean } = {}): Promise<void> {
+  async function open(id: string, opts: { createIfMissing?: boolean } = {}): Promise<void> {
     const call = ++opening;
     let s: Session;
     try {
@@ -236,7 +256,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     } catch (err) {
       if (call !== opening) return;
       // A workflow opened on another machine: recreate its session under the same id.
-      if (err instanceof ApiError && err.status === 404 && opts.createIfMissing) return newSession({ id });
+      if (err instanceof ApiError && err.status === 404 && opts.createIfMissing) return create({ id });
       throw err;
     }
     if (call !== opening) return;
@@ -246,7 +266,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     await client.join(id);
   }
 
-  async function newSession(config?: Partial<SessionConfig> & { id?: string }): Promise<void> {
+  async function create(config?: Partial<SessionConfig> & { id?: string }): Promise<void> {
     const d = { ...deps.binding.defaults(), ...config };
     const known = new Set(skills.value.map((s) => s.id));
     const created = await client.createSession({
@@ -256,7 +276,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
       model: d.model || null,
     });
     rememberSession(created);
-    await openSession(created.id);
+    await open(created.id);
   }
 
   async function loadEarlier(): Promise<void> {
@@ -299,8 +319,8 @@ export const usePanelStore = defineStore("opencode-panel", () => {
       sessions.value = sessions.value.filter((s) => s.id !== id);
       if (session.value?.id === id || chat.value.phase === "deleted") {
         const next = deps.binding.kind === "node" ? undefined : sessions.value[0];
-        if (next) await openSession(next.id);
-        else await newSession();
+        if (next) await open(next.id);
+        else await create();
       }
     } catch (err) {
       fail(t("error.generic"), err);

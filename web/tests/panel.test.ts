@@ -510,6 +510,24 @@ describe("switching chats", () => {
     expect(made.deps.binding.sessionId()).toBe("ses_C");
     expect(ws.commands("join").map((c) => c.session_id)).toEqual([SID, "ses_C"]);
   });
+  it("a chat that cannot be opened or created is a notice; one deleted elsewhere leaves the list", async () => {
+    const routes = defaultRoutes();
+    routes["GET /opencode/sessions"] = () => [200, { sessions: [session(), session({ id: "ses_gone", title: "Gone chat", updated_at: 900 })] }];
+    routes["GET /opencode/sessions/ses_gone"] = () => [404, { error: { code: "not_found", message: "no session ses_gone", details: {} } }];
+    const { w, toasts } = await started([routes]);
+    await pickChat(w, "Gone chat");
+    await flushPromises();
+    expect(toasts).toEqual(["Could not load: no session ses_gone"]);
+    expect(w.find("[data-testid=session-title]").text()).toBe("Chat");
+    routes["GET /opencode/sessions"] = () => [200, { sessions: [session()] }];
+    await w.find("[aria-label=Chats]").trigger("click");
+    expect(w.findAll(".oc-menu-item").map((b) => b.text())).toEqual([expect.stringContaining("Chat")]);
+
+    routes["POST /opencode/sessions"] = () => [400, { error: { code: "unknown_provider", message: "no provider profile x", details: {} } }];
+    await button(w, "New chat").trigger("click");
+    await flushPromises();
+    expect(toasts.at(-1)).toBe("Something went wrong: no provider profile x");
+  });
 });
 
 describe("history", () => {
