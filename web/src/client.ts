@@ -246,8 +246,8 @@ export class OpencodeClient {
     else await this.request("POST", `/opencode/sessions/${enc(sessionId)}/permissions`, body);
   }
 
-  uiReply(payload: CommandMap["ui.reply"]): Promise<Record<string, unknown>> {
-    return this.command("ui.reply", payload);
+  uiReply(payload: CommandMap["ui.reply"], timeoutMs?: number): Promise<Record<string, unknown>> {
+    return this.command("ui.reply", payload, timeoutMs);
   }
 
   // ------------------------------------------------------------ WebSocket
@@ -299,7 +299,7 @@ export class OpencodeClient {
     if (previous && this.isOpen()) await this.command("leave", { session_id: previous }).catch(() => undefined);
   }
 
-  command<K extends CommandType>(type: K, payload: CommandMap[K]): Promise<Record<string, unknown>> {
+  command<K extends CommandType>(type: K, payload: CommandMap[K], timeoutMs = this.opts.commandTimeoutMs): Promise<Record<string, unknown>> {
     const ws = this.ws;
     if (!ws || !this.isOpen()) return Promise.reject(new ApiError("disconnected", "Not connected to the server"));
     const id = `c${++this.nextId}`;
@@ -307,7 +307,7 @@ export class OpencodeClient {
       const timer = setTimeout(() => {
         this.pending.delete(id);
         reject(new ApiError("timeout", `No answer to ${type}`));
-      }, this.opts.commandTimeoutMs);
+      }, timeoutMs);
       this.pending.set(id, { resolve, reject, timer });
       ws.send(JSON.stringify({ id, type, ...payload }));
     });

@@ -241,5 +241,10 @@ function applyRun(s: ReadyState, run: Run): ReadyState {
     if (run.status === "working" && m.role === "user" && m.status === "queued") return { ...m, status: "completed" as const };
     return m;
   });
-  return { ...s, runs, messages };
+  if (!final) return { ...s, runs, messages };
+  // An ended run asks nothing more: what it still showed as open timed out or was answered by
+  // another panel, and an answer now would only fail.
+  const proposals = s.proposals.filter((p) => p.run_id !== run.id);
+  const permissions = s.permissions.filter((p) => p.run_id !== run.id || p.decision !== "pending");
+  return { ...s, runs, messages, proposals, permissions };
 }

@@ -38,6 +38,9 @@ export function proposedGraph(req: UiRequestData): Record<string, unknown> {
   return graph && typeof graph === "object" ? (graph as Record<string, unknown>) : {};
 }
 
+/** How long an accepted proposal waits for the server to take its answer before giving up. */
+const PROPOSAL_ACK_MS = 5000;
+
 export const usePanelStore = defineStore("opencode-panel", () => {
   const deps = inject(DEPS)!;
   const client = new OpencodeClient({ transport: deps.transport, token: deps.token, socket: deps.socket });
@@ -131,18 +134,20 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     if (!sessionId) return;
     const loadable = accepted && deps.canLoadWorkflow();
     chat.value = dropProposal(chat.value, req.request_id);
-    // Answer before loading: loading replaces the canvas, and with it this node's panel.
-    // The frame leaves now; its ack may never come back to a panel that is gone.
-    const replied = client
-      .uiReply({
-        session_id: sessionId, request_id: req.request_id, ok: loadable || !accepted,
-        result: { accepted: loadable },
-        error: accepted && !loadable ? "this ComfyUI cannot load an API-format workflow" : null,
-      })
-      .catch((err) => fail(t("error.generic"), err));
+    const answer = { session_id: sessionId, request_id: req.request_id };
     if (!loadable) {
-      if (accepted) notify("error", t("error.generic"), "this ComfyUI cannot load an API-format workflow");
-      await replied;
+      const error = accepted ? "this ComfyUI cannot load an API-format workflow" : null;
+      if (error) notify("error", t("error.generic"), error);
+      await client.uiReply({ ...answer, ok: !accepted, result: { accepted: false }, error }).catch(proposalFailed);
+      return;
+    }
+    // Answer before loading: loading replaces the canvas, and with it this node's panel. Load
+    // only once the server took the answer (waiting a few seconds at most): a proposal that
+    // timed out, or that another panel answered, must not replace the canvas.
+    try {
+      await client.uiReply({ ...answer, ok: true, result: { accepted: true } }, PROPOSAL_ACK_MS);
+    } catch (err) {
+      proposalFailed(err);
       return;
     }
     try {
@@ -150,6 +155,12 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     } catch (err) {
       notify("error", t("error.generic"), err instanceof Error ? err.message : String(err));
     }
+  }
+
+  /** An answer the server refused: a proposal that is gone says so plainly. */
+  function proposalFailed(err: unknown): void {
+    if (err instanceof ApiError && err.code === "not_found") notify("warn", t("proposal.gone"));
+    else fail(t("error.generic"), err);
   }
 
   /** A panel inside a node brings its node along into the loaded graph, so the chat stays. */

@@ -198,11 +198,49 @@ describe("OpencodePanel", () => {
     expect(w.find("[data-testid=proposal-card]").text()).toContain("Save it");
     await button(w, "Load into canvas").trigger("click");
     await flushPromises();
+    expect(loadWorkflow).not.toHaveBeenCalled(); // until the server takes the answer
+    ws.ack("ui.reply");
+    await flushPromises();
     expect(loadWorkflow).toHaveBeenCalledWith(graph);
     expect(ws.commands("ui.reply")[1]).toMatchObject({ request_id: "ui_2", ok: true, result: { accepted: true } });
     // The answer goes out before loading replaces the canvas (and this panel with it).
     expect(repliesWhenLoaded).toBe(2);
     expect(w.find("[data-testid=proposal-card]").exists()).toBe(false);
+  });
+
+  it("a proposal whose run ended leaves; one answered elsewhere, or whose answer is not taken, never loads", async () => {
+    const loadWorkflow = vi.fn().mockResolvedValue(undefined);
+    const { w, ws, toasts } = await started([defaultRoutes(), { loadWorkflow }]);
+    const propose = (seq: number, id: string, runId: string | null) =>
+      ws.receive(ev("ui.request", seq, { request_id: id, run_id: runId, action: "propose_workflow", payload: { graph: { "1": { class_type: "SaveImage", inputs: {} } } } }));
+    ws.receive(ev("run.status", 2, { run: run() }));
+    propose(3, "ui_1", "run_1");
+    await flushPromises();
+    expect(w.find("[data-testid=proposal-card]").exists()).toBe(true);
+    ws.receive(ev("run.status", 4, { run: run({ status: "completed" }) })); // it timed out on the server
+    await flushPromises();
+    expect(w.find("[data-testid=proposal-card]").exists()).toBe(false);
+
+    propose(5, "ui_2", null); // another panel answers it first
+    await flushPromises();
+    await button(w, "Load into canvas").trigger("click");
+    const cmd = ws.commands("ui.reply").at(-1)!;
+    ws.receive({ type: "error", id: cmd.id, error: { code: "not_found", message: "no open UI request ui_2 in this session; it may have timed out", details: {} } });
+    await flushPromises();
+    expect(toasts).toEqual(["This proposal is no longer open (it timed out or another panel answered it); the canvas was not changed."]);
+
+    propose(6, "ui_3", null); // the server never answers
+    await flushPromises();
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
+    try {
+      await button(w, "Load into canvas").trigger("click");
+      await vi.advanceTimersByTimeAsync(5000);
+    } finally {
+      vi.useRealTimers();
+    }
+    await flushPromises();
+    expect(toasts.at(-1)).toBe("Something went wrong: No answer to ui.reply");
+    expect(loadWorkflow).not.toHaveBeenCalled();
   });
 
   it("a panel inside a node brings its node into an accepted proposal", async () => {
@@ -213,6 +251,7 @@ describe("OpencodePanel", () => {
     ws.receive(ev("ui.request", 3, { request_id: "ui_9", run_id: null, action: "propose_workflow", payload: { graph } }));
     await flushPromises();
     await button(w, "Load into canvas").trigger("click");
+    ws.ack("ui.reply");
     await flushPromises();
     const loaded = loadWorkflow.mock.calls[0][0] as Record<string, { class_type: string; inputs: Record<string, unknown> }>;
     expect(loaded["1"]).toEqual(graph["1"]);

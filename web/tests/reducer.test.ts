@@ -202,6 +202,24 @@ describe("local helpers", () => {
     expect(prependHistory(shown, { ...page, sessionId: SID, before: "msg_gone" })).toBe(shown);
   });
 
+  it("a run's end drops its open proposals and permission requests, not those of other runs or decided ones", () => {
+    const ask = (seq: number, id: string, runId: string) => ev("permission.requested", seq, {
+      request_id: id, run_id: runId, skill: "echo", tool: "t", permission_class: "run", summary: "s", arguments: {}, expires_at: 0,
+    });
+    const s = ready([
+      ...base,
+      ev("ui.request", 5, { request_id: "ui_1", run_id: "run_1", action: "propose_workflow", payload: {} }),
+      ev("ui.request", 6, { request_id: "ui_2", run_id: "run_2", action: "propose_workflow", payload: {} }),
+      ask(7, "perm_1", "run_1"),
+      ask(8, "perm_2", "run_1"),
+      ev("permission.resolved", 9, { request_id: "perm_2", decision: "allow", remember: false }),
+      ask(10, "perm_3", "run_2"),
+      ev("run.status", 11, { run: run({ status: "completed" }) }),
+    ]);
+    expect(s.proposals.map((p) => p.request_id)).toEqual(["ui_2"]);
+    expect(s.permissions.map((p) => p.request_id)).toEqual(["perm_2", "perm_3"]);
+  });
+
   it("dropProposal forgets an answered proposal", () => {
     const s = ready([...base, ev("ui.request", 5, { request_id: "ui_1", run_id: null, action: "propose_workflow", payload: {} })]);
     expect((dropProposal(s, "ui_1") as ReadyState).proposals).toEqual([]);
