@@ -473,6 +473,18 @@ describe("which chat a panel opens", () => {
     expect(ws.commands("configure")[0]).toMatchObject({ session_id: SID, patch: { budget: { max_tokens: 200000, max_cost: 0.5 } } });
     expect(w.find("[data-testid=budget-form]").exists()).toBe(false);
   });
+
+  it("a budget of any whole number of tokens and any cost is a valid entry", async () => {
+    const { w } = await started();
+    await w.find("[data-testid=budget-button]").trigger("click");
+    const inputs = w.findAll("[data-testid=budget-form] input");
+    await inputs[0].setValue("1500");
+    await inputs[1].setValue("0.001");
+    // A browser refuses to submit a form with a field off its step.
+    expect(inputs.map((i) => (i.element as HTMLInputElement).validity.stepMismatch)).toEqual([false, false]);
+    await inputs[0].setValue("-1");
+    expect((inputs[0].element as HTMLInputElement).validity.rangeUnderflow).toBe(true);
+  });
 });
 
 describe("changing the session's setup", () => {
