@@ -246,8 +246,8 @@ export class OpencodeClient {
     else await this.request("POST", `/opencode/sessions/${enc(sessionId)}/permissions`, body);
   }
 
-  uiReply(payload: CommandMap["ui.reply"]): Promise<Record<string, unknown>> {
-    return this.command("ui.reply", payload);
+  uiReply(payload: CommandMap["ui.reply"], timeoutMs?: number): Promise<Record<string, unknown>> {
+    return this.command("ui.reply", payload, timeoutMs);
   }
 
   // ------------------------------------------------------------ WebSocket
@@ -288,6 +288,8 @@ export class OpencodeClient {
     if (previous !== sessionId) this.lastSeq.delete(sessionId);
     if (!this.isOpen()) return; // joined on open
     if (previous && previous !== sessionId) await this.command("leave", { session_id: previous }).catch(() => undefined);
+    // Another join began while the leave was out: joining this one now would follow both.
+    if (this.joined !== sessionId) return;
     await this.command("join", { session_id: sessionId, panel: this.opts.panel });
   }
 
@@ -297,7 +299,7 @@ export class OpencodeClient {
     if (previous && this.isOpen()) await this.command("leave", { session_id: previous }).catch(() => undefined);
   }
 
-  command<K extends CommandType>(type: K, payload: CommandMap[K]): Promise<Record<string, unknown>> {
+  command<K extends CommandType>(type: K, payload: CommandMap[K], timeoutMs = this.opts.commandTimeoutMs): Promise<Record<string, unknown>> {
     const ws = this.ws;
     if (!ws || !this.isOpen()) return Promise.reject(new ApiError("disconnected", "Not connected to the server"));
     const id = `c${++this.nextId}`;
@@ -305,7 +307,7 @@ export class OpencodeClient {
       const timer = setTimeout(() => {
         this.pending.delete(id);
         reject(new ApiError("timeout", `No answer to ${type}`));
-      }, this.opts.commandTimeoutMs);
+      }, timeoutMs);
       this.pending.set(id, { resolve, reject, timer });
       ws.send(JSON.stringify({ id, type, ...payload }));
     });

@@ -56,7 +56,7 @@ md.renderer.rules.fence = (tokens, idx, _options, env) => {
 const renderImage = md.renderer.rules.image!;
 md.renderer.rules.image = (tokens, idx, options, env, self) => {
   const token = tokens[idx];
-  const src = token.attrGet("src") ?? "";
+  const src = String(token.attrGet("src") ?? "");
   if (/^\/(?![\/\\])/.test(src)) return renderImage(tokens, idx, options, env, self);
   const alt = self.renderInlineAsText(token.children ?? [], options, env) || src;
   return `<a href="${escapeHtml(src)}" class="oc-remote-image">${escapeHtml(alt)}</a>`;

@@ -43,12 +43,20 @@ export interface ReadyState {
   lastSeq: number;
 }
 
-export type ChatState = { phase: "empty" } | { phase: "deleted"; sessionId: string } | ReadyState;
+/** `joining`: the session asked for, whose snapshot alone may fill the empty panel. */
+export type ChatState = { phase: "empty"; joining?: string } | { phase: "deleted"; sessionId: string } | ReadyState;
 
 export const EMPTY: ChatState = { phase: "empty" };
 
+/** Nothing shown while the panel joins `sessionId`. */
+export function joining(sessionId: string): ChatState {
+  return { phase: "empty", joining: sessionId };
+}
+
 export function reduce(state: ChatState, event: OcEvent): ChatState {
   if (event.type === "session.state" || event.type === "session.resync") {
+    // A snapshot of a chat the panel has left (its join answered late) must not replace this one.
+    if (!follows(state, event.data.session.id)) return state;
     return fromSnapshot(state, event.data, event.seq);
   }
   if (state.phase !== "ready" || event.session_id !== state.session.id) return state;
@@ -115,17 +123,34 @@ export function dropProposal(state: ChatState, requestId: string): ChatState {
   return { ...state, proposals: state.proposals.filter((p) => p.request_id !== requestId) };
 }
 
-/** Put an older page of history in front of what is shown. */
-export function prependHistory(state: ChatState, older: Message[], hasMore: boolean): ChatState {
-  if (state.phase !== "ready") return state;
+/** An older page of one session's history, read before its first message `before`. */
+export interface HistoryPage {
+  sessionId: string;
+  before: string;
+  messages: Message[];
+  hasMore: boolean;
+}
+
+/** Put an older page of history in front of what is shown. The page was read while the person
+ * could switch chats (or a resync replace the list): it fits only the chat and first message
+ * it was read for, and is dropped otherwise. */
+export function prependHistory(state: ChatState, page: HistoryPage): ChatState {
+  if (state.phase !== "ready" || state.session.id !== page.sessionId || state.messages[0]?.id !== page.before) return state;
   const known = new Set(state.messages.map((m) => m.id));
-  return { ...state, messages: [...older.filter((m) => !known.has(m.id)), ...state.messages], hasMore };
+  return { ...state, messages: [...page.messages.filter((m) => !known.has(m.id)), ...state.messages], hasMore: page.hasMore };
 }
 
 /** Runs still queued or working, oldest first. */
 export function activeRuns(state: ChatState): Run[] {
   if (state.phase !== "ready") return [];
   return Object.values(state.runs).filter((r) => !FINAL_RUN_STATUSES.has(r.status) && r.status !== "idle");
+}
+
+/** Whether `sessionId` is the session this state shows or waits for (any, before a first join). */
+function follows(state: ChatState, sessionId: string): boolean {
+  if (state.phase === "ready") return state.session.id === sessionId;
+  if (state.phase === "deleted") return state.sessionId === sessionId;
+  return state.joining === undefined || state.joining === sessionId;
 }
 
 function fromSnapshot(state: ChatState, data: SessionStateData, seq: number): ReadyState {
@@ -216,5 +241,10 @@ function applyRun(s: ReadyState, run: Run): ReadyState {
     if (run.status === "working" && m.role === "user" && m.status === "queued") return { ...m, status: "completed" as const };
     return m;
   });
-  return { ...s, runs, messages };
+  if (!final) return { ...s, runs, messages };
+  // An ended run asks nothing more: what it still showed as open timed out or was answered by
+  // another panel, and an answer now would only fail.
+  const proposals = s.proposals.filter((p) => p.run_id !== run.id);
+  const permissions = s.permissions.filter((p) => p.run_id !== run.id || p.decision !== "pending");
+  return { ...s, runs, messages, proposals, permissions };
 }

@@ -11,7 +11,7 @@ import { DEPS, type SessionConfig } from "./deps";
 import { t } from "./i18n";
 import type { ModelInfo, OcEvent, ProviderProfile, SendMode, Session, SessionPatch, Skill, UiRequestData, VersionInfo } from "./protocol";
 import { PROTOCOL_VERSION } from "./protocol";
-import { activeRuns, dropProposal, EMPTY, prependHistory, reduce, withSession, type ChatState } from "./reducer";
+import { activeRuns, dropProposal, EMPTY, joining, prependHistory, reduce, withSession, type ChatState } from "./reducer";
 
 export interface Notice {
   id: number;
@@ -38,6 +38,9 @@ export function proposedGraph(req: UiRequestData): Record<string, unknown> {
   return graph && typeof graph === "object" ? (graph as Record<string, unknown>) : {};
 }
 
+/** How long an accepted proposal waits for the server to take its answer before giving up. */
+const PROPOSAL_ACK_MS = 5000;
+
 export const usePanelStore = defineStore("opencode-panel", () => {
   const deps = inject(DEPS)!;
   const client = new OpencodeClient({ transport: deps.transport, token: deps.token, socket: deps.socket });
@@ -55,7 +58,6 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   const chat = shallowRef<ChatState>(EMPTY);
   const loading = ref(false);
   const notices = ref<Notice[]>([]);
-  const queuedIds = ref<Set<string>>(new Set());
   let noticeId = 0;
 
   const protocolMismatch = computed(() => server.value !== null && server.value.protocol !== PROTOCOL_VERSION);
@@ -99,19 +101,6 @@ export const usePanelStore = defineStore("opencode-panel", () => {
       case "session.deleted":
         sessions.value = sessions.value.filter((s) => s.id !== event.data.session_id);
         break;
-      case "message.created":
-      case "message.completed": {
-        // A queued message leaves the queue when the server re-announces it (status
-        // `completed` as its runs start, `aborted` when they are cancelled first). A run's
-        // `message_id` is its reply's id, never the prompt's, so runs can't tell.
-        const m = event.data.message;
-        if (m.status !== "queued" && queuedIds.value.has(m.id)) {
-          const next = new Set(queuedIds.value);
-          next.delete(m.id);
-          queuedIds.value = next;
-        }
-        break;
-      }
       case "ui.request":
         if (event.data.action === "get_workflow") void answerGetWorkflow(event.data);
         break;
@@ -145,18 +134,20 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     if (!sessionId) return;
     const loadable = accepted && deps.canLoadWorkflow();
     chat.value = dropProposal(chat.value, req.request_id);
-    // Answer before loading: loading replaces the canvas, and with it this node's panel.
-    // The frame leaves now; its ack may never come back to a panel that is gone.
-    const replied = client
-      .uiReply({
-        session_id: sessionId, request_id: req.request_id, ok: loadable || !accepted,
-        result: { accepted: loadable },
-        error: accepted && !loadable ? "this ComfyUI cannot load an API-format workflow" : null,
-      })
-      .catch((err) => fail(t("error.generic"), err));
+    const answer = { session_id: sessionId, request_id: req.request_id };
     if (!loadable) {
-      if (accepted) notify("error", t("error.generic"), "this ComfyUI cannot load an API-format workflow");
-      await replied;
+      const error = accepted ? "this ComfyUI cannot load an API-format workflow" : null;
+      if (error) notify("error", t("error.generic"), error);
+      await client.uiReply({ ...answer, ok: !accepted, result: { accepted: false }, error }).catch(proposalFailed);
+      return;
+    }
+    // Answer before loading: loading replaces the canvas, and with it this node's panel. Load
+    // only once the server took the answer (waiting a few seconds at most): a proposal that
+    // timed out, or that another panel answered, must not replace the canvas.
+    try {
+      await client.uiReply({ ...answer, ok: true, result: { accepted: true } }, PROPOSAL_ACK_MS);
+    } catch (err) {
+      proposalFailed(err);
       return;
     }
     try {
@@ -164,6 +155,12 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     } catch (err) {
       notify("error", t("error.generic"), err instanceof Error ? err.message : String(err));
     }
+  }
+
+  /** An answer the server refused: a proposal that is gone says so plainly. */
+  function proposalFailed(err: unknown): void {
+    if (err instanceof ApiError && err.code === "not_found") notify("warn", t("proposal.gone"));
+    else fail(t("error.generic"), err);
   }
 
   /** A panel inside a node brings its node along into the loaded graph, so the chat stays. */
@@ -190,9 +187,9 @@ export const usePanelStore = defineStore("opencode-panel", () => {
       // A node keeps its session id (recreated if this server lacks it); the sidebar and the
       // standalone page fall back to the newest chat.
       const known = wanted && (node || sessions.value.some((s) => s.id === wanted));
-      if (known) await openSession(wanted, { createIfMissing: node });
-      else if (!node && sessions.value.length) await openSession(sessions.value[0].id);
-      else await newSession();
+      if (known) await open(wanted, { createIfMissing: node });
+      else if (!node && sessions.value.length) await open(sessions.value[0].id);
+      else await create();
     } catch (err) {
       fail(t("error.load"), err);
     } finally {
@@ -238,22 +235,49 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     }
   }
 
-  async function openSession(id: string, opts: { createIfMissing?: boolean } = {}): Promise<void> {
+  /** Show a chat picked by the person; a failure is a notice, and a chat deleted elsewhere
+   * leaves the list. */
+  async function openSession(id: string): Promise<void> {
     try {
-      const s = await client.getSession(id);
-      rememberSession(s);
+      await open(id);
     } catch (err) {
+      if (err instanceof ApiError && err.status === 404) sessions.value = sessions.value.filter((s) => s.id !== id);
+      fail(t("error.load"), err);
+    }
+  }
+
+  /** Start a new chat from the New button; a failure is a notice. */
+  async function newSession(): Promise<void> {
+    try {
+      await create();
+    } catch (err) {
+      fail(t("error.generic"), err);
+    }
+  }
+
+  // Counts `open` calls: a call another one overtook (a slow answer for a chat clicked before
+  // the last) stops instead of switching the panel back to it.
+  let opening = 0;
+
+  async function open(id: string, opts: { createIfMissing?: boolean } = {}): Promise<void> {
+    const call = ++opening;
+    let s: Session;
+    try {
+      s = await client.getSession(id);
+    } catch (err) {
+      if (call !== opening) return;
       // A workflow opened on another machine: recreate its session under the same id.
-      if (err instanceof ApiError && err.status === 404 && opts.createIfMissing) return newSession({ id });
+      if (err instanceof ApiError && err.status === 404 && opts.createIfMissing) return create({ id });
       throw err;
     }
+    if (call !== opening) return;
+    rememberSession(s);
     deps.binding.setSessionId(id);
-    queuedIds.value = new Set();
-    if (chat.value.phase !== "ready" || chat.value.session.id !== id) chat.value = EMPTY;
+    if (chat.value.phase !== "ready" || chat.value.session.id !== id) chat.value = joining(id);
     await client.join(id);
   }
 
-  async function newSession(config?: Partial<SessionConfig> & { id?: string }): Promise<void> {
+  async function create(config?: Partial<SessionConfig> & { id?: string }): Promise<void> {
     const d = { ...deps.binding.defaults(), ...config };
     const known = new Set(skills.value.map((s) => s.id));
     const created = await client.createSession({
@@ -263,15 +287,17 @@ export const usePanelStore = defineStore("opencode-panel", () => {
       model: d.model || null,
     });
     rememberSession(created);
-    await openSession(created.id);
+    await open(created.id);
   }
 
   async function loadEarlier(): Promise<void> {
     const c = chat.value;
     if (c.phase !== "ready" || !c.hasMore || c.messages.length === 0) return;
+    const sessionId = c.session.id;
+    const before = c.messages[0].id;
     try {
-      const page = await client.messages(c.session.id, c.messages[0].id);
-      chat.value = prependHistory(chat.value, page.messages, page.has_more);
+      const page = await client.messages(sessionId, before);
+      chat.value = prependHistory(chat.value, { sessionId, before, messages: page.messages, hasMore: page.has_more });
     } catch (err) {
       fail(t("error.load"), err);
     }
@@ -304,8 +330,8 @@ export const usePanelStore = defineStore("opencode-panel", () => {
       sessions.value = sessions.value.filter((s) => s.id !== id);
       if (session.value?.id === id || chat.value.phase === "deleted") {
         const next = deps.binding.kind === "node" ? undefined : sessions.value[0];
-        if (next) await openSession(next.id);
-        else await newSession();
+        if (next) await open(next.id);
+        else await create();
       }
     } catch (err) {
       fail(t("error.generic"), err);
@@ -318,8 +344,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     if (!id || !text.trim()) return false;
     const mentioned = leadingMentions(text, new Set(roles.value.map((r) => r.id)));
     try {
-      const result = await client.send(id, { text, skills: mentioned, mode });
-      if (result.queued) queuedIds.value = new Set([...queuedIds.value, result.message_id]);
+      await client.send(id, { text, skills: mentioned, mode });
       return true;
     } catch (err) {
       fail(t("error.send"), err);
@@ -401,7 +426,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
 
   return {
     client, connection, server, needsToken, skills, providers, presets, models, sessions, chat, loading,
-    notices, queuedIds, protocolMismatch, session, roles, running, busy, skillById,
+    notices, protocolMismatch, session, roles, running, busy, skillById,
     start, ensureModels, openSession, newSession, loadEarlier, configure, renameSession, deleteSession, send, stop,
     replyPermission, answerProposal, saveKey, removeKey, addProvider, useToken, loadSessions, notify, dismiss, dispose,
   };

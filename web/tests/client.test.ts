@@ -71,6 +71,21 @@ describe("OpencodeClient WebSocket", () => {
     expect(states).toEqual(["connecting", "open"]);
   });
 
+  it("a join overtaken by another while it leaves the old session is not sent", async () => {
+    const { client } = makeClient();
+    client.connect();
+    void client.join(SID);
+    const ws = FakeSocket.last();
+    ws.open();
+    ws.ack("join");
+    void client.join("ses_B");
+    void client.join("ses_C");
+    for (const c of ws.commands("leave")) ws.receive({ type: "ack", id: c.id, data: {} });
+    await vi.advanceTimersByTimeAsync(0);
+    expect(ws.commands("join").map((c) => c.session_id)).toEqual([SID, "ses_C"]);
+    expect(client.session).toBe("ses_C");
+  });
+
   it("sends again under the same client_id when the socket drops before the answer", async () => {
     const { client, transport } = makeClient();
     client.connect();

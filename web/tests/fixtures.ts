@@ -50,7 +50,8 @@ export function ev<K extends EventType>(type: K, seq: number, data: EventDataMap
 }
 
 export function snapshot(over: Partial<EventDataMap["session.state"]> = {}, type: "session.state" | "session.resync" = "session.state"): OcEvent {
-  return ev(type, 0, { session: session(), messages: [], runs: [], has_more: false, ...over });
+  const data = { session: session(), messages: [], runs: [], has_more: false, ...over };
+  return ev(type, 0, data, data.session.id);
 }
 
 export function skill(over: Partial<Skill> = {}): Skill {

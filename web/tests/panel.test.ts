@@ -35,6 +35,15 @@ function button(w: VueWrapper, text: string) {
   return b;
 }
 
+/** Open the list of chats and click the one titled `title`. */
+async function pickChat(w: VueWrapper, title: string) {
+  await w.find("[aria-label=Chats]").trigger("click");
+  await flushPromises();
+  const item = w.findAll(".oc-menu-item").find((b) => b.text().startsWith(title));
+  if (!item) throw new Error(`no chat “${title}” in: ${w.findAll(".oc-menu-item").map((x) => x.text()).join(" | ")}`);
+  await item.trigger("click");
+}
+
 describe("OpencodePanel", () => {
   it("creates a session when it has none, writes its id, joins it and shows the history", async () => {
     const { w, ws, deps, transport } = await started();
@@ -106,6 +115,30 @@ describe("OpencodePanel", () => {
     expect(w.find("[data-message-id=msg_q] [data-testid=message-status]").exists()).toBe(false);
   });
 
+  it("a queued message that started while the socket was down is not labelled queued after the resync", async () => {
+    const { w, ws } = await started();
+    ws.receive(ev("run.status", 2, { run: run() }));
+    await w.find("textarea").setValue("later");
+    await w.find("textarea").trigger("keydown", { key: "Enter" });
+    ws.receive(ev("message.created", 3, { message: message({ id: "msg_q", parts: [{ type: "text", text: "later" }], status: "queued" }) }));
+    ws.ack("send", { message_id: "msg_q", run_id: "run_2", run_ids: ["run_2"], queued: true });
+    await flushPromises();
+    const label = () => w.find("[data-message-id=msg_q] [data-testid=message-status]");
+    expect(label().text()).toBe("queued");
+    ws.drop();
+    await new Promise((r) => setTimeout(r, 600)); // the first reconnect waits 500 ms
+    const again = FakeSocket.last();
+    again.open();
+    await flushPromises();
+    again.receive(snapshot({
+      session: session({ last_seq: 40 }),
+      messages: [message(), message({ id: "msg_q", parts: [{ type: "text", text: "later" }] }), reply({ id: "msg_r2", run_id: "run_2", status: "completed" })],
+    }, "session.resync"));
+    await flushPromises();
+    expect(w.find("[data-message-id=msg_q]").attributes("data-status")).toBe("completed");
+    expect(label().exists()).toBe(false);
+  });
+
   it("completes @role from the role skills", async () => {
     const { w } = await started();
     const area = w.find("textarea");
@@ -165,11 +198,49 @@ describe("OpencodePanel", () => {
     expect(w.find("[data-testid=proposal-card]").text()).toContain("Save it");
     await button(w, "Load into canvas").trigger("click");
     await flushPromises();
+    expect(loadWorkflow).not.toHaveBeenCalled(); // until the server takes the answer
+    ws.ack("ui.reply");
+    await flushPromises();
     expect(loadWorkflow).toHaveBeenCalledWith(graph);
     expect(ws.commands("ui.reply")[1]).toMatchObject({ request_id: "ui_2", ok: true, result: { accepted: true } });
     // The answer goes out before loading replaces the canvas (and this panel with it).
     expect(repliesWhenLoaded).toBe(2);
     expect(w.find("[data-testid=proposal-card]").exists()).toBe(false);
+  });
+
+  it("a proposal whose run ended leaves; one answered elsewhere, or whose answer is not taken, never loads", async () => {
+    const loadWorkflow = vi.fn().mockResolvedValue(undefined);
+    const { w, ws, toasts } = await started([defaultRoutes(), { loadWorkflow }]);
+    const propose = (seq: number, id: string, runId: string | null) =>
+      ws.receive(ev("ui.request", seq, { request_id: id, run_id: runId, action: "propose_workflow", payload: { graph: { "1": { class_type: "SaveImage", inputs: {} } } } }));
+    ws.receive(ev("run.status", 2, { run: run() }));
+    propose(3, "ui_1", "run_1");
+    await flushPromises();
+    expect(w.find("[data-testid=proposal-card]").exists()).toBe(true);
+    ws.receive(ev("run.status", 4, { run: run({ status: "completed" }) })); // it timed out on the server
+    await flushPromises();
+    expect(w.find("[data-testid=proposal-card]").exists()).toBe(false);
+
+    propose(5, "ui_2", null); // another panel answers it first
+    await flushPromises();
+    await button(w, "Load into canvas").trigger("click");
+    const cmd = ws.commands("ui.reply").at(-1)!;
+    ws.receive({ type: "error", id: cmd.id, error: { code: "not_found", message: "no open UI request ui_2 in this session; it may have timed out", details: {} } });
+    await flushPromises();
+    expect(toasts).toEqual(["This proposal is no longer open (it timed out or another panel answered it); the canvas was not changed."]);
+
+    propose(6, "ui_3", null); // the server never answers
+    await flushPromises();
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
+    try {
+      await button(w, "Load into canvas").trigger("click");
+      await vi.advanceTimersByTimeAsync(5000);
+    } finally {
+      vi.useRealTimers();
+    }
+    await flushPromises();
+    expect(toasts.at(-1)).toBe("Something went wrong: No answer to ui.reply");
+    expect(loadWorkflow).not.toHaveBeenCalled();
   });
 
   it("a panel inside a node brings its node into an accepted proposal", async () => {
@@ -180,6 +251,7 @@ describe("OpencodePanel", () => {
     ws.receive(ev("ui.request", 3, { request_id: "ui_9", run_id: null, action: "propose_workflow", payload: { graph } }));
     await flushPromises();
     await button(w, "Load into canvas").trigger("click");
+    ws.ack("ui.reply");
     await flushPromises();
     const loaded = loadWorkflow.mock.calls[0][0] as Record<string, { class_type: string; inputs: Record<string, unknown> }>;
     expect(loaded["1"]).toEqual(graph["1"]);
@@ -401,6 +473,112 @@ describe("which chat a panel opens", () => {
     expect(ws.commands("configure")[0]).toMatchObject({ session_id: SID, patch: { budget: { max_tokens: 200000, max_cost: 0.5 } } });
     expect(w.find("[data-testid=budget-form]").exists()).toBe(false);
   });
+
+  it("a budget of any whole number of tokens and any cost is a valid entry", async () => {
+    const { w } = await started();
+    await w.find("[data-testid=budget-button]").trigger("click");
+    const inputs = w.findAll("[data-testid=budget-form] input");
+    await inputs[0].setValue("1500");
+    await inputs[1].setValue("0.001");
+    // A browser refuses to submit a form with a field off its step.
+    expect(inputs.map((i) => (i.element as HTMLInputElement).validity.stepMismatch)).toEqual([false, false]);
+    await inputs[0].setValue("-1");
+    expect((inputs[0].element as HTMLInputElement).validity.rangeUnderflow).toBe(true);
+  });
+});
+
+describe("changing the session's setup", () => {
+  it("two quick role toggles both count, and a refused one is unticked again", async () => {
+    const { w, ws } = await started();
+    await w.find("[data-testid=skill-picker]").trigger("click");
+    const box = (name: string) => w.find(`input[aria-label="${name}"]`);
+    const ticked = (name: string) => (box(name).element as HTMLInputElement).checked;
+    await box("Assistant").setValue(true);
+    await box("ComfyUI tools").setValue(true); // before the first answer
+    const [first, second] = ws.commands("configure");
+    expect((second.patch as { skills: string[] }).skills).toEqual(["echo", "assistant", "comfyui"]);
+    ws.receive({ type: "ack", id: first.id, data: { session: session({ skills: ["echo", "assistant"], updated_at: 1001 }) } });
+    ws.receive({ type: "ack", id: second.id, data: { session: session({ skills: ["echo", "assistant", "comfyui"], updated_at: 1002 }) } });
+    await flushPromises();
+    expect([ticked("Echo"), ticked("Assistant"), ticked("ComfyUI tools")]).toEqual([true, true, true]);
+
+    await box("Echo").setValue(false);
+    const refused = ws.commands("configure").at(-1)!;
+    ws.receive({ type: "error", id: refused.id, error: { code: "bad_request", message: "a session needs a role", details: {} } });
+    await flushPromises();
+    expect(ticked("Echo")).toBe(true);
+  });
+
+  it("a refused provider change puts the select back on the session's provider", async () => {
+    const { w, ws, toasts } = await started();
+    const select = w.find("select[aria-label=Provider]");
+    await select.setValue("openai");
+    const cmd = ws.commands("configure").at(-1)!;
+    ws.receive({ type: "error", id: cmd.id, error: { code: "unknown_provider", message: "no provider profile openai", details: {} } });
+    await flushPromises();
+    expect(toasts).toEqual(["Something went wrong: no provider profile openai"]);
+    expect((select.element as HTMLSelectElement).value).toBe("");
+  });
+});
+
+describe("switching chats", () => {
+  it("the last chat picked wins over an earlier pick whose answer comes later", async () => {
+    const routes = defaultRoutes();
+    routes["GET /opencode/sessions"] = () => [200, { sessions: [session(), session({ id: "ses_B", title: "Bee", updated_at: 999 }), session({ id: "ses_C", title: "Cee", updated_at: 998 })] }];
+    routes["GET /opencode/sessions/ses_B"] = () => [200, session({ id: "ses_B", title: "Bee" })];
+    routes["GET /opencode/sessions/ses_C"] = () => [200, session({ id: "ses_C", title: "Cee" })];
+    let releaseB!: () => void;
+    const gateB = new Promise<void>((ok) => (releaseB = ok));
+    const made = makeDeps(routes);
+    const base = made.deps.transport;
+    made.deps.transport = {
+      wsUrl: base.wsUrl,
+      async fetch(path, init) {
+        if (path === "/opencode/sessions/ses_B") await gateB;
+        return base.fetch(path, init);
+      },
+    };
+    const w = mountWith(OpencodePanel, made.deps);
+    await flushPromises();
+    const ws = FakeSocket.last();
+    ws.open();
+    await flushPromises();
+    ws.receive(snapshot({ session: session({ last_seq: 1 }) }));
+    await flushPromises();
+    await pickChat(w, "Bee"); // its answer is slow
+    await pickChat(w, "Cee");
+    await flushPromises();
+    ws.ack("leave");
+    ws.ack("join");
+    ws.receive(snapshot({ session: session({ id: "ses_C", title: "Cee", last_seq: 2 }) }));
+    await flushPromises();
+    releaseB();
+    await flushPromises();
+    // Even a snapshot of B (a join sent before the switch) leaves the panel on C.
+    ws.receive(snapshot({ session: session({ id: "ses_B", title: "Bee", last_seq: 2 }) }));
+    await flushPromises();
+    expect(w.find("[data-testid=session-title]").text()).toBe("Cee");
+    expect(made.deps.binding.sessionId()).toBe("ses_C");
+    expect(ws.commands("join").map((c) => c.session_id)).toEqual([SID, "ses_C"]);
+  });
+  it("a chat that cannot be opened or created is a notice; one deleted elsewhere leaves the list", async () => {
+    const routes = defaultRoutes();
+    routes["GET /opencode/sessions"] = () => [200, { sessions: [session(), session({ id: "ses_gone", title: "Gone chat", updated_at: 900 })] }];
+    routes["GET /opencode/sessions/ses_gone"] = () => [404, { error: { code: "not_found", message: "no session ses_gone", details: {} } }];
+    const { w, toasts } = await started([routes]);
+    await pickChat(w, "Gone chat");
+    await flushPromises();
+    expect(toasts).toEqual(["Could not load: no session ses_gone"]);
+    expect(w.find("[data-testid=session-title]").text()).toBe("Chat");
+    routes["GET /opencode/sessions"] = () => [200, { sessions: [session()] }];
+    await w.find("[aria-label=Chats]").trigger("click");
+    expect(w.findAll(".oc-menu-item").map((b) => b.text())).toEqual([expect.stringContaining("Chat")]);
+
+    routes["POST /opencode/sessions"] = () => [400, { error: { code: "unknown_provider", message: "no provider profile x", details: {} } }];
+    await button(w, "New chat").trigger("click");
+    await flushPromises();
+    expect(toasts.at(-1)).toBe("Something went wrong: no provider profile x");
+  });
 });
 
 describe("history", () => {
@@ -422,5 +600,43 @@ describe("history", () => {
     expect(pages).toEqual(["/opencode/sessions/ses_1/messages?before=msg_u1&limit=50"]);
     expect(w.findAll("article").map((a) => a.attributes("data-message-id"))).toEqual(["msg_0", "msg_u1"]);
     expect(w.text()).not.toContain("Load earlier messages");
+  });
+
+  it("an older page that answers after a switch to another chat is dropped, not shown in it", async () => {
+    const routes = defaultRoutes();
+    routes["GET /opencode/sessions"] = () => [200, { sessions: [session(), session({ id: "ses_2", title: "Other chat", updated_at: 900 })] }];
+    routes["GET /opencode/sessions/ses_2"] = () => [200, session({ id: "ses_2", title: "Other chat" })];
+    const made = makeDeps(routes);
+    let release!: () => void;
+    const gate = new Promise<void>((ok) => (release = ok));
+    const base = made.deps.transport;
+    made.deps.transport = {
+      wsUrl: base.wsUrl,
+      async fetch(path, init) {
+        if (!path.startsWith("/opencode/sessions/ses_1/messages")) return base.fetch(path, init);
+        await gate;
+        const page = { messages: [message({ id: "msg_old", parts: [{ type: "text", text: "from the first chat" }] })], has_more: false };
+        return new Response(JSON.stringify(page), { status: 200 });
+      },
+    };
+    const w = mountWith(OpencodePanel, made.deps);
+    await flushPromises();
+    const ws = FakeSocket.last();
+    ws.open();
+    await flushPromises();
+    ws.receive(snapshot({ session: session({ last_seq: 1 }), messages: [message()], has_more: true }));
+    await flushPromises();
+    await button(w, "Load earlier messages").trigger("click");
+    await pickChat(w, "Other chat");
+    await flushPromises();
+    ws.ack("leave");
+    ws.ack("join", { session_id: "ses_2" });
+    ws.receive(snapshot({ session: session({ id: "ses_2", title: "Other chat", last_seq: 3 }), messages: [message({ id: "msg_b1", session_id: "ses_2" })] }));
+    await flushPromises();
+    release();
+    await flushPromises();
+    expect(w.find("[data-testid=session-title]").text()).toBe("Other chat");
+    expect(w.findAll("article").map((a) => a.attributes("data-message-id"))).toEqual(["msg_b1"]);
+    expect(w.text()).not.toContain("from the first chat");
   });
 });

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import type { ChatState, ReadyState } from "../src/reducer";
-import { activeRuns, dropProposal, EMPTY, MAX_LOGS, prependHistory, reduce } from "../src/reducer";
+import { activeRuns, dropProposal, EMPTY, joining, MAX_LOGS, prependHistory, reduce } from "../src/reducer";
 import type { OcEvent } from "../src/protocol";
 import { ev, message, reply, run, session, SID, snapshot } from "./fixtures";
 
@@ -21,6 +21,15 @@ describe("reduce: snapshots", () => {
     const after = ready([snapshot({ session: session({ last_seq: 9 }), messages: [message({ id: "msg_x" })] }, type)], before);
     expect(after.messages.map((m) => m.id)).toEqual(["msg_x"]);
     expect(after.lastSeq).toBe(9);
+  });
+
+  it("takes only the snapshot of the session it shows or joins, not a late one of a chat left", () => {
+    const shown = ready(base);
+    const other = snapshot({ session: session({ id: "ses_2", last_seq: 9 }) }, "session.resync");
+    expect(reduce(shown, other)).toBe(shown);
+    const waiting = joining("ses_3");
+    expect(reduce(waiting, other)).toBe(waiting);
+    expect(ready([snapshot({ session: session({ id: "ses_3" }) })], waiting).session.id).toBe("ses_3");
   });
 
   it("keeps pending permission requests whose run is still active across a resync", () => {
@@ -180,9 +189,35 @@ describe("reduce: what it ignores", () => {
 
 describe("local helpers", () => {
   it("prependHistory puts older messages first without duplicates", () => {
-    const s = prependHistory(ready(base), [message({ id: "msg_0" }), message()], false) as ReadyState;
+    const page = { sessionId: SID, before: "msg_u1", messages: [message({ id: "msg_0" }), message()], hasMore: false };
+    const s = prependHistory(ready(base), page) as ReadyState;
     expect(s.messages.map((m) => m.id)).toEqual(["msg_0", "msg_u1"]);
     expect(s.hasMore).toBe(false);
+  });
+
+  it("prependHistory drops a page read for another chat, or for a list a resync replaced", () => {
+    const shown = ready(base);
+    const page = { sessionId: "ses_2", before: "msg_u1", messages: [message({ id: "msg_0", session_id: "ses_2" })], hasMore: false };
+    expect(prependHistory(shown, page)).toBe(shown);
+    expect(prependHistory(shown, { ...page, sessionId: SID, before: "msg_gone" })).toBe(shown);
+  });
+
+  it("a run's end drops its open proposals and permission requests, not those of other runs or decided ones", () => {
+    const ask = (seq: number, id: string, runId: string) => ev("permission.requested", seq, {
+      request_id: id, run_id: runId, skill: "echo", tool: "t", permission_class: "run", summary: "s", arguments: {}, expires_at: 0,
+    });
+    const s = ready([
+      ...base,
+      ev("ui.request", 5, { request_id: "ui_1", run_id: "run_1", action: "propose_workflow", payload: {} }),
+      ev("ui.request", 6, { request_id: "ui_2", run_id: "run_2", action: "propose_workflow", payload: {} }),
+      ask(7, "perm_1", "run_1"),
+      ask(8, "perm_2", "run_1"),
+      ev("permission.resolved", 9, { request_id: "perm_2", decision: "allow", remember: false }),
+      ask(10, "perm_3", "run_2"),
+      ev("run.status", 11, { run: run({ status: "completed" }) }),
+    ]);
+    expect(s.proposals.map((p) => p.request_id)).toEqual(["ui_2"]);
+    expect(s.permissions.map((p) => p.request_id)).toEqual(["perm_2", "perm_3"]);
   });
 
   it("dropProposal forgets an answered proposal", () => {
