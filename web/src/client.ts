@@ -111,6 +111,7 @@ export class OpencodeClient {
   private readonly eventListeners = new Set<(e: OcEvent) => void>();
   private readonly stateListeners = new Set<(s: ConnectionState) => void>();
   private joined: string | null = null;
+  private repeatableSends = false;
   private lastSeq = new Map<string, number>();
 
   constructor(options: ClientOptions) {
@@ -195,6 +196,8 @@ export class OpencodeClient {
    * first and never sends the message twice.
    */
   async send(sessionId: string, body: SendBody): Promise<SendResult> {
+    // A server from before `client_id` refuses the field; without it a repeat could send twice.
+    if (!this.repeatableSends) return this.sendOnce(sessionId, body);
     const once: SendBody = { ...body, client_id: body.client_id ?? newClientId() };
     for (let attempt = 1; ; attempt++) {
       try {
@@ -248,6 +251,13 @@ export class OpencodeClient {
 
   uiReply(payload: CommandMap["ui.reply"], timeoutMs?: number): Promise<Record<string, unknown>> {
     return this.command("ui.reply", payload, timeoutMs);
+  }
+
+  /** What the server said it can do (`GET /opencode/version`): the panel can be newer than the
+   * server, since ComfyUI serves the panel's files from disk and an update is in the browser
+   * before ComfyUI restarts. */
+  setServerCapabilities(capabilities: readonly string[]): void {
+    this.repeatableSends = capabilities.includes("send.client_id");
   }
 
   // ------------------------------------------------------------ WebSocket

@@ -58,6 +58,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   const chat = shallowRef<ChatState>(EMPTY);
   const loading = ref(false);
   const notices = ref<Notice[]>([]);
+  const sent = ref(0); // messages this panel sent: the transcript follows each one
   let noticeId = 0;
 
   const protocolMismatch = computed(() => server.value !== null && server.value.protocol !== PROTOCOL_VERSION);
@@ -181,6 +182,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     client.connect();
     try {
       server.value = await client.version().catch(() => null);
+      client.setServerCapabilities(server.value?.capabilities ?? []);
       await Promise.all([loadSkills(), loadProviders(), loadSessions()]);
       const wanted = deps.binding.sessionId();
       const node = deps.binding.kind === "node";
@@ -345,6 +347,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     const mentioned = leadingMentions(text, new Set(roles.value.map((r) => r.id)));
     try {
       await client.send(id, { text, skills: mentioned, mode });
+      sent.value += 1;
       return true;
     } catch (err) {
       fail(t("error.send"), err);
@@ -426,7 +429,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
 
   return {
     client, connection, server, needsToken, skills, providers, presets, models, sessions, chat, loading,
-    notices, protocolMismatch, session, roles, running, busy, skillById,
+    notices, sent, protocolMismatch, session, roles, running, busy, skillById,
     start, ensureModels, openSession, newSession, loadEarlier, configure, renameSession, deleteSession, send, stop,
     replyPermission, answerProposal, saveKey, removeKey, addProvider, useToken, loadSessions, notify, dismiss, dispose,
   };

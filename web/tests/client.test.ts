@@ -23,6 +23,7 @@ function makeClient(token: string | null = null) {
     commandTimeoutMs: 1000,
     pingIntervalMs: 5000,
   });
+  client.setServerCapabilities(["ws", "send.client_id"]);
   return { client, transport };
 }
 
@@ -122,6 +123,18 @@ describe("OpencodeClient WebSocket", () => {
     await expect(sent).resolves.toMatchObject({ message_id: "m" });
     const posts = transport.calls.filter((c) => c.method === "POST");
     expect(posts.map((c) => (c.body as { client_id: string }).client_id)).toEqual([id]);
+  });
+
+  it("sends without a client_id, and only once, to a server that does not know the field", async () => {
+    const { client } = makeClient();
+    client.setServerCapabilities(["ws"]); // a server from before send.client_id
+    client.connect();
+    const ws = FakeSocket.last();
+    ws.open();
+    const sent = client.send(SID, { text: "hi" });
+    expect(ws.commands("send")[0]).not.toHaveProperty("client_id");
+    ws.drop();
+    await expect(sent).rejects.toMatchObject({ code: "disconnected" });
   });
 
   it("does not send again when the server answered with an error", async () => {

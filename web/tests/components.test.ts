@@ -7,7 +7,9 @@ import ToolCallCard from "../src/components/ToolCallCard.vue";
 import ProposalCard from "../src/components/ProposalCard.vue";
 import { setLocale } from "../src/i18n";
 import { markdownToHtml } from "../src/markdown";
+import { defineComponent, h, ref } from "vue";
 import { mentionAt } from "../src/composables/useMention";
+import { useAutoScroll } from "../src/composables/useAutoScroll";
 import { leadingMentions } from "../src/store";
 import { message, reply, skill } from "./fixtures";
 
@@ -219,5 +221,44 @@ describe("mentions", () => {
     expect(leadingMentions("@echo @assistant hi", roles)).toEqual(["echo", "assistant"]);
     expect(leadingMentions("@nobody hi", roles)).toEqual([]);
     expect(leadingMentions("hi @echo", roles)).toEqual([]);
+  });
+});
+
+describe("useAutoScroll", () => {
+  /** A scroll box whose layout the test sets (happy-dom lays nothing out). */
+  function scrollBox() {
+    const Box = defineComponent({
+      setup(_, { expose }) {
+        const box = ref<HTMLElement | null>(null);
+        expose(useAutoScroll(box));
+        return () => h("div", { ref: box }, [h("p", "x")]);
+      },
+    });
+    const w = mount(Box, { attachTo: document.body });
+    const el = w.element as HTMLElement;
+    const layout = { scrollHeight: 1000, clientHeight: 300 };
+    Object.defineProperty(el, "scrollHeight", { get: () => layout.scrollHeight });
+    Object.defineProperty(el, "clientHeight", { get: () => layout.clientHeight });
+    const scrollTo = (top: number) => {
+      el.scrollTop = top;
+      el.dispatchEvent(new Event("scroll"));
+    };
+    const api = w.vm as unknown as { pinned: boolean; scrollToBottom(): void };
+    return { w, api, el, layout, scrollTo };
+  }
+
+  it("stays pinned when the box shrinks under it, and lets go only when the person scrolls up", async () => {
+    const { w, api, el, layout, scrollTo } = scrollBox();
+    scrollTo(700); // at the bottom
+    expect(api.pinned).toBe(true);
+    layout.clientHeight = 190; // the composer grew with a long message: the gap is now 110 px
+    scrollTo(700);
+    expect(api.pinned).toBe(true);
+    expect(el.scrollTop).toBe(1000);
+    scrollTo(200); // the person scrolls up
+    expect(api.pinned).toBe(false);
+    api.scrollToBottom();
+    expect([api.pinned, el.scrollTop]).toEqual([true, 1000]);
+    w.unmount();
   });
 });

@@ -1,19 +1,36 @@
 /**
  * Keep a scroll box pinned to the bottom while content grows, unless the person scrolled up.
- * Watches size changes with a ResizeObserver/MutationObserver released on unmount.
+ * Watches its content with a MutationObserver and its own size with a ResizeObserver, both
+ * released on unmount.
+ *
+ * Only a scroll the person makes unpins it. When the box itself shrinks (the composer grows
+ * with a long message) the gap below grows without anyone scrolling, and the scroll event that
+ * follows must not read as "scrolled up": a pinned box stays pinned through a resize.
  */
 import { onBeforeUnmount, onMounted, ref, type Ref } from "vue";
 
 export function useAutoScroll(box: Ref<HTMLElement | null>, slack = 48) {
   const pinned = ref(true);
   let observer: MutationObserver | null = null;
+  let resizes: ResizeObserver | null = null;
+  let height = 0;
 
   function atBottom(el: HTMLElement): boolean {
     return el.scrollHeight - el.scrollTop - el.clientHeight <= slack;
   }
 
   function onScroll(): void {
-    if (box.value) pinned.value = atBottom(box.value);
+    const el = box.value;
+    if (!el) return;
+    if (el.clientHeight !== height) return onResize(); // the box changed size: nobody scrolled
+    pinned.value = atBottom(el);
+  }
+
+  function onResize(): void {
+    const el = box.value;
+    if (!el) return;
+    height = el.clientHeight;
+    if (pinned.value) el.scrollTop = el.scrollHeight;
   }
 
   function scrollToBottom(): void {
@@ -25,7 +42,12 @@ export function useAutoScroll(box: Ref<HTMLElement | null>, slack = 48) {
   onMounted(() => {
     const el = box.value;
     if (!el) return;
+    height = el.clientHeight;
     el.addEventListener("scroll", onScroll, { passive: true });
+    if (typeof ResizeObserver !== "undefined") {
+      resizes = new ResizeObserver(onResize);
+      resizes.observe(el);
+    }
     if (typeof MutationObserver !== "undefined") {
       observer = new MutationObserver(() => {
         if (pinned.value) el.scrollTop = el.scrollHeight;
@@ -39,6 +61,8 @@ export function useAutoScroll(box: Ref<HTMLElement | null>, slack = 48) {
     box.value?.removeEventListener("scroll", onScroll);
     observer?.disconnect();
     observer = null;
+    resizes?.disconnect();
+    resizes = null;
   });
 
   return { pinned, scrollToBottom };
