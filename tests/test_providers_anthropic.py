@@ -177,7 +177,7 @@ async def test_fake_history_conversion(fake_llm: Any, http: Any, sleep: Recordin
                              ]),
         ChatMessage("assistant", [ToolCallPart(id="c2", name="fail", arguments={})]),
         ChatMessage("user", [ToolResultPart(tool_call_id="c2", name="fail", content="boom", is_error=True)]),
-    ])
+    ], tools=[WEATHER])
     await collect(provider(f"{fake_llm.url}/anthropic", http, sleep, loader=loader), request)
     body = fake_llm.last.body
     assert body["max_tokens"] == 1000 and body["system"] == "sys"

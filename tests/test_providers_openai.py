@@ -218,7 +218,7 @@ async def test_fake_history_with_tools_and_images(fake_llm: Any, http: Any, slee
                                   ToolCallPart(id="call_2", name="render", arguments={})]),
         ChatMessage("user", [ToolResultPart(tool_call_id="call_1", name="get_weather", content="sunny"),
                              ToolResultPart(tool_call_id="call_2", name="render", content="done", images=[render])]),
-    ])
+    ], tools=[WEATHER])
     await collect(provider(f"{fake_llm.url}/v1", http, sleep, loader=loader), request)
     body = fake_llm.last.body
     assert body["max_tokens"] == 300 and body["temperature"] == 0.2
@@ -264,7 +264,7 @@ async def test_fake_gemini_quirks_and_thought_signature_roundtrip(fake_llm: Any,
         ChatMessage("assistant", [ToolCallPart(id=first.id, name=first.name, arguments=first.arguments,
                                                provider_data=first.provider_data)]),
         ChatMessage("user", [ToolResultPart(tool_call_id=first.id, name=first.name, content="sunny")]),
-    ])
+    ], tools=[WEATHER])
     assert await collect(p, follow_up) == [TextDelta("Sunny."), UsageReport(11, 7), Finish("stop")]
     sent_call = fake_llm.last.body["messages"][1]["tool_calls"][0]
     assert sent_call["extra_content"] == signature

@@ -16,6 +16,7 @@
 - `HttpProvider` is the base of the three dialects: it opens the request, maps every transport
   failure and error body to `ProviderError` (with the provider's own message, redacted), feeds the
   body to the dialect's decoder, and re-runs a stream that failed before it produced any event.
+  A request without tools gets the history's earlier tool calls and results as text.
   Given an `on_text` sink (the agent gives one), it hooks the connection with an `InlineBody`
   (`inline.py`), so text is relayed inside the network read that brings it and the task wakes
   only for the other events; otherwise it awaits each network read.
@@ -46,7 +47,9 @@ from ..errors import ProviderError
 from ..protocol import ImagePart, ProviderProfile
 from ..secrets import Redactor
 from ..validation import read_at_most
-from .base import ChatMessage, ChatRequest, ImageLoader, Provider, StreamEvent, TextDelta, TextSink
+from .base import (
+    ChatMessage, ChatRequest, ImageLoader, Provider, StreamEvent, TextDelta, TextSink, tools_as_text,
+)
 from .inline import InlineBody
 
 log = logging.getLogger("opencode.providers")
@@ -479,6 +482,7 @@ class HttpProvider(Provider):
         self.read_timeout: float | None = (self._timeout or http.timeout).sock_read
         # Names this provider's encodings on the turns it sends (`ChatMessage.encoded`).
         self.wire_key = f"{self.kind}#{next(_WIRE_KEYS)}"
+        self.text_wire_key = f"{self.wire_key}/text"  # the same, for requests without tools
 
     # ------------------------------------------------------------------ dialect hooks
 
@@ -506,10 +510,11 @@ class HttpProvider(Provider):
     # ------------------------------------------------------------------ request body
 
     async def request_body(self, request: ChatRequest) -> dict[str, Any]:
-        """The JSON body of one streaming chat request."""
+        """The JSON body of one streaming chat request (without tools, tool turns go as text)."""
         body = self.request_fields(request)
         for message in request.messages:
-            body["messages"].extend(await self.wire_messages(message))
+            turn = message if request.tools else tools_as_text(message)
+            body["messages"].extend(await self.wire_messages(turn))
         return body
 
     async def request_bytes(self, request: ChatRequest) -> bytes:
@@ -521,11 +526,14 @@ class HttpProvider(Provider):
         """
         body = self.request_fields(request)
         messages = [json.dumps(m) for m in body.pop("messages")]
-        key = self.wire_key
+        # Without tools a turn's calls and results go as text (`tools_as_text`): its own encoding.
+        tools = bool(request.tools)
+        key = self.wire_key if tools else self.text_wire_key
         for turn in request.messages:
             encoded = turn.encoded.get(key)
             if encoded is None:
-                encoded = ",".join(json.dumps(m) for m in await self.wire_messages(turn))
+                wire = await self.wire_messages(turn if tools else tools_as_text(turn))
+                encoded = ",".join(json.dumps(m) for m in wire)
                 if not turn.has_images():
                     turn.encoded[key] = encoded
             if encoded:
