@@ -329,6 +329,37 @@ async def test_a_stall_before_the_response_head(aiohttp_server: Any, http: Any) 
     assert sleep.waits == [] and time.monotonic() - started < 2
 
 
+async def test_an_upstream_that_stops_reading_a_large_request_is_a_stall(fake_llm: Any) -> None:
+    """aiohttp's read timeout starts once the body is sent: a server that never takes in a large
+    body (16 MB, past what the sockets buffer) would hold the run forever. The upload has a
+    deadline of the read timeout plus its size at `min_upload_rate`; a server that reads is fine."""
+    async def never_read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.Event().wait()  # cancelled when the server closes
+
+    silent = await asyncio.start_server(never_read, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    big = ChatRequest(model="m", system="", messages=[ChatMessage("user", [TextPart(text="x" * 16_000_000)])])
+    session = create_session(sock_read=0.5)
+    try:
+        for base, expect_stall in ((f"http://127.0.0.1:{port}/v1", True), (f"{fake_llm.url}/v1", False)):
+            p = OpenAIProvider(ProviderProfile(name="p", kind="openai", base_url=base), None, session,
+                               retry=RetryPolicy(max_attempts=1))
+            p.min_upload_rate = 32_000_000  # a deadline of 0.5 + 0.5 s
+            started = time.monotonic()
+            if expect_stall:
+                with pytest.raises(ProviderError) as info:
+                    await asyncio.wait_for(collect(p, big), 10)
+                assert info.value.code == "provider_stalled" and "(16,000,118 bytes) was not taken in" in info.value.message
+                assert time.monotonic() - started < 5
+            else:
+                fake_llm.push(Reply(text="read it all"))
+                assert joined(await asyncio.wait_for(collect(p, big), 10))[0] == TextDelta("read it all")
+    finally:
+        await session.close()
+        silent.close()
+        await silent.wait_closed()
+
+
 async def test_a_stall_after_some_events_is_caught_by_the_watchdog(fake_llm: Any, http: Any) -> None:
     fake_llm.push(Stream([openai_chunk("a"), openai_chunk("b")], stall_after=2))
     profile = ProviderProfile(name="p", kind="openai", base_url=f"{fake_llm.url}/v1", extra={"read_timeout": 0.2})

@@ -5,7 +5,8 @@
   reply may stream for minutes) but a read timeout, so a stalled stream fails instead of hanging.
   aiohttp's own read timeout guards a request until the response head arrives; a streamed body is
   guarded by a `_Watchdog` instead, which costs one timer per timeout period rather than one per
-  network read.
+  network read. A request body too large for the socket buffers has a deadline of its own (the
+  read timeout plus its size at `MIN_UPLOAD_RATE`), so a server that stops reading it is a stall.
 - `RetryPolicy` decides whether and when to try again: on 408/409/429/5xx/529 and on connection
   errors before the first byte, honouring `retry-after-ms` then `retry-after`, with capped
   exponential backoff and jitter. A spending-limit error (OpenAI `insufficient_quota`, Anthropic
@@ -63,6 +64,11 @@ SPENDING_LIMIT_CODES: frozenset[str] = frozenset(
     {"insufficient_quota", "billing_error", "billing_hard_limit_reached", "insufficient_credits"}
 )
 MAX_ERROR_BODY = 64 * 1024
+# A request body larger than the transport's write buffer (64 KiB) waits for the server to take
+# it in, and aiohttp's read timeout starts only once it has: such an upload gets a deadline of
+# the read timeout plus its size at this rate (bytes a second; a slow uplink's, for images).
+UPLOAD_GUARD_BYTES = 64 * 1024
+MIN_UPLOAD_RATE = 64 * 1024
 MAX_LINE = 16 * 1024 * 1024
 # `json.loads` without its per-call argument checks (one stream payload per token).
 _decode_json_stdlib: Callable[[str], Any] = json.JSONDecoder().decode
@@ -483,6 +489,7 @@ class HttpProvider(Provider):
         # Names this provider's encodings on the turns it sends (`ChatMessage.encoded`).
         self.wire_key = f"{self.kind}#{next(_WIRE_KEYS)}"
         self.text_wire_key = f"{self.wire_key}/text"  # the same, for requests without tools
+        self.min_upload_rate: float = MIN_UPLOAD_RATE
 
     # ------------------------------------------------------------------ dialect hooks
 
@@ -653,8 +660,12 @@ class HttpProvider(Provider):
             kwargs["data"] = body
         if self._timeout is not None:
             kwargs["timeout"] = self._timeout
+        request = self.http.request(method, url, **kwargs)
         try:
-            response = await self.http.request(method, url, **kwargs)
+            if body is not None and len(body) > UPLOAD_GUARD_BYTES and self.read_timeout is not None:
+                response = await self._sent_in_time(request, len(body))
+            else:  # small: the transport takes it whole, so the read timeout covers what follows
+                response = await request
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise self._transport_error(exc, started=False) from None
         finished = False
@@ -669,6 +680,21 @@ class HttpProvider(Provider):
                 response.release()
             else:
                 response.close()
+
+    async def _sent_in_time(self, request: Awaitable[aiohttp.ClientResponse], size: int
+                            ) -> aiohttp.ClientResponse:
+        """`request`'s response, or a stall once its upload (and the wait for the head after it)
+        outlasts the read timeout plus `size` at `min_upload_rate`: a server that stops reading
+        the body would otherwise hold the run forever. One timer (on 3.11 a task too) per large
+        request; a small one (most) costs a length check."""
+        limit = (self.read_timeout or 0.0) + size / self.min_upload_rate
+        try:
+            return await asyncio.wait_for(request, limit)
+        except asyncio.TimeoutError as exc:
+            if isinstance(exc, aiohttp.ClientError):  # aiohttp's own timeouts keep their meaning
+                raise
+            raise self.error(f"stream stalled: the request ({size:,} bytes) was not taken in and answered "
+                             f"within {limit:.1f}s", code=CODE_STALLED) from None
 
     def loads(self, data: str) -> Any:
         """Parse one stream payload; corrupt data is a broken stream, never skipped silently."""

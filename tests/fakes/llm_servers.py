@@ -273,7 +273,7 @@ class FakeLLMServer:
         return self.requests[-1]
 
     async def start(self) -> "FakeLLMServer":
-        app = web.Application()
+        app = web.Application(client_max_size=64 * 1024 * 1024)  # real APIs take tens of MB (images)
         app.router.add_post("/v1/chat/completions", self._openai)
         app.router.add_get("/v1/models", self._openai_models)
         app.router.add_post("/anthropic/v1/messages", self._anthropic)
