@@ -4,7 +4,8 @@
 runs the tool calls it asks for (several at once, each through the permission gate; any failure
 of one is its error result, and none outlives the run), feeds the results back, and loops until a final answer or `max_turns`. It always ends with a final status:
 `completed`, `aborted` (task cancelled), `interrupted` (service shutting down) or `error` (with the
-provider's message). The streaming reply is checkpointed to the store every `checkpoint_interval`.
+provider's message); a reply cut at its token limit or stopped by the provider's filter says so
+at its end. The streaming reply is checkpointed to the store every `checkpoint_interval`.
 The `echo` engine streams the user's text back word by word, for demos and tests.
 Imports protocol, bus, store, tools, providers.base, permissions, ui_requests and errors.
 """
@@ -324,6 +325,9 @@ class AgentRun:
             if cap is not None and finish == "length":
                 raise BudgetExceeded(f"the reply was cut where this session's budget ran out "
                                      f"({self._budget_text()}); {RAISE_BUDGET}")
+            if finish == "refused" or (finish == "length" and not calls):
+                self._note_cut(finish, target)
+                return
             if not calls:
                 return
             call_parts = [self._start_call(call, by_name) for call in calls]
@@ -332,6 +336,18 @@ class AgentRun:
             history.append(ChatMessage("user", [_seen_by(r, resolved.caps.vision) for r in results]))
         self._append_text(f"\n\n_(stopped after {self.deps.max_turns} turns)_")
         log.warning("run %s reached max_turns=%d", self.run.id, self.deps.max_turns)
+
+    def _note_cut(self, finish: str, target: str) -> None:
+        """Say at the end of the reply that it did not end on its own: read as a whole answer, a
+        reply cut at its token limit (or stopped by the provider's filter) misleads."""
+        if finish == "length":
+            self._append_text("\n\n_(cut off: the reply reached its length limit)_")
+            log.warning("run %s: the reply from %s reached its length limit (a profile raises it with "
+                        "`extra.max_tokens` for Anthropic, `extra.options.num_predict` for Ollama)",
+                        self.run.id, target)
+        else:
+            self._append_text("\n\n_(stopped by the provider: it refused or filtered this reply)_")
+            log.warning("run %s: %s stopped the reply (a refusal or its content filter)", self.run.id, target)
 
     async def _history(self, context_tokens: int, vision: bool) -> list[ChatMessage]:
         """The turns to send: the session's in-memory window, then older messages (read once per

@@ -75,6 +75,10 @@ async def chat(client: Any) -> Callable[..., Any]:
     return make
 
 
+# Where each dialect lives on the `FakeLLMServer`.
+FAKE_PATHS = {"openai": "/v1", "anthropic": "/anthropic", "ollama": ""}
+
+
 async def ask(ws: WsClient, sid: str, text: str = "hello?") -> dict[str, Any]:
     sent = await ws.command("send", session_id=sid, text=text)
     final = await ws.until(run_final(sent["data"]["run_id"]), timeout=20)
@@ -230,6 +234,28 @@ async def test_many_sessions_fail_at_once_and_all_end(chat: Any, llmock: Any, cl
         await no_run_working(client, sid)
 
 
+# --------------------------------------------------------------------------- replies that did not end on their own
+
+
+@pytest.mark.parametrize("kind,finish,note", [
+    ("anthropic", "max_tokens", "_(cut off: the reply reached its length limit)_"),
+    ("anthropic", "refusal", "_(stopped by the provider: it refused or filtered this reply)_"),
+    ("openai", "length", "_(cut off: the reply reached its length limit)_"),
+    ("openai", "content_filter", "_(stopped by the provider: it refused or filtered this reply)_"),
+    ("ollama", "length", "_(cut off: the reply reached its length limit)_"),
+])
+async def test_a_reply_cut_short_says_so(chat: Any, fake_llm: Any, kind: str, finish: str, note: str) -> None:
+    """A reply stopped at its token limit, or by the provider's refusal or filter, is kept, but
+    ends with a note (and a warning in the session's log) rather than passing for a whole answer."""
+    ws, sid = await chat(kind, fake_llm.url + FAKE_PATHS[kind])
+    fake_llm.push(Reply(text="Step 1: open the", finish=finish))
+    out = await ask(ws, sid, "write a long guide")
+    assert out["run"]["status"] == "completed" and out["run"]["error"] is None
+    assert out["message"]["parts"] == [{"type": "text", "text": f"Step 1: open the\n\n{note}"}]
+    warned = [e["data"] for e in ws.of_type("log") if e["data"]["level"] == "warning"]
+    assert len(warned) == 1 and warned[0]["run_id"] == out["run"]["id"], warned
+
+
 # --------------------------------------------------------------------------- tools gone mid-session
 
 
@@ -240,7 +266,6 @@ async def lookup(ctx: ToolContext, query: str) -> str:
 
 
 LOOKUP = Skill(id="lookup-tools", name="Lookup", description="a tool", kind="tools", instructions="", tools=[lookup])
-FAKE_PATHS = {"openai": "/v1", "anthropic": "/anthropic", "ollama": ""}
 
 
 @pytest.mark.parametrize("how", ["skill deselected", "model without tools"])

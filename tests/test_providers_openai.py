@@ -323,6 +323,14 @@ async def test_fake_missing_done_is_an_error(fake_llm: Any, http: Any, sleep: Re
     assert len(fake_llm.requests) == 1  # a broken stream is not retried
 
 
+@pytest.mark.parametrize("reason,finish", [("length", "length"), ("content_filter", "refused")])
+async def test_fake_finish_reasons_that_cut_a_reply(fake_llm: Any, http: Any, sleep: RecordingSleep,
+                                                   reason: str, finish: str) -> None:
+    fake_llm.push(Reply(text="cut", finish=reason))
+    events = await collect(provider(f"{fake_llm.url}/v1", http, sleep), ask())
+    assert events[-1] == Finish(finish)  # type: ignore[arg-type]
+
+
 async def test_fake_in_stream_error_chunk(fake_llm: Any, http: Any, sleep: RecordingSleep) -> None:
     chunks = openai_chunks(Reply(text="partial answer"))
     error = sse({"error": {"message": "Upstream provider returned an error", "code": 502}})

@@ -110,9 +110,10 @@ class UsageReport:
 
 @dataclass(frozen=True)
 class Finish:
-    """The stream ended properly; `reason` is normalised to stop | tool_calls | length."""
+    """The stream ended properly; `reason` is normalised to stop | tool_calls | length (the reply hit
+    its token limit) | refused (the provider stopped it: Anthropic `refusal`, OpenAI `content_filter`)."""
 
-    reason: Literal["stop", "tool_calls", "length"]
+    reason: Literal["stop", "tool_calls", "length", "refused"]
     kind: Literal["finish"] = "finish"
 
 
