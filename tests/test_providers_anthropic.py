@@ -221,6 +221,16 @@ async def test_fake_overloaded_after_output_is_final(fake_llm: Any, http: Any, s
     assert err.code == "provider_overloaded" and not err.retryable and len(fake_llm.requests) == 1
 
 
+async def test_fake_a_200_that_is_not_a_stream_gives_the_providers_message(fake_llm: Any, http: Any,
+                                                                          sleep: RecordingSleep) -> None:
+    fake_llm.push(Fail(200, {"type": "error", "error": {"type": "invalid_request_error",
+                                                        "message": "max_tokens: 64000 > 32000, the maximum"}}))
+    err = await failure(provider(f"{fake_llm.url}/anthropic", http, sleep), ask())
+    assert err.message == ("claude: max_tokens: 64000 > 32000, the maximum (invalid_request_error) "
+                           "(HTTP 200, application/json)")
+    assert not err.retryable and len(fake_llm.requests) == 1
+
+
 @pytest.mark.parametrize("stop,finish", [("max_tokens", "length"), ("model_context_window_exceeded", "length"),
                                          ("refusal", "refused")])
 async def test_fake_stop_reasons_that_cut_a_reply(fake_llm: Any, http: Any, sleep: RecordingSleep,

@@ -331,6 +331,23 @@ async def test_fake_finish_reasons_that_cut_a_reply(fake_llm: Any, http: Any, sl
     assert events[-1] == Finish(finish)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("content_type,body,message", [
+    ("application/json", '{"error": {"message": "model gpt-x does not exist", "code": "model_not_found"}}',
+     "test: model gpt-x does not exist (model_not_found) (HTTP 200, application/json)"),
+    ("application/json", '{"id": "chatcmpl-1", "object": "chat.completion", "choices": []}',
+     "test: expected a stream (text/event-stream), got application/json: "
+     "'{\"id\": \"chatcmpl-1\", \"object\": \"chat.completion\", \"choices\": []}'"),
+    ("text/html", "<html><body>Sign in to the Wi-Fi</body></html>",
+     "test: expected a stream (text/event-stream), got text/html: '<html><body>Sign in to the Wi-Fi</body></html>'"),
+])
+async def test_fake_a_200_that_is_not_a_stream_says_what_came(fake_llm: Any, http: Any, sleep: RecordingSleep,
+                                                              content_type: str, body: str, message: str) -> None:
+    fake_llm.push(Stream([body.encode()], content_type=content_type))
+    err = await failure(provider(f"{fake_llm.url}/v1", http, sleep), ask())
+    assert err.message == message and not err.retryable and err.http_status == 200
+    assert len(fake_llm.requests) == 1
+
+
 async def test_fake_in_stream_error_chunk(fake_llm: Any, http: Any, sleep: RecordingSleep) -> None:
     chunks = openai_chunks(Reply(text="partial answer"))
     error = sse({"error": {"message": "Upstream provider returned an error", "code": 502}})

@@ -15,8 +15,9 @@
   and incrementally: a dialect's `StreamDecoder` is fed each network read and turns it into
   events without any I/O of its own.
 - `HttpProvider` is the base of the three dialects: it opens the request, maps every transport
-  failure and error body to `ProviderError` (with the provider's own message, redacted), feeds the
-  body to the dialect's decoder, and re-runs a stream that failed before it produced any event.
+  failure and error body (a 200 that is not the dialect's stream too) to `ProviderError` (with
+  the provider's own message, redacted), feeds the body to the dialect's decoder, and re-runs a
+  stream that failed before it produced any event.
   A request without tools gets the history's earlier tool calls and results as text.
   Given an `on_text` sink (the agent gives one), it hooks the connection with an `InlineBody`
   (`inline.py`), so text is relayed inside the network read that brings it and the task wakes
@@ -466,6 +467,10 @@ class HttpProvider(Provider):
     until one finishes or a failure is final.
     """
 
+    # The Content-Type of a streamed reply; a 200 of another type is an error (`_not_a_stream`).
+    # None: the decoder reads whatever comes (NDJSON, whose lines carry errors too).
+    stream_type: str | None = "text/event-stream"
+
     def __init__(
         self,
         profile: ProviderProfile,
@@ -557,6 +562,9 @@ class HttpProvider(Provider):
             emitted = False
             try:
                 async with self.open("POST", self.url(), body) as response:
+                    if self.stream_type is not None and response.content_type != self.stream_type and (
+                            "Content-Type" in response.headers):  # none: read it as the stream it should be
+                        raise await self._not_a_stream(response)
                     _stop_sock_read(response)
                     decoder = self.decoder()
                     watchdog = _Watchdog(response, self.read_timeout)
@@ -749,12 +757,22 @@ class HttpProvider(Provider):
         # Dropped before any byte of the response arrived: safe to send again.
         return self.error(f"connection failed: {type(exc).__name__}: {exc}", retryable=True, code=CODE_UNREACHABLE)
 
+    async def _not_a_stream(self, response: aiohttp.ClientResponse) -> ProviderError:
+        """A 200 whose body is not the stream asked for: an error as JSON (some servers answer a
+        bad model name so), a completion not streamed, a proxy's page. The provider's message
+        when it gave one, else the start of what it sent; never retried."""
+        text = await _error_text(response)
+        message, code = error_details(text)
+        if not message:
+            return self.error(f"expected a stream ({self.stream_type}), got {response.content_type}: "
+                              f"{text.strip()[:300]!r}", http_status=response.status, code=CODE_BROKEN_STREAM)
+        suffix = f" ({code})" if code and code not in message else ""
+        return self.error(f"{message}{suffix} (HTTP {response.status}, {response.content_type})",
+                          http_status=response.status,
+                          code=CODE_QUOTA if code in SPENDING_LIMIT_CODES else CODE_ERROR)
+
     async def _http_error(self, response: aiohttp.ClientResponse) -> ProviderError:
-        try:
-            raw = await read_at_most(response.content, MAX_ERROR_BODY)
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            raw = b""
-        text = raw.decode("utf-8", errors="replace")
+        text = await _error_text(response)
         status = response.status
         message, code = error_details(text)
         if not message:
@@ -795,6 +813,15 @@ class HttpProvider(Provider):
             log.warning("%s: image %s unavailable: %s", self.name, part.filename, exc)
             return None
         return base64.b64encode(data).decode("ascii"), mime or part.mime_type
+
+
+async def _error_text(response: aiohttp.ClientResponse) -> str:
+    """The start of an error body (`MAX_ERROR_BODY` bytes at most), "" if it cannot be read."""
+    try:
+        raw = await read_at_most(response.content, MAX_ERROR_BODY)
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        raw = b""
+    return raw.decode("utf-8", errors="replace")
 
 
 def _stop_sock_read(response: aiohttp.ClientResponse) -> None:
