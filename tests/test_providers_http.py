@@ -29,7 +29,7 @@ from opencode_agent.core.providers.registry import build_provider, provider_for
 from opencode_agent.core.providers.profiles import ProviderProfiles
 from opencode_agent.core.secrets import SecretStore
 from opencode_agent.tests.fakes.llm_servers import (  # noqa: F401  (fixture)
-    Fail, RecordingSleep, Reply, Stream, anthropic_error_event, closed_port, joined, fake_llm, http, sse,
+    Fail, RecordingSleep, Reply, Stream, anthropic_error_event, closed_port, joined, fake_llm, http, read_stream, sse,
 )
 
 REQUEST = ChatRequest(model="m", system="", messages=[ChatMessage("user", [TextPart(text="hi")])])
@@ -217,6 +217,32 @@ def test_line_parser_lines_endings_utf8_and_the_last_line() -> None:
     for cut in range(len(body) + 1):
         assert feed_all(LineParser(), [body[:cut], body[cut:]]) == expected, cut
     assert feed_all(LineParser(), [body[i:i + 1] for i in range(len(body))]) == expected
+
+
+def test_line_parser_takes_a_lone_cr_as_a_line_end_however_the_body_is_cut() -> None:
+    """SSE allows `\r`, `\n` and `\r\n`; a `\r` ending a read ends its line at once, and a `\n`
+    opening the next read is the rest of that `\r\n`, not an empty line."""
+    body = 'data: {"a": "\u00e9"}\r\rdata: b\r\n\r\ndata: c\n\ndata: d\r\r\n{"e": "\u2713"}'.encode()
+    expected = ['data: {"a": "\u00e9"}', "", "data: b", "", "data: c", "", "data: d", "", '{"e": "\u2713"}']
+    assert feed_all(LineParser(), [body]) == expected
+    assert feed_all(LineParser(), [body[i:i + 1] for i in range(len(body))]) == expected
+    for cut in range(len(body) + 1):
+        for cut2 in range(cut, len(body) + 1, 3):
+            assert feed_all(LineParser(), [body[:cut], body[cut:cut2], body[cut2:]]) == expected, (cut, cut2)
+    parser = LineParser()
+    assert parser.feed(b"data: x\r") == ["data: x"]  # not held back for the next read
+    assert parser.feed(b"\n") == [] and parser.feed(b"\n") == [""]
+
+
+@pytest.mark.parametrize("mode", ["task", "inline"])
+async def test_sse_with_lone_cr_line_endings(fake_llm: Any, http: Any, mode: str) -> None:
+    fake_llm.push(Stream([
+        b'data:{"choices":[{"index":0,"delta":{"content":"Q"},"finish_reason":null}]}\r\r',
+        b'event: x\rdata: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\r',
+        b"\r", b"data: [DONE]\r\r",
+    ]))
+    p = OpenAIProvider(ProviderProfile(name="p", kind="openai", base_url=f"{fake_llm.url}/v1"), None, http)
+    assert joined(await read_stream(p, REQUEST, mode)) == [TextDelta("Q"), Finish("stop")]
 
 
 def test_line_parser_limit_counts_the_unfinished_line_only() -> None:
