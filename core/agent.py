@@ -1,10 +1,11 @@
 """One role's reply to one user message, as a plain loop: stream, run tools, stream again.
 
 `AgentRun.execute` publishes the assistant message, streams the model's text into the bus,
-runs the tool calls it asks for (several at once, each through the permission gate), feeds the
-results back, and loops until a final answer or `max_turns`. It always ends with a final status:
+runs the tool calls it asks for (several at once, each through the permission gate; any failure
+of one is its error result, and none outlives the run), feeds the results back, and loops until a final answer or `max_turns`. It always ends with a final status:
 `completed`, `aborted` (task cancelled), `interrupted` (service shutting down) or `error` (with the
-provider's message). The streaming reply is checkpointed to the store every `checkpoint_interval`.
+provider's message); a reply cut at its token limit or stopped by the provider's filter says so
+at its end. The streaming reply is checkpointed to the store every `checkpoint_interval`.
 The `echo` engine streams the user's text back word by word, for demos and tests.
 Imports protocol, bus, store, tools, providers.base, permissions, ui_requests and errors.
 """
@@ -17,7 +18,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Protocol, Sequence, TypeVar
 
 from .bus import Bus, current_run, current_session, debug_line, encode_str
 from .errors import BudgetExceeded, OpencodeError
@@ -324,14 +325,29 @@ class AgentRun:
             if cap is not None and finish == "length":
                 raise BudgetExceeded(f"the reply was cut where this session's budget ran out "
                                      f"({self._budget_text()}); {RAISE_BUDGET}")
+            if finish == "refused" or (finish == "length" and not calls):
+                self._note_cut(finish, target)
+                return
             if not calls:
                 return
             call_parts = [self._start_call(call, by_name) for call in calls]
-            results = await asyncio.gather(*(self._run_call(p, by_name) for p in call_parts))
+            results = await gather_all(self._run_call(p, by_name) for p in call_parts)
             history.append(ChatMessage("assistant", [*turn_parts, *call_parts]))
             history.append(ChatMessage("user", [_seen_by(r, resolved.caps.vision) for r in results]))
         self._append_text(f"\n\n_(stopped after {self.deps.max_turns} turns)_")
         log.warning("run %s reached max_turns=%d", self.run.id, self.deps.max_turns)
+
+    def _note_cut(self, finish: str, target: str) -> None:
+        """Say at the end of the reply that it did not end on its own: read as a whole answer, a
+        reply cut at its token limit (or stopped by the provider's filter) misleads."""
+        if finish == "length":
+            self._append_text("\n\n_(cut off: the reply reached its length limit)_")
+            log.warning("run %s: the reply from %s reached its length limit (a profile raises it with "
+                        "`extra.max_tokens` for Anthropic, `extra.options.num_predict` for Ollama)",
+                        self.run.id, target)
+        else:
+            self._append_text("\n\n_(stopped by the provider: it refused or filtered this reply)_")
+            log.warning("run %s: %s stopped the reply (a refusal or its content filter)", self.run.id, target)
 
     async def _history(self, context_tokens: int, vision: bool) -> list[ChatMessage]:
         """The turns to send: the session's in-memory window, then older messages (read once per
@@ -472,25 +488,14 @@ class AgentRun:
 
     async def _run_call(self, part: ToolCallPart, by_name: dict[str, tuple[str, Tool]]) -> ToolResultPart:
         t0 = time.monotonic()
-        entry = by_name.get(part.name)
-        invalid = (part.provider_data or {}).get("invalid_arguments")
-        if invalid is not None:
-            output = ToolOutput(f"your arguments for {part.name} were not valid JSON ({str(invalid)[:200]!r}); "
-                                "call the tool again with a JSON object", is_error=True)
+        try:
+            output = await self._call_output(part, by_name)
+        except Exception as exc:  # noqa: BLE001 - e.g. the gate's audit write failed: the model is told
+            log.error("tool %s could not be run: %s", part.name, type(exc).__name__, exc_info=True)
+            # Only the exception's type: its text may hold a secret (the log is redacted, this is not).
+            output = ToolOutput(f"{part.name} could not be run: an internal error ({type(exc).__name__}; "
+                                "the server log has the details)", is_error=True)
             part.status = "error"
-        elif entry is None:
-            output = ToolOutput(f"unknown tool {part.name!r}; available: {', '.join(sorted(by_name))}", is_error=True)
-            part.status = "error"
-        else:
-            skill, tool = entry
-            allowed, reason = await self.deps.gate.check(self.input.session, self.run.id, skill, tool, part.arguments)
-            if not allowed:
-                output = ToolOutput(f"not run: {reason}", is_error=True)
-                part.status = "denied"
-            else:
-                log.info("tool %s(%s)", tool.name, _short(part.arguments))
-                output = await tool.call(_ToolContext(self, skill), part.arguments)
-                part.status = "error" if output.is_error else "completed"
         part.duration_ms = round((time.monotonic() - t0) * 1000, 1)
         log.info("tool %s %s in %.0f ms", part.name, part.status, part.duration_ms)
         result = ToolResultPart(tool_call_id=part.id, name=part.name, content=output.content,
@@ -500,6 +505,47 @@ class AgentRun:
             message_id=self.message.id, run_id=self.run.id, call=part, result=result))
         self._maybe_checkpoint()
         return result
+
+    async def _call_output(self, part: ToolCallPart, by_name: dict[str, tuple[str, Tool]]) -> ToolOutput:
+        """Check and run one call; sets its status. A tool's own failure is an error output."""
+        entry = by_name.get(part.name)
+        invalid = (part.provider_data or {}).get("invalid_arguments")
+        if invalid is not None:
+            part.status = "error"
+            return ToolOutput(f"your arguments for {part.name} were not valid JSON ({str(invalid)[:200]!r}); "
+                              "call the tool again with a JSON object", is_error=True)
+        if entry is None:
+            part.status = "error"
+            return ToolOutput(f"unknown tool {part.name!r}; available: {', '.join(sorted(by_name))}", is_error=True)
+        skill, tool = entry
+        allowed, reason = await self.deps.gate.check(self.input.session, self.run.id, skill, tool, part.arguments)
+        if not allowed:
+            part.status = "denied"
+            return ToolOutput(f"not run: {reason}", is_error=True)
+        log.info("tool %s(%s)", tool.name, _short(part.arguments))
+        output = await tool.call(_ToolContext(self, skill), part.arguments)
+        part.status = "error" if output.is_error else "completed"
+        return output
+
+
+T = TypeVar("T")
+
+
+async def gather_all(aws: Iterable[Awaitable[T]]) -> list[T]:
+    """Run `aws` at once and return their results in order; if one fails (or this task is
+    cancelled), cancel the others and wait for them before raising.
+
+    Why not `asyncio.gather`: when one fails it raises at once and leaves the others running, so
+    a tool call could go on (and act) after its run ended. `TaskGroup` does this on 3.11+ only.
+    """
+    tasks = [asyncio.ensure_future(aw) for aw in aws]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 class _LineAfterRequest:

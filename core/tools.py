@@ -90,6 +90,11 @@ class Tool:
             result = await self.func(ctx, **{k: getattr(args, k) for k in type(args).model_fields})
         except ToolError as exc:
             return ToolOutput(str(exc), is_error=True)
+        except Exception as exc:  # noqa: BLE001 - a tool's bug is an error the model reads, not the run's end
+            log.error("tool %s raised %s", self.name, type(exc).__name__, exc_info=True)
+            # Only the exception's type: its text may hold a URL with a token, a path, a key.
+            return ToolOutput(f"{self.name} failed with an unexpected {type(exc).__name__} "
+                              "(the server log has the details)", is_error=True)
         return as_output(result)
 
 

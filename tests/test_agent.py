@@ -86,8 +86,30 @@ async def blob(ctx: ToolContext, n: int) -> str:
     return f"blob {n} " + "x" * 40_000
 
 
+SECRET = "sk-tool-secret-0123456789"
+sibling_started: asyncio.Event | None = None
+release_sibling: asyncio.Event | None = None
+
+
+@tool(permission="read")
+async def crash(ctx: ToolContext, x: str) -> str:
+    """Fail with an unexpected exception (not a ToolError) whose text holds a secret."""
+    assert sibling_started is not None
+    await asyncio.wait_for(sibling_started.wait(), 5)  # the other call is running
+    raise RuntimeError(f"could not reach http://user:{SECRET}@example.invalid/")
+
+
+@tool(permission="read")
+async def sibling(ctx: ToolContext, x: str) -> str:
+    """Run until the test releases it."""
+    assert sibling_started is not None and release_sibling is not None
+    sibling_started.set()
+    await asyncio.wait_for(release_sibling.wait(), 5)
+    return f"sibling {x} done"
+
+
 SLOW_TOOLS = Skill(id="slowtools", name="Slow tools", description="tools for tests", kind="tools",
-                   instructions="", tools=[render, wait_forever, blob])
+                   instructions="", tools=[render, wait_forever, blob, crash, sibling])
 TOOLS = Skill(id="testtools", name="Test tools", description="tools for tests", kind="tools",
               instructions="Use the tools.", tools=[lookup, meet, paint])
 
@@ -215,6 +237,83 @@ async def test_parallel_tool_calls_run_at_once(env):
     assert final["data"]["run"]["status"] == "completed"
     results = sorted(e["data"]["result"]["content"] for e in ws.of_type("tool.finished"))
     assert results == ["met x", "met y"]
+
+
+async def test_a_tool_that_raises_is_an_error_the_model_reads_and_its_sibling_finishes(env, caplog):
+    """An unexpected exception in one of two parallel calls is that call's error result (its type
+    only: its text may hold a secret; the traceback goes to the server log); the run goes on, and
+    the other call finishes before the run does."""
+    global sibling_started, release_sibling
+    sibling_started, release_sibling = asyncio.Event(), asyncio.Event()
+    provider, session, ws_for = env
+    provider.turns.extend([tool_turn(("a", "crash", {"x": "1"}), ("b", "sibling", {"x": "2"})), text_turn("ok")])
+    sid = await session("alpha", "slowtools")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="go")
+    run_id = sent["data"]["run_id"]
+    first = await ws.until(lambda e: e["type"] == "tool.finished" or run_final(run_id)(e))
+    assert first["type"] == "tool.finished", first["data"]  # not the run's end
+    crashed = first["data"]
+    assert crashed["call"]["name"] == "crash" and crashed["call"]["status"] == "error"
+    assert crashed["result"]["is_error"] and "unexpected RuntimeError" in crashed["result"]["content"]
+    assert SECRET not in crashed["result"]["content"]
+    release_sibling.set()
+    final = await ws.until(run_final(run_id))
+    assert final["data"]["run"]["status"] == "completed"
+    order = [(e["type"], e["data"].get("call", {}).get("name")) for e in ws.events
+             if e["type"] in ("tool.finished", "message.completed")]
+    assert order == [("tool.finished", "crash"), ("tool.finished", "sibling"), ("message.completed", None)]
+    results = provider.requests[1].messages[-1].parts
+    assert [(r.name, r.is_error) for r in results] == [("crash", True), ("sibling", False)]
+    logged = [r for r in caplog.records if r.getMessage() == "tool crash raised RuntimeError"]
+    assert logged and "Traceback" in (logged[0].exc_text or "")
+
+
+async def test_a_failing_permission_check_is_an_error_result_not_the_runs_end(env, service, monkeypatch):
+    """The gate's audit write fails (a full disk): the call is not run and the model is told."""
+    from opencode_agent.core.errors import StoreUnavailable
+
+    async def refuse(entry: Any) -> None:
+        raise StoreUnavailable("disk full")
+
+    monkeypatch.setattr(service.store, "add_audit", refuse)
+    service.gate.global_rules["paint"] = "deny"  # a denial is audited
+    provider, session, ws_for = env
+    provider.turns.extend([tool_turn(("p1", "paint", {"color": "red"})), text_turn("could not paint")])
+    sid = await session("alpha", "testtools")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="paint it red")
+    final = await ws.until(run_final(sent["data"]["run_id"]))
+    assert final["data"]["run"]["status"] == "completed", final["data"]["run"]["error"]
+    finished = ws.of_type("tool.finished")[0]["data"]
+    assert finished["call"]["status"] == "error" and finished["result"]["is_error"]
+    assert finished["result"]["content"].startswith("paint could not be run: an internal error (StoreUnavailable")
+    assert provider.requests[1].messages[-1].parts[0].is_error
+
+
+async def test_gather_all_cancels_and_awaits_the_other_calls_when_one_fails() -> None:
+    """Whatever still escapes a call ends its siblings before the run ends (TaskGroup-like)."""
+    from opencode_agent.core.agent import gather_all
+
+    started, log_ = asyncio.Event(), []
+
+    async def fails() -> None:
+        await started.wait()
+        raise ValueError("bug")
+
+    async def slow() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await asyncio.sleep(0)  # cleanup that takes a loop turn
+            log_.append("cancelled and cleaned up")
+            raise
+
+    with pytest.raises(ValueError):
+        await asyncio.wait_for(gather_all([fails(), slow()]), 5)
+    assert log_ == ["cancelled and cleaned up"]
+    assert await gather_all(asyncio.sleep(0, n) for n in (1, 2)) == [1, 2]
 
 
 @pytest.mark.parametrize("decision,remember", [("allow", False), ("deny", False), ("allow", True)])

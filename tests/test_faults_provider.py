@@ -10,12 +10,15 @@ ever left `working`; and the event loop keeps serving other sockets and sessions
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any, AsyncIterator, Callable
 
 import pytest
 
-from opencode_agent.tests.fakes.llm_servers import closed_port
+from opencode_agent.core.skills import Skill
+from opencode_agent.core.tools import ToolContext, tool
+from opencode_agent.tests.fakes.llm_servers import FakeToolCall, Reply, closed_port, fake_llm  # noqa: F401  (fixture)
 from wsclient import WsClient, run_final
 
 KEY = "sk-fault-0123456789abcdefghijKEY"
@@ -55,14 +58,14 @@ async def chat(client: Any) -> Callable[..., Any]:
     """`await chat(kind, base_url, extra=...)` → (ws, session id) for a session on a fresh profile."""
     counter = iter(range(1000))
 
-    async def make(kind: str, base_url: str, **extra: Any) -> tuple[WsClient, str]:
+    async def make(kind: str, base_url: str, *, skills: tuple[str, ...] = (), **extra: Any) -> tuple[WsClient, str]:
         name = f"p{next(counter)}"
         body = {"name": name, "kind": kind, "base_url": base_url, "default_model": "model-x",
                 "extra": {"max_attempts": 3, "read_timeout": READ_TIMEOUT, **extra}}
         r = await client.post("/opencode/providers", json=body)
         assert r.status == 201, await r.text()
         assert (await client.put(f"/opencode/providers/{name}/key", json={"key": KEY})).status == 200
-        r = await client.post("/opencode/sessions", json={"provider": name})
+        r = await client.post("/opencode/sessions", json={"provider": name, "skills": list(skills)})
         assert r.status == 201, await r.text()
         sid = (await r.json())["id"]
         ws = WsClient(await client.ws_connect("/opencode/ws"))
@@ -70,6 +73,10 @@ async def chat(client: Any) -> Callable[..., Any]:
         return ws, sid
 
     return make
+
+
+# Where each dialect lives on the `FakeLLMServer`.
+FAKE_PATHS = {"openai": "/v1", "anthropic": "/anthropic", "ollama": ""}
 
 
 async def ask(ws: WsClient, sid: str, text: str = "hello?") -> dict[str, Any]:
@@ -225,3 +232,66 @@ async def test_many_sessions_fail_at_once_and_all_end(chat: Any, llmock: Any, cl
     assert {f["data"]["run"]["status"] for f in finals} == {"error"}
     for _, sid in pairs:
         await no_run_working(client, sid)
+
+
+# --------------------------------------------------------------------------- replies that did not end on their own
+
+
+@pytest.mark.parametrize("kind,finish,note", [
+    ("anthropic", "max_tokens", "_(cut off: the reply reached its length limit)_"),
+    ("anthropic", "refusal", "_(stopped by the provider: it refused or filtered this reply)_"),
+    ("openai", "length", "_(cut off: the reply reached its length limit)_"),
+    ("openai", "content_filter", "_(stopped by the provider: it refused or filtered this reply)_"),
+    ("ollama", "length", "_(cut off: the reply reached its length limit)_"),
+])
+async def test_a_reply_cut_short_says_so(chat: Any, fake_llm: Any, kind: str, finish: str, note: str) -> None:
+    """A reply stopped at its token limit, or by the provider's refusal or filter, is kept, but
+    ends with a note (and a warning in the session's log) rather than passing for a whole answer."""
+    ws, sid = await chat(kind, fake_llm.url + FAKE_PATHS[kind])
+    fake_llm.push(Reply(text="Step 1: open the", finish=finish))
+    out = await ask(ws, sid, "write a long guide")
+    assert out["run"]["status"] == "completed" and out["run"]["error"] is None
+    assert out["message"]["parts"] == [{"type": "text", "text": f"Step 1: open the\n\n{note}"}]
+    warned = [e["data"] for e in ws.of_type("log") if e["data"]["level"] == "warning"]
+    assert len(warned) == 1 and warned[0]["run_id"] == out["run"]["id"], warned
+
+
+# --------------------------------------------------------------------------- tools gone mid-session
+
+
+@tool(permission="read")
+async def lookup(ctx: ToolContext, query: str) -> str:
+    """Look something up."""
+    return f"found {query}"
+
+
+LOOKUP = Skill(id="lookup-tools", name="Lookup", description="a tool", kind="tools", instructions="", tools=[lookup])
+
+
+@pytest.mark.parametrize("how", ["skill deselected", "model without tools"])
+@pytest.mark.parametrize("kind", sorted(FAKE_PATHS))
+async def test_a_session_that_used_tools_goes_on_without_them(chat: Any, fake_llm: Any, client: Any, service: Any,
+                                                              kind: str, how: str) -> None:
+    """Once its tools are gone, a session's earlier calls and results reach the model as text: a
+    request without tools that holds tool blocks is a 400 at Anthropic (the fake refuses it the
+    same way), and some OpenAI-compatible servers refuse tool messages too."""
+    service.skills.register(LOOKUP, replace=True)
+    ws, sid = await chat(kind, fake_llm.url + FAKE_PATHS[kind], skills=("lookup-tools",))
+    fake_llm.push(Reply(tool_calls=[FakeToolCall("lookup", {"query": "ksampler"}, id="toolu_1")]),
+                  Reply(text="It samples."), Reply(text="Still here."))
+    assert (await ask(ws, sid, "what is ksampler?"))["run"]["status"] == "completed"
+    assert fake_llm.requests[-1].body.get("tools")
+    if how == "skill deselected":
+        r = await client.patch(f"/opencode/sessions/{sid}", json={"skills": []})
+    else:
+        name = (await (await client.get(f"/opencode/sessions/{sid}")).json())["provider"]
+        r = await client.patch(f"/opencode/providers/{name}", json={"models": {"model-x": {"tools": False}}})
+    assert r.status == 200, await r.text()
+    out = await ask(ws, sid, "and now?")
+    assert out["run"]["status"] == "completed", out["run"]["error"]
+    body = fake_llm.requests[-1].body
+    assert "tools" not in body
+    sent = json.dumps(body["messages"])
+    for marker in ('"tool_use"', '"tool_result"', '"tool_calls"', '"role": "tool"', '"tool_call_id"'):
+        assert marker not in sent, marker
+    assert '[called lookup({\\"query\\": \\"ksampler\\"})]' in sent and "[lookup returned: found ksampler]" in sent

@@ -63,8 +63,9 @@ async def test_profile_crud_and_write_only_key(client: Any, fake_llm: FakeLLMSer
 
 async def test_openai_stream_with_tool_call_through_the_service(client: Any, fake_llm: FakeLLMServer) -> None:
     await add_provider(client, fake_llm, "fake", "gpt-a", key=KEY)
+    # A role with reference files: the model is offered `read_skill_reference`.
     sid = (await j(await client.post("/opencode/sessions", json={
-        "skills": ["assistant"], "provider": "fake", "model": "gpt-a"}), 201))["id"]
+        "skills": ["prompt-engineer"], "provider": "fake", "model": "gpt-a"}), 201))["id"]
     fake_llm.push(
         Reply(tool_calls=[FakeToolCall("read_skill_reference", {"skill": "prompt-engineer", "path": "nope.md"}, id="c1")]),
         Reply(text="Here is your answer.", input_tokens=120, output_tokens=30),
@@ -77,6 +78,7 @@ async def test_openai_stream_with_tool_call_through_the_service(client: Any, fak
     assert len(fake_llm.requests) == 2
     second = fake_llm.requests[1].body
     assert second["messages"][0]["role"] == "system"
+    assert [t["function"]["name"] for t in second["tools"]] == ["read_skill_reference"]
     assert any(m["role"] == "tool" and m["tool_call_id"] == "c1" for m in second["messages"])
     usage = (await ws.until(lambda e: e["type"] == "usage.updated"))["data"]["usage"]
     assert usage["input_tokens"] >= 120

@@ -177,7 +177,7 @@ async def test_fake_history_conversion(fake_llm: Any, http: Any, sleep: Recordin
                              ]),
         ChatMessage("assistant", [ToolCallPart(id="c2", name="fail", arguments={})]),
         ChatMessage("user", [ToolResultPart(tool_call_id="c2", name="fail", content="boom", is_error=True)]),
-    ])
+    ], tools=[WEATHER])
     await collect(provider(f"{fake_llm.url}/anthropic", http, sleep, loader=loader), request)
     body = fake_llm.last.body
     assert body["max_tokens"] == 1000 and body["system"] == "sys"
@@ -221,10 +221,45 @@ async def test_fake_overloaded_after_output_is_final(fake_llm: Any, http: Any, s
     assert err.code == "provider_overloaded" and not err.retryable and len(fake_llm.requests) == 1
 
 
-async def test_fake_max_tokens_stop_reason(fake_llm: Any, http: Any, sleep: RecordingSleep) -> None:
-    fake_llm.push(Reply(text="cut", finish="max_tokens"))
+async def test_fake_a_200_that_is_not_a_stream_gives_the_providers_message(fake_llm: Any, http: Any,
+                                                                          sleep: RecordingSleep) -> None:
+    fake_llm.push(Fail(200, {"type": "error", "error": {"type": "invalid_request_error",
+                                                        "message": "max_tokens: 64000 > 32000, the maximum"}}))
+    err = await failure(provider(f"{fake_llm.url}/anthropic", http, sleep), ask())
+    assert err.message == ("claude: max_tokens: 64000 > 32000, the maximum (invalid_request_error) "
+                           "(HTTP 200, application/json)")
+    assert not err.retryable and len(fake_llm.requests) == 1
+
+
+@pytest.mark.parametrize("stop,finish", [("max_tokens", "length"), ("model_context_window_exceeded", "length"),
+                                         ("refusal", "refused")])
+async def test_fake_stop_reasons_that_cut_a_reply(fake_llm: Any, http: Any, sleep: RecordingSleep,
+                                                 stop: str, finish: str) -> None:
+    fake_llm.push(Reply(text="cut", finish=stop))
     events = await collect(provider(f"{fake_llm.url}/anthropic", http, sleep), ask())
-    assert events[-1] == Finish("length")
+    assert events[-1] == Finish(finish)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("model,extra,cap,sent", [
+    ("claude-sonnet-4-5-20250929", {}, None, 32_000),
+    ("claude-opus-4-1", {}, None, 32_000),
+    ("claude-3-7-sonnet-latest", {}, None, 32_000),
+    ("claude-3-5-haiku-latest", {}, None, 8192),
+    ("claude-3-opus-20240229", {}, None, 4096),
+    ("glm-4.6", {}, None, 4096),  # an Anthropic-compatible server's model
+    ("claude-sonnet-4-5", {"max_tokens": 2000}, None, 2000),  # the profile's own
+    ("claude-sonnet-4-5", {"max_tokens": 2000}, 150, 150),  # what is left of a budget
+    ("claude-3-opus-20240229", {}, 3000, 3000),
+])
+async def test_fake_max_tokens_from_the_profile_the_model_and_the_budget(
+        fake_llm: Any, http: Any, sleep: RecordingSleep, model: str, extra: dict[str, Any], cap: int | None,
+        sent: int) -> None:
+    fake_llm.push(Reply(text="ok"))
+    profile = ProviderProfile(name="claude", kind="anthropic", base_url=f"{fake_llm.url}/anthropic", extra=extra)
+    p = AnthropicProvider(profile, KEY, http, retry=RetryPolicy(max_attempts=1, sleep=sleep))
+    request = ChatRequest(model=model, system="", messages=ask().messages, max_tokens=cap)
+    await collect(p, request)
+    assert fake_llm.last.body["max_tokens"] == sent
 
 
 async def test_fake_error_body_never_leaks_the_key(fake_llm: Any, http: Any, sleep: RecordingSleep, caplog: Any) -> None:

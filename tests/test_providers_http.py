@@ -29,7 +29,7 @@ from opencode_agent.core.providers.registry import build_provider, provider_for
 from opencode_agent.core.providers.profiles import ProviderProfiles
 from opencode_agent.core.secrets import SecretStore
 from opencode_agent.tests.fakes.llm_servers import (  # noqa: F401  (fixture)
-    Fail, RecordingSleep, Reply, Stream, anthropic_error_event, closed_port, joined, fake_llm, http, sse,
+    Fail, RecordingSleep, Reply, Stream, anthropic_error_event, closed_port, joined, fake_llm, http, read_stream, sse,
 )
 
 REQUEST = ChatRequest(model="m", system="", messages=[ChatMessage("user", [TextPart(text="hi")])])
@@ -219,6 +219,32 @@ def test_line_parser_lines_endings_utf8_and_the_last_line() -> None:
     assert feed_all(LineParser(), [body[i:i + 1] for i in range(len(body))]) == expected
 
 
+def test_line_parser_takes_a_lone_cr_as_a_line_end_however_the_body_is_cut() -> None:
+    """SSE allows `\r`, `\n` and `\r\n`; a `\r` ending a read ends its line at once, and a `\n`
+    opening the next read is the rest of that `\r\n`, not an empty line."""
+    body = 'data: {"a": "\u00e9"}\r\rdata: b\r\n\r\ndata: c\n\ndata: d\r\r\n{"e": "\u2713"}'.encode()
+    expected = ['data: {"a": "\u00e9"}', "", "data: b", "", "data: c", "", "data: d", "", '{"e": "\u2713"}']
+    assert feed_all(LineParser(), [body]) == expected
+    assert feed_all(LineParser(), [body[i:i + 1] for i in range(len(body))]) == expected
+    for cut in range(len(body) + 1):
+        for cut2 in range(cut, len(body) + 1, 3):
+            assert feed_all(LineParser(), [body[:cut], body[cut:cut2], body[cut2:]]) == expected, (cut, cut2)
+    parser = LineParser()
+    assert parser.feed(b"data: x\r") == ["data: x"]  # not held back for the next read
+    assert parser.feed(b"\n") == [] and parser.feed(b"\n") == [""]
+
+
+@pytest.mark.parametrize("mode", ["task", "inline"])
+async def test_sse_with_lone_cr_line_endings(fake_llm: Any, http: Any, mode: str) -> None:
+    fake_llm.push(Stream([
+        b'data:{"choices":[{"index":0,"delta":{"content":"Q"},"finish_reason":null}]}\r\r',
+        b'event: x\rdata: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\r',
+        b"\r", b"data: [DONE]\r\r",
+    ]))
+    p = OpenAIProvider(ProviderProfile(name="p", kind="openai", base_url=f"{fake_llm.url}/v1"), None, http)
+    assert joined(await read_stream(p, REQUEST, mode)) == [TextDelta("Q"), Finish("stop")]
+
+
 def test_line_parser_limit_counts_the_unfinished_line_only() -> None:
     parser = LineParser(max_line=10)
     assert parser.feed(b"0123456789\n" * 3) == ["0123456789"] * 3  # finished lines are never too long
@@ -327,6 +353,37 @@ async def test_a_stall_before_the_response_head(aiohttp_server: Any, http: Any) 
         release.set()
     assert info.value.message == "p: stream stalled: no data for 0.2s" and info.value.code == "provider_stalled"
     assert sleep.waits == [] and time.monotonic() - started < 2
+
+
+async def test_an_upstream_that_stops_reading_a_large_request_is_a_stall(fake_llm: Any) -> None:
+    """aiohttp's read timeout starts once the body is sent: a server that never takes in a large
+    body (16 MB, past what the sockets buffer) would hold the run forever. The upload has a
+    deadline of the read timeout plus its size at `min_upload_rate`; a server that reads is fine."""
+    async def never_read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.Event().wait()  # cancelled when the server closes
+
+    silent = await asyncio.start_server(never_read, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    big = ChatRequest(model="m", system="", messages=[ChatMessage("user", [TextPart(text="x" * 16_000_000)])])
+    session = create_session(sock_read=0.5)
+    try:
+        for base, expect_stall in ((f"http://127.0.0.1:{port}/v1", True), (f"{fake_llm.url}/v1", False)):
+            p = OpenAIProvider(ProviderProfile(name="p", kind="openai", base_url=base), None, session,
+                               retry=RetryPolicy(max_attempts=1))
+            p.min_upload_rate = 32_000_000  # a deadline of 0.5 + 0.5 s
+            started = time.monotonic()
+            if expect_stall:
+                with pytest.raises(ProviderError) as info:
+                    await asyncio.wait_for(collect(p, big), 10)
+                assert info.value.code == "provider_stalled" and "(16,000,118 bytes) was not taken in" in info.value.message
+                assert time.monotonic() - started < 5
+            else:
+                fake_llm.push(Reply(text="read it all"))
+                assert joined(await asyncio.wait_for(collect(p, big), 10))[0] == TextDelta("read it all")
+    finally:
+        await session.close()
+        silent.close()
+        await silent.wait_closed()
 
 
 async def test_a_stall_after_some_events_is_caught_by_the_watchdog(fake_llm: Any, http: Any) -> None:

@@ -86,6 +86,7 @@ async def test_history_with_images_and_tool_results(fake_llm: Any, http: Any, sl
         ChatMessage("assistant", [TextPart(text="Queuing."), ToolCallPart(id="c1", name="queue_prompt", arguments={"n": 1})]),
         ChatMessage("user", [ToolResultPart(tool_call_id="c1", name="queue_prompt", content="queued",
                                             images=[ImagePart(filename="out.png")])]),
+        tools=[TOOL],
     ))
     assert fake_llm.last.body["messages"][1:] == [
         {"role": "user", "content": "see\n\n[image gone.png unavailable]", "images": [base64.b64encode(b"a.png").decode()]},

@@ -218,7 +218,7 @@ async def test_fake_history_with_tools_and_images(fake_llm: Any, http: Any, slee
                                   ToolCallPart(id="call_2", name="render", arguments={})]),
         ChatMessage("user", [ToolResultPart(tool_call_id="call_1", name="get_weather", content="sunny"),
                              ToolResultPart(tool_call_id="call_2", name="render", content="done", images=[render])]),
-    ])
+    ], tools=[WEATHER])
     await collect(provider(f"{fake_llm.url}/v1", http, sleep, loader=loader), request)
     body = fake_llm.last.body
     assert body["max_tokens"] == 300 and body["temperature"] == 0.2
@@ -264,7 +264,7 @@ async def test_fake_gemini_quirks_and_thought_signature_roundtrip(fake_llm: Any,
         ChatMessage("assistant", [ToolCallPart(id=first.id, name=first.name, arguments=first.arguments,
                                                provider_data=first.provider_data)]),
         ChatMessage("user", [ToolResultPart(tool_call_id=first.id, name=first.name, content="sunny")]),
-    ])
+    ], tools=[WEATHER])
     assert await collect(p, follow_up) == [TextDelta("Sunny."), UsageReport(11, 7), Finish("stop")]
     sent_call = fake_llm.last.body["messages"][1]["tool_calls"][0]
     assert sent_call["extra_content"] == signature
@@ -321,6 +321,31 @@ async def test_fake_missing_done_is_an_error(fake_llm: Any, http: Any, sleep: Re
     err = await failure(provider(f"{fake_llm.url}/v1", http, sleep), ask())
     assert err.message == "test: the stream ended before [DONE]"
     assert len(fake_llm.requests) == 1  # a broken stream is not retried
+
+
+@pytest.mark.parametrize("reason,finish", [("length", "length"), ("content_filter", "refused")])
+async def test_fake_finish_reasons_that_cut_a_reply(fake_llm: Any, http: Any, sleep: RecordingSleep,
+                                                   reason: str, finish: str) -> None:
+    fake_llm.push(Reply(text="cut", finish=reason))
+    events = await collect(provider(f"{fake_llm.url}/v1", http, sleep), ask())
+    assert events[-1] == Finish(finish)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("content_type,body,message", [
+    ("application/json", '{"error": {"message": "model gpt-x does not exist", "code": "model_not_found"}}',
+     "test: model gpt-x does not exist (model_not_found) (HTTP 200, application/json)"),
+    ("application/json", '{"id": "chatcmpl-1", "object": "chat.completion", "choices": []}',
+     "test: expected a stream (text/event-stream), got application/json: "
+     "'{\"id\": \"chatcmpl-1\", \"object\": \"chat.completion\", \"choices\": []}'"),
+    ("text/html", "<html><body>Sign in to the Wi-Fi</body></html>",
+     "test: expected a stream (text/event-stream), got text/html: '<html><body>Sign in to the Wi-Fi</body></html>'"),
+])
+async def test_fake_a_200_that_is_not_a_stream_says_what_came(fake_llm: Any, http: Any, sleep: RecordingSleep,
+                                                              content_type: str, body: str, message: str) -> None:
+    fake_llm.push(Stream([body.encode()], content_type=content_type))
+    err = await failure(provider(f"{fake_llm.url}/v1", http, sleep), ask())
+    assert err.message == message and not err.retryable and err.http_status == 200
+    assert len(fake_llm.requests) == 1
 
 
 async def test_fake_in_stream_error_chunk(fake_llm: Any, http: Any, sleep: RecordingSleep) -> None:

@@ -8,6 +8,7 @@ reused and what is not (turns with images, another provider).
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -59,12 +60,31 @@ def history() -> list[ChatMessage]:
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 @pytest.mark.parametrize("system", ["You are terse.", ""])
-async def test_bytes_are_the_body_and_stay_so_when_reused(kind: str, system: str, http: Any) -> None:
+@pytest.mark.parametrize("tools", [[TOOL], []], ids=["tools", "no-tools"])
+async def test_bytes_are_the_body_and_stay_so_when_reused(kind: str, system: str, tools: list[ToolSpec],
+                                                         http: Any) -> None:
     p = make(kind, http)
-    request = ChatRequest(model="m", system=system, messages=history(), tools=[TOOL], max_tokens=64, temperature=0.5)
+    turns = history()
+    request = ChatRequest(model="m", system=system, messages=turns, tools=tools, max_tokens=64, temperature=0.5)
     expected = await p.request_body(request)
     assert json.loads(await p.request_bytes(request)) == expected
     assert json.loads(await p.request_bytes(request)) == expected  # from the kept encodings
+    # The same turns in a request of the other kind are encoded the other way, not reused.
+    other = ChatRequest(model="m", system=system, messages=turns, tools=[] if tools else [TOOL])
+    assert json.loads(await p.request_bytes(other)) == await p.request_body(other)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+async def test_without_tools_earlier_calls_and_results_go_as_text(kind: str, http: Any) -> None:
+    p = make(kind, http)
+    body = await p.request_body(ChatRequest(model="m", system="s", messages=history()))
+    sent = json.dumps(body, ensure_ascii=False)
+    for marker in ('"tool_use"', '"tool_result"', '"tool_calls"', '"role": "tool"', '"tools"'):
+        assert marker not in sent, marker
+    texts = json.dumps([m for m in body["messages"] if m["role"] != "system"], ensure_ascii=False)
+    assert 'Rendering.\\n\\n[called render({\\"prompt\\": \\"cat\\", \\"n\\": 2})]' in texts
+    assert "[render returned: done]" in texts
+    assert sent.count(base64.b64encode(b"bytes of out.png").decode()) == 1  # the result's image still goes
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
@@ -80,15 +100,15 @@ async def test_only_new_turns_and_turns_with_images_are_converted_again(kind: st
 
     monkeypatch.setattr(type(p), "wire_messages", counting)
     turns = history()
-    await p.request_bytes(ChatRequest(model="m", system="s", messages=turns))
+    await p.request_bytes(ChatRequest(model="m", system="s", messages=turns, tools=[TOOL]))
     assert len(converted) == len(turns)
     converted.clear()
     turns.append(ChatMessage("assistant", [TextPart(text="You are welcome.")]))
     turns.append(ChatMessage("user", [TextPart(text="bye")]))
-    body = json.loads(await p.request_bytes(ChatRequest(model="m", system="s", messages=turns)))
+    body = json.loads(await p.request_bytes(ChatRequest(model="m", system="s", messages=turns, tools=[TOOL])))
     with_images = [id(t) for t in turns if t.has_images()]
     assert sorted(converted) == sorted(with_images + [id(turns[-2]), id(turns[-1])])
-    assert body == await p.request_body(ChatRequest(model="m", system="s", messages=turns))
+    assert body == await p.request_body(ChatRequest(model="m", system="s", messages=turns, tools=[TOOL]))
     assert all(p.wire_key in t.encoded for t in turns if not t.has_images())
 
 

@@ -1,13 +1,14 @@
 """The Anthropic Messages dialect (`POST {base}/v1/messages`, SSE with typed events).
 
 Request: `x-api-key` and `anthropic-version: 2023-06-01` headers; the system prompt in `system`;
-`max_tokens` always set (Anthropic requires it; 4096 unless the request says otherwise); tool
+`max_tokens` always set (Anthropic requires it): the profile's `extra.max_tokens`, else the model's
+own limit for the Claude families (`default_max_tokens`), never above the request's cap; tool
 calls as `tool_use` blocks in assistant turns and results as `tool_result` blocks at the start of
 the next user turn; images as base64 `image` blocks.
 
 Stream: `message_start` (input usage), `content_block_start/delta/stop` (`text_delta`;
 `input_json_delta` fragments for `tool_use`, parsed at the block's stop), `message_delta` (stop
-reason, output usage), `message_stop`, `ping`. An in-stream `error` event raises `ProviderError`
+reason, output usage; `max_tokens` is `length`, `refusal` is `refused`), `message_stop`, `ping`. An in-stream `error` event raises `ProviderError`
 with Anthropic's message; `overloaded_error` (and `api_error`) is retryable only while no output
 has been streamed. Usage is reported once, at the end, so nothing is emitted before real output.
 Imports protocol, tools, errors and the providers package only.
@@ -29,8 +30,13 @@ from .http import (
 log = logging.getLogger("opencode.providers.anthropic")
 
 API_VERSION = "2023-06-01"
+# What every model behind this dialect takes (Claude 3, Anthropic-compatible servers).
 DEFAULT_MAX_TOKENS = 4096
-_STOP = {"end_turn": "stop", "stop_sequence": "stop", "tool_use": "tool_calls", "max_tokens": "length"}
+# Claude 3.5 writes up to 8,192 tokens a reply; 3.7 and the 4 families and later at least 32,000
+# (Opus 4 and 4.1; the others 64,000). The id's family, dated snapshot or not.
+_CLAUDE_FAMILY = re.compile(r"claude-(?:(?:opus|sonnet|haiku)-(\d+)|3-([57]))")
+_STOP = {"end_turn": "stop", "stop_sequence": "stop", "tool_use": "tool_calls", "max_tokens": "length",
+         "model_context_window_exceeded": "length", "refusal": "refused"}
 _RETRYABLE_STREAM_ERRORS = frozenset({"overloaded_error", "api_error", "rate_limit_error", "timeout_error"})
 # Anthropic accepts only these characters in tool ids; ids from other providers are mapped.
 _BAD_ID_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
@@ -38,6 +44,21 @@ _BAD_ID_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
 
 def tool_id(value: str) -> str:
     return _BAD_ID_CHARS.sub("_", value) or "call"
+
+
+def default_max_tokens(model: str) -> int:
+    """The most a reply of `model` may take when nothing else says: its family's output limit.
+
+    Why not one figure: 4,096 cuts a current Claude's long answers (code, a workflow) short, and a
+    figure above a model's limit is refused (400), as it is by Anthropic-compatible servers that
+    run other models; those, and ids not recognised, get 4,096.
+    """
+    found = _CLAUDE_FAMILY.search(model)
+    if found is None:
+        return DEFAULT_MAX_TOKENS
+    if found.group(1) is not None:
+        return 32_000 if int(found.group(1)) >= 4 else DEFAULT_MAX_TOKENS
+    return 32_000 if found.group(2) == "7" else 8192
 
 
 class AnthropicProvider(HttpProvider):
@@ -75,7 +96,7 @@ class AnthropicProvider(HttpProvider):
     def request_fields(self, request: ChatRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": request.model,
-            "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
+            "max_tokens": self._max_tokens(request),
             "messages": [],
             "stream": True,
         }
@@ -88,6 +109,16 @@ class AnthropicProvider(HttpProvider):
         if request.temperature is not None:
             body["temperature"] = request.temperature
         return body
+
+    def _max_tokens(self, request: ChatRequest) -> int:
+        """The profile's `extra.max_tokens`, else the model's (`default_max_tokens`); the request's
+        own cap (what is left of a budget) when it is lower."""
+        configured = self.profile.extra.get("max_tokens")
+        if isinstance(configured, int) and not isinstance(configured, bool) and configured >= 1:
+            limit = configured
+        else:
+            limit = default_max_tokens(request.model)
+        return limit if request.max_tokens is None else min(limit, request.max_tokens)
 
     async def wire_messages(self, message: ChatMessage) -> list[dict[str, Any]]:
         content = await self._content(message)

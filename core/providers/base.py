@@ -8,13 +8,14 @@ Imports protocol, tools (for `ToolSpec`) and errors only.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Literal, Union
 
 import aiohttp
 
-from ..protocol import ImagePart, ModelInfo, Part, ProviderProfile
+from ..protocol import ImagePart, ModelInfo, Part, ProviderProfile, TextPart, ToolCallPart, ToolResultPart
 from ..tools import ToolSpec
 
 
@@ -24,13 +25,49 @@ class ChatMessage:
 
     role: Literal["user", "assistant"]
     parts: list[Part]
-    # Its JSON in each provider's dialect (by `HttpProvider.wire_key`), filled on first use: the
+    # Its JSON in each provider's dialect (by `HttpProvider.wire_key`, `text_wire_key` in requests
+    # without tools), filled on first use: the
     # turns of a chat are shared between its runs and never change, and every request re-sends them.
     encoded: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def has_images(self) -> bool:
         """Whether it carries images (their encodings are too big to keep)."""
         return any(isinstance(p, ImagePart) or getattr(p, "images", None) for p in self.parts)
+
+
+def tools_as_text(turn: ChatMessage) -> ChatMessage:
+    """`turn` with its tool calls and results written out as text (`[called f({...})]`,
+    `[f returned: ...]`), for a request that defines no tools; `turn` itself if it has none.
+
+    Why: once a session's tools are gone (a tool skill deselected, a model declared without
+    tools), its history still holds the calls made before. Anthropic refuses tool blocks in a
+    request without tools (400), and so do some OpenAI-compatible servers; as text the model
+    still sees what was done. Consecutive text is joined, so no dialect runs pieces together.
+    """
+    if not any(isinstance(p, (ToolCallPart, ToolResultPart)) for p in turn.parts):
+        return turn
+    parts: list[Part] = []
+    texts: list[str] = []
+    for part in turn.parts:
+        if isinstance(part, ToolCallPart):
+            texts.append(f"[called {part.name}({json.dumps(part.arguments, ensure_ascii=False)})]")
+        elif isinstance(part, ToolResultPart):
+            texts.append(f"[{part.name} {'failed' if part.is_error else 'returned'}: {part.content}]")
+            if part.images:
+                parts.append(TextPart(text="\n\n".join(texts)))
+                parts.extend(part.images)
+                texts = []
+        elif isinstance(part, TextPart):
+            if part.text:
+                texts.append(part.text)
+        else:
+            if texts:
+                parts.append(TextPart(text="\n\n".join(texts)))
+                texts = []
+            parts.append(part)
+    if texts:
+        parts.append(TextPart(text="\n\n".join(texts)))
+    return ChatMessage(turn.role, parts)
 
 
 @dataclass
@@ -73,9 +110,10 @@ class UsageReport:
 
 @dataclass(frozen=True)
 class Finish:
-    """The stream ended properly; `reason` is normalised to stop | tool_calls | length."""
+    """The stream ended properly; `reason` is normalised to stop | tool_calls | length (the reply hit
+    its token limit) | refused (the provider stopped it: Anthropic `refusal`, OpenAI `content_filter`)."""
 
-    reason: Literal["stop", "tool_calls", "length"]
+    reason: Literal["stop", "tool_calls", "length", "refused"]
     kind: Literal["finish"] = "finish"
 
 

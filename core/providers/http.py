@@ -5,7 +5,8 @@
   reply may stream for minutes) but a read timeout, so a stalled stream fails instead of hanging.
   aiohttp's own read timeout guards a request until the response head arrives; a streamed body is
   guarded by a `_Watchdog` instead, which costs one timer per timeout period rather than one per
-  network read.
+  network read. A request body too large for the socket buffers has a deadline of its own (the
+  read timeout plus its size at `MIN_UPLOAD_RATE`), so a server that stops reading it is a stall.
 - `RetryPolicy` decides whether and when to try again: on 408/409/429/5xx/529 and on connection
   errors before the first byte, honouring `retry-after-ms` then `retry-after`, with capped
   exponential backoff and jitter. A spending-limit error (OpenAI `insufficient_quota`, Anthropic
@@ -14,8 +15,10 @@
   and incrementally: a dialect's `StreamDecoder` is fed each network read and turns it into
   events without any I/O of its own.
 - `HttpProvider` is the base of the three dialects: it opens the request, maps every transport
-  failure and error body to `ProviderError` (with the provider's own message, redacted), feeds the
-  body to the dialect's decoder, and re-runs a stream that failed before it produced any event.
+  failure and error body (a 200 that is not the dialect's stream too) to `ProviderError` (with
+  the provider's own message, redacted), feeds the body to the dialect's decoder, and re-runs a
+  stream that failed before it produced any event.
+  A request without tools gets the history's earlier tool calls and results as text.
   Given an `on_text` sink (the agent gives one), it hooks the connection with an `InlineBody`
   (`inline.py`), so text is relayed inside the network read that brings it and the task wakes
   only for the other events; otherwise it awaits each network read.
@@ -46,7 +49,9 @@ from ..errors import ProviderError
 from ..protocol import ImagePart, ProviderProfile
 from ..secrets import Redactor
 from ..validation import read_at_most
-from .base import ChatMessage, ChatRequest, ImageLoader, Provider, StreamEvent, TextDelta, TextSink
+from .base import (
+    ChatMessage, ChatRequest, ImageLoader, Provider, StreamEvent, TextDelta, TextSink, tools_as_text,
+)
 from .inline import InlineBody
 
 log = logging.getLogger("opencode.providers")
@@ -60,6 +65,11 @@ SPENDING_LIMIT_CODES: frozenset[str] = frozenset(
     {"insufficient_quota", "billing_error", "billing_hard_limit_reached", "insufficient_credits"}
 )
 MAX_ERROR_BODY = 64 * 1024
+# A request body larger than the transport's write buffer (64 KiB) waits for the server to take
+# it in, and aiohttp's read timeout starts only once it has: such an upload gets a deadline of
+# the read timeout plus its size at this rate (bytes a second; a slow uplink's, for images).
+UPLOAD_GUARD_BYTES = 64 * 1024
+MIN_UPLOAD_RATE = 64 * 1024
 MAX_LINE = 16 * 1024 * 1024
 # `json.loads` without its per-call argument checks (one stream payload per token).
 _decode_json_stdlib: Callable[[str], Any] = json.JSONDecoder().decode
@@ -220,20 +230,25 @@ class LineTooLong(ValueError):
 class LineParser:
     """Cuts a byte stream into text lines as chunks arrive, for NDJSON.
 
-    Lines end with `\n` or `\r\n`, may be any length up to `max_line` bytes (a longer unfinished
-    line raises `LineTooLong`) and are decoded as UTF-8 once complete, so a character split
-    across two chunks comes out whole; invalid bytes become U+FFFD. Each chunk is scanned once.
+    Lines end with `\n`, `\r\n` or a lone `\r` (as SSE allows), may be any length up to
+    `max_line` bytes (a longer unfinished line raises `LineTooLong`) and are decoded as UTF-8 once
+    complete, so a character split across two chunks comes out whole; invalid bytes become U+FFFD.
+    Each chunk is scanned for line ends once, and for `\r` by one `memchr` (it replaced the same
+    check on the decoded text: a stream without `\r` costs what it did).
     """
 
-    __slots__ = ("_pending", "_size", "_max_line")
+    __slots__ = ("_pending", "_size", "_max_line", "_cr")
 
     def __init__(self, max_line: int = MAX_LINE) -> None:
         self._pending: list[bytes] = []  # the pieces of the unfinished line
         self._size = 0
         self._max_line = max_line
+        self._cr = False  # the last chunk ended with "\r": a "\n" opening this one completes it
 
     def feed(self, chunk: bytes) -> list[str]:
         """The lines `chunk` completes, without their line endings."""
+        if self._cr or 13 in chunk:  # "\r"; an int, not b"\r": a plain memchr, 7 times faster
+            chunk = self._lf_only(chunk)
         end = chunk.rfind(b"\n") + 1
         if not end:
             self._hold(chunk)
@@ -246,18 +261,28 @@ class LineParser:
         if end < len(chunk):
             self._hold(chunk[end:])
         # One decode for all the chunk's lines: "\n" never occurs inside a UTF-8 sequence.
-        text = block.decode("utf-8", errors="replace")
-        lines = text.split("\n")
+        lines = block.decode("utf-8", errors="replace").split("\n")
         lines.pop()  # the empty string after the last "\n"
-        if "\r" in text:
-            return [line.rstrip("\r") for line in lines]
         return lines
+
+    def _lf_only(self, chunk: bytes) -> bytes:
+        """`chunk` with each line ending as one `\n`. A `\r` that ends the chunk ends its line at
+        once (the event is not held back for the next read); a `\n` opening the next chunk is
+        then the rest of a `\r\n` and is dropped."""
+        if self._cr and chunk:
+            self._cr = False
+            if chunk[0] == 10:  # "\n"
+                chunk = chunk[1:]
+        if 13 in chunk:
+            self._cr = chunk[-1] == 13
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        return chunk
 
     def finish(self) -> list[str]:
         """The last line when the body ended without a final line ending."""
         if not self._pending:
             return []
-        line = b"".join(self._pending).decode("utf-8", errors="replace").rstrip("\r")
+        line = b"".join(self._pending).decode("utf-8", errors="replace")
         self._pending, self._size = [], 0
         return [line]
 
@@ -279,7 +304,8 @@ class SseParser:
 
     An event is dispatched at the blank line that ends it; one left unfinished when the body
     ends is dropped (`finish()` returns nothing), as the SSE specification says. Lines follow
-    `LineParser`'s rules (`\r\n`, any length up to `max_line`, UTF-8 split across chunks).
+    `LineParser`'s rules (`\r\n` or a lone `\r`, any length up to `max_line`, UTF-8 split across
+    chunks).
     """
 
     __slots__ = ("_lines", "_event", "_data")
@@ -457,6 +483,10 @@ class HttpProvider(Provider):
     until one finishes or a failure is final.
     """
 
+    # The Content-Type of a streamed reply; a 200 of another type is an error (`_not_a_stream`).
+    # None: the decoder reads whatever comes (NDJSON, whose lines carry errors too).
+    stream_type: str | None = "text/event-stream"
+
     def __init__(
         self,
         profile: ProviderProfile,
@@ -479,6 +509,8 @@ class HttpProvider(Provider):
         self.read_timeout: float | None = (self._timeout or http.timeout).sock_read
         # Names this provider's encodings on the turns it sends (`ChatMessage.encoded`).
         self.wire_key = f"{self.kind}#{next(_WIRE_KEYS)}"
+        self.text_wire_key = f"{self.wire_key}/text"  # the same, for requests without tools
+        self.min_upload_rate: float = MIN_UPLOAD_RATE
 
     # ------------------------------------------------------------------ dialect hooks
 
@@ -506,10 +538,11 @@ class HttpProvider(Provider):
     # ------------------------------------------------------------------ request body
 
     async def request_body(self, request: ChatRequest) -> dict[str, Any]:
-        """The JSON body of one streaming chat request."""
+        """The JSON body of one streaming chat request (without tools, tool turns go as text)."""
         body = self.request_fields(request)
         for message in request.messages:
-            body["messages"].extend(await self.wire_messages(message))
+            turn = message if request.tools else tools_as_text(message)
+            body["messages"].extend(await self.wire_messages(turn))
         return body
 
     async def request_bytes(self, request: ChatRequest) -> bytes:
@@ -521,11 +554,14 @@ class HttpProvider(Provider):
         """
         body = self.request_fields(request)
         messages = [json.dumps(m) for m in body.pop("messages")]
-        key = self.wire_key
+        # Without tools a turn's calls and results go as text (`tools_as_text`): its own encoding.
+        tools = bool(request.tools)
+        key = self.wire_key if tools else self.text_wire_key
         for turn in request.messages:
             encoded = turn.encoded.get(key)
             if encoded is None:
-                encoded = ",".join(json.dumps(m) for m in await self.wire_messages(turn))
+                wire = await self.wire_messages(turn if tools else tools_as_text(turn))
+                encoded = ",".join(json.dumps(m) for m in wire)
                 if not turn.has_images():
                     turn.encoded[key] = encoded
             if encoded:
@@ -542,6 +578,9 @@ class HttpProvider(Provider):
             emitted = False
             try:
                 async with self.open("POST", self.url(), body) as response:
+                    if self.stream_type is not None and response.content_type != self.stream_type and (
+                            "Content-Type" in response.headers):  # none: read it as the stream it should be
+                        raise await self._not_a_stream(response)
                     _stop_sock_read(response)
                     decoder = self.decoder()
                     watchdog = _Watchdog(response, self.read_timeout)
@@ -645,8 +684,12 @@ class HttpProvider(Provider):
             kwargs["data"] = body
         if self._timeout is not None:
             kwargs["timeout"] = self._timeout
+        request = self.http.request(method, url, **kwargs)
         try:
-            response = await self.http.request(method, url, **kwargs)
+            if body is not None and len(body) > UPLOAD_GUARD_BYTES and self.read_timeout is not None:
+                response = await self._sent_in_time(request, len(body))
+            else:  # small: the transport takes it whole, so the read timeout covers what follows
+                response = await request
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise self._transport_error(exc, started=False) from None
         finished = False
@@ -661,6 +704,21 @@ class HttpProvider(Provider):
                 response.release()
             else:
                 response.close()
+
+    async def _sent_in_time(self, request: Awaitable[aiohttp.ClientResponse], size: int
+                            ) -> aiohttp.ClientResponse:
+        """`request`'s response, or a stall once its upload (and the wait for the head after it)
+        outlasts the read timeout plus `size` at `min_upload_rate`: a server that stops reading
+        the body would otherwise hold the run forever. One timer (on 3.11 a task too) per large
+        request; a small one (most) costs a length check."""
+        limit = (self.read_timeout or 0.0) + size / self.min_upload_rate
+        try:
+            return await asyncio.wait_for(request, limit)
+        except asyncio.TimeoutError as exc:
+            if isinstance(exc, aiohttp.ClientError):  # aiohttp's own timeouts keep their meaning
+                raise
+            raise self.error(f"stream stalled: the request ({size:,} bytes) was not taken in and answered "
+                             f"within {limit:.1f}s", code=CODE_STALLED) from None
 
     def loads(self, data: str) -> Any:
         """Parse one stream payload; corrupt data is a broken stream, never skipped silently."""
@@ -715,12 +773,22 @@ class HttpProvider(Provider):
         # Dropped before any byte of the response arrived: safe to send again.
         return self.error(f"connection failed: {type(exc).__name__}: {exc}", retryable=True, code=CODE_UNREACHABLE)
 
+    async def _not_a_stream(self, response: aiohttp.ClientResponse) -> ProviderError:
+        """A 200 whose body is not the stream asked for: an error as JSON (some servers answer a
+        bad model name so), a completion not streamed, a proxy's page. The provider's message
+        when it gave one, else the start of what it sent; never retried."""
+        text = await _error_text(response)
+        message, code = error_details(text)
+        if not message:
+            return self.error(f"expected a stream ({self.stream_type}), got {response.content_type}: "
+                              f"{text.strip()[:300]!r}", http_status=response.status, code=CODE_BROKEN_STREAM)
+        suffix = f" ({code})" if code and code not in message else ""
+        return self.error(f"{message}{suffix} (HTTP {response.status}, {response.content_type})",
+                          http_status=response.status,
+                          code=CODE_QUOTA if code in SPENDING_LIMIT_CODES else CODE_ERROR)
+
     async def _http_error(self, response: aiohttp.ClientResponse) -> ProviderError:
-        try:
-            raw = await read_at_most(response.content, MAX_ERROR_BODY)
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            raw = b""
-        text = raw.decode("utf-8", errors="replace")
+        text = await _error_text(response)
         status = response.status
         message, code = error_details(text)
         if not message:
@@ -761,6 +829,15 @@ class HttpProvider(Provider):
             log.warning("%s: image %s unavailable: %s", self.name, part.filename, exc)
             return None
         return base64.b64encode(data).decode("ascii"), mime or part.mime_type
+
+
+async def _error_text(response: aiohttp.ClientResponse) -> str:
+    """The start of an error body (`MAX_ERROR_BODY` bytes at most), "" if it cannot be read."""
+    try:
+        raw = await read_at_most(response.content, MAX_ERROR_BODY)
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        raw = b""
+    return raw.decode("utf-8", errors="replace")
 
 
 def _stop_sock_read(response: aiohttp.ClientResponse) -> None:

@@ -25,6 +25,8 @@ log = logging.getLogger("opencode.providers.ollama")
 
 class OllamaProvider(HttpProvider):
     kind = "ollama"
+    # NDJSON (`application/x-ndjson`); a JSON body, even an `{"error": ...}`, is one more line.
+    stream_type = None
 
     def url(self) -> str:
         return f"{self.base_url}/api/chat"

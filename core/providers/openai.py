@@ -3,7 +3,8 @@
 Spoken by OpenAI and most servers that copy it: Ollama `/v1`, LM Studio, vLLM, llama.cpp,
 OpenRouter, DeepSeek, Groq and Gemini's OpenAI endpoint. The stream is normalised into
 `TextDelta`s, one `ToolCallReady` per call (assembled from argument fragments by `index`), a
-`UsageReport` (from the `stream_options.include_usage` chunk) and `Finish`. A stream that ends
+`UsageReport` (from the `stream_options.include_usage` chunk) and `Finish` (`content_filter` is
+`refused`). A stream that ends
 without a `finish_reason` or without `[DONE]` is an error, never a quiet short answer.
 
 Gemini quirks smoothed here: tool-call chunks without `index` (matched by id, else by position);
@@ -34,7 +35,8 @@ from .http import (
 
 log = logging.getLogger("opencode.providers.openai")
 
-_FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls"}
+_FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls",
+           "content_filter": "refused"}
 
 
 @dataclass
@@ -248,7 +250,7 @@ class OpenAIDecoder(StreamDecoder):
             yield UsageReport(input_tokens=self.usage[0], output_tokens=self.usage[1])
         reason = _FINISH.get(finish, "stop")
         if slots:
-            reason = "tool_calls" if reason != "length" else reason
+            reason = "tool_calls" if reason == "stop" else reason
         elif reason == "tool_calls":
             reason = "stop"
         if finish not in _FINISH:

@@ -8,7 +8,8 @@ path, headers and JSON body, so tests assert on what the provider actually sent.
 
 Routes: OpenAI under `/v1` (`/v1/chat/completions`, `/v1/models`), Anthropic under `/anthropic`
 (`/anthropic/v1/messages`, `/anthropic/v1/models`), Ollama at the root (`/api/chat`,
-`/api/tags`). The encoders are public so a test can take a well-formed stream and break it.
+`/api/tags`). Like the real API, the Anthropic route refuses (400) a request that holds tool
+blocks but defines no tools. The encoders are public so a test can take a well-formed stream and break it.
 `tests/test_providers_*` prove the encoders well-formed by parsing them with the official SDKs.
 """
 
@@ -272,7 +273,7 @@ class FakeLLMServer:
         return self.requests[-1]
 
     async def start(self) -> "FakeLLMServer":
-        app = web.Application()
+        app = web.Application(client_max_size=64 * 1024 * 1024)  # real APIs take tens of MB (images)
         app.router.add_post("/v1/chat/completions", self._openai)
         app.router.add_get("/v1/models", self._openai_models)
         app.router.add_post("/anthropic/v1/messages", self._anthropic)
@@ -329,6 +330,13 @@ class FakeLLMServer:
         return await self._serve(request, openai_chunks, "text/event-stream")
 
     async def _anthropic(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        blocks = [b.get("type") for m in body.get("messages", []) if isinstance(m.get("content"), list)
+                  for b in m["content"]]
+        if not body.get("tools") and ("tool_use" in blocks or "tool_result" in blocks):
+            await self._record(request)  # refused as the real API refuses it
+            return web.json_response({"type": "error", "error": {"type": "invalid_request_error", "message":
+                "Requests which include `tool_use` or `tool_result` blocks must define tools."}}, status=400)
         return await self._serve(request, anthropic_events, "text/event-stream")
 
     async def _ollama(self, request: web.Request) -> web.StreamResponse:
