@@ -2,10 +2,11 @@
 
 `AgentRun.execute` publishes the assistant message, streams the model's text into the bus,
 runs the tool calls it asks for (several at once, each through the permission gate; any failure
-of one is its error result, and none outlives the run), feeds the results back, and loops until a final answer or `max_turns`. It always ends with a final status:
-`completed`, `aborted` (task cancelled), `interrupted` (service shutting down) or `error` (with the
-provider's message); a reply cut at its token limit or stopped by the provider's filter says so
-at its end. The streaming reply is checkpointed to the store every `checkpoint_interval`.
+of one is its error result, and none outlives the run), feeds the results back, and loops until
+a final answer or `max_turns`. It always ends with a final status: `completed`, `aborted` (task
+cancelled), `interrupted` (service shutting down) or `error` (with the provider's message); a
+reply cut at its token limit or stopped by the provider's filter says so at its end. The
+streaming reply is checkpointed to the store every `checkpoint_interval`.
 The `echo` engine streams the user's text back word by word, for demos and tests.
 Imports protocol, bus, store, tools, providers.base, permissions, ui_requests and errors.
 """
