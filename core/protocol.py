@@ -498,10 +498,15 @@ class ProviderProfile(Model):
     key_hint: str | None = None  # "…abcd"
 
 
+# What `profiles._check_url` accepts, told to the OpenAPI document (the check itself stays there,
+# with its readable message): an http(s) URL with a host, or empty for the preset's.
+_BASE_URL_SCHEMA: dict[str, Any] = {"pattern": r"^(https?://[^/?#\s]+.*)?$"}
+
+
 class ProviderCreate(Model):
     name: ProviderName
     kind: Literal["openai", "anthropic", "ollama"]  # `echo` is the echo skill's engine, not a provider
-    base_url: str | None = Field(default=None, max_length=500)
+    base_url: str | None = Field(default=None, max_length=500, json_schema_extra=_BASE_URL_SCHEMA)
     default_model: str = Field(default="", max_length=200)
     key_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]{0,99}$")
     models: dict[str, ModelCaps] = Field(default_factory=dict)
@@ -509,7 +514,7 @@ class ProviderCreate(Model):
 
 
 class ProviderPatch(Model):
-    base_url: str | None = Field(default=None, max_length=500)
+    base_url: str | None = Field(default=None, max_length=500, json_schema_extra=_BASE_URL_SCHEMA)
     default_model: str | None = Field(default=None, max_length=200)
     key_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]{0,99}$")
     models: dict[str, ModelCaps] | None = None
