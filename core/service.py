@@ -81,7 +81,7 @@ class ModelResolverImpl:
             known = cached[1].provider.profile
             if self.service.secrets.lookup(known.name, known.key_env, known.base_url) == cached[0][1]:
                 return cached[1]
-        profile = await profiles.get(name)
+        profile = await profiles.stored(name)
         key = self.service.secrets.lookup(profile.name, profile.key_env, profile.base_url)
         stamp = (profiles.revision, key)
         model_id = model or profile.default_model
@@ -196,7 +196,7 @@ class OpencodeService:
 
     async def list_models(self, name: str) -> list[Any]:
         """The provider's own model list, each with the capabilities Opencode knows of it."""
-        profile = await self.profiles.get(name)
+        profile = await self.profiles.stored(name)
         key = self.secrets.lookup(profile.name, profile.key_env, profile.base_url)
         provider = build_provider(profile, key, self.http, image_loader=self.load_image)
         models = await provider.list_models()

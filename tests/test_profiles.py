@@ -6,11 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
+from fakes.llm_servers import FakeLLMServer, fake_llm  # noqa: F401 - fixture
 from opencode_agent.core.errors import BadRequest, Conflict, NotFound
 from opencode_agent.core.protocol import ModelCaps, ProviderCreate, ProviderPatch
 from opencode_agent.core.providers.profiles import ProviderProfiles, cost_of, family_caps, presets
+from opencode_agent.core.providers.registry import provider_for
 from opencode_agent.core.secrets import SecretStore
 
 
@@ -180,3 +183,17 @@ async def test_a_key_saved_in_extra_headers_before_they_were_checked_is_listed_a
     listed = (await profiles.list())[0]
     assert listed.extra["headers"] == {"api-key": "…cdef", "X-Title": "Opencode"}
     assert key not in (await profiles.get("azure")).model_dump_json()
+    assert (await profiles.stored("azure")).extra["headers"]["api-key"] == key
+
+
+async def test_a_provider_sends_a_legacy_credential_header_as_it_was_saved(data_dir: Path, fake_llm: FakeLLMServer) -> None:
+    """Listing masks it; the provider must not be built from the listing (it sent the hint)."""
+    key = "0123456789abcdef0123456789abcdef"
+    (data_dir / "providers.json").write_text(json.dumps({"version": 1, "profiles": [
+        {"name": "proxy", "kind": "openai", "base_url": fake_llm.url + "/v1",
+         "extra": {"headers": {"Authorization": f"Bearer {key}"}}},
+    ]}))
+    profiles = await open_profiles(data_dir)
+    async with aiohttp.ClientSession() as http:
+        await (await provider_for("proxy", profiles, http)).list_models()
+    assert fake_llm.last.headers["Authorization"] == f"Bearer {key}"

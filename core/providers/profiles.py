@@ -235,8 +235,15 @@ class ProviderProfiles:
         return [self._public(p) for p in self._profiles.values()]
 
     async def get(self, name: str) -> ProviderProfile:
+        """The profile as it is listed: a key's last characters at most (see `_public`)."""
         await self.load()
         return self._public(self._find(name))
+
+    async def stored(self, name: str) -> ProviderProfile:
+        """The profile as stored, what a provider is built from: a header saved with a credential
+        (before they were refused) is sent as it was saved. Never for a client's eyes."""
+        await self.load()
+        return self._find(name).model_copy(deep=True)
 
     def api_key(self, profile: ProviderProfile) -> str | None:
         """The key to send for `profile` (stored, `key_env`, or the host's usual variable)."""

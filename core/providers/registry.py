@@ -58,7 +58,7 @@ async def provider_for(
     extra_kinds: Mapping[str, ProviderFactory] | None = None,
 ) -> Provider:
     """Look up profile `name` and its key, and build its provider (`NotFound` if unknown)."""
-    profile = await profiles.get(name)
+    profile = await profiles.stored(name)
     return build_provider(
         profile, profiles.api_key(profile), http, image_loader, retry=retry, extra_kinds=extra_kinds
     )
