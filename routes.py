@@ -293,8 +293,12 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     sub = _sse_subscriber(request)
     await svc.bus.subscribe(sid, sub, svc.bus.last_seq(sid))
     try:
-        result = await svc.sessions.send(sid, body)
-        return await sub.stream(request, until_runs=set(result.run_ids), first=result)
+        sending = await svc.sessions.start_send(sid, body)
+        result = await sending.answer()
+        runs = set(result.run_ids)
+        if sending.repeat:  # runs that ended before this stream began will say nothing more on it
+            runs = svc.sessions.running(result.run_ids)
+        return await sub.stream(request, until_runs=runs, first=result)
     finally:
         svc.bus.unsubscribe(sid, sub)
 

@@ -66,7 +66,7 @@ class SseSubscriber:
         if first is not None:
             await resp.write(f"event: accepted\ndata: {first.model_dump_json()}\n\n".encode())
         open_runs = set(until_runs or ())
-        while True:
+        while until_runs is None or open_runs:  # a repeated send's runs may all have ended
             try:
                 item = await asyncio.wait_for(self._queue.get(), 15.0)
             except asyncio.TimeoutError:

@@ -11,6 +11,7 @@ Imports protocol, bus, store, agent, permissions, ui_requests and errors.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import sys
@@ -132,6 +133,7 @@ class Sending:
     runs: list[Run]
     text: str
     saving: asyncio.Task[None] | None  # None: saved already (a queued message is saved first)
+    repeat: bool = False  # a repeat of an earlier send (its client_id): nothing new was sent
 
     async def answer(self) -> SendResult:
         if self.saving is not None:
@@ -369,6 +371,10 @@ class SessionManager:
 
     # ------------------------------------------------------------------ sending
 
+    def running(self, run_ids: Sequence[str]) -> set[str]:
+        """Those of `run_ids` that have not ended (a repeated send's runs may all have)."""
+        return {r for r in run_ids if r in self._run_done and not self._run_done[r].done()}
+
     async def send(self, session_id: str, body: SendBody) -> SendResult:
         """Send a message: its runs start at once, or it queues behind the busy ones; returns once
         the message is committed (a store error is the answer)."""
@@ -387,7 +393,7 @@ class SessionManager:
             return await self._start_send(live, body)
         earlier = live.sent.get(body.client_id)
         if earlier is not None and not _send_failed(earlier):
-            return await asyncio.shield(earlier)
+            return dataclasses.replace(await asyncio.shield(earlier), repeat=True)
         started: asyncio.Future[Sending] = asyncio.get_running_loop().create_future()
         live.sent[body.client_id] = started
         live.sent.move_to_end(body.client_id)

@@ -97,6 +97,19 @@ async def test_send_streams_sse_with_accept_header(client: TestClient) -> None:
     assert "".join(deltas) == "sse works fine"
 
 
+async def test_a_repeated_send_over_sse_answers_and_ends(client: TestClient) -> None:
+    """The repeat of a send that has ended waited on its stream for run ends that had come and gone."""
+    sid = (await j(await client.post("/opencode/sessions", json={"skills": ["echo"]}), 201))["id"]
+    body = {"text": "once only", "client_id": "sse-repeat-1"}
+    first = await client.post(f"/opencode/sessions/{sid}/messages", json=body, headers={"Accept": "text/event-stream"})
+    assert "event: message.delta" in await asyncio.wait_for(first.text(), 5)
+    again = await client.post(f"/opencode/sessions/{sid}/messages", json=body, headers={"Accept": "text/event-stream"})
+    text = await asyncio.wait_for(again.text(), 5)
+    assert text.startswith("event: accepted") and text.count("event:") == 1, text
+    page = await j(await client.get(f"/opencode/sessions/{sid}/messages"), 200)
+    assert [m["role"] for m in page["messages"]] == ["user", "assistant"]
+
+
 async def test_events_sse_replays_after_seq(client: TestClient, service: Any) -> None:
     sid = (await j(await client.post("/opencode/sessions", json={"skills": ["echo"]}), 201))["id"]
     sent = await j(await client.post(f"/opencode/sessions/{sid}/messages", json={"text": "a b"}), 202)
