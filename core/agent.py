@@ -299,8 +299,10 @@ class AgentRun:
         by_name = {t.name: (skill, t) for skill, t in tools}
         system = self._system_prompt()
         specs = [t.spec() for _, t in tools]
-        # The instructions and the tool schemas take their share of the context first.
+        # The instructions and the tool schemas take their share of the context first, and a
+        # reply the dialect asks room for beyond the usual reserve (Anthropic's max_tokens).
         fixed = (len(system) + sum(t.size for t in specs)) // 4
+        fixed += max(resolved.provider.reply_tokens(resolved.model) - REPLY_RESERVE_TOKENS, 0)
         context = max(resolved.caps.context_tokens - fixed, 0)
         history = await self._history(context, resolved.caps.vision)
         prompt_at = len(history) - 1  # this run's prompt; its tool turns follow it

@@ -723,6 +723,23 @@ async def test_the_instructions_and_tool_schemas_take_their_share_of_the_context
     assert [m.role for m in sent] == ["user", "assistant", "user"] and sent[0].parts[0].text == "question 1"
 
 
+async def test_a_reply_the_dialect_reserves_takes_its_share_of_the_context(env, service, monkeypatch):
+    """Anthropic asks for max_tokens of reply room (32,000 for a current Claude), and a server that
+    counts prompt plus reply against the context refuses a history that leaves less."""
+    provider, session, ws_for = env
+    monkeypatch.setattr(provider, "reply_tokens", lambda model: 4096 + 2500, raising=False)
+    service.sessions.deps.models = ScriptedResolver(provider, ModelCaps(tools=True, context_tokens=4096 + 5000))
+    sid = await session("alpha")
+    ws = await ws_for(sid)
+    for i in range(3):
+        provider.turns.append(text_turn("y" * 8000))  # ~2,000 tokens a reply
+        sent = await ws.command("send", session_id=sid, text=f"question {i}")
+        await ws.until(run_final(sent["data"]["run_id"]))
+    # 5,000 tokens of room, 2,500 of them kept for the reply: one earlier exchange fits, two do not.
+    sent = provider.requests[-1].messages
+    assert [m.role for m in sent] == ["user", "assistant", "user"] and sent[0].parts[0].text == "question 1"
+
+
 async def test_the_budget_counts_every_role_running_at_once(env):
     global pair_barrier
     pair_barrier = Barrier(2)  # both first turns are in before either role asks again

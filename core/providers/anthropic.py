@@ -111,14 +111,16 @@ class AnthropicProvider(HttpProvider):
         return body
 
     def _max_tokens(self, request: ChatRequest) -> int:
-        """The profile's `extra.max_tokens`, else the model's (`default_max_tokens`); the request's
-        own cap (what is left of a budget) when it is lower."""
+        """`reply_tokens`, or the request's own cap (what is left of a budget) when it is lower."""
+        limit = self.reply_tokens(request.model)
+        return limit if request.max_tokens is None else min(limit, request.max_tokens)
+
+    def reply_tokens(self, model: str) -> int:
+        """The profile's `extra.max_tokens`, else the model's (`default_max_tokens`)."""
         configured = self.profile.extra.get("max_tokens")
         if isinstance(configured, int) and not isinstance(configured, bool) and configured >= 1:
-            limit = configured
-        else:
-            limit = default_max_tokens(request.model)
-        return limit if request.max_tokens is None else min(limit, request.max_tokens)
+            return configured
+        return default_max_tokens(model)
 
     async def wire_messages(self, message: ChatMessage) -> list[dict[str, Any]]:
         content = await self._content(message)

@@ -155,3 +155,9 @@ class Provider(ABC):
     @abstractmethod
     async def list_models(self) -> list[ModelInfo]:
         """The models the provider offers (`/models`, `/api/tags`)."""
+
+    def reply_tokens(self, model: str) -> int:
+        """How many tokens a request asks the model to keep for its reply, when the dialect fixes
+        that (0: it does not). The history leaves that much of the context free: a server that
+        counts prompt plus reply against the context (Anthropic's) refuses a request that does not."""
+        return 0
