@@ -166,6 +166,27 @@ ON CONFLICT(id) DO UPDATE SET body=excluded.body, updated_at=excluded.updated_at
     WHERE excluded.updated_at >= sessions.updated_at
 """,
 )
+class _Statements:
+    """Several statements run for each row, as one write: a session's delete is one write, so a
+    batch boundary can never cut it in two (half of it committed, the rest lost with a failed
+    batch)."""
+
+    __slots__ = ("texts",)
+
+    def __init__(self, *texts: str) -> None:
+        self.texts = texts
+
+    def execute(self, db: sqlite3.Connection, rows: list[Any]) -> None:
+        for text in self.texts:
+            db.executemany(text, rows)
+
+
+_DELETE_SESSION = _Statements(
+    "DELETE FROM events WHERE session_id=?",
+    "DELETE FROM messages WHERE session_id=?",
+    "DELETE FROM audit WHERE session_id=?",
+    "DELETE FROM sessions WHERE id=?",
+)
 _INSERT_EVENTS = _Insert("INSERT OR IGNORE INTO events (session_id, seq, seq_end, type, ts, data) VALUES ",
                         "(?, ?, ?, ?, ?, ?)")
 _UPSERT_MESSAGE = _UPSERT_MESSAGES.texts[1]  # one row: what bench/persistence.py's raw baseline runs
@@ -188,7 +209,7 @@ EVENT_RUN_TYPE = "events"  # the `type` of a row holding several events
 class _Write:
     """One queued statement; `done` is resolved when its transaction commits or fails."""
 
-    sql: str | _Insert
+    sql: str | _Insert | _Statements
     params: tuple[Any, ...] | dict[str, Any]
     done: asyncio.Future[None] | None = None
     rows: int = 1
@@ -400,7 +421,8 @@ class SqliteStore(Store):
         if self._queued_rows >= self.max_rows:
             self._full.set()
 
-    async def _submit(self, sql: str | _Insert, params: tuple[Any, ...] | dict[str, Any], *, urgent: bool = True) -> None:
+    async def _submit(self, sql: str | _Insert | _Statements, params: tuple[Any, ...] | dict[str, Any], *,
+                      urgent: bool = True) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._enqueue(_Write(sql, params, done), urgent=urgent)
         self._awaited += 1
@@ -494,8 +516,9 @@ class SqliteStore(Store):
     def _retry(self, batch: list[_Queued], error: BaseException) -> float:
         """Queue a failed batch's unawaited rows again, ahead of everything: event rows, and
         message and session rows, which are upserts where the newest wins, so a late one never
-        undoes a newer one. An awaited write is answered with the error (its caller decides) and
-        is not repeated, nor is an unawaited delete (it belongs to an awaited one). Returns the
+        undoes a newer one; all of them go before anything queued since, a session's delete
+        included. An awaited write is answered with the error (its caller decides) and is not
+        repeated. Returns the
         wait before the next try; rows that failed MAX_ATTEMPTS times are given up, and logged."""
         self._answer(batch, error)
         again = [w for w in batch if _retryable(w)]
@@ -568,14 +591,8 @@ class SqliteStore(Store):
     async def delete_session(self, session_id: str) -> None:
         # Events appended from now on go in rows queued after the delete, as they did uncoalesced.
         self._open_rows.pop(session_id, None)
-        for sql in (
-            "DELETE FROM events WHERE session_id=?",
-            "DELETE FROM messages WHERE session_id=?",
-            "DELETE FROM audit WHERE session_id=?",
-        ):
-            self._enqueue(_Write(sql, (session_id,)))
         # In order behind the session's queued rows, so none of them lands after the delete.
-        await self._submit("DELETE FROM sessions WHERE id=?", (session_id,), urgent=False)
+        await self._submit(_DELETE_SESSION, (session_id,), urgent=False)
 
     async def get_session(self, session_id: str) -> Session | None:
         rows = await self._read("SELECT body FROM sessions WHERE id=?", (session_id,))
@@ -703,7 +720,7 @@ def _apply_batch(db: sqlite3.Connection, batch: list[_Queued]) -> None:
     try:
         db.execute("BEGIN IMMEDIATE")
         for sql, params in groups:
-            if isinstance(sql, _Insert):
+            if isinstance(sql, (_Insert, _Statements)):
                 sql.execute(db, params)
             else:
                 db.executemany(sql, params)
@@ -734,9 +751,9 @@ def _end_transaction(db: sqlite3.Connection, commit: bool) -> None:
             pass
 
 
-def _group_by_statement(batch: list[_Queued]) -> list[tuple[str | _Insert, list[Any]]]:
+def _group_by_statement(batch: list[_Queued]) -> list[tuple[str | _Insert | _Statements, list[Any]]]:
     """Consecutive writes of the same statement are run together, order preserved."""
-    groups: list[tuple[str | _Insert, list[Any]]] = []
+    groups: list[tuple[str | _Insert | _Statements, list[Any]]] = []
     type_json: dict[str, str] = {}
     for w in batch:
         params = w.params_with(type_json) if isinstance(w, _EventRow) else w.params

@@ -518,3 +518,39 @@ async def test_a_queued_session_row_commits_with_the_next_batch_in_order(store: 
     await store.save_session(s.model_copy(update={"title": "renamed", "usage": Usage(input_tokens=9), "updated_at": 4.0}))
     got = await store.get_session("ses_q")
     assert got is not None and got.title == "renamed" and got.usage.input_tokens == 9 and got.updated_at == 4.0
+
+
+async def test_a_session_delete_is_one_write_that_no_batch_boundary_cuts(db_path: Path) -> None:
+    """A delete was four writes; with a small batch limit the first two (events, messages) could
+    fail with one batch while the last (the session row) committed with the next: the delete
+    answered success and left the session's messages behind."""
+    store = SqliteStore(db_path, max_rows=3)
+    await store.open()
+    try:
+        now = time.time()
+        await store.save_session(Session(id="ses_a", title="t", created_at=now, updated_at=now))
+        await store.save_message(message("msg_old"))
+        await store._on_writer(lambda db: db.execute("PRAGMA busy_timeout=20").fetchall())  # noqa: SLF001
+        other = sqlite3.connect(db_path, isolation_level=None, timeout=0)
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            store.queue_message(message("msg_ckpt", status="streaming"))
+            append(store, "ses_a", odd_event(1))
+            deleting = asyncio.ensure_future(store.delete_session("ses_a"))
+            await asyncio.sleep(0.3)  # a batch or two fail while the lock is held
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        try:
+            await asyncio.wait_for(deleting, 10)
+            deleted = True
+        except StoreUnavailable:
+            deleted = False
+        await store.flush()
+        left = (await store.get_session("ses_a"), await store.get_messages("ses_a"), await store.events_after("ses_a", 0, 10))
+        if deleted:
+            assert left == (None, ([], False), []), left
+        else:  # refused whole: the session and what it had are all still there
+            assert left[0] is not None and [m.id for m in left[1][0]][:1] == ["msg_old"]
+    finally:
+        await store.close()
