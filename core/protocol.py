@@ -472,6 +472,7 @@ ProviderKind = Literal["openai", "anthropic", "ollama", "echo"]
 
 
 MAX_PRICE = 100_000.0  # USD per million tokens: far above any model's, far below a cost that overflows
+MAX_CONTEXT_TOKENS = 100_000_000
 
 
 class ModelCaps(Model):
@@ -479,7 +480,7 @@ class ModelCaps(Model):
 
     tools: bool = True
     vision: bool = False
-    context_tokens: int = Field(default=32_000, ge=512, le=100_000_000)
+    context_tokens: int = Field(default=32_000, ge=512, le=MAX_CONTEXT_TOKENS)
     input_price: float = Field(default=0.0, ge=0, le=MAX_PRICE, allow_inf_nan=False)
     output_price: float = Field(default=0.0, ge=0, le=MAX_PRICE, allow_inf_nan=False)
 

@@ -197,3 +197,17 @@ async def test_a_provider_sends_a_legacy_credential_header_as_it_was_saved(data_
     async with aiohttp.ClientSession() as http:
         await (await provider_for("proxy", profiles, http)).list_models()
     assert fake_llm.last.headers["Authorization"] == f"Bearer {key}"
+
+
+async def test_caps_saved_before_their_limits_load_clamped_and_stay(data_dir: Path) -> None:
+    """A context or a price over today's ceiling (or an infinite price, which was accepted) made
+    the profile fail to load; the next save then erased it."""
+    (data_dir / "providers.json").write_text(json.dumps({"version": 1, "profiles": [
+        {"name": "big", "kind": "openai", "base_url": "http://127.0.0.1:9/v1", "models": {
+            "huge": {"context_tokens": 200_000_000, "input_price": float("inf"), "output_price": float("nan")}}},
+    ]}))
+    profiles = await open_profiles(data_dir)
+    caps = (await profiles.get("big")).models["huge"]
+    assert (caps.context_tokens, caps.input_price, caps.output_price) == (100_000_000, 100_000.0, 0.0)
+    await profiles.create(ProviderCreate(name="another", kind="ollama"))
+    assert [p["name"] for p in json.loads((data_dir / "providers.json").read_text())["profiles"]] == ["big", "another"]

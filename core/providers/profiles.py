@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -31,7 +32,7 @@ from urllib.parse import urlsplit
 from pydantic import ValidationError
 
 from ..errors import BadRequest, Conflict, NotFound
-from ..protocol import ModelCaps, ProviderCreate, ProviderPatch, ProviderProfile
+from ..protocol import MAX_CONTEXT_TOKENS, MAX_PRICE, ModelCaps, ProviderCreate, ProviderPatch, ProviderProfile
 from ..secrets import SecretStore, atomic_write_text, key_hint, usual_env_var
 
 log = logging.getLogger("opencode.providers.profiles")
@@ -204,7 +205,7 @@ class ProviderProfiles:
         profiles: dict[str, ProviderProfile] = {}
         for item in items:
             try:
-                profile = ProviderProfile.model_validate(item)
+                profile = ProviderProfile.model_validate(_within_limits(item))
             except ValidationError as exc:
                 log.warning("skipping an invalid provider profile in %s: %s", self.path, exc.errors()[0]["msg"])
                 continue
@@ -358,6 +359,32 @@ class ProviderProfiles:
             masked = {n: key_hint(str(v)) if str(n).lower() in _CREDENTIAL_HEADERS else v for n, v in headers.items()}
             update["extra"] = {**profile.extra, "headers": masked}
         return profile.model_copy(update=update, deep=True)
+
+
+def _within_limits(item: Any) -> Any:
+    """A stored profile's model caps brought within today's limits (a context or a price saved
+    before they had a ceiling, an infinite price): it loads, clamped, rather than being skipped
+    and then erased by the next save."""
+    models = item.get("models") if isinstance(item, dict) else None
+    if not isinstance(models, dict):
+        return item
+    fixed = {}
+    for model_id, caps in models.items():
+        if isinstance(caps, dict):
+            caps = dict(caps)
+            context = caps.get("context_tokens")
+            if isinstance(context, (int, float)) and context > MAX_CONTEXT_TOKENS:
+                caps["context_tokens"] = MAX_CONTEXT_TOKENS
+            for price in ("input_price", "output_price"):
+                value = caps.get(price)
+                if isinstance(value, float) and math.isnan(value):
+                    caps[price] = 0.0
+                elif isinstance(value, (int, float)) and value > MAX_PRICE:
+                    caps[price] = MAX_PRICE
+        fixed[model_id] = caps
+    if fixed != models:
+        log.warning("provider profile %s: model caps above today's limits were clamped", item.get("name"))
+    return {**item, "models": fixed}
 
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")  # an HTTP token (RFC 9110)
