@@ -489,7 +489,11 @@ async def test_a_models_arguments_stay_inside_their_route(tools: dict[str, Tool]
     out = await call(tools, "list_models", folder="../view?filename=a.png&type=output")
     assert out.is_error and "unknown model folder '../view?filename=a.png&type=output'" in out.content
     out = await call(tools, "get_run", prompt_id="../object_info")
+    for dots in (".", ".."):
+        assert (await call(tools, "list_models", folder=dots)).is_error
+        assert (await call(tools, "get_run", prompt_id=dots)).is_error
     assert "/view" not in comfy.requests and "/object_info" not in comfy.requests, comfy.requests
+    assert "/" not in comfy.requests and "/models/" not in comfy.requests, comfy.requests
     comfy.raw_models["loras"] = b"\x89PNG\r\n\x1a\n\xff\xfe"
     out = await call(tools, "list_models", folder="loras")
     assert out.is_error and "not JSON" in out.content

@@ -33,7 +33,10 @@ log = logging.getLogger("opencode.comfyui.http")
 
 
 def _segment(value: str) -> str:
-    """A model's argument as one path segment: `../view?…` must not reach another route."""
+    """A model's argument as one path segment: `../view?…` must not reach another route (and
+    `.`, `..` or nothing would be resolved away by the URL, so they are no segment at all)."""
+    if value in ("", ".", ".."):
+        raise ComfyError(f"{value!r} is not a name ComfyUI knows")
     return quote(value, safe="")
 
 
