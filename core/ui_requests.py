@@ -8,6 +8,7 @@ so a tool never hangs on a closed tab. Imports protocol, bus, tools and errors.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +16,9 @@ from .bus import Bus
 from .errors import NotFound
 from .protocol import UiRequestData, new_id
 from .tools import ToolError
+
+
+ANSWERS_REMEMBERED = 256
 
 
 @dataclass
@@ -28,6 +32,9 @@ class UiBroker:
         self.bus = bus
         self.default_timeout = default_timeout
         self._waiting: dict[str, _Waiting] = {}
+        # The last answers taken, so that a panel whose connection dropped before the ack can send
+        # the same answer again and hear that it was taken (an accepted workflow is then loaded).
+        self._answered: OrderedDict[str, tuple[str, bool, dict[str, Any], str | None]] = OrderedDict()
 
     async def request(self, session_id: str, run_id: str | None, action: str, payload: dict[str, Any],
                       timeout: float | None = None) -> dict[str, Any]:
@@ -49,9 +56,17 @@ class UiBroker:
             self._waiting.pop(request_id, None)
 
     def reply(self, session_id: str, request_id: str, ok: bool, result: dict[str, Any], error: str | None) -> None:
+        """Answer an open request. The same answer again (a panel repeating it after a dropped
+        connection) is taken as already given; any other answer to a closed request is NotFound."""
+        answer = (session_id, ok, result, error)
+        if self._answered.get(request_id) == answer:
+            return
         waiting = self._waiting.get(request_id)
         if waiting is None or waiting.session_id != session_id or waiting.future.done():
             raise NotFound(f"no open UI request {request_id} in this session; it may have timed out")
+        self._answered[request_id] = answer
+        while len(self._answered) > ANSWERS_REMEMBERED:
+            self._answered.popitem(last=False)
         if ok:
             waiting.future.set_result(result)
         else:

@@ -927,6 +927,13 @@ async def test_ui_request_answered_by_the_panel(env, service):
     await ws.command("ui.reply", session_id=sid, request_id=req["request_id"], result={"nodes": 3})
     await ws.until(run_final(sent["data"]["run_id"]))
     assert ws.of_type("tool.finished")[0]["data"]["result"]["content"] == '{"nodes": 3}'
+    # A panel whose connection dropped before the ack sends the same answer again: taken, as before;
+    # another answer to the closed request is refused.
+    again = await ws.command("ui.reply", session_id=sid, request_id=req["request_id"], result={"nodes": 3})
+    assert again["type"] == "ack"
+    other = await ws.raw(json.dumps({"id": "x1", "type": "ui.reply", "session_id": sid,
+                                     "request_id": req["request_id"], "ok": True, "result": {"nodes": 4}}))
+    assert other["type"] == "error" and other["error"]["code"] == "not_found"
 
 
 def test_history_trimming_keeps_tool_pairs_whole() -> None:

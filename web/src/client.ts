@@ -249,8 +249,23 @@ export class OpencodeClient {
     else await this.request("POST", `/opencode/sessions/${enc(sessionId)}/permissions`, body);
   }
 
-  uiReply(payload: CommandMap["ui.reply"], timeoutMs?: number): Promise<Record<string, unknown>> {
-    return this.command("ui.reply", payload, timeoutMs);
+  /** Answer a `ui.request`. An answer whose ack was lost (or that could not leave: the socket was
+   * down) is sent again once the socket is back: the server takes the same answer twice as one. */
+  async uiReply(payload: CommandMap["ui.reply"], timeoutMs?: number): Promise<Record<string, unknown>> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.command("ui.reply", payload, timeoutMs);
+      } catch (err) {
+        const lost = err instanceof ApiError && ANSWER_LOST.has(err.code);
+        if (!lost || attempt >= this.opts.sendAttempts || this.state === "closed") throw err;
+        await this.untilOpen(this.opts.resendWaitMs);
+      }
+    }
+  }
+
+  /** A name for a new send, if the server takes one (`send.client_id`). */
+  newSendId(): string | undefined {
+    return this.repeatableSends ? newClientId() : undefined;
   }
 
   /** What the server said it can do (`GET /opencode/version`): the panel can be newer than the

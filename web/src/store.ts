@@ -13,6 +13,13 @@ import type { ModelInfo, OcEvent, ProviderProfile, SendMode, Session, SessionPat
 import { PROTOCOL_VERSION } from "./protocol";
 import { activeRuns, dropProposal, EMPTY, joining, prependHistory, reduce, withSession, type ChatState } from "./reducer";
 
+/** How a send went; a failed one carries its name and session, to be sent again under them. */
+export interface SendOutcome {
+  ok: boolean;
+  clientId?: string;
+  sessionId?: string;
+}
+
 export interface Notice {
   id: number;
   severity: "success" | "info" | "warn" | "error";
@@ -134,22 +141,27 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     const sessionId = session.value?.id;
     if (!sessionId) return;
     const loadable = accepted && deps.canLoadWorkflow();
-    chat.value = dropProposal(chat.value, req.request_id);
     const answer = { session_id: sessionId, request_id: req.request_id };
+    // The card stays (its buttons off) until the answer is settled: one sent while the socket
+    // was down, or whose ack was lost, is sent again once it is back (see `uiReply`).
+    const settled = () => (chat.value = dropProposal(chat.value, req.request_id));
     if (!loadable) {
       const error = accepted ? "this ComfyUI cannot load an API-format workflow" : null;
       if (error) notify("error", t("error.generic"), error);
       await client.uiReply({ ...answer, ok: !accepted, result: { accepted: false }, error }).catch(proposalFailed);
+      settled();
       return;
     }
     // Answer before loading: loading replaces the canvas, and with it this node's panel. Load
-    // only once the server took the answer (waiting a few seconds at most): a proposal that
-    // timed out, or that another panel answered, must not replace the canvas.
+    // only once the server took the answer: a proposal that timed out, or that another panel
+    // answered, must not replace the canvas.
     try {
       await client.uiReply({ ...answer, ok: true, result: { accepted: true } }, PROPOSAL_ACK_MS);
     } catch (err) {
       proposalFailed(err);
       return;
+    } finally {
+      settled();
     }
     try {
       await deps.loadWorkflow(withThisNode(proposedGraph(req)));
@@ -282,6 +294,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   async function create(config?: Partial<SessionConfig> & { id?: string }): Promise<void> {
     const d = { ...deps.binding.defaults(), ...config };
     const known = new Set(skills.value.map((s) => s.id));
+    const call = opening; // a chat picked while this one is made wins: the new one is only listed
     const created = await client.createSession({
       ...(config?.id ? { id: config.id } : {}),
       skills: d.skills.filter((s) => known.size === 0 || known.has(s)),
@@ -289,7 +302,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
       model: d.model || null,
     });
     rememberSession(created);
-    await open(created.id);
+    if (call === opening) await open(created.id);
   }
 
   async function loadEarlier(): Promise<void> {
@@ -340,18 +353,23 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     }
   }
 
-  /** `interrupt` stops what is running and answers this at once; `queue` waits its turn. */
-  async function send(text: string, mode: SendMode = "queue"): Promise<boolean> {
+  /**
+   * `interrupt` stops what is running and answers this at once; `queue` waits its turn.
+   * `clientId` names the send (see `client.send`): a failed send handed back to the person is sent
+   * again under its old name, so if the server had it after all it is not sent twice.
+   */
+  async function send(text: string, mode: SendMode = "queue", clientId?: string): Promise<SendOutcome> {
     const id = session.value?.id;
-    if (!id || !text.trim()) return false;
+    if (!id || !text.trim()) return { ok: false };
     const mentioned = leadingMentions(text, new Set(roles.value.map((r) => r.id)));
+    const name = clientId ?? client.newSendId();
     try {
-      await client.send(id, { text, skills: mentioned, mode });
+      await client.send(id, { text, skills: mentioned, mode, ...(name ? { client_id: name } : {}) });
       sent.value += 1;
-      return true;
+      return { ok: true };
     } catch (err) {
       fail(t("error.send"), err);
-      return false;
+      return { ok: false, clientId: name, sessionId: id };
     }
   }
 

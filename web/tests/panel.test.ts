@@ -96,6 +96,91 @@ describe("OpencodePanel", () => {
     expect(w.findAll("button").some((b) => b.text() === "Stop")).toBe(false);
   });
 
+  it("a send handed back after a failure keeps its name when sent again unchanged, and only then", async () => {
+    const { w, ws } = await started();
+    const area = w.find("textarea");
+    await area.setValue("order one pizza");
+    await area.trigger("keydown", { key: "Enter" });
+    const first = ws.commands("send")[0];
+    expect(first.client_id).toMatch(/^snd_/);
+    ws.receive({ type: "error", id: first.id, error: { code: "store_unavailable", message: "the disk is full", details: {} } });
+    await flushPromises();
+    expect((area.element as HTMLTextAreaElement).value).toBe("order one pizza"); // handed back
+    await area.trigger("keydown", { key: "Enter" });
+    const second = ws.commands("send")[1];
+    expect(second.client_id).toBe(first.client_id); // if the server had it after all, it is not sent twice
+    ws.ack("send", { message_id: "msg_u2", run_id: "run_1", run_ids: ["run_1"], queued: false });
+    await flushPromises();
+    await area.setValue("order one pizza");
+    await area.trigger("keydown", { key: "Enter" });
+    expect(ws.commands("send")[2].client_id).not.toBe(first.client_id); // a new message, a new name
+  });
+
+  it("a chat picked while New is still making one wins; the new chat is only listed", async () => {
+    const routes = defaultRoutes();
+    routes["GET /opencode/sessions"] = () => [200, { sessions: [session(), session({ id: "ses_C", title: "Cee", updated_at: 998 })] }];
+    routes["GET /opencode/sessions/ses_C"] = () => [200, session({ id: "ses_C", title: "Cee" })];
+    routes["POST /opencode/sessions"] = () => [201, session({ id: "ses_NEW", title: "Brand new" })];
+    routes["GET /opencode/sessions/ses_NEW"] = () => [200, session({ id: "ses_NEW", title: "Brand new" })];
+    const made = makeDeps(routes);
+    let releaseCreate!: () => void;
+    const gate = new Promise<void>((ok) => (releaseCreate = ok));
+    let gated = false;
+    const base = made.deps.transport;
+    made.deps.transport = {
+      wsUrl: base.wsUrl,
+      async fetch(path, init) {
+        if (gated && init.method === "POST" && path === "/opencode/sessions") await gate;
+        return base.fetch(path, init);
+      },
+    };
+    const w = mountWith(OpencodePanel, made.deps);
+    await flushPromises();
+    const ws = FakeSocket.last();
+    ws.open();
+    await flushPromises();
+    ws.receive(snapshot({ session: session({ last_seq: 1 }) }));
+    await flushPromises();
+    gated = true;
+    await button(w, "New chat").trigger("click"); // its answer is slow
+    await pickChat(w, "Cee"); // picked last
+    await flushPromises();
+    releaseCreate();
+    await flushPromises();
+    expect(made.deps.binding.sessionId()).toBe("ses_C");
+    await w.find("[aria-label=Chats]").trigger("click");
+    expect(w.findAll(".oc-menu-item").some((b) => b.text().startsWith("Brand new"))).toBe(true);
+    w.unmount();
+  });
+
+  it("a role toggle still waiting in one chat does not carry into the chat switched to", async () => {
+    const routes = defaultRoutes();
+    routes["GET /opencode/sessions"] = () => [200, { sessions: [session(), session({ id: "ses_B", title: "Bee", updated_at: 999, skills: ["echo"] })] }];
+    routes["GET /opencode/sessions/ses_B"] = () => [200, session({ id: "ses_B", title: "Bee", skills: ["echo"] })];
+    const made = makeDeps(routes);
+    const w = mountWith(OpencodePanel, made.deps);
+    await flushPromises();
+    const ws = FakeSocket.last();
+    ws.open();
+    await flushPromises();
+    ws.receive(snapshot({ session: session({ last_seq: 1 }) }));
+    await flushPromises();
+    await w.find("[data-testid=skill-picker]").trigger("click");
+    await w.find('input[aria-label="Assistant"]').setValue(true); // in the first chat; its answer is slow
+    await pickChat(w, "Bee");
+    await flushPromises();
+    ws.ack("leave");
+    ws.ack("join");
+    ws.receive(snapshot({ session: session({ id: "ses_B", title: "Bee", skills: ["echo"], last_seq: 2 }) }));
+    await flushPromises();
+    if (!w.find('input[aria-label="ComfyUI tools"]').exists()) await w.find("[data-testid=skill-picker]").trigger("click");
+    await w.find('input[aria-label="ComfyUI tools"]').setValue(true); // in Bee
+    const last = ws.commands("configure").at(-1)!;
+    expect(last.session_id).toBe("ses_B");
+    expect((last.patch as { skills: string[] }).skills).toEqual(["echo", "comfyui"]);
+    w.unmount();
+  });
+
   it("marks a message sent while busy as queued until its run starts", async () => {
     const { w, ws } = await started();
     ws.receive(ev("run.status", 2, { run: run() }));
@@ -229,18 +314,49 @@ describe("OpencodePanel", () => {
     await flushPromises();
     expect(toasts).toEqual(["This proposal is no longer open (it timed out or another panel answered it); the canvas was not changed."]);
 
-    propose(6, "ui_3", null); // the server never answers
+    propose(6, "ui_3", null); // the server never answers: the same answer goes three times in all
     await flushPromises();
     vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
     try {
       await button(w, "Load into canvas").trigger("click");
       await vi.advanceTimersByTimeAsync(5000);
+      expect(w.find("[data-testid=proposal-card]").exists()).toBe(true); // still there while it is tried again
+      await vi.advanceTimersByTimeAsync(10000);
     } finally {
       vi.useRealTimers();
     }
     await flushPromises();
+    const tries = ws.commands("ui.reply").filter((c) => c.request_id === "ui_3");
+    expect(tries.map(({ id: _, ...rest }) => rest)).toEqual(Array(3).fill(tries.map(({ id: _, ...rest }) => rest)[0]));
     expect(toasts.at(-1)).toBe("Something went wrong: No answer to ui.reply");
+    expect(w.find("[data-testid=proposal-card]").exists()).toBe(false);
     expect(loadWorkflow).not.toHaveBeenCalled();
+  });
+
+  it("an Accept whose ack was lost is sent again once the socket is back, and then loads", async () => {
+    const loadWorkflow = vi.fn().mockResolvedValue(undefined);
+    const { w, ws } = await started([defaultRoutes(), { loadWorkflow }]);
+    ws.receive(ev("ui.request", 2, { request_id: "ui_9", run_id: null, action: "propose_workflow", payload: { graph: { "1": { class_type: "SaveImage", inputs: {} } } } }));
+    await flushPromises();
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
+    try {
+      await button(w, "Load into canvas").trigger("click");
+      expect(ws.commands("ui.reply")).toHaveLength(1); // it reached the server; its ack did not come back
+      ws.drop();
+      await vi.advanceTimersByTimeAsync(600); // the panel reconnects
+      const again = FakeSocket.last();
+      again.open();
+      await vi.advanceTimersByTimeAsync(0);
+      const repeat = again.commands("ui.reply");
+      expect(repeat).toHaveLength(1);
+      expect(repeat[0]).toMatchObject({ request_id: "ui_9", ok: true, result: { accepted: true } });
+      again.ack("ui.reply", {}); // the server took the same answer again as the one it had
+    } finally {
+      vi.useRealTimers();
+    }
+    await flushPromises();
+    expect(loadWorkflow).toHaveBeenCalledTimes(1);
+    w.unmount();
   });
 
   it("a panel inside a node brings its node into an accepted proposal", async () => {
