@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from helpers_server import StandaloneServer
 from opencode_agent.tests.fakes.llm_servers import FakeLLMServer, fake_llm  # noqa: F401
@@ -40,6 +41,7 @@ checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", "502"]
 """
 
 
+@pytest.mark.timeout(TIMEOUT + 60)  # the suite's 120 s is too short for the full form
 async def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(tmp_path: Path,
                                                                          fake_llm: FakeLLMServer) -> None:
     server = StandaloneServer(tmp_path / "data", config={"echo_delay": 0.001, "commit_max_delay": 0.005},
