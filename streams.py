@@ -257,7 +257,7 @@ class WsConnection:
             if len(text.encode("utf-8", "surrogatepass")) > p.MAX_WS_FRAME_BYTES:
                 raise PayloadTooLarge(f"frames are limited to {p.MAX_WS_FRAME_BYTES} bytes", code="frame_too_large")
             raw = parse_json(text, "frame")
-            if isinstance(raw, dict) and isinstance(raw.get("id"), str) and p.re_id(raw["id"]):
+            if isinstance(raw, dict) and isinstance(raw.get("id"), str) and p.re_command_id(raw["id"]):
                 cid = raw["id"]
             if not isinstance(raw, dict) or not isinstance(raw.get("type"), str) or raw["type"] not in p.COMMAND_TYPES:
                 kind = raw.get("type") if isinstance(raw, dict) else None

@@ -26,6 +26,9 @@ MAX_WS_FRAME_BYTES = 1 << 20
 # Not dots alone: a URL path cannot carry `.` or `..` (browsers and curl resolve them away).
 ID_PATTERN = r"^[A-Za-z0-9_.:-]*[A-Za-z0-9_:-][A-Za-z0-9_.:-]*$"
 MAX_ID_CHARS = 64
+# A command's own id never goes into a URL: dots alone are fine there.
+COMMAND_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+_COMMAND_ID_RE = re.compile(COMMAND_ID_PATTERN)
 _ID_RE = re.compile(ID_PATTERN)
 
 SkillId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
@@ -444,6 +447,11 @@ class AuditList(Model):
     entries: list[AuditEntry]
 
 
+def re_command_id(value: str) -> bool:
+    """Whether `value` can be a command's id (echoed in its answer)."""
+    return _COMMAND_ID_RE.fullmatch(value) is not None
+
+
 def re_id(value: str) -> bool:
     """Whether `value` is a well-formed id (path segments are checked before any lookup)."""
     return len(value) <= MAX_ID_CHARS and _ID_RE.fullmatch(value) is not None
@@ -579,7 +587,7 @@ class SkillList(Model):
 
 
 class _Command(Model):
-    id: EntityId
+    id: Annotated[str, Field(pattern=COMMAND_ID_PATTERN)]
 
 
 class JoinCommand(_Command):

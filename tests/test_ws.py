@@ -353,3 +353,12 @@ async def test_a_stopping_server_closes_its_sockets_as_going_away(aiohttp_client
     msg = await ws.ws.receive(timeout=2.0)
     assert msg.type == WSMsgType.CLOSE and msg.data == WSCloseCode.GOING_AWAY
     assert asyncio.get_running_loop().time() - started < 1.0
+
+
+async def test_a_command_id_of_dots_is_still_a_command_id(client):
+    """Session ids may not be dots alone (a URL cannot carry them); a command's id never goes into
+    a URL, and a client may number its commands as it likes."""
+    ws = await connect(client)
+    for cid in (".", "..", "1.2"):
+        answer = await ws.raw(json.dumps({"id": cid, "type": "ping"}))
+        assert answer["type"] == "ack" and answer["id"] == cid, answer
