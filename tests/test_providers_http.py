@@ -359,7 +359,10 @@ async def test_an_upstream_that_stops_reading_a_large_request_is_a_stall(fake_ll
     """aiohttp's read timeout starts once the body is sent: a server that never takes in a large
     body (16 MB, past what the sockets buffer) would hold the run forever. The upload has a
     deadline of the read timeout plus its size at `min_upload_rate`; a server that reads is fine."""
+    held: list[asyncio.StreamWriter] = []
+
     async def never_read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
         await asyncio.Event().wait()  # cancelled when the server closes
 
     silent = await asyncio.start_server(never_read, "127.0.0.1", 0)
@@ -382,8 +385,10 @@ async def test_an_upstream_that_stops_reading_a_large_request_is_a_stall(fake_ll
                 assert joined(await asyncio.wait_for(collect(p, big), 10))[0] == TextDelta("read it all")
     finally:
         await session.close()
+        for writer in held:  # since 3.12 `wait_closed` waits for the connections too
+            writer.close()
         silent.close()
-        await silent.wait_closed()
+        await asyncio.wait_for(silent.wait_closed(), 5)
 
 
 async def test_a_stall_after_some_events_is_caught_by_the_watchdog(fake_llm: Any, http: Any) -> None:
