@@ -17,8 +17,11 @@ afterEach(() => {
 });
 
 /** Mount the panel, let it load, open its socket and deliver the session snapshot. */
-async function started(opts: Parameters<typeof makeDeps> = []) {
+/** Mount the panel, open its socket and take the first chat's snapshot; `prepare` may change the
+ * deps first (hold some requests, say). */
+async function started(opts: Parameters<typeof makeDeps> = [], prepare?: (made: ReturnType<typeof makeDeps>) => void) {
   const made = makeDeps(...opts);
+  prepare?.(made);
   const w = mountWith(OpencodePanel, made.deps);
   await flushPromises();
   const ws = FakeSocket.last();
@@ -27,6 +30,21 @@ async function started(opts: Parameters<typeof makeDeps> = []) {
   ws.receive(snapshot({ session: session({ last_seq: 1 }), messages: [message()] }));
   await flushPromises();
   return { ...made, w, ws };
+}
+
+/** Hold the requests `when` picks until the returned function is called (a slow answer). */
+function holdRequests(made: ReturnType<typeof makeDeps>, when: (path: string, init: RequestInit) => boolean): () => void {
+  let release!: () => void;
+  const gate = new Promise<void>((ok) => (release = ok));
+  const base = made.deps.transport;
+  made.deps.transport = {
+    wsUrl: base.wsUrl,
+    async fetch(path, init) {
+      if (when(path, init)) await gate;
+      return base.fetch(path, init);
+    },
+  };
+  return () => release();
 }
 
 function button(w: VueWrapper, text: string) {
@@ -122,32 +140,18 @@ describe("OpencodePanel", () => {
     routes["GET /opencode/sessions/ses_C"] = () => [200, session({ id: "ses_C", title: "Cee" })];
     routes["POST /opencode/sessions"] = () => [201, session({ id: "ses_NEW", title: "Brand new" })];
     routes["GET /opencode/sessions/ses_NEW"] = () => [200, session({ id: "ses_NEW", title: "Brand new" })];
-    const made = makeDeps(routes);
-    let releaseCreate!: () => void;
-    const gate = new Promise<void>((ok) => (releaseCreate = ok));
     let gated = false;
-    const base = made.deps.transport;
-    made.deps.transport = {
-      wsUrl: base.wsUrl,
-      async fetch(path, init) {
-        if (gated && init.method === "POST" && path === "/opencode/sessions") await gate;
-        return base.fetch(path, init);
-      },
-    };
-    const w = mountWith(OpencodePanel, made.deps);
-    await flushPromises();
-    const ws = FakeSocket.last();
-    ws.open();
-    await flushPromises();
-    ws.receive(snapshot({ session: session({ last_seq: 1 }) }));
-    await flushPromises();
+    let releaseCreate!: () => void;
+    const { w, deps } = await started([routes], (made) => {
+      releaseCreate = holdRequests(made, (path, init) => gated && init.method === "POST" && path === "/opencode/sessions");
+    });
     gated = true;
     await button(w, "New chat").trigger("click"); // its answer is slow
     await pickChat(w, "Cee"); // picked last
     await flushPromises();
     releaseCreate();
     await flushPromises();
-    expect(made.deps.binding.sessionId()).toBe("ses_C");
+    expect(deps.binding.sessionId()).toBe("ses_C");
     await w.find("[aria-label=Chats]").trigger("click");
     expect(w.findAll(".oc-menu-item").some((b) => b.text().startsWith("Brand new"))).toBe(true);
     w.unmount();
@@ -157,14 +161,7 @@ describe("OpencodePanel", () => {
     const routes = defaultRoutes();
     routes["GET /opencode/sessions"] = () => [200, { sessions: [session(), session({ id: "ses_B", title: "Bee", updated_at: 999, skills: ["echo"] })] }];
     routes["GET /opencode/sessions/ses_B"] = () => [200, session({ id: "ses_B", title: "Bee", skills: ["echo"] })];
-    const made = makeDeps(routes);
-    const w = mountWith(OpencodePanel, made.deps);
-    await flushPromises();
-    const ws = FakeSocket.last();
-    ws.open();
-    await flushPromises();
-    ws.receive(snapshot({ session: session({ last_seq: 1 }) }));
-    await flushPromises();
+    const { w, ws } = await started([routes]);
     await w.find("[data-testid=skill-picker]").trigger("click");
     await w.find('input[aria-label="Assistant"]').setValue(true); // in the first chat; its answer is slow
     await pickChat(w, "Bee");
@@ -644,23 +641,9 @@ describe("switching chats", () => {
     routes["GET /opencode/sessions/ses_B"] = () => [200, session({ id: "ses_B", title: "Bee" })];
     routes["GET /opencode/sessions/ses_C"] = () => [200, session({ id: "ses_C", title: "Cee" })];
     let releaseB!: () => void;
-    const gateB = new Promise<void>((ok) => (releaseB = ok));
-    const made = makeDeps(routes);
-    const base = made.deps.transport;
-    made.deps.transport = {
-      wsUrl: base.wsUrl,
-      async fetch(path, init) {
-        if (path === "/opencode/sessions/ses_B") await gateB;
-        return base.fetch(path, init);
-      },
-    };
-    const w = mountWith(OpencodePanel, made.deps);
-    await flushPromises();
-    const ws = FakeSocket.last();
-    ws.open();
-    await flushPromises();
-    ws.receive(snapshot({ session: session({ last_seq: 1 }) }));
-    await flushPromises();
+    const { w, ws, deps } = await started([routes], (made) => {
+      releaseB = holdRequests(made, (path) => path === "/opencode/sessions/ses_B");
+    });
     await pickChat(w, "Bee"); // its answer is slow
     await pickChat(w, "Cee");
     await flushPromises();
@@ -674,7 +657,7 @@ describe("switching chats", () => {
     ws.receive(snapshot({ session: session({ id: "ses_B", title: "Bee", last_seq: 2 }) }));
     await flushPromises();
     expect(w.find("[data-testid=session-title]").text()).toBe("Cee");
-    expect(made.deps.binding.sessionId()).toBe("ses_C");
+    expect(deps.binding.sessionId()).toBe("ses_C");
     expect(ws.commands("join").map((c) => c.session_id)).toEqual([SID, "ses_C"]);
   });
   it("a chat that cannot be opened or created is a notice; one deleted elsewhere leaves the list", async () => {
