@@ -47,7 +47,7 @@ MAX_BODY_BYTES = 2 << 20
 # from disk, so an update is in the browser before ComfyUI restarts): `send.client_id` is a send
 # that may carry its client_id (older servers refuse the field).
 CAPABILITIES = ["sessions", "events.sse", "ws", "multi_role", "providers", "skills", "permissions", "export",
-                "send.client_id"]
+                "send.client_id", "ui.reply.answer_id"]
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -295,10 +295,7 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     try:
         sending = await svc.sessions.start_send(sid, body)
         result = await sending.answer()
-        runs = set(result.run_ids)
-        if sending.repeat:  # runs that ended before this stream began will say nothing more on it
-            runs = svc.sessions.running(result.run_ids)
-        return await sub.stream(request, until_runs=runs, first=result)
+        return await sub.stream(request, until_runs=sending.runs_to_follow(), first=result)
     finally:
         svc.bus.unsubscribe(sid, sub)
 

@@ -335,7 +335,7 @@ class WsConnection:
             self.svc.gate.reply(cmd.session_id, cmd.request_id, cmd.decision, cmd.remember)
             return {}
         if cmd.type == "ui.reply":
-            self.svc.ui.reply(cmd.session_id, cmd.request_id, cmd.ok, cmd.result, cmd.error)
+            self.svc.ui.reply(cmd.session_id, cmd.request_id, cmd.ok, cmd.result, cmd.error, answer_id=cmd.answer_id)
             return {}
         raise BadRequest(f"unknown command {cmd.type}", code="unknown_command")
 

@@ -647,6 +647,9 @@ class UiReplyCommand(_Command):
     ok: bool = True
     result: dict[str, Any] = Field(default_factory=dict)
     error: str | None = Field(default=None, max_length=2000)
+    # The panel's name for this answer, the same on each try: a repeat under it (the ack was
+    # lost) is taken as given; another panel's answer to a closed request is still refused.
+    answer_id: ClientSendId | None = None
 
 
 Command = Annotated[

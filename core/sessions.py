@@ -24,6 +24,7 @@ from .agent import MAX_OLDER_MESSAGES, OLDER_PAGE, AgentDeps, AgentRun, RunInput
 from .bus import InProcessBus
 from .errors import BadRequest, Conflict, NotFound, OpencodeError
 from .protocol import (
+    FINAL_RUN_STATUSES,
     AbortResult,
     Message,
     MessageCreatedData,
@@ -134,6 +135,11 @@ class Sending:
     text: str
     saving: asyncio.Task[None] | None  # None: saved already (a queued message is saved first)
     repeat: bool = False  # a repeat of an earlier send (its client_id): nothing new was sent
+
+    def runs_to_follow(self) -> set[str]:
+        """The runs whose events a stream begun now will see end: all of a new send's; of a
+        repeat's, those not ended (a run's status is final before it says so)."""
+        return {r.id for r in self.runs if not self.repeat or r.status not in FINAL_RUN_STATUSES}
 
     async def answer(self) -> SendResult:
         if self.saving is not None:
@@ -370,10 +376,6 @@ class SessionManager:
         return join_replies(replies), (replies[-1].id if replies else None)
 
     # ------------------------------------------------------------------ sending
-
-    def running(self, run_ids: Sequence[str]) -> set[str]:
-        """Those of `run_ids` that have not ended (a repeated send's runs may all have)."""
-        return {r for r in run_ids if r in self._run_done and not self._run_done[r].done()}
 
     async def send(self, session_id: str, body: SendBody) -> SendResult:
         """Send a message: its runs start at once, or it queues behind the busy ones; returns once

@@ -32,9 +32,10 @@ class UiBroker:
         self.bus = bus
         self.default_timeout = default_timeout
         self._waiting: dict[str, _Waiting] = {}
-        # The last answers taken, so that a panel whose connection dropped before the ack can send
-        # the same answer again and hear that it was taken (an accepted workflow is then loaded).
-        self._answered: OrderedDict[str, tuple[str, bool, dict[str, Any], str | None]] = OrderedDict()
+        # The last answers taken, by the panel's name for them, so that a panel whose connection
+        # dropped before the ack can send its answer again and hear that it was taken (an accepted
+        # workflow is then loaded); another panel's answer is not that one.
+        self._answered: OrderedDict[str, str] = OrderedDict()
 
     async def request(self, session_id: str, run_id: str | None, action: str, payload: dict[str, Any],
                       timeout: float | None = None) -> dict[str, Any]:
@@ -55,18 +56,20 @@ class UiBroker:
         finally:
             self._waiting.pop(request_id, None)
 
-    def reply(self, session_id: str, request_id: str, ok: bool, result: dict[str, Any], error: str | None) -> None:
-        """Answer an open request. The same answer again (a panel repeating it after a dropped
-        connection) is taken as already given; any other answer to a closed request is NotFound."""
-        answer = (session_id, ok, result, error)
-        if self._answered.get(request_id) == answer:
+    def reply(self, session_id: str, request_id: str, ok: bool, result: dict[str, Any], error: str | None,
+              *, answer_id: str | None = None) -> None:
+        """Answer an open request. An answer repeated under its `answer_id` (a panel sending it
+        again after a dropped connection) is taken as already given; any other answer to a
+        closed request, another panel's included, is NotFound."""
+        if answer_id is not None and self._answered.get(request_id) == f"{session_id}/{answer_id}":
             return
         waiting = self._waiting.get(request_id)
         if waiting is None or waiting.session_id != session_id or waiting.future.done():
             raise NotFound(f"no open UI request {request_id} in this session; it may have timed out")
-        self._answered[request_id] = answer
-        while len(self._answered) > ANSWERS_REMEMBERED:
-            self._answered.popitem(last=False)
+        if answer_id is not None:
+            self._answered[request_id] = f"{session_id}/{answer_id}"
+            while len(self._answered) > ANSWERS_REMEMBERED:
+                self._answered.popitem(last=False)
         if ok:
             waiting.future.set_result(result)
         else:

@@ -924,16 +924,18 @@ async def test_ui_request_answered_by_the_panel(env, service):
     ws = await ws_for(sid)
     sent = await ws.command("send", session_id=sid, text="what is on my canvas")
     req = (await ws.until(lambda e: e["type"] == "ui.request"))["data"]
-    await ws.command("ui.reply", session_id=sid, request_id=req["request_id"], result={"nodes": 3})
+    answer = {"session_id": sid, "request_id": req["request_id"], "result": {"nodes": 3}}
+    await ws.command("ui.reply", **answer, answer_id="panel-a-0001")
     await ws.until(run_final(sent["data"]["run_id"]))
     assert ws.of_type("tool.finished")[0]["data"]["result"]["content"] == '{"nodes": 3}'
-    # A panel whose connection dropped before the ack sends the same answer again: taken, as before;
-    # another answer to the closed request is refused.
-    again = await ws.command("ui.reply", session_id=sid, request_id=req["request_id"], result={"nodes": 3})
+    # A panel whose connection dropped before the ack sends its answer again: taken, as before.
+    again = await ws.command("ui.reply", **answer, answer_id="panel-a-0001")
     assert again["type"] == "ack"
-    other = await ws.raw(json.dumps({"id": "x1", "type": "ui.reply", "session_id": sid,
-                                     "request_id": req["request_id"], "ok": True, "result": {"nodes": 4}}))
-    assert other["type"] == "error" and other["error"]["code"] == "not_found"
+    # The same answer from another panel (or without a name) is refused: that panel must not act on it.
+    for other_id in ("panel-b-0001", None):
+        frame = {"id": "x1", "type": "ui.reply", "ok": True, **answer, **({"answer_id": other_id} if other_id else {})}
+        other = await ws.raw(json.dumps(frame))
+        assert other["type"] == "error" and other["error"]["code"] == "not_found", other
 
 
 def test_history_trimming_keeps_tool_pairs_whole() -> None:

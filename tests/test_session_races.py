@@ -392,3 +392,33 @@ async def test_a_change_saving_as_the_session_is_deleted_does_not_bring_it_back(
     assert await service.store.get_session(sid) is None
     with pytest.raises(NotFound):
         await service.sessions.get(sid)
+
+
+async def test_a_repeat_that_comes_as_its_run_ends_follows_no_run(env, service, monkeypatch):
+    """A run says it ended (its final `run.status`) a loop turn before it is settled; a repeat's
+    stream begun in between waited for that event, already gone (the SSE route follows
+    `runs_to_follow()`)."""
+    provider, session = env
+    provider.turns.append(text_turn("the reply"))
+    sid = await session()
+    body = SendBody(text="once", client_id="tab1-0009")
+    followed: list[asyncio.Task[set[str]]] = []
+    real = service.bus.publish
+
+    async def a_repeat_now() -> set[str]:
+        sending = await service.sessions.start_send(sid, body)
+        await sending.answer()
+        return sending.runs_to_follow()
+
+    def publish(session_id: str, type_: str, data: Any) -> int:
+        seq = real(session_id, type_, data)
+        if type_ == "run.status" and data.run.status == "completed" and not followed:
+            followed.append(asyncio.ensure_future(a_repeat_now()))
+        return seq
+
+    monkeypatch.setattr(service.bus, "publish", publish)
+    first = await service.sessions.start_send(sid, body)
+    assert first.runs_to_follow() == {r.id for r in first.runs}
+    await first.answer()
+    await asyncio.wait_for(service.sessions.wait_runs(sid, [r.id for r in first.runs]), 5)
+    assert await asyncio.wait_for(followed[0], 5) == set()

@@ -112,6 +112,7 @@ export class OpencodeClient {
   private readonly stateListeners = new Set<(s: ConnectionState) => void>();
   private joined: string | null = null;
   private repeatableSends = false;
+  private namedAnswers = false;
   private lastSeq = new Map<string, number>();
 
   constructor(options: ClientOptions) {
@@ -252,9 +253,12 @@ export class OpencodeClient {
   /** Answer a `ui.request`. An answer whose ack was lost (or that could not leave: the socket was
    * down) is sent again once the socket is back: the server takes the same answer twice as one. */
   async uiReply(payload: CommandMap["ui.reply"], timeoutMs?: number): Promise<Record<string, unknown>> {
+    // Named once, the same on each try: the server knows a repeat of this panel's answer from
+    // another panel's (which must not load a workflow twice). A server without it refuses a repeat.
+    const answer = this.namedAnswers ? { ...payload, answer_id: payload.answer_id ?? newClientId() } : payload;
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.command("ui.reply", payload, timeoutMs);
+        return await this.command("ui.reply", answer, timeoutMs);
       } catch (err) {
         const lost = err instanceof ApiError && ANSWER_LOST.has(err.code);
         if (!lost || attempt >= this.opts.sendAttempts || this.state === "closed") throw err;
@@ -273,6 +277,7 @@ export class OpencodeClient {
    * before ComfyUI restarts. */
   setServerCapabilities(capabilities: readonly string[]): void {
     this.repeatableSends = capabilities.includes("send.client_id");
+    this.namedAnswers = capabilities.includes("ui.reply.answer_id");
   }
 
   // ------------------------------------------------------------ WebSocket

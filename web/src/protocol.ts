@@ -391,7 +391,7 @@ export interface CommandMap {
   configure: { session_id: string; patch: SessionPatch };
   ping: Record<string, never>;
   "permission.reply": { session_id: string; request_id: string; decision: "allow" | "deny"; remember: boolean };
-  "ui.reply": { session_id: string; request_id: string; ok: boolean; result: Record<string, unknown>; error?: string | null };
+  "ui.reply": { session_id: string; request_id: string; ok: boolean; result: Record<string, unknown>; error?: string | null; answer_id?: string };
 }
 
 export type CommandType = keyof CommandMap;

@@ -339,6 +339,8 @@ describe("OpencodePanel", () => {
     try {
       await button(w, "Load into canvas").trigger("click");
       expect(ws.commands("ui.reply")).toHaveLength(1); // it reached the server; its ack did not come back
+      const first = ws.commands("ui.reply")[0];
+      expect(first.answer_id).toMatch(/^snd_/);
       ws.drop();
       await vi.advanceTimersByTimeAsync(600); // the panel reconnects
       const again = FakeSocket.last();
@@ -346,7 +348,7 @@ describe("OpencodePanel", () => {
       await vi.advanceTimersByTimeAsync(0);
       const repeat = again.commands("ui.reply");
       expect(repeat).toHaveLength(1);
-      expect(repeat[0]).toMatchObject({ request_id: "ui_9", ok: true, result: { accepted: true } });
+      expect(repeat[0]).toMatchObject({ request_id: "ui_9", ok: true, result: { accepted: true }, answer_id: first.answer_id });
       again.ack("ui.reply", {}); // the server took the same answer again as the one it had
     } finally {
       vi.useRealTimers();

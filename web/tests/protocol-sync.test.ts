@@ -57,7 +57,7 @@ describe("protocol.ts mirrors core/protocol.py", () => {
     ["PermissionReplyBody", ["request_id", "decision", "remember"]],
     ["AbortBody", ["run_id", "skill"]],
     ["JoinCommand", ["type", "session_id", "after_seq", "panel"]],
-    ["UiReplyCommand", ["type", "session_id", "request_id", "ok", "result", "error"]],
+    ["UiReplyCommand", ["type", "session_id", "request_id", "ok", "result", "error", "answer_id"]],
     ["ProviderKeyBody", ["key"]],
   ])("%s has the fields the panel sends", (model, fields) => {
     expect(fieldsOf(model)).toEqual(fields);
