@@ -200,9 +200,15 @@ export class OpencodeClient {
     // A server from before `client_id` refuses the field; without it a repeat could send twice.
     if (!this.repeatableSends) return this.sendOnce(sessionId, body);
     const once: SendBody = { ...body, client_id: body.client_id ?? newClientId() };
+    return this.againWhileLost(() => this.sendOnce(sessionId, once));
+  }
+
+  /** `call()`, made again (up to `sendAttempts` in all) while its answer is lost: after the
+   * socket is back, or `resendWaitMs`. Only for a call the server takes twice as once. */
+  private async againWhileLost<T>(call: () => Promise<T>): Promise<T> {
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.sendOnce(sessionId, once);
+        return await call();
       } catch (err) {
         const lost = err instanceof ApiError && ANSWER_LOST.has(err.code);
         if (!lost || attempt >= this.opts.sendAttempts || this.state === "closed") throw err;
@@ -254,17 +260,11 @@ export class OpencodeClient {
    * down) is sent again once the socket is back: the server takes the same answer twice as one. */
   async uiReply(payload: CommandMap["ui.reply"], timeoutMs?: number): Promise<Record<string, unknown>> {
     // Named once, the same on each try: the server knows a repeat of this panel's answer from
-    // another panel's (which must not load a workflow twice). A server without it refuses a repeat.
-    const answer = this.namedAnswers ? { ...payload, answer_id: payload.answer_id ?? newClientId() } : payload;
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await this.command("ui.reply", answer, timeoutMs);
-      } catch (err) {
-        const lost = err instanceof ApiError && ANSWER_LOST.has(err.code);
-        if (!lost || attempt >= this.opts.sendAttempts || this.state === "closed") throw err;
-        await this.untilOpen(this.opts.resendWaitMs);
-      }
-    }
+    // another panel's (which must not load a workflow twice). A server without names refuses a
+    // repeat, so it gets one try.
+    if (!this.namedAnswers) return this.command("ui.reply", payload, timeoutMs);
+    const answer = { ...payload, answer_id: payload.answer_id ?? newClientId() };
+    return this.againWhileLost(() => this.command("ui.reply", answer, timeoutMs));
   }
 
   /** A name for a new send, if the server takes one (`send.client_id`). */
