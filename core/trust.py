@@ -44,7 +44,9 @@ class TrustPolicy:
         """Read the install's token, creating it (0600) on first start."""
         path = data_dir / TOKEN_FILE
         token = await asyncio.to_thread(_read_or_create_token, path)
-        log.info("Opencode access token for remote clients: %s (also in %s)", token, path)
+        # The path, never the token: ComfyUI's console is saved to a log file that people paste
+        # into bug reports, and the token lets anyone who can reach the port spend on the keys.
+        log.info("Opencode: remote clients need the access token stored in %s", path)
         return cls(token=token, token_path=path)
 
     async def rotate(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import sqlite3
 import stat
 from pathlib import Path
@@ -303,7 +304,8 @@ def test_host_name() -> None:
 
 
 async def test_token_file_is_private_stable_and_rotatable(tmp_path: Path, caplog: Any) -> None:
-    policy = await TrustPolicy.load(tmp_path)
+    with caplog.at_level(logging.DEBUG, logger="opencode"):
+        policy = await TrustPolicy.load(tmp_path)
     path = tmp_path / TOKEN_FILE
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert len(policy.token) >= 32
@@ -316,6 +318,9 @@ async def test_token_file_is_private_stable_and_rotatable(tmp_path: Path, caplog
         check_request(policy, "GET", {"Host": "evil.example"}, "127.0.0.1", {"token": old})
     check_request(policy, "GET", {"Host": "evil.example"}, "127.0.0.1", {"token": new})
     assert [p.name for p in tmp_path.iterdir()] == [TOKEN_FILE]  # no temp file left behind
+    # The console names the file but never shows a token: ComfyUI's log is pasted into bug reports.
+    assert str(path) in caplog.text
+    assert old not in caplog.text and new not in caplog.text
 
 
 async def test_a_token_that_is_not_utf8_is_a_wrong_token_not_a_500(client: Any) -> None:
