@@ -222,9 +222,9 @@ class InProcessBus(Bus):
     async def open_room(self, session_id: str) -> None:
         """Load the room's last seq from the store; must run before the first publish."""
         if session_id not in self._rooms:
-            last = await self.store.last_seq(session_id)
-            if last:
-                last += RESTART_SEQ_GAP
+            # Always past the gap, even when nothing was stored: a process killed within one group
+            # commit of a session's first events had handed out seqs 1, 2, … that were never saved.
+            last = await self.store.last_seq(session_id) + RESTART_SEQ_GAP
             if session_id not in self._rooms:
                 self._rooms[session_id] = _Room(session_id, last, self.ring_size)
 
@@ -254,6 +254,12 @@ class InProcessBus(Bus):
                     room.task = None
                 trimmed += 1
         return trimmed
+
+    def new_room(self, session_id: str) -> None:
+        """A fresh room, counting from 1, for a session created by this process (`open_room`
+        starts a stored session's room past the restart gap)."""
+        self.close_room(session_id)
+        self._rooms[session_id] = _Room(session_id, 0, self.ring_size)
 
     def close_room(self, session_id: str, *, only: object | None = None) -> None:
         """Drop the session's room; with `only`, just if it is still that room (a timer set for

@@ -248,7 +248,7 @@ class SessionManager:
         session = Session(id=session_id, title=body.title or DEFAULT_TITLE, skills=list(body.skills),
                           provider=body.provider, model=body.model, created_at=t, updated_at=t)
         await self.store.save_session(session)
-        self.bus.close_room(session_id)  # a deleted session's room, if the id is used again
+        self.bus.new_room(session_id)  # replaces a deleted session's room, if the id is used again
         self._live[session_id] = _Live(session, OrderedDict(), False)
         log.info("created session %s", session_id)
         return session

@@ -68,6 +68,7 @@ async def test_a_caught_up_subscriber_gets_events_inline_and_a_refusing_one_thro
         store: SqliteStore) -> None:
     bus = InProcessBus(store, _snapshot)
     fast, slow = RecordingSubscriber(), RecordingSubscriber(inline=False)
+    bus.new_room("ses_a")  # a session this process created
     await bus.subscribe("ses_a", fast, after_seq=0)
     await bus.subscribe("ses_a", slow, after_seq=0)
     await _settle()
@@ -86,6 +87,7 @@ async def test_a_subscriber_busy_in_the_task_is_not_overtaken_by_inline_delivery
     bus = InProcessBus(store, _snapshot)
     gate = asyncio.Event()
     sub = RecordingSubscriber(inline=False, gate=gate)
+    bus.new_room("ses_b")  # a session this process created
     await bus.subscribe("ses_b", sub, after_seq=0)
     bus.publish_json("ses_b", "log", "{}")  # goes to the task, which waits on the gate
     await _settle()
@@ -118,6 +120,7 @@ class KeepingSubscriber(RecordingSubscriber):
 async def test_publish_encodes_the_envelope_once_for_every_transport(store: SqliteStore) -> None:
     bus = InProcessBus(store, _snapshot)
     got: list[Published] = []
+    bus.new_room("ses_\"c")  # a session this process created
     await bus.subscribe("ses_\"c", KeepingSubscriber(got), after_seq=0)
     bus.publish("ses_\"c", "message.delta", {"message_id": "m", "run_id": None, "skill": "assistant", "text": "é\n"})
     envelope = json.loads(got[0].text)
@@ -156,3 +159,26 @@ def test_model_json_is_model_dump_json() -> None:
                       usage=Usage(input_tokens=3, output_tokens=4, cost=0.25), created_at=1.5, updated_at=2.0)
     for model in (message, MessageCreatedData(message=message), Session(id="ses_1", created_at=1.0, updated_at=1.0)):
         assert model_json(model) == model.model_dump_json()
+
+
+async def test_a_stored_session_whose_events_were_never_saved_starts_past_the_restart_gap(
+        store: SqliteStore, tmp_path: Path) -> None:
+    """A process killed within one group commit of a session's first events had handed out seqs
+    1, 2, … that never reached the store. The next process must not hand them out again: a
+    client holding seq 2 would take the new seq 3 for the one after what it saw."""
+    from opencode_agent.core.bus import RESTART_SEQ_GAP
+
+    lost = SqliteStore(tmp_path / "lost.sqlite")  # where the killed process's rows went: nowhere
+    await lost.open()
+    killed = InProcessBus(lost, _snapshot)
+    killed.new_room("ses_k")
+    held = [killed.publish("ses_k", "log", {"message": "never saved"}) for _ in range(3)]
+    assert held == [1, 2, 3]  # published, then the process died before its group commit
+    await killed.close()
+    await lost.close()
+    restarted = InProcessBus(store, _snapshot)  # nothing of ses_k is in the store
+    got: list[Published] = []
+    await restarted.subscribe("ses_k", KeepingSubscriber(got), after_seq=None)
+    seq = restarted.publish("ses_k", "log", {"message": "after the restart"})
+    assert seq == RESTART_SEQ_GAP + 1 and seq not in held
+    await restarted.close()
