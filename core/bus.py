@@ -423,7 +423,7 @@ class InProcessBus(Bus):
         state = await self.snapshot(room.session_id)
         # Nothing awaited between reading `last_seq` and attaching: the snapshot covers it.
         seq = room.last_seq
-        ev = Event.model_construct(seq=seq, session_id=room.session_id, type=type_, ts=time.time(), data=state)
+        ev = Event.model_construct(seq=seq, session_id=room.session_id, type=type_, ts=round(time.time(), 3), data=state)
         room.cursors[sub] = seq
         await sub.send(Published(ev, encode(ev)))
         self._ensure_sender(room)

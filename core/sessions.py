@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Coroutine, Protocol, Sequence
 
 from .agent import MAX_OLDER_MESSAGES, OLDER_PAGE, AgentDeps, AgentRun, RunInput, SkillLike, TurnCache
-from .bus import InProcessBus
+from .bus import RESTART_SEQ_GAP, InProcessBus
 from .errors import BadRequest, Conflict, NotFound, OpencodeError
 from .protocol import (
     FINAL_RUN_STATUSES,
@@ -255,11 +255,23 @@ class SessionManager:
 
     async def list(self) -> list[Session]:
         stored = await self.store.list_sessions()
-        # In-memory state is newer than the store for sessions in use.
-        return [self._live[s.id].session if s.id in self._live else s for s in stored]
+        out = []
+        for s in stored:
+            if s.id in self._live:  # in-memory state is newer than the store for sessions in use
+                out.append(self._numbered(self._live[s.id].session))
+            elif self.bus.room_of(s.id) is not None:
+                out.append(self._numbered(s))
+            else:  # its room, once opened, numbers on from past the restart gap
+                out.append(s.model_copy(update={"last_seq": s.last_seq + RESTART_SEQ_GAP}))
+        return out
 
     async def get(self, session_id: str) -> Session:
-        return (await self._get_live(session_id)).session
+        return self._numbered((await self._get_live(session_id)).session)
+
+    def _numbered(self, session: Session, ahead: int = 0) -> Session:
+        """The session with `last_seq`: the seq of its newest event (`ahead` = 1 for the event
+        about to carry it), where a client that has what it shows can start its replay."""
+        return session.model_copy(update={"last_seq": self.bus.last_seq(session.id) + ahead})
 
     async def patch(self, session_id: str, patch: SessionPatch) -> Session:
         live = await self._get_live(session_id)
@@ -291,8 +303,8 @@ class SessionManager:
                 updated = updated.model_copy(update={"usage": live.session.usage, "updated_at": now()})
                 self.store.queue_session(updated)
             live.session = updated
-        self.bus.publish(live.session.id, "session.updated", SessionUpdatedData(session=updated))
-        return updated
+        self.bus.publish(live.session.id, "session.updated", SessionUpdatedData(session=self._numbered(updated, 1)))
+        return self._numbered(updated)
 
     async def delete(self, session_id: str) -> None:
         live = await self._get_live(session_id)
@@ -358,8 +370,8 @@ class SessionManager:
         """The join state; built synchronously after loading so it matches the bus's last seq."""
         live = await self._get_live(session_id)
         runs = [a.run for a in live.active.values()] + [r for q in live.queued for r in q.runs]
-        return SessionStateData(session=live.session, messages=list(live.recent.values()), runs=runs,
-                                has_more=live.has_more).model_dump(mode="json")
+        return SessionStateData(session=self._numbered(live.session), messages=list(live.recent.values()),
+                                runs=runs, has_more=live.has_more).model_dump(mode="json")
 
     async def last_reply(self, session_id: str) -> tuple[str, str | None]:
         """The text of the last finished assistant reply(ies) of the newest exchange, and its message id."""

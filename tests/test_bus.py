@@ -182,3 +182,12 @@ async def test_a_stored_session_whose_events_were_never_saved_starts_past_the_re
     seq = restarted.publish("ses_k", "log", {"message": "after the restart"})
     assert seq == RESTART_SEQ_GAP + 1 and seq not in held
     await restarted.close()
+
+
+async def test_a_snapshot_is_stamped_to_the_millisecond_like_every_other_event(store: SqliteStore) -> None:
+    bus = InProcessBus(store, _snapshot)
+    got: list[Published] = []
+    await bus.subscribe("ses_s", KeepingSubscriber(got), after_seq=None)
+    ts = json.loads(got[0].text)["ts"]
+    assert json.loads(got[0].text)["type"] == "session.state" and round(ts * 1000) / 1000 == ts
+    await bus.close()

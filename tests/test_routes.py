@@ -267,6 +267,47 @@ async def test_restart_on_the_same_data_dir_restores_sessions(aiohttp_client: An
     assert second.app[SERVICE].bus.last_seq(sid) > last_seq
 
 
+async def test_a_sessions_last_seq_is_where_a_client_that_has_it_resumes(aiohttp_client: Any, make_app: Any
+                                                                         ) -> None:
+    """`last_seq` was always 0: a client that joined with it replayed everything or got a resync."""
+    first = await aiohttp_client(make_app())
+    service = first.app[SERVICE]
+    sid = (await j(await first.post("/opencode/sessions", json={"skills": ["echo"]}), 201))["id"]
+    sent = await j(await first.post(f"/opencode/sessions/{sid}/messages", json={"text": "a b"}), 202)
+    await service.sessions.wait_runs(sid, sent["run_ids"])
+    last = service.bus.last_seq(sid)
+    assert last > 0
+    assert (await j(await first.get(f"/opencode/sessions/{sid}"), 200))["last_seq"] == last
+    listed = await j(await first.get("/opencode/sessions"), 200)
+    assert [s["last_seq"] for s in listed["sessions"] if s["id"] == sid] == [last]
+    patched = await j(await first.patch(f"/opencode/sessions/{sid}", json={"title": "Numbered"}), 200)
+    assert patched["last_seq"] == service.bus.last_seq(sid) == last + 1  # its session.updated
+    state = await service.sessions.snapshot(sid)
+    assert state["session"]["last_seq"] == last + 1
+    await service.store.flush()
+    await first.close()
+
+    second = await aiohttp_client(make_app())  # the same data dir, a new process's numbering
+    listed = await j(await second.get("/opencode/sessions"), 200)
+    resume = [s["last_seq"] for s in listed["sessions"] if s["id"] == sid][0]
+    assert resume > last + 1
+    resp = await second.get(f"/opencode/sessions/{sid}/events", params={"after_seq": str(resume)})
+    sent = await j(await second.post(f"/opencode/sessions/{sid}/messages", json={"text": "c"}), 202)
+    first_event = None
+    async for raw in resp.content:
+        line = raw.decode().strip()
+        if line.startswith("event: "):
+            first_event = first_event or line[7:]
+        if line.startswith("id: "):
+            assert int(line[4:]) == resume + 1  # no resync: the listed seq is exactly where it goes on
+            break
+    resp.close()
+    assert first_event != "session.resync"
+    await second.app[SERVICE].sessions.wait_runs(sid, sent["run_ids"])
+    assert (await j(await second.get(f"/opencode/sessions/{sid}"), 200))["last_seq"] == \
+        second.app[SERVICE].bus.last_seq(sid)
+
+
 async def test_files_route_serves_uploaded_images(client: TestClient, service: Any) -> None:
     from opencode_agent.core.images import save_upload
 
