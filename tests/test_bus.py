@@ -188,6 +188,7 @@ async def test_a_snapshot_is_stamped_to_the_millisecond_like_every_other_event(s
     bus = InProcessBus(store, _snapshot)
     got: list[Published] = []
     await bus.subscribe("ses_s", KeepingSubscriber(got), after_seq=None)
+    await _settle()
     ts = json.loads(got[0].text)["ts"]
     assert json.loads(got[0].text)["type"] == "session.state" and round(ts * 1000) / 1000 == ts
     await bus.close()
