@@ -140,6 +140,7 @@ async def test_an_events_time_reads_the_same_live_and_replayed_from_the_store(st
 
     bus = InProcessBus(store, _snapshot)
     got: list[Published] = []
+    bus.new_room("ses_t")  # a session this process created
     await bus.subscribe("ses_t", KeepingSubscriber(got), after_seq=0)
     for i in range(40):
         bus.publish("ses_t", "log", {"message": f"line {i}"})
