@@ -98,14 +98,25 @@ class OpencodeAgent:
             },
         }
 
+    # Session id → whether the node's last run there was fed by a link (`text` or `image`).
+    fed_by_link: dict[str, bool] = {}
+
     @classmethod
     def IS_CHANGED(cls, session_id: str = "", skills: str = "", provider: str = "", model: str = "",
                    text: str | None = None, image: Any = None) -> str:
-        """Re-run when the inputs change, or (no inputs) when the session got a new message."""
+        """Re-run when the widgets change; unfed, also when the session got a new reply.
+
+        ComfyUI passes only constants here: linked inputs are left out (`IsChangedCache`), and a
+        change upstream already re-runs the node through its cache key. So a node fed by a link
+        must not fold in the session's last reply, or its own reply would make every queue send
+        the same text again (a model call each time). Whether it is fed is known from its last run;
+        before any run there is no output cached to keep fresh, so the widgets alone decide.
+        """
         h = hashlib.sha256(f"{session_id}|{skills}|{provider}|{model}|{text}".encode())
         if image is not None:
             h.update(_image_fingerprint(image))
-        if text is None and image is None and cls.bridge is not None and session_id:
+        fed = text is not None or image is not None or cls.fed_by_link.get(session_id.strip(), True)
+        if not fed and cls.bridge is not None and session_id:
             try:
                 _, last_id = cls.bridge.call(lambda: cls.bridge.service().sessions.last_reply(session_id))  # type: ignore[union-attr]
                 h.update(str(last_id).encode())
@@ -120,6 +131,7 @@ class OpencodeAgent:
             raise RuntimeError("Opencode is not running inside this ComfyUI (its routes failed to mount)")
         svc = bridge.service
         session_id = session_id.strip()
+        type(self).fed_by_link[session_id] = text is not None or image is not None
         if text is None and image is None:
             if not session_id:
                 return "", ""

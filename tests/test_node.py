@@ -13,6 +13,7 @@ from typing import Any, Iterator
 import pytest
 
 from opencode_agent.core.config import Config
+from opencode_agent.core.protocol import SendBody
 from opencode_agent.core.service import OpencodeService
 from opencode_agent.node import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, NodeBridge, OpencodeAgent
 
@@ -40,6 +41,7 @@ class ServerLoop:
 def server(config: Config) -> Iterator[ServerLoop]:
     s = ServerLoop(config)
     OpencodeAgent.bridge = NodeBridge(loop=s.loop, service=lambda: s.service)
+    OpencodeAgent.fed_by_link.clear()
     yield s
     OpencodeAgent.bridge = None
     s.close()
@@ -65,12 +67,35 @@ def test_send_and_wait_then_no_input_returns_last_reply(server: ServerLoop) -> N
     assert reply == "a cat in the rain" and sid == "ses_node1"
     again, sid2 = node.run(session_id="ses_node1", skills="echo")
     assert again == "a cat in the rain" and sid2 == "ses_node1"
-    # Re-execution is keyed on the session's last message.
+    # Unfed, re-execution is keyed on the session's last reply (a chat in the panel changes it).
     key1 = OpencodeAgent.IS_CHANGED(session_id="ses_node1", skills="echo")
-    node.run(session_id="ses_node1", skills="echo", text="second")
-    key2 = OpencodeAgent.IS_CHANGED(session_id="ses_node1", skills="echo")
-    assert key1 != key2
-    assert OpencodeAgent.IS_CHANGED(session_id="ses_node1", skills="echo") == key2
+    assert OpencodeAgent.IS_CHANGED(session_id="ses_node1", skills="echo") == key1
+    server.call(_send_from_the_panel(server.service, "ses_node1", "from the panel"))
+    assert OpencodeAgent.IS_CHANGED(session_id="ses_node1", skills="echo") != key1
+    assert node.run(session_id="ses_node1", skills="echo")[0] == "from the panel"
+
+
+def test_a_node_fed_by_a_link_runs_again_only_when_its_widgets_or_inputs_change(server: ServerLoop) -> None:
+    """ComfyUI calls IS_CHANGED with the widgets only (linked inputs are left out) and re-runs a
+    node whose upstream changed by itself. Folding in the session's last reply made the node's
+    own reply change the key, so every queue sent the same connected text again."""
+    widgets = {"session_id": "ses_fed", "skills": "echo", "provider": "", "model": ""}
+    node, sends, key = OpencodeAgent(), 0, None
+    for _ in range(3):  # three queues of an unchanged graph, as ComfyUI's cache decides them
+        now = OpencodeAgent.IS_CHANGED(**widgets)  # what ComfyUI passes: no `text`
+        if now != key:
+            node.run(**widgets, text="the same connected text")
+            sends += 1
+        key = now
+    assert sends == 1
+    page = server.call(server.service.sessions.messages("ses_fed", None, 50))
+    assert [m.role for m in page.messages] == ["user", "assistant"]
+    assert OpencodeAgent.IS_CHANGED(**{**widgets, "skills": "echo,assistant"}) != key  # a widget changed
+
+
+async def _send_from_the_panel(svc: OpencodeService, sid: str, text: str) -> None:
+    sent = await svc.sessions.send(sid, SendBody(text=text))
+    await svc.sessions.wait_runs(sid, sent.run_ids)
 
 
 def test_two_roles_are_joined_and_labelled(server: ServerLoop) -> None:

@@ -271,6 +271,12 @@ async def test_prompt_with_the_node_replies_in_history(comfy: Comfy, object_info
     assert preview_text(entry, "3") == second
     assert len(await comfy.messages(sid)) == 4
 
+    # Queued again unchanged: the node's output stays cached and the text is not sent twice
+    # (IS_CHANGED, which sees no links, used to fold in the node's own reply).
+    entry = await comfy.run({"1": text_node(second), "2": agent(sid, text=["1", 0]), "3": preview(["2", 0])})
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert len(await comfy.messages(sid)) == 4
+
 
 async def test_node_without_inputs_outputs_the_last_reply(comfy: Comfy, object_info: dict[str, Any]) -> None:
     require_nodes(object_info, "PreviewAny")
