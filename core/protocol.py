@@ -696,13 +696,15 @@ def json_schema() -> dict[str, Any]:
         "Command": CommandAdapter,
         "Event": EventAdapter,
     }
-    for model in (
-        Session, Message, Run, Usage, Budget, SessionCreate, SessionPatch, SendBody, SendResult,
-        AbortBody, AbortResult, PermissionReplyBody, SessionList, MessagePage, Health, VersionInfo,
-        ErrorEnvelope, AckReply, ErrorReply, SkillInfo, SkillList,
-    ):
-        named[model.__name__] = model
+    named.update((model.__name__, model) for model in public_models())
     out: dict[str, Any] = {}
     for name, m in named.items():
         out[name] = m.json_schema() if isinstance(m, TypeAdapter) else m.model_json_schema()
     return {"protocol": PROTOCOL_VERSION, "schemas": out}
+
+
+def public_models() -> list[type[Model]]:
+    """Every model of this module that is part of the protocol (found, so none is forgotten)."""
+    return [obj for name, obj in globals().items()
+            if isinstance(obj, type) and issubclass(obj, Model) and obj.__module__ == __name__
+            and not name.startswith("_") and obj not in (Model, CommandAdapterModel)]

@@ -183,6 +183,12 @@ async def test_openapi_covers_every_route(client: TestClient) -> None:
         assert path in doc["paths"] and r.method.lower() in doc["paths"][path], (r.method, path)
     schema = await j(await client.get("/opencode/schema.json"), 200)
     assert {"Command", "Event", "Session", "Message"} <= set(schema["schemas"])
+    # Every model of the protocol module, the provider, permission and token ones included.
+    from opencode_agent.core import protocol
+
+    assert {"ProviderProfile", "ProviderCreate", "PermissionSettings", "AuditList", "TokenInfo", "ImagePart",
+            "ModelList"} <= set(schema["schemas"])
+    assert {m.__name__ for m in protocol.public_models()} <= set(schema["schemas"])
 
 
 @pytest.mark.parametrize("method,path,kwargs,status,code", [
