@@ -22,6 +22,7 @@ from .core.images import save_upload
 from .core.protocol import SendBody, SessionCreate, SessionPatch
 from .core.service import OpencodeService
 from .core.sessions import join_replies
+from .skills.comfyui import worker
 
 log = logging.getLogger("opencode.node")
 
@@ -144,12 +145,13 @@ class OpencodeAgent:
 
         async def send_and_wait() -> tuple[str, str]:
             sid = result["sid"] = await ensure_session(svc(), settings)
-            # Shielded: a Cancel must not cut the send short while its message commits, or the runs
-            # it has already started could not be found (by `abort`) to be stopped.
-            sending = result["sending"] = asyncio.ensure_future(
-                svc().sessions.send(sid, SendBody(text=text or "", images=images)))
-            sent = await asyncio.shield(sending)
-            return await wait_replies(svc(), sid, sent.run_ids), sid
+            with worker.holding(sid):  # the node holds ComfyUI's worker: nothing queued runs till this returns
+                # Shielded: a Cancel must not cut the send short while its message commits, or the
+                # runs it has already started could not be found (by `abort`) to be stopped.
+                sending = result["sending"] = asyncio.ensure_future(
+                    svc().sessions.send(sid, SendBody(text=text or "", images=images)))
+                sent = await asyncio.shield(sending)
+                return await wait_replies(svc(), sid, sent.run_ids), sid
 
         async def abort() -> None:
             sending = result.get("sending")

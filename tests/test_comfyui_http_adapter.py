@@ -252,6 +252,22 @@ async def test_queue_gives_up_following_after_the_timeout(adapter: HttpComfyAdap
     assert pending == {"prompt_id": prompt_id, "status": "pending", "position": 1, "queued": 1}
 
 
+async def test_queue_from_a_graph_waiting_on_this_session_does_not_wait_for_itself(
+        tools: dict[str, Tool], comfy: FakeComfyUI) -> None:
+    """A node waiting for this session's answer holds ComfyUI's worker: the run cannot start until
+    the answer ends, so following it would last until the timeout. Queued, and said so."""
+    from opencode_agent.skills.comfyui import worker
+
+    never_runs = graph("cpu_ok")
+    never_runs["3"]["inputs"]["filename_prefix"] = "other"
+    ctx = FakeToolContext()
+    with worker.holding(ctx.session_id):
+        out = await asyncio.wait_for(call(tools, "queue_workflow", ctx, graph=never_runs), 5)
+    assert not out.is_error and "holds ComfyUI's worker" in out.content
+    prompt_id = comfy.queue["queue_pending"][0][1]
+    assert f"Queued as {prompt_id}" in out.content and not worker.held_by(ctx.session_id)
+
+
 async def test_get_run_of_the_error_run(tools: dict[str, Tool], comfy: FakeComfyUI) -> None:
     comfy.history[ERROR_PROMPT_ID] = load("history_run_error.json")[ERROR_PROMPT_ID]
     out = await call(tools, "get_run", prompt_id=ERROR_PROMPT_ID)

@@ -93,6 +93,24 @@ def test_a_node_fed_by_a_link_runs_again_only_when_its_widgets_or_inputs_change(
     assert OpencodeAgent.IS_CHANGED(**{**widgets, "skills": "echo,assistant"}) != key  # a widget changed
 
 
+def test_while_the_node_waits_its_session_holds_comfyuis_worker(server: ServerLoop, monkeypatch: Any) -> None:
+    """The node blocks ComfyUI's only worker while it waits: a workflow its reply queued could not
+    start before the reply ended, and `queue_workflow` waited for it until its timeout."""
+    from opencode_agent.skills.comfyui import worker
+
+    sessions = server.service.sessions
+    held_while_waiting: list[bool] = []
+    wait_runs = sessions.wait_runs
+
+    async def watched(session_id: str, run_ids: list[str]) -> Any:
+        held_while_waiting.append(worker.held_by(session_id))
+        return await wait_runs(session_id, run_ids)
+
+    monkeypatch.setattr(sessions, "wait_runs", watched)
+    assert OpencodeAgent().run(session_id="ses_held", skills="echo", text="one two")[0] == "one two"
+    assert held_while_waiting == [True] and not worker.held_by("ses_held")  # let go once the reply is in
+
+
 async def _send_from_the_panel(svc: OpencodeService, sid: str, text: str) -> None:
     sent = await svc.sessions.send(sid, SendBody(text=text))
     await svc.sessions.wait_runs(sid, sent.run_ids)

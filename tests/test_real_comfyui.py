@@ -475,6 +475,34 @@ async def test_inprocess_tools_through_the_agent_loop(comfy: Comfy, model_server
 
 
 @needs_local_comfyui
+async def test_a_node_whose_reply_queues_a_workflow_does_not_wait_for_itself(
+        comfy: Comfy, model_server: FakeLLMServer, object_info: dict[str, Any]) -> None:
+    """The node holds ComfyUI's only worker while it waits for the reply, so a workflow the reply
+    queues cannot start before the reply ends: `queue_workflow` used to follow it until its
+    timeout (600 s). It queues and says so; the workflow runs once the graph is done."""
+    require_nodes(object_info, "PrimitiveString", "PreviewAny")
+    provider = await comfy.new_provider(model_server.url + "/v1")
+    session = await comfy.new_session(skills=["assistant", "comfyui"], provider=provider, model="gpt-test")
+    sid = session["id"]
+    await comfy.request("PATCH", f"/opencode/sessions/{sid}", {"permissions": {"run": "allow"}})
+    prefix = f"opencode_held_{uuid.uuid4().hex[:8]}"
+    model_server.push(Reply(tool_calls=[FakeToolCall("queue_workflow", {"graph": cpu_graph(prefix)}, id="c1")]),
+                      Reply(text="queued it"))
+    entry = await comfy.run({"1": text_node(unique("queue a square")),
+                             "2": agent(sid, skills="assistant,comfyui", provider=provider, model="gpt-test",
+                                        text=["1", 0]),
+                             "3": preview(["2", 0])})  # RUN_TIMEOUT, well under the tool's 600 s
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert preview_text(entry, "3") == "queued it"
+    reply = await comfy.wait_reply(sid)
+    result = [p for p in reply["parts"] if p["type"] == "tool_result"][0]
+    assert not result["is_error"] and "holds ComfyUI's worker" in result["content"]
+    queued = result["content"].split()[2].rstrip(".")
+    done = await comfy.history(queued, timeout=60)  # it ran once the graph had finished
+    assert done["status"]["status_str"] == "success", done["status"]
+
+
+@needs_local_comfyui
 async def test_interrupt_stops_a_node_waiting_for_the_model(comfy: Comfy, model_server: FakeLLMServer,
                                                             object_info: dict[str, Any]) -> None:
     require_nodes(object_info, "PrimitiveString", "PreviewAny")

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from ...core.protocol import ImagePart
 from ...core.tools import Tool, ToolContext, ToolError, ToolOutput, tool
-from . import catalog
+from . import catalog, worker
 from .adapter import ComfyAdapter, ComfyValidationError, check_image_ref, format_node_errors, image_mime
 from .graph import UI_FORMAT_MESSAGE, looks_like_ui_format, summarize_api_graph, summarize_ui_graph, validate_graph, value_warnings
 from .runs import RunTracker, image_files, summarize_history
@@ -142,6 +142,13 @@ def build_tools(adapter: ComfyAdapter, *, run_timeout: float = 600.0, propose_ti
             return ToolOutput(format_node_errors(exc.errors, "ComfyUI rejected the workflow; nothing was queued"), is_error=True)
         ctx.log("info", f"queued ComfyUI prompt {prompt_id}")
         await ctx.emit_status(f"queued as {prompt_id}")
+        if worker.held_by(ctx.session_id):
+            return ToolOutput(
+                f"Queued as {prompt_id}. It runs once the graph that sent this message has finished: that "
+                f"graph holds ComfyUI's worker while it waits for this answer, so it cannot run now. Do not "
+                f"wait for it; tell the user, who can follow it in ComfyUI's queue or ask for "
+                f"get_run(\"{prompt_id}\") later."
+            )
         tracker = RunTracker(prompt_id, graph)
 
         async def follow() -> None:
