@@ -135,6 +135,7 @@ class _ToolContext:
         self.session_id = run.input.session.id
         self.run_id = run.input.run.id
         self.skill = skill
+        self.run_skills = (run.input.role.id, *(s.id for s in run.input.tool_skills))
         self._ui = run.deps.ui
 
     def log(self, level: str, message: str) -> None:

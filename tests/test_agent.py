@@ -342,6 +342,24 @@ def test_a_call_whose_provider_data_is_too_big_keeps_none_of_it() -> None:
     assert checked_call(kept) == (kept.arguments, kept.provider_data)
 
 
+async def test_a_run_reads_the_references_of_its_own_skills_only(env):
+    """`read_skill_reference` is offered for the run's skills' files; another skill's are refused."""
+    provider, session, ws_for = env
+    provider.turns.extend([
+        tool_turn(("r1", "read_skill_reference", {"skill": "workflow-doctor", "path": "references/common-errors.md"}),
+                  ("r2", "read_skill_reference", {"skill": "prompt-engineer", "path": "references/model-families.md"})),
+        text_turn("read"),
+    ])
+    sid = await session("prompt-engineer")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="go")
+    await ws.until(run_final(sent["data"]["run_id"]))
+    results = {e["data"]["call"]["id"]: e["data"]["result"] for e in ws.of_type("tool.finished")}
+    assert results["r1"]["is_error"] and results["r1"]["content"].startswith(
+        "no skill 'workflow-doctor' among this reply's skills; skills with references: prompt-engineer")
+    assert not results["r2"]["is_error"] and results["r2"]["content"].startswith("# Prompt conventions by model family")
+
+
 async def test_gather_all_cancels_and_awaits_the_other_calls_when_one_fails() -> None:
     """Whatever still escapes a call ends its siblings before the run ends (TaskGroup-like)."""
     from opencode_agent.core.agent import gather_all
