@@ -2,11 +2,12 @@
 
 `AgentRun.execute` publishes the assistant message, streams the model's text into the bus,
 runs the tool calls it asks for (several at once, each through the permission gate; any failure
-of one is its error result, and none outlives the run), feeds the results back, and loops until
-a final answer or `max_turns`. It always ends with a final status: `completed`, `aborted` (task
-cancelled), `interrupted` (service shutting down) or `error` (with the provider's message); a
-reply cut at its token limit or stopped by the provider's filter says so at its end. The
-streaming reply is checkpointed to the store every `checkpoint_interval`.
+of one is its error result, and none outlives the run; a call whose arguments are not JSON, nest
+too deep or are too big is not run and the model is told), feeds the results back, and loops
+until a final answer or `max_turns`. It always ends with a final status: `completed`,
+`aborted` (task cancelled), `interrupted` (service shutting down) or `error` (with the
+provider's message); a reply cut at its token limit or stopped by the provider's filter says
+so at its end. The streaming reply is checkpointed to the store every `checkpoint_interval`.
 The `echo` engine streams the user's text back word by word, for demos and tests.
 Imports protocol, bus, store, tools, providers.base, permissions, ui_requests and errors.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import re
 import time
@@ -26,6 +28,7 @@ from .errors import BudgetExceeded, OpencodeError
 from .permissions import PermissionGate
 from .protocol import (
     Budget,
+    MAX_TEXT_CHARS,
     ImagePart,
     Message,
     MessageCompletedData,
@@ -61,6 +64,12 @@ RAISE_BUDGET = "raise it with the panel's Budget button (or PATCH the session's 
 # this many in all, while the model's context has room for them.
 OLDER_PAGE = 100
 MAX_OLDER_MESSAGES = 250
+# A tool call's arguments may nest at most this deep, and take at most as many characters as JSON
+# as a user's message. Deeper JSON is valid and the providers' parsers take it, but pydantic will
+# not serialize past its own depth (about 255): the call's event, the reply's save and the next
+# request would fail. A call past either limit is refused before anything holds its arguments.
+MAX_ARGUMENT_DEPTH = 64
+MAX_ARGUMENT_CHARS = MAX_TEXT_CHARS
 
 
 @dataclass
@@ -126,6 +135,7 @@ class _ToolContext:
         self.session_id = run.input.session.id
         self.run_id = run.input.run.id
         self.skill = skill
+        self.run_skills = (run.input.role.id, *(s.id for s in run.input.tool_skills))
         self._ui = run.deps.ui
 
     def log(self, level: str, message: str) -> None:
@@ -482,8 +492,9 @@ class AgentRun:
 
     def _start_call(self, call: ToolCallReady, by_name: dict[str, tuple[str, Tool]]) -> ToolCallPart:
         skill = by_name.get(call.name, ("unknown", None))[0]
-        part = ToolCallPart(id=call.id, name=call.name, arguments=call.arguments, skill=skill,
-                            status="running", started_at=now(), provider_data=call.provider_data)
+        arguments, provider_data = checked_call(call)
+        part = ToolCallPart(id=call.id, name=call.name, arguments=arguments, skill=skill,
+                            status="running", started_at=now(), provider_data=provider_data)
         self.message.parts.append(part)
         self.deps.bus.publish(self.message.session_id, "tool.started", ToolStartedData(
             message_id=self.message.id, run_id=self.run.id, call=part))
@@ -517,6 +528,11 @@ class AgentRun:
             part.status = "error"
             return ToolOutput(f"your arguments for {part.name} were not valid JSON ({str(invalid)[:200]!r}); "
                               "call the tool again with a JSON object", is_error=True)
+        refused = (part.provider_data or {}).get("refused_arguments")
+        if refused is not None:
+            part.status = "error"
+            return ToolOutput(f"your arguments for {part.name} were not taken: {refused}; "
+                              "call the tool again with smaller, flatter arguments", is_error=True)
         if entry is None:
             part.status = "error"
             return ToolOutput(f"unknown tool {part.name!r}; available: {', '.join(sorted(by_name))}", is_error=True)
@@ -619,6 +635,42 @@ def _usage_note(usage: UsageReport | None, caps: ModelCaps) -> str:
         return "; the provider reported no token counts"
     cost = cost_of(caps, usage.input_tokens, usage.output_tokens)
     return f"; tokens: {usage.input_tokens} in, {usage.output_tokens} out (cost {cost:.6f})"
+
+
+def checked_call(call: ToolCallReady) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The arguments and provider data a call's part may hold: the call's own, or for a call past
+    `MAX_ARGUMENT_DEPTH` or `MAX_ARGUMENT_CHARS` empty arguments and `refused_arguments` saying
+    why (the way a call whose arguments are not JSON holds `invalid_arguments`). Why here: every
+    provider's calls pass this point before an event, the store or the next request sees them."""
+    problem = arguments_problem(call.arguments)
+    data = call.provider_data
+    data_problem = None if data is None else arguments_problem(data)
+    if data_problem is not None:  # e.g. the raw text of invalid arguments, as big: dropped too
+        problem, data = problem or data_problem, None
+    if problem is None:
+        return call.arguments, data
+    return {}, {**(data or {}), "refused_arguments": problem}
+
+
+def arguments_problem(value: dict[str, Any]) -> str | None:
+    """Why `value` is too deep or too big to keep (`MAX_ARGUMENT_DEPTH`, `MAX_ARGUMENT_CHARS`), or None."""
+    if _nests_deeper(value, MAX_ARGUMENT_DEPTH):
+        return f"arguments nested deeper than {MAX_ARGUMENT_DEPTH} levels"
+    size = len(json.dumps(value, ensure_ascii=False, default=str))
+    if size > MAX_ARGUMENT_CHARS:
+        return f"arguments of {size:,} characters as JSON, more than the {MAX_ARGUMENT_CHARS:,} allowed"
+    return None
+
+
+def _nests_deeper(value: Any, levels: int) -> bool:
+    """Whether `value` has objects or arrays more than `levels` deep (itself the first); looks no further."""
+    if isinstance(value, dict):
+        children: Iterable[Any] = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return False
+    return levels == 0 or any(_nests_deeper(v, levels - 1) for v in children)
 
 
 def _short(arguments: dict[str, Any], limit: int = 200) -> str:

@@ -9,9 +9,9 @@ A folder holding a `SKILL.md` in the Agent Skills format loads unchanged: YAML f
 `name` and `description` (optional `license`, `compatibility`, `allowed-tools`, `metadata`), then
 markdown instructions. Opencode reads a few optional `metadata` keys of its own: `opencode-kind`
 (`role` | `tools`), `opencode-engine` (`llm` | `echo`), `opencode-color` (`#rrggbb`),
-`opencode-title` (display name) and `version`. Files beside SKILL.md (its `references/`) are read by
-the model on demand through the `read_skill_reference` tool, which never leaves the skill's folder;
-their list is appended to the skill's instructions.
+`opencode-title` (display name) and `version`. Files beside SKILL.md (its `references/`) are listed
+in the skill's instructions, and the model reads them on demand through the `read_skill_reference`
+tool: only listed files, only of the skills its reply runs with, never outside the skill's folder.
 
 Imports protocol, tools and errors only: never ComfyUI, torch, or anything from `skills/`.
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import posixpath
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -49,7 +50,8 @@ MAX_DESCRIPTION_CHARS = 1024
 MAX_COMPATIBILITY_CHARS = 500
 MAX_SKILL_FILE_BYTES = 256 * 1024
 MAX_REFERENCES = 200
-MAX_REFERENCE_READ_CHARS = 48_000
+MAX_REFERENCE_READ_CHARS = 48_000  # a page
+MAX_REFERENCE_FILE_CHARS = 1_000_000  # read of a file at most, in pages
 SKILL_FILE = "SKILL.md"
 REFERENCES_DIR = "references"
 KNOWN_FIELDS = frozenset({"name", "description", "license", "compatibility", "allowed-tools", "metadata"})
@@ -276,29 +278,55 @@ def _skill_from_front_matter(folder: Path, front: dict[str, Any], body: str, ori
 
 
 def read_reference_text(skill: Skill, path: str, offset: int = 0) -> str:
-    """Read a file inside a skill's folder (blocking), refusing any path that leaves it."""
+    """A page of one of a skill's listed reference files (blocking), from `offset`.
+
+    Why only listed files: a skill folder the user cloned may hold `.env`, `.git/config` or any
+    other file, and what this returns goes to the model's provider. The list (made at load,
+    dotfiles left out) is what the skill's instructions name; a listed symlink that leads out of
+    the folder is still refused. At most `MAX_REFERENCE_FILE_CHARS` of a file are read.
+    """
+    readable = ", ".join(skill.references) or "none"
     if skill.source is None:
         raise ToolError(f"skill '{skill.id}' has no reference files")
     if not path or "\x00" in path:
         raise ToolError("give the path of a reference file, e.g. references/guide.md")
+    name = reference_path(path)
     root = skill.source.resolve()
-    target = (root / path).resolve()
+    target = (root / name).resolve()
     if target != root and root not in target.parents:
-        raise ToolError(f"'{path}' is outside the skill's folder; list of readable files: {', '.join(skill.references) or 'none'}")
+        raise ToolError(f"'{path}' is outside the skill's folder; list of readable files: {readable}")
+    if name not in skill.references:
+        raise ToolError(f"no file '{path}' among the reference files of skill '{skill.id}', "
+                        f"the only files it can read: {readable}")
     if not target.is_file():
-        raise ToolError(f"no file '{path}' in skill '{skill.id}'; readable files: {', '.join(skill.references) or 'none'}")
+        raise ToolError(f"no file '{path}' in skill '{skill.id}'; readable files: {readable}")
     try:
-        text = target.read_text(encoding="utf-8")
+        with target.open(encoding="utf-8") as f:
+            text = f.read(MAX_REFERENCE_FILE_CHARS + 1)
     except UnicodeDecodeError:
         raise ToolError(f"'{path}' is not a text file") from None
+    return _page(text, offset)
+
+
+def reference_path(path: str) -> str:
+    """`path` spelt the way `Skill.references` are: `/` between parts, no `.` or `..` parts."""
+    return posixpath.normpath(path.replace("\\", "/"))
+
+
+def _page(text: str, offset: int) -> str:
+    """The page of `text` from `offset`, saying where it is when the text does not fit in one;
+    text past `MAX_REFERENCE_FILE_CHARS` (read one character beyond, to know) is left out."""
+    cut = len(text) > MAX_REFERENCE_FILE_CHARS
+    text = text[:MAX_REFERENCE_FILE_CHARS]
     total = len(text)
     offset = max(0, offset)
     chunk = text[offset : offset + MAX_REFERENCE_READ_CHARS]
     end = offset + len(chunk)
-    if offset == 0 and end >= total:
+    if offset == 0 and end >= total and not cut:
         return chunk
     more = f" Call again with offset={end} for more." if end < total else ""
-    return f"{chunk}\n\n[characters {offset}-{end} of {total}.{more}]"
+    of = f"the first {total} (the file is longer; the rest cannot be read)" if cut else str(total)
+    return f"{chunk}\n\n[characters {offset}-{end} of {of}.{more}]"
 
 
 # --------------------------------------------------------------------------- registry
@@ -431,9 +459,12 @@ def _make_reference_tool(registry: SkillRegistry) -> Tool:
     async def read_skill_reference(ctx: ToolContext, skill: str, path: str, offset: int = 0) -> str:
         """Read a reference file of a skill (a path listed in that skill's instructions, e.g.
         `references/guide.md`). Long files come in pieces: pass `offset` to continue."""
-        found = registry.get(skill)
+        # Only the skills of this reply: their instructions are the ones that list the files.
+        found = registry.get(skill) if skill in ctx.run_skills else None
         if found is None:
-            raise ToolError(f"no skill '{skill}'; skills with references: " + ", ".join(s.id for s in registry.list() if s.references))
+            with_refs = [s for s in map(registry.get, ctx.run_skills) if s is not None and s.references]
+            raise ToolError(f"no skill '{skill}' among this reply's skills; skills with references: "
+                            + (", ".join(s.id for s in with_refs) or "none"))
         return await asyncio.to_thread(read_reference_text, found, path, offset)
 
     return read_skill_reference

@@ -42,6 +42,7 @@ class ToolContext(Protocol):
     session_id: str
     run_id: str
     skill: str
+    run_skills: tuple[str, ...]  # the ids of the run's role and tool skills (whose instructions it has)
 
     def log(self, level: str, message: str) -> None:
         """Write a line to the session's debug log (redacted, as a `log` event)."""

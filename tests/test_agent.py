@@ -13,13 +13,15 @@ from typing import Any, AsyncIterator
 import pytest
 
 from fakes.scripted_provider import Barrier, ScriptedProvider, ScriptedResolver, text_turn, tool_turn
-from opencode_agent.core.agent import REPLY_RESERVE_TOKENS, build_history, estimate_tokens, fit_to_context
+from opencode_agent.core.agent import (
+    REPLY_RESERVE_TOKENS, arguments_problem, build_history, checked_call, estimate_tokens, fit_to_context,
+)
 from opencode_agent.core.providers.base import ChatMessage
 from opencode_agent.core.errors import ProviderError
 from opencode_agent.core.protocol import (
     ImagePart, Message, ModelCaps, SendBody, TextPart, ToolCallPart, ToolResultPart, now,
 )
-from opencode_agent.core.providers.base import ChatRequest, Finish, TextDelta, UsageReport
+from opencode_agent.core.providers.base import ChatRequest, Finish, TextDelta, ToolCallReady, UsageReport
 from opencode_agent.core.skills import Skill
 from opencode_agent.core.tools import ToolContext, ToolOutput, tool
 from wsclient import WsClient, run_final
@@ -289,6 +291,73 @@ async def test_a_failing_permission_check_is_an_error_result_not_the_runs_end(en
     assert finished["call"]["status"] == "error" and finished["result"]["is_error"]
     assert finished["result"]["content"].startswith("paint could not be run: an internal error (StoreUnavailable")
     assert provider.requests[1].messages[-1].parts[0].is_error
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """An object `depth` levels deep, as a provider's `json.loads` gives it."""
+    return json.loads('{"a":' * depth + "1" + "}" * depth)
+
+
+@pytest.mark.parametrize("past, why", [
+    ("depth", "arguments nested deeper than 64 levels"),
+    ("size", "arguments of 100,014 characters as JSON, more than the 100,000 allowed"),
+])
+async def test_arguments_too_deep_or_too_big_are_an_error_the_model_reads(env, service, past, why):
+    """Valid JSON 300 levels deep: pydantic will not serialize it, so the call's event and the
+    reply's save failed and the run ended in an internal error. The call is refused like one
+    whose arguments are not JSON, and nothing after it (events, store, the next request) holds them."""
+    provider, session, ws_for = env
+    query = nested(300) if past == "depth" else "x" * 100_001
+    provider.turns.extend([tool_turn(("c1", "lookup", {"query": query})), text_turn("sorry")])
+    del query  # the test's own frame holds no deep value for pytest to show
+    sid = await session("alpha", "testtools")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="go")
+    final = await ws.until(run_final(sent["data"]["run_id"]))
+    assert final["data"]["run"]["status"] == "completed", final["data"]["run"]["error"]
+    assert ws.of_type("tool.started")[0]["data"]["call"]["arguments"] == {}
+    finished = ws.of_type("tool.finished")[0]["data"]
+    assert finished["call"]["status"] == "error" and finished["call"]["provider_data"] == {"refused_arguments": why}
+    assert finished["result"]["is_error"]
+    assert finished["result"]["content"].startswith(f"your arguments for lookup were not taken: {why}; ")
+    call = provider.requests[1].messages[1].parts[0]
+    assert isinstance(call, ToolCallPart) and call.arguments == {}
+    await service.store.flush()
+    stored = await service.store.get_message(final_message(ws, sent["data"]["run_id"])["id"])
+    assert stored is not None and stored.status == "completed" and stored.text() == "sorry"
+
+
+def test_arguments_may_nest_64_levels_and_no_deeper() -> None:
+    assert arguments_problem(nested(64)) is None  # the arguments object itself is the first level
+    assert arguments_problem(nested(65)) == "arguments nested deeper than 64 levels"
+    assert arguments_problem({"list": [[]] * 3}) is None
+
+
+def test_a_call_whose_provider_data_is_too_big_keeps_none_of_it() -> None:
+    """The raw text of invalid arguments lives in the provider's data: past the limit it is dropped too."""
+    call = ToolCallReady("c1", "f", {}, {"invalid_arguments": "{" * 100_001})
+    assert checked_call(call) == ({}, {"refused_arguments": "arguments of 100,026 characters as JSON, "
+                                                           "more than the 100,000 allowed"})
+    kept = ToolCallReady("c1", "f", {"x": 1}, {"extra_content": {"google": {"thought_signature": "s"}}})
+    assert checked_call(kept) == (kept.arguments, kept.provider_data)
+
+
+async def test_a_run_reads_the_references_of_its_own_skills_only(env):
+    """`read_skill_reference` is offered for the run's skills' files; another skill's are refused."""
+    provider, session, ws_for = env
+    provider.turns.extend([
+        tool_turn(("r1", "read_skill_reference", {"skill": "workflow-doctor", "path": "references/common-errors.md"}),
+                  ("r2", "read_skill_reference", {"skill": "prompt-engineer", "path": "references/model-families.md"})),
+        text_turn("read"),
+    ])
+    sid = await session("prompt-engineer")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="go")
+    await ws.until(run_final(sent["data"]["run_id"]))
+    results = {e["data"]["call"]["id"]: e["data"]["result"] for e in ws.of_type("tool.finished")}
+    assert results["r1"]["is_error"] and results["r1"]["content"].startswith(
+        "no skill 'workflow-doctor' among this reply's skills; skills with references: prompt-engineer")
+    assert not results["r2"]["is_error"] and results["r2"]["content"].startswith("# Prompt conventions by model family")
 
 
 async def test_gather_all_cancels_and_awaits_the_other_calls_when_one_fails() -> None:

@@ -21,6 +21,8 @@ from opencode_agent.skills.comfyui import (
     HttpComfyAdapter,
     build_comfyui_skill,
 )
+from opencode_agent.skills.comfyui.catalog import parse_input
+from opencode_agent.skills.comfyui.graph import value_problem
 from opencode_agent.tests.fakes.comfyui_data import ERROR_PROMPT_ID, OK_PROMPT_ID, SAVED_IMAGE, graph, load, recorded_runs, saved_png
 from opencode_agent.tests.fakes.comfyui_http import FakeComfyUI
 from opencode_agent.tests.fakes.tool_context import NO_PANEL, FakeToolContext
@@ -195,6 +197,34 @@ async def test_queue_invalid_workflow_returns_readable_node_errors(tools: dict[s
     assert out.content.startswith("The workflow is not valid; nothing was queued:")
     assert "node 4 (CheckpointLoaderSimple): 'ckpt_name': \"missing.safetensors\" is not available" in out.content
     assert comfy.posted == []
+
+
+async def test_queue_refuses_a_value_that_is_not_a_finite_number(tools: dict[str, Tool], comfy: FakeComfyUI) -> None:
+    """`1e999` in a model's JSON reads as infinity: a node error, not an OverflowError."""
+    bad = graph("cpu_ok")
+    bad["1"]["inputs"]["width"] = json.loads("1e999")
+    out = await call(tools, "queue_workflow", graph=bad)
+    assert out.is_error and out.content == (
+        "The workflow is not valid; nothing was queued:\n"
+        "- node 1 (EmptyImage): 'width': Infinity is not a finite number"
+    )
+    assert comfy.posted == []
+
+
+@pytest.mark.parametrize("spec, value, problem", [
+    (("FLOAT", {"min": 0.0, "max": 1.0}), float("nan"), "'x': NaN is not a finite number"),
+    (("FLOAT", {}), float("inf"), "'x': Infinity is not a finite number"),
+    (("FLOAT", {}), "-inf", "'x': \"-inf\" is not a finite number"),
+    (("FLOAT", {}), 10**400, f"'x': {str(10**400)[:57]}... is too large a number"),
+    (("INT", {"min": 0}), float("-inf"), "'x': -Infinity is not a finite number"),
+    (("INT", {}), float("nan"), "'x': NaN is not a finite number"),
+    (("FLOAT", {"max": 1e308}), 1e308, None),
+    (("INT", {}), 10**400, None),
+], ids=["float-nan", "float-inf", "float-inf-text", "float-too-large", "int-minus-inf", "int-nan", "float-large",
+        "int-large"])
+def test_a_number_must_be_finite(spec: tuple[str, dict[str, Any]], value: Any, problem: str | None) -> None:
+    """NaN passes any range check and infinity breaks `int()`: both are named, as is an integer past a float."""
+    assert value_problem(parse_input("x", list(spec), True), value) == problem
 
 
 async def test_queue_rejected_by_comfyui_returns_its_node_errors(tools: dict[str, Tool], comfy: FakeComfyUI) -> None:
@@ -412,6 +442,23 @@ async def test_propose_workflow_rejected_with_reason_and_value_warnings(tools: d
     assert not out.is_error
     assert out.content.startswith("The user rejected the proposed workflow: keep my sampler\nValues to check before running:")
     assert "node 4 (CheckpointLoaderSimple): 'ckpt_name'" in out.content
+
+
+async def test_propose_workflow_shows_a_graph_with_numbers_that_are_not_finite_and_warns(tools: dict[str, Tool]) -> None:
+    """As with any value out of range, the user sees the graph and the model the warning."""
+    ctx = FakeToolContext(ui_replies={"propose_workflow": {"accepted": True}})
+    odd = graph("cpu_ok")
+    odd["1"]["inputs"]["width"] = json.loads("1e999")
+    odd["4"] = {"class_type": "ImageScaleBy", "inputs": {"image": ["1", 0], "upscale_method": "area", "scale_by": float("nan")}}
+    odd["2"]["inputs"]["image"] = ["4", 0]
+    out = await call(tools, "propose_workflow", ctx, graph=odd)
+    assert not out.is_error and out.content == (
+        "The user accepted the workflow; it is now on the canvas.\n"
+        "Values to check before running:\n"
+        "- node 1 (EmptyImage): 'width': Infinity is not a finite number\n"
+        "- node 4 (ImageScaleBy): 'scale_by': NaN is not a finite number"
+    )
+    assert [action for action, _, _ in ctx.ui_requests] == ["propose_workflow"]
 
 
 async def test_propose_workflow_without_a_panel(tools: dict[str, Tool]) -> None:

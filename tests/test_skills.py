@@ -12,6 +12,7 @@ from opencode_agent.core.errors import NotFound
 from opencode_agent.core.protocol import SkillInfo
 from opencode_agent.core.skills import (
     BUILTIN_SKILLS_DIR,
+    MAX_REFERENCE_FILE_CHARS,
     MAX_REFERENCE_READ_CHARS,
     PALETTE,
     Skill,
@@ -273,8 +274,11 @@ async def test_tools_for_adds_the_reference_tool_when_a_skill_has_references(reg
 # --------------------------------------------------------------------------- read_skill_reference
 
 
-async def read(registry: SkillRegistry, **args: object) -> tuple[str, bool]:
-    out = await registry.reference_tool.call(FakeToolContext(), dict(args))
+async def read(registry: SkillRegistry, run_skills: tuple[str, ...] | None = None,
+               **args: object) -> tuple[str, bool]:
+    """Call `read_skill_reference` in a run with `run_skills` (by default every registered skill)."""
+    skills = tuple(s.id for s in registry.list()) if run_skills is None else run_skills
+    out = await registry.reference_tool.call(FakeToolContext(run_skills=skills), dict(args))
     return out.content, out.is_error
 
 
@@ -321,6 +325,7 @@ async def test_reference_tool_errors_are_readable(registry: SkillRegistry) -> No
 async def test_reference_tool_caps_size_and_pages_with_offset(registry: SkillRegistry, user_dir: Path) -> None:
     big = "abcdefghij" * (MAX_REFERENCE_READ_CHARS // 10 + 100)
     (user_dir / "full-skill" / "references" / "big.md").write_text(big)
+    await registry.reload()  # a file is readable once listed
     first, is_error = await read(registry, skill="full-skill", path="references/big.md")
     assert not is_error
     assert first.startswith(big[:MAX_REFERENCE_READ_CHARS])
@@ -328,3 +333,49 @@ async def test_reference_tool_caps_size_and_pages_with_offset(registry: SkillReg
     rest, _ = await read(registry, skill="full-skill", path="references/big.md", offset=MAX_REFERENCE_READ_CHARS)
     assert rest.startswith(big[MAX_REFERENCE_READ_CHARS:])
     assert f"of {len(big)}.]" in rest
+
+
+@pytest.mark.parametrize("path", [".env", ".git/config", "references/../.env", "references/.secret.md", "notes.txt"])
+async def test_reference_tool_reads_only_listed_files(registry: SkillRegistry, user_dir: Path, path: str) -> None:
+    """A cloned skill folder may hold secrets: a file the skill's instructions do not list is refused."""
+    folder = user_dir / "full-skill"
+    (folder / ".git").mkdir()
+    for name in (".env", ".git/config", "references/.secret.md", "notes.txt"):
+        (folder / name).write_text("OPENAI_API_KEY=sk-live-secret\n")
+    await registry.reload()
+    assert registry.require("full-skill").references == [
+        "references/binary.png", "references/checklist.md", "references/nested/deep.md", "FORMS.md"]
+    text, is_error = await read(registry, skill="full-skill", path=path)
+    assert is_error and "sk-live-secret" not in text
+    assert f"no file '{path}' among the reference files of skill 'full-skill', the only files it can read: " \
+           "references/binary.png, references/checklist.md, references/nested/deep.md, FORMS.md" in text
+
+
+@pytest.mark.parametrize("path", ["./references/checklist.md", "references//checklist.md", "references\\checklist.md",
+                                  "references/nested/../checklist.md"])
+async def test_reference_tool_takes_a_listed_path_however_spelt(registry: SkillRegistry, path: str) -> None:
+    text, is_error = await read(registry, skill="full-skill", path=path)
+    assert (text, is_error) == ("# Checklist\n\n1. Look before you answer.\n", False)
+
+
+async def test_reference_tool_reads_only_the_skills_of_its_run(registry: SkillRegistry) -> None:
+    """The run's instructions list its own skills' references; other skills' files are not offered."""
+    run = ("role-skill", "workflow-doctor")
+    text, is_error = await read(registry, run, skill="full-skill", path="references/checklist.md")
+    assert is_error and text == "no skill 'full-skill' among this reply's skills; skills with references: workflow-doctor"
+    text, is_error = await read(registry, run, skill="workflow-doctor", path="references/common-errors.md")
+    assert not is_error and "mat1 and mat2" in text
+
+
+async def test_reference_tool_reads_no_further_than_its_cap(registry: SkillRegistry, user_dir: Path) -> None:
+    """Reading stops at `MAX_REFERENCE_FILE_CHARS`, and the model is told the rest cannot be read."""
+    huge = "x" * MAX_REFERENCE_FILE_CHARS + "THE END"
+    (user_dir / "full-skill" / "references" / "huge.md").write_text(huge)
+    await registry.reload()
+    first, is_error = await read(registry, skill="full-skill", path="references/huge.md")
+    assert not is_error and first.endswith(
+        f"[characters 0-{MAX_REFERENCE_READ_CHARS} of the first {MAX_REFERENCE_FILE_CHARS} "
+        f"(the file is longer; the rest cannot be read). Call again with offset={MAX_REFERENCE_READ_CHARS} for more.]")
+    last, _ = await read(registry, skill="full-skill", path="references/huge.md", offset=MAX_REFERENCE_FILE_CHARS - 5)
+    assert last == ("xxxxx\n\n[characters 999995-1000000 of the first 1000000 "
+                    "(the file is longer; the rest cannot be read).]")

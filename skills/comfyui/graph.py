@@ -10,6 +10,7 @@ Pure functions; no IO.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,12 +142,9 @@ def _check_input(graph: dict[str, Any], object_info: dict[str, Any], spec: Input
 def value_problem(spec: InputSpec, value: Any) -> str | None:
     """A widget value ComfyUI would refuse: wrong type, out of range, not one of the choices."""
     if spec.type in ("INT", "FLOAT"):
-        if isinstance(value, bool):
-            return f"'{spec.name}' must be a number, not {_short(value)}"
-        try:
-            number = int(value) if spec.type == "INT" else float(value)
-        except (TypeError, ValueError):
-            return f"'{spec.name}' must be {'an integer' if spec.type == 'INT' else 'a number'}, not {_short(value)}"
+        number = _number(spec, value)
+        if isinstance(number, str):
+            return number
         low, high = spec.options.get("min"), spec.options.get("max")
         if isinstance(low, (int, float)) and number < low:
             return f"'{spec.name}' is {number}, below the minimum {low}"
@@ -160,6 +158,25 @@ def value_problem(spec: InputSpec, value: Any) -> str | None:
             more = f" (and {len(spec.choices) - 10} more)" if len(spec.choices) > 10 else ""
             return f"'{spec.name}': {_short(value)} is not one of the choices: {shown}{more}"
     return None
+
+
+def _number(spec: InputSpec, value: Any) -> int | float | str:
+    """`value` as the INT or FLOAT `spec` takes, or why it is not one. Why finite: JSON's `1e999`
+    reads as infinity (which `int()` cannot take) and NaN passes any range check; neither is a
+    value a number widget can hold."""
+    if isinstance(value, bool):
+        return f"'{spec.name}' must be a number, not {_short(value)}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"'{spec.name}': {_short(value)} is not a finite number"
+    try:
+        number = int(value) if spec.type == "INT" else float(value)
+    except (TypeError, ValueError):
+        return f"'{spec.name}' must be {'an integer' if spec.type == 'INT' else 'a number'}, not {_short(value)}"
+    except OverflowError:  # an integer past a float's range, for a FLOAT
+        return f"'{spec.name}': {_short(value)} is too large a number"
+    if isinstance(number, float) and not math.isfinite(number):  # the text "inf" or "nan"
+        return f"'{spec.name}': {_short(value)} is not a finite number"
+    return number
 
 
 def value_warnings(graph: dict[str, Any], object_info: dict[str, Any]) -> list[NodeError]:

@@ -22,6 +22,7 @@ class FakeToolContext:
     session_id: str = "ses_test"
     run_id: str = "run_test"
     skill: str = "assistant"
+    run_skills: tuple[str, ...] = ("assistant",)
     ui_replies: dict[str, UiReply] = field(default_factory=dict)
     logs: list[tuple[str, str]] = field(default_factory=list)
     statuses: list[str] = field(default_factory=list)
