@@ -1,7 +1,9 @@
 """`opencode-agent`: the standalone server command and `run`, remote and in-process.
 
-These run the real command lines (`python -m opencode_agent ...`), so they need the package
-installed (`pip install -e .`, as CI does); without it they skip.
+These run the real command lines in child processes, as `python -m opencode_agent ...` does, but
+on this checkout: the child loads the repository root as `opencode_agent` (as `conftest.py` does)
+before it runs `__main__`, so an installed copy elsewhere (an editable install of another clone)
+is never what is tested.
 """
 
 from __future__ import annotations
@@ -24,6 +26,26 @@ import pytest
 from opencode_agent.cli import run_remote
 from opencode_agent.tests.fakes.llm_servers import Reply, fake_llm  # noqa: F401
 
+ROOT = Path(__file__).resolve().parent.parent
+
+# `python -m opencode_agent` on this checkout: the root's path is the first argument.
+LAUNCH = """
+import importlib.util, runpy, sys
+root = sys.argv.pop(1)
+spec = importlib.util.spec_from_file_location("opencode_agent", root + "/__init__.py",
+                                              submodule_search_locations=[root])
+module = importlib.util.module_from_spec(spec)
+sys.modules["opencode_agent"] = module
+spec.loader.exec_module(module)
+runpy.run_module("opencode_agent", run_name="__main__", alter_sys=True)
+"""
+
+
+def command(*args: str) -> list[str]:
+    """The command line of `opencode-agent ARGS` on this checkout."""
+    return [sys.executable, "-c", LAUNCH, str(ROOT), *args]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -31,18 +53,14 @@ def free_port() -> int:
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "opencode_agent", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(command(*args), capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
-    if not _installed():
-        pytest.skip("opencode_agent is not installed (pip install -e .)")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "opencode_agent", "serve", "--port", str(port),
-                             "--data-dir", str(tmp_path / "data")], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(command("serve", "--port", str(port), "--data-dir", str(tmp_path / "data")),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -61,11 +79,6 @@ def server(tmp_path: Path) -> Iterator[str]:
         proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
         proc.kill()
-
-
-def _installed() -> bool:
-    probe = subprocess.run([sys.executable, "-c", "import opencode_agent.cli"], capture_output=True)
-    return probe.returncode == 0
 
 
 def get(url: str) -> dict:
@@ -106,8 +119,8 @@ async def test_run_asks_the_chosen_provider_and_model(server: str, fake_llm: Any
     send_json("PUT", server + "/opencode/providers/fw/key", {"key": "sk-cli-test-0123456789abcdef"})
     fake_llm.push(Reply("Hello from the fake model."))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "opencode_agent", "run", "hello", "--skill", "assistant", "--provider", "fw",
-        "--model", "gpt-cli", "--server", server, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        *command("run", "hello", "--skill", "assistant", "--provider", "fw", "--model", "gpt-cli", "--server", server),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     assert out.decode().strip() == "Hello from the fake model."
@@ -120,16 +133,12 @@ async def test_run_asks_the_chosen_provider_and_model(server: str, fake_llm: Any
 ])
 def test_run_in_process_reports_a_bad_request_without_a_traceback(tmp_path: Path, args: list[str],
                                                                      says: list[str]) -> None:
-    if not _installed():
-        pytest.skip("opencode_agent is not installed (pip install -e .)")
     done = cli("run", "hi", *args, "--data-dir", str(tmp_path / "data"))
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert all(part in done.stderr for part in says), done.stderr
 
 
 def test_run_in_process_on_a_data_dir(tmp_path: Path) -> None:
-    if not _installed():
-        pytest.skip("opencode_agent is not installed (pip install -e .)")
     data = tmp_path / "data"
     first = cli("run", "first words", "--skill", "echo", "--data-dir", str(data))
     assert first.returncode == 0, first.stderr
@@ -140,8 +149,6 @@ def test_run_in_process_on_a_data_dir(tmp_path: Path) -> None:
 
 
 def test_unknown_server_is_a_clear_error() -> None:
-    if not _installed():
-        pytest.skip("opencode_agent is not installed (pip install -e .)")
     done = cli("run", "hi", "--server", f"http://127.0.0.1:{free_port()}", timeout=30)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
