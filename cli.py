@@ -117,50 +117,85 @@ async def _freeze_startup_objects(app: Any) -> None:
 
 
 class _Printer:
-    """Writes deltas as they come; with several roles, each line is prefixed by its role."""
+    """Writes the replies to one sent message, and nothing else of the session.
+
+    A session may be busy with other sends (a panel, another terminal): only events of this
+    send's runs are printed, or `run` would print another run's text as its reply. One role
+    streams straight through, token by token. Several roles stream at once, their tokens
+    interleaved, so each run's text is held until a line is complete and printed as `[role] line`
+    (a run's last, unfinished line when the run ends): lines never split mid-word.
+    """
 
     def __init__(self, out: Any = None) -> None:
         self.out = out or sys.stdout  # looked up now: the stdout of the moment, not of the import
-        self.roles: set[str] = set()
-        self.current: str | None = None
-        self.failed = False
+        self.run_ids: set[str] = set()
         self.unfinished: set[str] = set()  # run ids without a final status yet
+        self.partial: dict[str, tuple[str, str]] = {}  # run id -> (role, its line not ended yet)
+        self.failed = False
+        self.mid_line = False  # stdout's last character is not a newline
 
     def start(self, run_ids: Sequence[str]) -> None:
         """The runs of the message sent: one is unlabelled; each is unfinished until its final status."""
-        self.roles = set(run_ids)
+        self.run_ids = set(run_ids)
         self.unfinished = set(run_ids)
 
-    def delta(self, skill: str, text: str) -> None:
-        if len(self.roles) <= 1:
+    def _write(self, text: str) -> None:
+        if text:
             self.out.write(text)
-        else:
-            for i, line in enumerate(text.split("\n")):
-                if i > 0 or self.current != skill:
-                    self.out.write(f"\n[{skill}] ")
-                    self.current = skill
-                self.out.write(line)
-        self.out.flush()
+            self.out.flush()
+            self.mid_line = not text.endswith("\n")
+
+    def delta(self, run_id: str, skill: str, text: str) -> None:
+        if len(self.run_ids) <= 1:
+            self._write(text)
+            return
+        *lines, rest = (self.partial.get(run_id, (skill, ""))[1] + text).split("\n")
+        self.partial[run_id] = (skill, rest)
+        self._write("".join(f"[{skill}] {line}\n" for line in lines))
+
+    def end_run(self, run_id: str) -> None:
+        """A labelled run's last line, ended: a reply need not end with a newline of its own."""
+        skill, rest = self.partial.pop(run_id, ("", ""))
+        if rest:
+            self._write(f"[{skill}] {rest}\n")
+
+    def finish(self) -> None:
+        """Print what is held, and end stdout with a newline so that the shell's prompt (or the
+        next output) starts a line of its own."""
+        for run_id in list(self.partial):
+            self.end_run(run_id)
+        if self.mid_line:
+            self._write("\n")
+
+    def note(self, text: str) -> None:
+        """A line on stderr; on a line of its own on a terminal, even in the middle of a reply."""
+        print(("\n" if self.mid_line else "") + text, file=sys.stderr, flush=True)
 
     def event(self, ev: dict[str, Any]) -> None:
         t, data = ev.get("type"), ev.get("data", {})
+        run_id = data["run"]["id"] if t == "run.status" else data.get("run_id")
+        if run_id not in self.run_ids:
+            return  # another send's run in the same session (or no run at all)
         if t == "message.delta":
-            self.delta(data.get("skill") or "assistant", data["text"])
+            self.delta(run_id, data.get("skill") or "assistant", data["text"])
         elif t == "tool.started":
-            call = data["call"]
-            print(f"\n[tool {call['name']}]", file=sys.stderr, flush=True)
+            self.note(f"[tool {data['call']['name']}]")
         elif t == "permission.requested":
-            print(f"\n[permission needed for {data['tool']}: answer in the panel]", file=sys.stderr, flush=True)
+            self.note(f"[permission needed for {data['tool']}: answer in the panel]")
         elif t == "run.status":
-            run = data["run"]
-            if run["status"] in FINAL_RUN_STATUSES:
-                self.unfinished.discard(run["id"])
-            if run["status"] == "error":
-                self.failed = True
-                print(f"\n[{run['skill']}] error: {run.get('error')}", file=sys.stderr, flush=True)
-            elif run["status"] in ("aborted", "interrupted"):
-                self.failed = True
-                print(f"\n[{run['skill']}] {run['status']}", file=sys.stderr, flush=True)
+            self._run_status(data["run"])
+
+    def _run_status(self, run: dict[str, Any]) -> None:
+        if run["status"] not in FINAL_RUN_STATUSES:
+            return
+        self.unfinished.discard(run["id"])
+        self.end_run(run["id"])
+        if run["status"] == "error":
+            self.failed = True
+            self.note(f"[{run['skill']}] error: {run.get('error')}")
+        elif run["status"] in ("aborted", "interrupted"):
+            self.failed = True
+            self.note(f"[{run['skill']}] {run['status']}")
 
 
 async def run_in_process(args: argparse.Namespace) -> int:
@@ -191,7 +226,8 @@ async def run_in_process(args: argparse.Namespace) -> int:
             if ev is None:
                 break
             printer.event(ev.model_dump(mode="json"))
-        print(f"\n(session {sid})", file=sys.stderr)
+        printer.finish()
+        print(f"(session {sid})", file=sys.stderr)
         return 1 if printer.failed else 0
     finally:
         await svc.close()
@@ -222,17 +258,19 @@ async def run_remote(args: argparse.Namespace) -> int:
                     printer.start(json.loads(data)["run_ids"])
                 elif event == "dropped":  # we read too slowly (a pager that stopped reading)
                     reason = json.loads(data).get("reason")
-                    return _cut_short(sid, f"the server stopped streaming to us: {reason}")
+                    return _cut_short(printer, sid, f"the server stopped streaming to us: {reason}")
                 else:
                     printer.event(json.loads(data))
+        printer.finish()
         if printer.unfinished:
-            return _cut_short(sid, "the stream ended before the reply did")
-        print(f"\n(session {sid})", file=sys.stderr)
+            return _cut_short(printer, sid, "the stream ended before the reply did")
+        print(f"(session {sid})", file=sys.stderr)
         return 1 if printer.failed else 0
 
 
-def _cut_short(sid: str, why: str) -> int:
-    print(f"\nerror: {why}; the reply goes on on the server: see session {sid} in the panel", file=sys.stderr)
+def _cut_short(printer: _Printer, sid: str, why: str) -> int:
+    printer.finish()
+    print(f"error: {why}; the reply goes on on the server: see session {sid} in the panel", file=sys.stderr)
     return 2
 
 

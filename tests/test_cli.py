@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import socket
 import subprocess
@@ -23,7 +24,7 @@ import aiohttp
 import aiohttp.client
 import pytest
 
-from opencode_agent.cli import run_remote
+from opencode_agent.cli import _Printer, run_remote
 from opencode_agent.tests.fakes.llm_servers import Reply, fake_llm  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,3 +177,91 @@ async def test_a_remote_run_may_stream_longer_than_aiohttps_default_timeout(aioh
     client = await aiohttp_client(make_app())
     assert await run_remote(remote_args(client, "word " * 20)) == 0
     assert capfd.readouterr().out.strip() == ("word " * 20).strip()
+
+
+# --------------------------------------------------------------------------- what `run` prints
+
+
+def printed(run_ids: list[str], events: list[dict[str, Any]]) -> tuple[str, list[str]]:
+    """What a printer for a send of `run_ids` writes on stdout after `events`, after each one."""
+    out = io.StringIO()
+    printer = _Printer(out)
+    printer.start(run_ids)
+    after_each = []
+    for ev in events:
+        printer.event(ev)
+        after_each.append(out.getvalue())
+    printer.finish()
+    return out.getvalue(), after_each
+
+
+def delta(run_id: str, skill: str, text: str) -> dict[str, Any]:
+    return {"type": "message.delta", "data": {"message_id": "m_" + run_id, "run_id": run_id, "skill": skill,
+                                               "text": text}}
+
+
+def status(run_id: str, skill: str, state: str) -> dict[str, Any]:
+    return {"type": "run.status", "data": {"run": {"id": run_id, "session_id": "s", "message_id": "m_" + run_id,
+                                                   "skill": skill, "status": state}}}
+
+
+def test_one_role_streams_token_by_token_and_ends_its_line() -> None:
+    out, after_each = printed(["r1"], [delta("r1", "echo", "two"), delta("r1", "echo", " words"),
+                                       status("r1", "echo", "completed")])
+    assert after_each[:2] == ["two", "two words"]  # live, not held until a line ends
+    assert out == "two words\n"
+
+
+def test_several_roles_print_whole_labelled_lines() -> None:
+    out, _ = printed(["r1", "r2"], [
+        delta("r1", "echo", "line"), delta("r2", "echo2", "line"), delta("r1", "echo", " one\nline"),
+        delta("r2", "echo2", " one\nli"), delta("r2", "echo2", "ne two\n"), status("r2", "echo2", "completed"),
+        delta("r1", "echo", " two\nlast"), delta("r1", "echo", " words"), status("r1", "echo", "completed"),
+    ])
+    assert out == ("[echo] line one\n[echo2] line one\n[echo2] line two\n"
+                   "[echo] line two\n[echo] last words\n")
+
+
+def test_only_the_sent_messages_runs_are_printed() -> None:
+    """A busy session streams other sends' runs too: their text is not this reply, and their
+    failure is not this command's."""
+    out, _ = printed(["mine"], [delta("other", "echo", "not mine "), delta("mine", "echo", "mine"),
+                                status("other", "echo", "aborted"), status("mine", "echo", "completed")])
+    assert out == "mine\n"
+
+
+def test_several_roles_in_process_print_labelled_lines(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "skills" / "echo2").mkdir(parents=True)
+    echo = (ROOT / "skills" / "echo" / "SKILL.md").read_text()
+    (data / "skills" / "echo2" / "SKILL.md").write_text(echo.replace("name: echo\n", "name: echo2\n"))
+    done = cli("run", "line one\nline two\nlast words", "--skill", "echo", "--skill", "echo2", "--data-dir", str(data))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.split("\n")
+    assert lines.pop() == ""  # the output ends with a newline
+    for role in ("echo", "echo2"):
+        assert [line for line in lines if line.startswith(f"[{role}] ")] == [
+            f"[{role}] line one", f"[{role}] line two", f"[{role}] last words"]
+    assert len(lines) == 6, done.stdout
+
+
+def test_run_on_a_busy_session_prints_its_own_reply_only(server: str) -> None:
+    """Another send's run streams in the session meanwhile, and is aborted: neither its text nor
+    its end is this command's."""
+    sid = send_json("POST", server + "/opencode/sessions", {"skills": ["echo"]})["id"]
+    other = send_json("POST", f"{server}/opencode/sessions/{sid}/messages", {"text": "other " * 1000})["run_id"]
+    proc = subprocess.Popen(command("run", "mine", "--session", sid, "--server", server), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not any(m.get("role") == "user" and "mine" in json.dumps(m["parts"]) for m in
+                      get(f"{server}/opencode/sessions/{sid}/messages")["messages"]):
+            assert time.monotonic() < deadline and proc.poll() is None, "the command never sent its message"
+            time.sleep(0.05)
+        time.sleep(0.3)  # the other run streams to the command meanwhile
+        send_json("POST", f"{server}/opencode/sessions/{sid}/abort", {"run_id": other})
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert out == "mine\n"
