@@ -2,7 +2,7 @@
 
     opencode-agent serve [--host 127.0.0.1] [--port 8189] [--data-dir DIR] [--comfyui-url URL]
     opencode-agent run "prompt" [--session ID] [--skill ID ...] [--provider NAME] [--model M]
-                                [--server URL | --data-dir DIR]
+                                [--server URL | --data-dir DIR [--comfyui-url URL]]
 
 `run` streams the reply (several roles: labelled lines) and exits non-zero when a run ends in
 error. With `--server` (or `$OPENCODE_SERVER`) it talks to a running Opencode over HTTP + SSE;
@@ -33,8 +33,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8189)
     serve.add_argument("--data-dir", type=Path, default=None)
-    serve.add_argument("--comfyui-url", default=os.environ.get("OPENCODE_COMFYUI_URL"),
-                       help="a ComfyUI to drive with the ComfyUI tools (e.g. http://127.0.0.1:8188)")
+    _comfyui_url_option(serve)
     serve.add_argument("--echo-delay", type=float, default=None, help=argparse.SUPPRESS)
     run = sub.add_parser("run", help="send one message and stream the reply")
     run.add_argument("prompt")
@@ -46,7 +45,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                      help="URL of a running Opencode (else in-process)")
     run.add_argument("--token", default=os.environ.get("OPENCODE_TOKEN"))
     run.add_argument("--data-dir", type=Path, default=None)
+    _comfyui_url_option(run, " (in-process only)")
     return parser.parse_args(argv)
+
+
+def _comfyui_url_option(parser: argparse.ArgumentParser, where: str = "") -> None:
+    """`serve` and an in-process `run` both open the service: both may drive a ComfyUI."""
+    parser.add_argument("--comfyui-url", default=os.environ.get("OPENCODE_COMFYUI_URL"),
+                        help=f"a ComfyUI to drive with the ComfyUI tools (e.g. http://127.0.0.1:8188){where}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

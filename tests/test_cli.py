@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -265,3 +266,16 @@ def test_run_on_a_busy_session_prints_its_own_reply_only(server: str) -> None:
         proc.kill()
     assert proc.returncode == 0, err
     assert out == "mine\n"
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_an_in_process_run_has_the_comfyui_tools_given_a_comfyui_url(tmp_path: Path, how: str) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # never called: the echo role uses no tools
+    args = ["run", "hi", "--skill", "echo", "--skill", "comfyui", "--data-dir", str(tmp_path / "data")]
+    if how == "option":
+        done = cli(*args, "--comfyui-url", url)
+    else:
+        done = subprocess.run(command(*args), capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "OPENCODE_COMFYUI_URL": url})
+    assert done.returncode == 0, done.stderr  # without a ComfyUI: "unknown skill(s): comfyui"
+    assert done.stdout == "hi\n"
