@@ -13,6 +13,8 @@ import asyncio
 import io
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -26,13 +28,15 @@ import aiohttp.client
 import pytest
 
 from opencode_agent.cli import _Printer, run_remote
+from opencode_agent.core.store import SqliteStore
 from opencode_agent.tests.fakes.llm_servers import Reply, fake_llm  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # `python -m opencode_agent` on this checkout: the root's path is the first argument.
 LAUNCH = """
-import importlib.util, runpy, sys
+import importlib.util, runpy, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as at a terminal, even in a background job
 root = sys.argv.pop(1)
 spec = importlib.util.spec_from_file_location("opencode_agent", root + "/__init__.py",
                                               submodule_search_locations=[root])
@@ -268,6 +272,123 @@ def test_run_on_a_busy_session_prints_its_own_reply_only(server: str) -> None:
     assert out == "mine\n"
 
 
+# --------------------------------------------------------------------------- clear failures
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT is how a POSIX terminal sends Ctrl-C")
+async def test_ctrl_c_stops_an_in_process_run_stores_it_and_names_the_session(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    proc = await asyncio.create_subprocess_exec(*command("run", "word " * 1000, "--skill", "echo", "--data-dir",
+                                                         str(data)), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        first = await asyncio.wait_for(proc.stdout.readexactly(len("word word")), 30)  # the reply streams
+        proc.send_signal(signal.SIGINT)
+        rest, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err.decode(), err.decode()
+    assert rest.endswith(b"\n")
+    said = re.search(r"^interrupted; the session is (\S+)$", err.decode(), re.MULTILINE)
+    assert said, err.decode()
+    store = SqliteStore(data / "opencode.sqlite3")  # read as it was left: no recovery on open
+    await store.open()
+    try:
+        messages, _ = await store.get_messages(said.group(1))
+    finally:
+        await store.close()
+    reply = [m for m in messages if m.role == "assistant"]
+    assert [m.status for m in reply] == ["interrupted"]  # stopped and stored on the way out
+    assert reply[0].text().startswith((first + rest).decode().rstrip("\n"))  # all it printed, and maybe more
+
+
+async def test_a_server_that_is_not_opencode_is_named_so(aiohttp_server: Any) -> None:
+    from aiohttp import web
+
+    async def html(request: web.Request) -> web.Response:
+        return web.Response(text="<html>a web page</html>", content_type="text/html")
+
+    async def other_json(request: web.Request) -> web.Response:
+        return web.json_response({"detail": "Not Found"}, status=404)
+
+    app = web.Application()
+    app.router.add_route("*", "/opencode/sessions", html)
+    app.router.add_route("*", "/opencode/sessions/{tail:.*}", other_json)
+    other = await aiohttp_server(app, host="127.0.0.1")
+    url = str(other.make_url("")).rstrip("/")
+    for args, status in ((["--skill", "echo"], 200), (["--session", "ses_x"], 404)):
+        proc = await asyncio.create_subprocess_exec(*command("run", "hi", *args, "--server", url),
+                                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 2 and "Traceback" not in err.decode(), err.decode()
+        assert f"error: {url} is not an Opencode server (HTTP {status})" in err.decode()
+
+
+def test_a_session_id_is_one_path_segment(server: str) -> None:
+    """`../../x` is a session id that does not exist, not a way to another URL."""
+    done = cli("run", "hi", "--session", "../../x", "--server", server)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "(not_found)" in done.stderr and "../../x" in done.stderr
+
+
+@pytest.mark.parametrize("command_line", [["run", "hi", "--skill", "echo"], ["serve", "--port", "0"]])
+def test_a_data_dir_that_is_a_file_is_a_clear_error(tmp_path: Path, command_line: list[str]) -> None:
+    a_file = tmp_path / "passwd"
+    a_file.write_text("root:x:0:0\n")
+    if command_line[0] == "serve":
+        command_line = ["serve", "--port", str(free_port())]
+    done = cli(*command_line, "--data-dir", str(a_file), timeout=30)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"cannot use the data directory {a_file}: it is a file, not a directory" in done.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32" or os.geteuid() == 0, reason="needs a directory this user cannot write")
+def test_an_unwritable_data_dir_is_a_clear_error(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        done = cli("run", "hi", "--skill", "echo", "--data-dir", str(locked / "data"), timeout=30)
+    finally:
+        locked.chmod(0o700)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "cannot use the data directory" in done.stderr
+
+
+def test_serve_on_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = cli("serve", "--port", str(port), "--data-dir", str(tmp_path / "data"), timeout=30)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"error: cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Opencode on" not in done.stdout  # it never served
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "http"])
+def test_serve_wants_a_port_number(port: str) -> None:
+    done = cli("serve", "--port", port, timeout=30)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "argument --port:" in done.stderr
+
+
+def test_an_in_process_run_leaves_a_serving_data_dir_alone(server: str, tmp_path: Path) -> None:
+    """Opening the data dir recovers it, which would mark the server's live reply `interrupted`:
+    the run is refused and pointed at the server instead."""
+    sid = send_json("POST", server + "/opencode/sessions", {"skills": ["echo"]})["id"]
+    send_json("POST", f"{server}/opencode/sessions/{sid}/messages", {"text": "word " * 100})  # 2 s of streaming
+    done = cli("run", "hi", "--skill", "echo", "--data-dir", str(tmp_path / "data"), timeout=30)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert re.search(r"the data directory .* is in use by another Opencode process \(pid \d+\)", done.stderr)
+    assert "--server URL" in done.stderr
+    deadline = time.monotonic() + 30
+    while (reply := get(f"{server}/opencode/sessions/{sid}/messages")["messages"][-1])["status"] == "streaming":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert reply["role"] == "assistant" and reply["status"] == "completed"
+
+
 @pytest.mark.parametrize("how", ["option", "environment"])
 def test_an_in_process_run_has_the_comfyui_tools_given_a_comfyui_url(tmp_path: Path, how: str) -> None:
     url = f"http://127.0.0.1:{free_port()}"  # never called: the echo role uses no tools
@@ -279,3 +400,16 @@ def test_an_in_process_run_has_the_comfyui_tools_given_a_comfyui_url(tmp_path: P
                               env={**os.environ, "OPENCODE_COMFYUI_URL": url})
     assert done.returncode == 0, done.stderr  # without a ComfyUI: "unknown skill(s): comfyui"
     assert done.stdout == "hi\n"
+
+
+def test_a_bug_is_not_reported_as_a_failed_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
+    """Exit 1 says "a run ended in error": an unexpected failure exits 3, with its traceback."""
+    from opencode_agent import cli as cli_module
+
+    async def broken(args: argparse.Namespace) -> int:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli_module, "run_in_process", broken)
+    assert cli_module.main(["run", "hi", "--data-dir", str(tmp_path / "data")]) == 3
+    err = capsys.readouterr().err
+    assert "RuntimeError: a bug" in err and "error: an unexpected failure" in err
