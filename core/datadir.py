@@ -39,13 +39,13 @@ class DataDirInUse(OpencodeError):
 class DataDirLock:
     """The lock of one data directory, held until `release()` (or this process's end)."""
 
-    def __init__(self, handle: IO[str]) -> None:
-        self._handle: IO[str] | None = handle
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._handle: IO[bytes] | None = handle
 
     @classmethod
     def acquire(cls, data_dir: Path) -> "DataDirLock":
         try:
-            handle = open(data_dir / LOCK_NAME, "a+", encoding="utf-8")  # never truncates the holder's pid
+            handle = open(data_dir / LOCK_NAME, "a+b")  # never truncates the holder's pid
         except OSError as exc:
             raise DataDirUnusable(f"cannot use the data directory {data_dir}: {exc.strerror or exc}") from exc
         try:
@@ -57,7 +57,7 @@ class DataDirLock:
                                f"(pid {holder or 'unknown'})", details={"pid": holder}) from None
         handle.seek(0)
         handle.truncate()
-        handle.write(str(os.getpid()))
+        handle.write(str(os.getpid()).encode())
         handle.flush()
         return cls(handle)
 
@@ -81,7 +81,7 @@ def open_data_dir(config: Config) -> DataDirLock:
     return DataDirLock.acquire(config.data_dir)
 
 
-def _lock(handle: IO[str]) -> None:
+def _lock(handle: IO[bytes]) -> None:
     """Lock without waiting; OSError when another open file holds it (this process's too)."""
     if sys.platform == "win32":
         import msvcrt
@@ -94,7 +94,7 @@ def _lock(handle: IO[str]) -> None:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # per open file: two opens conflict
 
 
-def _unlock(handle: IO[str]) -> None:
+def _unlock(handle: IO[bytes]) -> None:
     """Closing the file unlocks it; Windows asks for the range to be unlocked first."""
     if sys.platform == "win32":
         import msvcrt
@@ -106,10 +106,10 @@ def _unlock(handle: IO[str]) -> None:
             pass
 
 
-def _read_pid(handle: IO[str]) -> int | None:
+def _read_pid(handle: IO[bytes]) -> int | None:
     try:
         handle.seek(0)
-        text = handle.read(32).strip()
+        text = handle.read(32).decode("ascii", "replace").strip()
     except OSError:
         return None
     return int(text) if text.isdigit() else None
