@@ -2,11 +2,13 @@
 
     opencode-agent serve [--host 127.0.0.1] [--port 8189] [--data-dir DIR] [--comfyui-url URL]
     opencode-agent run "prompt" [--session ID] [--skill ID ...] [--provider NAME] [--model M]
-                                [--server URL | --data-dir DIR]
+                                [--server URL | --data-dir DIR [--comfyui-url URL]]
 
-`run` streams the reply (several roles: labelled lines) and exits non-zero when a run ends in
-error. With `--server` (or `$OPENCODE_SERVER`) it talks to a running Opencode over HTTP + SSE;
-otherwise it opens the data directory in-process.
+`run` streams the reply (one role: as it comes; several: whole lines, each labelled `[role] `)
+and exits 1 when a run ends in error or aborted, 2 when the request could not be made, 130 on
+Ctrl-C. With `--server` (or `$OPENCODE_SERVER`) it talks to a running Opencode over HTTP + SSE;
+otherwise it opens the data directory in-process, which one process at a time may do (a `serve`
+or ComfyUI using it: send through that one with `--server`).
 """
 
 from __future__ import annotations
@@ -17,13 +19,20 @@ import json
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Sequence
+from urllib.parse import quote
 
 from .core.config import Config
 from .core.protocol import FINAL_RUN_STATUSES
 
 log = logging.getLogger("opencode.cli")
+
+# Exit codes: 0 done, 1 a run ended in error (or was aborted), 2 the request could not be made
+# (a bad argument, session or skill, an unreachable server, a data dir in use or unusable).
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a command that SIGINT ended
+EXIT_BUG = 3
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -31,10 +40,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the standalone server")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8189)
+    serve.add_argument("--port", type=port_number, default=8189)
     serve.add_argument("--data-dir", type=Path, default=None)
-    serve.add_argument("--comfyui-url", default=os.environ.get("OPENCODE_COMFYUI_URL"),
-                       help="a ComfyUI to drive with the ComfyUI tools (e.g. http://127.0.0.1:8188)")
+    _comfyui_url_option(serve)
     serve.add_argument("--echo-delay", type=float, default=None, help=argparse.SUPPRESS)
     run = sub.add_parser("run", help="send one message and stream the reply")
     run.add_argument("prompt")
@@ -46,21 +54,56 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                      help="URL of a running Opencode (else in-process)")
     run.add_argument("--token", default=os.environ.get("OPENCODE_TOKEN"))
     run.add_argument("--data-dir", type=Path, default=None)
+    _comfyui_url_option(run, " (in-process only)")
     return parser.parse_args(argv)
+
+
+def _comfyui_url_option(parser: argparse.ArgumentParser, where: str = "") -> None:
+    """`serve` and an in-process `run` both open the service: both may drive a ComfyUI."""
+    parser.add_argument("--comfyui-url", default=os.environ.get("OPENCODE_COMFYUI_URL"),
+                        help=f"a ComfyUI to drive with the ComfyUI tools (e.g. http://127.0.0.1:8188){where}")
+
+
+def port_number(text: str) -> int:
+    """A TCP port to listen on: an argparse error for anything else, not a traceback from the bind."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1-65535, not {port}")
+    return port
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "serve":
-        return serve(args)
+    try:
+        return serve(args) if args.command == "serve" else run(args)
+    except KeyboardInterrupt:  # Ctrl-C in `run` (`serve` stops on its own): the service closed on the way out
+        session = f"; the session is {args.session}" if args.session else ""
+        goes_on = "; the reply goes on on the server" if args.server and args.session else ""
+        print(f"interrupted{session}{goes_on}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception:  # a bug: its traceback for the report, and not the exit code of a failed run
+        traceback.print_exc()
+        print("error: an unexpected failure (a bug: the traceback above helps to report it)", file=sys.stderr)
+        return EXIT_BUG
+
+
+def run(args: argparse.Namespace) -> int:
+    """`run`, its failures as one line each: 2 for a request that could not be made at all."""
     if not args.server:
         from pydantic import ValidationError
 
+        from .core.datadir import DataDirInUse
         from .core.errors import OpencodeError
 
         try:
             return asyncio.run(run_in_process(args))
+        except DataDirInUse as exc:
+            print(f"error: {exc.message} ({exc.code}): send through it with --server URL instead", file=sys.stderr)
+            return 2
         except OpencodeError as exc:  # a bad session, skill or provider: the same answer a server gives
             print(f"error: {exc.message} ({exc.code})", file=sys.stderr)
             return 2
@@ -73,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return asyncio.run(run_remote(args))
+    except NotOpencode as exc:
+        print(f"error: {args.server} is not an Opencode server (HTTP {exc.status})", file=sys.stderr)
+        return 2
     except (aiohttp.ClientError, OSError) as exc:
         print(f"error: cannot reach Opencode at {args.server}: {exc}", file=sys.stderr)
         return 2
@@ -92,6 +138,7 @@ def config_from(args: argparse.Namespace) -> Config:
 def serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    from .core.errors import OpencodeError
     from .routes import create_app
     from .wiring import standalone
 
@@ -99,8 +146,18 @@ def serve(args: argparse.Namespace) -> int:
     wiring = standalone(cfg)
     app = create_app(cfg, wiring.skill_factories(), wiring.image_loader())
     app.on_startup.append(_freeze_startup_objects)
-    print(f"Opencode on http://{args.host}:{args.port}/opencode/ (data in {cfg.data_dir})", flush=True)
-    web.run_app(app, host=args.host, port=args.port, access_log=None, print=None)
+
+    def listening(_: str) -> None:  # aiohttp's "Running on" line: said once the port is ours
+        print(f"Opencode on http://{args.host}:{args.port}/opencode/ (data in {cfg.data_dir})", flush=True)
+
+    try:
+        web.run_app(app, host=args.host, port=args.port, access_log=None, print=listening)
+    except OpencodeError as exc:  # the data dir is in use, or cannot be used
+        print(f"error: {exc.message} ({exc.code})", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the service is open by then (its data dir checked): the bind failed
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -117,50 +174,85 @@ async def _freeze_startup_objects(app: Any) -> None:
 
 
 class _Printer:
-    """Writes deltas as they come; with several roles, each line is prefixed by its role."""
+    """Writes the replies to one sent message, and nothing else of the session.
+
+    A session may be busy with other sends (a panel, another terminal): only events of this
+    send's runs are printed, or `run` would print another run's text as its reply. One role
+    streams straight through, token by token. Several roles stream at once, their tokens
+    interleaved, so each run's text is held until a line is complete and printed as `[role] line`
+    (a run's last, unfinished line when the run ends): lines never split mid-word.
+    """
 
     def __init__(self, out: Any = None) -> None:
         self.out = out or sys.stdout  # looked up now: the stdout of the moment, not of the import
-        self.roles: set[str] = set()
-        self.current: str | None = None
-        self.failed = False
+        self.run_ids: set[str] = set()
         self.unfinished: set[str] = set()  # run ids without a final status yet
+        self.partial: dict[str, tuple[str, str]] = {}  # run id -> (role, its line not ended yet)
+        self.failed = False
+        self.mid_line = False  # stdout's last character is not a newline
 
     def start(self, run_ids: Sequence[str]) -> None:
         """The runs of the message sent: one is unlabelled; each is unfinished until its final status."""
-        self.roles = set(run_ids)
+        self.run_ids = set(run_ids)
         self.unfinished = set(run_ids)
 
-    def delta(self, skill: str, text: str) -> None:
-        if len(self.roles) <= 1:
+    def _write(self, text: str) -> None:
+        if text:
             self.out.write(text)
-        else:
-            for i, line in enumerate(text.split("\n")):
-                if i > 0 or self.current != skill:
-                    self.out.write(f"\n[{skill}] ")
-                    self.current = skill
-                self.out.write(line)
-        self.out.flush()
+            self.out.flush()
+            self.mid_line = not text.endswith("\n")
+
+    def delta(self, run_id: str, skill: str, text: str) -> None:
+        if len(self.run_ids) <= 1:
+            self._write(text)
+            return
+        *lines, rest = (self.partial.get(run_id, (skill, ""))[1] + text).split("\n")
+        self.partial[run_id] = (skill, rest)
+        self._write("".join(f"[{skill}] {line}\n" for line in lines))
+
+    def end_run(self, run_id: str) -> None:
+        """A labelled run's last line, ended: a reply need not end with a newline of its own."""
+        skill, rest = self.partial.pop(run_id, ("", ""))
+        if rest:
+            self._write(f"[{skill}] {rest}\n")
+
+    def finish(self) -> None:
+        """Print what is held, and end stdout with a newline so that the shell's prompt (or the
+        next output) starts a line of its own."""
+        for run_id in list(self.partial):
+            self.end_run(run_id)
+        if self.mid_line:
+            self._write("\n")
+
+    def note(self, text: str) -> None:
+        """A line on stderr; on a line of its own on a terminal, even in the middle of a reply."""
+        print(("\n" if self.mid_line else "") + text, file=sys.stderr, flush=True)
 
     def event(self, ev: dict[str, Any]) -> None:
         t, data = ev.get("type"), ev.get("data", {})
+        run_id = data["run"]["id"] if t == "run.status" else data.get("run_id")
+        if run_id not in self.run_ids:
+            return  # another send's run in the same session (or no run at all)
         if t == "message.delta":
-            self.delta(data.get("skill") or "assistant", data["text"])
+            self.delta(run_id, data.get("skill") or "assistant", data["text"])
         elif t == "tool.started":
-            call = data["call"]
-            print(f"\n[tool {call['name']}]", file=sys.stderr, flush=True)
+            self.note(f"[tool {data['call']['name']}]")
         elif t == "permission.requested":
-            print(f"\n[permission needed for {data['tool']}: answer in the panel]", file=sys.stderr, flush=True)
+            self.note(f"[permission needed for {data['tool']}: answer in the panel]")
         elif t == "run.status":
-            run = data["run"]
-            if run["status"] in FINAL_RUN_STATUSES:
-                self.unfinished.discard(run["id"])
-            if run["status"] == "error":
-                self.failed = True
-                print(f"\n[{run['skill']}] error: {run.get('error')}", file=sys.stderr, flush=True)
-            elif run["status"] in ("aborted", "interrupted"):
-                self.failed = True
-                print(f"\n[{run['skill']}] {run['status']}", file=sys.stderr, flush=True)
+            self._run_status(data["run"])
+
+    def _run_status(self, run: dict[str, Any]) -> None:
+        if run["status"] not in FINAL_RUN_STATUSES:
+            return
+        self.unfinished.discard(run["id"])
+        self.end_run(run["id"])
+        if run["status"] == "error":
+            self.failed = True
+            self.note(f"[{run['skill']}] error: {run.get('error')}")
+        elif run["status"] in ("aborted", "interrupted"):
+            self.failed = True
+            self.note(f"[{run['skill']}] {run['status']}")
 
 
 async def run_in_process(args: argparse.Namespace) -> int:
@@ -173,31 +265,42 @@ async def run_in_process(args: argparse.Namespace) -> int:
     wiring = standalone(cfg)
     svc = OpencodeService(cfg, skill_factories=wiring.skill_factories(), image_loader=wiring.image_loader())
     await svc.start()
+    printer = _Printer()
     try:
         sid = args.session
         if sid is None:
             sid = (await svc.sessions.create(SessionCreate(skills=args.skill, provider=args.provider,
                                                            model=args.model))).id
+            args.session = sid  # for `main` to name on Ctrl-C
         elif args.skill or args.provider or args.model:
             patch = {k: v for k, v in (("skills", args.skill), ("provider", args.provider), ("model", args.model)) if v}
             await svc.sessions.patch(sid, SessionPatch(**patch))
         sub = QueueSubscriber()
         await svc.bus.subscribe(sid, sub, svc.bus.last_seq(sid) if svc.bus.last_seq(sid) else None)
         result = await svc.sessions.send(sid, SendBody(text=args.prompt))
-        printer = _Printer()
         printer.start(result.run_ids)
         while printer.unfinished:
             ev = await sub.queue.get()
             if ev is None:
                 break
             printer.event(ev.model_dump(mode="json"))
-        print(f"\n(session {sid})", file=sys.stderr)
+        printer.finish()
+        print(f"(session {sid})", file=sys.stderr)
         return 1 if printer.failed else 0
     finally:
-        await svc.close()
+        printer.finish()  # cut short (Ctrl-C): the reply's line still ends
+        await svc.close()  # stops the runs still going as `interrupted`, and stores them
 
 
 async def run_remote(args: argparse.Namespace) -> int:
+    printer = _Printer()
+    try:
+        return await _run_remote(args, printer)
+    finally:
+        printer.finish()  # cut short (Ctrl-C): the reply's line still ends
+
+
+async def _run_remote(args: argparse.Namespace, printer: _Printer) -> int:
     import aiohttp
 
     base = args.server.rstrip("/")
@@ -208,41 +311,66 @@ async def run_remote(args: argparse.Namespace) -> int:
         sid = args.session
         if sid is None:
             body = {"skills": args.skill, "provider": args.provider, "model": args.model}
-            sid = (await _json(await http.post(f"{base}/opencode/sessions", json=body)))["id"]
+            resp = await http.post(f"{base}/opencode/sessions", json=body)
+            sid = args.session = _session_id(await _json(resp), resp.status)  # for `main` to name on Ctrl-C
         elif args.skill or args.provider or args.model:
             patch = {k: v for k, v in (("skills", args.skill), ("provider", args.provider), ("model", args.model)) if v}
-            await _json(await http.patch(f"{base}/opencode/sessions/{sid}", json=patch))
-        printer = _Printer()
-        async with http.post(f"{base}/opencode/sessions/{sid}/messages", json={"text": args.prompt},
+            await _json(await http.patch(f"{base}/opencode/sessions/{quote(sid, safe='')}", json=patch))
+        async with http.post(f"{base}/opencode/sessions/{quote(sid, safe='')}/messages", json={"text": args.prompt},
                              headers={"Accept": "text/event-stream"}) as resp:
             if resp.status >= 400:
                 await _json(resp)
+            if resp.content_type != "text/event-stream":
+                raise NotOpencode(resp.status)
             async for event, data in _sse(resp):
                 if event == "accepted":
                     printer.start(json.loads(data)["run_ids"])
                 elif event == "dropped":  # we read too slowly (a pager that stopped reading)
                     reason = json.loads(data).get("reason")
-                    return _cut_short(sid, f"the server stopped streaming to us: {reason}")
+                    return _cut_short(printer, sid, f"the server stopped streaming to us: {reason}")
                 else:
                     printer.event(json.loads(data))
+        printer.finish()
         if printer.unfinished:
-            return _cut_short(sid, "the stream ended before the reply did")
-        print(f"\n(session {sid})", file=sys.stderr)
+            return _cut_short(printer, sid, "the stream ended before the reply did")
+        print(f"(session {sid})", file=sys.stderr)
         return 1 if printer.failed else 0
 
 
-def _cut_short(sid: str, why: str) -> int:
-    print(f"\nerror: {why}; the reply goes on on the server: see session {sid} in the panel", file=sys.stderr)
+def _cut_short(printer: _Printer, sid: str, why: str) -> int:
+    printer.finish()
+    print(f"error: {why}; the reply goes on on the server: see session {sid} in the panel", file=sys.stderr)
     return 2
 
 
+class NotOpencode(Exception):
+    """Something answered at `--server`, but not as Opencode does (another program on that port)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
 async def _json(resp: Any) -> Any:
-    data = await resp.json(content_type=None)
+    """The JSON body of an Opencode answer; an Opencode error is printed (exit 2), anything else
+    is `NotOpencode` rather than a traceback from deep inside a decoder."""
+    try:
+        data = await resp.json(content_type=None)
+    except ValueError:  # not JSON (an HTML page), or not text at all
+        raise NotOpencode(resp.status) from None
     if resp.status >= 400:
-        err = data.get("error", {}) if isinstance(data, dict) else {}
-        print(f"error: {err.get('message', resp.status)} ({err.get('code', 'http_error')})", file=sys.stderr)
+        err = data.get("error") if isinstance(data, dict) else None
+        if not isinstance(err, dict) or "code" not in err:
+            raise NotOpencode(resp.status)
+        print(f"error: {err.get('message', resp.status)} ({err['code']})", file=sys.stderr)
         raise SystemExit(2)
     return data
+
+
+def _session_id(created: Any, status: int) -> str:
+    if not isinstance(created, dict) or not isinstance(created.get("id"), str):
+        raise NotOpencode(status)  # some other JSON API
+    return created["id"]
 
 
 async def _sse(resp: Any) -> Any:

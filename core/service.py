@@ -22,6 +22,7 @@ import aiohttp
 from .agent import AgentDeps, ResolvedModel
 from .bus import BusLogHandler, InProcessBus
 from .config import Config
+from .datadir import open_data_dir
 from .errors import BadRequest, NotFound, OpencodeError
 from .images import ImageLoader
 from .permissions import PermissionGate
@@ -112,7 +113,17 @@ class OpencodeService:
 
     async def start(self) -> None:
         cfg = self.config
-        cfg.ensure_dirs()
+        # Before anything reads the directory: opening it recovers it, which would cut off the
+        # live replies of another process using it (see `core/datadir.py`).
+        self._data_lock = open_data_dir(cfg)
+        try:
+            await self._open()
+        except BaseException:
+            self._data_lock.release()
+            raise
+
+    async def _open(self) -> None:
+        cfg = self.config
         if self.image_loader is None:
             self.image_loader = ImageLoader(cfg.data_dir)
         self.store = SqliteStore(cfg.db_path, max_rows=cfg.commit_max_rows, max_delay=cfg.commit_max_delay)
@@ -165,6 +176,7 @@ class OpencodeService:
         await self.http.close()
         await self.store.close()
         self._uninstall_logging()
+        self._data_lock.release()  # last: the directory is free once everything is written
 
     # ------------------------------------------------------------------ helpers
 

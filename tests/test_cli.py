@@ -1,14 +1,20 @@
 """`opencode-agent`: the standalone server command and `run`, remote and in-process.
 
-These run the real command lines (`python -m opencode_agent ...`), so they need the package
-installed (`pip install -e .`, as CI does); without it they skip.
+These run the real command lines in child processes, as `python -m opencode_agent ...` does, but
+on this checkout: the child loads the repository root as `opencode_agent` (as `conftest.py` does)
+before it runs `__main__`, so an installed copy elsewhere (an editable install of another clone)
+is never what is tested.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
+import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -21,8 +27,30 @@ import aiohttp
 import aiohttp.client
 import pytest
 
-from opencode_agent.cli import run_remote
+from opencode_agent.cli import _Printer, run_remote
+from opencode_agent.core.store import SqliteStore
 from opencode_agent.tests.fakes.llm_servers import Reply, fake_llm  # noqa: F401
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# `python -m opencode_agent` on this checkout: the root's path is the first argument.
+LAUNCH = """
+import importlib.util, runpy, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as at a terminal, even in a background job
+root = sys.argv.pop(1)
+spec = importlib.util.spec_from_file_location("opencode_agent", root + "/__init__.py",
+                                              submodule_search_locations=[root])
+module = importlib.util.module_from_spec(spec)
+sys.modules["opencode_agent"] = module
+spec.loader.exec_module(module)
+runpy.run_module("opencode_agent", run_name="__main__", alter_sys=True)
+"""
+
+
+def command(*args: str) -> list[str]:
+    """The command line of `opencode-agent ARGS` on this checkout."""
+    return [sys.executable, "-c", LAUNCH, str(ROOT), *args]
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -31,18 +59,14 @@ def free_port() -> int:
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "opencode_agent", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(command(*args), capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
-    if not _installed():
-        pytest.skip("opencode_agent is not installed (pip install -e .)")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "opencode_agent", "serve", "--port", str(port),
-                             "--data-dir", str(tmp_path / "data")], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(command("serve", "--port", str(port), "--data-dir", str(tmp_path / "data")),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -61,11 +85,6 @@ def server(tmp_path: Path) -> Iterator[str]:
         proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
         proc.kill()
-
-
-def _installed() -> bool:
-    probe = subprocess.run([sys.executable, "-c", "import opencode_agent.cli"], capture_output=True)
-    return probe.returncode == 0
 
 
 def get(url: str) -> dict:
@@ -106,8 +125,8 @@ async def test_run_asks_the_chosen_provider_and_model(server: str, fake_llm: Any
     send_json("PUT", server + "/opencode/providers/fw/key", {"key": "sk-cli-test-0123456789abcdef"})
     fake_llm.push(Reply("Hello from the fake model."))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "opencode_agent", "run", "hello", "--skill", "assistant", "--provider", "fw",
-        "--model", "gpt-cli", "--server", server, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        *command("run", "hello", "--skill", "assistant", "--provider", "fw", "--model", "gpt-cli", "--server", server),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     assert out.decode().strip() == "Hello from the fake model."
@@ -120,16 +139,12 @@ async def test_run_asks_the_chosen_provider_and_model(server: str, fake_llm: Any
 ])
 def test_run_in_process_reports_a_bad_request_without_a_traceback(tmp_path: Path, args: list[str],
                                                                      says: list[str]) -> None:
-    if not _installed():
-        pytest.skip("opencode_agent is not installed (pip install -e .)")
     done = cli("run", "hi", *args, "--data-dir", str(tmp_path / "data"))
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert all(part in done.stderr for part in says), done.stderr
 
 
 def test_run_in_process_on_a_data_dir(tmp_path: Path) -> None:
-    if not _installed():
-        pytest.skip("opencode_agent is not installed (pip install -e .)")
     data = tmp_path / "data"
     first = cli("run", "first words", "--skill", "echo", "--data-dir", str(data))
     assert first.returncode == 0, first.stderr
@@ -140,8 +155,6 @@ def test_run_in_process_on_a_data_dir(tmp_path: Path) -> None:
 
 
 def test_unknown_server_is_a_clear_error() -> None:
-    if not _installed():
-        pytest.skip("opencode_agent is not installed (pip install -e .)")
     done = cli("run", "hi", "--server", f"http://127.0.0.1:{free_port()}", timeout=30)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
@@ -169,3 +182,234 @@ async def test_a_remote_run_may_stream_longer_than_aiohttps_default_timeout(aioh
     client = await aiohttp_client(make_app())
     assert await run_remote(remote_args(client, "word " * 20)) == 0
     assert capfd.readouterr().out.strip() == ("word " * 20).strip()
+
+
+# --------------------------------------------------------------------------- what `run` prints
+
+
+def printed(run_ids: list[str], events: list[dict[str, Any]]) -> tuple[str, list[str]]:
+    """What a printer for a send of `run_ids` writes on stdout after `events`, after each one."""
+    out = io.StringIO()
+    printer = _Printer(out)
+    printer.start(run_ids)
+    after_each = []
+    for ev in events:
+        printer.event(ev)
+        after_each.append(out.getvalue())
+    printer.finish()
+    return out.getvalue(), after_each
+
+
+def delta(run_id: str, skill: str, text: str) -> dict[str, Any]:
+    return {"type": "message.delta", "data": {"message_id": "m_" + run_id, "run_id": run_id, "skill": skill,
+                                               "text": text}}
+
+
+def status(run_id: str, skill: str, state: str) -> dict[str, Any]:
+    return {"type": "run.status", "data": {"run": {"id": run_id, "session_id": "s", "message_id": "m_" + run_id,
+                                                   "skill": skill, "status": state}}}
+
+
+def test_one_role_streams_token_by_token_and_ends_its_line() -> None:
+    out, after_each = printed(["r1"], [delta("r1", "echo", "two"), delta("r1", "echo", " words"),
+                                       status("r1", "echo", "completed")])
+    assert after_each[:2] == ["two", "two words"]  # live, not held until a line ends
+    assert out == "two words\n"
+
+
+def test_several_roles_print_whole_labelled_lines() -> None:
+    out, _ = printed(["r1", "r2"], [
+        delta("r1", "echo", "line"), delta("r2", "echo2", "line"), delta("r1", "echo", " one\nline"),
+        delta("r2", "echo2", " one\nli"), delta("r2", "echo2", "ne two\n"), status("r2", "echo2", "completed"),
+        delta("r1", "echo", " two\nlast"), delta("r1", "echo", " words"), status("r1", "echo", "completed"),
+    ])
+    assert out == ("[echo] line one\n[echo2] line one\n[echo2] line two\n"
+                   "[echo] line two\n[echo] last words\n")
+
+
+def test_only_the_sent_messages_runs_are_printed() -> None:
+    """A busy session streams other sends' runs too: their text is not this reply, and their
+    failure is not this command's."""
+    out, _ = printed(["mine"], [delta("other", "echo", "not mine "), delta("mine", "echo", "mine"),
+                                status("other", "echo", "aborted"), status("mine", "echo", "completed")])
+    assert out == "mine\n"
+
+
+def test_several_roles_in_process_print_labelled_lines(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "skills" / "echo2").mkdir(parents=True)
+    echo = (ROOT / "skills" / "echo" / "SKILL.md").read_text()
+    (data / "skills" / "echo2" / "SKILL.md").write_text(echo.replace("name: echo\n", "name: echo2\n"))
+    done = cli("run", "line one\nline two\nlast words", "--skill", "echo", "--skill", "echo2", "--data-dir", str(data))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.split("\n")
+    assert lines.pop() == ""  # the output ends with a newline
+    for role in ("echo", "echo2"):
+        assert [line for line in lines if line.startswith(f"[{role}] ")] == [
+            f"[{role}] line one", f"[{role}] line two", f"[{role}] last words"]
+    assert len(lines) == 6, done.stdout
+
+
+def test_run_on_a_busy_session_prints_its_own_reply_only(server: str) -> None:
+    """Another send's run streams in the session meanwhile, and is aborted: neither its text nor
+    its end is this command's."""
+    sid = send_json("POST", server + "/opencode/sessions", {"skills": ["echo"]})["id"]
+    other = send_json("POST", f"{server}/opencode/sessions/{sid}/messages", {"text": "other " * 1000})["run_id"]
+    proc = subprocess.Popen(command("run", "mine", "--session", sid, "--server", server), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not any(m.get("role") == "user" and "mine" in json.dumps(m["parts"]) for m in
+                      get(f"{server}/opencode/sessions/{sid}/messages")["messages"]):
+            assert time.monotonic() < deadline and proc.poll() is None, "the command never sent its message"
+            time.sleep(0.05)
+        time.sleep(0.3)  # the other run streams to the command meanwhile
+        send_json("POST", f"{server}/opencode/sessions/{sid}/abort", {"run_id": other})
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert out == "mine\n"
+
+
+# --------------------------------------------------------------------------- clear failures
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT is how a POSIX terminal sends Ctrl-C")
+async def test_ctrl_c_stops_an_in_process_run_stores_it_and_names_the_session(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    proc = await asyncio.create_subprocess_exec(*command("run", "word " * 1000, "--skill", "echo", "--data-dir",
+                                                         str(data)), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        first = await asyncio.wait_for(proc.stdout.readexactly(len("word word")), 30)  # the reply streams
+        proc.send_signal(signal.SIGINT)
+        rest, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err.decode(), err.decode()
+    assert rest.endswith(b"\n")
+    said = re.search(r"^interrupted; the session is (\S+)$", err.decode(), re.MULTILINE)
+    assert said, err.decode()
+    store = SqliteStore(data / "opencode.sqlite3")  # read as it was left: no recovery on open
+    await store.open()
+    try:
+        messages, _ = await store.get_messages(said.group(1))
+    finally:
+        await store.close()
+    reply = [m for m in messages if m.role == "assistant"]
+    assert [m.status for m in reply] == ["interrupted"]  # stopped and stored on the way out
+    assert reply[0].text().startswith((first + rest).decode().rstrip("\n"))  # all it printed, and maybe more
+
+
+async def test_a_server_that_is_not_opencode_is_named_so(aiohttp_server: Any) -> None:
+    from aiohttp import web
+
+    async def html(request: web.Request) -> web.Response:
+        return web.Response(text="<html>a web page</html>", content_type="text/html")
+
+    async def other_json(request: web.Request) -> web.Response:
+        return web.json_response({"detail": "Not Found"}, status=404)
+
+    app = web.Application()
+    app.router.add_route("*", "/opencode/sessions", html)
+    app.router.add_route("*", "/opencode/sessions/{tail:.*}", other_json)
+    other = await aiohttp_server(app, host="127.0.0.1")
+    url = str(other.make_url("")).rstrip("/")
+    for args, status in ((["--skill", "echo"], 200), (["--session", "ses_x"], 404)):
+        proc = await asyncio.create_subprocess_exec(*command("run", "hi", *args, "--server", url),
+                                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 2 and "Traceback" not in err.decode(), err.decode()
+        assert f"error: {url} is not an Opencode server (HTTP {status})" in err.decode()
+
+
+def test_a_session_id_is_one_path_segment(server: str) -> None:
+    """`../../x` is a session id that does not exist, not a way to another URL."""
+    done = cli("run", "hi", "--session", "../../x", "--server", server)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "(not_found)" in done.stderr and "../../x" in done.stderr
+
+
+@pytest.mark.parametrize("command_line", [["run", "hi", "--skill", "echo"], ["serve", "--port", "0"]])
+def test_a_data_dir_that_is_a_file_is_a_clear_error(tmp_path: Path, command_line: list[str]) -> None:
+    a_file = tmp_path / "passwd"
+    a_file.write_text("root:x:0:0\n")
+    if command_line[0] == "serve":
+        command_line = ["serve", "--port", str(free_port())]
+    done = cli(*command_line, "--data-dir", str(a_file), timeout=30)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"cannot use the data directory {a_file}: it is a file, not a directory" in done.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32" or os.geteuid() == 0, reason="needs a directory this user cannot write")
+def test_an_unwritable_data_dir_is_a_clear_error(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        done = cli("run", "hi", "--skill", "echo", "--data-dir", str(locked / "data"), timeout=30)
+    finally:
+        locked.chmod(0o700)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "cannot use the data directory" in done.stderr
+
+
+def test_serve_on_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = cli("serve", "--port", str(port), "--data-dir", str(tmp_path / "data"), timeout=30)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"error: cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Opencode on" not in done.stdout  # it never served
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "http"])
+def test_serve_wants_a_port_number(port: str) -> None:
+    done = cli("serve", "--port", port, timeout=30)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "argument --port:" in done.stderr
+
+
+def test_an_in_process_run_leaves_a_serving_data_dir_alone(server: str, tmp_path: Path) -> None:
+    """Opening the data dir recovers it, which would mark the server's live reply `interrupted`:
+    the run is refused and pointed at the server instead."""
+    sid = send_json("POST", server + "/opencode/sessions", {"skills": ["echo"]})["id"]
+    send_json("POST", f"{server}/opencode/sessions/{sid}/messages", {"text": "word " * 100})  # 2 s of streaming
+    done = cli("run", "hi", "--skill", "echo", "--data-dir", str(tmp_path / "data"), timeout=30)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert re.search(r"the data directory .* is in use by another Opencode process \(pid \d+\)", done.stderr)
+    assert "--server URL" in done.stderr
+    deadline = time.monotonic() + 30
+    while (reply := get(f"{server}/opencode/sessions/{sid}/messages")["messages"][-1])["status"] == "streaming":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert reply["role"] == "assistant" and reply["status"] == "completed"
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_an_in_process_run_has_the_comfyui_tools_given_a_comfyui_url(tmp_path: Path, how: str) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # never called: the echo role uses no tools
+    args = ["run", "hi", "--skill", "echo", "--skill", "comfyui", "--data-dir", str(tmp_path / "data")]
+    if how == "option":
+        done = cli(*args, "--comfyui-url", url)
+    else:
+        done = subprocess.run(command(*args), capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "OPENCODE_COMFYUI_URL": url})
+    assert done.returncode == 0, done.stderr  # without a ComfyUI: "unknown skill(s): comfyui"
+    assert done.stdout == "hi\n"
+
+
+def test_a_bug_is_not_reported_as_a_failed_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
+    """Exit 1 says "a run ended in error": an unexpected failure exits 3, with its traceback."""
+    from opencode_agent import cli as cli_module
+
+    async def broken(args: argparse.Namespace) -> int:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli_module, "run_in_process", broken)
+    assert cli_module.main(["run", "hi", "--data-dir", str(tmp_path / "data")]) == 3
+    err = capsys.readouterr().err
+    assert "RuntimeError: a bug" in err and "error: an unexpected failure" in err

@@ -270,6 +270,7 @@ async def _writes_for_one_reply(aiohttp_client, make_app, config, monkeypatch, h
     await ws.until(run_final(sent["data"]["run_id"]))
     await asyncio.sleep(0.05)
     monkeypatch.undo()
+    await client.close()  # its service frees the data dir for the next call's (one service per data dir)
     return writes, ws.events
 
 
