@@ -741,3 +741,67 @@ describe("history", () => {
     expect(w.text()).not.toContain("from the first chat");
   });
 });
+
+/** What holds the focus: an element inside the panel, never <body> (outside the key guard). */
+const focused = () => document.activeElement as HTMLElement;
+
+describe("where the focus goes", () => {
+  it("back to the Chats button after a chat is picked from the list", async () => {
+    const routes = defaultRoutes();
+    routes["GET /opencode/sessions"] = () => [200, { sessions: [session(), session({ id: "ses_2", title: "Other chat", updated_at: 900 })] }];
+    routes["GET /opencode/sessions/ses_2"] = () => [200, session({ id: "ses_2", title: "Other chat" })];
+    const { w } = await started([routes]);
+    await w.find("[aria-label=Chats]").trigger("click");
+    await flushPromises();
+    const item = w.findAll(".oc-menu-item").find((b) => b.text().startsWith("Other chat"))!;
+    (item.element as HTMLElement).focus();
+    await item.trigger("click");
+    await flushPromises();
+    expect(w.find(".oc-menu-item").exists()).toBe(false);
+    expect(focused().getAttribute("aria-label")).toBe("Chats");
+  });
+
+  it("to the Budget button after Save, and to Delete or Chats after the delete confirm", async () => {
+    const routes = defaultRoutes();
+    routes["DELETE /opencode/sessions/ses_1"] = () => [200, { deleted: SID }];
+    const { w } = await started([routes]);
+    await w.find("[data-testid=budget-button]").trigger("click");
+    (w.find("[data-testid=budget-form] input").element as HTMLElement).focus();
+    await w.find("[data-testid=budget-form]").trigger("submit");
+    await flushPromises();
+    expect(focused().dataset.testid).toBe("budget-button");
+
+    await w.find("[aria-label=Delete]").trigger("click");
+    await flushPromises();
+    expect(focused().textContent?.trim()).toBe("Cancel");
+    await button(w, "Cancel").trigger("click");
+    await flushPromises();
+    expect(focused().getAttribute("aria-label")).toBe("Delete");
+    await w.find("[aria-label=Delete]").trigger("click");
+    await flushPromises();
+    await button(w, "Confirm").trigger("click");
+    await flushPromises();
+    expect(focused().getAttribute("aria-label")).toBe("Chats");
+  });
+
+  it("into the provider dialog when it opens, around inside it on Tab, back to its opener when it closes", async () => {
+    const { w } = await started();
+    const gear = w.find("[aria-label=Providers]");
+    (gear.element as HTMLElement).focus();
+    await gear.trigger("click");
+    await flushPromises();
+    const dialog = w.find("[role=dialog]").element as HTMLElement;
+    expect(dialog.contains(focused())).toBe(true);
+    const controls = [...dialog.querySelectorAll<HTMLElement>("button:not([disabled]), input:not([disabled])")];
+    const tab = (shiftKey = false) => focused().dispatchEvent(new KeyboardEvent("keydown", { key: "Tab", shiftKey, bubbles: true, cancelable: true }));
+    expect(focused()).toBe(controls[0]);
+    tab(true);
+    expect(focused()).toBe(controls[controls.length - 1]);
+    tab();
+    expect(focused()).toBe(controls[0]);
+    document.dispatchEvent(new KeyboardEvent("keydown", { key: "Escape" }));
+    await flushPromises();
+    expect(w.find("[role=dialog]").exists()).toBe(false);
+    expect(focused()).toBe(gear.element);
+  });
+});
