@@ -66,6 +66,9 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   const loading = ref(false);
   const notices = ref<Notice[]>([]);
   const sent = ref(0); // messages this panel sent: the transcript follows each one
+  // Permission requests whose answer is on its way (their cards' buttons are off); one that
+  // fails leaves the set, so its card can be answered again.
+  const answering = ref<ReadonlySet<string>>(new Set());
   let noticeId = 0;
 
   const protocolMismatch = computed(() => server.value !== null && server.value.protocol !== PROTOCOL_VERSION);
@@ -383,13 +386,20 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     }
   }
 
-  async function replyPermission(requestId: string, decision: "allow" | "deny", remember: boolean): Promise<void> {
+  /** Answer a permission request; false (and its card back on) when the answer did not go through. */
+  async function replyPermission(requestId: string, decision: "allow" | "deny", remember: boolean): Promise<boolean> {
     const id = session.value?.id;
-    if (!id) return;
+    if (!id || answering.value.has(requestId)) return false;
+    answering.value = new Set([...answering.value, requestId]);
     try {
       await client.replyPermission(id, { request_id: requestId, decision, remember });
+      return true;
     } catch (err) {
+      const rest = new Set(answering.value);
+      rest.delete(requestId);
+      answering.value = rest;
       fail(t("error.generic"), err);
+      return false;
     }
   }
 
@@ -447,7 +457,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
 
   return {
     client, connection, server, needsToken, skills, providers, presets, models, sessions, chat, loading,
-    notices, sent, protocolMismatch, session, roles, running, busy, skillById,
+    notices, sent, answering, protocolMismatch, session, roles, running, busy, skillById,
     start, ensureModels, openSession, newSession, loadEarlier, configure, renameSession, deleteSession, send, stop,
     replyPermission, answerProposal, saveKey, removeKey, addProvider, useToken, loadSessions, notify, dismiss, dispose,
   };

@@ -170,13 +170,16 @@ describe("PermissionCard", () => {
     ["Allow", "allow", false],
     ["Always allow", "allow", true],
     ["Deny", "deny", false],
-  ] as const)("%s emits reply(%s, remember=%s) once", async (label, decision, remember) => {
+  ] as const)("%s emits reply(%s, remember=%s) once; its buttons are off while it is sent", async (label, decision, remember) => {
     const w = mount(PermissionCard, { props: { request, skillName: "Assistant" } });
     expect(w.text()).toContain("Assistant wants to use queue_workflow");
     const button = w.findAll("button").find((b) => b.text() === label)!;
     await button.trigger("click");
     expect(w.emitted("reply")).toEqual([[decision, remember]]);
+    await w.setProps({ sending: true });
     expect(button.attributes("disabled")).toBeDefined();
+    await w.setProps({ sending: false }); // the answer failed: it can be given again
+    expect(button.attributes("disabled")).toBeUndefined();
   });
 
   it("shows the outcome once resolved", () => {

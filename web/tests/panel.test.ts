@@ -260,6 +260,29 @@ describe("OpencodePanel", () => {
     expect(w.find("[data-testid=permission-card]").text()).toContain("Always allowed");
   });
 
+  it("a permission answer that fails puts the card's buttons back on, to be answered again", async () => {
+    const { w, ws, toasts } = await started();
+    ws.receive(ev("message.created", 2, { message: reply() }));
+    ws.receive(ev("permission.requested", 3, {
+      request_id: "perm_1", run_id: "run_1", skill: "echo", tool: "write_file", permission_class: "edit",
+      summary: "{}", arguments: {}, expires_at: Date.now() / 1000 + 60,
+    }));
+    await flushPromises();
+    const buttons = () => w.find("[data-testid=permission-card]").findAll("button").map((b) => b.attributes("disabled") !== undefined);
+    await button(w, "Allow").trigger("click");
+    await flushPromises();
+    expect(buttons()).toEqual([true, true, true]);
+    await button(w, "Deny").trigger("click"); // off while the first answer is out
+    expect(ws.commands("permission.reply")).toHaveLength(1);
+    const cmd = ws.commands("permission.reply")[0];
+    ws.receive({ type: "error", id: cmd.id, error: { code: "internal_error", message: "database is locked" } });
+    await flushPromises();
+    expect(toasts).toEqual([expect.stringContaining("database is locked")]);
+    expect(buttons()).toEqual([false, false, false]);
+    await button(w, "Allow").trigger("click");
+    expect(ws.commands("permission.reply")).toHaveLength(2);
+  });
+
   it("answers get_workflow with the canvas graph and a proposal with accepted", async () => {
     let repliesWhenLoaded = -1;
     // eslint-disable-next-line prefer-const
