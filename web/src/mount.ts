@@ -11,6 +11,8 @@ import { setLocale } from "./i18n";
 import css from "./styles.css?inline";
 
 export const TOKEN_KEY = "opencode.token";
+/** The ComfyUI setting that mirrors the token: one value, whether typed there or in the banner. */
+export const TOKEN_SETTING = "Opencode.Token";
 const STYLE_ID = "opencode-panel-styles";
 
 export function injectStyles(doc: Document = document): void {
@@ -26,7 +28,11 @@ export function hostDeps(binding: PanelBinding): PanelDeps {
     transport: host.transport,
     binding,
     token: () => safeGet(TOKEN_KEY),
-    setToken: (token) => safeSet(TOKEN_KEY, token),
+    setToken: (token) => {
+      safeSet(TOKEN_KEY, token);
+      // The standalone page has no ComfyUI settings (its shim would keep a second copy).
+      if (!host.isStandalone) host.setSetting(TOKEN_SETTING, token);
+    },
     notify: (severity, summary, detail) => host.toast(severity, summary, detail),
     currentWorkflow: host.currentWorkflow,
     loadWorkflow: host.loadWorkflow,

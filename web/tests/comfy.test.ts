@@ -200,3 +200,37 @@ describe("keys in a node's panel", () => {
     expect(seen).toEqual(["BUTTON:ctrl+s"]);
   });
 });
+
+describe("the Opencode.Token setting", () => {
+  const KEY = "opencode.token";
+  const setting = () => registered[0].settings!.find((s) => s.id === "Opencode.Token")!;
+  afterEach(() => localStorage.removeItem(KEY));
+
+  it("at each page load fills an empty stored token but never overwrites the banner's newer one", () => {
+    setting().onChange!("FROM-SETTINGS", undefined); // ComfyUI registering the setting
+    expect(localStorage.getItem(KEY)).toBe("FROM-SETTINGS");
+    localStorage.setItem(KEY, "NEW-from-banner");
+    setting().onChange!("OLD-from-settings", undefined);
+    expect(localStorage.getItem(KEY)).toBe("NEW-from-banner");
+    setting().onChange!("", undefined);
+    expect(localStorage.getItem(KEY)).toBe("NEW-from-banner");
+  });
+
+  it("a change made in the settings is taken, and an emptied setting clears the token", () => {
+    localStorage.setItem(KEY, "A");
+    setting().onChange!(" B ", "A");
+    expect(localStorage.getItem(KEY)).toBe("B");
+    setting().onChange!("", "B");
+    expect(localStorage.getItem(KEY)).toBeNull();
+  });
+
+  it("a token pasted in the banner is written into the setting too", async () => {
+    const set = vi.fn();
+    app.extensionManager = { ...app.extensionManager, setting: { get: () => undefined, set } };
+    const { hostDeps } = await import("../src/mount");
+    const { memoryBinding } = await import("./harness");
+    hostDeps(memoryBinding()).setToken("PASTED");
+    expect(localStorage.getItem(KEY)).toBe("PASTED");
+    expect(set).toHaveBeenCalledWith("Opencode.Token", "PASTED");
+  });
+});
