@@ -252,6 +252,15 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     }
   }
 
+  /** A provider's key changed: its model list read before (often refused for want of a key) is
+   * dropped, and read again now if the session uses it or it had failed. */
+  function forgetModels(provider: string): void {
+    const failed = failedModelLists.delete(provider);
+    const { [provider]: _dropped, ...rest } = models.value;
+    models.value = rest;
+    if (failed || session.value?.provider === provider) void loadModels(provider);
+  }
+
   /** Show a chat picked by the person; a failure is a notice, and a chat deleted elsewhere
    * leaves the list. */
   async function openSession(id: string): Promise<void> {
@@ -410,6 +419,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
       const profile = await client.setProviderKey(provider, key);
       providers.value = providers.value.map((p) => (p.name === provider ? profile : p));
       notify("success", t("provider.keySaved"));
+      forgetModels(provider);
       return true;
     } catch (err) {
       fail(t("error.generic"), err);
@@ -422,6 +432,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
       await client.deleteProviderKey(provider);
       await loadProviders();
       notify("info", t("provider.keyRemoved"));
+      forgetModels(provider);
     } catch (err) {
       fail(t("error.generic"), err);
     }

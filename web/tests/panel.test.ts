@@ -574,6 +574,34 @@ describe("stopping and interrupting", () => {
   });
 });
 
+describe("a provider's key", () => {
+  it("once saved, reads the model list of the session's provider again", async () => {
+    let hasKey = false;
+    const routes = defaultRoutes();
+    routes["GET /opencode/sessions/ses_1"] = () => [200, session({ provider: "openai" })];
+    routes["POST /opencode/sessions"] = () => [201, session({ provider: "openai" })];
+    routes["GET /opencode/providers/openai/models"] = () => hasKey
+      ? [200, { models: [{ id: "gpt-x", caps: null }, { id: "gpt-y", caps: null }] }]
+      : [502, { error: { code: "provider_error", message: "401 no API key", details: {} } }];
+    const saveKey = routes["PUT /opencode/providers/openai/key"];
+    routes["PUT /opencode/providers/openai/key"] = (b) => { hasKey = true; return saveKey(b); };
+    routes["DELETE /opencode/providers/openai/key"] = () => { hasKey = false; return [200, {}]; };
+    const made = makeDeps(routes);
+    const w = mountWith(OpencodePanel, made.deps);
+    await flushPromises();
+    FakeSocket.last().open();
+    FakeSocket.last().receive(snapshot({ session: session({ last_seq: 1, provider: "openai" }) }));
+    await flushPromises();
+    const options = () => w.find("select[aria-label=Model]").findAll("option").map((o) => o.text());
+    expect(options()).toEqual(["Default model"]);
+    await w.find("[aria-label=Providers]").trigger("click");
+    await w.find("input[type=password]").setValue("sk-test-1234abcd");
+    await w.find("[data-provider=openai] form").trigger("submit");
+    await flushPromises();
+    expect(options()).toEqual(["Default model", "gpt-x", "gpt-y"]);
+  });
+});
+
 describe("which chat a panel opens", () => {
   it("the sidebar falls back to the newest chat when its remembered one is gone", async () => {
     const routes = defaultRoutes();
