@@ -640,6 +640,25 @@ describe("which chat a panel opens", () => {
     expect(w.find("[data-testid=budget-form]").exists()).toBe(false);
   });
 
+  it("a budget form left open closes when another chat is picked, so it never saves into that one", async () => {
+    const routes = defaultRoutes();
+    const other = session({ id: "ses_2", title: "Other", updated_at: 900 });
+    const first = session({ budget: { max_tokens: 5000, max_cost: 2 } });
+    routes["GET /opencode/sessions"] = () => [200, { sessions: [first, other] }];
+    routes["GET /opencode/sessions/ses_1"] = () => [200, first];
+    routes["GET /opencode/sessions/ses_2"] = () => [200, other];
+    const { w, ws } = await started([routes]);
+    await w.find("[data-testid=budget-button]").trigger("click");
+    expect(w.find("[data-testid=budget-form]").exists()).toBe(true);
+    await pickChat(w, "Other");
+    await flushPromises();
+    ws.receive(snapshot({ session: other }));
+    await flushPromises();
+    expect(w.find("[data-testid=session-title]").text()).toBe("Other");
+    expect(w.find("[data-testid=budget-form]").exists()).toBe(false);
+    expect(ws.commands("configure")).toEqual([]);
+  });
+
   it("a budget of any whole number of tokens and any cost is a valid entry", async () => {
     const { w } = await started();
     await w.find("[data-testid=budget-button]").trigger("click");
