@@ -99,7 +99,22 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   }
 
   const offEvent = client.onEvent(onEvent);
-  const offState = client.onState((s) => (connection.value = s));
+  const offState = client.onState(onState);
+
+  // A start that failed (the server was unreachable when the panel was mounted) is tried again
+  // when the socket opens: the server is back. A missing version (and capabilities) is read again.
+  let startFailed = false;
+  function onState(s: ConnectionState): void {
+    connection.value = s;
+    if (s !== "open" || loading.value) return;
+    if (startFailed) void start();
+    else if (server.value === null) void loadVersion();
+  }
+
+  async function loadVersion(): Promise<void> {
+    server.value = await client.version().catch(() => null);
+    client.setServerCapabilities(server.value?.capabilities ?? []);
+  }
 
   function onEvent(event: OcEvent): void {
     chat.value = reduce(chat.value, event);
@@ -194,10 +209,10 @@ export const usePanelStore = defineStore("opencode-panel", () => {
 
   async function start(): Promise<void> {
     loading.value = true;
+    startFailed = false;
     client.connect();
     try {
-      server.value = await client.version().catch(() => null);
-      client.setServerCapabilities(server.value?.capabilities ?? []);
+      await loadVersion();
       await Promise.all([loadSkills(), loadProviders(), loadSessions()]);
       const wanted = deps.binding.sessionId();
       const node = deps.binding.kind === "node";
@@ -208,6 +223,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
       else if (!node && sessions.value.length) await open(sessions.value[0].id);
       else await create();
     } catch (err) {
+      startFailed = true;
       fail(t("error.load"), err);
     } finally {
       loading.value = false;

@@ -574,6 +574,37 @@ describe("stopping and interrupting", () => {
   });
 });
 
+describe("a server that is back", () => {
+  it("a panel mounted while the server was unreachable loads once the socket opens", async () => {
+    let down = true;
+    const made = makeDeps();
+    const base = made.deps.transport;
+    made.deps.transport = { wsUrl: base.wsUrl, async fetch(p, i) { if (down) throw new TypeError("Failed to fetch"); return base.fetch(p, i); } };
+    vi.useFakeTimers();
+    try {
+      const w = mountWith(OpencodePanel, made.deps);
+      await vi.runAllTicks();
+      await flushPromises();
+      expect(made.toasts).toEqual([expect.stringContaining("Failed to fetch")]);
+      FakeSocket.last().drop(); // connection refused
+      down = false;
+      await vi.advanceTimersByTimeAsync(5000); // the reconnect delay
+      const ws = FakeSocket.last();
+      expect(FakeSocket.all).toHaveLength(2);
+      ws.open();
+      await flushPromises();
+      await vi.advanceTimersByTimeAsync(0);
+      expect(ws.commands("join")).toHaveLength(1);
+      ws.receive(snapshot({ session: session({ last_seq: 1 }), messages: [message()] }));
+      await flushPromises();
+      expect(w.find("[data-testid=opencode-panel]").attributes("data-phase")).toBe("ready");
+      expect(made.transport.calls.filter((c) => c.path === "/opencode/version")).toHaveLength(1); // its capabilities too
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+});
+
 describe("a provider's key", () => {
   it("once saved, reads the model list of the session's provider again", async () => {
     let hasKey = false;
