@@ -182,6 +182,18 @@ describe("PermissionCard", () => {
     expect(button.attributes("disabled")).toBeUndefined();
   });
 
+  it.each([
+    [undefined, "Denied"],
+    ["answered", "Denied"],
+    ["no answer before the timeout", "Timed out (denied)"],
+    ["the run was aborted", "Run stopped (denied)"],
+    ["something else", "Denied: something else"],
+  ])("a denial for the reason %s reads %s", (reason, text) => {
+    const w = mount(PermissionCard, { props: { request: { ...request, decision: "deny", reason }, skillName: "A" } });
+    expect(w.text()).toContain(text);
+    expect(w.text().includes("Timed out")).toBe(text.startsWith("Timed out"));
+  });
+
   it("shows the outcome once resolved", () => {
     const w = mount(PermissionCard, { props: { request: { ...request, decision: "allow", remember: true }, skillName: "A" } });
     expect(w.findAll("button")).toHaveLength(0);

@@ -283,6 +283,18 @@ describe("OpencodePanel", () => {
     expect(ws.commands("permission.reply")).toHaveLength(2);
   });
 
+  it("a permission the server timed out says so, not just Denied", async () => {
+    const { w, ws } = await started();
+    ws.receive(ev("message.created", 2, { message: reply() }));
+    ws.receive(ev("permission.requested", 3, {
+      request_id: "perm_1", run_id: "run_1", skill: "echo", tool: "write_file", permission_class: "edit",
+      summary: "{}", arguments: {}, expires_at: Date.now() / 1000 + 1,
+    }));
+    ws.receive(ev("permission.resolved", 4, { request_id: "perm_1", decision: "deny", remember: false, reason: "no answer before the timeout" }));
+    await flushPromises();
+    expect(w.find("[data-testid=permission-card]").text()).toContain("Timed out (denied)");
+  });
+
   it("answers get_workflow with the canvas graph and a proposal with accepted", async () => {
     let repliesWhenLoaded = -1;
     // eslint-disable-next-line prefer-const
