@@ -645,6 +645,44 @@ describe("a provider's key", () => {
   });
 });
 
+describe("removing a provider's key", () => {
+  it("takes a confirm; Cancel keeps it, Confirm removes it and reads the models again", async () => {
+    const routes = defaultRoutes();
+    const stored = { name: "openai", kind: "openai", base_url: "https://api.example/v1", default_model: "m1", key_env: null, models: {}, extra: {}, has_key: true, key_hint: "…wxyz" };
+    let hasKey = true;
+    routes["GET /opencode/providers"] = () => [200, { providers: [{ ...stored, has_key: hasKey, key_hint: hasKey ? "…wxyz" : null }], presets: [] }];
+    routes["DELETE /opencode/providers/openai/key"] = () => { hasKey = false; return [200, {}]; };
+    routes["GET /opencode/sessions/ses_1"] = () => [200, session({ provider: "openai" })];
+    routes["POST /opencode/sessions"] = () => [201, session({ provider: "openai" })];
+    const made = makeDeps(routes);
+    const w = mountWith(OpencodePanel, made.deps);
+    await flushPromises();
+    FakeSocket.last().open();
+    FakeSocket.last().receive(snapshot({ session: session({ last_seq: 1, provider: "openai" }) }));
+    await flushPromises();
+    const deletes = () => made.transport.calls.filter((c) => c.method === "DELETE").map((c) => c.path);
+    const modelReads = () => made.transport.calls.filter((c) => c.path.endsWith("/models")).length;
+    await w.find("[aria-label=Providers]").trigger("click");
+    await button(w, "Remove").trigger("click");
+    await flushPromises();
+    expect(deletes()).toEqual([]);
+    expect(w.text()).toContain("Remove the stored key of openai?");
+    expect(document.activeElement?.textContent?.trim()).toBe("Cancel");
+    await button(w, "Cancel").trigger("click");
+    await flushPromises();
+    expect(deletes()).toEqual([]);
+    expect(document.activeElement?.textContent?.trim()).toBe("Remove");
+    const before = modelReads();
+    await button(w, "Remove").trigger("click");
+    await button(w, "Confirm").trigger("click");
+    await flushPromises();
+    expect(deletes()).toEqual(["/opencode/providers/openai/key"]);
+    expect(w.find("[data-testid=key-hint]").exists()).toBe(false);
+    expect(modelReads()).toBe(before + 1);
+    expect(w.find("[role=dialog]").element.contains(document.activeElement)).toBe(true);
+  });
+});
+
 describe("which chat a panel opens", () => {
   it("the sidebar falls back to the newest chat when its remembered one is gone", async () => {
     const routes = defaultRoutes();
