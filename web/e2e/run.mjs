@@ -240,6 +240,29 @@ async function oneLineConfig(node) {
   assert.ok(boxes.length >= 5 && Math.max(...middles) - Math.min(...middles) <= 2, `config bar wraps: ${JSON.stringify(boxes)}`);
 }
 
+/** Record the keys that reach ComfyUI's window keydown handler (which, like ComfyUI's, leaves plain
+ * keys typed in a text field alone and acts on the rest: Delete deletes the selected nodes). */
+async function recordKeysReachingComfy(page) {
+  await page.evaluate(() => {
+    window.reached = [];
+    window.addEventListener("keydown", (e) => {
+      const t = e.composedPath()[0];
+      const typing = t.tagName === "TEXTAREA" || t.tagName === "INPUT" || t.isContentEditable;
+      if (!(e.ctrlKey || e.altKey || e.metaKey) && typing) return;
+      window.reached.push(`${e.ctrlKey ? "Ctrl+" : ""}${e.key}<-${t.tagName}${t.getAttribute?.("aria-label") ? `[${t.getAttribute("aria-label")}]` : ""}`);
+    });
+  });
+  return {
+    take: () => page.evaluate(() => window.reached.splice(0)),
+  };
+}
+
+/** Where the focus is: inside which panel host, inside the dialog. */
+const focusInfo = (page) => page.evaluate(() => {
+  const e = document.activeElement;
+  return { tag: e?.tagName, label: e?.getAttribute("aria-label") ?? "", inPanel: !!e?.closest(".oc-root"), inDialog: !!e?.closest(".oc-dialog") };
+});
+
 describe("inside a (fake) ComfyUI canvas", () => {
   scenario("lives in its node, reads the canvas and loads an accepted proposal", async () => {
     const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 }, colorScheme: "dark" });
@@ -273,6 +296,57 @@ describe("inside a (fake) ComfyUI canvas", () => {
     await oneLineConfig(node); // still one line with two roles, a provider and a model chosen
     assert.equal(await page.locator(".node[data-node-type=KSampler]").count(), 1);
     await page.screenshot({ path: join(SHOTS, "canvas.png") });
+    await ctx.close();
+  });
+
+  scenario("the sidebar tab and the node keep their keys, and the focus never falls out of the panel", async () => {
+    const ctx = await browser.newContext({ viewport: { width: 1400, height: 800 } });
+    const page = await openPage(ctx, `${comfy.url}/?skills=echo`);
+    await page.evaluate(() => {
+      const side = document.createElement("div");
+      side.id = "side";
+      side.style.cssText = "position:fixed;left:0;top:36px;bottom:0;width:440px;z-index:50;";
+      document.body.appendChild(side);
+      window.fakeComfy.sidebarTabs[0].render(side);
+    });
+    const keys = await recordKeysReachingComfy(page);
+    for (const where of ["#side", ".node[data-node-type=OpencodeAgent]"]) {
+      const root = page.locator(where);
+      await root.locator("[data-testid=opencode-panel][data-phase=ready]").waitFor({ timeout: T });
+      await root.locator("select[aria-label=Provider]").focus();
+      for (const k of ["Backspace", "Delete", "q", "w", "Escape"]) await page.keyboard.press(k);
+      await root.locator("[data-testid=budget-button]").focus();
+      await page.keyboard.press("Delete");
+      await page.keyboard.press("Enter"); // opens the budget form
+      await root.locator("[data-testid=budget-form] input").first().focus();
+      await page.keyboard.press("Control+Enter"); // ComfyUI: queue the prompt
+      await page.keyboard.press("Enter"); // Save: the form goes, the focus stays in the panel
+      assert.deepEqual(await focusInfo(page), { tag: "BUTTON", label: "", inPanel: true, inDialog: false });
+      await page.keyboard.press("Delete");
+      assert.deepEqual(await keys.take(), [], `keys from ${where} reached ComfyUI`);
+    }
+
+    const side = page.locator("#side");
+    // A chat picked from the list with the keyboard: the focus goes back to the Chats button.
+    await side.getByRole("button", { name: "Chats" }).focus();
+    await page.keyboard.press("Enter");
+    await side.locator(".oc-menu-item").first().focus();
+    await page.keyboard.press("Enter");
+    assert.deepEqual(await focusInfo(page), { tag: "BUTTON", label: "Chats", inPanel: true, inDialog: false });
+    // The provider dialog takes the focus, keeps Tab inside, and gives it back on Escape.
+    await side.getByRole("button", { name: "Providers" }).focus();
+    await page.keyboard.press("Enter");
+    await side.locator(".oc-dialog").waitFor();
+    assert.equal((await focusInfo(page)).inDialog, true);
+    for (let i = 0; i < 12; i++) {
+      await page.keyboard.press(i % 4 === 3 ? "Shift+Tab" : "Tab");
+      assert.equal((await focusInfo(page)).inDialog, true, `Tab ${i + 1} left the dialog`);
+    }
+    await page.keyboard.press("Escape");
+    assert.equal(await side.locator(".oc-dialog").count(), 0);
+    assert.deepEqual(await focusInfo(page), { tag: "BUTTON", label: "Providers", inPanel: true, inDialog: false });
+    await page.keyboard.press("Delete");
+    assert.deepEqual(await keys.take(), []);
     await ctx.close();
   });
 });
