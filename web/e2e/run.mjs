@@ -216,6 +216,48 @@ describe("standalone panel", () => {
     await ctx.close();
   });
 
+  scenario("adds, edits and deletes a provider profile; the server's refusal shows beside the form", async () => {
+    const id = await newSession({ skills: ["echo"] });
+    const { ctx, page } = await standalone(id);
+    const traffic = recordTraffic(page);
+    await page.getByRole("button", { name: "Providers" }).click();
+    const dialog = page.locator(".oc-dialog");
+    await dialog.getByRole("button", { name: "Custom…" }).click();
+    const form = dialog.locator("[data-testid=provider-form]");
+    await form.locator("[name=name]").fill("e2e-local");
+    await form.locator("[name=kind]").selectOption("ollama");
+    await form.locator("[name=base_url]").fill("ftp://nowhere");
+    await form.locator("[name=default_model]").fill("tiny");
+    await form.getByRole("button", { name: "Add" }).click();
+    const error = form.locator("[data-testid=provider-form-error]");
+    await error.waitFor({ timeout: T });
+    assert.match(await error.innerText(), /base_url must be an http\(s\) URL/);
+    await form.locator("[name=base_url]").fill(llm.url);
+    await form.getByRole("button", { name: "Add" }).click();
+    const section = dialog.locator("[data-provider=e2e-local]");
+    await section.waitFor({ timeout: T });
+    assert.equal(await form.count(), 0);
+    assert.equal((await api(oc.url, "GET", "/opencode/providers/e2e-local")).default_model, "tiny");
+
+    await section.getByRole("button", { name: "Edit e2e-local" }).click();
+    await section.locator("[name=default_model]").fill("tinier");
+    await section.locator("[data-testid=provider-form]").getByRole("button", { name: "Save" }).click();
+    await section.locator("[data-testid=provider-form]").waitFor({ state: "detached", timeout: T });
+    assert.equal((await api(oc.url, "GET", "/opencode/providers/e2e-local")).default_model, "tinier");
+
+    await section.getByRole("button", { name: "Delete", exact: true }).click();
+    await section.getByRole("button", { name: "Confirm" }).click();
+    await section.waitFor({ state: "detached", timeout: T });
+    const names = (await api(oc.url, "GET", "/opencode/providers")).providers.map((p) => p.name);
+    assert.ok(!names.includes("e2e-local"), names.join(","));
+    const writes = traffic.requests.filter((r) => r.method !== "GET").map((r) => `${r.method} ${new URL(r.url).pathname}`);
+    assert.deepEqual(writes.filter((w) => w.includes("/providers")), [
+      "POST /opencode/providers", "POST /opencode/providers", "PATCH /opencode/providers/e2e-local", "DELETE /opencode/providers/e2e-local",
+    ]);
+    assert.ok(traffic.requests.every((r) => !/"key"/.test(r.body)), "a profile request carried a key");
+    await ctx.close();
+  });
+
   scenario("sanitizes what it renders (in a real browser)", async () => {
     const id = await newSession({ skills: ["echo"] });
     const { ctx, page } = await standalone(id);

@@ -9,7 +9,7 @@ import { computed, inject, ref, shallowRef } from "vue";
 import { ApiError, OpencodeClient, type ConnectionState } from "./client";
 import { DEPS, type SessionConfig } from "./deps";
 import { t } from "./i18n";
-import type { ModelInfo, OcEvent, ProviderProfile, SendMode, Session, SessionPatch, Skill, UiRequestData, VersionInfo } from "./protocol";
+import type { ModelInfo, OcEvent, ProviderCreate, ProviderPatch, ProviderProfile, SendMode, Session, SessionPatch, Skill, UiRequestData, VersionInfo } from "./protocol";
 import { PROTOCOL_VERSION } from "./protocol";
 import { activeRuns, dropProposal, EMPTY, joining, prependHistory, reduce, withSession, type ChatState } from "./reducer";
 
@@ -19,6 +19,9 @@ export interface SendOutcome {
   clientId?: string;
   sessionId?: string;
 }
+
+/** How a form's request went: a refusal carries the server's words, shown beside the form. */
+export type FormOutcome = { ok: true } | { ok: false; error: string };
 
 export interface Notice {
   id: number;
@@ -469,6 +472,52 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     }
   }
 
+  /** A refusal for a form: `unauthorized` still opens the token prompt. */
+  function refused(err: unknown): FormOutcome {
+    if (err instanceof ApiError && err.code === "unauthorized") needsToken.value = true;
+    return { ok: false, error: err instanceof Error ? err.message : String(err) };
+  }
+
+  /** A profile typed in the provider dialog (never a key: that goes to the key route alone). */
+  async function createProfile(body: ProviderCreate): Promise<FormOutcome> {
+    try {
+      const created = await client.createProvider(body);
+      providers.value = [...providers.value.filter((p) => p.name !== created.name), created];
+      forgetModels(created.name);
+      notify("success", t("provider.saved"));
+      return { ok: true };
+    } catch (err) {
+      return refused(err);
+    }
+  }
+
+  async function updateProfile(name: string, patch: ProviderPatch): Promise<FormOutcome> {
+    try {
+      const updated = await client.patchProvider(name, patch);
+      providers.value = providers.value.map((p) => (p.name === name ? updated : p));
+      forgetModels(name); // another base URL may offer other models
+      notify("success", t("provider.saved"));
+      return { ok: true };
+    } catch (err) {
+      return refused(err);
+    }
+  }
+
+  async function deleteProfile(name: string): Promise<boolean> {
+    try {
+      await client.deleteProvider(name);
+      providers.value = providers.value.filter((p) => p.name !== name);
+      failedModelLists.delete(name);
+      const { [name]: _dropped, ...rest } = models.value;
+      models.value = rest;
+      notify("info", t("provider.deleted"));
+      return true;
+    } catch (err) {
+      fail(t("error.generic"), err);
+      return false;
+    }
+  }
+
   async function useToken(token: string): Promise<void> {
     deps.setToken(token.trim());
     needsToken.value = false;
@@ -486,7 +535,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     client, connection, server, needsToken, skills, providers, presets, models, sessions, chat, loading,
     notices, sent, answering, protocolMismatch, session, roles, running, busy, skillById,
     start, ensureModels, openSession, newSession, loadEarlier, configure, renameSession, deleteSession, send, stop,
-    replyPermission, answerProposal, saveKey, removeKey, addProvider, useToken, loadSessions, notify, dismiss, dispose,
+    replyPermission, answerProposal, saveKey, removeKey, addProvider, createProfile, updateProfile, deleteProfile, useToken, loadSessions, notify, dismiss, dispose,
   };
 });
 

@@ -956,3 +956,119 @@ describe("where the focus goes", () => {
     expect(focused()).toBe(gear.element);
   });
 });
+
+describe("provider profiles in the provider dialog", () => {
+  const openai = { name: "openai", kind: "openai", base_url: "https://api.example/v1", default_model: "m1", key_env: null, models: {}, extra: {}, has_key: false, key_hint: null };
+
+  async function dialog(routes = defaultRoutes()) {
+    const started_ = await started([routes]);
+    await started_.w.find("[aria-label=Providers]").trigger("click");
+    await flushPromises();
+    return started_;
+  }
+  const form = (w: VueWrapper) => w.find("[data-testid=provider-form]");
+  const field = (w: VueWrapper, name: string) => form(w).find(`[name=${name}]`);
+  const sections = (w: VueWrapper) => w.findAll(".oc-provider[data-provider]").map((s) => s.attributes("data-provider"));
+
+  it("adds a custom profile (name, kind, base URL, default model) and nothing else", async () => {
+    const routes = defaultRoutes();
+    routes["POST /opencode/providers"] = (body) => [201, { ...openai, ...(body as object), key_env: null, models: {}, extra: {}, has_key: false, key_hint: null }];
+    const { w, transport } = await dialog(routes);
+    await button(w, "Custom…").trigger("click");
+    await flushPromises();
+    expect(document.activeElement).toBe(field(w, "name").element); // the form takes the focus
+    await field(w, "name").setValue("local-llm");
+    await field(w, "kind").setValue("ollama");
+    await field(w, "base_url").setValue(" http://127.0.0.1:11434 ");
+    await field(w, "default_model").setValue("qwen3");
+    await form(w).trigger("submit");
+    await flushPromises();
+    const posts = transport.calls.filter((c) => c.method === "POST" && c.path === "/opencode/providers");
+    expect(posts.map((c) => c.body)).toEqual([{ name: "local-llm", kind: "ollama", base_url: "http://127.0.0.1:11434", default_model: "qwen3" }]);
+    expect(form(w).exists()).toBe(false);
+    expect(sections(w)).toEqual(["openai", "local-llm"]);
+    expect(w.find("[data-provider=local-llm]").text()).toContain("http://127.0.0.1:11434");
+    expect((document.activeElement as HTMLElement).dataset.action).toBe("add-provider");
+  });
+
+  it("shows the server's refusal beside the form, which stays open with what was typed", async () => {
+    const routes = defaultRoutes();
+    routes["POST /opencode/providers"] = () => [400, { error: { code: "validation_error", message: "base_url must be an http(s) URL, got 'ftp://x'", details: { field: "base_url" } } }];
+    routes["PATCH /opencode/providers/openai"] = () => [400, { error: { code: "bad_request", message: "base_url is not a valid URL", details: { field: "base_url" } } }];
+    const { w, toasts } = await dialog(routes);
+    await button(w, "Custom…").trigger("click");
+    await field(w, "name").setValue("bad");
+    await field(w, "base_url").setValue("ftp://x");
+    await form(w).trigger("submit");
+    await flushPromises();
+    expect(form(w).find("[role=alert]").text()).toBe("base_url must be an http(s) URL, got 'ftp://x'");
+    expect((field(w, "base_url").element as HTMLInputElement).value).toBe("ftp://x");
+    expect(toasts).toEqual([]);
+    expect(sections(w)).toEqual(["openai"]);
+    await button(w, "Cancel").trigger("click");
+    await flushPromises();
+
+    await w.find("[aria-label='Edit openai']").trigger("click");
+    await field(w, "base_url").setValue("http://[");
+    await form(w).trigger("submit");
+    await flushPromises();
+    expect(form(w).find("[role=alert]").text()).toBe("base_url is not a valid URL");
+  });
+
+  it("edits the base URL and default model of a profile, then reads its models again", async () => {
+    const routes = defaultRoutes();
+    routes["GET /opencode/sessions/ses_1"] = () => [200, session({ provider: "openai" })];
+    routes["PATCH /opencode/providers/openai"] = (body) => [200, { ...openai, ...(body as object) }];
+    const { w, transport, ws } = await dialog(routes);
+    ws.receive(snapshot({ session: session({ last_seq: 2, provider: "openai" }) }));
+    await flushPromises();
+    const reads = () => transport.calls.filter((c) => c.path.endsWith("/models")).length;
+    const before = reads();
+    await w.find("[aria-label='Edit openai']").trigger("click");
+    await flushPromises();
+    expect((field(w, "base_url").element as HTMLInputElement).value).toBe("https://api.example/v1");
+    expect(form(w).find("[name=name]").exists()).toBe(false); // a profile's name and kind stay
+    await field(w, "base_url").setValue("https://proxy.example/v1");
+    await field(w, "default_model").setValue("m2");
+    await form(w).trigger("submit");
+    await flushPromises();
+    const patches = transport.calls.filter((c) => c.method === "PATCH");
+    expect(patches.map((c) => [c.path, c.body])).toEqual([["/opencode/providers/openai", { base_url: "https://proxy.example/v1", default_model: "m2" }]]);
+    expect(form(w).exists()).toBe(false);
+    expect(w.find("[data-provider=openai]").text()).toContain("https://proxy.example/v1");
+    expect(reads()).toBe(before + 1);
+    expect(document.activeElement?.getAttribute("aria-label")).toBe("Edit openai");
+  });
+
+  it("deletes a profile only after a confirm", async () => {
+    const routes = defaultRoutes();
+    routes["DELETE /opencode/providers/openai"] = () => [200, { deleted: "openai" }];
+    const { w, transport } = await dialog(routes);
+    const deletes = () => transport.calls.filter((c) => c.method === "DELETE").map((c) => c.path);
+    await button(w, "Delete").trigger("click");
+    await flushPromises();
+    expect(deletes()).toEqual([]);
+    expect(w.text()).toContain("Delete the profile openai and its stored key?");
+    await button(w, "Cancel").trigger("click");
+    await flushPromises();
+    expect(sections(w)).toEqual(["openai"]);
+    await button(w, "Delete").trigger("click");
+    await button(w, "Confirm").trigger("click");
+    await flushPromises();
+    expect(deletes()).toEqual(["/opencode/providers/openai"]);
+    expect(sections(w)).toEqual([]);
+    expect(w.find("[role=dialog]").element.contains(document.activeElement)).toBe(true);
+  });
+
+  it("Escape closes an open form first, then the dialog", async () => {
+    const { w } = await dialog();
+    await button(w, "Custom…").trigger("click");
+    document.dispatchEvent(new KeyboardEvent("keydown", { key: "Escape" }));
+    await flushPromises();
+    expect(form(w).exists()).toBe(false);
+    expect(w.find("[role=dialog]").exists()).toBe(true);
+    document.dispatchEvent(new KeyboardEvent("keydown", { key: "Escape" }));
+    await flushPromises();
+    expect(w.find("[role=dialog]").exists()).toBe(false);
+  });
+});
