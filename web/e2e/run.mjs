@@ -216,6 +216,48 @@ describe("standalone panel", () => {
     await ctx.close();
   });
 
+  scenario("adds, edits and deletes a provider profile; the server's refusal shows beside the form", async () => {
+    const id = await newSession({ skills: ["echo"] });
+    const { ctx, page } = await standalone(id);
+    const traffic = recordTraffic(page);
+    await page.getByRole("button", { name: "Providers" }).click();
+    const dialog = page.locator(".oc-dialog");
+    await dialog.getByRole("button", { name: "Custom…" }).click();
+    const form = dialog.locator("[data-testid=provider-form]");
+    await form.locator("[name=name]").fill("e2e-local");
+    await form.locator("[name=kind]").selectOption("ollama");
+    await form.locator("[name=base_url]").fill("ftp://nowhere");
+    await form.locator("[name=default_model]").fill("tiny");
+    await form.getByRole("button", { name: "Add" }).click();
+    const error = form.locator("[data-testid=provider-form-error]");
+    await error.waitFor({ timeout: T });
+    assert.match(await error.innerText(), /base_url must be an http\(s\) URL/);
+    await form.locator("[name=base_url]").fill(llm.url);
+    await form.getByRole("button", { name: "Add" }).click();
+    const section = dialog.locator("[data-provider=e2e-local]");
+    await section.waitFor({ timeout: T });
+    assert.equal(await form.count(), 0);
+    assert.equal((await api(oc.url, "GET", "/opencode/providers/e2e-local")).default_model, "tiny");
+
+    await section.getByRole("button", { name: "Edit e2e-local" }).click();
+    await section.locator("[name=default_model]").fill("tinier");
+    await section.locator("[data-testid=provider-form]").getByRole("button", { name: "Save" }).click();
+    await section.locator("[data-testid=provider-form]").waitFor({ state: "detached", timeout: T });
+    assert.equal((await api(oc.url, "GET", "/opencode/providers/e2e-local")).default_model, "tinier");
+
+    await section.getByRole("button", { name: "Delete", exact: true }).click();
+    await section.getByRole("button", { name: "Confirm" }).click();
+    await section.waitFor({ state: "detached", timeout: T });
+    const names = (await api(oc.url, "GET", "/opencode/providers")).providers.map((p) => p.name);
+    assert.ok(!names.includes("e2e-local"), names.join(","));
+    const writes = traffic.requests.filter((r) => r.method !== "GET").map((r) => `${r.method} ${new URL(r.url).pathname}`);
+    assert.deepEqual(writes.filter((w) => w.includes("/providers")), [
+      "POST /opencode/providers", "POST /opencode/providers", "PATCH /opencode/providers/e2e-local", "DELETE /opencode/providers/e2e-local",
+    ]);
+    assert.ok(traffic.requests.every((r) => !/"key"/.test(r.body)), "a profile request carried a key");
+    await ctx.close();
+  });
+
   scenario("sanitizes what it renders (in a real browser)", async () => {
     const id = await newSession({ skills: ["echo"] });
     const { ctx, page } = await standalone(id);
@@ -239,6 +281,29 @@ async function oneLineConfig(node) {
   const middles = boxes.map((b) => b.middle);
   assert.ok(boxes.length >= 5 && Math.max(...middles) - Math.min(...middles) <= 2, `config bar wraps: ${JSON.stringify(boxes)}`);
 }
+
+/** Record the keys that reach ComfyUI's window keydown handler (which, like ComfyUI's, leaves plain
+ * keys typed in a text field alone and acts on the rest: Delete deletes the selected nodes). */
+async function recordKeysReachingComfy(page) {
+  await page.evaluate(() => {
+    window.reached = [];
+    window.addEventListener("keydown", (e) => {
+      const t = e.composedPath()[0];
+      const typing = t.tagName === "TEXTAREA" || t.tagName === "INPUT" || t.isContentEditable;
+      if (!(e.ctrlKey || e.altKey || e.metaKey) && typing) return;
+      window.reached.push(`${e.ctrlKey ? "Ctrl+" : ""}${e.key}<-${t.tagName}${t.getAttribute?.("aria-label") ? `[${t.getAttribute("aria-label")}]` : ""}`);
+    });
+  });
+  return {
+    take: () => page.evaluate(() => window.reached.splice(0)),
+  };
+}
+
+/** Where the focus is: inside which panel host, inside the dialog. */
+const focusInfo = (page) => page.evaluate(() => {
+  const e = document.activeElement;
+  return { tag: e?.tagName, label: e?.getAttribute("aria-label") ?? "", inPanel: !!e?.closest(".oc-root"), inDialog: !!e?.closest(".oc-dialog") };
+});
 
 describe("inside a (fake) ComfyUI canvas", () => {
   scenario("lives in its node, reads the canvas and loads an accepted proposal", async () => {
@@ -273,6 +338,57 @@ describe("inside a (fake) ComfyUI canvas", () => {
     await oneLineConfig(node); // still one line with two roles, a provider and a model chosen
     assert.equal(await page.locator(".node[data-node-type=KSampler]").count(), 1);
     await page.screenshot({ path: join(SHOTS, "canvas.png") });
+    await ctx.close();
+  });
+
+  scenario("the sidebar tab and the node keep their keys, and the focus never falls out of the panel", async () => {
+    const ctx = await browser.newContext({ viewport: { width: 1400, height: 800 } });
+    const page = await openPage(ctx, `${comfy.url}/?skills=echo`);
+    await page.evaluate(() => {
+      const side = document.createElement("div");
+      side.id = "side";
+      side.style.cssText = "position:fixed;left:0;top:36px;bottom:0;width:440px;z-index:50;";
+      document.body.appendChild(side);
+      window.fakeComfy.sidebarTabs[0].render(side);
+    });
+    const keys = await recordKeysReachingComfy(page);
+    for (const where of ["#side", ".node[data-node-type=OpencodeAgent]"]) {
+      const root = page.locator(where);
+      await root.locator("[data-testid=opencode-panel][data-phase=ready]").waitFor({ timeout: T });
+      await root.locator("select[aria-label=Provider]").focus();
+      for (const k of ["Backspace", "Delete", "q", "w", "Escape"]) await page.keyboard.press(k);
+      await root.locator("[data-testid=budget-button]").focus();
+      await page.keyboard.press("Delete");
+      await page.keyboard.press("Enter"); // opens the budget form
+      await root.locator("[data-testid=budget-form] input").first().focus();
+      await page.keyboard.press("Control+Enter"); // ComfyUI: queue the prompt
+      await page.keyboard.press("Enter"); // Save: the form goes, the focus stays in the panel
+      assert.deepEqual(await focusInfo(page), { tag: "BUTTON", label: "", inPanel: true, inDialog: false });
+      await page.keyboard.press("Delete");
+      assert.deepEqual(await keys.take(), [], `keys from ${where} reached ComfyUI`);
+    }
+
+    const side = page.locator("#side");
+    // A chat picked from the list with the keyboard: the focus goes back to the Chats button.
+    await side.getByRole("button", { name: "Chats" }).focus();
+    await page.keyboard.press("Enter");
+    await side.locator(".oc-menu-item").first().focus();
+    await page.keyboard.press("Enter");
+    assert.deepEqual(await focusInfo(page), { tag: "BUTTON", label: "Chats", inPanel: true, inDialog: false });
+    // The provider dialog takes the focus, keeps Tab inside, and gives it back on Escape.
+    await side.getByRole("button", { name: "Providers" }).focus();
+    await page.keyboard.press("Enter");
+    await side.locator(".oc-dialog").waitFor();
+    assert.equal((await focusInfo(page)).inDialog, true);
+    for (let i = 0; i < 12; i++) {
+      await page.keyboard.press(i % 4 === 3 ? "Shift+Tab" : "Tab");
+      assert.equal((await focusInfo(page)).inDialog, true, `Tab ${i + 1} left the dialog`);
+    }
+    await page.keyboard.press("Escape");
+    assert.equal(await side.locator(".oc-dialog").count(), 0);
+    assert.deepEqual(await focusInfo(page), { tag: "BUTTON", label: "Providers", inPanel: true, inDialog: false });
+    await page.keyboard.press("Delete");
+    assert.deepEqual(await keys.take(), []);
     await ctx.close();
   });
 });

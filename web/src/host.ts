@@ -50,6 +50,25 @@ export function getSetting<T>(id: string, fallback: T): T {
   return fallback;
 }
 
+/** Write a setting (ComfyUI saves it, and calls its `onChange`); false when this host can't. */
+export function setSetting(id: string, value: unknown): boolean {
+  try {
+    const viaManager = app?.extensionManager?.setting?.set;
+    if (typeof viaManager === "function") {
+      void Promise.resolve(viaManager.call(app.extensionManager!.setting, id, value)).catch(() => undefined);
+      return true;
+    }
+    const viaUi = app?.ui?.settings?.setSettingValue;
+    if (typeof viaUi === "function") {
+      viaUi.call(app.ui!.settings, id, value);
+      return true;
+    }
+  } catch {
+    // settings not ready, or refused: the token still lives in this browser
+  }
+  return false;
+}
+
 /** ComfyUI's `Comfy.Locale`, else the browser's language. */
 export function locale(): string {
   const set = getSetting<string>("Comfy.Locale", "");

@@ -4,17 +4,17 @@
  * and the extension's settings.
  */
 import { ref } from "vue";
-import { safeSet, storageBinding, type SessionConfig } from "./deps";
+import { safeGet, safeSet, storageBinding, type SessionConfig } from "./deps";
 import * as host from "./host";
 import { setLocale, t } from "./i18n";
-import { hostDeps, mountPanel, TOKEN_KEY } from "./mount";
+import { hostDeps, mountPanel, TOKEN_KEY, TOKEN_SETTING } from "./mount";
 import { attachToNode, isOpencodeNode } from "./node";
 
 const S = {
   provider: "Opencode.DefaultProvider",
   skills: "Opencode.DefaultSkills",
   fontSize: "Opencode.FontSize",
-  token: "Opencode.Token",
+  token: TOKEN_SETTING,
 };
 
 const fontSize = ref(13);
@@ -46,8 +46,15 @@ host.registerExtension({
       type: "text",
       defaultValue: "",
       category: ["Opencode", "Connection", "Token"],
-      onChange: (v) => {
-        if (typeof v === "string" && v.trim()) safeSet(TOKEN_KEY, v.trim());
+      onChange: (v, old) => {
+        const token = typeof v === "string" ? v.trim() : "";
+        // ComfyUI calls this with no old value when it registers the setting, at every page load:
+        // that must not overwrite a token the banner stored since (the setting may be older).
+        if (old === undefined) {
+          if (token && !safeGet(TOKEN_KEY)) safeSet(TOKEN_KEY, token);
+          return;
+        }
+        safeSet(TOKEN_KEY, token); // an emptied setting clears the stored token
       },
     },
   ],

@@ -11,6 +11,8 @@ import { setLocale } from "./i18n";
 import css from "./styles.css?inline";
 
 export const TOKEN_KEY = "opencode.token";
+/** The ComfyUI setting that mirrors the token: one value, whether typed there or in the banner. */
+export const TOKEN_SETTING = "Opencode.Token";
 const STYLE_ID = "opencode-panel-styles";
 
 export function injectStyles(doc: Document = document): void {
@@ -26,7 +28,11 @@ export function hostDeps(binding: PanelBinding): PanelDeps {
     transport: host.transport,
     binding,
     token: () => safeGet(TOKEN_KEY),
-    setToken: (token) => safeSet(TOKEN_KEY, token),
+    setToken: (token) => {
+      safeSet(TOKEN_KEY, token);
+      // The standalone page has no ComfyUI settings (its shim would keep a second copy).
+      if (!host.isStandalone) host.setSetting(TOKEN_SETTING, token);
+    },
     notify: (severity, summary, detail) => host.toast(severity, summary, detail),
     currentWorkflow: host.currentWorkflow,
     loadWorkflow: host.loadWorkflow,
@@ -35,12 +41,28 @@ export function hostDeps(binding: PanelBinding): PanelDeps {
   };
 }
 
+/**
+ * Keys typed in the panel belong to it, not to ComfyUI (Delete would delete the selected nodes,
+ * space would pan, q/w toggle sidebar tabs, Ctrl+Enter queues). In a text field every key stays;
+ * elsewhere Ctrl/Cmd shortcuts (Ctrl+S) still reach ComfyUI.
+ */
+export function keepKeysInPanel(ev: KeyboardEvent): void {
+  const target = ev.target as HTMLElement | null;
+  const typing = !!target && (target.tagName === "TEXTAREA" || target.tagName === "INPUT" || target.isContentEditable);
+  if (typing || !(ev.ctrlKey || ev.metaKey)) ev.stopPropagation();
+}
+
+/** Every host (a node, the sidebar tab, the standalone page) gets the key guard on `el`. */
 export function mountPanel(el: HTMLElement, deps: PanelDeps, fontSize: Ref<number>): () => void {
   injectStyles(el.ownerDocument);
+  el.addEventListener("keydown", keepKeysInPanel);
   setLocale(host.locale());
   const app = createApp({ render: () => h(OpencodePanel, { fontSize: fontSize.value }) });
   app.use(createPinia());
   app.provide(DEPS, deps);
   app.mount(el);
-  return () => app.unmount();
+  return () => {
+    app.unmount();
+    el.removeEventListener("keydown", keepKeysInPanel);
+  };
 }

@@ -9,6 +9,8 @@ import type { ComfyDomWidget, ComfyNode, ComfyWidget } from "./host-types";
 import { redrawCanvas } from "./host";
 import { hostDeps, mountPanel } from "./mount";
 
+export { keepKeysInPanel } from "./mount";
+
 export const NODE_TYPE = "OpencodeAgent";
 const BOUND = ["session_id", "skills", "provider", "model"] as const;
 const MIN_SIZE: [number, number] = [460, 620];
@@ -39,17 +41,6 @@ function hide(w: ComfyWidget): void {
   w.computeSize = () => [0, -4];
 }
 
-/**
- * Keys typed in the panel belong to it, not to the canvas (Delete would delete the node, space
- * would pan). In a text field every key stays; elsewhere Ctrl/Cmd shortcuts (Ctrl+S) still
- * reach ComfyUI.
- */
-export function keepKeysInPanel(ev: KeyboardEvent): void {
-  const target = ev.target as HTMLElement | null;
-  const typing = !!target && (target.tagName === "TEXTAREA" || target.tagName === "INPUT" || target.isContentEditable);
-  if (typing || !(ev.ctrlKey || ev.metaKey)) ev.stopPropagation();
-}
-
 export function nodeBinding(node: ComfyNode, defaults: () => SessionConfig): PanelBinding {
   const read = (name: string) => String(widget(node, name)?.value ?? "").trim();
   return {
@@ -78,7 +69,6 @@ export function attachToNode(node: ComfyNode, defaults: () => SessionConfig, fon
   const el = document.createElement("div");
   el.className = "oc-node-host";
   el.style.cssText = "width:100%;height:100%;min-height:0;display:flex;outline:none;";
-  el.addEventListener("keydown", keepKeysInPanel);
   // Nodes 2.0 (front end 1.49+) sends wheel events over a node to the canvas (zoom) unless they
   // happen inside a `data-capture-wheel` element holding the focus: once clicked, the panel scrolls.
   el.dataset.captureWheel = "true";

@@ -25,6 +25,8 @@ export const MAX_LOGS = 500;
 export interface PermissionEntry extends PermissionRequestedData {
   decision: "pending" | "allow" | "deny";
   remember: boolean;
+  /** Why it was resolved: "answered" (by a person), else e.g. "no answer before the timeout". */
+  reason?: string;
 }
 
 export interface LogEntry extends LogData {
@@ -97,8 +99,8 @@ export function reduce(state: ChatState, event: OcEvent): ChatState {
       return { ...s, permissions: [...rest, entry] };
     }
     case "permission.resolved": {
-      const { request_id, decision, remember } = event.data;
-      const permissions = s.permissions.map((p) => (p.request_id === request_id ? { ...p, decision, remember } : p));
+      const { request_id, decision, remember, reason } = event.data;
+      const permissions = s.permissions.map((p) => (p.request_id === request_id ? { ...p, decision, remember, reason } : p));
       return { ...s, permissions };
     }
     case "ui.request":

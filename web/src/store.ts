@@ -9,7 +9,7 @@ import { computed, inject, ref, shallowRef } from "vue";
 import { ApiError, OpencodeClient, type ConnectionState } from "./client";
 import { DEPS, type SessionConfig } from "./deps";
 import { t } from "./i18n";
-import type { ModelInfo, OcEvent, ProviderProfile, SendMode, Session, SessionPatch, Skill, UiRequestData, VersionInfo } from "./protocol";
+import type { ModelInfo, OcEvent, ProviderCreate, ProviderPatch, ProviderProfile, SendMode, Session, SessionPatch, Skill, UiRequestData, VersionInfo } from "./protocol";
 import { PROTOCOL_VERSION } from "./protocol";
 import { activeRuns, dropProposal, EMPTY, joining, prependHistory, reduce, withSession, type ChatState } from "./reducer";
 
@@ -19,6 +19,9 @@ export interface SendOutcome {
   clientId?: string;
   sessionId?: string;
 }
+
+/** How a form's request went: a refusal carries the server's words, shown beside the form. */
+export type FormOutcome = { ok: true } | { ok: false; error: string };
 
 export interface Notice {
   id: number;
@@ -66,6 +69,9 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   const loading = ref(false);
   const notices = ref<Notice[]>([]);
   const sent = ref(0); // messages this panel sent: the transcript follows each one
+  // Permission requests whose answer is on its way (their cards' buttons are off); one that
+  // fails leaves the set, so its card can be answered again.
+  const answering = ref<ReadonlySet<string>>(new Set());
   let noticeId = 0;
 
   const protocolMismatch = computed(() => server.value !== null && server.value.protocol !== PROTOCOL_VERSION);
@@ -96,7 +102,22 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   }
 
   const offEvent = client.onEvent(onEvent);
-  const offState = client.onState((s) => (connection.value = s));
+  const offState = client.onState(onState);
+
+  // A start that failed (the server was unreachable when the panel was mounted) is tried again
+  // when the socket opens: the server is back. A missing version (and capabilities) is read again.
+  let startFailed = false;
+  function onState(s: ConnectionState): void {
+    connection.value = s;
+    if (s !== "open" || loading.value) return;
+    if (startFailed) void start();
+    else if (server.value === null) void loadVersion();
+  }
+
+  async function loadVersion(): Promise<void> {
+    server.value = await client.version().catch(() => null);
+    client.setServerCapabilities(server.value?.capabilities ?? []);
+  }
 
   function onEvent(event: OcEvent): void {
     chat.value = reduce(chat.value, event);
@@ -191,10 +212,10 @@ export const usePanelStore = defineStore("opencode-panel", () => {
 
   async function start(): Promise<void> {
     loading.value = true;
+    startFailed = false;
     client.connect();
     try {
-      server.value = await client.version().catch(() => null);
-      client.setServerCapabilities(server.value?.capabilities ?? []);
+      await loadVersion();
       await Promise.all([loadSkills(), loadProviders(), loadSessions()]);
       const wanted = deps.binding.sessionId();
       const node = deps.binding.kind === "node";
@@ -205,6 +226,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
       else if (!node && sessions.value.length) await open(sessions.value[0].id);
       else await create();
     } catch (err) {
+      startFailed = true;
       fail(t("error.load"), err);
     } finally {
       loading.value = false;
@@ -247,6 +269,15 @@ export const usePanelStore = defineStore("opencode-panel", () => {
       models.value = { ...models.value, [provider]: list };
       failedModelLists.add(provider);
     }
+  }
+
+  /** A provider's key changed: its model list read before (often refused for want of a key) is
+   * dropped, and read again now if the session uses it or it had failed. */
+  function forgetModels(provider: string): void {
+    const failed = failedModelLists.delete(provider);
+    const { [provider]: _dropped, ...rest } = models.value;
+    models.value = rest;
+    if (failed || session.value?.provider === provider) void loadModels(provider);
   }
 
   /** Show a chat picked by the person; a failure is a notice, and a chat deleted elsewhere
@@ -383,13 +414,20 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     }
   }
 
-  async function replyPermission(requestId: string, decision: "allow" | "deny", remember: boolean): Promise<void> {
+  /** Answer a permission request; false (and its card back on) when the answer did not go through. */
+  async function replyPermission(requestId: string, decision: "allow" | "deny", remember: boolean): Promise<boolean> {
     const id = session.value?.id;
-    if (!id) return;
+    if (!id || answering.value.has(requestId)) return false;
+    answering.value = new Set([...answering.value, requestId]);
     try {
       await client.replyPermission(id, { request_id: requestId, decision, remember });
+      return true;
     } catch (err) {
+      const rest = new Set(answering.value);
+      rest.delete(requestId);
+      answering.value = rest;
       fail(t("error.generic"), err);
+      return false;
     }
   }
 
@@ -400,6 +438,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
       const profile = await client.setProviderKey(provider, key);
       providers.value = providers.value.map((p) => (p.name === provider ? profile : p));
       notify("success", t("provider.keySaved"));
+      forgetModels(provider);
       return true;
     } catch (err) {
       fail(t("error.generic"), err);
@@ -412,6 +451,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
       await client.deleteProviderKey(provider);
       await loadProviders();
       notify("info", t("provider.keyRemoved"));
+      forgetModels(provider);
     } catch (err) {
       fail(t("error.generic"), err);
     }
@@ -432,6 +472,52 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     }
   }
 
+  /** A refusal for a form: `unauthorized` still opens the token prompt. */
+  function refused(err: unknown): FormOutcome {
+    if (err instanceof ApiError && err.code === "unauthorized") needsToken.value = true;
+    return { ok: false, error: err instanceof Error ? err.message : String(err) };
+  }
+
+  /** A profile typed in the provider dialog (never a key: that goes to the key route alone). */
+  async function createProfile(body: ProviderCreate): Promise<FormOutcome> {
+    try {
+      const created = await client.createProvider(body);
+      providers.value = [...providers.value.filter((p) => p.name !== created.name), created];
+      forgetModels(created.name);
+      notify("success", t("provider.saved"));
+      return { ok: true };
+    } catch (err) {
+      return refused(err);
+    }
+  }
+
+  async function updateProfile(name: string, patch: ProviderPatch): Promise<FormOutcome> {
+    try {
+      const updated = await client.patchProvider(name, patch);
+      providers.value = providers.value.map((p) => (p.name === name ? updated : p));
+      forgetModels(name); // another base URL may offer other models
+      notify("success", t("provider.saved"));
+      return { ok: true };
+    } catch (err) {
+      return refused(err);
+    }
+  }
+
+  async function deleteProfile(name: string): Promise<boolean> {
+    try {
+      await client.deleteProvider(name);
+      providers.value = providers.value.filter((p) => p.name !== name);
+      failedModelLists.delete(name);
+      const { [name]: _dropped, ...rest } = models.value;
+      models.value = rest;
+      notify("info", t("provider.deleted"));
+      return true;
+    } catch (err) {
+      fail(t("error.generic"), err);
+      return false;
+    }
+  }
+
   async function useToken(token: string): Promise<void> {
     deps.setToken(token.trim());
     needsToken.value = false;
@@ -447,9 +533,9 @@ export const usePanelStore = defineStore("opencode-panel", () => {
 
   return {
     client, connection, server, needsToken, skills, providers, presets, models, sessions, chat, loading,
-    notices, sent, protocolMismatch, session, roles, running, busy, skillById,
+    notices, sent, answering, protocolMismatch, session, roles, running, busy, skillById,
     start, ensureModels, openSession, newSession, loadEarlier, configure, renameSession, deleteSession, send, stop,
-    replyPermission, answerProposal, saveKey, removeKey, addProvider, useToken, loadSessions, notify, dismiss, dispose,
+    replyPermission, answerProposal, saveKey, removeKey, addProvider, createProfile, updateProfile, deleteProfile, useToken, loadSessions, notify, dismiss, dispose,
   };
 });
 

@@ -90,6 +90,27 @@ describe("the ComfyUI extension", () => {
     expect(el.querySelector("[data-testid=opencode-panel]")).toBeNull();
   });
 
+  it("the sidebar tab keeps keys in its panel, as a node does", async () => {
+    await registered[0].setup?.(app);
+    const el = document.createElement("div");
+    document.body.appendChild(el);
+    tabs[0].render(el);
+    await flushPromises();
+    const seen: string[] = [];
+    const spy = (ev: KeyboardEvent) => seen.push(`${(ev.target as HTMLElement).tagName}:${ev.ctrlKey ? "ctrl+" : ""}${ev.key}`);
+    window.addEventListener("keydown", spy); // ComfyUI's keybindings listen on the window
+    const select = el.querySelector("select")!;
+    const button = el.querySelector("button")!;
+    const press = (t: HTMLElement, key: string, ctrlKey = false) => t.dispatchEvent(new KeyboardEvent("keydown", { key, ctrlKey, bubbles: true }));
+    for (const key of ["Delete", "Backspace", "q", "w", "Escape"]) press(select, key);
+    press(button, "Delete");
+    press(button, "Enter", true);
+    tabs[0].destroy?.();
+    press(el, "Delete"); // unmounted: the guard left with the panel
+    window.removeEventListener("keydown", spy);
+    expect(seen).toEqual(["BUTTON:ctrl+Enter", "DIV:Delete"]);
+  });
+
   it("puts the panel in OpencodeAgent nodes only, hides the bound widgets and writes a new session id", async () => {
     vi.useFakeTimers();
     const other = fakeNode();
@@ -119,6 +140,12 @@ describe("the ComfyUI extension", () => {
     ws.receive(snapshot({ session: session({ skills: ["echo", "assistant"], provider: "openai", model: "m1" }) }));
     await flushPromises();
     expect(node.widgets!.map((w) => w.value)).toEqual(["ses_1", "echo,assistant", "openai", "m1"]);
+    const reached: string[] = [];
+    const spy = (ev: KeyboardEvent) => reached.push(ev.key);
+    window.addEventListener("keydown", spy);
+    node.dom[0].el.querySelector("button")!.dispatchEvent(new KeyboardEvent("keydown", { key: "Delete", bubbles: true }));
+    window.removeEventListener("keydown", spy);
+    expect(reached).toEqual([]); // the node's panel keeps its keys too
     const widget = node.dom[0].widget;
     widget.onRemove?.call(widget); // ComfyUI calls it as a method
     expect(widget.removedWith).toBe(node.dom[0].el);
@@ -171,5 +198,39 @@ describe("keys in a node's panel", () => {
     press(button, "s", true);
     document.removeEventListener("keydown", spy);
     expect(seen).toEqual(["BUTTON:ctrl+s"]);
+  });
+});
+
+describe("the Opencode.Token setting", () => {
+  const KEY = "opencode.token";
+  const setting = () => registered[0].settings!.find((s) => s.id === "Opencode.Token")!;
+  afterEach(() => localStorage.removeItem(KEY));
+
+  it("at each page load fills an empty stored token but never overwrites the banner's newer one", () => {
+    setting().onChange!("FROM-SETTINGS", undefined); // ComfyUI registering the setting
+    expect(localStorage.getItem(KEY)).toBe("FROM-SETTINGS");
+    localStorage.setItem(KEY, "NEW-from-banner");
+    setting().onChange!("OLD-from-settings", undefined);
+    expect(localStorage.getItem(KEY)).toBe("NEW-from-banner");
+    setting().onChange!("", undefined);
+    expect(localStorage.getItem(KEY)).toBe("NEW-from-banner");
+  });
+
+  it("a change made in the settings is taken, and an emptied setting clears the token", () => {
+    localStorage.setItem(KEY, "A");
+    setting().onChange!(" B ", "A");
+    expect(localStorage.getItem(KEY)).toBe("B");
+    setting().onChange!("", "B");
+    expect(localStorage.getItem(KEY)).toBeNull();
+  });
+
+  it("a token pasted in the banner is written into the setting too", async () => {
+    const set = vi.fn();
+    app.extensionManager = { ...app.extensionManager, setting: { get: () => undefined, set } };
+    const { hostDeps } = await import("../src/mount");
+    const { memoryBinding } = await import("./harness");
+    hostDeps(memoryBinding()).setToken("PASTED");
+    expect(localStorage.getItem(KEY)).toBe("PASTED");
+    expect(set).toHaveBeenCalledWith("Opencode.Token", "PASTED");
   });
 });

@@ -170,13 +170,28 @@ describe("PermissionCard", () => {
     ["Allow", "allow", false],
     ["Always allow", "allow", true],
     ["Deny", "deny", false],
-  ] as const)("%s emits reply(%s, remember=%s) once", async (label, decision, remember) => {
+  ] as const)("%s emits reply(%s, remember=%s) once; its buttons are off while it is sent", async (label, decision, remember) => {
     const w = mount(PermissionCard, { props: { request, skillName: "Assistant" } });
     expect(w.text()).toContain("Assistant wants to use queue_workflow");
     const button = w.findAll("button").find((b) => b.text() === label)!;
     await button.trigger("click");
     expect(w.emitted("reply")).toEqual([[decision, remember]]);
+    await w.setProps({ sending: true });
     expect(button.attributes("disabled")).toBeDefined();
+    await w.setProps({ sending: false }); // the answer failed: it can be given again
+    expect(button.attributes("disabled")).toBeUndefined();
+  });
+
+  it.each([
+    [undefined, "Denied"],
+    ["answered", "Denied"],
+    ["no answer before the timeout", "Timed out (denied)"],
+    ["the run was aborted", "Run stopped (denied)"],
+    ["something else", "Denied: something else"],
+  ])("a denial for the reason %s reads %s", (reason, text) => {
+    const w = mount(PermissionCard, { props: { request: { ...request, decision: "deny", reason }, skillName: "A" } });
+    expect(w.text()).toContain(text);
+    expect(w.text().includes("Timed out")).toBe(text.startsWith("Timed out"));
   });
 
   it("shows the outcome once resolved", () => {

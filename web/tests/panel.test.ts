@@ -260,6 +260,41 @@ describe("OpencodePanel", () => {
     expect(w.find("[data-testid=permission-card]").text()).toContain("Always allowed");
   });
 
+  it("a permission answer that fails puts the card's buttons back on, to be answered again", async () => {
+    const { w, ws, toasts } = await started();
+    ws.receive(ev("message.created", 2, { message: reply() }));
+    ws.receive(ev("permission.requested", 3, {
+      request_id: "perm_1", run_id: "run_1", skill: "echo", tool: "write_file", permission_class: "edit",
+      summary: "{}", arguments: {}, expires_at: Date.now() / 1000 + 60,
+    }));
+    await flushPromises();
+    const buttons = () => w.find("[data-testid=permission-card]").findAll("button").map((b) => b.attributes("disabled") !== undefined);
+    await button(w, "Allow").trigger("click");
+    await flushPromises();
+    expect(buttons()).toEqual([true, true, true]);
+    await button(w, "Deny").trigger("click"); // off while the first answer is out
+    expect(ws.commands("permission.reply")).toHaveLength(1);
+    const cmd = ws.commands("permission.reply")[0];
+    ws.receive({ type: "error", id: cmd.id, error: { code: "internal_error", message: "database is locked" } });
+    await flushPromises();
+    expect(toasts).toEqual([expect.stringContaining("database is locked")]);
+    expect(buttons()).toEqual([false, false, false]);
+    await button(w, "Allow").trigger("click");
+    expect(ws.commands("permission.reply")).toHaveLength(2);
+  });
+
+  it("a permission the server timed out says so, not just Denied", async () => {
+    const { w, ws } = await started();
+    ws.receive(ev("message.created", 2, { message: reply() }));
+    ws.receive(ev("permission.requested", 3, {
+      request_id: "perm_1", run_id: "run_1", skill: "echo", tool: "write_file", permission_class: "edit",
+      summary: "{}", arguments: {}, expires_at: Date.now() / 1000 + 1,
+    }));
+    ws.receive(ev("permission.resolved", 4, { request_id: "perm_1", decision: "deny", remember: false, reason: "no answer before the timeout" }));
+    await flushPromises();
+    expect(w.find("[data-testid=permission-card]").text()).toContain("Timed out (denied)");
+  });
+
   it("answers get_workflow with the canvas graph and a proposal with accepted", async () => {
     let repliesWhenLoaded = -1;
     // eslint-disable-next-line prefer-const
@@ -551,6 +586,103 @@ describe("stopping and interrupting", () => {
   });
 });
 
+describe("a server that is back", () => {
+  it("a panel mounted while the server was unreachable loads once the socket opens", async () => {
+    let down = true;
+    const made = makeDeps();
+    const base = made.deps.transport;
+    made.deps.transport = { wsUrl: base.wsUrl, async fetch(p, i) { if (down) throw new TypeError("Failed to fetch"); return base.fetch(p, i); } };
+    vi.useFakeTimers();
+    try {
+      const w = mountWith(OpencodePanel, made.deps);
+      await vi.runAllTicks();
+      await flushPromises();
+      expect(made.toasts).toEqual([expect.stringContaining("Failed to fetch")]);
+      FakeSocket.last().drop(); // connection refused
+      down = false;
+      await vi.advanceTimersByTimeAsync(5000); // the reconnect delay
+      const ws = FakeSocket.last();
+      expect(FakeSocket.all).toHaveLength(2);
+      ws.open();
+      await flushPromises();
+      await vi.advanceTimersByTimeAsync(0);
+      expect(ws.commands("join")).toHaveLength(1);
+      ws.receive(snapshot({ session: session({ last_seq: 1 }), messages: [message()] }));
+      await flushPromises();
+      expect(w.find("[data-testid=opencode-panel]").attributes("data-phase")).toBe("ready");
+      expect(made.transport.calls.filter((c) => c.path === "/opencode/version")).toHaveLength(1); // its capabilities too
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+});
+
+describe("a provider's key", () => {
+  it("once saved, reads the model list of the session's provider again", async () => {
+    let hasKey = false;
+    const routes = defaultRoutes();
+    routes["GET /opencode/sessions/ses_1"] = () => [200, session({ provider: "openai" })];
+    routes["POST /opencode/sessions"] = () => [201, session({ provider: "openai" })];
+    routes["GET /opencode/providers/openai/models"] = () => hasKey
+      ? [200, { models: [{ id: "gpt-x", caps: null }, { id: "gpt-y", caps: null }] }]
+      : [502, { error: { code: "provider_error", message: "401 no API key", details: {} } }];
+    const saveKey = routes["PUT /opencode/providers/openai/key"];
+    routes["PUT /opencode/providers/openai/key"] = (b) => { hasKey = true; return saveKey(b); };
+    routes["DELETE /opencode/providers/openai/key"] = () => { hasKey = false; return [200, {}]; };
+    const made = makeDeps(routes);
+    const w = mountWith(OpencodePanel, made.deps);
+    await flushPromises();
+    FakeSocket.last().open();
+    FakeSocket.last().receive(snapshot({ session: session({ last_seq: 1, provider: "openai" }) }));
+    await flushPromises();
+    const options = () => w.find("select[aria-label=Model]").findAll("option").map((o) => o.text());
+    expect(options()).toEqual(["Default model"]);
+    await w.find("[aria-label=Providers]").trigger("click");
+    await w.find("input[type=password]").setValue("sk-test-1234abcd");
+    await w.find("[data-provider=openai] form").trigger("submit");
+    await flushPromises();
+    expect(options()).toEqual(["Default model", "gpt-x", "gpt-y"]);
+  });
+});
+
+describe("removing a provider's key", () => {
+  it("takes a confirm; Cancel keeps it, Confirm removes it and reads the models again", async () => {
+    const routes = defaultRoutes();
+    const stored = { name: "openai", kind: "openai", base_url: "https://api.example/v1", default_model: "m1", key_env: null, models: {}, extra: {}, has_key: true, key_hint: "…wxyz" };
+    let hasKey = true;
+    routes["GET /opencode/providers"] = () => [200, { providers: [{ ...stored, has_key: hasKey, key_hint: hasKey ? "…wxyz" : null }], presets: [] }];
+    routes["DELETE /opencode/providers/openai/key"] = () => { hasKey = false; return [200, {}]; };
+    routes["GET /opencode/sessions/ses_1"] = () => [200, session({ provider: "openai" })];
+    routes["POST /opencode/sessions"] = () => [201, session({ provider: "openai" })];
+    const made = makeDeps(routes);
+    const w = mountWith(OpencodePanel, made.deps);
+    await flushPromises();
+    FakeSocket.last().open();
+    FakeSocket.last().receive(snapshot({ session: session({ last_seq: 1, provider: "openai" }) }));
+    await flushPromises();
+    const deletes = () => made.transport.calls.filter((c) => c.method === "DELETE").map((c) => c.path);
+    const modelReads = () => made.transport.calls.filter((c) => c.path.endsWith("/models")).length;
+    await w.find("[aria-label=Providers]").trigger("click");
+    await button(w, "Remove").trigger("click");
+    await flushPromises();
+    expect(deletes()).toEqual([]);
+    expect(w.text()).toContain("Remove the stored key of openai?");
+    expect(document.activeElement?.textContent?.trim()).toBe("Cancel");
+    await button(w, "Cancel").trigger("click");
+    await flushPromises();
+    expect(deletes()).toEqual([]);
+    expect(document.activeElement?.textContent?.trim()).toBe("Remove");
+    const before = modelReads();
+    await button(w, "Remove").trigger("click");
+    await button(w, "Confirm").trigger("click");
+    await flushPromises();
+    expect(deletes()).toEqual(["/opencode/providers/openai/key"]);
+    expect(w.find("[data-testid=key-hint]").exists()).toBe(false);
+    expect(modelReads()).toBe(before + 1);
+    expect(w.find("[role=dialog]").element.contains(document.activeElement)).toBe(true);
+  });
+});
+
 describe("which chat a panel opens", () => {
   it("the sidebar falls back to the newest chat when its remembered one is gone", async () => {
     const routes = defaultRoutes();
@@ -587,6 +719,25 @@ describe("which chat a panel opens", () => {
     await flushPromises();
     expect(ws.commands("configure")[0]).toMatchObject({ session_id: SID, patch: { budget: { max_tokens: 200000, max_cost: 0.5 } } });
     expect(w.find("[data-testid=budget-form]").exists()).toBe(false);
+  });
+
+  it("a budget form left open closes when another chat is picked, so it never saves into that one", async () => {
+    const routes = defaultRoutes();
+    const other = session({ id: "ses_2", title: "Other", updated_at: 900 });
+    const first = session({ budget: { max_tokens: 5000, max_cost: 2 } });
+    routes["GET /opencode/sessions"] = () => [200, { sessions: [first, other] }];
+    routes["GET /opencode/sessions/ses_1"] = () => [200, first];
+    routes["GET /opencode/sessions/ses_2"] = () => [200, other];
+    const { w, ws } = await started([routes]);
+    await w.find("[data-testid=budget-button]").trigger("click");
+    expect(w.find("[data-testid=budget-form]").exists()).toBe(true);
+    await pickChat(w, "Other");
+    await flushPromises();
+    ws.receive(snapshot({ session: other }));
+    await flushPromises();
+    expect(w.find("[data-testid=session-title]").text()).toBe("Other");
+    expect(w.find("[data-testid=budget-form]").exists()).toBe(false);
+    expect(ws.commands("configure")).toEqual([]);
   });
 
   it("a budget of any whole number of tokens and any cost is a valid entry", async () => {
@@ -739,5 +890,185 @@ describe("history", () => {
     expect(w.find("[data-testid=session-title]").text()).toBe("Other chat");
     expect(w.findAll("article").map((a) => a.attributes("data-message-id"))).toEqual(["msg_b1"]);
     expect(w.text()).not.toContain("from the first chat");
+  });
+});
+
+/** What holds the focus: an element inside the panel, never <body> (outside the key guard). */
+const focused = () => document.activeElement as HTMLElement;
+
+describe("where the focus goes", () => {
+  it("back to the Chats button after a chat is picked from the list", async () => {
+    const routes = defaultRoutes();
+    routes["GET /opencode/sessions"] = () => [200, { sessions: [session(), session({ id: "ses_2", title: "Other chat", updated_at: 900 })] }];
+    routes["GET /opencode/sessions/ses_2"] = () => [200, session({ id: "ses_2", title: "Other chat" })];
+    const { w } = await started([routes]);
+    await w.find("[aria-label=Chats]").trigger("click");
+    await flushPromises();
+    const item = w.findAll(".oc-menu-item").find((b) => b.text().startsWith("Other chat"))!;
+    (item.element as HTMLElement).focus();
+    await item.trigger("click");
+    await flushPromises();
+    expect(w.find(".oc-menu-item").exists()).toBe(false);
+    expect(focused().getAttribute("aria-label")).toBe("Chats");
+  });
+
+  it("to the Budget button after Save, and to Delete or Chats after the delete confirm", async () => {
+    const routes = defaultRoutes();
+    routes["DELETE /opencode/sessions/ses_1"] = () => [200, { deleted: SID }];
+    const { w } = await started([routes]);
+    await w.find("[data-testid=budget-button]").trigger("click");
+    (w.find("[data-testid=budget-form] input").element as HTMLElement).focus();
+    await w.find("[data-testid=budget-form]").trigger("submit");
+    await flushPromises();
+    expect(focused().dataset.testid).toBe("budget-button");
+
+    await w.find("[aria-label=Delete]").trigger("click");
+    await flushPromises();
+    expect(focused().textContent?.trim()).toBe("Cancel");
+    await button(w, "Cancel").trigger("click");
+    await flushPromises();
+    expect(focused().getAttribute("aria-label")).toBe("Delete");
+    await w.find("[aria-label=Delete]").trigger("click");
+    await flushPromises();
+    await button(w, "Confirm").trigger("click");
+    await flushPromises();
+    expect(focused().getAttribute("aria-label")).toBe("Chats");
+  });
+
+  it("into the provider dialog when it opens, around inside it on Tab, back to its opener when it closes", async () => {
+    const { w } = await started();
+    const gear = w.find("[aria-label=Providers]");
+    (gear.element as HTMLElement).focus();
+    await gear.trigger("click");
+    await flushPromises();
+    const dialog = w.find("[role=dialog]").element as HTMLElement;
+    expect(dialog.contains(focused())).toBe(true);
+    const controls = [...dialog.querySelectorAll<HTMLElement>("button:not([disabled]), input:not([disabled])")];
+    const tab = (shiftKey = false) => focused().dispatchEvent(new KeyboardEvent("keydown", { key: "Tab", shiftKey, bubbles: true, cancelable: true }));
+    expect(focused()).toBe(controls[0]);
+    tab(true);
+    expect(focused()).toBe(controls[controls.length - 1]);
+    tab();
+    expect(focused()).toBe(controls[0]);
+    document.dispatchEvent(new KeyboardEvent("keydown", { key: "Escape" }));
+    await flushPromises();
+    expect(w.find("[role=dialog]").exists()).toBe(false);
+    expect(focused()).toBe(gear.element);
+  });
+});
+
+describe("provider profiles in the provider dialog", () => {
+  const openai = { name: "openai", kind: "openai", base_url: "https://api.example/v1", default_model: "m1", key_env: null, models: {}, extra: {}, has_key: false, key_hint: null };
+
+  async function dialog(routes = defaultRoutes()) {
+    const started_ = await started([routes]);
+    await started_.w.find("[aria-label=Providers]").trigger("click");
+    await flushPromises();
+    return started_;
+  }
+  const form = (w: VueWrapper) => w.find("[data-testid=provider-form]");
+  const field = (w: VueWrapper, name: string) => form(w).find(`[name=${name}]`);
+  const sections = (w: VueWrapper) => w.findAll(".oc-provider[data-provider]").map((s) => s.attributes("data-provider"));
+
+  it("adds a custom profile (name, kind, base URL, default model) and nothing else", async () => {
+    const routes = defaultRoutes();
+    routes["POST /opencode/providers"] = (body) => [201, { ...openai, ...(body as object), key_env: null, models: {}, extra: {}, has_key: false, key_hint: null }];
+    const { w, transport } = await dialog(routes);
+    await button(w, "Custom…").trigger("click");
+    await flushPromises();
+    expect(document.activeElement).toBe(field(w, "name").element); // the form takes the focus
+    await field(w, "name").setValue("local-llm");
+    await field(w, "kind").setValue("ollama");
+    await field(w, "base_url").setValue(" http://127.0.0.1:11434 ");
+    await field(w, "default_model").setValue("qwen3");
+    await form(w).trigger("submit");
+    await flushPromises();
+    const posts = transport.calls.filter((c) => c.method === "POST" && c.path === "/opencode/providers");
+    expect(posts.map((c) => c.body)).toEqual([{ name: "local-llm", kind: "ollama", base_url: "http://127.0.0.1:11434", default_model: "qwen3" }]);
+    expect(form(w).exists()).toBe(false);
+    expect(sections(w)).toEqual(["openai", "local-llm"]);
+    expect(w.find("[data-provider=local-llm]").text()).toContain("http://127.0.0.1:11434");
+    expect((document.activeElement as HTMLElement).dataset.action).toBe("add-provider");
+  });
+
+  it("shows the server's refusal beside the form, which stays open with what was typed", async () => {
+    const routes = defaultRoutes();
+    routes["POST /opencode/providers"] = () => [400, { error: { code: "validation_error", message: "base_url must be an http(s) URL, got 'ftp://x'", details: { field: "base_url" } } }];
+    routes["PATCH /opencode/providers/openai"] = () => [400, { error: { code: "bad_request", message: "base_url is not a valid URL", details: { field: "base_url" } } }];
+    const { w, toasts } = await dialog(routes);
+    await button(w, "Custom…").trigger("click");
+    await field(w, "name").setValue("bad");
+    await field(w, "base_url").setValue("ftp://x");
+    await form(w).trigger("submit");
+    await flushPromises();
+    expect(form(w).find("[role=alert]").text()).toBe("base_url must be an http(s) URL, got 'ftp://x'");
+    expect((field(w, "base_url").element as HTMLInputElement).value).toBe("ftp://x");
+    expect(toasts).toEqual([]);
+    expect(sections(w)).toEqual(["openai"]);
+    await button(w, "Cancel").trigger("click");
+    await flushPromises();
+
+    await w.find("[aria-label='Edit openai']").trigger("click");
+    await field(w, "base_url").setValue("http://[");
+    await form(w).trigger("submit");
+    await flushPromises();
+    expect(form(w).find("[role=alert]").text()).toBe("base_url is not a valid URL");
+  });
+
+  it("edits the base URL and default model of a profile, then reads its models again", async () => {
+    const routes = defaultRoutes();
+    routes["GET /opencode/sessions/ses_1"] = () => [200, session({ provider: "openai" })];
+    routes["PATCH /opencode/providers/openai"] = (body) => [200, { ...openai, ...(body as object) }];
+    const { w, transport, ws } = await dialog(routes);
+    ws.receive(snapshot({ session: session({ last_seq: 2, provider: "openai" }) }));
+    await flushPromises();
+    const reads = () => transport.calls.filter((c) => c.path.endsWith("/models")).length;
+    const before = reads();
+    await w.find("[aria-label='Edit openai']").trigger("click");
+    await flushPromises();
+    expect((field(w, "base_url").element as HTMLInputElement).value).toBe("https://api.example/v1");
+    expect(form(w).find("[name=name]").exists()).toBe(false); // a profile's name and kind stay
+    await field(w, "base_url").setValue("https://proxy.example/v1");
+    await field(w, "default_model").setValue("m2");
+    await form(w).trigger("submit");
+    await flushPromises();
+    const patches = transport.calls.filter((c) => c.method === "PATCH");
+    expect(patches.map((c) => [c.path, c.body])).toEqual([["/opencode/providers/openai", { base_url: "https://proxy.example/v1", default_model: "m2" }]]);
+    expect(form(w).exists()).toBe(false);
+    expect(w.find("[data-provider=openai]").text()).toContain("https://proxy.example/v1");
+    expect(reads()).toBe(before + 1);
+    expect(document.activeElement?.getAttribute("aria-label")).toBe("Edit openai");
+  });
+
+  it("deletes a profile only after a confirm", async () => {
+    const routes = defaultRoutes();
+    routes["DELETE /opencode/providers/openai"] = () => [200, { deleted: "openai" }];
+    const { w, transport } = await dialog(routes);
+    const deletes = () => transport.calls.filter((c) => c.method === "DELETE").map((c) => c.path);
+    await button(w, "Delete").trigger("click");
+    await flushPromises();
+    expect(deletes()).toEqual([]);
+    expect(w.text()).toContain("Delete the profile openai and its stored key?");
+    await button(w, "Cancel").trigger("click");
+    await flushPromises();
+    expect(sections(w)).toEqual(["openai"]);
+    await button(w, "Delete").trigger("click");
+    await button(w, "Confirm").trigger("click");
+    await flushPromises();
+    expect(deletes()).toEqual(["/opencode/providers/openai"]);
+    expect(sections(w)).toEqual([]);
+    expect(w.find("[role=dialog]").element.contains(document.activeElement)).toBe(true);
+  });
+
+  it("Escape closes an open form first, then the dialog", async () => {
+    const { w } = await dialog();
+    await button(w, "Custom…").trigger("click");
+    document.dispatchEvent(new KeyboardEvent("keydown", { key: "Escape" }));
+    await flushPromises();
+    expect(form(w).exists()).toBe(false);
+    expect(w.find("[role=dialog]").exists()).toBe(true);
+    document.dispatchEvent(new KeyboardEvent("keydown", { key: "Escape" }));
+    await flushPromises();
+    expect(w.find("[role=dialog]").exists()).toBe(false);
   });
 });
