@@ -97,14 +97,18 @@ class OpencodeAgent:
                 "text": ("STRING", {"forceInput": True, "tooltip": "Sent as a user message when connected."}),
                 "image": ("IMAGE", {"tooltip": "Attached to the message (for vision models)."}),
             },
+            # The node's id in the graph: two nodes on one session are told apart (`fed_by_link`).
+            "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    # Session id → whether the node's last run there was fed by a link (`text` or `image`).
-    fed_by_link: dict[str, bool] = {}
+    # (node id, session id) → whether that node's last run was fed by a link (`text` or `image`).
+    # Per node: a copied node keeps its session, and one fed and one unfed node on a session
+    # must each keep their own rule.
+    fed_by_link: dict[tuple[str, str], bool] = {}
 
     @classmethod
     def IS_CHANGED(cls, session_id: str = "", skills: str = "", provider: str = "", model: str = "",
-                   text: str | None = None, image: Any = None) -> str:
+                   text: str | None = None, image: Any = None, unique_id: str | None = None) -> str:
         """Re-run when the widgets change; unfed, also when the session got a new reply.
 
         ComfyUI passes only constants here: linked inputs are left out (`IsChangedCache`), and a
@@ -116,7 +120,7 @@ class OpencodeAgent:
         h = hashlib.sha256(f"{session_id}|{skills}|{provider}|{model}|{text}".encode())
         if image is not None:
             h.update(_image_fingerprint(image))
-        fed = text is not None or image is not None or cls.fed_by_link.get(session_id.strip(), True)
+        fed = text is not None or image is not None or cls.fed_by_link.get((str(unique_id), session_id.strip()), True)
         if not fed and cls.bridge is not None and session_id:
             try:
                 _, last_id = cls.bridge.call(lambda: cls.bridge.service().sessions.last_reply(session_id))  # type: ignore[union-attr]
@@ -126,13 +130,13 @@ class OpencodeAgent:
         return h.hexdigest()
 
     def run(self, session_id: str, skills: str = "", provider: str = "", model: str = "",
-            text: str | None = None, image: Any = None) -> tuple[str, str]:
+            text: str | None = None, image: Any = None, unique_id: str | None = None) -> tuple[str, str]:
         bridge = self.bridge
         if bridge is None:
             raise RuntimeError("Opencode is not running inside this ComfyUI (its routes failed to mount)")
         svc = bridge.service
         session_id = session_id.strip()
-        type(self).fed_by_link[session_id] = text is not None or image is not None
+        type(self).fed_by_link[(str(unique_id), session_id)] = text is not None or image is not None
         if text is None and image is None:
             if not session_id:
                 return "", ""

@@ -52,6 +52,7 @@ def test_declaration() -> None:
     assert NODE_DISPLAY_NAME_MAPPINGS["OpencodeAgent"] == "Opencode Agent"
     types = OpencodeAgent.INPUT_TYPES()
     assert set(types["required"]) == {"session_id", "skills", "provider", "model"}
+    assert types["hidden"] == {"unique_id": "UNIQUE_ID"}  # not a widget: nothing lands in the workflow
     assert types["optional"]["text"][0] == "STRING" and types["optional"]["image"][0] == "IMAGE"
     assert OpencodeAgent.RETURN_TYPES == ("STRING", "STRING")
     assert OpencodeAgent.RETURN_NAMES == ("reply", "session_id")
@@ -109,6 +110,27 @@ def test_while_the_node_waits_its_session_holds_comfyuis_worker(server: ServerLo
     monkeypatch.setattr(sessions, "wait_runs", watched)
     assert OpencodeAgent().run(session_id="ses_held", skills="echo", text="one two")[0] == "one two"
     assert held_while_waiting == [True] and not worker.held_by("ses_held")  # let go once the reply is in
+
+
+def test_two_nodes_on_one_session_keep_their_own_rule(server: ServerLoop) -> None:
+    """A copied node keeps its session: with the rule kept per session, whichever node ran last
+    decided for both, and the fed one sent its text at every queue again."""
+    fed = {"session_id": "ses_two", "skills": "echo", "provider": "", "model": "", "unique_id": "1"}
+    unfed = {**fed, "unique_id": "2"}
+    node, sends, keys = OpencodeAgent(), 0, {"1": None, "2": None}
+    for _ in range(3):  # three queues of an unchanged graph holding both nodes
+        now = {n: OpencodeAgent.IS_CHANGED(**w) for n, w in (("1", fed), ("2", unfed))}
+        if now["1"] != keys["1"]:
+            node.run(**fed, text="the fed node's text")
+            sends += 1
+        if now["2"] != keys["2"]:
+            node.run(**unfed)
+        keys = now
+    assert sends == 1
+    before = OpencodeAgent.IS_CHANGED(**unfed)
+    server.call(_send_from_the_panel(server.service, "ses_two", "from the panel"))
+    assert OpencodeAgent.IS_CHANGED(**unfed) != before  # the unfed node still follows the chat
+    assert OpencodeAgent.IS_CHANGED(**fed) == keys["1"]
 
 
 async def _send_from_the_panel(svc: OpencodeService, sid: str, text: str) -> None:
