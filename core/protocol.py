@@ -691,12 +691,9 @@ class ErrorReply(Model):
 
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of every protocol model, keyed by name (for tools and other languages)."""
-    named: dict[str, Any] = {
-        "Part": PartList,
-        "Command": CommandAdapter,
-        "Event": EventAdapter,
-    }
-    named.update((model.__name__, model) for model in public_models())
+    named: dict[str, Any] = {model.__name__: model for model in public_models()}
+    # The unions over the models above: `Event` as the typed union of every event, not the envelope.
+    named.update({"Part": PartList, "Command": CommandAdapter, "Event": EventAdapter})
     out: dict[str, Any] = {}
     for name, m in named.items():
         out[name] = m.json_schema() if isinstance(m, TypeAdapter) else m.model_json_schema()

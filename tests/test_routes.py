@@ -189,6 +189,7 @@ async def test_openapi_covers_every_route(client: TestClient) -> None:
     assert {"ProviderProfile", "ProviderCreate", "PermissionSettings", "AuditList", "TokenInfo", "ImagePart",
             "ModelList"} <= set(schema["schemas"])
     assert {m.__name__ for m in protocol.public_models()} <= set(schema["schemas"])
+    assert len(schema["schemas"]["Event"]["oneOf"]) == len(protocol.EVENT_DATA)  # the typed union of events
 
 
 @pytest.mark.parametrize("method,path,kwargs,status,code", [
