@@ -552,9 +552,9 @@ def service_context(config: Config, skill_factories: list[SkillFactory] | None =
     async def context(app: web.Application) -> AsyncIterator[None]:
         svc = OpencodeService(config, skill_factories=list(skill_factories or ()), image_loader=image_loader)
         await svc.start()
-        app[SERVICE] = svc
-        app[TRUST] = trust or await TrustPolicy.load(config.data_dir)
-        try:
+        try:  # a start that fails after the service opened (an unreadable token) still closes it
+            app[SERVICE] = svc
+            app[TRUST] = trust or await TrustPolicy.load(config.data_dir)
             yield
         finally:
             await svc.close()

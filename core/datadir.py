@@ -10,15 +10,26 @@ leaves a stale lock behind; the pid written in the file is only there to name th
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import sys
+import weakref
 from pathlib import Path
 from typing import IO
 
 from .config import Config
 from .errors import OpencodeError
 
+log = logging.getLogger("opencode.datadir")
+
 LOCK_NAME = "opencode.lock"
+# What a lock held elsewhere raises: anything else (NFS without lockd: ENOLCK; some FUSE and SMB
+# mounts: EOPNOTSUPP) means this file system cannot lock, and Opencode runs without the guard.
+_HELD_ELSEWHERE = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES, getattr(errno, "EDEADLOCK", errno.EDEADLK)}
+# The locks this process holds: a forked child closes its copies, or a child that outlives the
+# parent's `release()` would keep the directory locked (flock belongs to the open file, shared).
+_HELD: "weakref.WeakSet[DataDirLock]" = weakref.WeakSet()
 _WINDOWS_LOCK_OFFSET = 64  # past the pid: Windows keeps others from reading a locked range
 
 
@@ -39,22 +50,29 @@ class DataDirInUse(OpencodeError):
 class DataDirLock:
     """The lock of one data directory, held until `release()` (or this process's end)."""
 
-    def __init__(self, handle: IO[bytes]) -> None:
+    def __init__(self, handle: IO[bytes] | None) -> None:
         self._handle: IO[bytes] | None = handle
+        if handle is not None:
+            _HELD.add(self)
 
     @classmethod
     def acquire(cls, data_dir: Path) -> "DataDirLock":
-        try:
-            handle = open(data_dir / LOCK_NAME, "a+b")  # never truncates the holder's pid
+        try:  # unbuffered: a read of the pid must not reach the byte Windows keeps locked
+            handle = open(data_dir / LOCK_NAME, "a+b", buffering=0)  # never truncates the holder's pid
         except OSError as exc:
             raise DataDirUnusable(f"cannot use the data directory {data_dir}: {exc.strerror or exc}") from exc
         try:
             _lock(handle)
-        except OSError:
+        except OSError as exc:
+            if exc.errno not in _HELD_ELSEWHERE:
+                log.warning("cannot lock %s (%s): running without the one-process guard", data_dir,
+                            exc.strerror or exc)
+                handle.close()
+                return cls(None)
             holder = _read_pid(handle)
             handle.close()
-            raise DataDirInUse(f"the data directory {data_dir} is in use by another Opencode process "
-                               f"(pid {holder or 'unknown'})", details={"pid": holder}) from None
+            who = "this process" if holder == os.getpid() else f"another Opencode process (pid {holder or 'unknown'})"
+            raise DataDirInUse(f"the data directory {data_dir} is in use by {who}", details={"pid": holder}) from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()).encode())
@@ -67,6 +85,23 @@ class DataDirLock:
             _unlock(self._handle)
             self._handle.close()
             self._handle = None
+        _HELD.discard(self)
+
+    def _forget_in_child(self) -> None:
+        """In a forked child: close this copy of the file without unlocking the parent's lock."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def _close_copies_in_child() -> None:
+    for lock in list(_HELD):
+        lock._forget_in_child()
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_copies_in_child)
 
 
 def open_data_dir(config: Config) -> DataDirLock:

@@ -165,18 +165,20 @@ class OpencodeService:
                 log.debug("idle sessions: %d replay ring(s) trimmed, %d session(s) unloaded", trimmed, forgotten)
 
     async def close(self) -> None:
-        self._sweeper.cancel()
-        await self.sessions.shutdown()
-        await self.bus.close()
-        for hook in reversed(self.close_hooks):
-            try:
-                await hook()
-            except Exception:  # noqa: BLE001 - closing must go on
-                log.exception("a close hook failed")
-        await self.http.close()
-        await self.store.close()
-        self._uninstall_logging()
-        self._data_lock.release()  # last: the directory is free once everything is written
+        try:
+            self._sweeper.cancel()
+            await self.sessions.shutdown()
+            await self.bus.close()
+            for hook in reversed(self.close_hooks):
+                try:
+                    await hook()
+                except Exception:  # noqa: BLE001 - closing must go on
+                    log.exception("a close hook failed")
+            await self.http.close()
+            await self.store.close()
+            self._uninstall_logging()
+        finally:  # last, and whatever failed: the directory is free once everything is written
+            self._data_lock.release()
 
     # ------------------------------------------------------------------ helpers
 
