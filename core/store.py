@@ -599,16 +599,8 @@ class SqliteStore(Store):
         return Session.model_validate_json(rows[0][0]) if rows else None
 
     async def list_sessions(self) -> list[Session]:
-        """Every session, newest change first, each with `last_seq` as stored (its newest event)."""
-        rows = await self._read(
-            "SELECT body, (SELECT COALESCE(seq_end, seq) FROM events e WHERE e.session_id = s.id "
-            "ORDER BY seq DESC LIMIT 1) FROM sessions s ORDER BY updated_at DESC", ())
-        out = []
-        for body, seq in rows:
-            session = Session.model_validate_json(body)
-            session.last_seq = int(seq or 0)
-            out.append(session)
-        return out
+        rows = await self._read("SELECT body FROM sessions ORDER BY updated_at DESC", ())
+        return [Session.model_validate_json(r[0]) for r in rows]
 
     # ------------------------------------------------------------------ messages
 

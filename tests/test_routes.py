@@ -296,8 +296,11 @@ async def test_a_sessions_last_seq_is_where_a_client_that_has_it_resumes(aiohttp
 
     second = await aiohttp_client(make_app())  # the same data dir, a new process's numbering
     listed = await j(await second.get("/opencode/sessions"), 200)
-    resume = [s["last_seq"] for s in listed["sessions"] if s["id"] == sid][0]
+    assert [s["last_seq"] for s in listed["sessions"] if s["id"] == sid] == [0]  # not opened yet
+    resume = (await j(await second.get(f"/opencode/sessions/{sid}"), 200))["last_seq"]
     assert resume > last + 1
+    listed = await j(await second.get("/opencode/sessions"), 200)
+    assert [s["last_seq"] for s in listed["sessions"] if s["id"] == sid] == [resume]
     resp = await second.get(f"/opencode/sessions/{sid}/events", params={"after_seq": str(resume)})
     sent = await j(await second.post(f"/opencode/sessions/{sid}/messages", json={"text": "c"}), 202)
     first_event = None
