@@ -204,7 +204,7 @@ def list_references(folder: Path) -> list[str]:
             if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts):
                 found.append(path.relative_to(folder).as_posix())
     for path in sorted(folder.glob("*.md")):
-        if path.is_file() and path.name != SKILL_FILE:
+        if path.is_file() and path.name != SKILL_FILE and not path.name.startswith("."):
             found.append(path.name)
     return found[:MAX_REFERENCES]
 

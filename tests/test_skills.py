@@ -379,3 +379,14 @@ async def test_reference_tool_reads_no_further_than_its_cap(registry: SkillRegis
     last, _ = await read(registry, skill="full-skill", path="references/huge.md", offset=MAX_REFERENCE_FILE_CHARS - 5)
     assert last == ("xxxxx\n\n[characters 999995-1000000 of the first 1000000 "
                     "(the file is longer; the rest cannot be read).]")
+
+
+def test_a_dotfile_beside_skill_md_is_not_a_reference(tmp_path: Path) -> None:
+    """`references/` left dotfiles out, the markdown beside SKILL.md did not (`.private.md`)."""
+    folder = tmp_path / "dotted"
+    (folder / "references").mkdir(parents=True)
+    (folder / "SKILL.md").write_text("---\nname: dotted\ndescription: d\n---\nbody\n")
+    (folder / "references" / "a.md").write_text("a")
+    (folder / ".private.md").write_text("secret")
+    (folder / "NOTES.md").write_text("notes")
+    assert load_skill_folder(folder).references == ["references/a.md", "NOTES.md"]
