@@ -48,6 +48,7 @@ async def test_a_file_system_that_cannot_lock_runs_without_the_guard(config: Con
 
 
 def _hold_until_told(pipe: Any) -> None:
+    pipe.send("running")  # past the fork's after-in-child hooks
     pipe.recv()
 
 
@@ -60,6 +61,7 @@ def test_a_forked_child_does_not_keep_the_directory_locked(tmp_path: Path) -> No
     child = multiprocessing.get_context("fork").Process(target=_hold_until_told, args=(child_end,))
     child.start()
     try:
+        assert parent_end.poll(10) and parent_end.recv() == "running"
         lock.release()
         DataDirLock.acquire(tmp_path).release()  # free while the child still lives
     finally:
