@@ -18,10 +18,11 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Coroutine, Sequence
 from urllib.parse import quote
 
 from .core.config import Config
@@ -91,6 +92,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BUG
 
 
+def run_until_ctrl_c(coro: Coroutine[Any, Any, int]) -> int:
+    """`asyncio.run`, where Ctrl-C cancels the command's task and then raises KeyboardInterrupt.
+
+    Why: Python 3.11's runner does this itself, but on 3.10 the interrupt lands wherever the loop
+    is, the task's `finally` (closing the service, storing the stopped replies) never runs, and
+    the store's threads keep the process from exiting.
+    """
+    async def guarded() -> int:
+        task, loop = asyncio.current_task(), asyncio.get_running_loop()
+        interrupted = False
+
+        def on_sigint() -> None:
+            nonlocal interrupted
+            interrupted = True
+            task.cancel()  # type: ignore[union-attr]
+
+        try:
+            loop.add_signal_handler(signal.SIGINT, on_sigint)
+        except (NotImplementedError, RuntimeError):  # Windows: Python's own handling
+            return await coro
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            if interrupted:
+                raise KeyboardInterrupt from None
+            raise
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
+    return asyncio.run(guarded())
+
+
 def run(args: argparse.Namespace) -> int:
     """`run`, its failures as one line each: 2 for a request that could not be made at all."""
     if not args.server:
@@ -100,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         from .core.errors import OpencodeError
 
         try:
-            return asyncio.run(run_in_process(args))
+            return run_until_ctrl_c(run_in_process(args))
         except DataDirInUse as exc:
             print(f"error: {exc.message} ({exc.code}): send through it with --server URL instead", file=sys.stderr)
             return 2
@@ -115,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     import aiohttp
 
     try:
-        return asyncio.run(run_remote(args))
+        return run_until_ctrl_c(run_remote(args))
     except NotOpencode as exc:
         print(f"error: {args.server} is not an Opencode server (HTTP {exc.status})", file=sys.stderr)
         return 2
