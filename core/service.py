@@ -115,7 +115,7 @@ class OpencodeService:
         cfg = self.config
         # Before anything reads the directory: opening it recovers it, which would cut off the
         # live replies of another process using it (see `core/datadir.py`).
-        self._data_lock = open_data_dir(cfg)
+        self._data_lock = await asyncio.to_thread(open_data_dir, cfg)  # file I/O: off the loop
         try:
             await self._open()
         except BaseException:

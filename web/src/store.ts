@@ -274,10 +274,16 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   /** A provider's key changed: its model list read before (often refused for want of a key) is
    * dropped, and read again now if the session uses it or it had failed. */
   function forgetModels(provider: string): void {
+    const failed = dropModels(provider);
+    if (failed || session.value?.provider === provider) void loadModels(provider);
+  }
+
+  /** Drop a provider's model list; whether its last read had failed. */
+  function dropModels(provider: string): boolean {
     const failed = failedModelLists.delete(provider);
     const { [provider]: _dropped, ...rest } = models.value;
     models.value = rest;
-    if (failed || session.value?.provider === provider) void loadModels(provider);
+    return failed;
   }
 
   /** Show a chat picked by the person; a failure is a notice, and a chat deleted elsewhere
@@ -507,9 +513,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     try {
       await client.deleteProvider(name);
       providers.value = providers.value.filter((p) => p.name !== name);
-      failedModelLists.delete(name);
-      const { [name]: _dropped, ...rest } = models.value;
-      models.value = rest;
+      dropModels(name);
       notify("info", t("provider.deleted"));
       return true;
     } catch (err) {
