@@ -188,7 +188,9 @@ def endpoint(fn: Handler) -> Handler:
 @route("GET", "/opencode/health", "Liveness", response=p.Health)
 async def health(request: web.Request) -> web.Response:
     svc = service_of(request)
-    return json_response(p.Health(uptime_s=round(time.time() - svc.started_at, 3)))
+    trouble = svc.store.trouble
+    return json_response(p.Health(status="degraded" if trouble else "ok", store_error=trouble,
+                                  uptime_s=round(time.time() - svc.started_at, 3)))
 
 
 @route("GET", "/opencode/version", "Package and protocol version, capabilities", response=p.VersionInfo)

@@ -409,8 +409,12 @@ class MessagePage(Model):
 
 
 class Health(Model):
-    status: Literal["ok"] = "ok"
+    """`degraded` while the store cannot write (a full disk, a lock held elsewhere): sends are
+    refused meanwhile, and what is already streaming is kept in memory until writes succeed."""
+
+    status: Literal["ok", "degraded"] = "ok"
     uptime_s: float
+    store_error: str | None = None
 
 
 class VersionInfo(Model):

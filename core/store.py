@@ -55,6 +55,9 @@ log = logging.getLogger("opencode.store")
 class Store(ABC):
     """What the core needs from persistence; a PostgreSQL implementation fits behind it."""
 
+    # Why writes fail right now, for a person (None while they succeed).
+    trouble: str | None = None
+
     @abstractmethod
     async def open(self) -> None: ...
 
@@ -250,12 +253,34 @@ class _EventRow:
 
 
 _Queued = _Write | _EventRow
-# A batch that failed for a reason that may pass (a lock held elsewhere, a full disk) is tried
-# again this many times in all, RETRY_DELAYS apart (the last one repeating): about 9 s in all.
+# A batch that failed for a reason that may pass is tried again, RETRY_DELAYS apart (the last one
+# repeating). A fault of the store as a whole (a full disk, a lock held elsewhere, permissions,
+# I/O: `_store_wide`) is retried until it passes: every new send is refused meanwhile (its
+# message is an awaited write), so only the replies already streaming add rows, and a person who
+# frees the disk after a minute loses nothing. Any other OperationalError could be the rows
+# themselves, which would block the queue for good: those rows are given up after MAX_ATTEMPTS
+# (about 9 s).
 MAX_ATTEMPTS = 8
 RETRY_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.6, 2.0)
+# SQLite's primary result codes that say the store cannot write at all, not that a row is wrong.
+_STORE_WIDE_CODES = ("SQLITE_FULL", "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_READONLY",
+                     "SQLITE_CANTOPEN", "SQLITE_NOMEM", "SQLITE_PROTOCOL")
+# The same faults by their messages, for Pythons before 3.11 (no `sqlite_errorname`).
+_STORE_WIDE_TEXTS = ("disk is full", "locked", "disk i/o error", "readonly database", "unable to open",
+                     "out of memory")
+# A fault that persists is logged at its first failure and then every this many failures.
+LOG_EVERY = 30
 # `flush()`'s marker: a statement that changes nothing (a batch runs DML only, grouped by statement).
 _FLUSH_MARK = "DELETE FROM sessions WHERE 0"
+
+
+def _store_wide(exc: BaseException) -> bool:
+    """Whether a failed commit says the store cannot write at all (retried until it passes)."""
+    name = getattr(exc, "sqlite_errorname", None)
+    if isinstance(name, str):
+        return name.startswith(_STORE_WIDE_CODES)
+    text = str(exc).lower()
+    return any(t in text for t in _STORE_WIDE_TEXTS)
 
 
 def _retryable(w: _Queued) -> bool:
@@ -339,7 +364,11 @@ class SqliteStore(Store):
         self._close_requested = asyncio.Event()
         self.commits = 0
         self.failed_batches = 0
-        self.lost_rows = 0  # queued rows given up after MAX_ATTEMPTS failed commits
+        self.lost_rows = 0  # queued rows given up (see MAX_ATTEMPTS), or left when closing
+        # The fault the last commit failed with, for a person (`GET /opencode/health`); None
+        # once a commit succeeds again. `failing_streak` counts the failures in a row.
+        self.trouble: str | None = None
+        self.failing_streak = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -496,14 +525,29 @@ class SqliteStore(Store):
                         await loop.run_in_executor(self._writer, _apply_batch, db, batch)
                         await loop.run_in_executor(self._writer, _end_transaction, db, True)
                 self.commits += 1
+                self._recovered()
             except (sqlite3.Error, ValueError) as exc:
                 error = StoreUnavailable(_describe_sqlite_error(exc), details={"cause": str(exc)})
-                self.failed_batches += 1
-                log.error("store write failed, batch of %d rolled back: %s", len(batch), exc)
+                self._failed(batch, exc, error.message)
                 if isinstance(exc, sqlite3.OperationalError):  # locked, busy, full, I/O: may pass
-                    return self._retry(batch, error)
+                    return self._retry(batch, error, forever=_store_wide(exc))
         self._answer(batch, error)
         return 0.0
+
+    def _failed(self, batch: list[_Queued], exc: BaseException, trouble: str) -> None:
+        self.failed_batches += 1
+        self.failing_streak += 1
+        self.trouble = trouble
+        # A full disk retried every 2 s would write 30 lines a minute: the first, then every LOG_EVERY.
+        if self.failing_streak % LOG_EVERY == 1:
+            log.error("store write failed (%d in a row), batch of %d rolled back: %s",
+                      self.failing_streak, len(batch), exc)
+
+    def _recovered(self) -> None:
+        if self.failing_streak:
+            log.warning("store writes succeed again after %d failed commit(s)", self.failing_streak)
+        self.failing_streak = 0
+        self.trouble = None
 
     def _answer(self, batch: list[_Queued], error: BaseException | None) -> None:
         for w in batch:
@@ -513,22 +557,24 @@ class SqliteStore(Store):
                 else:
                     w.done.set_exception(error)
 
-    def _retry(self, batch: list[_Queued], error: BaseException) -> float:
+    def _retry(self, batch: list[_Queued], error: BaseException, *, forever: bool) -> float:
         """Queue a failed batch's unawaited rows again, ahead of everything: event rows, and
         message and session rows, which are upserts where the newest wins, so a late one never
         undoes a newer one; all of them go before anything queued since, a session's delete
         included. An awaited write is answered with the error (its caller decides) and is not
-        repeated. Returns the
-        wait before the next try; rows that failed MAX_ATTEMPTS times are given up, and logged."""
+        repeated. Returns the wait before the next try. Rows are tried `forever` (a fault of the
+        whole store) or MAX_ATTEMPTS times, and once more when the store closes; then given up,
+        and logged."""
         self._answer(batch, error)
         again = [w for w in batch if _retryable(w)]
-        attempts = 2 if self._closing else MAX_ATTEMPTS  # a closing store tries once more, at once
-        lost = [w for w in again if w.attempts + 1 >= attempts]
-        again = [w for w in again if w.attempts + 1 < attempts]
-        if lost:
-            self.lost_rows += len(lost)
-            log.error("store: gave up %d queued row(s) after %d failed commits (sessions %s)", len(lost),
-                      MAX_ATTEMPTS, ", ".join(sorted({_session_of(w) for w in lost})))
+        limit = 2 if self._closing else None if forever else MAX_ATTEMPTS  # closing: once more, at once
+        if limit is not None:
+            lost = [w for w in again if w.attempts + 1 >= limit]
+            again = [w for w in again if w.attempts + 1 < limit]
+            if lost:
+                self.lost_rows += len(lost)
+                log.error("store: gave up %d queued row(s) after %d failed commits (sessions %s)", len(lost),
+                          max(w.attempts + 1 for w in lost), ", ".join(sorted({_session_of(w) for w in lost})))
         if not again:
             return 0.0
         for w in again:

@@ -298,6 +298,8 @@ def test_real_full_disk_standalone_server(small_disk: Path, tmp_path: Path) -> N
             status, body = _call(f"{server.url}/opencode/sessions/{sid}/messages", "POST", {"text": BIG_TEXT})
             assert status == 503, body
             assert body["error"]["code"] == "store_unavailable" and "full" in body["error"]["message"]
+            status, health = _call(server.url + "/opencode/health")
+            assert status == 200 and health["status"] == "degraded" and "full" in health["store_error"]
             status, _ = _call(server.url + "/opencode/sessions", "POST", {"title": "x" * 200})
             assert status in (201, 503)  # a tiny row may still fit in the WAL's last page
             assert server.alive
@@ -308,4 +310,6 @@ def test_real_full_disk_standalone_server(small_disk: Path, tmp_path: Path) -> N
         status, _ = _call(f"{server.url}/opencode/sessions/{sid}/messages", "POST", {"text": BIG_TEXT})
         assert status == 202
         assert server.alive
+        status, health = _call(server.url + "/opencode/health")
+        assert status == 200 and health["status"] == "ok" and health["store_error"] is None
     integrity(small_disk / "data" / "opencode.sqlite3")

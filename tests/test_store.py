@@ -401,12 +401,41 @@ async def test_a_failed_batch_rolls_back_whole_and_its_queued_rows_are_retried(s
     assert store.lost_rows == 0
 
 
-async def test_rows_that_keep_failing_are_given_up_after_the_last_try(store: SqliteStore, db_path: Path,
-                                                                     monkeypatch: Any, caplog: Any) -> None:
-    monkeypatch.setattr("opencode_agent.core.store.RETRY_DELAYS", (0.01,))
-    await store._on_writer(lambda db: db.execute("PRAGMA busy_timeout=10").fetchall())  # noqa: SLF001
+async def test_a_store_wide_fault_is_retried_until_it_passes(store: SqliteStore, db_path: Path,
+                                                             monkeypatch: Any, caplog: Any) -> None:
+    """A full disk or a lock held elsewhere for longer than MAX_ATTEMPTS tries (a person frees
+    space after a minute) loses nothing: the rows commit once it passes. Meanwhile the store
+    says why it fails, and the log says so once, not at every try."""
+    monkeypatch.setattr("opencode_agent.core.store.RETRY_DELAYS", (0.005,))
+    await store._on_writer(lambda db: db.execute("PRAGMA busy_timeout=1").fetchall())  # noqa: SLF001
     other = sqlite3.connect(db_path, isolation_level=None, timeout=0)
     other.execute("BEGIN EXCLUSIVE")
+    try:
+        for seq in (1, 2, 3):
+            append(store, "ses_a", odd_event(seq))
+        for _ in range(400):
+            if store.failed_batches >= 3 * MAX_ATTEMPTS:
+                break
+            await asyncio.sleep(0.01)
+        assert store.failed_batches >= 3 * MAX_ATTEMPTS and store.lost_rows == 0
+        assert store.trouble is not None and "locked by another process" in store.trouble
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    await asyncio.wait_for(store.flush(), 5)
+    await check_replay(store, "ses_a", [odd_event(s) for s in (1, 2, 3)])
+    assert store.lost_rows == 0 and store.trouble is None and store.failing_streak == 0
+    failures = [r for r in caplog.records if "store write failed" in r.getMessage()]
+    assert 1 <= len(failures) <= store.failed_batches // 30 + 1
+    assert "store writes succeed again after" in caplog.text
+
+
+async def test_rows_that_keep_failing_on_their_own_are_given_up_after_the_last_try(
+        store: SqliteStore, monkeypatch: Any, caplog: Any) -> None:
+    """A fault that may be the rows' own (here: their table is gone) would block the queue for
+    good: those rows are given up after MAX_ATTEMPTS tries, and the rows behind them commit."""
+    monkeypatch.setattr("opencode_agent.core.store.RETRY_DELAYS", (0.01,))
+    await store._on_writer(lambda db: db.execute("ALTER TABLE events RENAME TO events_away"))  # noqa: SLF001
     try:
         append(store, "ses_a", odd_event(1))
         for _ in range(200):
@@ -414,10 +443,12 @@ async def test_rows_that_keep_failing_are_given_up_after_the_last_try(store: Sql
                 break
             await asyncio.sleep(0.02)
     finally:
-        other.execute("ROLLBACK")
-        other.close()
+        await store._on_writer(lambda db: db.execute("ALTER TABLE events_away RENAME TO events"))  # noqa: SLF001
     assert store.lost_rows == 1 and store.failed_batches == MAX_ATTEMPTS
     assert "gave up 1 queued row(s) after 8 failed commits (sessions ses_a)" in caplog.text
+    append(store, "ses_a", odd_event(2))
+    await store.flush()
+    await check_replay(store, "ses_a", [odd_event(2)])
 
 
 async def test_a_read_only_writer_fails_the_batch_with_advice(store: SqliteStore, db_path: Path) -> None:

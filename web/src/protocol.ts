@@ -250,8 +250,9 @@ export interface MessagePage {
 }
 
 export interface Health {
-  status: "ok";
+  status: "ok" | "degraded";
   uptime_s: number;
+  store_error: string | null;
 }
 
 export interface VersionInfo {
