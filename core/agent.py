@@ -804,21 +804,42 @@ class TurnCache:
         # By message id: (updated_at, vision, turns, token estimate); a newer version replaces it.
         self._items: dict[str, tuple[float, bool, list[ChatMessage], int]] = {}
 
-    def turns(self, message: Message, *, vision: bool) -> tuple[list[ChatMessage], int]:
-        hit = self._items.get(message.id)
+    def turns(self, message: Message, *, vision: bool, heard: bool = False) -> tuple[list[ChatMessage], int]:
+        """The message's turns; `heard`: another role's reply, as the role reading it gets it."""
+        key = f"{message.id}/heard" if heard else message.id
+        hit = self._items.get(key)
         if hit is not None and hit[0] == message.updated_at and hit[1] == vision:
             return hit[2], hit[3]
-        turns = message_turns(message, vision=vision)
+        turns = heard_turns(message) if heard else message_turns(message, vision=vision)
         cost = sum(estimate_tokens(t.parts) for t in turns)
-        self._items[message.id] = (message.updated_at, vision, turns, cost)
+        self._items[key] = (message.updated_at, vision, turns, cost)
         if len(self._items) > self.limit:
             del self._items[next(iter(self._items))]
         return turns, cost
 
 
+def heard_turns(message: Message) -> list[ChatMessage]:
+    """Another role's reply as the reading role gets it: its text, labelled, on the user's side
+    (it is not this role's own words; its tool calls stay with the role that made them)."""
+    text = message.text().strip()
+    if not text:
+        return []
+    return [ChatMessage("user", [TextPart(text=f"[@{message.skill} replied]\n{text}")])]
+
+
+def _was_said(message: Message) -> bool:
+    """Whether a message of the history belongs in a model's context: not a reply still streaming,
+    nor a user's message that is waiting or never ran (an aborted queued send, one a crash left
+    queued): no role answered those."""
+    if message.status in ("streaming", "queued"):
+        return False
+    return message.role == "assistant" or message.status not in ("aborted", "interrupted")
+
+
 def build_history(history: list[Message], role_id: str, user_message: Message, context_tokens: int,
                   *, vision: bool, cache: TurnCache | None = None) -> list[ChatMessage]:
-    """User messages and this role's replies, newest kept first, trimmed to the model's context."""
+    """User messages (as typed: a message `@`-addressed to other roles says so), this role's
+    replies and the other roles' (labelled), newest kept first, trimmed to the model's context."""
     return choose_history(history, role_id, user_message, context_tokens, vision=vision, cache=cache)[0]
 
 
@@ -831,10 +852,8 @@ def choose_history(history: list[Message], role_id: str, user_message: Message, 
     turns_of = (cache or TurnCache()).turns
     chosen: list[list[ChatMessage]] = []
     used = 0
-    for m in itertools.chain((user_message,), reversed(history)):
-        if m.role == "assistant" and m.skill != role_id:
-            continue
-        turns, cost = turns_of(m, vision=vision)
+    for m in itertools.chain((user_message,), filter(_was_said, reversed(history))):
+        turns, cost = turns_of(m, vision=vision, heard=m.role == "assistant" and m.skill != role_id)
         if chosen and used + cost > budget:
             trimmed = True
             break

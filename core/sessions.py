@@ -432,7 +432,8 @@ class SessionManager:
             self._check_open(live)
             busy = False
         t = now()
-        parts: list[Any] = [TextPart(text=text)] + list(body.images)
+        # Kept as typed, mentions included: the other roles read whom it was for.
+        parts: list[Any] = [TextPart(text=body.text)] + list(body.images)
         user = Message(id=new_id("msg"), session_id=session_id, role="user", parts=parts,
                        status="queued" if busy else "completed", created_at=t, updated_at=t)
         runs = [Run(id=new_id("run"), session_id=session_id, message_id=new_id("msg"), skill=r.id,

@@ -498,7 +498,7 @@ async def test_at_role_addresses_one_role(env):
     assert len(sent["data"]["run_ids"]) == 1
     await ws.until(run_final(sent["data"]["run_id"]))
     assert final_message(ws, sent["data"]["run_id"])["skill"] == "beta"
-    assert provider.requests[-1].messages[-1].parts[0].text == "who are you"
+    assert provider.requests[-1].messages[-1].parts[0].text == "@beta who are you"  # as typed
 
 
 async def test_several_at_roles_address_each_of_them(env):
@@ -511,7 +511,7 @@ async def test_several_at_roles_address_each_of_them(env):
     for run_id in sent["data"]["run_ids"]:
         await ws.until(run_final(run_id))
     assert sorted(final_message(ws, r)["skill"] for r in sent["data"]["run_ids"]) == ["beta", "gamma"]
-    assert {r.messages[-1].parts[0].text for r in provider.requests} == {"both of you, @alpha is not asked"}
+    assert {r.messages[-1].parts[0].text for r in provider.requests} == {" @gamma @beta  both of you, @alpha is not asked"}
 
 
 def stalling_role(stall: str, gate: asyncio.Event):
@@ -772,8 +772,10 @@ async def test_roles_reaching_past_the_window_at_once_read_it_once(env, service)
             await ws.until(run_final(run_id))
     for request in provider.requests[-2:]:
         texts = [p.text for m in request.messages for p in m.parts]
-        assert len(texts) == len(set(texts)) == 5, texts  # 3 questions, this role's 2 earlier answers
+        # 3 questions, this role's 2 earlier answers and the other role's 2, labelled.
+        assert len(texts) == len(set(texts)) == 7, texts
         assert [t for t in texts if t.startswith("question")] == ["question 0", "question 1", "question 2"]
+        assert len([t for t in texts if t.startswith("[@")]) == 2
 
 
 async def test_the_instructions_and_tool_schemas_take_their_share_of_the_context(env, service):
@@ -1020,10 +1022,12 @@ def test_history_trimming_keeps_tool_pairs_whole() -> None:
                     created_at=t, updated_at=t)
     user = Message(id="m4", session_id="s", role="user", parts=[TextPart(text="next")], created_at=t, updated_at=t)
     turns = build_history([old, reply, other], "alpha", user, context_tokens=8000, vision=False)
-    # The 10k-token message does not fit; the leading assistant turns are dropped too.
-    assert [t.role for t in turns] == ["user"]
+    # The 10k-token message does not fit; the leading assistant turns are dropped too. The other
+    # role's reply is heard, labelled, on the user's side.
+    assert [t.role for t in turns] == ["user", "user"]
+    assert turns[0].parts[0].text == "[@beta replied]\nnot mine"
     turns = build_history([old, reply, other], "alpha", user, context_tokens=200000, vision=False)
-    assert [t.role for t in turns] == ["user", "assistant", "user", "assistant", "user"]
+    assert [t.role for t in turns] == ["user", "assistant", "user", "assistant", "user", "user"]
     calls = [p for t in turns for p in t.parts if isinstance(p, ToolCallPart)]
     assert [c.id for c in calls] == ["c1"]
 
@@ -1261,3 +1265,42 @@ async def test_usage_total_is_queued_and_a_refused_write_is_logged_not_raised(en
     usage = (await ws.until(lambda e: e["type"] == "usage.updated" and e["data"]["usage"]["input_tokens"] == 30))
     assert usage["data"]["usage"]["output_tokens"] == 12
     assert any("could not save usage" in r.getMessage() for r in caplog.records)
+
+
+def test_a_user_message_that_never_ran_is_not_in_the_history() -> None:
+    """An aborted queued send, or one a crash left queued (`interrupted`), was never answered:
+    a later model must not take it for a prompt. A reply that was stopped keeps its place."""
+    t = now()
+
+    def msg(mid: str, role: str, status: str, text: str) -> Message:
+        return Message(id=mid, session_id="s", role=role, skill="alpha" if role == "assistant" else None,
+                       status=status, parts=[TextPart(text=text)], created_at=t, updated_at=t)
+
+    history = [msg("m1", "user", "completed", "first"), msg("m2", "assistant", "aborted", "half an answer"),
+               msg("m3", "user", "aborted", "cancelled while queued"),
+               msg("m4", "user", "interrupted", "queued at the crash"),
+               msg("m5", "user", "queued", "still waiting")]
+    turns = build_history(history, "alpha", msg("m6", "user", "completed", "now"), context_tokens=8000, vision=False)
+    assert [p.text for turn in turns for p in turn.parts] == ["first", "half an answer", "now"]
+
+
+async def test_a_role_reads_the_other_roles_replies_and_whom_a_message_was_for(env):
+    """"@beta improve what alpha said" works: beta's model reads alpha's reply, labelled; alpha's
+    model later reads the message as typed, so it knows it was for beta."""
+    provider, session, ws_for = env
+    provider.by_role = lambda req: text_turn(f"{role_of(req)} says {len(provider.requests)}")
+    sid = await session("alpha", "beta")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="a first question")
+    for run_id in sent["data"]["run_ids"]:
+        await ws.until(run_final(run_id))
+    sent = await ws.command("send", session_id=sid, text="@beta improve what alpha said")
+    await ws.until(run_final(sent["data"]["run_id"]))
+    beta = [p.text for m in provider.requests[-1].messages for p in m.parts]
+    assert role_of(provider.requests[-1]) == "beta"
+    assert beta[0] == "a first question" and beta[-1] == "@beta improve what alpha said"
+    assert [t for t in beta if t.startswith("[@alpha replied]\nalpha says")], beta
+    sent = await ws.command("send", session_id=sid, text="@alpha and now?")
+    await ws.until(run_final(sent["data"]["run_id"]))
+    alpha = [p.text for m in provider.requests[-1].messages for p in m.parts]
+    assert "@beta improve what alpha said" in alpha and [t for t in alpha if t.startswith("[@beta replied]")]
