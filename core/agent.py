@@ -121,6 +121,12 @@ class RunInput:
     history: list[Message]
     # The session's usage now, its replies still running included (for the budget).
     spent: Callable[[], Usage]
+    # The session as it is now: a budget or a permission changed while the run goes applies from
+    # its next request or tool call. None: `session`, as it was when the run started.
+    current: Callable[[], Session] | None = None
+    # How many of the session's replies run now, this one included: they share what is left of
+    # the budget.
+    running: Callable[[], int] = lambda: 1
     turns: TurnCache | None = None  # the session's, shared by its runs
     # Messages before `history` (the session's in-memory window), when the context has room for
     # them: `load_older(n)` gives the last `n` of them (oldest first) and whether there are more.
@@ -427,9 +433,12 @@ class AgentRun:
         """One of the turn's two lines for the debug drawer (see `debug_line`)."""
         debug_line(self.deps.bus, self.deps.redact, log, message)
 
+    def _session_now(self) -> Session:
+        return self.input.current() if self.input.current is not None else self.input.session
+
     def _check_budget(self) -> None:
         """Before each model request: the session's spending, every role running now included."""
-        budget: Budget = self.input.session.budget
+        budget: Budget = self._session_now().budget
         if budget.max_tokens is None and budget.max_cost is None:
             return
         spent = self.input.spent()
@@ -446,8 +455,9 @@ class AgentRun:
 
         Why only then: every model takes at least that many output tokens, and a larger cap could
         pass the model's own limit, which providers refuse. The request's input is not known in
-        tokens until it is answered, so a session may pass its budget by one request's input."""
-        budget: Budget = self.input.session.budget
+        tokens until it is answered, so a session may pass its budget by one request's input.
+        Roles answering at once each get their share of what is left, not all of it."""
+        budget: Budget = self._session_now().budget
         if budget.max_tokens is None and budget.max_cost is None:
             return None
         spent = self.input.spent()
@@ -456,11 +466,11 @@ class AgentRun:
             rooms.append(budget.max_tokens - spent.input_tokens - spent.output_tokens)
         if budget.max_cost is not None and caps.output_price > 0:
             rooms.append(int((budget.max_cost - spent.cost) / caps.output_price * 1_000_000))
-        room = min(rooms, default=BUDGET_CAP_TOKENS)
+        room = min(rooms, default=BUDGET_CAP_TOKENS) // max(self.input.running(), 1)
         return max(room, 1) if room < BUDGET_CAP_TOKENS else None
 
     def _budget_text(self) -> str:
-        budget: Budget = self.input.session.budget
+        budget: Budget = self._session_now().budget
         parts = ([f"{budget.max_tokens} tokens"] if budget.max_tokens is not None else []) + (
             [_dollars(budget.max_cost)] if budget.max_cost is not None else [])
         return " and ".join(parts)
@@ -537,7 +547,7 @@ class AgentRun:
             part.status = "error"
             return ToolOutput(f"unknown tool {part.name!r}; available: {', '.join(sorted(by_name))}", is_error=True)
         skill, tool = entry
-        allowed, reason = await self.deps.gate.check(self.input.session, self.run.id, skill, tool, part.arguments)
+        allowed, reason = await self.deps.gate.check(self._session_now(), self.run.id, skill, tool, part.arguments)
         if not allowed:
             part.status = "denied"
             return ToolOutput(f"not run: {reason}", is_error=True)

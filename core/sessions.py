@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import difflib
 import logging
 import re
 import sys
@@ -518,6 +519,8 @@ class SessionManager:
         while (mention := ROLE_MENTION.match(text)) and self._is_role(mention.group(1)):
             mentioned.append(mention.group(1))
             text = text[mention.end():]
+        if (mention := ROLE_MENTION.match(text)) and (problem := self._mention_problem(mention.group(1))):
+            raise BadRequest(problem, code="unknown_role")
         if mentioned:
             ids = mentioned
             text = text or body.text
@@ -535,6 +538,16 @@ class SessionManager:
         if not text.strip() and not body.images:
             raise BadRequest("the message is empty; type something to send", code="empty_message")
         return text, roles
+
+    def _mention_problem(self, name: str) -> str | None:
+        """Why a leading `@name` that is no role looks like a mistake: a tool skill, or a role's
+        name mistyped. Anything else ("@torch.compile is slow") is the message's own text."""
+        roles = [r.id for r in self.skills.roles()]
+        skill = self.skills.get(name)
+        if skill is not None:
+            return f"@{name} is a tool skill, not a role; roles: {', '.join(roles)}"
+        close = difflib.get_close_matches(name, roles, n=1, cutoff=0.8)
+        return f"no role @{name}; did you mean @{close[0]}?" if close else None
 
     def _is_role(self, skill_id: str) -> bool:
         skill = self.skills.get(skill_id)
@@ -572,7 +585,8 @@ class SessionManager:
         for run, role in zip(runs, roles):
             agent = AgentRun(self.deps, RunInput(
                 session=live.session, run=run, user_message=user, role=role, tool_skills=tool_skills,
-                history=history, spent=lambda: self._spent(live), turns=live.turns,
+                history=history, spent=lambda: self._spent(live), current=lambda: live.session,
+                running=lambda: len(live.active), turns=live.turns,
                 has_older=live.has_more, load_older=lambda count: self._older(live, count)), may_speak=may_speak)
             self._remember(live, agent.message)
             active = live.active[run.id] = _Active(run, agent)

@@ -1304,3 +1304,72 @@ async def test_a_role_reads_the_other_roles_replies_and_whom_a_message_was_for(e
     await ws.until(run_final(sent["data"]["run_id"]))
     alpha = [p.text for m in provider.requests[-1].messages for p in m.parts]
     assert "@beta improve what alpha said" in alpha and [t for t in alpha if t.startswith("[@beta replied]")]
+
+
+async def test_an_always_allow_answered_during_a_run_is_not_asked_again_in_it(env, service):
+    """The run reads its session as it is now, not as it was when it started."""
+    service.gate.timeout = 2  # without the fix the second call asks, and times out as a deny
+    provider, session, ws_for = env
+    provider.turns.extend([tool_turn(("p1", "paint", {"color": "red"})), tool_turn(("p2", "paint", {"color": "blue"})),
+                           text_turn("done")])
+    sid = await session("alpha", "testtools")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="paint twice")
+    req = (await ws.until(lambda e: e["type"] == "permission.requested"))["data"]
+    await ws.command("permission.reply", session_id=sid, request_id=req["request_id"], decision="allow", remember=True)
+    final = await ws.until(run_final(sent["data"]["run_id"]))
+    assert final["data"]["run"]["status"] == "completed"
+    assert len(ws.of_type("permission.requested")) == 1
+    assert [e["data"]["call"]["status"] for e in ws.of_type("tool.finished")] == ["completed", "completed"]
+
+
+async def test_a_budget_set_while_a_run_goes_stops_its_next_request(env):
+    """A person sets a budget to stop a tool loop that runs away: it applies at the next request."""
+    provider, session, ws_for = env
+    provider.turns.extend([tool_turn(("p1", "paint", {"color": "red"})), text_turn("never")])
+    sid = await session("alpha", "testtools")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="paint")
+    req = (await ws.until(lambda e: e["type"] == "permission.requested"))["data"]
+    await ws.command("configure", session_id=sid, patch={"budget": {"max_tokens": 5}})  # the first turn used 10
+    await ws.command("permission.reply", session_id=sid, request_id=req["request_id"], decision="allow")
+    final = await ws.until(run_final(sent["data"]["run_id"]))
+    assert final["data"]["run"]["status"] == "error" and "budget of 5 tokens" in final["data"]["run"]["error"]
+    assert len(provider.requests) == 1
+
+
+async def test_roles_answering_at_once_share_what_is_left_of_the_budget(env):
+    provider, session, ws_for = env
+    provider.by_role = lambda request: text_turn("short", input_tokens=1, output_tokens=1)
+    sid = await session("alpha", "beta", "gamma")
+    ws = await ws_for(sid)
+    await ws.command("configure", session_id=sid, patch={"budget": {"max_tokens": 600}})
+    sent = await ws.command("send", session_id=sid, text="go")
+    for run_id in sent["data"]["run_ids"]:
+        await ws.until(run_final(run_id))
+    assert sorted(r.max_tokens for r in provider.requests) == [200, 200, 200]
+
+
+@pytest.mark.parametrize("text,problem", [
+    ("@testtools paint it", "@testtools is a tool skill, not a role; roles: "),
+    ("@alpah hello", "no role @alpah; did you mean @alpha?"),
+    ("@beta @gamam hello", "no role @gamam; did you mean @gamma?"),
+])
+async def test_a_mention_that_looks_like_a_mistake_is_refused(env, text, problem):
+    """A mistyped role would otherwise go, literally, to every role of the session (each paid for)."""
+    provider, session, ws_for = env
+    sid = await session("alpha", "beta", "gamma", "testtools")
+    ws = await ws_for(sid)
+    reply = await ws.raw(json.dumps({"id": "m1", "type": "send", "session_id": sid, "text": text}))
+    assert reply["type"] == "error" and reply["error"]["code"] == "unknown_role"
+    assert reply["error"]["message"].startswith(problem) and provider.requests == []
+
+
+async def test_a_leading_at_word_that_is_no_role_is_the_message_s_own_text(env):
+    provider, session, ws_for = env
+    provider.by_role = lambda req: text_turn("ok")
+    sid = await session("alpha")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="@torch.compile makes my graph slow")
+    await ws.until(run_final(sent["data"]["run_id"]))
+    assert provider.requests[-1].messages[-1].parts[0].text == "@torch.compile makes my graph slow"
