@@ -349,6 +349,11 @@ class AgentRun:
                 return
             if not calls:
                 return
+            if turn == self.deps.max_turns:  # no request follows to read their results
+                for call in calls:
+                    self._not_run(call, by_name, f"not run: this reply reached its limit of "
+                                  f"{self.deps.max_turns} model requests")
+                break
             call_parts = [self._start_call(call, by_name) for call in calls]
             results = await gather_all(self._run_call(p, by_name) for p in call_parts)
             history.append(ChatMessage("assistant", [*turn_parts, *call_parts]))
@@ -417,12 +422,24 @@ class AgentRun:
                 elif isinstance(ev, Finish):
                     finish = ev.reason
         finally:
+            if usage is None and (calls or len(self.message.text()) > text_start):
+                self._estimate_usage(request, self.message.text()[text_start:], resolved.caps)
             # Closing the generator closes the upstream HTTP response at once (abort really stops).
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 await aclose()
         text = self.message.text()[text_start:]
         return ([TextPart(text=text)] if text else []), calls, finish, usage
+
+    def _estimate_usage(self, request: ChatRequest, text: str, caps: ModelCaps) -> None:
+        """A turn that answered but ended before its usage report (aborted, cut off): the provider
+        charges it all the same, so the session's totals and budget count an estimate of it."""
+        tokens_in = (len(request.system) + sum(t.size for t in request.tools)) // 4
+        tokens_in += sum(estimate_tokens(m.parts) for m in request.messages)
+        tokens_out = len(text) // 4 + 1
+        self._add_usage(UsageReport(tokens_in, tokens_out), caps)
+        log.info("run %s: no usage reported (the turn ended early); counted an estimate of %d in, %d out",
+                 self.run.id, tokens_in, tokens_out)
 
     def _add_usage(self, ev: UsageReport, caps: ModelCaps) -> None:
         cost = cost_of(caps, ev.input_tokens, ev.output_tokens)
@@ -509,6 +526,16 @@ class AgentRun:
         self.deps.bus.publish(self.message.session_id, "tool.started", ToolStartedData(
             message_id=self.message.id, run_id=self.run.id, call=part))
         return part
+
+    def _not_run(self, call: ToolCallReady, by_name: dict[str, tuple[str, Tool]], reason: str) -> None:
+        """A call the model asked for that will not run (its result could reach no one): shown,
+        stored with its reason, so the history stays a call and its result."""
+        part = self._start_call(call, by_name)
+        part.status = "aborted"
+        result = ToolResultPart(tool_call_id=part.id, name=part.name, content=reason, is_error=True)
+        self.message.parts.append(result)
+        self.deps.bus.publish(self.message.session_id, "tool.finished", ToolFinishedData(
+            message_id=self.message.id, run_id=self.run.id, call=part, result=result))
 
     async def _run_call(self, part: ToolCallPart, by_name: dict[str, tuple[str, Tool]]) -> ToolResultPart:
         t0 = time.monotonic()

@@ -960,6 +960,10 @@ async def test_max_turns(env, service):
     final = await ws.until(run_final(sent["data"]["run_id"]))
     assert final["data"]["run"]["status"] == "completed"
     assert "stopped after 2 turns" in final_message(ws, sent["data"]["run_id"])["parts"][-1]["text"]
+    # The last request's calls are not run: no request would read what they did.
+    finished = [e["data"] for e in ws.of_type("tool.finished")]
+    assert [(f["call"]["id"], f["call"]["status"]) for f in finished] == [("c0", "completed"), ("c1", "aborted")]
+    assert finished[1]["result"]["content"] == "not run: this reply reached its limit of 2 model requests"
 
 
 async def test_ui_request_without_panel_is_a_clear_tool_error(env, client, service):
@@ -1373,3 +1377,25 @@ async def test_a_leading_at_word_that_is_no_role_is_the_message_s_own_text(env):
     sent = await ws.command("send", session_id=sid, text="@torch.compile makes my graph slow")
     await ws.until(run_final(sent["data"]["run_id"]))
     assert provider.requests[-1].messages[-1].parts[0].text == "@torch.compile makes my graph slow"
+
+
+async def test_a_reply_aborted_before_its_usage_report_counts_an_estimate(env, service):
+    """Providers report usage at the end of a stream, and charge an aborted one all the same: the
+    reply and the session's totals (so its budget) count an estimate rather than nothing."""
+    provider, session, ws_for = env
+
+    async def endless(_: ChatRequest) -> AsyncIterator[Any]:
+        yield TextDelta("word " * 40)
+        await asyncio.Event().wait()
+
+    provider.turns.append(endless)
+    sid = await session("alpha")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="x" * 4000)
+    await ws.until(lambda e: e["type"] == "message.delta")
+    await ws.command("abort", session_id=sid)
+    final = await ws.until(run_final(sent["data"]["run_id"]))
+    assert final["data"]["run"]["status"] == "aborted"
+    usage = final_message(ws, sent["data"]["run_id"])["usage"]
+    assert usage["input_tokens"] >= 1000 and usage["output_tokens"] == 51
+    assert (await service.sessions.get(sid)).usage.input_tokens == usage["input_tokens"]
