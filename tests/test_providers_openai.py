@@ -316,10 +316,26 @@ async def test_fake_invalid_tool_arguments_are_reported_not_fatal(fake_llm: Any,
     assert events[-1] == Finish("tool_calls")
 
 
-async def test_fake_missing_done_is_an_error(fake_llm: Any, http: Any, sleep: RecordingSleep) -> None:
-    fake_llm.push(Stream(openai_chunks(Reply(text="almost"))[:-1]))
-    err = await failure(provider(f"{fake_llm.url}/v1", http, sleep), ask())
-    assert err.message == "test: the stream ended before [DONE]"
+async def test_fake_a_stream_without_done_is_whole_after_its_finish_reason(fake_llm: Any, http: Any,
+                                                                          sleep: RecordingSleep, caplog: Any) -> None:
+    """ik_llama.cpp and older TGI end the body after the finish_reason (and usage), without [DONE]."""
+    caplog.set_level("DEBUG", logger="opencode.providers.openai")
+    call = FakeToolCall("get_weather", {"city": "Paris"}, id="call_1")
+    fake_llm.push(Stream(openai_chunks(Reply(text="The answer."))[:-1]),
+                  Stream(openai_chunks(Reply(tool_calls=[call]))[:-2]))  # no usage either
+    p = provider(f"{fake_llm.url}/v1", http, sleep)
+    assert joined(await collect(p, ask())) == [TextDelta("The answer."), UsageReport(11, 7), Finish("stop")]
+    assert await collect(p, ask(tools=[WEATHER])) == [
+        ToolCallReady("call_1", "get_weather", {"city": "Paris"}), Finish("tool_calls")]
+    assert "test: the stream ended without [DONE] after finish_reason 'tool_calls'; taken as whole" in caplog.messages
+
+
+async def test_fake_a_stream_without_finish_reason_or_done_is_an_error(fake_llm: Any, http: Any,
+                                                                       sleep: RecordingSleep) -> None:
+    call = FakeToolCall("get_weather", {"city": "Paris"}, id="call_1")
+    fake_llm.push(Stream(openai_chunks(Reply(text="almost", tool_calls=[call]))[:-3]))
+    err = await failure(provider(f"{fake_llm.url}/v1", http, sleep), ask(tools=[WEATHER]))
+    assert err.message == "test: the stream ended before a finish_reason" and err.code == "provider_stream_broken"
     assert len(fake_llm.requests) == 1  # a broken stream is not retried
 
 

@@ -5,7 +5,8 @@ OpenRouter, DeepSeek, Groq and Gemini's OpenAI endpoint. The stream is normalise
 `TextDelta`s, one `ToolCallReady` per call (assembled from argument fragments by `index`), a
 `UsageReport` (from the `stream_options.include_usage` chunk) and `Finish` (`content_filter` is
 `refused`). A stream that ends
-without a `finish_reason` or without `[DONE]` is an error, never a quiet short answer.
+without a `finish_reason` is an error, never a quiet short answer; one that ends cleanly after its
+`finish_reason` but without `[DONE]` (ik_llama.cpp, older TGI) is whole.
 
 Gemini quirks smoothed here: tool-call chunks without `index` (matched by id, else by position);
 `finish_reason: "stop"` on a turn that called tools (reported as `tool_calls`); the thought
@@ -241,8 +242,9 @@ class OpenAIDecoder(StreamDecoder):
         finish = self.finish_reason
         if finish is None:
             raise self.provider.truncated("a finish_reason")
-        if not self.done:
-            raise self.provider.truncated("[DONE]")
+        if not self.done:  # a cut connection fails the read: this body ended as the server meant it to
+            log.debug("%s: the stream ended without [DONE] after finish_reason %r; taken as whole",
+                      self.provider.name, finish)
         slots = self.calls.slots
         for slot in slots:
             yield self._ready(slot)
