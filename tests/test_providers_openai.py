@@ -270,6 +270,70 @@ async def test_fake_gemini_quirks_and_thought_signature_roundtrip(fake_llm: Any,
     assert sent_call["extra_content"] == signature
 
 
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+async def test_fake_reasoning_goes_back_with_its_turns_calls_only(fake_llm: Any, http: Any, sleep: RecordingSleep,
+                                                                   field: str) -> None:
+    """DeepSeek's thinking mode refuses (400) a tool-call turn sent back without its reasoning;
+    the reasoning is never reply text, and a turn without calls keeps none."""
+    fake_llm.push(Reply(reasoning="I should check. Paris first.", reasoning_field=field, tool_calls=[
+                      FakeToolCall("get_weather", {"city": "Paris"}, id="call_1"),
+                      FakeToolCall("get_weather", {"city": "Rome"}, id="call_2")]),
+                  Reply(reasoning="Both are sunny.", reasoning_field=field, text="Sunny in both."))
+    p = provider(f"{fake_llm.url}/v1", http, sleep)
+    events = await collect(p, ask(tools=[WEATHER]))
+    kept = {"reasoning": {"profile": "test", field: "I should check. Paris first."}}
+    assert events == [ToolCallReady("call_1", "get_weather", {"city": "Paris"}, kept),
+                      ToolCallReady("call_2", "get_weather", {"city": "Rome"}), UsageReport(11, 7), Finish("tool_calls")]
+    calls = [ToolCallPart(id=e.id, name=e.name, arguments=e.arguments, provider_data=e.provider_data)
+             for e in events[:2]]
+    history = ask(tools=[WEATHER]).messages + [
+        ChatMessage("assistant", [TextPart(text="Checking."), *calls]),
+        ChatMessage("user", [ToolResultPart(tool_call_id=c.id, name=c.name, content="sunny") for c in calls])]
+    events = await collect(p, ChatRequest(model="gpt-test", system="", messages=history, tools=[WEATHER]))
+    assert joined(events) == [TextDelta("Sunny in both."), UsageReport(11, 7), Finish("stop")]
+    assistant = fake_llm.last.body["messages"][1]
+    assert list(assistant) == ["role", "content", field, "tool_calls"]
+    assert assistant[field] == "I should check. Paris first."
+    # The reply without calls keeps no reasoning, and another profile never gets this one's.
+    other = provider(f"{fake_llm.url}/v1", http, sleep, name="other")
+    for turns, who in ((history[:1] + [ChatMessage("assistant", [TextPart(text="Sunny in both.")])], p),
+                       (history, other)):
+        body = await who.request_body(ChatRequest(model="gpt-test", system="", messages=turns, tools=[WEATHER]))
+        assert field not in json.dumps(body["messages"]), who.name
+
+
+async def test_fake_thinking_server_gets_each_tool_turns_reasoning(fake_llm: Any, http: Any,
+                                                                  sleep: RecordingSleep) -> None:
+    """Against the fake that refuses, as DeepSeek does, a tool-call turn without reasoning_content.
+    A delta holding text and reasoning both is not plain text (the inline reader's one-text
+    shortcut must leave it to the full decoder, or the reasoning is lost)."""
+    fake_llm.thinking = True
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return sse({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+    call = {"index": 0, "id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}
+    fake_llm.push(Stream([chunk({"role": "assistant", "content": None, "reasoning_content": "Look"}),
+                          chunk({"content": "Checking.", "reasoning_content": " it up."}),
+                          chunk({"tool_calls": [call]}), chunk({}, "tool_calls"), sse("[DONE]")]),
+                  Reply(text="Cold."))
+    p = provider(f"{fake_llm.url}/v1", http, sleep)
+    events = await collect(p, ask(tools=[WEATHER]))
+    assert joined(events) == [TextDelta("Checking."), ToolCallReady("c1", "get_weather", {"city": "Oslo"}, {
+        "reasoning": {"profile": "test", "reasoning_content": "Look it up."}}), Finish("tool_calls")]
+    history = ask(tools=[WEATHER]).messages + [
+        ChatMessage("assistant", [TextPart(text="Checking."), ToolCallPart(
+            id="c1", name="get_weather", arguments={"city": "Oslo"}, provider_data=events[1].provider_data)]),
+        ChatMessage("user", [ToolResultPart(tool_call_id="c1", name="get_weather", content="-5 C")])]
+    events = await collect(p, ChatRequest(model="gpt-test", system="", messages=history, tools=[WEATHER]))
+    assert joined(events) == [TextDelta("Cold."), UsageReport(11, 7), Finish("stop")]
+    assert fake_llm.last.body["messages"][1]["reasoning_content"] == "Look it up."
+    without = ChatMessage("assistant", [ToolCallPart(id="c1", name="get_weather", arguments={"city": "Oslo"})])
+    err = await failure(p, ChatRequest(model="gpt-test", system="", messages=[history[0], without, history[2]],
+                                       tools=[WEATHER]))
+    assert err.http_status == 400 and "reasoning_content in the thinking mode must be passed back" in err.message
+
+
 async def test_fake_tool_fragments_without_index_continue_the_last_call(fake_llm: Any, http: Any, sleep: RecordingSleep) -> None:
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
         return sse({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
@@ -428,6 +492,21 @@ async def test_official_sdk_parses_the_fake_streams(fake_llm: Any) -> None:
         assert (call.id, call.function.name, json.loads(call.function.arguments)) == ("call_1", "get_weather", {"city": "Paris"})
     finally:
         await client.close()
+
+
+async def test_official_sdk_reads_the_fake_reasoning_chunks(fake_llm: Any) -> None:
+    from openai import AsyncOpenAI
+
+    fake_llm.push(Reply(reasoning="Think first.", text="Done."))
+    client = AsyncOpenAI(base_url=f"{fake_llm.url}/v1", api_key="sk-fake", max_retries=0)
+    try:
+        stream = await client.chat.completions.create(
+            model="deepseek-chat", messages=[{"role": "user", "content": "hi"}], stream=True)
+        deltas = [chunk.choices[0].delta async for chunk in stream if chunk.choices]
+    finally:
+        await client.close()
+    assert "".join((d.model_extra or {}).get("reasoning_content") or "" for d in deltas) == "Think first."
+    assert "".join(d.content or "" for d in deltas) == "Done."
 
 
 async def test_official_sdk_reads_the_fake_gemini_chunks(fake_llm: Any) -> None:
