@@ -256,6 +256,15 @@ async def test_a_reply_cut_short_says_so(chat: Any, fake_llm: Any, kind: str, fi
     assert len(warned) == 1 and warned[0]["run_id"] == out["run"]["id"], warned
 
 
+async def test_an_openai_refusal_is_the_reply_and_says_so(chat: Any, fake_llm: Any) -> None:
+    """A reply that is a `refusal` (no `content`) shows the model's words, not an empty answer."""
+    ws, sid = await chat("openai", fake_llm.url + FAKE_PATHS["openai"])
+    fake_llm.push(Reply(refusal="I can't help with that."))
+    out = await ask(ws, sid, "do something bad")
+    assert out["run"]["status"] == "completed" and out["message"]["parts"] == [{"type": "text", "text": (
+        "I can't help with that.\n\n_(stopped by the provider: it refused or filtered this reply)_")}]
+
+
 # --------------------------------------------------------------------------- tools gone mid-session
 
 

@@ -411,6 +411,14 @@ async def test_fake_finish_reasons_that_cut_a_reply(fake_llm: Any, http: Any, sl
     assert events[-1] == Finish(finish)  # type: ignore[arg-type]
 
 
+async def test_fake_a_refusal_is_the_reply_and_says_so(fake_llm: Any, http: Any, sleep: RecordingSleep) -> None:
+    """A model that refuses streams `refusal` instead of `content`: its words are the reply, and the
+    reply is `refused` (as `content_filter` is), not an empty answer."""
+    fake_llm.push(Reply(refusal="I'm sorry, I can't help with that."))
+    events = await collect(provider(f"{fake_llm.url}/v1", http, sleep), ask())
+    assert joined(events) == [TextDelta("I'm sorry, I can't help with that."), UsageReport(11, 7), Finish("refused")]
+
+
 @pytest.mark.parametrize("content_type,body,message", [
     ("application/json", '{"error": {"message": "model gpt-x does not exist", "code": "model_not_found"}}',
      "test: model gpt-x does not exist (model_not_found) (HTTP 200, application/json)"),
@@ -492,6 +500,24 @@ async def test_official_sdk_parses_the_fake_streams(fake_llm: Any) -> None:
         assert (call.id, call.function.name, json.loads(call.function.arguments)) == ("call_1", "get_weather", {"city": "Paris"})
     finally:
         await client.close()
+
+
+async def test_official_sdk_parses_the_fake_refusal(fake_llm: Any) -> None:
+    from openai import AsyncOpenAI
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+
+    fake_llm.push(Reply(refusal="I can't help with that."))
+    client = AsyncOpenAI(base_url=f"{fake_llm.url}/v1", api_key="sk-fake", max_retries=0)
+    try:
+        state = ChatCompletionStreamState()
+        stream = await client.chat.completions.create(
+            model="gpt-test", messages=[{"role": "user", "content": "hi"}], stream=True)
+        async for chunk in stream:
+            state.handle_chunk(chunk)
+    finally:
+        await client.close()
+    message = state.get_final_completion().choices[0].message
+    assert message.refusal == "I can't help with that." and message.content is None
 
 
 async def test_official_sdk_reads_the_fake_reasoning_chunks(fake_llm: Any) -> None:

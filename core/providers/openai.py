@@ -4,7 +4,7 @@ Spoken by OpenAI and most servers that copy it: Ollama `/v1`, LM Studio, vLLM, l
 OpenRouter, DeepSeek, Groq and Gemini's OpenAI endpoint. The stream is normalised into
 `TextDelta`s, one `ToolCallReady` per call (assembled from argument fragments by `index`), a
 `UsageReport` (from the `stream_options.include_usage` chunk) and `Finish` (`content_filter` is
-`refused`). A stream that ends
+`refused`, and so is a reply that is a `refusal`, whose text is the reply's). A stream that ends
 without a `finish_reason` is an error, never a quiet short answer; one that ends cleanly after its
 `finish_reason` but without `[DONE]` (ik_llama.cpp, older TGI) is whole.
 
@@ -191,6 +191,7 @@ class OpenAIDecoder(StreamDecoder):
         self.emitted = False
         self.reasoning: list[str] = []
         self.reasoning_field = ""  # the delta field the reasoning came in
+        self.refused = False
 
     def feed(self, chunk: bytes) -> Iterator[StreamEvent]:
         # The per-token path: one JSON decode, a few dict lookups, one TextDelta.
@@ -229,6 +230,10 @@ class OpenAIDecoder(StreamDecoder):
                             self.calls.merge(fragment)
                     if delta.get("reasoning_content") or delta.get("reasoning"):
                         self._keep_reasoning(delta)
+                    refusal = delta.get("refusal")
+                    if refusal and isinstance(refusal, str):  # what the model says instead of an answer
+                        self.emitted = self.refused = True
+                        yield TextDelta(refusal)
                 reason = choice.get("finish_reason")
                 if reason:
                     self.finish_reason = str(reason)
@@ -266,7 +271,8 @@ class OpenAIDecoder(StreamDecoder):
         text = delta.get("content")
         if text.__class__ is not str or not text:
             return None
-        if len(delta) > 1 and (delta.get("tool_calls") or delta.get("reasoning_content") or delta.get("reasoning")):
+        if len(delta) > 1 and (delta.get("tool_calls") or delta.get("reasoning_content") or delta.get("reasoning")
+                               or delta.get("refusal")):
             return None
         self.emitted = True
         return text
@@ -291,6 +297,8 @@ class OpenAIDecoder(StreamDecoder):
             reason = "tool_calls" if reason == "stop" else reason
         elif reason == "tool_calls":
             reason = "stop"
+        elif reason == "stop" and self.refused:
+            reason = "refused"
         if finish not in _FINISH:
             log.info("%s: finish_reason %r reported as stop", self.provider.name, finish)
         yield Finish(reason)  # type: ignore[arg-type]

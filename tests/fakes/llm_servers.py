@@ -53,6 +53,7 @@ class Reply:
     # block holding `redacted` if set.
     reasoning: str = ""
     reasoning_field: str = "reasoning_content"
+    refusal: str = ""  # OpenAI: `refusal` deltas instead of text
     signature: str = "EqQBCgIYAhIM"
     redacted: str = ""
 
@@ -140,9 +141,11 @@ def openai_chunks(reply: Reply, model: str = "gpt-test") -> list[bytes]:
     def choice(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
 
-    out = [chunk([choice({"role": "assistant", "content": "" if reply.text or not reply.tool_calls else None})])]
+    said = reply.text or not (reply.tool_calls or reply.refusal)
+    out = [chunk([choice({"role": "assistant", "content": "" if said else None})])]
     out += [chunk([choice({"content": None, reply.reasoning_field: piece})]) for piece in _pieces(reply.reasoning)]
     out += [chunk([choice({"content": piece})]) for piece in _pieces(reply.text)]
+    out += [chunk([choice({"content": None, "refusal": piece})]) for piece in _pieces(reply.refusal)]
     for position, call in enumerate(reply.tool_calls):
         out.append(chunk([choice({"tool_calls": [{
             "index": position, "id": _call_id(call, position, "call"), "type": "function",
