@@ -359,9 +359,8 @@ class FakeLLMServer:
         return response
 
     async def _openai(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        if self.thinking and any(m.get("role") == "assistant" and m.get("tool_calls") and "reasoning_content" not in m
-                                 for m in body.get("messages", [])):
+        messages = (await request.json()).get("messages", []) if self.thinking else []
+        if any(m.get("role") == "assistant" and m.get("tool_calls") and "reasoning_content" not in m for m in messages):
             await self._record(request)  # refused as DeepSeek's thinking mode refuses it
             return web.json_response({"error": {
                 "message": "The reasoning_content in the thinking mode must be passed back to the API.",
