@@ -46,7 +46,7 @@ from .protocol import (
     now,
 )
 from .providers.profiles import cost_of
-from .providers.base import ChatMessage, ChatRequest, Finish, Provider, TextDelta, ToolCallReady, UsageReport
+from .providers.base import REASONING, ChatMessage, ChatRequest, Finish, Provider, TextDelta, ToolCallReady, UsageReport
 from .store import Store
 from .tools import Tool, ToolOutput
 from .ui_requests import UiBroker
@@ -678,12 +678,18 @@ def checked_call(call: ToolCallReady) -> tuple[dict[str, Any], dict[str, Any] | 
     """The arguments and provider data a call's part may hold: the call's own, or for a call past
     `MAX_ARGUMENT_DEPTH` or `MAX_ARGUMENT_CHARS` empty arguments and `refused_arguments` saying
     why (the way a call whose arguments are not JSON holds `invalid_arguments`). Why here: every
-    provider's calls pass this point before an event, the store or the next request sees them."""
+    provider's calls pass this point before an event, the store or the next request sees them.
+    The turn's reasoning (`REASONING`) is kept whatever its size, as a reply's text is: the model
+    wrote it, its dialect built it of plain strings, and a thinking model's server refuses the
+    turn without it."""
     problem = arguments_problem(call.arguments)
     data = call.provider_data
-    data_problem = None if data is None else arguments_problem(data)
+    reasoning = None if data is None else data.get(REASONING)
+    rest = data if reasoning is None else {k: v for k, v in data.items() if k != REASONING}
+    data_problem = None if rest is None else arguments_problem(rest)
     if data_problem is not None:  # e.g. the raw text of invalid arguments, as big: dropped too
-        problem, data = problem or data_problem, None
+        problem = problem or data_problem
+        data = None if reasoning is None else {REASONING: reasoning}
     if problem is None:
         return call.arguments, data
     return {}, {**(data or {}), "refused_arguments": problem}
@@ -728,6 +734,8 @@ def estimate_tokens(parts: Sequence[Any]) -> int:
             total += 1000
         elif isinstance(p, ToolCallPart):
             total += len(str(p.arguments)) // 4 + 10
+            if p.provider_data and REASONING in p.provider_data:  # sent back with the call
+                total += len(str(p.provider_data[REASONING])) // 4
         elif isinstance(p, ToolResultPart):
             total += len(p.content) // 4 + 10 + 1000 * len(p.images)
     return total
@@ -802,7 +810,11 @@ def _cut_text(result: ToolResultPart, over_tokens: int) -> ToolResultPart:
 
 
 def message_turns(message: Message, *, vision: bool) -> list[ChatMessage]:
-    """A stored message as provider turns; tool calls without results are dropped, never split."""
+    """A stored message as provider turns; tool calls without results are dropped, never split.
+
+    A dropped call's reasoning (`REASONING`, on a turn's first call) moves to the next call of its
+    turn that is kept: a thinking model's server refuses the turn without it (a run aborted while
+    its tools ran leaves some calls answered and some not)."""
     if message.role == "user":
         parts: list[Any] = [p for p in message.parts if isinstance(p, TextPart) or (vision and isinstance(p, ImagePart))]
         unseen = 0 if vision else sum(isinstance(p, ImagePart) for p in message.parts)
@@ -811,14 +823,28 @@ def message_turns(message: Message, *, vision: bool) -> list[ChatMessage]:
         return [ChatMessage("user", parts)] if parts else []
     answered = {p.tool_call_id for p in message.parts if isinstance(p, ToolResultPart)}
     turns: list[ChatMessage] = []
+    carried: Any = None  # the reasoning of a call left out, for its turn's next call
     for p in message.parts:
-        if isinstance(p, ToolCallPart) and p.id not in answered:
-            continue
+        if isinstance(p, ToolCallPart):
+            if p.id not in answered:
+                carried = (p.provider_data or {}).get(REASONING, carried)
+                continue
+            if carried is not None:
+                p, carried = _with_reasoning(p, carried), None
+        elif isinstance(p, ToolResultPart):
+            carried = None  # the turn's calls are over
         role = "user" if isinstance(p, ToolResultPart) else "assistant"
         if not turns or turns[-1].role != role:
             turns.append(ChatMessage(role, []))  # type: ignore[arg-type]
         turns[-1].parts.append(_seen_by(p, vision) if isinstance(p, ToolResultPart) else p)
     return turns
+
+
+def _with_reasoning(call: ToolCallPart, reasoning: Any) -> ToolCallPart:
+    """`call` holding `reasoning`, unless it holds its own (a copy: the stored call stays as it is)."""
+    if call.provider_data and REASONING in call.provider_data:
+        return call
+    return call.model_copy(update={"provider_data": {**(call.provider_data or {}), REASONING: reasoning}})
 
 
 def _unseen_images_note(count: int) -> str:

@@ -15,6 +15,7 @@ import pytest
 from fakes.scripted_provider import Barrier, ScriptedProvider, ScriptedResolver, text_turn, tool_turn
 from opencode_agent.core.agent import (
     REPLY_RESERVE_TOKENS, arguments_problem, build_history, checked_call, estimate_tokens, fit_to_context,
+    message_turns,
 )
 from opencode_agent.core.providers.base import ChatMessage
 from opencode_agent.core.errors import ProviderError
@@ -340,6 +341,37 @@ def test_a_call_whose_provider_data_is_too_big_keeps_none_of_it() -> None:
                                                            "more than the 100,000 allowed"})
     kept = ToolCallReady("c1", "f", {"x": 1}, {"extra_content": {"google": {"thought_signature": "s"}}})
     assert checked_call(kept) == (kept.arguments, kept.provider_data)
+
+
+def test_a_calls_reasoning_is_kept_whatever_its_size_and_counted() -> None:
+    """A thinking model's server refuses a tool-call turn sent back without its reasoning: the
+    limit on provider data (meant for the raw text of invalid arguments) does not drop it, and the
+    history's estimate counts it, as it is sent with the call."""
+    reasoning = {"profile": "p", "reasoning_content": "x" * 200_000}
+    call = ToolCallReady("c1", "f", {"x": 1}, {"reasoning": reasoning})
+    assert checked_call(call) == ({"x": 1}, {"reasoning": reasoning})
+    invalid = ToolCallReady("c1", "f", {}, {"invalid_arguments": "{" * 100_001, "reasoning": reasoning})
+    assert checked_call(invalid) == ({}, {"reasoning": reasoning, "refused_arguments": (
+        "arguments of 100,026 characters as JSON, more than the 100,000 allowed")})
+    part = ToolCallPart(id="c1", name="f", arguments={"x": 1}, provider_data={"reasoning": reasoning})
+    assert estimate_tokens([part]) > 50_000
+
+
+def test_a_call_left_out_for_want_of_a_result_hands_its_reasoning_on() -> None:
+    """A run aborted while its tools ran leaves some calls answered, some not; the turn's reasoning
+    (on its first call) goes back with the turn whichever of them is kept."""
+    t = now()
+    reasoning = {"profile": "p", "reasoning_content": "think"}
+    reply = Message(id="m2", session_id="s", role="assistant", skill="alpha", created_at=t, updated_at=t, parts=[
+        ToolCallPart(id="c1", name="lookup", arguments={"query": "a"}, provider_data={"reasoning": reasoning}),
+        ToolCallPart(id="c2", name="lookup", arguments={"query": "b"}),
+        ToolResultPart(tool_call_id="c2", name="lookup", content="r"),  # c1 never answered: dropped
+        ToolCallPart(id="c3", name="lookup", arguments={}),  # the next turn's: none of that reasoning
+        ToolResultPart(tool_call_id="c3", name="lookup", content="r"),
+    ])
+    calls = [p for turn in message_turns(reply, vision=False) for p in turn.parts if isinstance(p, ToolCallPart)]
+    assert [(c.id, c.provider_data) for c in calls] == [("c2", {"reasoning": reasoning}), ("c3", None)]
+    assert reply.parts[1].provider_data is None  # the stored call is left as it was
 
 
 async def test_a_run_reads_the_references_of_its_own_skills_only(env):

@@ -256,6 +256,15 @@ async def test_a_reply_cut_short_says_so(chat: Any, fake_llm: Any, kind: str, fi
     assert len(warned) == 1 and warned[0]["run_id"] == out["run"]["id"], warned
 
 
+async def test_an_openai_refusal_is_the_reply_and_says_so(chat: Any, fake_llm: Any) -> None:
+    """A reply that is a `refusal` (no `content`) shows the model's words, not an empty answer."""
+    ws, sid = await chat("openai", fake_llm.url + FAKE_PATHS["openai"])
+    fake_llm.push(Reply(refusal="I can't help with that."))
+    out = await ask(ws, sid, "do something bad")
+    assert out["run"]["status"] == "completed" and out["message"]["parts"] == [{"type": "text", "text": (
+        "I can't help with that.\n\n_(stopped by the provider: it refused or filtered this reply)_")}]
+
+
 # --------------------------------------------------------------------------- tools gone mid-session
 
 
@@ -295,3 +304,49 @@ async def test_a_session_that_used_tools_goes_on_without_them(chat: Any, fake_ll
     for marker in ('"tool_use"', '"tool_result"', '"tool_calls"', '"role": "tool"', '"tool_call_id"'):
         assert marker not in sent, marker
     assert '[called lookup({\\"query\\": \\"ksampler\\"})]' in sent and "[lookup returned: found ksampler]" in sent
+
+
+# --------------------------------------------------------------------------- thinking models
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_a_thinking_models_tool_turns_keep_their_reasoning(chat: Any, fake_llm: Any, client: Any, service: Any,
+                                                                 kind: str) -> None:
+    """DeepSeek's thinking mode (and Anthropic's extended thinking) refuse a request whose tool-call
+    turn lacks its reasoning, and every later one with it: the reasoning goes back with the turn in
+    the run's next request, in the next message's, and once the session is read back from the
+    store; it is never reply text, and the reply without calls sends none back."""
+    service.skills.register(LOOKUP, replace=True)
+    fake_llm.thinking = True
+    ws, sid = await chat(kind, fake_llm.url + FAKE_PATHS[kind], skills=("lookup-tools",))
+    call = FakeToolCall("lookup", {"query": "ksampler"}, id="toolu_1")
+    fake_llm.push(Reply(reasoning="I should look it up.", tool_calls=[call]),
+                  Reply(reasoning="Found it.", text="It samples."), Reply(reasoning="Easy.", text="Yes."),
+                  Reply(reasoning="Still easy.", text="Still yes."))
+    out = await ask(ws, sid, "what is ksampler?")
+    assert out["run"]["status"] == "completed", out["run"]["error"]
+    assert "".join(p.get("text", "") for p in out["message"]["parts"]) == "It samples."
+    out = await ask(ws, sid, "sure?")
+    assert out["run"]["status"] == "completed", out["run"]["error"]
+    await ws.ws.close()
+    for _ in range(500):  # nobody joined and idle: the session is forgotten, then read from the store
+        if service.sessions.evict_idle(0):
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the session was never unloaded")
+    ws = WsClient(await client.ws_connect("/opencode/ws"))
+    await ws.command("join", session_id=sid)
+    out = await ask(ws, sid, "and now?")
+    assert out["run"]["status"] == "completed", out["run"]["error"]
+    asked = [r for r in fake_llm.requests if r.method == "POST"]
+    assert len(asked) == 4  # none refused
+    for request in asked[1:]:
+        turns = [m for m in request.body["messages"] if m["role"] == "assistant"]
+        if kind == "openai":
+            assert turns[0]["reasoning_content"] == "I should look it up."
+            assert all("reasoning_content" not in m for m in turns[1:])
+        else:
+            assert turns[0]["content"][0] == {"type": "thinking", "thinking": "I should look it up.",
+                                              "signature": "EqQBCgIYAhIM"}
+            assert all(b["type"] == "text" for m in turns[1:] for b in m["content"])

@@ -160,6 +160,47 @@ async def test_fake_exact_events_headers_and_usage(fake_llm: Any, http: Any, sle
     assert "Authorization" not in sent.headers
 
 
+async def test_fake_thinking_goes_back_first_in_its_tool_turn_exactly(fake_llm: Any, http: Any,
+                                                                      sleep: RecordingSleep) -> None:
+    """Extended thinking (and servers thinking by default behind this format) refuse (400) a
+    tool-use turn that does not start with its thinking blocks, text and signature unchanged;
+    thinking is never reply text, and a turn without calls keeps none."""
+    fake_llm.thinking = True
+    fake_llm.push(Reply(reasoning="The user wants weather. ", signature="EqQBCgIYAhIM+/sig==", redacted="ZW5jcnlwdGVk",
+                        text="Checking.", tool_calls=[FakeToolCall("get_weather", {"city": "Paris"}, id="toolu_1"),
+                                                     FakeToolCall("get_weather", {"city": "Rome"}, id="toolu_2")]),
+                  Reply(reasoning="Sunny.", text="Sunny in both."))
+    p = provider(f"{fake_llm.url}/anthropic", http, sleep)
+    events = await collect(p, ask(tools=[WEATHER]))
+    blocks = [{"type": "thinking", "thinking": "The user wants weather. ", "signature": "EqQBCgIYAhIM+/sig=="},
+              {"type": "redacted_thinking", "data": "ZW5jcnlwdGVk"}]
+    assert joined(events) == [
+        TextDelta("Checking."),
+        ToolCallReady("toolu_1", "get_weather", {"city": "Paris"}, {"reasoning": {"profile": "claude", "blocks": blocks}}),
+        ToolCallReady("toolu_2", "get_weather", {"city": "Rome"}), UsageReport(11, 7), Finish("tool_calls")]
+    calls = [ToolCallPart(id=e.id, name=e.name, arguments=e.arguments, provider_data=e.provider_data)
+             for e in events[1:3]]
+    history = ask().messages + [
+        ChatMessage("assistant", [TextPart(text="Checking."), *calls]),
+        ChatMessage("user", [ToolResultPart(tool_call_id=c.id, name=c.name, content="sunny") for c in calls])]
+    events = await collect(p, ChatRequest(model="claude-test", system="", messages=history, tools=[WEATHER]))
+    assert joined(events) == [TextDelta("Sunny in both."), UsageReport(11, 7), Finish("stop")]
+    assert fake_llm.last.body["messages"][1]["content"] == blocks + [
+        {"type": "text", "text": "Checking."},
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},
+        {"type": "tool_use", "id": "toolu_2", "name": "get_weather", "input": {"city": "Rome"}}]
+    # Without its thinking the turn is refused, as the real API refuses it.
+    bare = [ChatMessage("assistant", [c.model_copy(update={"provider_data": None}) for c in calls])]
+    err = await failure(p, ChatRequest(model="claude-test", system="", messages=[history[0], *bare, history[2]],
+                                       tools=[WEATHER]))
+    assert err.http_status == 400 and "Expected `thinking` or `redacted_thinking`, but found `tool_use`" in err.message
+    # Another profile (another server, another model's signatures) never gets this one's thinking.
+    other = AnthropicProvider(ProviderProfile(name="other", kind="anthropic", base_url=f"{fake_llm.url}/anthropic"),
+                              KEY, http)
+    body = await other.request_body(ChatRequest(model="claude-test", system="", messages=history, tools=[WEATHER]))
+    assert body["messages"][1]["content"][0] == {"type": "text", "text": "Checking."}
+
+
 async def test_fake_history_conversion(fake_llm: Any, http: Any, sleep: RecordingSleep) -> None:
     async def loader(part: ImagePart) -> tuple[bytes, str]:
         return b"\x89PNG " + part.filename.encode(), "image/png"
@@ -290,3 +331,21 @@ async def test_official_sdk_parses_the_fake_stream(fake_llm: Any) -> None:
     assert message.content[0].type == "text" and message.content[0].text == "Hello there"
     tool = message.content[1]
     assert (tool.type, tool.id, tool.name, tool.input) == ("tool_use", "toolu_9", "get_weather", {"city": "Paris"})
+
+
+async def test_official_sdk_parses_the_fake_thinking_stream(fake_llm: Any) -> None:
+    from anthropic import AsyncAnthropic
+
+    fake_llm.push(Reply(reasoning="Let me think. ", signature="c2lnbmF0dXJl", redacted="b3BhcXVl", text="Done.",
+                        tool_calls=[FakeToolCall("get_weather", {"city": "Oslo"}, id="toolu_3")]))
+    client = AsyncAnthropic(base_url=f"{fake_llm.url}/anthropic", api_key="sk-ant-fake", max_retries=0)
+    try:
+        async with client.messages.stream(model="claude-test", max_tokens=100, messages=[{"role": "user", "content": "hi"}],
+                                          thinking={"type": "enabled", "budget_tokens": 1024}) as stream:
+            message = await stream.get_final_message()
+    finally:
+        await client.close()
+    thinking, redacted, text, tool = message.content
+    assert (thinking.type, thinking.thinking, thinking.signature) == ("thinking", "Let me think. ", "c2lnbmF0dXJl")
+    assert (redacted.type, redacted.data) == ("redacted_thinking", "b3BhcXVl")
+    assert (text.type, text.text, tool.type, tool.input) == ("text", "Done.", "tool_use", {"city": "Oslo"})

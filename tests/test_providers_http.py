@@ -211,6 +211,38 @@ def test_sse_parser_one_event_per_read_keeps_what_earlier_reads_left() -> None:
     assert parser.feed(b"data: bad \xff\n\n") == [SseEvent(None, "bad \ufffd")]
 
 
+KEEP_ALIVES = b"data:\n\n" + b"data: \r\n\r\n" + b"event: ping\ndata:\n\n" + b"data:\ndata: \n\n" + b"data\n\n"
+
+
+def test_sse_parser_dispatches_no_event_with_empty_data() -> None:
+    """Bare `data:` keep-alives (gateways send them) carry nothing: no event, however cut, and
+    the `event:` name of one does not stick to the next event."""
+    body = KEEP_ALIVES + b"data: {}\n\n" + b"data: \n\n"
+    assert feed_all(SseParser(), [body]) == [SseEvent(None, "{}")]
+    for cut in range(1, len(body)):
+        assert feed_all(SseParser(), [body[:cut], body[cut:]]) == [SseEvent(None, "{}")], cut
+    parser = SseParser()  # each keep-alive alone in its read (the one-event fast path)
+    assert [parser.feed(piece) for piece in (b"data: \n\n", b"event: x\n", b"data: \n\n", b"data: 1\n\n")] == [
+        [], [], [], [SseEvent(None, "1")]]
+
+
+@pytest.mark.parametrize("mode", ["task", "inline"])
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_keep_alives_with_empty_data_do_not_break_a_stream(fake_llm: Any, http: Any, kind: str,
+                                                                  mode: str) -> None:
+    from opencode_agent.tests.fakes.llm_servers import anthropic_events, openai_chunks
+
+    chunks = (openai_chunks if kind == "openai" else anthropic_events)(Reply(text="one two three"))
+    # Before any output, mid-text (each in a read of its own, then all in one) and before the end.
+    fake_llm.push(Stream([b"data:\n\n", *chunks[:3], b"data: \n\n", KEEP_ALIVES, *chunks[3:-1], b"data:\n\n",
+                          chunks[-1]]))
+    path, cls = ("/v1", OpenAIProvider) if kind == "openai" else ("/anthropic", AnthropicProvider)
+    p = cls(ProviderProfile(name="p", kind=kind, base_url=fake_llm.url + path), None, http,
+            retry=RetryPolicy(max_attempts=1))
+    assert joined(await read_stream(p, REQUEST, mode)) == [TextDelta("one two three"), UsageReport(11, 7),
+                                                           Finish("stop")]
+
+
 def test_line_parser_lines_endings_utf8_and_the_last_line() -> None:
     body = '{"a": "\u00e9"}\r\n\n{"b": 2}\n{"c": "\u2713"}'.encode()
     expected = ['{"a": "\u00e9"}', "", '{"b": 2}', '{"c": "\u2713"}']

@@ -330,6 +330,11 @@ TEXT_ONLY_CASES = [
     (_chunk([], usage={"prompt_tokens": 1, "completion_tokens": 2}), None),
     (_chunk([{"index": 0, "delta": {"content": "t", "tool_calls": [{"index": 0, "function": {"arguments": "{"}}]}}]), None),
     (_chunk([{"index": 1, "delta": {"content": "other choice"}}]), None),
+    # Reasoning is kept for the turn's calls, never text: a delta with both is the decoder's.
+    (_chunk([{"index": 0, "delta": {"content": "t", "reasoning_content": "r"}}]), None),
+    (_chunk([{"index": 0, "delta": {"content": "t", "reasoning": "r"}}]), None),
+    (_chunk([{"index": 0, "delta": {"content": "t", "reasoning_content": None}}]), "t"),  # DeepSeek's answer
+    (_chunk([{"index": 0, "delta": {"content": "t", "refusal": "no"}}]), None),
     (sse({"error": {"message": "boom"}}), None),
     (b"data: [DONE]\n\n", None),
     (_chunk([{"index": 0, "delta": {"content": "a"}}]) * 2, None),  # two events in one read
@@ -348,7 +353,7 @@ async def test_the_text_only_shortcut_agrees_with_the_full_decoder(http: Any, ch
     if text is None:
         return
     assert list(full.feed(chunk)) == [TextDelta(text)]
-    keys = ("finish_reason", "usage", "emitted", "done")
+    keys = ("finish_reason", "usage", "emitted", "done", "reasoning", "refused")
     assert {k: getattr(short, k) for k in keys} == {k: getattr(full, k) for k in keys}
     assert short.calls.slots == full.calls.slots == []
 

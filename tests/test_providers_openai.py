@@ -270,6 +270,70 @@ async def test_fake_gemini_quirks_and_thought_signature_roundtrip(fake_llm: Any,
     assert sent_call["extra_content"] == signature
 
 
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+async def test_fake_reasoning_goes_back_with_its_turns_calls_only(fake_llm: Any, http: Any, sleep: RecordingSleep,
+                                                                   field: str) -> None:
+    """DeepSeek's thinking mode refuses (400) a tool-call turn sent back without its reasoning;
+    the reasoning is never reply text, and a turn without calls keeps none."""
+    fake_llm.push(Reply(reasoning="I should check. Paris first.", reasoning_field=field, tool_calls=[
+                      FakeToolCall("get_weather", {"city": "Paris"}, id="call_1"),
+                      FakeToolCall("get_weather", {"city": "Rome"}, id="call_2")]),
+                  Reply(reasoning="Both are sunny.", reasoning_field=field, text="Sunny in both."))
+    p = provider(f"{fake_llm.url}/v1", http, sleep)
+    events = await collect(p, ask(tools=[WEATHER]))
+    kept = {"reasoning": {"profile": "test", field: "I should check. Paris first."}}
+    assert events == [ToolCallReady("call_1", "get_weather", {"city": "Paris"}, kept),
+                      ToolCallReady("call_2", "get_weather", {"city": "Rome"}), UsageReport(11, 7), Finish("tool_calls")]
+    calls = [ToolCallPart(id=e.id, name=e.name, arguments=e.arguments, provider_data=e.provider_data)
+             for e in events[:2]]
+    history = ask(tools=[WEATHER]).messages + [
+        ChatMessage("assistant", [TextPart(text="Checking."), *calls]),
+        ChatMessage("user", [ToolResultPart(tool_call_id=c.id, name=c.name, content="sunny") for c in calls])]
+    events = await collect(p, ChatRequest(model="gpt-test", system="", messages=history, tools=[WEATHER]))
+    assert joined(events) == [TextDelta("Sunny in both."), UsageReport(11, 7), Finish("stop")]
+    assistant = fake_llm.last.body["messages"][1]
+    assert list(assistant) == ["role", "content", field, "tool_calls"]
+    assert assistant[field] == "I should check. Paris first."
+    # The reply without calls keeps no reasoning, and another profile never gets this one's.
+    other = provider(f"{fake_llm.url}/v1", http, sleep, name="other")
+    for turns, who in ((history[:1] + [ChatMessage("assistant", [TextPart(text="Sunny in both.")])], p),
+                       (history, other)):
+        body = await who.request_body(ChatRequest(model="gpt-test", system="", messages=turns, tools=[WEATHER]))
+        assert field not in json.dumps(body["messages"]), who.name
+
+
+async def test_fake_thinking_server_gets_each_tool_turns_reasoning(fake_llm: Any, http: Any,
+                                                                  sleep: RecordingSleep) -> None:
+    """Against the fake that refuses, as DeepSeek does, a tool-call turn without reasoning_content.
+    A delta holding text and reasoning both is not plain text (the inline reader's one-text
+    shortcut must leave it to the full decoder, or the reasoning is lost)."""
+    fake_llm.thinking = True
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return sse({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+    call = {"index": 0, "id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}
+    fake_llm.push(Stream([chunk({"role": "assistant", "content": None, "reasoning_content": "Look"}),
+                          chunk({"content": "Checking.", "reasoning_content": " it up."}),
+                          chunk({"tool_calls": [call]}), chunk({}, "tool_calls"), sse("[DONE]")]),
+                  Reply(text="Cold."))
+    p = provider(f"{fake_llm.url}/v1", http, sleep)
+    events = await collect(p, ask(tools=[WEATHER]))
+    assert joined(events) == [TextDelta("Checking."), ToolCallReady("c1", "get_weather", {"city": "Oslo"}, {
+        "reasoning": {"profile": "test", "reasoning_content": "Look it up."}}), Finish("tool_calls")]
+    history = ask(tools=[WEATHER]).messages + [
+        ChatMessage("assistant", [TextPart(text="Checking."), ToolCallPart(
+            id="c1", name="get_weather", arguments={"city": "Oslo"}, provider_data=events[1].provider_data)]),
+        ChatMessage("user", [ToolResultPart(tool_call_id="c1", name="get_weather", content="-5 C")])]
+    events = await collect(p, ChatRequest(model="gpt-test", system="", messages=history, tools=[WEATHER]))
+    assert joined(events) == [TextDelta("Cold."), UsageReport(11, 7), Finish("stop")]
+    assert fake_llm.last.body["messages"][1]["reasoning_content"] == "Look it up."
+    without = ChatMessage("assistant", [ToolCallPart(id="c1", name="get_weather", arguments={"city": "Oslo"})])
+    err = await failure(p, ChatRequest(model="gpt-test", system="", messages=[history[0], without, history[2]],
+                                       tools=[WEATHER]))
+    assert err.http_status == 400 and "reasoning_content in the thinking mode must be passed back" in err.message
+
+
 async def test_fake_tool_fragments_without_index_continue_the_last_call(fake_llm: Any, http: Any, sleep: RecordingSleep) -> None:
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
         return sse({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
@@ -316,10 +380,26 @@ async def test_fake_invalid_tool_arguments_are_reported_not_fatal(fake_llm: Any,
     assert events[-1] == Finish("tool_calls")
 
 
-async def test_fake_missing_done_is_an_error(fake_llm: Any, http: Any, sleep: RecordingSleep) -> None:
-    fake_llm.push(Stream(openai_chunks(Reply(text="almost"))[:-1]))
-    err = await failure(provider(f"{fake_llm.url}/v1", http, sleep), ask())
-    assert err.message == "test: the stream ended before [DONE]"
+async def test_fake_a_stream_without_done_is_whole_after_its_finish_reason(fake_llm: Any, http: Any,
+                                                                          sleep: RecordingSleep, caplog: Any) -> None:
+    """ik_llama.cpp and older TGI end the body after the finish_reason (and usage), without [DONE]."""
+    caplog.set_level("DEBUG", logger="opencode.providers.openai")
+    call = FakeToolCall("get_weather", {"city": "Paris"}, id="call_1")
+    fake_llm.push(Stream(openai_chunks(Reply(text="The answer."))[:-1]),
+                  Stream(openai_chunks(Reply(tool_calls=[call]))[:-2]))  # no usage either
+    p = provider(f"{fake_llm.url}/v1", http, sleep)
+    assert joined(await collect(p, ask())) == [TextDelta("The answer."), UsageReport(11, 7), Finish("stop")]
+    assert await collect(p, ask(tools=[WEATHER])) == [
+        ToolCallReady("call_1", "get_weather", {"city": "Paris"}), Finish("tool_calls")]
+    assert "test: the stream ended without [DONE] after finish_reason 'tool_calls'; taken as whole" in caplog.messages
+
+
+async def test_fake_a_stream_without_finish_reason_or_done_is_an_error(fake_llm: Any, http: Any,
+                                                                       sleep: RecordingSleep) -> None:
+    call = FakeToolCall("get_weather", {"city": "Paris"}, id="call_1")
+    fake_llm.push(Stream(openai_chunks(Reply(text="almost", tool_calls=[call]))[:-3]))
+    err = await failure(provider(f"{fake_llm.url}/v1", http, sleep), ask(tools=[WEATHER]))
+    assert err.message == "test: the stream ended before a finish_reason" and err.code == "provider_stream_broken"
     assert len(fake_llm.requests) == 1  # a broken stream is not retried
 
 
@@ -329,6 +409,14 @@ async def test_fake_finish_reasons_that_cut_a_reply(fake_llm: Any, http: Any, sl
     fake_llm.push(Reply(text="cut", finish=reason))
     events = await collect(provider(f"{fake_llm.url}/v1", http, sleep), ask())
     assert events[-1] == Finish(finish)  # type: ignore[arg-type]
+
+
+async def test_fake_a_refusal_is_the_reply_and_says_so(fake_llm: Any, http: Any, sleep: RecordingSleep) -> None:
+    """A model that refuses streams `refusal` instead of `content`: its words are the reply, and the
+    reply is `refused` (as `content_filter` is), not an empty answer."""
+    fake_llm.push(Reply(refusal="I'm sorry, I can't help with that."))
+    events = await collect(provider(f"{fake_llm.url}/v1", http, sleep), ask())
+    assert joined(events) == [TextDelta("I'm sorry, I can't help with that."), UsageReport(11, 7), Finish("refused")]
 
 
 @pytest.mark.parametrize("content_type,body,message", [
@@ -412,6 +500,39 @@ async def test_official_sdk_parses_the_fake_streams(fake_llm: Any) -> None:
         assert (call.id, call.function.name, json.loads(call.function.arguments)) == ("call_1", "get_weather", {"city": "Paris"})
     finally:
         await client.close()
+
+
+async def test_official_sdk_parses_the_fake_refusal(fake_llm: Any) -> None:
+    from openai import AsyncOpenAI
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+
+    fake_llm.push(Reply(refusal="I can't help with that."))
+    client = AsyncOpenAI(base_url=f"{fake_llm.url}/v1", api_key="sk-fake", max_retries=0)
+    try:
+        state = ChatCompletionStreamState()
+        stream = await client.chat.completions.create(
+            model="gpt-test", messages=[{"role": "user", "content": "hi"}], stream=True)
+        async for chunk in stream:
+            state.handle_chunk(chunk)
+    finally:
+        await client.close()
+    message = state.get_final_completion().choices[0].message
+    assert message.refusal == "I can't help with that." and message.content is None
+
+
+async def test_official_sdk_reads_the_fake_reasoning_chunks(fake_llm: Any) -> None:
+    from openai import AsyncOpenAI
+
+    fake_llm.push(Reply(reasoning="Think first.", text="Done."))
+    client = AsyncOpenAI(base_url=f"{fake_llm.url}/v1", api_key="sk-fake", max_retries=0)
+    try:
+        stream = await client.chat.completions.create(
+            model="deepseek-chat", messages=[{"role": "user", "content": "hi"}], stream=True)
+        deltas = [chunk.choices[0].delta async for chunk in stream if chunk.choices]
+    finally:
+        await client.close()
+    assert "".join((d.model_extra or {}).get("reasoning_content") or "" for d in deltas) == "Think first."
+    assert "".join(d.content or "" for d in deltas) == "Done."
 
 
 async def test_official_sdk_reads_the_fake_gemini_chunks(fake_llm: Any) -> None:

@@ -11,6 +11,12 @@ Stream: `message_start` (input usage), `content_block_start/delta/stop` (`text_d
 reason, output usage; `max_tokens` is `length`, `refusal` is `refused`), `message_stop`, `ping`. An in-stream `error` event raises `ProviderError`
 with Anthropic's message; `overloaded_error` (and `api_error`) is retryable only while no output
 has been streamed. Usage is reported once, at the end, so nothing is emitted before real output.
+
+Thinking (extended thinking; servers that think by default behind this format: DeepSeek's
+`/anthropic`, MiniMax-M2) is never reply text. Its `thinking` blocks (text and `signature`) and
+`redacted_thinking` blocks (`data`) are kept on the next tool call (`provider_data["reasoning"]`)
+and sent back, exactly, at the start of that assistant turn, to the same profile only: the API
+refuses (400) a tool-use turn of a thinking model that does not start with them.
 Imports protocol, tools, errors and the providers package only.
 """
 
@@ -22,7 +28,9 @@ import re
 from typing import Any, Iterator
 
 from ..protocol import ImagePart, ModelInfo, TextPart, ToolCallPart, ToolResultPart
-from .base import ChatMessage, ChatRequest, Finish, StreamEvent, TextDelta, ToolCallReady, UsageReport
+from .base import (
+    REASONING, ChatMessage, ChatRequest, Finish, StreamEvent, TextDelta, ToolCallReady, UsageReport, kept_reasoning,
+)
 from .http import (
     CODE_ERROR, CODE_OVERLOADED, CODE_QUOTA, CODE_RATE_LIMITED, HttpProvider, SseParser, StreamDecoder, image_placeholder,
 )
@@ -144,8 +152,15 @@ class AnthropicProvider(HttpProvider):
                 if part.is_error:
                     result["is_error"] = True
                 results.append(result)
-        # Tool results must open the user turn that answers the calls.
-        return results + blocks
+        # Tool results must open the user turn that answers the calls; thinking the assistant's.
+        return self._thinking_blocks(message) + results + blocks
+
+    def _thinking_blocks(self, message: ChatMessage) -> list[dict[str, Any]]:
+        """The thinking blocks this profile gave with the turn's calls, in the order they came."""
+        if message.role != "assistant":
+            return []
+        return [block for kept in kept_reasoning(message, self.name) for block in kept.get("blocks") or ()
+                if isinstance(block, dict)]
 
     async def _image(self, part: ImagePart) -> dict[str, Any]:
         loaded = await self.image_b64(part)
@@ -171,6 +186,7 @@ class AnthropicDecoder(StreamDecoder):
         self.input_tokens = self.output_tokens = 0
         self.stop_reason: str | None = None
         self.emitted = False
+        self.thinking: list[dict[str, Any]] = []  # blocks finished since the last tool call
 
     def feed(self, chunk: bytes) -> Iterator[StreamEvent]:
         provider = self.provider
@@ -193,6 +209,11 @@ class AnthropicDecoder(StreamDecoder):
                     block = self.blocks.get(int(data.get("index", 0)))
                     if block is not None:
                         block["json"] += str(delta.get("partial_json") or "")
+                elif delta_type in _THINKING_DELTAS:  # pieces joined at the block's stop (it may be long)
+                    block = self.blocks.get(int(data.get("index", 0)))
+                    if block is not None:
+                        name, pieces = _THINKING_DELTAS[delta_type]
+                        block.setdefault(pieces, []).append(str(delta.get(name) or ""))
             elif kind == "error":
                 raise self._stream_error(data.get("error"))
             elif kind == "message_start":
@@ -205,9 +226,13 @@ class AnthropicDecoder(StreamDecoder):
                 self.blocks[int(data.get("index", 0))] = block
             elif kind == "content_block_stop":
                 block = self.blocks.pop(int(data.get("index", 0)), None)
-                if block is not None and block.get("type") == "tool_use":
+                if block is None:
+                    continue
+                if block.get("type") == "tool_use":
                     self.emitted = True
                     yield self._ready(block)
+                elif block.get("type") in ("thinking", "redacted_thinking"):
+                    self.thinking.append(_thinking(block))
             elif kind == "message_delta":
                 self.stop_reason = (data.get("delta") or {}).get("stop_reason") or self.stop_reason
                 usage = data.get("usage") or {}
@@ -239,6 +264,9 @@ class AnthropicDecoder(StreamDecoder):
                 arguments = None
             if not isinstance(arguments, dict):
                 arguments, provider_data = {}, {"invalid_arguments": block["json"]}
+        if self.thinking:  # the turn's thinking so far goes back with its first call
+            provider_data = {**(provider_data or {}), REASONING: {"profile": self.provider.name, "blocks": self.thinking}}
+            self.thinking = []
         return ToolCallReady(
             id=str(block.get("id") or ""),
             name=str(block.get("name") or ""),
@@ -258,6 +286,21 @@ class AnthropicDecoder(StreamDecoder):
             retryable=kind in _RETRYABLE_STREAM_ERRORS and not self.emitted,
             code=code,
         )
+
+
+# A thinking block's deltas: (the field they add to, where the block collects them).
+_THINKING_DELTAS = {"thinking_delta": ("thinking", "thinking_pieces"),
+                    "signature_delta": ("signature", "signature_pieces")}
+
+
+def _thinking(block: dict[str, Any]) -> dict[str, Any]:
+    """A finished thinking block as the API takes it back: exactly what came, nothing else."""
+    if block.get("type") == "redacted_thinking":
+        return {"type": "redacted_thinking", "data": str(block.get("data") or "")}
+    out = {"type": "thinking"}
+    for name, pieces in _THINKING_DELTAS.values():
+        out[name] = str(block.get(name) or "") + "".join(block.get(pieces, ()))
+    return out
 
 
 def _input_tokens(usage: dict[str, Any]) -> int:

@@ -90,6 +90,33 @@ class TextDelta:
     kind: Literal["text"] = "text"
 
 
+# The key of a call's `provider_data` that holds the reasoning of the turn that made it (on the
+# turn's first call), in the form its dialect sends it back, with the `profile` it came from:
+# OpenAI-compatible servers the message field it came in (`{"profile": "deepseek",
+# "reasoning_content": "..."}`), Anthropic its thinking blocks (`"blocks"`, signatures included).
+# Why keep it: a thinking model's server refuses (400) a later request whose tool-call turn lacks
+# it (DeepSeek's thinking mode; Anthropic's extended thinking, and servers that think by default
+# behind its format). Stored with the call, it survives in the session's history; a turn without
+# calls needs none, so none is kept.
+REASONING = "reasoning"
+
+
+def kept_reasoning(message: ChatMessage, profile: str) -> list[dict[str, Any]]:
+    """The reasoning `message`'s calls keep (see `REASONING`) that came from `profile`, in order.
+
+    Why only from the same profile: another server may refuse the fields (Groq rejects an
+    assistant message's `reasoning_content`, 400) or another model's signatures, and a session
+    that switched to it would then fail at every later request.
+    """
+    out: list[dict[str, Any]] = []
+    for part in message.parts:
+        if isinstance(part, ToolCallPart) and part.provider_data:
+            kept = part.provider_data.get(REASONING)
+            if isinstance(kept, dict) and kept.get("profile") == profile:
+                out.append(kept)
+    return out
+
+
 @dataclass(frozen=True)
 class ToolCallReady:
     """A complete tool call (arguments fully assembled and parsed)."""

@@ -305,7 +305,9 @@ class SseParser:
     An event is dispatched at the blank line that ends it; one left unfinished when the body
     ends is dropped (`finish()` returns nothing), as the SSE specification says. Lines follow
     `LineParser`'s rules (`\r\n` or a lone `\r`, any length up to `max_line`, UTF-8 split across
-    chunks).
+    chunks). An event whose data is empty (no `data:` line, or only empty ones) is not dispatched
+    either: gateways send a bare `data:` as a keep-alive, and no dialect's payload is ever empty
+    (each is JSON or `[DONE]`), so passing it on would only break the stream as malformed.
     """
 
     __slots__ = ("_lines", "_event", "_data")
@@ -329,6 +331,8 @@ class SseParser:
             and chunk[-3] != 13  # "\r"
         ):
             event, self._event = self._event, None  # an `event:` line may have come in the last read
+            if len(chunk) == 8:  # `data: ` and nothing else: a keep-alive
+                return []
             return [SseEvent(event, chunk[6:-2].decode("utf-8", errors="replace"))]
         events: list[SseEvent] = []
         for line in self._lines.feed(chunk):
@@ -336,7 +340,8 @@ class SseParser:
                 data.append(line[6:] if line.startswith(" ", 5) else line[5:])
             elif not line:
                 if data:
-                    events.append(SseEvent(self._event, data[0] if len(data) == 1 else "\n".join(data)))
+                    if data[0] or any(data):  # only empty `data:` lines: a keep-alive
+                        events.append(SseEvent(self._event, data[0] if len(data) == 1 else "\n".join(data)))
                     data = self._data = []
                 self._event = None
             elif line[0] != ":":  # a line starting with ":" is a comment

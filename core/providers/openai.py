@@ -4,8 +4,9 @@ Spoken by OpenAI and most servers that copy it: Ollama `/v1`, LM Studio, vLLM, l
 OpenRouter, DeepSeek, Groq and Gemini's OpenAI endpoint. The stream is normalised into
 `TextDelta`s, one `ToolCallReady` per call (assembled from argument fragments by `index`), a
 `UsageReport` (from the `stream_options.include_usage` chunk) and `Finish` (`content_filter` is
-`refused`). A stream that ends
-without a `finish_reason` or without `[DONE]` is an error, never a quiet short answer.
+`refused`, and so is a reply that is a `refusal`, whose text is the reply's). A stream that ends
+without a `finish_reason` is an error, never a quiet short answer; one that ends cleanly after its
+`finish_reason` but without `[DONE]` (ik_llama.cpp, older TGI) is whole.
 
 Gemini quirks smoothed here: tool-call chunks without `index` (matched by id, else by position);
 `finish_reason: "stop"` on a turn that called tools (reported as `tool_calls`); the thought
@@ -13,6 +14,12 @@ signature in a call's `extra_content`, kept in `ToolCallReady.provider_data` and
 call in the next request. A call whose arguments are not valid JSON is still reported, with
 empty `arguments` and `provider_data["invalid_arguments"]` holding the raw text, so the agent can
 tell the model instead of failing the run.
+
+Reasoning (`delta.reasoning_content`: DeepSeek, vLLM, llama.cpp; `delta.reasoning`: OpenRouter,
+newer vLLM) is never reply text. A turn that calls tools keeps it on its first call
+(`provider_data["reasoning"]`, under the field it came in) and sends it back in that field, to
+the same profile only: DeepSeek's thinking mode refuses a tool-call turn without its
+`reasoning_content` (400).
 Imports protocol, tools, errors and the providers package only.
 """
 
@@ -26,7 +33,9 @@ from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 from ..protocol import ImagePart, ModelInfo, TextPart, ToolCallPart, ToolResultPart
-from .base import ChatMessage, ChatRequest, Finish, StreamEvent, TextDelta, ToolCallReady, UsageReport
+from .base import (
+    REASONING, ChatMessage, ChatRequest, Finish, StreamEvent, TextDelta, ToolCallReady, UsageReport, kept_reasoning,
+)
 from .http import (
     CODE_ERROR, CODE_OVERLOADED, CODE_RATE_LIMITED, RETRY_STATUSES, HttpProvider, SseParser, StreamDecoder, decode_json,
     decode_json_bytes,
@@ -37,6 +46,8 @@ log = logging.getLogger("opencode.providers.openai")
 
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls",
            "content_filter": "refused"}
+# Where servers stream a reply's reasoning, in the order looked at (a server sending both sends the same).
+_REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 
 @dataclass
@@ -144,8 +155,16 @@ class OpenAIProvider(HttpProvider):
                 calls.append(call)
         out: dict[str, Any] = {"role": "assistant", "content": text or None}
         if calls:
+            out.update(self._reasoning_fields(message))
             out["tool_calls"] = calls
         return out
+
+    def _reasoning_fields(self, message: ChatMessage) -> dict[str, str]:
+        """The reasoning this profile gave with the turn's calls, as the message field it came in."""
+        kept = kept_reasoning(message, self.name)
+        if not kept:
+            return {}
+        return {name: text for name, text in kept[0].items() if name in _REASONING_FIELDS and isinstance(text, str)}
 
     async def _image(self, part: ImagePart) -> dict[str, Any]:
         loaded = await self.image_b64(part)
@@ -170,6 +189,9 @@ class OpenAIDecoder(StreamDecoder):
         self.finish_reason: str | None = None
         self.usage: tuple[int, int] | None = None
         self.emitted = False
+        self.reasoning: list[str] = []
+        self.reasoning_field = ""  # the delta field the reasoning came in
+        self.refused = False
 
     def feed(self, chunk: bytes) -> Iterator[StreamEvent]:
         # The per-token path: one JSON decode, a few dict lookups, one TextDelta.
@@ -206,9 +228,24 @@ class OpenAIDecoder(StreamDecoder):
                     if fragments and isinstance(fragments, list):
                         for fragment in fragments:
                             self.calls.merge(fragment)
+                    if delta.get("reasoning_content") or delta.get("reasoning"):
+                        self._keep_reasoning(delta)
+                    refusal = delta.get("refusal")
+                    if refusal and isinstance(refusal, str):  # what the model says instead of an answer
+                        self.emitted = self.refused = True
+                        yield TextDelta(refusal)
                 reason = choice.get("finish_reason")
                 if reason:
                     self.finish_reason = str(reason)
+
+    def _keep_reasoning(self, delta: dict[str, Any]) -> None:
+        """Collect the delta's reasoning (never reply text), from the first field that has it."""
+        for name in _REASONING_FIELDS:
+            piece = delta.get(name)
+            if piece and isinstance(piece, str):
+                self.reasoning.append(piece)
+                self.reasoning_field = self.reasoning_field or name
+                return
 
     def text_only(self, chunk: bytes) -> str | None:
         # One `data: {...}\n\n` event whose only news is `choices[0].delta.content`; anything
@@ -229,10 +266,13 @@ class OpenAIDecoder(StreamDecoder):
         if choice.__class__ is not dict or choice.get("index", 0) != 0 or choice.get("finish_reason"):
             return None
         delta = choice.get("delta")
-        if delta.__class__ is not dict or delta.get("tool_calls"):
+        if delta.__class__ is not dict:
             return None
         text = delta.get("content")
         if text.__class__ is not str or not text:
+            return None
+        if len(delta) > 1 and (delta.get("tool_calls") or delta.get("reasoning_content") or delta.get("reasoning")
+                               or delta.get("refusal")):
             return None
         self.emitted = True
         return text
@@ -241,9 +281,13 @@ class OpenAIDecoder(StreamDecoder):
         finish = self.finish_reason
         if finish is None:
             raise self.provider.truncated("a finish_reason")
-        if not self.done:
-            raise self.provider.truncated("[DONE]")
+        if not self.done:  # a cut connection fails the read: this body ended as the server meant it to
+            log.debug("%s: the stream ended without [DONE] after finish_reason %r; taken as whole",
+                      self.provider.name, finish)
         slots = self.calls.slots
+        if slots and self.reasoning:  # sent back with the turn's calls (see `_reasoning_fields`)
+            slots[0].provider_data[REASONING] = {"profile": self.provider.name,
+                                                 self.reasoning_field: "".join(self.reasoning)}
         for slot in slots:
             yield self._ready(slot)
         if self.usage is not None:
@@ -253,6 +297,8 @@ class OpenAIDecoder(StreamDecoder):
             reason = "tool_calls" if reason == "stop" else reason
         elif reason == "tool_calls":
             reason = "stop"
+        elif reason == "stop" and self.refused:
+            reason = "refused"
         if finish not in _FINISH:
             log.info("%s: finish_reason %r reported as stop", self.provider.name, finish)
         yield Finish(reason)  # type: ignore[arg-type]

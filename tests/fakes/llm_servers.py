@@ -11,6 +11,10 @@ Routes: OpenAI under `/v1` (`/v1/chat/completions`, `/v1/models`), Anthropic und
 `/api/tags`). Like the real API, the Anthropic route refuses (400) a request that holds tool
 blocks but defines no tools. The encoders are public so a test can take a well-formed stream and break it.
 `tests/test_providers_*` prove the encoders well-formed by parsing them with the official SDKs.
+With `thinking` set, the server is a thinking model's: like DeepSeek's thinking mode it refuses an
+assistant tool-call message without its `reasoning_content`, and like Anthropic's extended
+thinking an assistant turn with `tool_use` that does not start with a thinking block, each with
+the real API's error.
 """
 
 from __future__ import annotations
@@ -44,6 +48,14 @@ class Reply:
     input_tokens: int = 11
     output_tokens: int = 7
     finish: str | None = None  # the dialect's own word; default: stop, or tool calls if any
+    # Thought before the text: OpenAI `reasoning_content` deltas (`reasoning_field`: OpenRouter's
+    # `reasoning`), an Anthropic `thinking` block with `signature`, then a `redacted_thinking`
+    # block holding `redacted` if set.
+    reasoning: str = ""
+    reasoning_field: str = "reasoning_content"
+    refusal: str = ""  # OpenAI: `refusal` deltas instead of text
+    signature: str = "EqQBCgIYAhIM"
+    redacted: str = ""
 
 
 @dataclass
@@ -129,8 +141,11 @@ def openai_chunks(reply: Reply, model: str = "gpt-test") -> list[bytes]:
     def choice(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
 
-    out = [chunk([choice({"role": "assistant", "content": "" if reply.text or not reply.tool_calls else None})])]
+    said = reply.text or not (reply.tool_calls or reply.refusal)
+    out = [chunk([choice({"role": "assistant", "content": "" if said else None})])]
+    out += [chunk([choice({"content": None, reply.reasoning_field: piece})]) for piece in _pieces(reply.reasoning)]
     out += [chunk([choice({"content": piece})]) for piece in _pieces(reply.text)]
+    out += [chunk([choice({"content": None, "refusal": piece})]) for piece in _pieces(reply.refusal)]
     for position, call in enumerate(reply.tool_calls):
         out.append(chunk([choice({"tool_calls": [{
             "index": position, "id": _call_id(call, position, "call"), "type": "function",
@@ -192,6 +207,22 @@ def anthropic_events(reply: Reply, model: str = "claude-test") -> list[bytes]:
         "usage": {"input_tokens": reply.input_tokens, "output_tokens": 1},
     }}, "message_start")]
     index = 0
+    if reply.reasoning:
+        out.append(sse({"type": "content_block_start", "index": index, "content_block": {
+            "type": "thinking", "thinking": "", "signature": ""}}, "content_block_start"))
+        out += [
+            sse({"type": "content_block_delta", "index": index, "delta": {"type": "thinking_delta", "thinking": piece}}, "content_block_delta")
+            for piece in _pieces(reply.reasoning)
+        ]
+        out.append(sse({"type": "content_block_delta", "index": index, "delta": {
+            "type": "signature_delta", "signature": reply.signature}}, "content_block_delta"))
+        out.append(sse({"type": "content_block_stop", "index": index}, "content_block_stop"))
+        index += 1
+    if reply.redacted:
+        out.append(sse({"type": "content_block_start", "index": index, "content_block": {
+            "type": "redacted_thinking", "data": reply.redacted}}, "content_block_start"))
+        out.append(sse({"type": "content_block_stop", "index": index}, "content_block_stop"))
+        index += 1
     if reply.text or not reply.tool_calls:
         out.append(sse({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}, "content_block_start"))
         out.append(sse({"type": "ping"}, "ping"))
@@ -256,6 +287,7 @@ class FakeLLMServer:
         self.openai_models = ["gpt-b", "gpt-a"]
         self.anthropic_models = ["claude-test"]
         self.ollama_models = ["qwen3:8b", "llama3.1:8b"]
+        self.thinking = False  # a thinking model's rules for tool-call turns (see the module)
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -327,6 +359,12 @@ class FakeLLMServer:
         return response
 
     async def _openai(self, request: web.Request) -> web.StreamResponse:
+        messages = (await request.json()).get("messages", []) if self.thinking else []
+        if any(m.get("role") == "assistant" and m.get("tool_calls") and "reasoning_content" not in m for m in messages):
+            await self._record(request)  # refused as DeepSeek's thinking mode refuses it
+            return web.json_response({"error": {
+                "message": "The reasoning_content in the thinking mode must be passed back to the API.",
+                "type": "invalid_request_error", "param": None, "code": "invalid_request_error"}}, status=400)
         return await self._serve(request, openai_chunks, "text/event-stream")
 
     async def _anthropic(self, request: web.Request) -> web.StreamResponse:
@@ -337,6 +375,15 @@ class FakeLLMServer:
             await self._record(request)  # refused as the real API refuses it
             return web.json_response({"type": "error", "error": {"type": "invalid_request_error", "message":
                 "Requests which include `tool_use` or `tool_result` blocks must define tools."}}, status=400)
+        for n, m in enumerate(body.get("messages", [])):
+            content = m.get("content") if m.get("role") == "assistant" else None
+            if self.thinking and isinstance(content, list) and any(b.get("type") == "tool_use" for b in content) and (
+                    content[0].get("type") not in ("thinking", "redacted_thinking")):
+                await self._record(request)  # refused as extended thinking refuses it
+                return web.json_response({"type": "error", "error": {"type": "invalid_request_error", "message":
+                    f"messages.{n}.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+                    f"`{content[0].get('type')}`. When `thinking` is enabled, a final `assistant` message must "
+                    "start with a thinking block."}}, status=400)
         return await self._serve(request, anthropic_events, "text/event-stream")
 
     async def _ollama(self, request: web.Request) -> web.StreamResponse:
