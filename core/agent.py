@@ -127,6 +127,9 @@ class RunInput:
     # How many of the session's replies run now, this one included: they share what is left of
     # the budget.
     running: Callable[[], int] = lambda: 1
+    # Called with the reply as its first row is queued for the store: the session's in-memory
+    # window takes it then, so the window and the store keep messages in the same order.
+    placed: Callable[[Message], None] = lambda message: None
     turns: TurnCache | None = None  # the session's, shared by its runs
     # Messages before `history` (the session's in-memory window), when the context has room for
     # them: `load_older(n)` gives the last `n` of them (oldest first) and whether there are more.
@@ -169,7 +172,7 @@ class AgentRun:
         self.message = Message(
             id=run_input.run.message_id, session_id=run_input.session.id, role="assistant",
             skill=run_input.role.id, run_id=run_input.run.id, status="streaming",
-            created_at=now(), updated_at=now(), usage=Usage(),
+            created_at=now(), updated_at=now(), usage=Usage(), reply_to=run_input.user_message.id,
         )
         self.final_status_on_cancel = "aborted"
         # Set by whoever stops the run, before cancelling its task (Python 3.10 cannot ask the task).
@@ -225,6 +228,7 @@ class AgentRun:
         self._announced = True
         self.deps.bus.publish(self.message.session_id, "message.created", MessageCreatedData(message=self.message))
         self.deps.bus.publish(self.message.session_id, "run.status", RunStatusData(run=self.run))
+        self.input.placed(self.message)
         self.deps.store.queue_message(self.message)
 
     async def finish(self, status: str, error: str | None) -> None:
@@ -236,6 +240,7 @@ class AgentRun:
             return
         if not self._announced:
             self._announced = True
+            self.input.placed(self.message)
             self.deps.bus.publish(self.message.session_id, "message.created", MessageCreatedData(message=self.message))
         for part in self.message.parts:
             if isinstance(part, ToolCallPart) and part.status in ("pending", "running"):
@@ -890,6 +895,25 @@ def heard_turns(message: Message) -> list[ChatMessage]:
     return [ChatMessage("user", [TextPart(text=f"[@{message.skill} replied]\n{text}")])]
 
 
+def in_answer_order(history: list[Message]) -> list[Message]:
+    """Each prompt followed by its replies. In stored order a queued prompt's replies come after
+    the prompts queued behind it (they start later); a model must read them under their own."""
+    prompts = {m.id for m in history if m.role == "user"}
+    replies: dict[str, list[Message]] = {}
+    for m in history:
+        if m.reply_to in prompts:
+            replies.setdefault(m.reply_to, []).append(m)  # type: ignore[arg-type]
+    if not replies:
+        return history
+    out: list[Message] = []
+    for m in history:
+        if m.reply_to in prompts:
+            continue
+        out.append(m)
+        out.extend(replies.get(m.id, ()))
+    return out
+
+
 def _was_said(message: Message) -> bool:
     """Whether a message of the history belongs in a model's context: not a reply still streaming,
     nor a user's message that is waiting or never ran (an aborted queued send, one a crash left
@@ -915,7 +939,7 @@ def choose_history(history: list[Message], role_id: str, user_message: Message, 
     turns_of = (cache or TurnCache()).turns
     chosen: list[list[ChatMessage]] = []
     used = 0
-    for m in itertools.chain((user_message,), filter(_was_said, reversed(history))):
+    for m in itertools.chain((user_message,), filter(_was_said, reversed(in_answer_order(history)))):
         turns, cost = turns_of(m, vision=vision, heard=m.role == "assistant" and m.skill != role_id)
         if chosen and used + cost > budget:
             trimmed = True

@@ -179,6 +179,9 @@ class Message(Model):
     updated_at: float
     usage: Usage | None = None
     error: str | None = None
+    # A reply's prompt: the id of the user's message it answers. Replies to a queued message come
+    # after the messages queued behind it, so position alone does not say what they answer.
+    reply_to: str | None = None
 
     def text(self) -> str:
         return "".join(p.text for p in self.parts if isinstance(p, TextPart))

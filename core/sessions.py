@@ -373,16 +373,23 @@ class SessionManager:
     async def last_reply(self, session_id: str) -> tuple[str, str | None]:
         """The text of the last finished assistant reply(ies) of the newest exchange, and its message id."""
         live = await self._get_live(session_id)
-        replies: list[Message] = []
-        for m in reversed(live.recent.values()):
-            if m.role == "user":
-                if replies:
-                    break
-                continue
-            if m.status != "streaming":
-                replies.append(m)
-        replies.reverse()
-        return join_replies(replies), (replies[-1].id if replies else None)
+        finished = [m for m in live.recent.values() if m.role == "assistant" and m.status != "streaming"]
+        if not finished:
+            return "", None
+        newest = finished[-1]
+        if newest.reply_to is not None:  # its prompt's replies: those of a queued prompt are not together
+            replies = [m for m in finished if m.reply_to == newest.reply_to]
+        else:  # stored before replies named their prompt: the run of replies after the last prompt
+            replies = []
+            for m in reversed(live.recent.values()):
+                if m.role == "user":
+                    if replies:
+                        break
+                    continue
+                if m.status != "streaming":
+                    replies.append(m)
+            replies.reverse()
+        return join_replies(replies), replies[-1].id
 
     # ------------------------------------------------------------------ sending
 
@@ -445,7 +452,6 @@ class SessionManager:
         # The runs start while the message commits, so the model request does not wait for
         # the disk; they say nothing until it is saved, and vanish if it is not.
         self._register_runs(runs)
-        self._remember(live, user)
         may_speak: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         agents = self._start(live, user, runs, roles, may_speak=may_speak)
         saving = self._save_in_order(live, user)
@@ -460,7 +466,6 @@ class SessionManager:
         finally:
             live.queueing -= 1
         self._register_runs(runs)
-        self._remember(live, user)
         self.bus.publish(live.session.id, "message.created", MessageCreatedData(message=user))
         queued = _Queued(user, runs, roles)
         live.queued.append(queued)
@@ -474,18 +479,25 @@ class SessionManager:
     def _save_in_order(self, live: _Live, user: Message) -> asyncio.Task[None]:
         """Save a user's message once the ones sent before it are: two sends at once (two tabs, a
         script) are stored, announced and queued in the order they came."""
-        task = asyncio.get_running_loop().create_task(self._save_after(live.last_save, user),
+        task = asyncio.get_running_loop().create_task(self._save_after(live, live.last_save, user),
                                                       name=f"opencode-save-{user.id}")
         live.last_save = task
         return task
 
-    async def _save_after(self, previous: asyncio.Task[None] | None, user: Message) -> None:
+    async def _save_after(self, live: _Live, previous: asyncio.Task[None] | None, user: Message) -> None:
         if previous is not None and not previous.done():
             await asyncio.wait([previous])
         # One loop turn after the runs start: their model requests are written in that turn
         # (before 3.12 aiohttp writes a body from a task of its own), before the store's work.
         await asyncio.sleep(0)
-        await self.store.save_message(user)
+        # The window takes a message as its row is queued (a reply: as it is announced), so a
+        # snapshot lists messages in the order the store pages them.
+        self._remember(live, user)
+        try:
+            await self.store.save_message(user)
+        except BaseException:
+            live.recent.pop(user.id, None)
+            raise
 
     def _register_runs(self, runs: Sequence[Run]) -> None:
         loop = asyncio.get_running_loop()
@@ -586,9 +598,9 @@ class SessionManager:
             agent = AgentRun(self.deps, RunInput(
                 session=live.session, run=run, user_message=user, role=role, tool_skills=tool_skills,
                 history=history, spent=lambda: self._spent(live), current=lambda: live.session,
-                running=lambda: len(live.active), turns=live.turns,
-                has_older=live.has_more, load_older=lambda count: self._older(live, count)), may_speak=may_speak)
-            self._remember(live, agent.message)
+                running=lambda: len(live.active), placed=lambda message: self._remember(live, message),
+                turns=live.turns, has_older=live.has_more, load_older=lambda count: self._older(live, count)),
+                may_speak=may_speak)
             active = live.active[run.id] = _Active(run, agent)
             active.task = start_eagerly(self._execute(live, agent), name=f"opencode-{run.id}")
             agents.append(agent)

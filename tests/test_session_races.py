@@ -422,3 +422,43 @@ async def test_a_repeat_that_comes_as_its_run_ends_follows_no_run(env, service, 
     await first.answer()
     await asyncio.wait_for(service.sessions.wait_runs(sid, [r.id for r in first.runs]), 5)
     assert await asyncio.wait_for(followed[0], 5) == set()
+
+
+async def test_queued_prompts_are_read_with_their_own_replies(env, service):
+    """B and C queue behind A; C is stored before B's reply (which starts after it): a later
+    model still reads each prompt followed by its reply, and the node's "last reply" is C's."""
+    provider, session = env
+    gate = asyncio.Event()
+    provider.turns.extend([held(gate), text_turn("B answer"), text_turn("C answer"), text_turn("D answer")])
+    sid = await session()
+    await service.sessions.send(sid, SendBody(text="A"))
+    await service.sessions.send(sid, SendBody(text="B"))
+    c = await service.sessions.send(sid, SendBody(text="C"))
+    gate.set()
+    await asyncio.wait_for(service.sessions.wait_runs(sid, c.run_ids), 5)
+    assert (await service.sessions.last_reply(sid))[0] == "C answer"
+    d = await service.sessions.send(sid, SendBody(text="D"))
+    await asyncio.wait_for(service.sessions.wait_runs(sid, d.run_ids), 5)
+    assert texts(provider.requests[3]) == [("user", "A"), ("assistant", "first reply"), ("user", "B"),
+                                           ("assistant", "B answer"), ("user", "C"), ("assistant", "C answer"),
+                                           ("user", "D")]
+    page = await service.sessions.messages(sid, None, 50)
+    replies = {m.text(): m.reply_to for m in page.messages if m.role == "assistant"}
+    prompts = {m.id: m.text() for m in page.messages if m.role == "user"}
+    assert {text: prompts[r] for text, r in replies.items()} == {
+        "first reply": "A", "B answer": "B", "C answer": "C", "D answer": "D"}
+
+
+async def test_a_snapshot_lists_messages_in_the_order_the_store_pages_them(env, service):
+    """A panel pages back from the first message of its snapshot (`before`): if the two orders
+    differ, a message falls between them and is never shown. Many quick sends, each queued
+    behind replies that keep ending, are where they used to part."""
+    provider, session = env
+    provider.by_role = lambda request: text_turn("ok")
+    sid = await session()
+    sends = [asyncio.ensure_future(service.sessions.send(sid, SendBody(text=f"q{i}"))) for i in range(60)]
+    await asyncio.wait_for(asyncio.gather(*sends), 10)
+    await asyncio.wait_for(service.sessions.wait_idle(sid), 10)
+    snapshot = [m["id"] for m in (await service.sessions.snapshot(sid))["messages"]]
+    stored = [m.id for m in await service.sessions.all_messages(sid)]
+    assert len(stored) == 120 and snapshot == stored[-len(snapshot):]

@@ -95,6 +95,8 @@ export interface Message {
   updated_at: number;
   usage: Usage | null;
   error: string | null;
+  /** A reply's prompt: the id of the user's message it answers (absent in older servers' rows). */
+  reply_to?: string | null;
 }
 
 export interface Run {
