@@ -72,9 +72,10 @@ class ModelResolverImpl:
         name = provider_name or await self.service.default_provider()
         if not name:
             raise BadRequest(
-                "no provider is chosen for this session, and no model server on this machine answers "
-                "(Ollama, LM Studio): pick one in the panel's provider menu (or PATCH the session's "
-                "`provider`), start your local server, or use the `echo` role",
+                "no provider is chosen for this chat, and no model server on this machine answers "
+                "(Ollama, LM Studio): add a provider and its API key with the panel's gear button and "
+                "pick it above the chat, or start your local server (over the API: PATCH the "
+                "session's `provider`)",
                 code="no_provider",
             )
         cached = self._cache.get((name, model))
