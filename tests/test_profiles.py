@@ -66,6 +66,10 @@ async def test_presets_are_templates(data_dir: Path) -> None:
     for preset in presets():
         if preset.models:
             assert preset.default_model in preset.models
+    # Servers on this machine load the model before their first byte: 120 s would be a stall.
+    local = {p.name: p.extra.get("read_timeout") for p in presets() if "127.0.0.1" in p.base_url}
+    assert local == {"ollama": 600, "lmstudio": 600, "vllm": 600, "llamacpp": 600}
+    assert by_name["openai"].extra.get("read_timeout") is None
 
 
 async def test_create_fills_defaults_from_the_preset(data_dir: Path) -> None:
@@ -79,7 +83,7 @@ async def test_create_fills_defaults_from_the_preset(data_dir: Path) -> None:
     box = await profiles.create(ProviderCreate(name="box", kind="openai", base_url="http://10.0.0.5:8000/v1"))
     assert (box.models, box.key_env, box.default_model) == ({}, None, "")
     remote = await profiles.create(ProviderCreate(name="gpu", kind="ollama", base_url="http://10.0.0.9:11434"))
-    assert remote.extra == {"keep_alive": "30m", "options": {"num_ctx": 16384}}
+    assert remote.extra == {"keep_alive": "30m", "options": {"num_ctx": 16384}, "read_timeout": 600}
 
 
 async def test_names_and_urls_are_checked(data_dir: Path) -> None:

@@ -48,8 +48,14 @@ def _preset(name: str, kind: str, base_url: str, default_model: str = "", key_en
             models: dict[str, ModelCaps] | None = None, extra: dict[str, Any] | None = None) -> ProviderProfile:
     return ProviderProfile(
         name=name, kind=kind, base_url=base_url, default_model=default_model,  # type: ignore[arg-type]
-        key_env=key_env, models=models or {}, extra=extra or {},
+        key_env=key_env, models=models or {}, extra=dict(extra or {}),
     )
+
+
+# A server on this machine loads the model before its first byte: minutes for a large one from
+# disk, more while ComfyUI holds the GPU's memory. The default 120 s without data would call that
+# a stall.
+LOCAL_SERVER_EXTRA: dict[str, Any] = {"read_timeout": 600}
 
 
 def presets() -> list[ProviderProfile]:
@@ -73,10 +79,10 @@ def presets() -> list[ProviderProfile]:
             "llama3.1:8b": _caps(False, 131_072),
             "qwen2.5vl:7b": _caps(True, 125_000, tools=False),
             "gemma3:12b": _caps(True, 131_072, tools=False),
-        }, {"keep_alive": "30m", "options": {"num_ctx": 16_384}}),
-        _preset("lmstudio", "openai", "http://127.0.0.1:1234/v1"),
-        _preset("vllm", "openai", "http://127.0.0.1:8000/v1"),
-        _preset("llamacpp", "openai", "http://127.0.0.1:8080/v1"),
+        }, {"keep_alive": "30m", "options": {"num_ctx": 16_384}, **LOCAL_SERVER_EXTRA}),
+        _preset("lmstudio", "openai", "http://127.0.0.1:1234/v1", extra=LOCAL_SERVER_EXTRA),
+        _preset("vllm", "openai", "http://127.0.0.1:8000/v1", extra=LOCAL_SERVER_EXTRA),
+        _preset("llamacpp", "openai", "http://127.0.0.1:8080/v1", extra=LOCAL_SERVER_EXTRA),
         _preset("openrouter", "openai", "https://openrouter.ai/api/v1", "openai/gpt-4.1-mini", "OPENROUTER_API_KEY", {
             "openai/gpt-4.1-mini": _caps(True, 1_047_576, 0.4, 1.6),
             "anthropic/claude-sonnet-4.5": _caps(True, 1_000_000, 3.0, 15.0),
