@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .catalog import InputSpec, close_matches, node_inputs, output_types
+from .catalog import MATCH_TYPE, InputSpec, close_matches, expand_inputs, output_types, produced_types
 
 MAX_ERRORS = 50
 UI_FORMAT_MESSAGE = (
@@ -55,6 +55,11 @@ def is_link(value: Any) -> bool:
 
 
 def _types_compatible(output_type: str, spec: InputSpec) -> bool:
+    """Whether a link from an output of `output_type` may feed `spec`, as ComfyUI's
+    `validate_node_input` judges it; a match type's output takes the type it is given, so it may
+    feed anything (ComfyUI does not check it either)."""
+    if output_type == MATCH_TYPE:
+        return True
     if spec.type == "COMBO" or output_type == "COMBO":
         return spec.type == "COMBO" or output_type in ("COMBO", "*") or output_type == "STRING"
     received = {t.strip() for t in output_type.split(",")}
@@ -64,13 +69,17 @@ def _types_compatible(output_type: str, spec: InputSpec) -> bool:
 def validate_graph(
     graph: Any, object_info: dict[str, Any], *, require_output: bool = True, check_values: bool = True
 ) -> list[NodeError]:
-    """What would stop ComfyUI running this graph: unknown nodes, missing inputs, bad links, bad values."""
+    """What would stop ComfyUI running this graph: unknown nodes, missing inputs, bad links, bad values.
+
+    Inputs of a kind it does not know are left to ComfyUI's own validation, whose answer the tools
+    pass on per node: this check must never refuse a graph ComfyUI runs."""
     if looks_like_ui_format(graph):
         return [NodeError(None, None, UI_FORMAT_MESSAGE)]
     if not isinstance(graph, dict) or not graph:
         return [NodeError(None, None, "the graph must be a non-empty object of node id -> {class_type, inputs}")]
     errors: list[NodeError] = []
     has_output = False
+    sockets = produced_types(object_info)
     for node_id, node in graph.items():
         if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
             errors.append(NodeError(str(node_id), None, 'must be {"class_type": "...", "inputs": {...}}'))
@@ -93,13 +102,13 @@ def validate_graph(
         if not isinstance(inputs, dict):
             errors.append(NodeError(str(node_id), class_type, "'inputs' must be an object"))
             continue
-        for spec in node_inputs(node_def):
+        for spec in expand_inputs(node_def, inputs):
             if spec.name not in inputs:
                 if spec.required:
-                    what = "a link" if not spec.is_widget else "a value"
-                    errors.append(NodeError(str(node_id), class_type, f"required input '{spec.name}' ({spec.type}) is missing: give it {what}", spec.name))
+                    what = "a link" if _takes_link(spec, sockets) else "a value"
+                    errors.append(NodeError(str(node_id), class_type, f"required input '{spec.name}' ({spec.shown_type}) is missing: give it {what}", spec.name))
                 continue
-            problem = _check_input(graph, object_info, spec, inputs[spec.name], check_values)
+            problem = _check_input(graph, object_info, spec, inputs[spec.name], check_values, sockets)
             if problem:
                 errors.append(NodeError(str(node_id), class_type, problem, spec.name))
         if len(errors) >= MAX_ERRORS:
@@ -109,39 +118,65 @@ def validate_graph(
     return errors
 
 
-def _check_input(graph: dict[str, Any], object_info: dict[str, Any], spec: InputSpec, value: Any, check_values: bool) -> str | None:
-    if isinstance(value, (list, tuple)) and not (spec.type == "COMBO" and spec.options.get("multiselect")):
-        if not is_link(value):
-            return f"'{spec.name}' is a list but not a link: a link is [\"<node id>\", <output index>]"
-        source_id, index = str(value[0]), value[1]
-        source = graph.get(source_id)
-        if not isinstance(source, dict):
-            return f"'{spec.name}' links to node {source_id}, which is not in the graph"
-        source_def = object_info.get(str(source.get("class_type")))
-        if source_def is None:
-            return None  # reported on the source node itself
-        outputs = output_types(source_def)
-        if not 0 <= index < len(outputs):
-            return (
-                f"'{spec.name}' links to output {index} of node {source_id} ({source.get('class_type')}), "
-                f"which has {len(outputs)} output(s): {', '.join(f'{i}:{t}' for i, t in enumerate(outputs)) or 'none'}"
-            )
-        if not _types_compatible(outputs[index], spec):
-            return (
-                f"'{spec.name}' needs {spec.type} but output {index} of node {source_id} "
-                f"({source.get('class_type')}) is {outputs[index]}"
-            )
-        return None
-    if not spec.is_widget:
+def _unwrapped(value: Any) -> tuple[Any, bool]:
+    """`{"__value__": v}` is how a list is given as a value rather than read as a link; ComfyUI
+    unwraps it before checking. Returns the value and whether it was wrapped."""
+    if isinstance(value, dict) and "__value__" in value:
+        return value["__value__"], True
+    return value, False
+
+
+def _check_input(
+    graph: dict[str, Any], object_info: dict[str, Any], spec: InputSpec, value: Any, check_values: bool, sockets: frozenset[str]
+) -> str | None:
+    value, wrapped = _unwrapped(value)
+    if not wrapped and isinstance(value, (list, tuple)) and not (spec.type == "COMBO" and spec.options.get("multiselect")):
+        return _check_link(graph, object_info, spec, value)
+    if spec.is_widget:
+        return value_problem(spec, value) if check_values else None
+    if _is_socket(spec, sockets):
         return f"'{spec.name}' needs a link from an output of type {spec.type}, not the value {_short(value)}"
-    if check_values:
-        return value_problem(spec, value)
+    return None  # a value of a kind this check does not know: ComfyUI's validation judges it
+
+
+def _is_socket(spec: InputSpec, sockets: frozenset[str]) -> bool:
+    """Only a link can feed this input: no value can be set in the node, and some node outputs
+    each type it takes (a type none outputs is a front-end widget: a webcam, a 3D viewer)."""
+    return not spec.may_take_value and bool(spec.accepts) and spec.accepts <= sockets
+
+
+def _takes_link(spec: InputSpec, sockets: frozenset[str]) -> bool:
+    """Whether a missing input wants a link rather than a value."""
+    return not spec.is_widget and (spec.type == MATCH_TYPE or "*" in spec.accepts or _is_socket(spec, sockets))
+
+
+def _check_link(graph: dict[str, Any], object_info: dict[str, Any], spec: InputSpec, value: Any) -> str | None:
+    if not is_link(value):
+        return f"'{spec.name}' is a list but not a link: a link is [\"<node id>\", <output index>]"
+    source_id, index = str(value[0]), value[1]
+    source = graph.get(source_id)
+    if not isinstance(source, dict):
+        return f"'{spec.name}' links to node {source_id}, which is not in the graph"
+    source_def = object_info.get(str(source.get("class_type")))
+    if source_def is None:
+        return None  # reported on the source node itself
+    outputs = output_types(source_def)
+    if not 0 <= index < len(outputs):
+        return (
+            f"'{spec.name}' links to output {index} of node {source_id} ({source.get('class_type')}), "
+            f"which has {len(outputs)} output(s): {', '.join(f'{i}:{t}' for i, t in enumerate(outputs)) or 'none'}"
+        )
+    if not _types_compatible(outputs[index], spec):
+        return (
+            f"'{spec.name}' needs {spec.shown_type} but output {index} of node {source_id} "
+            f"({source.get('class_type')}) is {outputs[index]}"
+        )
     return None
 
 
 def value_problem(spec: InputSpec, value: Any) -> str | None:
     """A widget value ComfyUI would refuse: wrong type, out of range, not one of the choices."""
-    if spec.type in ("INT", "FLOAT"):
+    if spec.value_type in ("INT", "FLOAT"):
         number = _number(spec, value)
         if isinstance(number, str):
             return number
@@ -169,9 +204,9 @@ def _number(spec: InputSpec, value: Any) -> int | float | str:
     if isinstance(value, float) and not math.isfinite(value):
         return f"'{spec.name}': {_short(value)} is not a finite number"
     try:
-        number = int(value) if spec.type == "INT" else float(value)
+        number = int(value) if spec.value_type == "INT" else float(value)
     except (TypeError, ValueError):
-        return f"'{spec.name}' must be {'an integer' if spec.type == 'INT' else 'a number'}, not {_short(value)}"
+        return f"'{spec.name}' must be {'an integer' if spec.value_type == 'INT' else 'a number'}, not {_short(value)}"
     except OverflowError:  # an integer past a float's range, for a FLOAT
         return f"'{spec.name}': {_short(value)} is too large a number"
     if isinstance(number, float) and not math.isfinite(number):  # the text "inf" or "nan"
@@ -186,9 +221,9 @@ def value_warnings(graph: dict[str, Any], object_info: dict[str, Any]) -> list[N
         node_def = object_info.get(str(node.get("class_type"))) if isinstance(node, dict) else None
         if node_def is None or not isinstance(node.get("inputs"), dict):
             continue
-        for spec in node_inputs(node_def):
-            value = node["inputs"].get(spec.name)
-            if spec.name in node["inputs"] and spec.is_widget and not is_link(value):
+        for spec in expand_inputs(node_def, node["inputs"]):
+            value, wrapped = _unwrapped(node["inputs"].get(spec.name))
+            if spec.name in node["inputs"] and spec.is_widget and (wrapped or not is_link(value)):
                 problem = value_problem(spec, value)
                 if problem:
                     out.append(NodeError(str(node_id), node["class_type"], problem, spec.name))
