@@ -153,3 +153,26 @@ def test_every_example_node_passes_once_its_links_are_fed(class_type: str) -> No
             example["inputs"][name] = [str(len(graph)), source[1]]
     problems = [str(e) for e in validate_graph(graph, INFO, require_output=False) if e.node_id == "1"]
     assert [p for p in problems if "is not available (no choices" not in p] == []
+
+
+@pytest.mark.parametrize("value, problem", [
+    ("rev_00001_.png [output]", None),  # ComfyUI's annotation for a file in another folder
+    ("clipspace/clipspace-mask-1.png [input]", None),  # what the mask editor saves
+    ("pasted/image.png", None),  # a sub-folder, which LoadImage does not list
+    ("example.png", None),
+    ("nope.png", "'image': \"nope.png\" is not one of the choices: \"example.png\""),
+    ("nope.png[output]", "is not one of the choices"),  # ComfyUI reads the annotation only after a space
+])
+def test_a_file_picker_takes_files_it_does_not_list(value: str, problem: str | None) -> None:
+    """LoadImage checks the file itself (VALIDATE_INPUTS), so ComfyUI skips its list of choices."""
+    graph = {"1": {"class_type": "LoadImage", "inputs": {"image": value}}, **save(["1", 0])}
+    errors = [e.message for e in validate_graph(graph, INFO)]
+    assert errors == [] if problem is None else (len(errors) == 1 and problem in errors[0]), errors
+
+
+def test_only_a_file_picker_takes_annotated_names() -> None:
+    graph = {"1": {"class_type": "ImageScaleBy", "inputs": {"image": ["2", 0], "upscale_method": "area [output]", "scale_by": 1.0}},
+             "2": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}}}
+    assert ["'upscale_method': \"area [output]\" is not one of the choices"] == [
+        e.message[: len("'upscale_method': \"area [output]\" is not one of the choices")] for e in validate_graph(graph, INFO, require_output=False)
+    ]

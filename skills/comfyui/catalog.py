@@ -84,6 +84,12 @@ class InputSpec:
         """The type as the model should read it: a match type's allowed types, not its marker."""
         return ",".join(sorted(self.accepts)) if self.type == MATCH_TYPE else self.type
 
+    @property
+    def is_upload(self) -> bool:
+        """A file picker (LoadImage's `image_upload`, `video_upload`, ...): the node checks the file
+        itself, and also takes `name.png [output]` or a file in a sub-folder, which it does not list."""
+        return any(key.endswith("_upload") and bool(value) for key, value in self.options.items())
+
 
 def parse_input(name: str, spec: Any, required: bool) -> InputSpec:
     raw_type = spec[0] if isinstance(spec, (list, tuple)) and spec else spec

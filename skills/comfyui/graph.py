@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from .catalog import MATCH_TYPE, InputSpec, close_matches, expand_inputs, output_types, produced_types
 
 MAX_ERRORS = 50
+_ANNOTATED = re.compile(r" \[(input|output|temp)\]$")
 UI_FORMAT_MESSAGE = (
     "this is the front end's UI format (nodes and links lists); give the API format instead: "
     '{"<node id>": {"class_type": "<NodeClass>", "inputs": {"<input>": <value or ["<node id>", <output index>]>}}}'
@@ -186,13 +188,19 @@ def value_problem(spec: InputSpec, value: Any) -> str | None:
         if isinstance(high, (int, float)) and number > high:
             return f"'{spec.name}' is {number}, above the maximum {high}"
     elif spec.type == "COMBO" and spec.choices is not None and not spec.options.get("multiselect"):
-        if value not in spec.choices:
+        if value not in spec.choices and not (spec.is_upload and _unlisted_file(value)):
             if not spec.choices:
                 return f"'{spec.name}': {_short(value)} is not available (no choices; for a model file: none of this kind is installed, see list_models)"
             shown = ", ".join(_short(c) for c in spec.choices[:10])
             more = f" (and {len(spec.choices) - 10} more)" if len(spec.choices) > 10 else ""
             return f"'{spec.name}': {_short(value)} is not one of the choices: {shown}{more}"
     return None
+
+
+def _unlisted_file(value: Any) -> bool:
+    """A file a file picker takes but does not list: `name.png [output]` (ComfyUI's annotation for
+    another folder) or one in a sub-folder (`clipspace/mask.png`). The node checks that it exists."""
+    return isinstance(value, str) and (bool(_ANNOTATED.search(value)) or "/" in value)
 
 
 def _number(spec: InputSpec, value: Any) -> int | float | str:
