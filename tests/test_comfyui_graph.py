@@ -70,7 +70,7 @@ def test_graphs_comfyui_runs_pass(name: str) -> None:
 
 @pytest.mark.parametrize("graph, problem", [
     # ComfyUI 0.33.0 queues these, then the node fails: "execute() missing 1 required positional argument: 'resize_type'"
-    (resize(resize_type="scale by magic"), "'resize_type': \"scale by magic\" is not one of the choices: \"scale dimensions\", \"scale by multiplier\""),
+    (resize(resize_type="scale by magic"), "'resize_type': \"scale by magic\" is not one of the choices (did you mean \"scale by multiplier\""),
     (resize(resize_type=None), "required input 'resize_type' (COMBO) is missing: give it a value"),
     # ComfyUI's validation refuses these
     (resize(**{"resize_type.multiplier": None}), "required input 'resize_type.multiplier' (FLOAT) is missing: give it a value"),
@@ -160,7 +160,7 @@ def test_every_example_node_passes_once_its_links_are_fed(class_type: str) -> No
     ("clipspace/clipspace-mask-1.png [input]", None),  # what the mask editor saves
     ("pasted/image.png", None),  # a sub-folder, which LoadImage does not list
     ("example.png", None),
-    ("nope.png", "'image': \"nope.png\" is not one of the choices: \"example.png\""),
+    ("nope.png", "'image': \"nope.png\" is not one of the choices"),
     ("nope.png[output]", "is not one of the choices"),  # ComfyUI reads the annotation only after a space
 ])
 def test_a_file_picker_takes_files_it_does_not_list(value: str, problem: str | None) -> None:
@@ -176,3 +176,22 @@ def test_only_a_file_picker_takes_annotated_names() -> None:
     assert ["'upscale_method': \"area [output]\" is not one of the choices"] == [
         e.message[: len("'upscale_method': \"area [output]\" is not one of the choices")] for e in validate_graph(graph, INFO, require_output=False)
     ]
+
+
+def test_a_value_not_among_many_choices_names_the_closest_and_how_to_see_all() -> None:
+    graph = {"3": {"class_type": "KSampler", "inputs": {**catalog.example_node("KSampler", INFO["KSampler"])["inputs"], "sampler_name": "dpmpp2m"}}}
+    [problem] = [e.message for e in validate_graph(graph, INFO, require_output=False) if e.input_name == "sampler_name"]
+    total = len(INFO["KSampler"]["input"]["required"]["sampler_name"][0])
+    assert problem.startswith("'sampler_name': \"dpmpp2m\" is not one of the choices (did you mean \"dpmpp_2m\"")
+    assert problem.endswith(f'(and {total - 10} more: describe_node("KSampler", input="sampler_name") lists them all)')
+
+
+def test_find_input_by_its_dotted_name() -> None:
+    multiplier = catalog.find_input(INFO["ResizeImageMaskNode"], "resize_type.multiplier")
+    assert multiplier is not None and multiplier.name == "resize_type.multiplier" and multiplier.options["max"] == 8.0
+    crf = catalog.find_input(INFO["SaveVideo"], "format.codec.encoding.crf")
+    assert crf is not None and crf.type == "FLOAT"
+    item = catalog.find_input(INFO["BatchImagesNode"], "images.image7")
+    assert item is not None and item.type == "IMAGE" and not item.required
+    assert catalog.find_input(INFO["BatchImagesNode"], "images.image50") is None
+    assert catalog.find_input(INFO["ResizeImageMaskNode"], "resize_type.nothing") is None

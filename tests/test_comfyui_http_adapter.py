@@ -132,6 +132,19 @@ async def test_describe_node_lists_inputs_outputs_and_truncated_choices(tools: d
     assert node["example"]["inputs"]["steps"] == 20
 
 
+async def test_describe_node_lists_every_choice_of_the_input_asked_for(tools: dict[str, Tool], comfy: FakeComfyUI) -> None:
+    every = comfy.object_info["KSampler"]["input"]["required"]["sampler_name"][0]
+    compact = {i["name"]: i for i in payload(await call(tools, "describe_node", class_type="KSampler"))["inputs"]}
+    assert compact["sampler_name"]["choices_note"] == (
+        f'showing 25 of {len(every)} choices; describe_node with input="sampler_name" lists them all'
+    )
+    asked = payload(await call(tools, "describe_node", class_type="KSampler", input="sampler_name"))
+    assert asked["class_type"] == "KSampler" and asked["input"]["choices"] == every and "choices_note" not in asked["input"]
+    assert {"uni_pc", "lcm"} <= set(asked["input"]["choices"])
+    out = await call(tools, "describe_node", class_type="KSampler", input="sampler")
+    assert out.is_error and out.content.startswith("KSampler has no input 'sampler'; its inputs: model, seed, steps")
+
+
 async def test_describe_node_outputs_and_empty_model_choices(tools: dict[str, Tool]) -> None:
     node = payload(await call(tools, "describe_node", class_type="load checkpoint"))  # display name, any case
     assert node["class_type"] == "CheckpointLoaderSimple"

@@ -28,6 +28,7 @@ AUTOGROW = "COMFY_AUTOGROW_V3"
 MATCH_TYPE = "COMFY_MATCHTYPE_V3"
 _V3_TYPE = re.compile(r"^COMFY_[A-Z0-9_]+_V3$")
 MAX_CHOICES_SHOWN = 25
+MAX_CHOICES_ASKED = 2000  # for one input asked for by name: every choice, within reason
 MAX_TOOLTIP_CHARS = 240
 
 
@@ -331,11 +332,38 @@ def describe_input(spec: InputSpec, max_choices: int = MAX_CHOICES_SHOWN, prefix
     return out
 
 
+def find_input(node_def: dict[str, Any], name: str) -> InputSpec | None:
+    """An input by its name, or by the dotted name of one a dynamic combo's choice or a growing
+    list brings (`resize_type.multiplier`, `images.image3`), named so; None if there is none."""
+    return _find_in(node_inputs(node_def), name, "")
+
+
+def _find_in(specs: list[InputSpec], name: str, prefix: str) -> InputSpec | None:
+    for spec in specs:
+        full = prefix + spec.name
+        if full == name:
+            return dataclasses.replace(spec, name=full)
+        if not name.startswith(full + "."):
+            continue
+        if spec.type == DYNAMIC_COMBO:
+            for _, inputs in dynamic_choices(spec):
+                found = _find_in(inputs, name, full + ".")
+                if found is not None:
+                    return found
+        elif spec.type == AUTOGROW:
+            names, minimum, template = autogrow_items(spec)
+            item = name[len(full) + 1 :]
+            if template is not None and item in names:
+                return dataclasses.replace(template, name=name, required=names.index(item) < minimum)
+    return None
+
+
 def _describe_choices(out: dict[str, Any], spec: InputSpec, max_choices: int) -> None:
     if spec.choices is not None:
         out["choices"] = spec.choices[:max_choices]
         if len(spec.choices) > max_choices:
-            out["choices_note"] = f"showing {max_choices} of {len(spec.choices)} choices"
+            more = f"describe_node with input=\"{out['name']}\" lists them all" if max_choices < MAX_CHOICES_ASKED else "the rest are not listed"
+            out["choices_note"] = f"showing {max_choices} of {len(spec.choices)} choices; {more}"
         elif not spec.choices:
             out["choices_note"] = "no choices available (for a model input: no model files of this kind are installed)"
     elif spec.type == "COMBO":

@@ -9,6 +9,7 @@ Pure functions; no IO.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -18,6 +19,7 @@ from typing import Any
 from .catalog import MATCH_TYPE, InputSpec, close_matches, expand_inputs, output_types, produced_types
 
 MAX_ERRORS = 50
+MAX_CHOICES_IN_ERROR = 10
 _ANNOTATED = re.compile(r" \[(input|output|temp)\]$")
 UI_FORMAT_MESSAGE = (
     "this is the front end's UI format (nodes and links lists); give the API format instead: "
@@ -110,7 +112,7 @@ def validate_graph(
                     what = "a link" if _takes_link(spec, sockets) else "a value"
                     errors.append(NodeError(str(node_id), class_type, f"required input '{spec.name}' ({spec.shown_type}) is missing: give it {what}", spec.name))
                 continue
-            problem = _check_input(graph, object_info, spec, inputs[spec.name], check_values, sockets)
+            problem = _check_input(graph, object_info, spec, inputs[spec.name], check_values, sockets, class_type)
             if problem:
                 errors.append(NodeError(str(node_id), class_type, problem, spec.name))
         if len(errors) >= MAX_ERRORS:
@@ -129,13 +131,19 @@ def _unwrapped(value: Any) -> tuple[Any, bool]:
 
 
 def _check_input(
-    graph: dict[str, Any], object_info: dict[str, Any], spec: InputSpec, value: Any, check_values: bool, sockets: frozenset[str]
+    graph: dict[str, Any],
+    object_info: dict[str, Any],
+    spec: InputSpec,
+    value: Any,
+    check_values: bool,
+    sockets: frozenset[str],
+    class_type: str,
 ) -> str | None:
     value, wrapped = _unwrapped(value)
     if not wrapped and isinstance(value, (list, tuple)) and not (spec.type == "COMBO" and spec.options.get("multiselect")):
         return _check_link(graph, object_info, spec, value)
     if spec.is_widget:
-        return value_problem(spec, value) if check_values else None
+        return value_problem(spec, value, class_type) if check_values else None
     if _is_socket(spec, sockets):
         return f"'{spec.name}' needs a link from an output of type {spec.type}, not the value {_short(value)}"
     return None  # a value of a kind this check does not know: ComfyUI's validation judges it
@@ -176,8 +184,9 @@ def _check_link(graph: dict[str, Any], object_info: dict[str, Any], spec: InputS
     return None
 
 
-def value_problem(spec: InputSpec, value: Any) -> str | None:
-    """A widget value ComfyUI would refuse: wrong type, out of range, not one of the choices."""
+def value_problem(spec: InputSpec, value: Any, class_type: str | None = None) -> str | None:
+    """A widget value ComfyUI would refuse: wrong type, out of range, not one of the choices
+    (`class_type` lets the message say how to see every choice)."""
     if spec.value_type in ("INT", "FLOAT"):
         number = _number(spec, value)
         if isinstance(number, str):
@@ -191,10 +200,22 @@ def value_problem(spec: InputSpec, value: Any) -> str | None:
         if value not in spec.choices and not (spec.is_upload and _unlisted_file(value)):
             if not spec.choices:
                 return f"'{spec.name}': {_short(value)} is not available (no choices; for a model file: none of this kind is installed, see list_models)"
-            shown = ", ".join(_short(c) for c in spec.choices[:10])
-            more = f" (and {len(spec.choices) - 10} more)" if len(spec.choices) > 10 else ""
-            return f"'{spec.name}': {_short(value)} is not one of the choices: {shown}{more}"
+            return f"'{spec.name}': {_short(value)} is not one of the choices{_choices_hint(spec, value, class_type)}"
     return None
+
+
+def _choices_hint(spec: InputSpec, value: Any, class_type: str | None) -> str:
+    """The closest choices, then the first ten, and how to see them all when there are more."""
+    choices = spec.choices or []
+    by_text = {str(c): c for c in choices}
+    close = difflib.get_close_matches(str(value), list(by_text), n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(_short(by_text[c]) for c in close)}?)" if close else ""
+    shown = ", ".join(_short(c) for c in choices[:MAX_CHOICES_IN_ERROR])
+    more = ""
+    if len(choices) > MAX_CHOICES_IN_ERROR:
+        where = f'describe_node("{class_type}", input="{spec.name}")' if class_type else "describe_node with this input"
+        more = f" (and {len(choices) - MAX_CHOICES_IN_ERROR} more: {where} lists them all)"
+    return f"{hint}: {shown}{more}"
 
 
 def _unlisted_file(value: Any) -> bool:
@@ -232,7 +253,7 @@ def value_warnings(graph: dict[str, Any], object_info: dict[str, Any]) -> list[N
         for spec in expand_inputs(node_def, node["inputs"]):
             value, wrapped = _unwrapped(node["inputs"].get(spec.name))
             if spec.name in node["inputs"] and spec.is_widget and (wrapped or not is_link(value)):
-                problem = value_problem(spec, value)
+                problem = value_problem(spec, value, node["class_type"])
                 if problem:
                     out.append(NodeError(str(node_id), node["class_type"], problem, spec.name))
     return out

@@ -64,10 +64,11 @@ def build_tools(adapter: ComfyAdapter, *, run_timeout: float = 600.0, propose_ti
         return {"query": query, "matches": total, "shown": len(results), "results": results}
 
     @tool(permission="read")
-    async def describe_node(ctx: ToolContext, class_type: str) -> dict[str, Any]:
+    async def describe_node(ctx: ToolContext, class_type: str, input: str = "") -> dict[str, Any]:
         """Everything about one node type: its inputs (type, default, min/max, allowed choices,
         whether it takes a link), its outputs with their indexes, its category and description,
-        and an example of the node in API format."""
+        and an example of the node in API format. Long lists of choices show their first 25:
+        give `input` (an input's name, e.g. "sampler_name") for that input alone with every choice."""
         info = await adapter.object_info()
         found = catalog.find_class(info, class_type)
         if found is None:
@@ -79,6 +80,8 @@ def build_tools(adapter: ComfyAdapter, *, run_timeout: float = 600.0, propose_ti
                 f"unknown node type '{class_type}'"
                 + (f"; did you mean {', '.join(hint)}?" if hint else "; use search_nodes to find it")
             )
+        if input.strip():
+            return _describe_one_input(found, info[found], input.strip())
         return catalog.describe(found, info[found])
 
     @tool(permission="read")
@@ -230,6 +233,15 @@ def build_tools(adapter: ComfyAdapter, *, run_timeout: float = 600.0, propose_ti
         return result
 
     return [search_nodes, describe_node, get_workflow, propose_workflow, queue_workflow, get_run, view_image, list_models]
+
+
+def _describe_one_input(class_type: str, node_def: dict[str, Any], name: str) -> dict[str, Any]:
+    """One input of a node with every one of its choices, for when describe_node's list was cut."""
+    spec = catalog.find_input(node_def, name)
+    if spec is None:
+        names = ", ".join(s.name for s in catalog.node_inputs(node_def)) or "none"
+        raise ToolError(f"{class_type} has no input '{name}'; its inputs: {names}")
+    return {"class_type": class_type, "input": catalog.describe_input(spec, catalog.MAX_CHOICES_ASKED)}
 
 
 async def _history_once_saved(adapter: ComfyAdapter, prompt_id: str) -> dict[str, Any] | None:
