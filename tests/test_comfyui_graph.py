@@ -1,4 +1,4 @@
-"""The local graph check and the node descriptions over ComfyUI 0.33.0's v3 input types.
+"""The local graph check, the node descriptions and the search over ComfyUI 0.33.0's node definitions.
 
 ComfyUI's v3 schema adds inputs that stand for other inputs (a dynamic combo, a growing list),
 links of any of several types (a match type) and values of new kinds (`COLOR`, `BOUNDING_BOXES`,
@@ -195,3 +195,24 @@ def test_find_input_by_its_dotted_name() -> None:
     assert item is not None and item.type == "IMAGE" and not item.required
     assert catalog.find_input(INFO["BatchImagesNode"], "images.image50") is None
     assert catalog.find_input(INFO["ResizeImageMaskNode"], "resize_type.nothing") is None
+
+
+def test_search_knows_a_nodes_aliases_but_ranks_names_first() -> None:
+    results, total = catalog.search(INFO, "img2img")
+    assert total == 1 and results[0]["class_type"] == "KSampler"  # an alias of ComfyUI's search only
+    names = [r["class_type"] for r in catalog.search(INFO, "sampler")[0]]
+    assert names[:2] == ["KSampler", "KSamplerAdvanced"]
+
+
+@pytest.mark.parametrize("asked, found", [
+    ("ksampler advanced", "KSamplerAdvanced"),
+    ("KSampler (Advanced)", "KSamplerAdvanced"),
+    ("ksampler (advanced)", "KSamplerAdvanced"),
+    ("resize image/mask", "ResizeImageMaskNode"),
+    ("Resize Image Mask", "ResizeImageMaskNode"),
+    ("empty_image", "EmptyImage"),
+    ("(  )", None),
+    ("ksampler advance", None),
+])
+def test_find_class_ignores_case_spaces_and_punctuation(asked: str, found: str | None) -> None:
+    assert catalog.find_class(INFO, asked) == found

@@ -148,6 +148,7 @@ async def test_describe_node_lists_every_choice_of_the_input_asked_for(tools: di
 async def test_describe_node_outputs_and_empty_model_choices(tools: dict[str, Tool]) -> None:
     node = payload(await call(tools, "describe_node", class_type="load checkpoint"))  # display name, any case
     assert node["class_type"] == "CheckpointLoaderSimple"
+    assert payload(await call(tools, "describe_node", class_type="ksampler advanced"))["class_type"] == "KSamplerAdvanced"
     assert [(o["index"], o["type"]) for o in node["outputs"]] == [(0, "MODEL"), (1, "CLIP"), (2, "VAE")]
     ckpt = node["inputs"][0]
     assert ckpt["choices"] == [] and "no model files of this kind are installed" in ckpt["choices_note"]

@@ -203,11 +203,19 @@ def _compact(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "", text.lower())
 
 
+def _aliases(node_def: dict[str, Any]) -> list[str]:
+    """The other names ComfyUI's search knows a node by ("img2img" for KSampler)."""
+    aliases = node_def.get("search_aliases")
+    return [str(a).lower() for a in aliases if isinstance(a, str)] if isinstance(aliases, list) else []
+
+
 def _score(class_type: str, node_def: dict[str, Any], query: str, tokens: list[str]) -> float:
     name = class_type.lower()
     display = str(node_def.get("display_name") or "").lower()
     category = str(node_def.get("category") or "").lower()
     description = str(node_def.get("description") or "").lower()
+    aliases = _aliases(node_def)
+    alias_words = {w for a in aliases for w in a.split()}
     total = 0.0
     for token in tokens:
         if token == name or token == display:
@@ -216,6 +224,10 @@ def _score(class_type: str, node_def: dict[str, Any], query: str, tokens: list[s
             best = 100.0 if name.startswith(token) else 80.0
         elif token in display:
             best = 60.0
+        elif token in alias_words:
+            best = 50.0
+        elif any(token in a for a in aliases):
+            best = 40.0
         elif token in category:
             best = 30.0
         elif token in description:
@@ -232,6 +244,8 @@ def _score(class_type: str, node_def: dict[str, Any], query: str, tokens: list[s
         total += 200
     elif whole and whole in _compact(class_type) + " " + _compact(display):
         total += 100
+    elif whole and any(whole == _compact(a) for a in aliases):
+        total += 50  # below a name: aliases are loose ("upscale" on the SeedVR2 helpers)
     if node_def.get("deprecated"):
         total *= 0.5
     elif node_def.get("experimental"):
@@ -288,13 +302,21 @@ def close_matches(object_info: dict[str, Any], name: str, n: int = 5) -> list[st
 
 
 def find_class(object_info: dict[str, Any], class_type: str) -> str | None:
-    """The class type as ComfyUI spells it, matching exactly, then ignoring case, then by display name."""
+    """The class type as ComfyUI spells it: matching exactly, then ignoring case, then by display
+    name, then either ignoring spaces and punctuation ("ksampler advanced" is "KSampler (Advanced)")."""
     if class_type in object_info:
         return class_type
-    lowered = class_type.lower()
-    for name, node_def in object_info.items():
-        if name.lower() == lowered or str(node_def.get("display_name") or "").lower() == lowered:
-            return name
+    lowered, compact = class_type.lower(), _compact(class_type)
+    displays = {name: str(node_def.get("display_name") or "") for name, node_def in object_info.items()}
+    for matches in (
+        lambda name: name.lower() == lowered,
+        lambda name: displays[name].lower() == lowered,
+        lambda name: _compact(name) == compact,
+        lambda name: _compact(displays[name]) == compact,
+    ):
+        found = next((name for name in object_info if matches(name)), None)
+        if found is not None and compact:
+            return found
     return None
 
 

@@ -52,9 +52,10 @@ def build_tools(adapter: ComfyAdapter, *, run_timeout: float = 600.0, propose_ti
 
     @tool(permission="read")
     async def search_nodes(ctx: ToolContext, query: str, limit: int = 20) -> dict[str, Any]:
-        """Find ComfyUI node types by words in their name, display name, category or description
-        (e.g. "upscale", "load lora", "ksampler"). Returns class types, best match first, with the
-        types of their link inputs and outputs. Use describe_node for a node's full inputs."""
+        """Find ComfyUI node types by words in their name, display name, search aliases, category
+        or description (e.g. "upscale", "load lora", "img2img"). Returns class types, best match
+        first, with the types of their link inputs and outputs. Use describe_node for a node's full
+        inputs."""
         if not query.strip():
             raise ToolError("give one or more words to search for, e.g. 'upscale image'")
         limit = max(1, min(limit, 50))
