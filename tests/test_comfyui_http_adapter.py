@@ -436,6 +436,35 @@ async def test_get_workflow_summarises_ui_format_and_huge_graphs(tools: dict[str
     assert out.content == "The canvas is empty."
 
 
+async def test_get_workflow_gives_the_nodes_a_summary_cut_whole(tools: dict[str, Tool]) -> None:
+    """A summary cuts long values; queueing needs them whole, so the model can ask for those nodes."""
+    long_text = "a lighthouse on a cliff at dusk, " * 8
+    huge = {str(i): {"class_type": "CLIPTextEncode", "inputs": {"text": f"prompt {i}", "clip": ["0", 1]}} for i in range(1, 400)}
+    huge["6"]["inputs"]["text"] = long_text
+    ctx = FakeToolContext(ui_replies={"get_workflow": {"prompt": huge}})
+    summary = (await call(tools, "get_workflow", ctx)).content
+    assert "summarised" in summary and long_text not in summary
+    assert summary.endswith(
+        'Values over 120 characters are cut (they end in ...) in nodes "6": call get_workflow with '
+        "node_ids=[...] to get those nodes whole before changing or queueing them."
+    )
+    out = await call(tools, "get_workflow", ctx, node_ids=["6", 7, "nope"])
+    assert not out.is_error
+    head, body, note = out.content.split("\n")
+    assert head == "Nodes 6, 7 of the canvas's workflow, whole (API format):" and note == "(not on the canvas: nope)"
+    assert json.loads(body) == {"6": huge["6"], "7": huge["7"]}
+
+    ui = load("workflow_ui_default.json")
+    out = await call(tools, "get_workflow", FakeToolContext(ui_replies={"get_workflow": {"workflow": ui}}), node_ids=["3"])
+    assert json.loads(out.content.split("\n")[1]) == {"3": next(n for n in ui["nodes"] if n["id"] == 3)}
+    out = await call(tools, "get_workflow", ctx, node_ids=["nope"])
+    assert out.is_error and out.content.startswith("no node nope on the canvas; its node ids: 1, 2, 3")
+
+    huge["8"]["inputs"]["text"] = huge["9"]["inputs"]["text"] = "x" * 40_000
+    out = await call(tools, "get_workflow", ctx, node_ids=["8", "9"])
+    assert out.content.startswith("Nodes 8 of") and out.content.endswith("(left out to keep this short, ask for them next: 9)")
+
+
 async def test_get_workflow_without_a_panel_is_a_readable_error(tools: dict[str, Tool]) -> None:
     out = await call(tools, "get_workflow", FakeToolContext())
     assert out.is_error and out.content == NO_PANEL

@@ -51,7 +51,8 @@ ComfyUI runs graphs in *API format*: an object mapping node ids (strings) to nod
 
 1. `search_nodes` to find node types, `describe_node` for their inputs, outputs and allowed values.
 2. `get_workflow` to start from what is on the canvas when the user refers to it; keep their node
-   ids and change only what is needed.
+   ids and change only what is needed. A large canvas comes back summarised with long values cut:
+   get the nodes you change or send back whole with `get_workflow(node_ids=[...])`.
 3. `propose_workflow` to put a new or changed graph on the user's canvas (they accept or reject),
    or `queue_workflow` to run it directly. Both check the graph first and name each problem:
    fix those and retry rather than guessing.

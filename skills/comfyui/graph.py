@@ -19,6 +19,7 @@ from typing import Any
 from .catalog import MATCH_TYPE, InputSpec, close_matches, expand_inputs, output_types, produced_types
 
 MAX_ERRORS = 50
+SUMMARY_VALUE_CHARS = 120  # a value longer than this is cut in a summary
 MAX_CHOICES_IN_ERROR = 10
 _ANNOTATED = re.compile(r" \[(input|output|temp)\]$")
 UI_FORMAT_MESSAGE = (
@@ -259,15 +260,19 @@ def value_warnings(graph: dict[str, Any], object_info: dict[str, Any]) -> list[N
     return out
 
 
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
 def _short(value: Any, limit: int = 60) -> str:
-    text = json.dumps(value, ensure_ascii=False, default=str)
+    text = _json(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------- summaries
 
 
-def summarize_api_graph(graph: dict[str, Any], value_chars: int = 120) -> str:
+def summarize_api_graph(graph: dict[str, Any], value_chars: int = SUMMARY_VALUE_CHARS) -> str:
     """One line per node: `id ClassType: input=value, input<-node.output`."""
     lines = []
     for node_id, node in graph.items():
@@ -285,7 +290,7 @@ def summarize_api_graph(graph: dict[str, Any], value_chars: int = 120) -> str:
     return "\n".join(lines)
 
 
-def summarize_ui_graph(workflow: dict[str, Any], value_chars: int = 120) -> str:
+def summarize_ui_graph(workflow: dict[str, Any], value_chars: int = SUMMARY_VALUE_CHARS) -> str:
     """One line per node of a UI-format workflow, with its widget values and incoming links."""
     incoming: dict[str, list[tuple[int, Any, Any]]] = {}
     for link in workflow.get("links") or []:
@@ -310,3 +315,17 @@ def summarize_ui_graph(workflow: dict[str, Any], value_chars: int = 120) -> str:
         details = ", ".join(links + ([f"widgets=[{', '.join(widgets)}]"] if widgets else []))
         lines.append(f"{node_id} {label}: {details}")
     return "\n".join(lines)
+
+
+def cut_nodes(graph: dict[str, Any], value_chars: int = SUMMARY_VALUE_CHARS) -> list[str]:
+    """Ids of the nodes whose summary cuts a value (API or UI format), so the model can ask for them whole."""
+    if isinstance(graph.get("nodes"), list):
+        nodes = [(str(n.get("id")), n.get("widgets_values")) for n in graph["nodes"] if isinstance(n, dict)]
+        values = [(node_id, v if isinstance(v, list) else []) for node_id, v in nodes]
+    else:
+        values = [
+            (str(node_id), [v for v in (node.get("inputs") or {}).values() if not is_link(v)])
+            for node_id, node in graph.items()
+            if isinstance(node, dict) and isinstance(node.get("inputs") or {}, dict)
+        ]
+    return [node_id for node_id, items in values if any(len(_json(v)) > value_chars for v in items)]

@@ -17,12 +17,23 @@ from ...core.protocol import ImagePart
 from ...core.tools import Tool, ToolContext, ToolError, ToolOutput, tool
 from . import catalog, worker
 from .adapter import ComfyAdapter, ComfyValidationError, check_image_ref, format_node_errors, image_mime
-from .graph import UI_FORMAT_MESSAGE, looks_like_ui_format, summarize_api_graph, summarize_ui_graph, validate_graph, value_warnings
+from .graph import (
+    SUMMARY_VALUE_CHARS,
+    UI_FORMAT_MESSAGE,
+    cut_nodes,
+    looks_like_ui_format,
+    summarize_api_graph,
+    summarize_ui_graph,
+    validate_graph,
+    value_warnings,
+)
 from .runs import RunTracker, image_files, summarize_history
 
 log = logging.getLogger("opencode.comfyui.tools")
 
 MAX_GRAPH_JSON_CHARS = 16_000
+MAX_CHOSEN_JSON_CHARS = 64_000  # get_workflow(node_ids=...): nodes a summary cut, asked for whole
+MAX_CUT_IDS_NAMED = 30
 MAX_MODEL_FILES = 300
 HISTORY_SAVE_WAIT = 2.0  # seconds a finished run's history may take to appear (`_history_once_saved`)
 
@@ -86,13 +97,16 @@ def build_tools(adapter: ComfyAdapter, *, run_timeout: float = 600.0, propose_ti
         return catalog.describe(found, info[found])
 
     @tool(permission="read")
-    async def get_workflow(ctx: ToolContext) -> str:
+    async def get_workflow(ctx: ToolContext, node_ids: list[str | int] | None = None) -> str:
         """The workflow currently on the user's ComfyUI canvas, in API format (node id ->
-        class_type and inputs; a link is [node id, output index]). Large workflows come back as
-        a one-line-per-node summary."""
+        class_type and inputs; a link is [node id, output index]). A large workflow comes back as
+        a one-line-per-node summary with long values cut: give `node_ids` to get those nodes
+        whole (do that before changing or queueing them, or a cut value goes back cut)."""
         reply = await ctx.ui_request("get_workflow", {})
         prompt = reply.get("prompt") or reply.get("output")
         workflow = reply.get("workflow")
+        if node_ids:
+            return _chosen_nodes(prompt, workflow, [str(i) for i in node_ids])
         if isinstance(prompt, dict) and prompt:
             text = _compact_json(prompt)
             if len(text) <= MAX_GRAPH_JSON_CHARS:
@@ -100,11 +114,13 @@ def build_tools(adapter: ComfyAdapter, *, run_timeout: float = 600.0, propose_ti
             return (
                 f"Workflow on the canvas ({len(prompt)} nodes, API format, summarised: "
                 f"`id ClassType: input=value, input<-node.output`):\n{summarize_api_graph(prompt)}"
+                + _cut_note(cut_nodes(prompt))
             )
         if isinstance(workflow, dict) and workflow.get("nodes"):
             return (
                 f"Workflow on the canvas ({len(workflow['nodes'])} nodes, UI format summarised: "
                 f"`id Type: input<-node.output, widgets=[...]`):\n{summarize_ui_graph(workflow)}"
+                + _cut_note(cut_nodes(workflow))
             )
         return "The canvas is empty."
 
@@ -234,6 +250,48 @@ def build_tools(adapter: ComfyAdapter, *, run_timeout: float = 600.0, propose_ti
         return result
 
     return [search_nodes, describe_node, get_workflow, propose_workflow, queue_workflow, get_run, view_image, list_models]
+
+
+def _cut_note(node_ids: list[str]) -> str:
+    """Which nodes a summary cut and how to get them whole: a graph queued from the summary would
+    send the cut values, "..." and all."""
+    if not node_ids:
+        return ""
+    shown = ", ".join(f'"{n}"' for n in node_ids[:MAX_CUT_IDS_NAMED]) + (", ..." if len(node_ids) > MAX_CUT_IDS_NAMED else "")
+    return (
+        f"\nValues over {SUMMARY_VALUE_CHARS} characters are cut (they end in ...) in nodes {shown}: call "
+        f"get_workflow with node_ids=[...] to get those nodes whole before changing or queueing them."
+    )
+
+
+def _chosen_nodes(prompt: Any, workflow: Any, node_ids: list[str]) -> str:
+    """The canvas's nodes of these ids, whole: in API format, or in the UI format when the panel
+    sent only that. Up to `MAX_CHOSEN_JSON_CHARS`; the first node always, however long."""
+    if isinstance(prompt, dict) and prompt:
+        nodes, kind = prompt, "API format"
+    elif isinstance(workflow, dict) and isinstance(workflow.get("nodes"), list):
+        nodes = {str(n.get("id")): n for n in workflow["nodes"] if isinstance(n, dict)}
+        kind = "UI format"
+    else:
+        return "The canvas is empty."
+    found: dict[str, Any] = {}
+    left: list[str] = []
+    size = 0
+    for node_id in dict.fromkeys(node_ids):
+        if node_id not in nodes:
+            continue
+        text = _compact_json(nodes[node_id])
+        if found and size + len(text) > MAX_CHOSEN_JSON_CHARS:
+            left.append(node_id)
+            continue
+        found[node_id], size = nodes[node_id], size + len(text)
+    missing = [n for n in dict.fromkeys(node_ids) if n not in nodes]
+    if not found:
+        raise ToolError(f"no node {', '.join(missing)} on the canvas; its node ids: {', '.join(list(nodes)[:50])}")
+    notes = ([f"not on the canvas: {', '.join(missing)}"] if missing else []) + (
+        [f"left out to keep this short, ask for them next: {', '.join(left)}"] if left else []
+    )
+    return f"Nodes {', '.join(found)} of the canvas's workflow, whole ({kind}):\n{_compact_json(found)}" + "".join(f"\n({n})" for n in notes)
 
 
 def _describe_one_input(class_type: str, node_def: dict[str, Any], name: str) -> dict[str, Any]:
