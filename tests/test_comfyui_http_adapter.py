@@ -73,6 +73,7 @@ def test_skill_shape(tools: dict[str, Tool], adapter: HttpComfyAdapter) -> None:
         "propose_workflow": "edit",
         "queue_workflow": "run",
         "get_run": "read",
+        "recent_runs": "read",
         "view_image": "read",
         "list_models": "read",
     }
@@ -338,6 +339,35 @@ async def test_get_run_of_the_ok_run_and_unknown_ids(tools: dict[str, Tool], com
     assert payload(await call(tools, "get_run", prompt_id="running-id"))["status"] == "running"
     out = await call(tools, "get_run", prompt_id="nope")
     assert out.is_error and "no run 'nope' in ComfyUI's queue or history" in out.content
+
+
+async def test_recent_runs_lists_the_latest_runs_newest_first(tools: dict[str, Tool], comfy: FakeComfyUI, monkeypatch: Any) -> None:
+    """A run queued from the browser failed: its prompt id is nowhere the user sees, so the model
+    finds it among the latest runs, with the failing node and the error."""
+    error_entry = load("history_run_error.json")[ERROR_PROMPT_ID]
+    ended = next(m[1]["timestamp"] for m in error_entry["status"]["messages"] if m[0] == "execution_error") / 1000
+    monkeypatch.setattr("opencode_agent.skills.comfyui.tools.time.time", lambda: ended + 90)
+    comfy.history["older"] = load("history_run_ok.json")[OK_PROMPT_ID]
+    comfy.history[OK_PROMPT_ID] = load("history_run_ok.json")[OK_PROMPT_ID]
+    comfy.history[ERROR_PROMPT_ID] = error_entry
+    comfy.queue["queue_pending"].append([9, "waiting", {}, {}, []])
+    result = json.loads((await call(tools, "recent_runs", limit=2)).content)
+    assert comfy.history_queries == [{"max_items": "2"}]
+    assert [r["prompt_id"] for r in result["runs"]] == [ERROR_PROMPT_ID, OK_PROMPT_ID]
+    failed, ok = result["runs"]
+    assert failed == {
+        "prompt_id": ERROR_PROMPT_ID, "status": "error", "nodes": 2, "ended_s_ago": 90, "duration_s": failed["duration_s"],
+        "error": {"node_id": "1", "node_type": "LoadImage", "exception_type": "PIL.UnidentifiedImageError",
+                  "exception_message": "cannot identify image file '/home/user/ComfyUI/input/corrupt.png'"},
+    }
+    assert ok["status"] == "success" and ok["images"] == [SAVED_IMAGE] and "error" not in ok
+    assert result["running"] == [] and result["pending"] == 1
+
+    comfy.history.clear()
+    empty = json.loads((await call(tools, "recent_runs")).content)
+    assert empty["runs"] == [] and "no finished run" in empty["note"] and comfy.history_queries[-1] == {"max_items": "5"}
+    out = await call(tools, "get_run", prompt_id="")
+    assert out.is_error and "recent_runs lists the latest runs" in out.content
 
 
 async def test_get_run_of_a_run_leaving_the_queue_for_the_history(tools: dict[str, Tool], adapter: HttpComfyAdapter,

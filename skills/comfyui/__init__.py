@@ -56,8 +56,9 @@ ComfyUI runs graphs in *API format*: an object mapping node ids (strings) to nod
 3. `propose_workflow` to put a new or changed graph on the user's canvas (they accept or reject),
    or `queue_workflow` to run it directly. Both check the graph first and name each problem:
    fix those and retry rather than guessing.
-4. `get_run` with the prompt id for a run's outputs or its error; `view_image` to look at an
-   output image.
+4. `get_run` with the prompt id for a run's outputs or its error; `recent_runs` for the latest
+   runs and their ids (the user's own runs from ComfyUI's Queue button too); `view_image` to look
+   at an output image.
 
 Running a workflow uses the user's GPU and time: run what they asked for, not variations they
 did not ask for.

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import struct
+import time
 from typing import Any, Literal
 
 from ...core.protocol import ImagePart
@@ -27,7 +28,7 @@ from .graph import (
     validate_graph,
     value_warnings,
 )
-from .runs import RunTracker, image_files, summarize_history
+from .runs import RunTracker, brief_run, image_files, summarize_history
 
 log = logging.getLogger("opencode.comfyui.tools")
 
@@ -35,6 +36,7 @@ MAX_GRAPH_JSON_CHARS = 16_000
 MAX_CHOSEN_JSON_CHARS = 64_000  # get_workflow(node_ids=...): nodes a summary cut, asked for whole
 MAX_CUT_IDS_NAMED = 30
 MAX_MODEL_FILES = 300
+MAX_RECENT_RUNS = 20
 HISTORY_SAVE_WAIT = 2.0  # seconds a finished run's history may take to appear (`_history_once_saved`)
 
 
@@ -202,7 +204,7 @@ def build_tools(adapter: ComfyAdapter, *, run_timeout: float = 600.0, propose_ti
         for a failed run the failing node id and type, the exception and the last traceback lines."""
         prompt_id = prompt_id.strip()
         if not prompt_id:
-            raise ToolError("give the prompt id of a run (queue_workflow returns it)")
+            raise ToolError("give the prompt id of a run (queue_workflow returns it; recent_runs lists the latest runs with theirs)")
         entry = await adapter.history(prompt_id)
         if entry is not None:
             return _run_output(summarize_history(prompt_id, entry))
@@ -217,7 +219,27 @@ def build_tools(adapter: ComfyAdapter, *, run_timeout: float = 600.0, propose_ti
         entry = await adapter.history(prompt_id)
         if entry is not None:
             return _run_output(summarize_history(prompt_id, entry))
-        raise ToolError(f"no run '{prompt_id}' in ComfyUI's queue or history (history is lost when ComfyUI restarts)")
+        raise ToolError(
+            f"no run '{prompt_id}' in ComfyUI's queue or history (history is lost when ComfyUI restarts); "
+            "recent_runs lists the latest runs with their prompt ids"
+        )
+
+    @tool(permission="read")
+    async def recent_runs(ctx: ToolContext, limit: int = 5) -> dict[str, Any]:
+        """ComfyUI's latest finished runs, newest first, the ones the user queued from ComfyUI
+        itself included: each with its prompt id, status, how long ago it ended, its images or,
+        for a failed run, the failing node and the error; and the runs running or waiting now.
+        Use it when the user asks about their run or why their workflow fails (they never see a
+        prompt id); get_run(prompt_id) gives one run in full, traceback included."""
+        limit = max(1, min(limit, MAX_RECENT_RUNS))
+        entries = await adapter.recent_history(limit)
+        state = await adapter.queue_state()
+        now = time.time()
+        runs = [brief_run(prompt_id, entry, now) for prompt_id, entry in reversed(list(entries.items()))]
+        result: dict[str, Any] = {"runs": runs, "running": state["running"], "pending": len(state["pending"])}
+        if not runs:
+            result["note"] = "no finished run in ComfyUI's history (ComfyUI forgets it when it restarts)"
+        return result
 
     @tool(permission="read")
     async def view_image(
@@ -249,7 +271,7 @@ def build_tools(adapter: ComfyAdapter, *, run_timeout: float = 600.0, propose_ti
             result["note"] = f"no files: put model files in ComfyUI's models/{folder} folder and refresh ComfyUI"
         return result
 
-    return [search_nodes, describe_node, get_workflow, propose_workflow, queue_workflow, get_run, view_image, list_models]
+    return [search_nodes, describe_node, get_workflow, propose_workflow, queue_workflow, get_run, recent_runs, view_image, list_models]
 
 
 def _cut_note(node_ids: list[str]) -> str:

@@ -127,8 +127,13 @@ class FakePromptQueue:
         for frame in run.tail_frames:
             self.server.send_sync(frame["type"], frame["data"], client_id)
 
-    def get_history(self, prompt_id: str | None = None, max_items: int | None = None, offset: int = -1) -> dict[str, Any]:
+    def get_history(
+        self, prompt_id: str | None = None, max_items: int | None = None, offset: int = -1, map_function: Any = None
+    ) -> dict[str, Any]:
         with self._lock:
+            if prompt_id is None:  # the last `max_items`, oldest first, ComfyUI's own objects unless mapped
+                items = list(self.history.items())[-max_items:] if max_items else list(self.history.items())
+                return {k: map_function(v) if map_function else v for k, v in items}
             if prompt_id in self.history:
                 return {prompt_id: copy.deepcopy(self.history[prompt_id])}
         if prompt_id in self._looked_up:
