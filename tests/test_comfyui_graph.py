@@ -216,3 +216,10 @@ def test_search_knows_a_nodes_aliases_but_ranks_names_first() -> None:
 ])
 def test_find_class_ignores_case_spaces_and_punctuation(asked: str, found: str | None) -> None:
     assert catalog.find_class(INFO, asked) == found
+
+
+def test_search_results_list_the_inputs_a_link_feeds() -> None:
+    inputs = {r["class_type"]: r["inputs"] for r in catalog.search(INFO, "image", limit=50)[0]}
+    assert inputs["ImageCropToMask"] == ["images:IMAGE", "masks:MASK"]  # not the COLOR set in the node
+    assert inputs["BatchImagesNode"] == ["images:IMAGE (list)"]
+    assert catalog.search(INFO, "preview any")[0][0]["inputs"] == ["source:*"]

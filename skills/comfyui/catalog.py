@@ -71,6 +71,14 @@ class InputSpec:
         )
 
     @property
+    def is_set_in_node(self) -> bool:
+        """Shown as a value set in the node rather than a socket: a widget, or a value of another
+        kind that has a default, is socketless or names a widget type (`forceInput` makes a socket)."""
+        if self.options.get("forceInput"):
+            return False
+        return self.is_widget or any(k in self.options for k in ("default", "socketless", "widgetType"))
+
+    @property
     def accepts(self) -> set[str]:
         """The output types a link may bring; a match type's are its template's `allowed_types`."""
         type_name = self.type
@@ -258,10 +266,10 @@ def _link_label(spec: InputSpec) -> str | None:
     """`name:TYPE` of an input a link feeds, for a search result; None for a value."""
     if spec.type == AUTOGROW:
         _, _, template = autogrow_items(spec)
-        return f"{spec.name}:{template.type} (list)" if template is not None and not template.is_widget else None
+        return f"{spec.name}:{template.type} (list)" if template is not None and not template.is_set_in_node else None
     if spec.type == MATCH_TYPE:
         return f"{spec.name}:{spec.shown_type}"
-    if spec.is_widget or spec.is_v3 or spec.may_take_value:
+    if spec.is_set_in_node or spec.is_v3:
         return None
     return f"{spec.name}:{spec.type}"
 
@@ -477,8 +485,7 @@ def _example_inputs(spec: InputSpec, prefix: str) -> dict[str, Any]:
 
 
 def _example_value(spec: InputSpec) -> Any:
-    set_in_node = spec.is_widget or any(k in spec.options for k in ("default", "socketless", "widgetType"))
-    if spec.options.get("forceInput") or not set_in_node:
+    if not spec.is_set_in_node:
         return ["<node id>", 0]
     if "default" in spec.options:
         default = spec.options["default"]
