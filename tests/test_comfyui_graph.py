@@ -223,3 +223,11 @@ def test_search_results_list_the_inputs_a_link_feeds() -> None:
     assert inputs["ImageCropToMask"] == ["images:IMAGE", "masks:MASK"]  # not the COLOR set in the node
     assert inputs["BatchImagesNode"] == ["images:IMAGE (list)"]
     assert catalog.search(INFO, "preview any")[0][0]["inputs"] == ["source:*"]
+
+
+def test_a_malformed_growing_list_is_no_crash() -> None:
+    info = copy.deepcopy(INFO)
+    info["BatchImagesNode"]["input"]["required"]["images"][1]["template"].update(max="lots", min=None)
+    graph = {**IMAGE, "2": {"class_type": "BatchImagesNode", "inputs": {"images.image0": ["1", 0]}}, **save(["2", 0])}
+    assert validate_graph(graph, info) == []
+    assert "items" not in catalog.describe("BatchImagesNode", info["BatchImagesNode"])["inputs"][0]

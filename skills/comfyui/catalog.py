@@ -149,9 +149,14 @@ def autogrow_items(spec: InputSpec) -> tuple[list[str], int, InputSpec | None]:
     if isinstance(template.get("names"), list):
         names = [str(n) for n in template["names"]]
     else:
-        names = [f"{template.get('prefix', '')}{i}" for i in range(int(template.get("max") or 0))]
-    minimum = int(template.get("min") or 0) if items[0].required else 0
+        names = [f"{template.get('prefix', '')}{i}" for i in range(_count(template.get("max")))]
+    minimum = _count(template.get("min")) if items[0].required else 0
     return names, minimum, items[0]
+
+
+def _count(value: Any) -> int:
+    """A count from a node definition; anything but a whole number (a custom node's mistake) is 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def expand_inputs(node_def: dict[str, Any], given: dict[str, Any]) -> list[InputSpec]:
