@@ -42,6 +42,9 @@ ComfyUI runs graphs in *API format*: an object mapping node ids (strings) to nod
 - An input is either a value (numbers, text, one of the allowed choices) or a link
   `["<node id>", <output index>]` to another node's output; output indexes start at 0 and are
   listed by `describe_node` (Load Checkpoint: 0 MODEL, 1 CLIP, 2 VAE).
+- Some newer nodes have inputs named with dots: a choice that brings inputs of its own
+  (`"resize_type": "scale by multiplier"` with `"resize_type.multiplier": 2.0`) or a growing list
+  (`"images.image0"`, `"images.image1"`); `describe_node` lists them and its example shows them.
 - Every required input needs a value or a link. A graph needs an output node (`SaveImage` or
   `PreviewImage`) to produce anything.
 - Model file names (`ckpt_name`, `lora_name`, `vae_name`, ...) must be files that exist: check with
