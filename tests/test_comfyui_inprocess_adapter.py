@@ -17,7 +17,7 @@ import pytest
 from opencode_agent.core.protocol import ImagePart
 from opencode_agent.core.tools import Tool, ToolOutput
 from opencode_agent.skills.comfyui import ComfyError, ComfyValidationError, InProcessComfyAdapter, build_comfyui_skill
-from opencode_agent.tests.fakes.comfyui_data import ERROR_PROMPT_ID, OK_PROMPT_ID, SAVED_IMAGE, graph, load, object_info, saved_png
+from opencode_agent.tests.fakes.comfyui_data import ERROR_PROMPT_ID, OK_PROMPT_ID, SAVED_IMAGE, graph, load, object_info, object_info_0_33, saved_png
 from opencode_agent.tests.fakes.comfyui_inprocess import (
     FakeExecution,
     FakeExecutionOld,
@@ -89,6 +89,16 @@ async def test_object_info_is_built_from_the_node_classes_like_comfyui_does(
     assert list(info) == list(recorded_info)
     for name, recorded in recorded_info.items():
         assert _normalised(info[name]) == _normalised(recorded), name
+
+
+async def test_a_node_classs_search_aliases_reach_search_nodes(server: FakePromptServer, folder_paths: SimpleNamespace) -> None:
+    """ComfyUI's node_info copies SEARCH_ALIASES; the definition built without it does too."""
+    v1_nodes = {k: d for k, d in object_info_0_33().items() if k in ("KSampler", "EmptyImage")}
+    adapter = InProcessComfyAdapter(server, nodes_module=fake_nodes_module(v1_nodes), folder_paths_module=folder_paths)
+    info = await adapter.object_info()
+    assert info["KSampler"]["search_aliases"] == v1_nodes["KSampler"]["search_aliases"] and "search_aliases" not in info["EmptyImage"]
+    tools = {t.name: t for t in build_comfyui_skill(adapter).tools}
+    assert payload(await call(tools, "search_nodes", query="img2img"))["results"][0]["class_type"] == "KSampler"
 
 
 async def test_server_node_info_or_an_injected_one_is_preferred(server: FakePromptServer, nodes: SimpleNamespace, folder_paths: SimpleNamespace) -> None:

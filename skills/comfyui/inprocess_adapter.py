@@ -99,6 +99,8 @@ class InProcessComfyAdapter(ComfyAdapter):
                 info[key] = True
         if hasattr(cls, "OUTPUT_TOOLTIPS"):
             info["output_tooltips"] = list(cls.OUTPUT_TOOLTIPS)
+        if getattr(cls, "SEARCH_ALIASES", None):  # what search_nodes matches besides the names
+            info["search_aliases"] = list(cls.SEARCH_ALIASES)
         return info
 
     def _collect_object_info(self) -> dict[str, Any]:

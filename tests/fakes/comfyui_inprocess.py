@@ -39,6 +39,8 @@ def fake_node_class(name: str, node_def: dict[str, Any]) -> type:
             attrs[attr] = True
     if "output_tooltips" in node_def:
         attrs["OUTPUT_TOOLTIPS"] = tuple(node_def["output_tooltips"])
+    if node_def.get("search_aliases"):
+        attrs["SEARCH_ALIASES"] = list(node_def["search_aliases"])
     return type(name, (), attrs)
 
 
