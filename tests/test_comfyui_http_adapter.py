@@ -73,6 +73,7 @@ def test_skill_shape(tools: dict[str, Tool], adapter: HttpComfyAdapter) -> None:
         "propose_workflow": "edit",
         "queue_workflow": "run",
         "get_run": "read",
+        "recent_runs": "read",
         "view_image": "read",
         "list_models": "read",
     }
@@ -132,9 +133,23 @@ async def test_describe_node_lists_inputs_outputs_and_truncated_choices(tools: d
     assert node["example"]["inputs"]["steps"] == 20
 
 
+async def test_describe_node_lists_every_choice_of_the_input_asked_for(tools: dict[str, Tool], comfy: FakeComfyUI) -> None:
+    every = comfy.object_info["KSampler"]["input"]["required"]["sampler_name"][0]
+    compact = {i["name"]: i for i in payload(await call(tools, "describe_node", class_type="KSampler"))["inputs"]}
+    assert compact["sampler_name"]["choices_note"] == (
+        f'showing 25 of {len(every)} choices; describe_node with input="sampler_name" lists them all'
+    )
+    asked = payload(await call(tools, "describe_node", class_type="KSampler", input="sampler_name"))
+    assert asked["class_type"] == "KSampler" and asked["input"]["choices"] == every and "choices_note" not in asked["input"]
+    assert {"uni_pc", "lcm"} <= set(asked["input"]["choices"])
+    out = await call(tools, "describe_node", class_type="KSampler", input="sampler")
+    assert out.is_error and out.content.startswith("KSampler has no input 'sampler'; its inputs: model, seed, steps")
+
+
 async def test_describe_node_outputs_and_empty_model_choices(tools: dict[str, Tool]) -> None:
     node = payload(await call(tools, "describe_node", class_type="load checkpoint"))  # display name, any case
     assert node["class_type"] == "CheckpointLoaderSimple"
+    assert payload(await call(tools, "describe_node", class_type="ksampler advanced"))["class_type"] == "KSamplerAdvanced"
     assert [(o["index"], o["type"]) for o in node["outputs"]] == [(0, "MODEL"), (1, "CLIP"), (2, "VAE")]
     ckpt = node["inputs"][0]
     assert ckpt["choices"] == [] and "no model files of this kind are installed" in ckpt["choices_note"]
@@ -326,6 +341,35 @@ async def test_get_run_of_the_ok_run_and_unknown_ids(tools: dict[str, Tool], com
     assert out.is_error and "no run 'nope' in ComfyUI's queue or history" in out.content
 
 
+async def test_recent_runs_lists_the_latest_runs_newest_first(tools: dict[str, Tool], comfy: FakeComfyUI, monkeypatch: Any) -> None:
+    """A run queued from the browser failed: its prompt id is nowhere the user sees, so the model
+    finds it among the latest runs, with the failing node and the error."""
+    error_entry = load("history_run_error.json")[ERROR_PROMPT_ID]
+    ended = next(m[1]["timestamp"] for m in error_entry["status"]["messages"] if m[0] == "execution_error") / 1000
+    monkeypatch.setattr("opencode_agent.skills.comfyui.tools.time.time", lambda: ended + 90)
+    comfy.history["older"] = load("history_run_ok.json")[OK_PROMPT_ID]
+    comfy.history[OK_PROMPT_ID] = load("history_run_ok.json")[OK_PROMPT_ID]
+    comfy.history[ERROR_PROMPT_ID] = error_entry
+    comfy.queue["queue_pending"].append([9, "waiting", {}, {}, []])
+    result = json.loads((await call(tools, "recent_runs", limit=2)).content)
+    assert comfy.history_queries == [{"max_items": "2"}]
+    assert [r["prompt_id"] for r in result["runs"]] == [ERROR_PROMPT_ID, OK_PROMPT_ID]
+    failed, ok = result["runs"]
+    assert failed == {
+        "prompt_id": ERROR_PROMPT_ID, "status": "error", "nodes": 2, "ended_s_ago": 90, "duration_s": failed["duration_s"],
+        "error": {"node_id": "1", "node_type": "LoadImage", "exception_type": "PIL.UnidentifiedImageError",
+                  "exception_message": "cannot identify image file '/home/user/ComfyUI/input/corrupt.png'"},
+    }
+    assert ok["status"] == "success" and ok["images"] == [SAVED_IMAGE] and "error" not in ok
+    assert result["running"] == [] and result["pending"] == 1
+
+    comfy.history.clear()
+    empty = json.loads((await call(tools, "recent_runs")).content)
+    assert empty["runs"] == [] and "no finished run" in empty["note"] and comfy.history_queries[-1] == {"max_items": "5"}
+    out = await call(tools, "get_run", prompt_id="")
+    assert out.is_error and "recent_runs lists the latest runs" in out.content
+
+
 async def test_get_run_of_a_run_leaving_the_queue_for_the_history(tools: dict[str, Tool], adapter: HttpComfyAdapter,
                                                                   comfy: FakeComfyUI, monkeypatch: Any) -> None:
     """Seen in a real ComfyUI (0.3.64): a run just finished was in neither `/history` nor
@@ -420,6 +464,35 @@ async def test_get_workflow_summarises_ui_format_and_huge_graphs(tools: dict[str
 
     out = await call(tools, "get_workflow", FakeToolContext(ui_replies={"get_workflow": {}}))
     assert out.content == "The canvas is empty."
+
+
+async def test_get_workflow_gives_the_nodes_a_summary_cut_whole(tools: dict[str, Tool]) -> None:
+    """A summary cuts long values; queueing needs them whole, so the model can ask for those nodes."""
+    long_text = "a lighthouse on a cliff at dusk, " * 8
+    huge = {str(i): {"class_type": "CLIPTextEncode", "inputs": {"text": f"prompt {i}", "clip": ["0", 1]}} for i in range(1, 400)}
+    huge["6"]["inputs"]["text"] = long_text
+    ctx = FakeToolContext(ui_replies={"get_workflow": {"prompt": huge}})
+    summary = (await call(tools, "get_workflow", ctx)).content
+    assert "summarised" in summary and long_text not in summary
+    assert summary.endswith(
+        'Values over 120 characters are cut (they end in ...) in nodes "6": call get_workflow with '
+        "node_ids=[...] to get those nodes whole before changing or queueing them."
+    )
+    out = await call(tools, "get_workflow", ctx, node_ids=["6", 7, "nope"])
+    assert not out.is_error
+    head, body, note = out.content.split("\n")
+    assert head == "Nodes 6, 7 of the canvas's workflow, whole (API format):" and note == "(not on the canvas: nope)"
+    assert json.loads(body) == {"6": huge["6"], "7": huge["7"]}
+
+    ui = load("workflow_ui_default.json")
+    out = await call(tools, "get_workflow", FakeToolContext(ui_replies={"get_workflow": {"workflow": ui}}), node_ids=["3"])
+    assert json.loads(out.content.split("\n")[1]) == {"3": next(n for n in ui["nodes"] if n["id"] == 3)}
+    out = await call(tools, "get_workflow", ctx, node_ids=["nope"])
+    assert out.is_error and out.content.startswith("no node nope on the canvas; its node ids: 1, 2, 3")
+
+    huge["8"]["inputs"]["text"] = huge["9"]["inputs"]["text"] = "x" * 40_000
+    out = await call(tools, "get_workflow", ctx, node_ids=["8", "9"])
+    assert out.content.startswith("Nodes 8 of") and out.content.endswith("(left out to keep this short, ask for them next: 9)")
 
 
 async def test_get_workflow_without_a_panel_is_a_readable_error(tools: dict[str, Tool]) -> None:

@@ -17,7 +17,7 @@ import pytest
 from opencode_agent.core.protocol import ImagePart
 from opencode_agent.core.tools import Tool, ToolOutput
 from opencode_agent.skills.comfyui import ComfyError, ComfyValidationError, InProcessComfyAdapter, build_comfyui_skill
-from opencode_agent.tests.fakes.comfyui_data import ERROR_PROMPT_ID, SAVED_IMAGE, graph, load, object_info, saved_png
+from opencode_agent.tests.fakes.comfyui_data import ERROR_PROMPT_ID, OK_PROMPT_ID, SAVED_IMAGE, graph, load, object_info, object_info_0_33, saved_png
 from opencode_agent.tests.fakes.comfyui_inprocess import (
     FakeExecution,
     FakeExecutionOld,
@@ -89,6 +89,16 @@ async def test_object_info_is_built_from_the_node_classes_like_comfyui_does(
     assert list(info) == list(recorded_info)
     for name, recorded in recorded_info.items():
         assert _normalised(info[name]) == _normalised(recorded), name
+
+
+async def test_a_node_classs_search_aliases_reach_search_nodes(server: FakePromptServer, folder_paths: SimpleNamespace) -> None:
+    """ComfyUI's node_info copies SEARCH_ALIASES; the definition built without it does too."""
+    v1_nodes = {k: d for k, d in object_info_0_33().items() if k in ("KSampler", "EmptyImage")}
+    adapter = InProcessComfyAdapter(server, nodes_module=fake_nodes_module(v1_nodes), folder_paths_module=folder_paths)
+    info = await adapter.object_info()
+    assert info["KSampler"]["search_aliases"] == v1_nodes["KSampler"]["search_aliases"] and "search_aliases" not in info["EmptyImage"]
+    tools = {t.name: t for t in build_comfyui_skill(adapter).tools}
+    assert payload(await call(tools, "search_nodes", query="img2img"))["results"][0]["class_type"] == "KSampler"
 
 
 async def test_server_node_info_or_an_injected_one_is_preferred(server: FakePromptServer, nodes: SimpleNamespace, folder_paths: SimpleNamespace) -> None:
@@ -263,6 +273,27 @@ async def test_get_run_reads_the_history_and_the_queue(tools: dict[str, Tool], s
     assert payload(await call(tools, "get_run", prompt_id="run-a"))["status"] == "running"
     assert payload(await call(tools, "get_run", prompt_id="run-b")) == {"prompt_id": "run-b", "status": "pending", "position": 1, "queued": 2}
     assert (await call(tools, "get_run", prompt_id="zzz")).is_error
+
+
+async def test_recent_runs_reads_copies_of_comfyuis_history(tools: dict[str, Tool], adapter: InProcessComfyAdapter,
+                                                           server: FakePromptServer) -> None:
+    history = server.prompt_queue.history
+    history["earlier"] = load("history_run_ok.json")[OK_PROMPT_ID]
+    history[ERROR_PROMPT_ID] = load("history_run_error.json")[ERROR_PROMPT_ID]
+    [run] = json.loads((await call(tools, "recent_runs", limit=1)).content)["runs"]
+    assert run["prompt_id"] == ERROR_PROMPT_ID and run["error"]["node_type"] == "LoadImage"
+    # Without a prompt id ComfyUI hands out its own entries, which its execution thread updates.
+    entries = await adapter.recent_history(5)
+    assert list(entries) == ["earlier", ERROR_PROMPT_ID]
+    entries[ERROR_PROMPT_ID]["status"]["messages"].clear()
+    assert history[ERROR_PROMPT_ID]["status"]["messages"]
+
+
+async def test_recent_history_of_a_comfyui_without_map_function(adapter: InProcessComfyAdapter, server: FakePromptServer) -> None:
+    history = {"a": {"status": {"status_str": "success"}}, "b": {"status": {"status_str": "error"}}}
+    server.prompt_queue.get_history = lambda prompt_id=None, max_items=None, offset=-1: dict(list(history.items())[-max_items:])
+    entries = await adapter.recent_history(1)
+    assert entries == {"b": history["b"]} and entries["b"] is not history["b"]
 
 
 async def test_close_removes_the_send_sync_hook(adapter: InProcessComfyAdapter, server: FakePromptServer) -> None:

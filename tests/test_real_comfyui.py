@@ -417,6 +417,59 @@ async def test_http_tools_report_an_invalid_workflow(http_tools: dict[str, Tool]
     assert out.is_error and "NoSuchNodeAnywhere" in out.content and "nothing was queued" in out.content
 
 
+async def test_http_tools_run_v3_nodes_and_find_the_run_among_recent_ones(http_tools: dict[str, Tool]) -> None:
+    """A dynamic combo (resize_type and resize_type.multiplier), a match type and a growing list
+    (images.image0, images.image1): ComfyUI 0.3.5x+ nodes written against its v3 schema."""
+    out = await call(http_tools, "describe_node", class_type="ResizeImageMaskNode")
+    if out.is_error:
+        pytest.skip("this ComfyUI has no v3 ResizeImageMaskNode")
+    prefix = f"opencode_v3_{uuid.uuid4().hex[:8]}"
+    graph = cpu_graph(prefix)
+    graph["4"] = {"class_type": "ResizeImageMaskNode", "inputs": {"input": ["2", 0], "resize_type": "scale by multiplier",
+                                                                  "resize_type.multiplier": 0.5, "scale_method": "area"}}
+    graph["5"] = {"class_type": "BatchImagesNode", "inputs": {"images.image0": ["4", 0], "images.image1": ["4", 0]}}
+    graph["3"]["inputs"]["images"] = ["5", 0]
+    result = payload(await call(http_tools, "queue_workflow", graph=graph))
+    assert result["status"] == "success" and len(result["outputs"]["3"]["images"]) == 2
+
+    recent = payload(await call(http_tools, "recent_runs", limit=3))
+    assert recent["runs"][0]["prompt_id"] == result["prompt_id"] and recent["runs"][0]["status"] == "success"
+    assert recent["runs"][0]["images"][0].startswith(prefix)
+
+
+async def test_every_nodes_example_passes_the_local_check(http: aiohttp.ClientSession) -> None:
+    """describe_node's example of every node this ComfyUI has, each link fed by a node that outputs
+    its type, passes the local check (before v3 inputs were understood, 153 of 0.33.0's 886 failed)."""
+    from opencode_agent.skills.comfyui import catalog
+    from opencode_agent.skills.comfyui.graph import validate_graph
+
+    async with http.get(f"{URL}/object_info") as resp:
+        info = await resp.json()
+    producers: dict[str, tuple[str, int]] = {}
+    for class_type, node_def in info.items():
+        for index, type_name in enumerate(catalog.output_types(node_def)):
+            for part in type_name.split(","):
+                producers.setdefault(part.strip(), (class_type, index))
+    refused = {}
+    for class_type, node_def in info.items():
+        example = catalog.example_node(class_type, node_def)
+        graph: dict[str, Any] = {"1": example}
+        specs = {s.name: s for s in catalog.expand_inputs(node_def, example["inputs"])}
+        for name, value in example["inputs"].items():
+            if value == ["<node id>", 0]:
+                source = next((producers[t] for t in sorted(specs[name].accepts) if t in producers), None) or producers.get("*")
+                if source is None:
+                    example["inputs"][name] = "a value"  # a front-end widget: nothing outputs its type
+                    continue
+                graph[str(len(graph) + 1)] = {"class_type": source[0], "inputs": {}}
+                example["inputs"][name] = [str(len(graph)), source[1]]
+        problems = [str(e) for e in validate_graph(graph, info, require_output=False) if e.node_id == "1"]
+        problems = [p for p in problems if "is not available (no choices" not in p]  # no model files installed
+        if problems:
+            refused[class_type] = problems
+    assert refused == {}
+
+
 async def test_http_tools_list_models(http_tools: dict[str, Tool]) -> None:
     listed = payload(await call(http_tools, "list_models", folder="checkpoints"))
     assert listed["folder"] == "checkpoints" and listed["count"] == len(listed["files"])

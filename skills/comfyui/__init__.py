@@ -42,6 +42,9 @@ ComfyUI runs graphs in *API format*: an object mapping node ids (strings) to nod
 - An input is either a value (numbers, text, one of the allowed choices) or a link
   `["<node id>", <output index>]` to another node's output; output indexes start at 0 and are
   listed by `describe_node` (Load Checkpoint: 0 MODEL, 1 CLIP, 2 VAE).
+- Some newer nodes have inputs named with dots: a choice that brings inputs of its own
+  (`"resize_type": "scale by multiplier"` with `"resize_type.multiplier": 2.0`) or a growing list
+  (`"images.image0"`, `"images.image1"`); `describe_node` lists them and its example shows them.
 - Every required input needs a value or a link. A graph needs an output node (`SaveImage` or
   `PreviewImage`) to produce anything.
 - Model file names (`ckpt_name`, `lora_name`, `vae_name`, ...) must be files that exist: check with
@@ -51,12 +54,14 @@ ComfyUI runs graphs in *API format*: an object mapping node ids (strings) to nod
 
 1. `search_nodes` to find node types, `describe_node` for their inputs, outputs and allowed values.
 2. `get_workflow` to start from what is on the canvas when the user refers to it; keep their node
-   ids and change only what is needed.
+   ids and change only what is needed. A large canvas comes back summarised with long values cut:
+   get the nodes you change or send back whole with `get_workflow(node_ids=[...])`.
 3. `propose_workflow` to put a new or changed graph on the user's canvas (they accept or reject),
    or `queue_workflow` to run it directly. Both check the graph first and name each problem:
    fix those and retry rather than guessing.
-4. `get_run` with the prompt id for a run's outputs or its error; `view_image` to look at an
-   output image.
+4. `get_run` with the prompt id for a run's outputs or its error; `recent_runs` for the latest
+   runs and their ids (the user's own runs from ComfyUI's Queue button too); `view_image` to look
+   at an output image.
 
 Running a workflow uses the user's GPU and time: run what they asked for, not variations they
 did not ask for.

@@ -259,6 +259,11 @@ class ComfyAdapter(ABC):
         """The history entry of a finished run (`prompt`, `outputs`, `status`), or None."""
 
     @abstractmethod
+    async def recent_history(self, max_items: int) -> dict[str, dict[str, Any]]:
+        """The history entries of the last `max_items` finished runs, by prompt id, oldest first
+        (ComfyUI's order): runs queued from the browser too, whose ids the user never sees."""
+
+    @abstractmethod
     async def queue_state(self) -> dict[str, list[str]]:
         """Prompt ids `{"running": [...], "pending": [...]}` in queue order."""
 

@@ -117,6 +117,10 @@ class HttpComfyAdapter(ComfyAdapter):
         entry = answer.get(prompt_id) if isinstance(answer, dict) else None
         return entry if isinstance(entry, dict) else None
 
+    async def recent_history(self, max_items: int) -> dict[str, dict[str, Any]]:
+        answer = await self._json("GET", "/history", params={"max_items": str(max_items)})
+        return {str(k): v for k, v in answer.items() if isinstance(v, dict)} if isinstance(answer, dict) else {}
+
     async def queue_state(self) -> dict[str, list[str]]:
         answer = await self._json("GET", "/queue")
         return {"running": queue_ids(answer.get("queue_running")), "pending": queue_ids(answer.get("queue_pending"))}

@@ -99,6 +99,8 @@ class InProcessComfyAdapter(ComfyAdapter):
                 info[key] = True
         if hasattr(cls, "OUTPUT_TOOLTIPS"):
             info["output_tooltips"] = list(cls.OUTPUT_TOOLTIPS)
+        if getattr(cls, "SEARCH_ALIASES", None):  # what search_nodes matches besides the names
+            info["search_aliases"] = list(cls.SEARCH_ALIASES)
         return info
 
     def _collect_object_info(self) -> dict[str, Any]:
@@ -168,6 +170,16 @@ class InProcessComfyAdapter(ComfyAdapter):
     async def history(self, prompt_id: str) -> dict[str, Any] | None:
         entry = self.server.prompt_queue.get_history(prompt_id=prompt_id).get(prompt_id)
         return entry if isinstance(entry, dict) else None
+
+    async def recent_history(self, max_items: int) -> dict[str, dict[str, Any]]:
+        # Without a prompt id ComfyUI hands out its own entries, which its execution thread still
+        # updates: copied under its lock (`map_function`), or after, on a ComfyUI without it.
+        prompt_queue = self.server.prompt_queue
+        try:
+            entries = prompt_queue.get_history(max_items=max_items, map_function=copy.deepcopy)
+        except TypeError:
+            entries = {k: copy.deepcopy(v) for k, v in prompt_queue.get_history(max_items=max_items).items()}
+        return {str(k): v for k, v in entries.items() if isinstance(v, dict)}
 
     async def queue_state(self) -> dict[str, list[str]]:
         running, pending = self.server.prompt_queue.get_current_queue()

@@ -18,6 +18,8 @@ from .adapter import ComfyEvent
 
 TRACEBACK_FRAMES = 4
 MAX_OUTPUT_CHARS = 2000
+MAX_BRIEF_IMAGES = 4
+MAX_BRIEF_MESSAGE_CHARS = 300
 _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func>\S+)')
 
 
@@ -107,6 +109,41 @@ def summarize_history(prompt_id: str, entry: dict[str, Any]) -> dict[str, Any]:
     if duration is not None:
         result["duration_s"] = duration
     return result
+
+
+def _end_time(messages: list[tuple[str, dict[str, Any]]]) -> float | None:
+    """When the run ended, in seconds since the epoch (ComfyUI stamps events in milliseconds)."""
+    for name, data in messages:
+        if name in ("execution_success", "execution_error", "execution_interrupted") and isinstance(data.get("timestamp"), (int, float)):
+            return data["timestamp"] / 1000
+    return None
+
+
+def brief_run(prompt_id: str, entry: dict[str, Any], now: float) -> dict[str, Any]:
+    """A finished run in a few fields, for a list of recent runs: its status, how long ago it
+    ended, its images or its error without the traceback (`get_run` gives the whole run)."""
+    result = summarize_history(prompt_id, entry)
+    status = entry.get("status") if isinstance(entry.get("status"), dict) else {}
+    messages = [(str(m[0]), m[1]) for m in status.get("messages") or [] if isinstance(m, (list, tuple)) and len(m) == 2 and isinstance(m[1], dict)]
+    prompt = entry.get("prompt")
+    graph = prompt[2] if isinstance(prompt, (list, tuple)) and len(prompt) > 2 and isinstance(prompt[2], dict) else {}
+    out: dict[str, Any] = {"prompt_id": prompt_id, "status": result["status"], "nodes": len(graph)}
+    ended = _end_time(messages)
+    if ended is not None:
+        out["ended_s_ago"] = max(0, round(now - ended))
+    if "duration_s" in result:
+        out["duration_s"] = result["duration_s"]
+    images = image_files(result)
+    if images:
+        out["images"] = images[:MAX_BRIEF_IMAGES] + ([f"... {len(images) - MAX_BRIEF_IMAGES} more"] if len(images) > MAX_BRIEF_IMAGES else [])
+    error = result.get("error")
+    if error:
+        brief = {k: v for k, v in error.items() if k != "traceback"}
+        message = str(brief.get("exception_message") or "")
+        if len(message) > MAX_BRIEF_MESSAGE_CHARS:
+            brief["exception_message"] = message[: MAX_BRIEF_MESSAGE_CHARS - 3] + "..."
+        out["error"] = brief
+    return out
 
 
 @dataclass

@@ -11,19 +11,32 @@ import asyncio
 import json
 import logging
 import struct
+import time
 from typing import Any, Literal
 
 from ...core.protocol import ImagePart
 from ...core.tools import Tool, ToolContext, ToolError, ToolOutput, tool
 from . import catalog, worker
 from .adapter import ComfyAdapter, ComfyValidationError, check_image_ref, format_node_errors, image_mime
-from .graph import UI_FORMAT_MESSAGE, looks_like_ui_format, summarize_api_graph, summarize_ui_graph, validate_graph, value_warnings
-from .runs import RunTracker, image_files, summarize_history
+from .graph import (
+    SUMMARY_VALUE_CHARS,
+    UI_FORMAT_MESSAGE,
+    cut_nodes,
+    looks_like_ui_format,
+    summarize_api_graph,
+    summarize_ui_graph,
+    validate_graph,
+    value_warnings,
+)
+from .runs import RunTracker, brief_run, image_files, summarize_history
 
 log = logging.getLogger("opencode.comfyui.tools")
 
 MAX_GRAPH_JSON_CHARS = 16_000
+MAX_CHOSEN_JSON_CHARS = 64_000  # get_workflow(node_ids=...): nodes a summary cut, asked for whole
+MAX_CUT_IDS_NAMED = 30
 MAX_MODEL_FILES = 300
+MAX_RECENT_RUNS = 20
 HISTORY_SAVE_WAIT = 2.0  # seconds a finished run's history may take to appear (`_history_once_saved`)
 
 
@@ -52,9 +65,10 @@ def build_tools(adapter: ComfyAdapter, *, run_timeout: float = 600.0, propose_ti
 
     @tool(permission="read")
     async def search_nodes(ctx: ToolContext, query: str, limit: int = 20) -> dict[str, Any]:
-        """Find ComfyUI node types by words in their name, display name, category or description
-        (e.g. "upscale", "load lora", "ksampler"). Returns class types, best match first, with the
-        types of their link inputs and outputs. Use describe_node for a node's full inputs."""
+        """Find ComfyUI node types by words in their name, display name, search aliases, category
+        or description (e.g. "upscale", "load lora", "img2img"). Returns class types, best match
+        first, with the types of their link inputs and outputs. Use describe_node for a node's full
+        inputs."""
         if not query.strip():
             raise ToolError("give one or more words to search for, e.g. 'upscale image'")
         limit = max(1, min(limit, 50))
@@ -64,10 +78,11 @@ def build_tools(adapter: ComfyAdapter, *, run_timeout: float = 600.0, propose_ti
         return {"query": query, "matches": total, "shown": len(results), "results": results}
 
     @tool(permission="read")
-    async def describe_node(ctx: ToolContext, class_type: str) -> dict[str, Any]:
+    async def describe_node(ctx: ToolContext, class_type: str, input: str = "") -> dict[str, Any]:
         """Everything about one node type: its inputs (type, default, min/max, allowed choices,
         whether it takes a link), its outputs with their indexes, its category and description,
-        and an example of the node in API format."""
+        and an example of the node in API format. Long lists of choices show their first 25:
+        give `input` (an input's name, e.g. "sampler_name") for that input alone with every choice."""
         info = await adapter.object_info()
         found = catalog.find_class(info, class_type)
         if found is None:
@@ -79,16 +94,21 @@ def build_tools(adapter: ComfyAdapter, *, run_timeout: float = 600.0, propose_ti
                 f"unknown node type '{class_type}'"
                 + (f"; did you mean {', '.join(hint)}?" if hint else "; use search_nodes to find it")
             )
+        if input.strip():
+            return _describe_one_input(found, info[found], input.strip())
         return catalog.describe(found, info[found])
 
     @tool(permission="read")
-    async def get_workflow(ctx: ToolContext) -> str:
+    async def get_workflow(ctx: ToolContext, node_ids: list[str | int] | None = None) -> str:
         """The workflow currently on the user's ComfyUI canvas, in API format (node id ->
-        class_type and inputs; a link is [node id, output index]). Large workflows come back as
-        a one-line-per-node summary."""
+        class_type and inputs; a link is [node id, output index]). A large workflow comes back as
+        a one-line-per-node summary with long values cut: give `node_ids` to get those nodes
+        whole (do that before changing or queueing them, or a cut value goes back cut)."""
         reply = await ctx.ui_request("get_workflow", {})
         prompt = reply.get("prompt") or reply.get("output")
         workflow = reply.get("workflow")
+        if node_ids:
+            return _chosen_nodes(prompt, workflow, [str(i) for i in node_ids])
         if isinstance(prompt, dict) and prompt:
             text = _compact_json(prompt)
             if len(text) <= MAX_GRAPH_JSON_CHARS:
@@ -96,11 +116,13 @@ def build_tools(adapter: ComfyAdapter, *, run_timeout: float = 600.0, propose_ti
             return (
                 f"Workflow on the canvas ({len(prompt)} nodes, API format, summarised: "
                 f"`id ClassType: input=value, input<-node.output`):\n{summarize_api_graph(prompt)}"
+                + _cut_note(cut_nodes(prompt))
             )
         if isinstance(workflow, dict) and workflow.get("nodes"):
             return (
                 f"Workflow on the canvas ({len(workflow['nodes'])} nodes, UI format summarised: "
                 f"`id Type: input<-node.output, widgets=[...]`):\n{summarize_ui_graph(workflow)}"
+                + _cut_note(cut_nodes(workflow))
             )
         return "The canvas is empty."
 
@@ -182,7 +204,7 @@ def build_tools(adapter: ComfyAdapter, *, run_timeout: float = 600.0, propose_ti
         for a failed run the failing node id and type, the exception and the last traceback lines."""
         prompt_id = prompt_id.strip()
         if not prompt_id:
-            raise ToolError("give the prompt id of a run (queue_workflow returns it)")
+            raise ToolError("give the prompt id of a run (queue_workflow returns it; recent_runs lists the latest runs with theirs)")
         entry = await adapter.history(prompt_id)
         if entry is not None:
             return _run_output(summarize_history(prompt_id, entry))
@@ -197,7 +219,27 @@ def build_tools(adapter: ComfyAdapter, *, run_timeout: float = 600.0, propose_ti
         entry = await adapter.history(prompt_id)
         if entry is not None:
             return _run_output(summarize_history(prompt_id, entry))
-        raise ToolError(f"no run '{prompt_id}' in ComfyUI's queue or history (history is lost when ComfyUI restarts)")
+        raise ToolError(
+            f"no run '{prompt_id}' in ComfyUI's queue or history (history is lost when ComfyUI restarts); "
+            "recent_runs lists the latest runs with their prompt ids"
+        )
+
+    @tool(permission="read")
+    async def recent_runs(ctx: ToolContext, limit: int = 5) -> dict[str, Any]:
+        """ComfyUI's latest finished runs, newest first, the ones the user queued from ComfyUI
+        itself included: each with its prompt id, status, how long ago it ended, its images or,
+        for a failed run, the failing node and the error; and the runs running or waiting now.
+        Use it when the user asks about their run or why their workflow fails (they never see a
+        prompt id); get_run(prompt_id) gives one run in full, traceback included."""
+        limit = max(1, min(limit, MAX_RECENT_RUNS))
+        entries = await adapter.recent_history(limit)
+        state = await adapter.queue_state()
+        now = time.time()
+        runs = [brief_run(prompt_id, entry, now) for prompt_id, entry in reversed(list(entries.items()))]
+        result: dict[str, Any] = {"runs": runs, "running": state["running"], "pending": len(state["pending"])}
+        if not runs:
+            result["note"] = "no finished run in ComfyUI's history (ComfyUI forgets it when it restarts)"
+        return result
 
     @tool(permission="read")
     async def view_image(
@@ -229,7 +271,58 @@ def build_tools(adapter: ComfyAdapter, *, run_timeout: float = 600.0, propose_ti
             result["note"] = f"no files: put model files in ComfyUI's models/{folder} folder and refresh ComfyUI"
         return result
 
-    return [search_nodes, describe_node, get_workflow, propose_workflow, queue_workflow, get_run, view_image, list_models]
+    return [search_nodes, describe_node, get_workflow, propose_workflow, queue_workflow, get_run, recent_runs, view_image, list_models]
+
+
+def _cut_note(node_ids: list[str]) -> str:
+    """Which nodes a summary cut and how to get them whole: a graph queued from the summary would
+    send the cut values, "..." and all."""
+    if not node_ids:
+        return ""
+    shown = ", ".join(f'"{n}"' for n in node_ids[:MAX_CUT_IDS_NAMED]) + (", ..." if len(node_ids) > MAX_CUT_IDS_NAMED else "")
+    return (
+        f"\nValues over {SUMMARY_VALUE_CHARS} characters are cut (they end in ...) in nodes {shown}: call "
+        f"get_workflow with node_ids=[...] to get those nodes whole before changing or queueing them."
+    )
+
+
+def _chosen_nodes(prompt: Any, workflow: Any, node_ids: list[str]) -> str:
+    """The canvas's nodes of these ids, whole: in API format, or in the UI format when the panel
+    sent only that. Up to `MAX_CHOSEN_JSON_CHARS`; the first node always, however long."""
+    if isinstance(prompt, dict) and prompt:
+        nodes, kind = prompt, "API format"
+    elif isinstance(workflow, dict) and isinstance(workflow.get("nodes"), list):
+        nodes = {str(n.get("id")): n for n in workflow["nodes"] if isinstance(n, dict)}
+        kind = "UI format"
+    else:
+        return "The canvas is empty."
+    found: dict[str, Any] = {}
+    left: list[str] = []
+    size = 0
+    for node_id in dict.fromkeys(node_ids):
+        if node_id not in nodes:
+            continue
+        text = _compact_json(nodes[node_id])
+        if found and size + len(text) > MAX_CHOSEN_JSON_CHARS:
+            left.append(node_id)
+            continue
+        found[node_id], size = nodes[node_id], size + len(text)
+    missing = [n for n in dict.fromkeys(node_ids) if n not in nodes]
+    if not found:
+        raise ToolError(f"no node {', '.join(missing)} on the canvas; its node ids: {', '.join(list(nodes)[:50])}")
+    notes = ([f"not on the canvas: {', '.join(missing)}"] if missing else []) + (
+        [f"left out to keep this short, ask for them next: {', '.join(left)}"] if left else []
+    )
+    return f"Nodes {', '.join(found)} of the canvas's workflow, whole ({kind}):\n{_compact_json(found)}" + "".join(f"\n({n})" for n in notes)
+
+
+def _describe_one_input(class_type: str, node_def: dict[str, Any], name: str) -> dict[str, Any]:
+    """One input of a node with every one of its choices, for when describe_node's list was cut."""
+    spec = catalog.find_input(node_def, name)
+    if spec is None:
+        names = ", ".join(s.name for s in catalog.node_inputs(node_def)) or "none"
+        raise ToolError(f"{class_type} has no input '{name}'; its inputs: {names}")
+    return {"class_type": class_type, "input": catalog.describe_input(spec, catalog.MAX_CHOICES_ASKED)}
 
 
 async def _history_once_saved(adapter: ComfyAdapter, prompt_id: str) -> dict[str, Any] | None:

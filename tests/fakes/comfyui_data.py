@@ -35,6 +35,11 @@ def object_info() -> dict[str, Any]:
     return info
 
 
+def object_info_0_33() -> dict[str, Any]:
+    """Node definitions from ComfyUI 0.33.0, v3 input types among them (see the README)."""
+    return load("object_info_0_33.json")
+
+
 def graph(name: str) -> dict[str, Any]:
     return load(f"workflow_api_{name}.json")
 

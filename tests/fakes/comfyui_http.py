@@ -1,6 +1,7 @@
 """`FakeComfyUI`: a loopback aiohttp server answering like ComfyUI 0.3.64, from recorded data.
 
-Routes: `/object_info`, `/prompt`, `/queue` (GET, and POST `{"delete": [...]}`), `/interrupt`, `/history/{id}`, `/models`, `/models/{folder}`, `/view`
+Routes: `/object_info`, `/prompt`, `/queue` (GET, and POST `{"delete": [...]}`), `/interrupt`, `/history/{id}`,
+`/history?max_items=N`, `/models`, `/models/{folder}`, `/view`
 and `/ws?clientId=`. A posted graph is answered the way the recording says: the txt2img graph
 gets the recorded 400 with `node_errors`, a graph naming an unknown class the recorded
 unknown-node 400, and the two recorded runs their prompt id. A run's recorded `/ws` frames go to
@@ -37,6 +38,7 @@ class FakeComfyUI:
         # saved and the run leaves the running queue (None: history first, as a fast machine shows it).
         self.history_lag: float | None = None
         self.requests: list[str] = []
+        self.history_queries: list[dict[str, str]] = []
         self.posted: list[dict[str, Any]] = []
         self.queue_posts: list[dict[str, Any]] = []
         self.interrupts: list[dict[str, Any]] = []
@@ -58,6 +60,7 @@ class FakeComfyUI:
         app.router.add_get("/queue", self.get_queue)
         app.router.add_post("/queue", self.post_queue)
         app.router.add_post("/interrupt", self.post_interrupt)
+        app.router.add_get("/history", self.get_recent_history)
         app.router.add_get("/history/{prompt_id}", self.get_history)
         app.router.add_get("/models", self.get_folders)
         app.router.add_get("/models/{folder}", self.get_models)
@@ -139,6 +142,14 @@ class FakeComfyUI:
         if prompt_id in self._looked_up:
             self._looked_up[prompt_id].set()
         return web.json_response({})
+
+    async def get_recent_history(self, request: web.Request) -> web.Response:
+        """The last `max_items` entries, oldest first, as ComfyUI's `get_history` gives them."""
+        self.history_queries.append(dict(request.query))
+        items = list(self.history.items())
+        if "max_items" in request.query:
+            items = items[-int(request.query["max_items"]):]
+        return web.json_response(dict(items))
 
     async def get_folders(self, request: web.Request) -> web.Response:
         return web.json_response(self.folders)

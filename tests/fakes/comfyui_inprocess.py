@@ -39,6 +39,8 @@ def fake_node_class(name: str, node_def: dict[str, Any]) -> type:
             attrs[attr] = True
     if "output_tooltips" in node_def:
         attrs["OUTPUT_TOOLTIPS"] = tuple(node_def["output_tooltips"])
+    if node_def.get("search_aliases"):
+        attrs["SEARCH_ALIASES"] = list(node_def["search_aliases"])
     return type(name, (), attrs)
 
 
@@ -127,8 +129,13 @@ class FakePromptQueue:
         for frame in run.tail_frames:
             self.server.send_sync(frame["type"], frame["data"], client_id)
 
-    def get_history(self, prompt_id: str | None = None, max_items: int | None = None, offset: int = -1) -> dict[str, Any]:
+    def get_history(
+        self, prompt_id: str | None = None, max_items: int | None = None, offset: int = -1, map_function: Any = None
+    ) -> dict[str, Any]:
         with self._lock:
+            if prompt_id is None:  # the last `max_items`, oldest first, ComfyUI's own objects unless mapped
+                items = list(self.history.items())[-max_items:] if max_items else list(self.history.items())
+                return {k: map_function(v) if map_function else v for k, v in items}
             if prompt_id in self.history:
                 return {prompt_id: copy.deepcopy(self.history[prompt_id])}
         if prompt_id in self._looked_up:
