@@ -340,6 +340,13 @@ async def abort(request: web.Request) -> web.Response:
     return json_response(await service_of(request).sessions.abort(path_id(request), body.run_id, body.skill))
 
 
+@route("POST", "/opencode/sessions/{id}/retry", "Answer a reply's prompt again with its role (a new reply)",
+       body=p.RetryBody, response=p.SendResult, status=202)
+async def retry(request: web.Request) -> web.Response:
+    body = await read_body(request, p.RetryBody)
+    return json_response(await service_of(request).sessions.retry(path_id(request), body.message_id), status=202)
+
+
 @route("POST", "/opencode/sessions/{id}/permissions", "Answer a permission request",
        body=p.PermissionReplyBody, response=p.Ok)
 async def reply_permission(request: web.Request) -> web.Response:

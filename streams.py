@@ -328,6 +328,8 @@ class WsConnection:
             return {}
         if cmd.type == "abort":
             return (await sessions.abort(cmd.session_id, cmd.run_id, cmd.skill)).model_dump()
+        if cmd.type == "retry":
+            return (await sessions.retry(cmd.session_id, cmd.message_id)).model_dump()
         if cmd.type == "configure":
             return {"session": (await sessions.patch(cmd.session_id, cmd.patch)).model_dump(mode="json")}
         if cmd.type == "permission.reply":

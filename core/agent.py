@@ -897,12 +897,15 @@ def heard_turns(message: Message) -> list[ChatMessage]:
 
 def in_answer_order(history: list[Message]) -> list[Message]:
     """Each prompt followed by its replies. In stored order a queued prompt's replies come after
-    the prompts queued behind it (they start later); a model must read them under their own."""
+    the prompts queued behind it (they start later); a model must read them under their own.
+    Of a role's replies to one prompt (a retry), only the newest."""
     prompts = {m.id for m in history if m.role == "user"}
-    replies: dict[str, list[Message]] = {}
+    replies: dict[str, dict[str | None, Message]] = {}
     for m in history:
         if m.reply_to in prompts:
-            replies.setdefault(m.reply_to, []).append(m)  # type: ignore[arg-type]
+            by_role = replies.setdefault(m.reply_to, {})  # type: ignore[arg-type]
+            by_role.pop(m.skill, None)  # the newest goes last
+            by_role[m.skill] = m
     if not replies:
         return history
     out: list[Message] = []
@@ -910,7 +913,7 @@ def in_answer_order(history: list[Message]) -> list[Message]:
         if m.reply_to in prompts:
             continue
         out.append(m)
-        out.extend(replies.get(m.id, ()))
+        out.extend(replies.get(m.id, {}).values())
     return out
 
 

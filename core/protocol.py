@@ -391,6 +391,12 @@ class PermissionSettings(Model):
     rules: dict[str, PermissionPolicy]
 
 
+class RetryBody(Model):
+    """Answer a reply's prompt again with the reply's role (see `SessionManager.retry`)."""
+
+    message_id: EntityId  # the reply to redo
+
+
 class AbortResult(Model):
     aborted: list[str]
 
@@ -627,6 +633,12 @@ class AbortCommand(_Command):
     skill: SkillId | None = None
 
 
+class RetryCommand(_Command):
+    type: Literal["retry"]
+    session_id: EntityId
+    message_id: EntityId  # the reply to redo
+
+
 class ConfigureCommand(_Command):
     type: Literal["configure"]
     session_id: EntityId
@@ -665,6 +677,7 @@ Command = Annotated[
         LeaveCommand,
         SendCommand,
         AbortCommand,
+        RetryCommand,
         ConfigureCommand,
         PingCommand,
         PermissionReplyCommand,
@@ -680,7 +693,7 @@ class CommandAdapterModel(Model):
 
     command: Command
 COMMAND_TYPES: frozenset[str] = frozenset(
-    {"join", "leave", "send", "abort", "configure", "ping", "permission.reply", "ui.reply"}
+    {"join", "leave", "send", "abort", "retry", "configure", "ping", "permission.reply", "ui.reply"}
 )
 
 

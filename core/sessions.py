@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import difflib
+import itertools
 import logging
 import re
 import sys
@@ -584,14 +585,17 @@ class SessionManager:
         return out
 
     def _start(self, live: _Live, user: Message, runs: list[Run], roles: list[SkillLike], *,
-               may_speak: asyncio.Future[bool] | None = None) -> list[AgentRun]:
+               may_speak: asyncio.Future[bool] | None = None, before: list[Message] | None = None) -> list[AgentRun]:
+        """Start `user`'s runs; `before`: the history to give them (a retry's: what came before
+        its prompt), else the window's."""
         if user.status == "queued":
             user.status = "completed"
             user.updated_at = now()
             self.store.queue_message(user)
             self.bus.publish(live.session.id, "message.created", MessageCreatedData(message=user))
         # Not the replies still streaming, nor the messages queued behind this one.
-        history = [m for m in live.recent.values() if m.id != user.id and m.status not in ("streaming", "queued")]
+        history = [m for m in (live.recent.values() if before is None else before)
+                   if m.id != user.id and m.status not in ("streaming", "queued")]
         tool_skills = self._tool_skills(live.session)
         agents = []
         for run, role in zip(runs, roles):
@@ -649,6 +653,35 @@ class SessionManager:
         if self._closing:
             raise Conflict("the server is shutting down; send the message again once it is back",
                            code="shutting_down")
+
+    async def retry(self, session_id: str, message_id: str) -> SendResult:
+        """Answer a reply's prompt again with the reply's role (after a provider error, a stop, or
+        an answer the person wants redone): a new reply to the same message, as the model saw it
+        then. The earlier reply stays; a model later reads only the newest of a role's replies to
+        a prompt. Only while nothing runs, and only for a prompt among the messages in memory."""
+        live = await self._get_live(session_id)
+        self._check_open(live)
+        reply = live.recent.get(message_id)
+        if reply is None or reply.role != "assistant":
+            raise NotFound(f"no reply {message_id} among this chat's last {self.recent_limit} messages; "
+                           "send the message again instead")
+        if reply.status in ("streaming", "queued"):
+            raise Conflict(f"reply {message_id} is still running; stop it first", code="busy")
+        prompt = live.recent.get(reply.reply_to or "")
+        if prompt is None:
+            raise NotFound(f"the message reply {message_id} answers is not among this chat's last "
+                           f"{self.recent_limit} messages; send it again instead")
+        role = self.skills.get(reply.skill or "")
+        if role is None or role.kind != "role":
+            raise BadRequest(f"role {reply.skill} is gone; roles: {', '.join(r.id for r in self.skills.roles())}",
+                             code="unknown_role")
+        if live.active or live.queued or live.interrupting or live.queueing:
+            raise Conflict("replies are running in this chat: retry once they end (or stop them)", code="busy")
+        before = list(itertools.takewhile(lambda m: m.id != prompt.id, live.recent.values()))
+        run = Run(id=new_id("run"), session_id=session_id, message_id=new_id("msg"), skill=role.id, status="queued")
+        self._register_runs([run])
+        self._start(live, prompt, [run], [role], before=before)
+        return SendResult(message_id=prompt.id, run_id=run.id, run_ids=[run.id])
 
     def _start_next(self, live: _Live) -> None:
         """Start the oldest queued message once nothing runs and no interrupt is waiting."""

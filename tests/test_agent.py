@@ -1431,3 +1431,53 @@ async def test_a_reply_aborted_before_its_usage_report_counts_an_estimate(env, s
     usage = final_message(ws, sent["data"]["run_id"])["usage"]
     assert usage["input_tokens"] >= 1000 and usage["output_tokens"] == 51
     assert (await service.sessions.get(sid)).usage.input_tokens == usage["input_tokens"]
+
+
+async def test_a_failed_reply_is_retried_on_its_own_prompt(env, client):
+    """A reply that failed (a rate limit, a key fixed since) is answered again by its role: the
+    model sees what came before the prompt, not the failed reply; later models read the new one."""
+    provider, session, ws_for = env
+
+    async def fails(_: ChatRequest) -> AsyncIterator[Any]:
+        yield TextDelta("half")
+        raise ProviderError("rate limited", code="provider_rate_limited")
+
+    provider.turns.extend([text_turn("one"), fails, text_turn("two, whole"), text_turn("three")])
+    sid = await session("alpha")
+    ws = await ws_for(sid)
+    first = await ws.command("send", session_id=sid, text="q1")
+    await ws.until(run_final(first["data"]["run_id"]))
+    second = await ws.command("send", session_id=sid, text="q2")
+    await ws.until(run_final(second["data"]["run_id"]))
+    failed = final_message(ws, second["data"]["run_id"])
+    assert failed["status"] == "error" and failed["reply_to"] == second["data"]["message_id"]
+    again = await ws.command("retry", session_id=sid, message_id=failed["id"])
+    assert again["data"]["message_id"] == second["data"]["message_id"]
+    await ws.until(run_final(again["data"]["run_id"]))
+    redone = final_message(ws, again["data"]["run_id"])
+    assert redone["status"] == "completed" and redone["reply_to"] == failed["reply_to"]
+    assert texts_of(provider.requests[2]) == ["q1", "one", "q2"]
+    third = await ws.command("send", session_id=sid, text="q3")
+    await ws.until(run_final(third["data"]["run_id"]))
+    assert texts_of(provider.requests[3]) == ["q1", "one", "q2", "two, whole", "q3"]
+    # Over REST too; a reply that is not one, or a chat that is busy, says why.
+    gate = asyncio.Event()
+
+    async def held(_: ChatRequest) -> AsyncIterator[Any]:
+        await gate.wait()
+        yield TextDelta("again")
+        yield Finish("stop")
+
+    provider.turns.append(held)
+    r = await client.post(f"/opencode/sessions/{sid}/retry", json={"message_id": redone["id"]})
+    assert r.status == 202 and (await r.json())["message_id"] == second["data"]["message_id"]
+    busy = await client.post(f"/opencode/sessions/{sid}/retry", json={"message_id": redone["id"]})
+    assert busy.status == 409 and (await busy.json())["error"]["code"] == "busy"
+    gate.set()
+    await ws.until(run_final((await r.json())["run_id"]))
+    missing = await client.post(f"/opencode/sessions/{sid}/retry", json={"message_id": third["data"]["message_id"]})
+    assert missing.status == 404 and "send the message again" in (await missing.json())["error"]["message"]
+
+
+def texts_of(request: ChatRequest) -> list[str]:
+    return [p.text for m in request.messages for p in m.parts]

@@ -22,7 +22,7 @@ from opencode_agent.routes import ROUTES
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 # Examples whose ids a fresh server does not have, or that need ComfyUI: a 4xx is right.
-CLEAR_ERRORS = ("before=msg_abc", "perm_1", "source=comfyui")
+CLEAR_ERRORS = ("before=msg_abc", "perm_1", "source=comfyui", "msg_456")
 
 
 def curl_lines() -> list[str]:

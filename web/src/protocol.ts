@@ -95,7 +95,8 @@ export interface Message {
   updated_at: number;
   usage: Usage | null;
   error: string | null;
-  /** A reply's prompt: the id of the user's message it answers (absent in older servers' rows). */
+  /** A reply's prompt: the id of the user's message it answers (null: a user's message, or a
+   * reply stored before replies named their prompt). */
   reply_to?: string | null;
 }
 
@@ -391,6 +392,7 @@ export interface CommandMap {
   leave: { session_id?: string | null };
   send: { session_id: string; text: string; images?: ImagePart[]; skills?: string[]; mode?: SendMode };
   abort: { session_id: string; run_id?: string | null; skill?: string | null };
+  retry: { session_id: string; message_id: string };
   configure: { session_id: string; patch: SessionPatch };
   ping: Record<string, never>;
   "permission.reply": { session_id: string; request_id: string; decision: "allow" | "deny"; remember: boolean };
@@ -401,7 +403,7 @@ export type CommandType = keyof CommandMap;
 
 /** Every command type, at run time (kept equal to `COMMAND_TYPES` in core/protocol.py by a test). */
 export const COMMAND_TYPES = [
-  "join", "leave", "send", "abort", "configure", "ping", "permission.reply", "ui.reply",
+  "join", "leave", "send", "abort", "retry", "configure", "ping", "permission.reply", "ui.reply",
 ] as const satisfies readonly CommandType[];
 
 export interface AckReply {
