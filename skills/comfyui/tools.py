@@ -128,10 +128,13 @@ def build_tools(adapter: ComfyAdapter, *, run_timeout: float = 600.0, propose_ti
 
     @tool(permission="edit")
     async def propose_workflow(ctx: ToolContext, graph: dict[str, Any], title: str = "") -> str:
-        """Show an API-format graph to the user, who can load it onto the canvas (accept) or
-        reject it. `graph` maps node ids to {"class_type": ..., "inputs": {...}}, links are
-        ["<node id>", <output index>]. `title` says in a few words what the workflow does.
-        Returns whether the user accepted."""
+        """Show an API-format graph to the user, who can accept it onto the canvas or reject it.
+        `graph` maps node ids to {"class_type": ..., "inputs": {...}}, links are
+        ["<node id>", <output index>]. To change the workflow on the canvas, start from
+        get_workflow's graph: keep the ids of the nodes you keep and give new nodes new ids;
+        accepting then edits the canvas in place (changed values and links set, new nodes added,
+        nodes you left out removed; layout, notes and groups stay). `title` says in a few words
+        what the workflow does. Returns whether the user accepted."""
         graph = _api_graph(graph, "propose_workflow")
         info = await adapter.object_info()
         errors = validate_graph(graph, info, require_output=False, check_values=False)

@@ -5,6 +5,7 @@
  */
 import type { InjectionKey } from "vue";
 import type { SocketFactory, Transport } from "./client";
+import type { ApplyOutcome } from "./applyProposal";
 import type { ImagePart } from "./protocol";
 
 export interface SessionConfig {
@@ -34,6 +35,11 @@ export interface PanelDeps {
   notify(severity: "success" | "info" | "warn" | "error", summary: string, detail?: string): boolean;
   currentWorkflow(): Promise<Record<string, unknown>>;
   loadWorkflow(graph: Record<string, unknown>): Promise<void>;
+  /**
+   * Apply an accepted proposal onto the canvas in place, never removing `keepTypes` nodes it
+   * leaves out. Absent, or `applied: false`, and the panel falls back to `loadWorkflow`.
+   */
+  applyWorkflow?(graph: Record<string, unknown>, keepTypes: readonly string[]): Promise<ApplyOutcome>;
   canLoadWorkflow(): boolean;
   imageUrl(part: ImagePart): string;
 }

@@ -8,8 +8,9 @@
  */
 import { app } from "comfyui:app";
 import { api } from "comfyui:api";
+import { applyProposal, type ApplyOutcome } from "./applyProposal";
 import type { Transport } from "./client";
-import type { ComfyApp, ComfyExtension, SidebarTab } from "./host-types";
+import type { ComfyApp, ComfyExtension, LiteGraphGlobal, SidebarTab } from "./host-types";
 import type { ImagePart } from "./protocol";
 
 export type { ComfyApp };
@@ -106,6 +107,33 @@ export async function loadWorkflow(graph: Record<string, unknown>): Promise<void
     return;
   }
   throw new Error("this version of ComfyUI cannot load an API-format workflow; update the front end");
+}
+
+/**
+ * Apply an API-format graph onto the canvas in place (see applyProposal.ts), keeping `keepTypes`
+ * nodes the graph leaves out; `applied: false` with a reason when only `loadWorkflow` can load it.
+ */
+export async function applyWorkflow(graph: Record<string, unknown>, keepTypes: readonly string[]): Promise<ApplyOutcome> {
+  const lg = (globalThis as { LiteGraph?: LiteGraphGlobal }).LiteGraph;
+  const root = app?.graph;
+  const canvas = app?.canvas;
+  if (!root || typeof lg?.createNode !== "function" || typeof app?.graphToPrompt !== "function" || typeof root.add !== "function") {
+    return { applied: false, reason: "host" };
+  }
+  return applyProposal(
+    {
+      graph: root,
+      createNode: (type) => lg.createNode!(type),
+      hasNodeType: (type) => !!lg.registered_node_types?.[type],
+      current: currentWorkflow,
+      // The change tracker takes everything between these two as one undo step.
+      beginChange: () => canvas?.emitBeforeChange?.(),
+      endChange: () => canvas?.emitAfterChange?.(),
+      titleHeight: lg.NODE_TITLE_HEIGHT,
+    },
+    graph,
+    { keepTypes },
+  );
 }
 
 export function canLoadWorkflow(): boolean {

@@ -36,6 +36,7 @@ export function hostDeps(binding: PanelBinding): PanelDeps {
     notify: (severity, summary, detail) => host.toast(severity, summary, detail),
     currentWorkflow: host.currentWorkflow,
     loadWorkflow: host.loadWorkflow,
+    applyWorkflow: host.applyWorkflow,
     canLoadWorkflow: host.canLoadWorkflow,
     imageUrl: host.imageUrl,
   };

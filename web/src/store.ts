@@ -48,6 +48,9 @@ export function proposedGraph(req: UiRequestData): Record<string, unknown> {
   return graph && typeof graph === "object" ? (graph as Record<string, unknown>) : {};
 }
 
+/** The node class holding a panel: an accepted proposal never removes one it leaves out. */
+const AGENT_TYPE = "OpencodeAgent";
+
 /** How long an accepted proposal waits for the server to take its answer before giving up. */
 const PROPOSAL_ACK_MS = 5000;
 
@@ -173,9 +176,9 @@ export const usePanelStore = defineStore("opencode-panel", () => {
       settled();
       return;
     }
-    // Answer before loading: loading replaces the canvas, and with it this node's panel. Load
+    // Answer before loading: loading may replace the canvas, and with it this node's panel. Load
     // only once the server took the answer: a proposal that timed out, or that another panel
-    // answered, must not replace the canvas.
+    // answered, must not change the canvas.
     try {
       await client.uiReply({ ...answer, ok: true, result: { accepted: true } }, PROPOSAL_ACK_MS);
     } catch (err) {
@@ -185,10 +188,26 @@ export const usePanelStore = defineStore("opencode-panel", () => {
       settled();
     }
     try {
-      await deps.loadWorkflow(withThisNode(proposedGraph(req)));
+      await loadProposal(proposedGraph(req));
     } catch (err) {
       notify("error", t("error.generic"), err instanceof Error ? err.message : String(err));
     }
+  }
+
+  /**
+   * Onto the canvas in place when the host can (positions, notes, groups and this node stay; one
+   * undo step), else the whole canvas is replaced by the graph, and the person is told why.
+   */
+  async function loadProposal(graph: Record<string, unknown>): Promise<void> {
+    const outcome = deps.applyWorkflow ? await deps.applyWorkflow(graph, [AGENT_TYPE]) : null;
+    if (outcome?.applied) {
+      const counts = { changed: outcome.changed, added: outcome.added, removed: outcome.removed };
+      const skipped = outcome.skipped.length ? t("proposal.skipped", { inputs: outcome.skipped.join(", ") }) : undefined;
+      notify(skipped ? "warn" : "success", t("proposal.applied", counts), skipped);
+      return;
+    }
+    if (outcome) notify("warn", t("proposal.replaced"), t(`proposal.why.${outcome.reason}`, { detail: outcome.detail ?? "" }));
+    await deps.loadWorkflow(withThisNode(graph));
   }
 
   /** An answer the server refused: a proposal that is gone says so plainly. */
@@ -201,11 +220,11 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   function withThisNode(graph: Record<string, unknown>): Record<string, unknown> {
     const s = session.value;
     if (deps.binding.kind !== "node" || !s) return graph;
-    if (Object.values(graph).some((n) => (n as { class_type?: string } | null)?.class_type === "OpencodeAgent")) return graph;
+    if (Object.values(graph).some((n) => (n as { class_type?: string } | null)?.class_type === AGENT_TYPE)) return graph;
     let id = 9000;
     while (String(id) in graph) id++;
     const inputs = { session_id: s.id, skills: s.skills.join(","), provider: s.provider ?? "", model: s.model ?? "" };
-    return { ...graph, [String(id)]: { class_type: "OpencodeAgent", inputs, _meta: { title: "Opencode Agent" } } };
+    return { ...graph, [String(id)]: { class_type: AGENT_TYPE, inputs, _meta: { title: "Opencode Agent" } } };
   }
 
   // ------------------------------------------------------------------ loading

@@ -234,3 +234,35 @@ describe("the Opencode.Token setting", () => {
     expect(set).toHaveBeenCalledWith("Opencode.Token", "PASTED");
   });
 });
+
+describe("applying a proposal through ComfyUI's app", () => {
+  afterEach(() => {
+    delete app.graph;
+    delete app.graphToPrompt;
+    delete app.canvas;
+  });
+
+  it("edits app.graph with LiteGraph.createNode inside one change-tracker step", async () => {
+    const { applyWorkflow } = await import("../src/host");
+    const { DEFS, defaultWorkflow, FakeNode } = await import("./fakeGraph");
+    expect(await applyWorkflow({}, [])).toEqual({ applied: false, reason: "host" }); // no graph, no LiteGraph
+
+    const g = defaultWorkflow();
+    const events: string[] = [];
+    app.graph = g;
+    app.graphToPrompt = async () => ({ output: g.prompt() });
+    app.canvas = { emitBeforeChange: () => events.push("before"), emitAfterChange: () => events.push("after") };
+    expect(await applyWorkflow({}, [])).toEqual({ applied: false, reason: "host" }); // still no window.LiteGraph
+    vi.stubGlobal("LiteGraph", {
+      createNode: (type: string) => new FakeNode(type),
+      registered_node_types: Object.fromEntries(Object.keys(DEFS).map((k) => [k, {}])),
+      NODE_TITLE_HEIGHT: 30,
+    });
+    const p = g.prompt() as Record<string, { class_type: string; inputs: Record<string, unknown> }>;
+    p["10"] = { class_type: "ImageScaleBy", inputs: { image: ["8", 0], upscale_method: "nearest-exact", scale_by: 2 } };
+    p["9"].inputs.images = ["10", 0];
+    expect(await applyWorkflow(p, ["OpencodeAgent"])).toEqual({ applied: true, changed: 1, added: 1, removed: 0, skipped: [] });
+    expect(events).toEqual(["before", "after"]);
+    expect(g.nodes.filter((n) => n.type === "ImageScaleBy")).toHaveLength(1);
+  });
+});

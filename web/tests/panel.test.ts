@@ -410,6 +410,35 @@ describe("OpencodePanel", () => {
     expect(own[0].inputs.session_id).toBe(SID);
   });
 
+  it("an accepted proposal is applied onto the canvas in place when the host can, else loaded with a word why", async () => {
+    const loadWorkflow = vi.fn().mockResolvedValue(undefined);
+    const applyWorkflow = vi.fn()
+      .mockResolvedValueOnce({ applied: true, changed: 1, added: 1, removed: 0, skipped: [] })
+      .mockResolvedValueOnce({ applied: true, changed: 1, added: 0, removed: 0, skipped: ["3.steps"] })
+      .mockResolvedValueOnce({ applied: false, reason: "subgraph", detail: "5:3" });
+    const binding = memoryBinding("node", SID);
+    const { w, ws, toasts } = await started([defaultRoutes(), { loadWorkflow, applyWorkflow, binding }]);
+    const graph = { "3": { class_type: "KSampler", inputs: { seed: 42 } } };
+    for (const [seq, id] of [[3, "ui_1"], [4, "ui_2"], [5, "ui_3"]] as const) {
+      ws.receive(ev("ui.request", seq, { request_id: id, run_id: null, action: "propose_workflow", payload: { graph } }));
+      await flushPromises();
+      await button(w, "Load into canvas").trigger("click");
+      ws.ack("ui.reply");
+      await flushPromises();
+    }
+    expect(applyWorkflow).toHaveBeenCalledTimes(3);
+    expect(applyWorkflow).toHaveBeenCalledWith(graph, ["OpencodeAgent"]); // as proposed: this node is kept, not added
+    expect(toasts).toEqual([
+      "Applied to the canvas: 1 changed, 1 added, 0 removed (Ctrl+Z undoes it)",
+      "Applied to the canvas: 1 changed, 0 added, 0 removed (Ctrl+Z undoes it): not set: 3.steps",
+      "The proposal replaced the whole canvas (layout, notes and groups were not kept): it changes nodes inside a subgraph or group node (5:3)",
+    ]);
+    // Only the one that could not be applied in place was loaded the old way, this node brought along.
+    expect(loadWorkflow).toHaveBeenCalledTimes(1);
+    const loaded = loadWorkflow.mock.calls[0][0] as Record<string, { class_type: string }>;
+    expect(Object.values(loaded).map((n) => n.class_type).sort()).toEqual(["KSampler", "OpencodeAgent"]);
+  });
+
   it("shows usage and cost from usage.updated", async () => {
     const { w, ws } = await started();
     ws.receive(ev("usage.updated", 2, { usage: { input_tokens: 1500, output_tokens: 20, cost: 0.0123 }, message_id: null }));
