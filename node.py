@@ -229,7 +229,8 @@ def _images_as_png(image: Any) -> list[bytes]:
     return out
 
 
-NODE_CLASS_MAPPINGS = {"OpencodeAgent": OpencodeAgent}
-NODE_DISPLAY_NAME_MAPPINGS = {"OpencodeAgent": "Opencode Agent"}
+# The name `queue_workflow` looks for in a graph (`worker.nodes_sending_to`).
+NODE_CLASS_MAPPINGS = {worker.AGENT_NODE_CLASS: OpencodeAgent}
+NODE_DISPLAY_NAME_MAPPINGS = {worker.AGENT_NODE_CLASS: "Opencode Agent"}
 
 __all__ = ["OpencodeAgent", "NodeBridge", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
