@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, TypeVar
 
-from .core.images import save_upload
+from .core.images import MODEL_IMAGE_SIDE, encode_for_model, save_upload
 from .core.protocol import SendBody, SessionCreate, SessionPatch
 from .core.service import OpencodeService
 from .core.sessions import join_replies
@@ -29,6 +29,9 @@ log = logging.getLogger("opencode.node")
 T = TypeVar("T")
 WAIT_SLICE = 0.1
 DEFAULT_TIMEOUT = 600.0
+# Images of a batch attached to one message: each costs the model about 1,600 tokens at full
+# size, and four stay well within a request's size limit (Anthropic's is 32 MB).
+MAX_NODE_IMAGES = 4
 
 
 @dataclass
@@ -142,7 +145,7 @@ class OpencodeAgent:
                 return "", ""
             reply, _ = bridge.call(lambda: svc().sessions.last_reply(session_id))
             return reply, session_id
-        images = [save_upload(svc().data_dir, png) for png in _images_as_png(image)] if image is not None else []
+        images, note = _attached_images(svc().data_dir, image)
         settings = SessionCreate(id=session_id or None, skills=parse_skills(skills), provider=provider or None,
                                  model=model or None)
         result: dict[str, Any] = {}
@@ -153,7 +156,7 @@ class OpencodeAgent:
                 # Shielded: a Cancel must not cut the send short while its message commits, or the
                 # runs it has already started could not be found (by `abort`) to be stopped.
                 sending = result["sending"] = asyncio.ensure_future(
-                    svc().sessions.send(sid, SendBody(text=text or "", images=images)))
+                    svc().sessions.send(sid, SendBody(text=(text or "") + note, images=images)))
                 sent = await asyncio.shield(sending)
                 return await wait_replies(svc(), sid, sent.run_ids), sid
 
@@ -212,21 +215,40 @@ def _image_fingerprint(image: Any) -> bytes:
         return str(id(image)).encode()
 
 
-def _images_as_png(image: Any) -> list[bytes]:
-    """ComfyUI IMAGE (a [B,H,W,C] float tensor in 0..1) → one PNG per batch item."""
+def _attached_images(data_dir: Any, image: Any) -> tuple[list[Any], str]:
+    """The IMAGE input saved as uploads, and a note for the message when the model gets less than
+    was connected (images left out, or scaled down): it must not judge what it was not shown."""
+    if image is None:
+        return [], ""
+    encoded, count, size = _images_for_model(image)
+    parts = [save_upload(data_dir, data, mime) for data, mime in encoded]
+    said = []
+    if count > len(parts):
+        log.warning("the image input held %d images: the first %d are sent", count, len(parts))
+        said.append(f"only the first {len(parts)} of its {count} images are attached")
+    if max(size) > MODEL_IMAGE_SIDE:
+        said.append(f"{'they were' if len(parts) > 1 else 'it was'} {size[0]}x{size[1]}, "
+                    f"scaled down to fit {MODEL_IMAGE_SIDE} px")
+    return parts, (f"\n\n[Opencode node's image input: {'; '.join(said)}.]" if said else "")
+
+
+def _images_for_model(image: Any) -> tuple[list[tuple[bytes, str]], int, tuple[int, int]]:
+    """ComfyUI IMAGE (a [B,H,W,C] float tensor in 0..1) → (bytes, mime type) for each of the first
+    `MAX_NODE_IMAGES` items, fitted for the providers (`encode_for_model`); the batch's size; the
+    items' width and height."""
     import numpy as np
     from PIL import Image
 
     array = image.cpu().numpy() if hasattr(image, "cpu") else np.asarray(image)
     if array.ndim == 3:
         array = array[None]
+    if array.shape[-1] == 1:  # one channel: a grey image
+        array = array[..., 0]
     out = []
-    for item in array[:4]:
+    for item in array[:MAX_NODE_IMAGES]:
         pixels = np.clip(item * 255.0, 0, 255).astype(np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(pixels).save(buf, format="PNG")
-        out.append(buf.getvalue())
-    return out
+        out.append(encode_for_model(Image.fromarray(pixels)))
+    return out, len(array), (int(array.shape[2]), int(array.shape[1]))
 
 
 # The name `queue_workflow` looks for in a graph (`worker.nodes_sending_to`).

@@ -236,3 +236,32 @@ def test_a_reply_stopped_in_the_panel_is_an_error_not_a_cut_off_text(server: Ser
     asyncio.run_coroutine_threadsafe(stop_it_soon(), server.loop)
     with pytest.raises(RuntimeError, match="the reply was stopped before it finished"):
         OpencodeAgent().run(session_id="ses_node_stop", skills="echo", text="word " * 200)
+
+
+def test_a_batch_over_four_images_says_what_was_left_out(server: ServerLoop, caplog: Any) -> None:
+    """A batch of 6 arrived as 4 and nobody was told: the model answered about "the images"."""
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("PIL")
+    batch = np.zeros((6, 16, 16, 4), dtype=np.float32)  # RGBA, as JoinImageWithAlpha makes
+    with caplog.at_level("WARNING", logger="opencode.node"):
+        OpencodeAgent().run(session_id="ses_batch", skills="echo", text="describe these", image=batch)
+    user = server.call(server.service.sessions.messages("ses_batch", None, 10)).messages[0]
+    assert [p.type for p in user.parts] == ["text"] + ["image"] * 4
+    assert user.parts[0].text == "describe these\n\n[Opencode node's image input: only the first 4 of its 6 images are attached.]"
+    assert "the image input held 6 images: the first 4 are sent" in caplog.text
+
+
+def test_a_big_image_is_scaled_and_compressed_for_the_model(server: ServerLoop) -> None:
+    """A 2048x2048 noisy image went out as a 7.6 MB PNG, over Anthropic's 5 MB an image."""
+    np = pytest.importorskip("numpy")
+    Image = pytest.importorskip("PIL.Image")
+    from opencode_agent.core.images import MODEL_IMAGE_BYTES
+
+    noisy = np.random.default_rng(5).random((1, 2048, 2048, 3), dtype=np.float32)
+    OpencodeAgent().run(session_id="ses_big", skills="echo", text="what is this", image=noisy)
+    user = server.call(server.service.sessions.messages("ses_big", None, 10)).messages[0]
+    assert user.parts[0].text.endswith("[Opencode node's image input: it was 2048x2048, scaled down to fit 1568 px.]")
+    part = user.parts[1]
+    stored = server.service.data_dir / "uploads" / part.filename
+    assert part.mime_type == "image/jpeg" and stored.suffix == ".jpg"
+    assert stored.stat().st_size <= MODEL_IMAGE_BYTES and Image.open(stored).size == (1568, 1568)
