@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
-import io
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -100,8 +100,9 @@ class OpencodeAgent:
                 "text": ("STRING", {"forceInput": True, "tooltip": "Sent as a user message when connected."}),
                 "image": ("IMAGE", {"tooltip": "Attached to the message (for vision models)."}),
             },
-            # The node's id in the graph: two nodes on one session are told apart (`fed_by_link`).
-            "hidden": {"unique_id": "UNIQUE_ID"},
+            # The node's id in the graph: two nodes on one session are told apart (`fed_by_link`);
+            # with the graph and its workflow, it names the session of a node whose id is empty.
+            "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
     # (node id, session id) → whether that node's last run was fed by a link (`text` or `image`).
@@ -111,7 +112,8 @@ class OpencodeAgent:
 
     @classmethod
     def IS_CHANGED(cls, session_id: str = "", skills: str = "", provider: str = "", model: str = "",
-                   text: str | None = None, image: Any = None, unique_id: str | None = None) -> str:
+                   text: str | None = None, image: Any = None, unique_id: str | None = None,
+                   prompt: Any = None, extra_pnginfo: Any = None) -> str:
         """Re-run when the widgets change; unfed, also when the session got a new reply.
 
         ComfyUI passes only constants here: linked inputs are left out (`IsChangedCache`), and a
@@ -133,7 +135,8 @@ class OpencodeAgent:
         return h.hexdigest()
 
     def run(self, session_id: str, skills: str = "", provider: str = "", model: str = "",
-            text: str | None = None, image: Any = None, unique_id: str | None = None) -> tuple[str, str]:
+            text: str | None = None, image: Any = None, unique_id: str | None = None,
+            prompt: Any = None, extra_pnginfo: Any = None) -> tuple[str, str]:
         bridge = self.bridge
         if bridge is None:
             raise RuntimeError("Opencode is not running inside this ComfyUI (its routes failed to mount)")
@@ -146,53 +149,96 @@ class OpencodeAgent:
             reply, _ = bridge.call(lambda: svc().sessions.last_reply(session_id))
             return reply, session_id
         images, note = _attached_images(svc().data_dir, image)
-        settings = SessionCreate(id=session_id or None, skills=parse_skills(skills), provider=provider or None,
-                                 model=model or None)
-        result: dict[str, Any] = {}
+        settings = SessionCreate(id=session_id or node_session_id(unique_id, prompt, extra_pnginfo),
+                                 skills=parse_skills(skills), provider=provider or None, model=model or None)
+        body = SendBody(text=(text or "") + note, images=images)
+        return _send_and_wait(bridge, settings, body, own=not session_id)
 
-        async def send_and_wait() -> tuple[str, str]:
-            sid = result["sid"] = await ensure_session(svc(), settings)
+
+def _send_and_wait(bridge: NodeBridge, settings: SessionCreate, body: SendBody, *, own: bool) -> tuple[str, str]:
+    """Send `body` to the node's session and wait for the reply, on the server loop.
+
+    `own`: the session is the node's own (its widget empty). Created by this run and failed, it
+    is deleted again: it holds nothing but the failure, which ComfyUI already shows."""
+    svc = bridge.service
+    result: dict[str, Any] = {}
+
+    async def send_and_wait() -> tuple[str, str]:
+        sid, created = await ensure_session(svc(), settings)
+        result["sid"] = sid
+        try:
             with worker.holding(sid):  # the node holds ComfyUI's worker: nothing queued runs till this returns
                 # Shielded: a Cancel must not cut the send short while its message commits, or the
                 # runs it has already started could not be found (by `abort`) to be stopped.
-                sending = result["sending"] = asyncio.ensure_future(
-                    svc().sessions.send(sid, SendBody(text=(text or "") + note, images=images)))
+                sending = result["sending"] = asyncio.ensure_future(svc().sessions.send(sid, body))
                 sent = await asyncio.shield(sending)
                 return await wait_replies(svc(), sid, sent.run_ids), sid
+        except Exception:
+            if created and own:
+                await _delete_quietly(svc(), sid)
+            raise
 
-        async def abort() -> None:
-            sending = result.get("sending")
-            if sending is None:
-                return
-            try:
-                sent = await sending  # it is committing: then its runs are known
-            except Exception:  # noqa: BLE001 - the send failed: it started nothing
-                return
-            for run_id in sent.run_ids:
-                try:
-                    await svc().sessions.abort(result["sid"], run_id)
-                except Exception:  # noqa: BLE001 - already finished
-                    pass
-
-        reply, sid = bridge.call(send_and_wait, on_cancel=abort)
-        return reply, sid
-
-
-async def ensure_session(svc: OpencodeService, settings: SessionCreate) -> str:
-    """The node's session, created with its widgets' settings if it does not exist yet."""
-    from .core.errors import NotFound
-
-    if settings.id:
+    async def abort() -> None:
+        sending = result.get("sending")
+        if sending is None:
+            return
         try:
-            current = await svc.sessions.get(settings.id)
-        except NotFound:
-            return (await svc.sessions.create(settings)).id
-        wanted = {"skills": settings.skills, "provider": settings.provider, "model": settings.model}
-        changes = {k: v for k, v in wanted.items() if v and getattr(current, k) != v}
-        if changes:
-            await svc.sessions.patch(settings.id, SessionPatch(**changes))
-        return settings.id
-    return (await svc.sessions.create(settings)).id
+            sent = await sending  # it is committing: then its runs are known
+        except Exception:  # noqa: BLE001 - the send failed: it started nothing
+            return
+        for run_id in sent.run_ids:
+            try:
+                await svc().sessions.abort(result["sid"], run_id)
+            except Exception:  # noqa: BLE001 - already finished
+                pass
+
+    return bridge.call(send_and_wait, on_cancel=abort)
+
+
+def node_session_id(unique_id: str | None, prompt: Any, extra_pnginfo: Any) -> str:
+    """The session of a node whose `session_id` is empty: one per node of a workflow.
+
+    The panel sets the id; a graph queued over the API (a script's, the agent's) has none. A new
+    session each run left one behind per run (and per failure); one per node keeps its runs in one
+    chat, as the panel's node does. A workflow from the canvas is known by its id, an API graph by
+    its nodes' ids and types (the same script's graph with other values is the same graph)."""
+    workflow = extra_pnginfo.get("workflow") if isinstance(extra_pnginfo, dict) else None
+    workflow_id = workflow.get("id") if isinstance(workflow, dict) else None
+    if isinstance(workflow_id, str) and workflow_id:
+        graph = f"workflow {workflow_id}"
+    else:
+        nodes = prompt.items() if isinstance(prompt, dict) else ()
+        graph = json.dumps(sorted((str(k), str(v.get("class_type"))) for k, v in nodes if isinstance(v, dict)))
+    return "ses_node_" + hashlib.sha256(f"{graph}|node {unique_id}".encode()).hexdigest()[:24]
+
+
+async def _delete_quietly(svc: OpencodeService, session_id: str) -> None:
+    try:
+        await svc.sessions.delete(session_id)
+    except Exception as exc:  # noqa: BLE001 - the node's own error is the one to report
+        log.warning("could not delete the node's failed session %s: %s", session_id, exc)
+
+
+async def ensure_session(svc: OpencodeService, settings: SessionCreate) -> tuple[str, bool]:
+    """The node's session, created with its widgets' settings if it does not exist yet; whether
+    it was created now."""
+    from .core.errors import Conflict, NotFound
+
+    session_id = settings.id
+    if not session_id:
+        raise ValueError("the node's session needs an id")
+    try:
+        current = await svc.sessions.get(session_id)
+    except NotFound:
+        try:
+            return (await svc.sessions.create(settings)).id, True
+        except Conflict:  # another node made it meanwhile
+            current = await svc.sessions.get(session_id)
+    wanted = {"skills": settings.skills, "provider": settings.provider, "model": settings.model}
+    changes = {k: v for k, v in wanted.items() if v and getattr(current, k) != v}
+    if changes:
+        await svc.sessions.patch(session_id, SessionPatch(**changes))
+    return session_id, False
 
 
 async def wait_replies(svc: OpencodeService, session_id: str, run_ids: list[str]) -> str:

@@ -52,7 +52,8 @@ def test_declaration() -> None:
     assert NODE_DISPLAY_NAME_MAPPINGS["OpencodeAgent"] == "Opencode Agent"
     types = OpencodeAgent.INPUT_TYPES()
     assert set(types["required"]) == {"session_id", "skills", "provider", "model"}
-    assert types["hidden"] == {"unique_id": "UNIQUE_ID"}  # not a widget: nothing lands in the workflow
+    # Not widgets: nothing lands in the workflow.
+    assert types["hidden"] == {"unique_id": "UNIQUE_ID", "prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
     assert types["optional"]["text"][0] == "STRING" and types["optional"]["image"][0] == "IMAGE"
     assert OpencodeAgent.RETURN_TYPES == ("STRING", "STRING")
     assert OpencodeAgent.RETURN_NAMES == ("reply", "session_id")
@@ -265,3 +266,34 @@ def test_a_big_image_is_scaled_and_compressed_for_the_model(server: ServerLoop) 
     stored = server.service.data_dir / "uploads" / part.filename
     assert part.mime_type == "image/jpeg" and stored.suffix == ".jpg"
     assert stored.stat().st_size <= MODEL_IMAGE_BYTES and Image.open(stored).size == (1568, 1568)
+
+
+def session_ids(server: ServerLoop) -> list[str]:
+    return [s.id for s in server.call(server.service.sessions.list())]
+
+
+def test_a_node_without_a_session_id_keeps_one_session_per_node(server: ServerLoop) -> None:
+    """An API graph has no panel to set the id: every run made a new session, one left per run."""
+    graph = {"1": {"class_type": "PrimitiveString"}, "2": {"class_type": "OpencodeAgent"}}
+    node = OpencodeAgent()
+    first = node.run(session_id="", skills="echo", text="one", unique_id="2", prompt=graph)
+    second = node.run(session_id=" ", skills="echo", text="two", unique_id="2", prompt=graph)
+    assert first == ("one", first[1]) and second == ("two", first[1]) and first[1].startswith("ses_node_")
+    assert session_ids(server) == [first[1]]
+    other_node = node.run(session_id="", skills="echo", text="x", unique_id="3", prompt={**graph, "3": graph["2"]})[1]
+    workflow = {"workflow": {"id": "3f1c9a52-0d1e-4c55-9d0b-1d2c3b4a5f60", "nodes": []}}
+    on_canvas = node.run(session_id="", skills="echo", text="x", unique_id="2", prompt=graph, extra_pnginfo=workflow)[1]
+    edited = node.run(session_id="", skills="echo", text="y", unique_id="2", prompt={**graph, "9": graph["1"]},
+                      extra_pnginfo=workflow)[1]
+    assert len({first[1], other_node, on_canvas}) == 3 and edited == on_canvas  # a workflow keeps its id
+
+
+def test_a_node_s_own_session_that_failed_at_its_first_run_is_not_left_behind(server: ServerLoop) -> None:
+    """The reviewer's provider failures left a session each; a session the panel named stays."""
+    graph = {"2": {"class_type": "OpencodeAgent"}}
+    with pytest.raises(RuntimeError, match="no provider is chosen"):
+        OpencodeAgent().run(session_id="", skills="assistant", text="hi", unique_id="2", prompt=graph)
+    assert session_ids(server) == []
+    with pytest.raises(RuntimeError, match="no provider is chosen"):
+        OpencodeAgent().run(session_id="ses_panel", skills="assistant", text="hi", unique_id="2", prompt=graph)
+    assert session_ids(server) == ["ses_panel"]
