@@ -29,6 +29,7 @@ log = logging.getLogger("opencode.node")
 T = TypeVar("T")
 WAIT_SLICE = 0.1
 DEFAULT_TIMEOUT = 600.0
+ABORT_WAIT = 5.0  # seconds the worker waits for an interrupted reply to be stopped
 # Images of a batch attached to one message: each costs the model about 1,600 tokens at full
 # size, and four stay well within a request's size limit (Anthropic's is 32 MB).
 MAX_NODE_IMAGES = 4
@@ -60,8 +61,17 @@ class NodeBridge:
             except BaseException:
                 future.cancel()
                 if on_cancel is not None:
-                    asyncio.run_coroutine_threadsafe(_as_coro(on_cancel), self.loop).result(timeout=5)
+                    self._abort(on_cancel)
                 raise
+
+    def _abort(self, on_cancel: Callable[[], Awaitable[Any]]) -> None:
+        """Stop what the call started, waiting `ABORT_WAIT` seconds at most. Slow or failing, it
+        must not replace the interrupt or timeout being raised: ComfyUI would report an error
+        rather than an interrupted prompt. A slow abort goes on on the loop."""
+        try:
+            asyncio.run_coroutine_threadsafe(_as_coro(on_cancel), self.loop).result(timeout=ABORT_WAIT)
+        except Exception as exc:  # noqa: BLE001 - logged; the interrupt is what the caller must see
+            log.warning("Opencode: stopping the node's reply did not finish in %.0f s: %r", ABORT_WAIT, exc)
 
 
 async def _as_coro(make: Callable[[], Awaitable[T]]) -> T:

@@ -297,3 +297,23 @@ def test_a_node_s_own_session_that_failed_at_its_first_run_is_not_left_behind(se
     with pytest.raises(RuntimeError, match="no provider is chosen"):
         OpencodeAgent().run(session_id="ses_panel", skills="assistant", text="hi", unique_id="2", prompt=graph)
     assert session_ids(server) == ["ses_panel"]
+
+
+async def _broken_abort() -> None:
+    raise RuntimeError("the store is gone")
+
+
+@pytest.mark.parametrize("abort", [lambda: asyncio.sleep(0.3), _broken_abort], ids=["slow", "failing"])
+def test_an_abort_slow_or_failing_does_not_turn_an_interrupt_into_an_error(
+        server: ServerLoop, monkeypatch: Any, abort: Any) -> None:
+    """An abort over its wait raised TimeoutError (a failing one its own error) in place of
+    ComfyUI's interrupt: the prompt showed as failed, not interrupted."""
+    from opencode_agent import node as node_module
+
+    monkeypatch.setattr(node_module, "ABORT_WAIT", 0.1, raising=False)
+    pressed = threading.Event()
+    Interrupted = interrupting(server, pressed)
+    pressed.set()
+    with pytest.raises(Interrupted):
+        OpencodeAgent.bridge.call(lambda: asyncio.sleep(5), on_cancel=abort)  # type: ignore[union-attr]
+    server.call(asyncio.sleep(0.4))  # the slow abort goes on meanwhile: let it end before the loop does
