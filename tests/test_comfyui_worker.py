@@ -108,3 +108,21 @@ async def test_unless_held_finishes_raises_and_cancels_like_what_it_follows() ->
     with pytest.raises(asyncio.CancelledError):
         await outer
     assert followed.cancelled() and worker._followers == {}
+
+
+async def test_following_a_run_stops_when_cancelled_as_an_event_arrives(adapter: HttpComfyAdapter) -> None:
+    """Seen in a real ComfyUI: the node started waiting just as the run's next event came in, and
+    the follow went on to the run's end. On Python < 3.12, `asyncio.wait_for` returns an inner
+    result that is ready when it is cancelled, and the cancel is lost."""
+    from opencode_agent.skills.comfyui import ComfyEvent
+
+    async def follow() -> None:
+        async for _ in adapter.events("p1"):
+            pass
+
+    task = asyncio.ensure_future(follow())
+    await asyncio.sleep(0.1)  # it waits for the run's next event
+    adapter._hub.publish(ComfyEvent("executing", {"prompt_id": "p1", "node": "2"}))
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=1)
+    assert task in done and task.cancelled()
