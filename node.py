@@ -121,7 +121,7 @@ class OpencodeAgent:
     fed_by_link: dict[tuple[str, str], bool] = {}
 
     @classmethod
-    def IS_CHANGED(cls, session_id: str = "", skills: str = "", provider: str = "", model: str = "",
+    def IS_CHANGED(cls, session_id: str | None = "", skills: str = "", provider: str = "", model: str = "",
                    text: str | None = None, image: Any = None, unique_id: str | None = None,
                    prompt: Any = None, extra_pnginfo: Any = None) -> str:
         """Re-run when the widgets change; unfed, also when the session got a new reply.
@@ -135,6 +135,8 @@ class OpencodeAgent:
         h = hashlib.sha256(f"{session_id}|{skills}|{provider}|{model}|{text}".encode())
         if image is not None:
             h.update(_image_fingerprint(image))
+        if session_id is None:  # linked: unknown here (it raised), and a change upstream re-runs the node
+            return h.hexdigest()
         fed = text is not None or image is not None or cls.fed_by_link.get((str(unique_id), session_id.strip()), True)
         if not fed and cls.bridge is not None and session_id:
             try:

@@ -317,3 +317,10 @@ def test_an_abort_slow_or_failing_does_not_turn_an_interrupt_into_an_error(
     with pytest.raises(Interrupted):
         OpencodeAgent.bridge.call(lambda: asyncio.sleep(5), on_cancel=abort)  # type: ignore[union-attr]
     server.call(asyncio.sleep(0.4))  # the slow abort goes on meanwhile: let it end before the loop does
+
+
+def test_a_linked_session_id_does_not_break_is_changed(server: ServerLoop) -> None:
+    """ComfyUI passes None for a linked input: `.strip()` raised, ComfyUI logged a warning and
+    counted the node as changed at every queue."""
+    widgets = {"session_id": None, "skills": "echo", "provider": "", "model": "", "unique_id": "2"}
+    assert OpencodeAgent.IS_CHANGED(**widgets) == OpencodeAgent.IS_CHANGED(**widgets)
