@@ -148,7 +148,9 @@ class ImageLoader:
         target = (self.uploads / part.filename).resolve()
         if target.parent != self.uploads:
             raise BadRequest("invalid image file name", code="validation_error")
+        # By its name: a request for the file (`GET /opencode/files`) does not say what it holds.
+        mime = next((m for m, ext in _EXTENSIONS.items() if target.suffix == ext), part.mime_type)
         try:
-            return await asyncio.to_thread(target.read_bytes), part.mime_type
+            return await asyncio.to_thread(target.read_bytes), mime
         except FileNotFoundError:
             raise NotFound(f"the uploaded image {part.filename} is gone") from None

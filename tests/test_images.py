@@ -81,3 +81,14 @@ async def test_a_provider_sends_a_big_image_fitted() -> None:
     b64, mime = loaded
     assert mime == "image/jpeg" and len(b64) <= 5 * 1024 * 1024
     assert max(opened(base64.b64decode(b64)).size) == MODEL_IMAGE_SIDE
+
+
+async def test_an_upload_is_read_back_with_the_type_its_name_says(tmp_path: Any) -> None:
+    """The node stores a photo-like image as JPEG; `GET /opencode/files` names no type, and the
+    panel was served it as PNG."""
+    from opencode_agent.core.images import ImageLoader, save_upload
+
+    part = save_upload(tmp_path, b"\xff\xd8\xff jpeg bytes", "image/jpeg")
+    assert part.filename.endswith(".jpg") and part.mime_type == "image/jpeg"
+    asked = ImagePart(source="upload", filename=part.filename)  # as the route builds it
+    assert await ImageLoader(tmp_path)(asked) == (b"\xff\xd8\xff jpeg bytes", "image/jpeg")
