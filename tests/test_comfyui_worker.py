@@ -64,7 +64,7 @@ async def test_a_graph_whose_node_sends_to_this_session_is_queued_not_waited_for
     ctx = FakeToolContext()
     out = await queue(tools(adapter), ctx, with_agent_node(f" {ctx.session_id} ", text=["10", 0]))
     prompt_id = comfy.queue["queue_pending"][0][1]
-    assert not out.is_error and out.content.startswith(f"Queued as {prompt_id}; not waited for")
+    assert not out.is_error and out.content.startswith(f"Queued as {prompt_id}. Not waited for")
     assert "node 11 sends to this very conversation" in out.content and f'get_run("{prompt_id}")' in out.content
 
 

@@ -99,5 +99,5 @@ def not_waiting_note(prompt_id: str, feeding: list[str] | None = None) -> str:
     else:
         why = ("an Opencode node in a running graph is waiting for this conversation's answer and holds "
                "ComfyUI's worker, so the run cannot finish before this reply ends")
-    return (f"Queued as {prompt_id}; not waited for: {why}. Do not wait for it; finish this reply and tell "
+    return (f"Queued as {prompt_id}. Not waited for: {why}. Do not wait for it; finish this reply and tell "
             f"the user, who can follow it in ComfyUI's queue or ask for get_run(\"{prompt_id}\") later.")
