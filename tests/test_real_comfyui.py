@@ -607,3 +607,29 @@ async def test_a_node_without_a_session_id_keeps_one_session_and_no_failed_one(
     assert preview_text(first, ids["reply"]) == "one" and preview_text(second, ids["reply"]) == "two"
     assert preview_text(second, ids["sid"]) == sid and sid.startswith("ses_node_")
     assert {s["id"] for s in (await comfy.get("/opencode/sessions?limit=200"))["sessions"]} == before | {sid}
+
+
+@needs_local_comfyui
+async def test_stopping_a_reply_stops_the_run_it_follows(comfy: Comfy, model_server: FakeLLMServer,
+                                                         object_info: dict[str, Any]) -> None:
+    """`queue_workflow` stopped by the user cancels its run in ComfyUI (in-process: under the prompt
+    queue's lock, so the interrupt cannot land on the next prompt)."""
+    require_nodes(object_info, "PrimitiveString", "PreviewAny")
+    provider = await comfy.new_provider(model_server.url + "/v1")
+    asker = (await comfy.new_session(skills=["assistant", "comfyui"], provider=provider, model="gpt-test"))["id"]
+    await comfy.request("PATCH", f"/opencode/sessions/{asker}", {"permissions": {"run": "allow"}})
+    waiting = (await comfy.new_session(skills=["assistant"], provider=provider, model="gpt-test"))["id"]
+    graph = {"1": text_node(unique("wait for me")), "2": agent(waiting, skills="assistant", text=["1", 0]),
+             "3": preview(["2", 0])}  # runs until its node's model answers: never
+    model_server.push(Reply(tool_calls=[FakeToolCall("queue_workflow", {"graph": graph}, id="c1")]),
+                      Stream(openai_chunks(Reply(text="this answer never ends")), stall_after=2))
+    await comfy.post(f"/opencode/sessions/{asker}/messages", {"text": "run it"})
+    deadline = time.monotonic() + 30
+    while len(model_server.requests) < 2:  # the graph's node is now waiting on the model
+        assert time.monotonic() < deadline, "the graph's node never called the model"
+        await asyncio.sleep(0.1)
+    await comfy.post(f"/opencode/sessions/{asker}/abort", {})
+    assert (await comfy.wait_reply(asker, timeout=30))["status"] == "aborted"
+    assert (await comfy.wait_reply(waiting, timeout=30))["status"] == "aborted"  # ComfyUI interrupted the node
+    queue = await comfy.get("/queue")
+    assert not queue["queue_running"] and not queue["queue_pending"]
