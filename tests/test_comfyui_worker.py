@@ -126,3 +126,10 @@ async def test_following_a_run_stops_when_cancelled_as_an_event_arrives(adapter:
     task.cancel()
     done, _ = await asyncio.wait({task}, timeout=1)
     assert task in done and task.cancelled()
+
+
+def test_nodes_sending_to_reads_any_graph() -> None:
+    graph: dict[str, Any] = {"1": "not a node", "2": {"class_type": "OpencodeAgent"},
+                             "3": {"class_type": "OpencodeAgent", "inputs": {"session_id": "s", "image": ["1", 0]}},
+                             "4": {"class_type": "OpencodeAgent", "inputs": {"session_id": ["1", 0], "text": ["1", 0]}}}
+    assert worker.nodes_sending_to(graph, "s") == ["3"]

@@ -55,7 +55,7 @@ def nodes_sending_to(graph: dict[str, Any], session_id: str) -> list[str]:
     found = []
     for node_id, node in graph.items():
         inputs = node.get("inputs") if isinstance(node, dict) else None
-        if node.get("class_type") != AGENT_NODE_CLASS or not isinstance(inputs, dict):
+        if not isinstance(inputs, dict) or node.get("class_type") != AGENT_NODE_CLASS:
             continue
         target = inputs.get("session_id")
         if isinstance(target, str) and target.strip() == session_id and any(k in inputs for k in _FEEDING_INPUTS):
