@@ -342,3 +342,39 @@ async def test_cancel_deletes_pending_and_interrupts_running(adapter: InProcessC
     assert await adapter.cancel("run-a") is True
     assert nodes.interrupts == [True]
     assert await adapter.cancel("zzz") is False
+
+
+async def test_cancel_interrupts_only_while_its_run_is_the_one_running(
+        adapter: InProcessComfyAdapter, server: FakePromptServer, nodes: SimpleNamespace) -> None:
+    """The interrupt flag is global: a run ending between the check and the interrupt passed it on
+    to the next prompt. ComfyUI's worker moves to the next prompt under the queue's lock."""
+    queue = server.prompt_queue
+    queue.mutex = threading.RLock()  # type: ignore[attr-defined]
+    queue.running.append((3, "run-a", {}, {}, [], {}))
+    interrupted_while: list[list[str]] = []
+    nodes.interrupt_processing = lambda value=True: interrupted_while.append([i[1] for i in queue.running])
+    check = queue.get_current_queue
+
+    def next_prompt() -> None:  # ComfyUI's worker: run-a done, run-b starts
+        with queue.mutex:  # type: ignore[attr-defined]
+            queue.running[:] = [(4, "run-b", {}, {}, [], {})]
+
+    def check_as_run_a_ends() -> tuple[list[Any], list[Any]]:
+        seen = check()
+        worker = threading.Thread(target=next_prompt)
+        worker.start()
+        worker.join(timeout=0.2)
+        return seen
+
+    queue.get_current_queue = check_as_run_a_ends  # type: ignore[method-assign]
+    assert await adapter.cancel("run-a") is True
+    assert interrupted_while == [["run-a"]]
+
+
+async def test_cancel_uses_comfyuis_own_interrupt_if_running(
+        adapter: InProcessComfyAdapter, server: FakePromptServer, nodes: SimpleNamespace) -> None:
+    asked: list[str] = []
+    server.prompt_queue.interrupt_if_running = lambda prompt_id: asked.append(prompt_id) or True  # type: ignore[attr-defined]
+    server.prompt_queue.running.append((3, "run-a", {}, {}, [], {}))
+    assert await adapter.cancel("run-a") is True
+    assert asked == ["run-a"] and nodes.interrupts == []

@@ -52,7 +52,8 @@ def test_declaration() -> None:
     assert NODE_DISPLAY_NAME_MAPPINGS["OpencodeAgent"] == "Opencode Agent"
     types = OpencodeAgent.INPUT_TYPES()
     assert set(types["required"]) == {"session_id", "skills", "provider", "model"}
-    assert types["hidden"] == {"unique_id": "UNIQUE_ID"}  # not a widget: nothing lands in the workflow
+    # Not widgets: nothing lands in the workflow.
+    assert types["hidden"] == {"unique_id": "UNIQUE_ID", "prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
     assert types["optional"]["text"][0] == "STRING" and types["optional"]["image"][0] == "IMAGE"
     assert OpencodeAgent.RETURN_TYPES == ("STRING", "STRING")
     assert OpencodeAgent.RETURN_NAMES == ("reply", "session_id")
@@ -236,3 +237,90 @@ def test_a_reply_stopped_in_the_panel_is_an_error_not_a_cut_off_text(server: Ser
     asyncio.run_coroutine_threadsafe(stop_it_soon(), server.loop)
     with pytest.raises(RuntimeError, match="the reply was stopped before it finished"):
         OpencodeAgent().run(session_id="ses_node_stop", skills="echo", text="word " * 200)
+
+
+def test_a_batch_over_four_images_says_what_was_left_out(server: ServerLoop, caplog: Any) -> None:
+    """A batch of 6 arrived as 4 and nobody was told: the model answered about "the images"."""
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("PIL")
+    batch = np.zeros((6, 16, 16, 4), dtype=np.float32)  # RGBA, as JoinImageWithAlpha makes
+    with caplog.at_level("WARNING", logger="opencode.node"):
+        OpencodeAgent().run(session_id="ses_batch", skills="echo", text="describe these", image=batch)
+    user = server.call(server.service.sessions.messages("ses_batch", None, 10)).messages[0]
+    assert [p.type for p in user.parts] == ["text"] + ["image"] * 4
+    assert user.parts[0].text == "describe these\n\n[Opencode node's image input: only the first 4 of its 6 images are attached.]"
+    assert "the image input held 6 images: the first 4 are sent" in caplog.text
+
+
+def test_a_big_image_is_scaled_and_compressed_for_the_model(server: ServerLoop) -> None:
+    """A 2048x2048 noisy image went out as a 7.6 MB PNG, over Anthropic's 5 MB an image."""
+    np = pytest.importorskip("numpy")
+    Image = pytest.importorskip("PIL.Image")
+    from opencode_agent.core.images import MODEL_IMAGE_BYTES
+
+    noisy = np.random.default_rng(5).random((1, 2048, 2048, 3), dtype=np.float32)
+    OpencodeAgent().run(session_id="ses_big", skills="echo", text="what is this", image=noisy)
+    user = server.call(server.service.sessions.messages("ses_big", None, 10)).messages[0]
+    assert user.parts[0].text.endswith("[Opencode node's image input: it was 2048x2048, scaled down to fit 1568 px.]")
+    part = user.parts[1]
+    stored = server.service.data_dir / "uploads" / part.filename
+    assert part.mime_type == "image/jpeg" and stored.suffix == ".jpg"
+    assert stored.stat().st_size <= MODEL_IMAGE_BYTES and Image.open(stored).size == (1568, 1568)
+
+
+def session_ids(server: ServerLoop) -> list[str]:
+    return [s.id for s in server.call(server.service.sessions.list())]
+
+
+def test_a_node_without_a_session_id_keeps_one_session_per_node(server: ServerLoop) -> None:
+    """An API graph has no panel to set the id: every run made a new session, one left per run."""
+    graph = {"1": {"class_type": "PrimitiveString"}, "2": {"class_type": "OpencodeAgent"}}
+    node = OpencodeAgent()
+    first = node.run(session_id="", skills="echo", text="one", unique_id="2", prompt=graph)
+    second = node.run(session_id=" ", skills="echo", text="two", unique_id="2", prompt=graph)
+    assert first == ("one", first[1]) and second == ("two", first[1]) and first[1].startswith("ses_node_")
+    assert session_ids(server) == [first[1]]
+    other_node = node.run(session_id="", skills="echo", text="x", unique_id="3", prompt={**graph, "3": graph["2"]})[1]
+    workflow = {"workflow": {"id": "3f1c9a52-0d1e-4c55-9d0b-1d2c3b4a5f60", "nodes": []}}
+    on_canvas = node.run(session_id="", skills="echo", text="x", unique_id="2", prompt=graph, extra_pnginfo=workflow)[1]
+    edited = node.run(session_id="", skills="echo", text="y", unique_id="2", prompt={**graph, "9": graph["1"]},
+                      extra_pnginfo=workflow)[1]
+    assert len({first[1], other_node, on_canvas}) == 3 and edited == on_canvas  # a workflow keeps its id
+
+
+def test_a_node_s_own_session_that_failed_at_its_first_run_is_not_left_behind(server: ServerLoop) -> None:
+    """The reviewer's provider failures left a session each; a session the panel named stays."""
+    graph = {"2": {"class_type": "OpencodeAgent"}}
+    with pytest.raises(RuntimeError, match="no provider is chosen"):
+        OpencodeAgent().run(session_id="", skills="assistant", text="hi", unique_id="2", prompt=graph)
+    assert session_ids(server) == []
+    with pytest.raises(RuntimeError, match="no provider is chosen"):
+        OpencodeAgent().run(session_id="ses_panel", skills="assistant", text="hi", unique_id="2", prompt=graph)
+    assert session_ids(server) == ["ses_panel"]
+
+
+async def _broken_abort() -> None:
+    raise RuntimeError("the store is gone")
+
+
+@pytest.mark.parametrize("abort", [lambda: asyncio.sleep(0.3), _broken_abort], ids=["slow", "failing"])
+def test_an_abort_slow_or_failing_does_not_turn_an_interrupt_into_an_error(
+        server: ServerLoop, monkeypatch: Any, abort: Any) -> None:
+    """An abort over its wait raised TimeoutError (a failing one its own error) in place of
+    ComfyUI's interrupt: the prompt showed as failed, not interrupted."""
+    from opencode_agent import node as node_module
+
+    monkeypatch.setattr(node_module, "ABORT_WAIT", 0.1, raising=False)
+    pressed = threading.Event()
+    Interrupted = interrupting(server, pressed)
+    pressed.set()
+    with pytest.raises(Interrupted):
+        OpencodeAgent.bridge.call(lambda: asyncio.sleep(5), on_cancel=abort)  # type: ignore[union-attr]
+    server.call(asyncio.sleep(0.4))  # the slow abort goes on meanwhile: let it end before the loop does
+
+
+def test_a_linked_session_id_does_not_break_is_changed(server: ServerLoop) -> None:
+    """ComfyUI passes None for a linked input: `.strip()` raised, ComfyUI logged a warning and
+    counted the node as changed at every queue."""
+    widgets = {"session_id": None, "skills": "echo", "provider": "", "model": "", "unique_id": "2"}
+    assert OpencodeAgent.IS_CHANGED(**widgets) == OpencodeAgent.IS_CHANGED(**widgets)

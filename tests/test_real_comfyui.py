@@ -35,7 +35,7 @@ import pytest
 
 from opencode_agent.core.tools import Tool, ToolOutput
 from opencode_agent.skills.comfyui import HttpComfyAdapter, build_comfyui_skill
-from opencode_agent.tests.fakes.llm_servers import FakeLLMServer, FakeToolCall, Reply, Stream, openai_chunks
+from opencode_agent.tests.fakes.llm_servers import Fail, FakeLLMServer, FakeToolCall, Reply, Stream, openai_chunks
 from opencode_agent.tests.fakes.tool_context import FakeToolContext
 from wsclient import WsClient, run_final
 
@@ -49,7 +49,7 @@ pytestmark = [
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "comfyui"
 RUN_TIMEOUT = 120.0
-SID = re.compile(r"^ses_[0-9a-f]+$")
+SID = re.compile(r"^ses_(node_)?[0-9a-f]+$")  # a node without a session id has its own: ses_node_…
 
 
 def _on_loopback(url: str) -> bool:
@@ -574,3 +574,115 @@ async def test_interrupt_stops_a_node_waiting_for_the_model(comfy: Comfy, model_
     assert status_messages(entry, "execution_interrupted"), entry["status"]
     reply = await comfy.wait_reply(sid, timeout=30)
     assert reply["status"] == "aborted"
+
+
+@needs_local_comfyui
+@pytest.mark.parametrize("linked", [False, True], ids=["its session id", "a linked session id"])
+async def test_a_reply_queueing_a_graph_that_sends_to_its_own_session_does_not_deadlock(
+        comfy: Comfy, model_server: FakeLLMServer, object_info: dict[str, Any], linked: bool) -> None:
+    """The reviewer's case: text → Opencode node (this very session) → ...; asked in the panel to
+    run it, the model queues the canvas graph. The graph's node sent to the session whose reply
+    waited in `queue_workflow`: each waited for the other, ComfyUI's worker held for 600 s. Linked,
+    the session is known only once the node runs: the tool lets go of the run then."""
+    require_nodes(object_info, "PrimitiveString", "PreviewAny")
+    provider = await comfy.new_provider(model_server.url + "/v1")
+    sid = (await comfy.new_session(skills=["assistant", "comfyui"], provider=provider, model="gpt-test"))["id"]
+    await comfy.request("PATCH", f"/opencode/sessions/{sid}", {"permissions": {"run": "allow"}})
+    graph = {"1": text_node(unique("a red square")),
+             "2": agent(["9", 0] if linked else sid, skills="assistant,comfyui", provider=provider, model="gpt-test",
+                        text=["1", 0]),
+             "3": preview(["2", 0]), "9": text_node(sid)}
+    model_server.push(Reply(tool_calls=[FakeToolCall("queue_workflow", {"graph": graph}, id="c1")]),
+                      Reply(text="it is queued"), Reply(text="a red square, enhanced"))
+    started = time.monotonic()
+    await comfy.post(f"/opencode/sessions/{sid}/messages", {"text": "run my workflow"})
+    deadline = started + 60
+    while len(msgs := await comfy.messages(sid)) < 4 or msgs[-1]["status"] == "streaming":
+        assert time.monotonic() < deadline, [(m["role"], m["status"]) for m in msgs]
+        await asyncio.sleep(0.2)
+    result = [p for p in msgs[1]["parts"] if p["type"] == "tool_result"][0]
+    assert result["content"].startswith("Queued as ") and "Not waited for" in result["content"], result
+    assert [(m["role"], m["status"]) for m in msgs] == [("user", "completed"), ("assistant", "completed")] * 2
+    done = await comfy.history(result["content"].split()[2].rstrip("."), timeout=30)
+    assert done["status"]["status_str"] == "success" and preview_text(done, "3") == "a red square, enhanced"
+    assert time.monotonic() - started < 30  # not ComfyUI's worker held for the tool's 600 s
+
+
+async def test_node_images_reach_the_model_fitted_and_a_cut_batch_is_told(
+        comfy: Comfy, object_info: dict[str, Any]) -> None:
+    """A batch of 6 arrived as 4 and nobody was told; a 2048x2048 noisy image went out as a 7.6 MB
+    PNG (Anthropic takes 5 MB an image, counted on its base64 text)."""
+    require_nodes(object_info, "PrimitiveString", "PreviewAny", "EmptyImage", "ImageAddNoise")
+    text = unique("what is this")
+    entry = await comfy.run({
+        "1": text_node(text),
+        "4": {"class_type": "EmptyImage", "inputs": {"width": 2048, "height": 2048, "batch_size": 6, "color": 0x808080}},
+        "5": {"class_type": "ImageAddNoise", "inputs": {"image": ["4", 0], "seed": 1, "strength": 1.0}},
+        "2": agent(text=["1", 0], image=["5", 0]),
+        "3": preview(["2", 0]), "6": preview(["2", 1]),
+    })
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    sid = preview_text(entry, "6")
+    comfy.sessions.append(sid)
+    note = ("[Opencode node's image input: only the first 4 of its 6 images are attached; "
+            "they were 2048x2048, scaled down to fit 1568 px.]")
+    assert preview_text(entry, "3") == f"{text}\n\n{note}"  # echo: what the model was sent
+    images = [p for p in (await comfy.messages(sid))[0]["parts"] if p["type"] == "image"]
+    assert len(images) == 4
+    async with comfy.http.get(f"{URL}/opencode/files", params={"source": "upload", "filename": images[0]["filename"]}) as r:
+        data = await r.read()
+    assert images[0]["mime_type"] == r.content_type == "image/jpeg" and len(data) <= 3_750_000
+
+
+@needs_local_comfyui
+async def test_a_node_without_a_session_id_keeps_one_session_and_no_failed_one(
+        comfy: Comfy, model_server: FakeLLMServer, object_info: dict[str, Any]) -> None:
+    """Every run made a new session, and a provider's failure left one behind each time."""
+    require_nodes(object_info, "PrimitiveString", "PreviewAny")
+    provider = await comfy.new_provider(model_server.url + "/v1")
+    graph_id = uuid.uuid4().hex[:6]  # the API graph is known by its nodes: these ids are this test's own
+    ids = {"text": f"t{graph_id}", "node": f"n{graph_id}", "reply": f"r{graph_id}", "sid": f"s{graph_id}"}
+
+    def graph(text: str) -> dict[str, Any]:
+        return {ids["text"]: text_node(text),
+                ids["node"]: agent(skills="assistant", provider=provider, model="gpt-test", text=[ids["text"], 0]),
+                ids["reply"]: preview([ids["node"], 0]), ids["sid"]: preview([ids["node"], 1])}
+
+    before = {s["id"] for s in (await comfy.get("/opencode/sessions?limit=200"))["sessions"]}
+    model_server.push(Fail(401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}))
+    failed = await comfy.run(graph(unique("hi")))
+    assert failed["status"]["status_str"] == "error"
+    assert {s["id"] for s in (await comfy.get("/opencode/sessions?limit=200"))["sessions"]} == before
+    model_server.push(Reply(text="one"), Reply(text="two"))
+    first, second = await comfy.run(graph(unique("hi"))), await comfy.run(graph(unique("again")))
+    sid = preview_text(first, ids["sid"])
+    comfy.sessions.append(sid)
+    assert preview_text(first, ids["reply"]) == "one" and preview_text(second, ids["reply"]) == "two"
+    assert preview_text(second, ids["sid"]) == sid and sid.startswith("ses_node_")
+    assert {s["id"] for s in (await comfy.get("/opencode/sessions?limit=200"))["sessions"]} == before | {sid}
+
+
+@needs_local_comfyui
+async def test_stopping_a_reply_stops_the_run_it_follows(comfy: Comfy, model_server: FakeLLMServer,
+                                                         object_info: dict[str, Any]) -> None:
+    """`queue_workflow` stopped by the user cancels its run in ComfyUI (in-process: under the prompt
+    queue's lock, so the interrupt cannot land on the next prompt)."""
+    require_nodes(object_info, "PrimitiveString", "PreviewAny")
+    provider = await comfy.new_provider(model_server.url + "/v1")
+    asker = (await comfy.new_session(skills=["assistant", "comfyui"], provider=provider, model="gpt-test"))["id"]
+    await comfy.request("PATCH", f"/opencode/sessions/{asker}", {"permissions": {"run": "allow"}})
+    waiting = (await comfy.new_session(skills=["assistant"], provider=provider, model="gpt-test"))["id"]
+    graph = {"1": text_node(unique("wait for me")), "2": agent(waiting, skills="assistant", text=["1", 0]),
+             "3": preview(["2", 0])}  # runs until its node's model answers: never
+    model_server.push(Reply(tool_calls=[FakeToolCall("queue_workflow", {"graph": graph}, id="c1")]),
+                      Stream(openai_chunks(Reply(text="this answer never ends")), stall_after=2))
+    await comfy.post(f"/opencode/sessions/{asker}/messages", {"text": "run it"})
+    deadline = time.monotonic() + 30
+    while len(model_server.requests) < 2:  # the graph's node is now waiting on the model
+        assert time.monotonic() < deadline, "the graph's node never called the model"
+        await asyncio.sleep(0.1)
+    await comfy.post(f"/opencode/sessions/{asker}/abort", {})
+    assert (await comfy.wait_reply(asker, timeout=30))["status"] == "aborted"
+    assert (await comfy.wait_reply(waiting, timeout=30))["status"] == "aborted"  # ComfyUI interrupted the node
+    queue = await comfy.get("/queue")
+    assert not queue["queue_running"] and not queue["queue_pending"]

@@ -46,6 +46,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, 
 import aiohttp
 
 from ..errors import ProviderError
+from ..images import fitted
 from ..protocol import ImagePart, ProviderProfile
 from ..secrets import Redactor
 from ..validation import read_at_most
@@ -833,7 +834,9 @@ class HttpProvider(Provider):
         except Exception as exc:  # a missing old image must not break the whole conversation
             log.warning("%s: image %s unavailable: %s", self.name, part.filename, exc)
             return None
-        return base64.b64encode(data).decode("ascii"), mime or part.mime_type
+        # A run's output can be 32 MB: scaled down to what every provider takes (`fit_for_model`).
+        data, mime = await fitted(data, mime or part.mime_type)
+        return base64.b64encode(data).decode("ascii"), mime
 
 
 async def _error_text(response: aiohttp.ClientResponse) -> str:

@@ -65,6 +65,12 @@ ComfyUI runs graphs in *API format*: an object mapping node ids (strings) to nod
 
 Running a workflow uses the user's GPU and time: run what they asked for, not variations they
 did not ask for.
+
+An `OpencodeAgent` node in a graph (often the canvas's own) sends its `text`/`image` to an
+Opencode conversation and waits for the answer while ComfyUI runs nothing else. When it sends to
+this conversation, its message can only be answered after your reply ends: `queue_workflow` then
+queues the graph without waiting and says so. End your reply telling the user it is queued; do
+not wait for it or ask `get_run` again and again in the same reply.
 """
 
 

@@ -308,9 +308,8 @@ class ComfyAdapter(ABC):
                     yield event
                 return
             while True:
-                try:
-                    event = await asyncio.wait_for(queue.get(), self.poll_interval)
-                except asyncio.TimeoutError:
+                event = await _next_or_none(queue, self.poll_interval)
+                if event is None:
                     entry = await self.history(prompt_id)
                     if entry is not None:
                         for event in history_events(prompt_id, entry, terminal_only=True):
@@ -326,3 +325,18 @@ class ComfyAdapter(ABC):
 
     async def close(self) -> None:
         """Release what the adapter holds (event stream, hooks)."""
+
+
+async def _next_or_none(queue: asyncio.Queue[ComfyEvent], timeout: float) -> ComfyEvent | None:
+    """The queue's next event, or None after `timeout` seconds.
+
+    Not `asyncio.wait_for`: before Python 3.12 it returns an event that is ready as it is
+    cancelled, and the cancel is lost: a follow stopped as the run's next event came in went on to
+    the run's end (a `queue_workflow` let go of by `worker.unless_held`, or stopped by the user)."""
+    getter = asyncio.ensure_future(queue.get())
+    try:
+        done, _ = await asyncio.wait((getter,), timeout=timeout)
+    finally:
+        if not getter.done():
+            getter.cancel()
+    return getter.result() if done else None

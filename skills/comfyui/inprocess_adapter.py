@@ -186,14 +186,21 @@ class InProcessComfyAdapter(ComfyAdapter):
         return {"running": queue_ids(running), "pending": queue_ids(pending)}
 
     async def cancel(self, prompt_id: str) -> bool:
+        """Checked and done under the queue's lock (a re-entrant one, held only for moments): the
+        interrupt flag is global, so a run ending between the check and the interrupt would pass
+        it on to the next prompt, which clears the flag only as it starts."""
         prompt_queue = self.server.prompt_queue
-        running, pending = prompt_queue.get_current_queue()
-        if prompt_id in queue_ids(pending):
-            return bool(prompt_queue.delete_queue_item(lambda item: len(item) > 1 and item[1] == prompt_id))
-        if prompt_id in queue_ids(running):
+        with getattr(prompt_queue, "mutex", None) or contextlib.nullcontext():
+            running, pending = prompt_queue.get_current_queue()
+            if prompt_id in queue_ids(pending):
+                return bool(prompt_queue.delete_queue_item(lambda item: len(item) > 1 and item[1] == prompt_id))
+            if prompt_id not in queue_ids(running):
+                return False
+            atomic = getattr(prompt_queue, "interrupt_if_running", None)  # ComfyUI's own, where it has one
+            if atomic is not None:
+                return bool(atomic(prompt_id))
             self._module("nodes").interrupt_processing()  # what ComfyUI's /interrupt does
             return True
-        return False
 
     async def folders(self) -> list[str]:
         return list(self._module("folder_paths").folder_names_and_paths)

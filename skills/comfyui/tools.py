@@ -167,13 +167,9 @@ def build_tools(adapter: ComfyAdapter, *, run_timeout: float = 600.0, propose_ti
             return ToolOutput(format_node_errors(exc.errors, "ComfyUI rejected the workflow; nothing was queued"), is_error=True)
         ctx.log("info", f"queued ComfyUI prompt {prompt_id}")
         await ctx.emit_status(f"queued as {prompt_id}")
-        if worker.held_by(ctx.session_id):
-            return ToolOutput(
-                f"Queued as {prompt_id}. It runs once the graph that sent this message has finished: that "
-                f"graph holds ComfyUI's worker while it waits for this answer, so it cannot run now. Do not "
-                f"wait for it; tell the user, who can follow it in ComfyUI's queue or ask for "
-                f"get_run(\"{prompt_id}\") later."
-            )
+        feeding = worker.nodes_sending_to(graph, ctx.session_id)
+        if feeding or worker.held_by(ctx.session_id):  # it could not finish before this reply: no wait
+            return ToolOutput(worker.not_waiting_note(prompt_id, feeding))
         tracker = RunTracker(prompt_id, graph)
 
         async def follow() -> None:
@@ -183,7 +179,8 @@ def build_tools(adapter: ComfyAdapter, *, run_timeout: float = 600.0, propose_ti
                     await ctx.emit_status(line)
 
         try:
-            await asyncio.wait_for(follow(), run_timeout)
+            if not await worker.unless_held(ctx.session_id, asyncio.wait_for(follow(), run_timeout)):
+                return ToolOutput(worker.not_waiting_note(prompt_id))
         except asyncio.CancelledError:
             # The user stopped the answer: stop its run too, rather than leave it holding the GPU.
             try:
