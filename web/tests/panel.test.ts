@@ -221,6 +221,18 @@ describe("OpencodePanel", () => {
     expect(label().exists()).toBe(false);
   });
 
+  it("shows the replies to queued prompts under the prompts they answer", async () => {
+    const { w, ws } = await started();
+    const ask = (id: string, text: string) => message({ id, parts: [{ type: "text", text }] });
+    const answer = (id: string, to: string, text: string) => reply({ id, reply_to: to, status: "completed", parts: [{ type: "text", text }] });
+    ws.receive(snapshot({
+      session: session({ last_seq: 9 }),
+      messages: [ask("u1", "first"), answer("a1", "u1", "one"), ask("u2", "second"), ask("u3", "third"), answer("a2", "u2", "two"), answer("a3", "u3", "three")],
+    }, "session.resync"));
+    await flushPromises();
+    expect(w.findAll("section.oc-turn").map((s) => s.findAll("article").map((a) => a.attributes("data-message-id")))).toEqual([["u1", "a1"], ["u2", "a2"], ["u3", "a3"]]);
+  });
+
   it("completes @role from the role skills", async () => {
     const { w } = await started();
     const area = w.find("textarea");
