@@ -1,5 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { flushPromises, type VueWrapper } from "@vue/test-utils";
+import MessageView from "../src/components/MessageView.vue";
 import OpencodePanel from "../src/components/OpencodePanel.vue";
 import { setLocale } from "../src/i18n";
 import { defaultRoutes, makeDeps, memoryBinding, mountWith } from "./harness";
@@ -231,6 +232,40 @@ describe("OpencodePanel", () => {
     }, "session.resync"));
     await flushPromises();
     expect(w.findAll("section.oc-turn").map((s) => s.findAll("article").map((a) => a.attributes("data-message-id")))).toEqual([["u1", "a1"], ["u2", "a2"], ["u3", "a3"]]);
+  });
+
+  it("a delta re-renders the reply it grows, not the finished turns above it", async () => {
+    // Which messages MessageView renders (its render function is read as each view mounts).
+    const rendered: string[] = [];
+    const view = MessageView as unknown as { render: (...args: unknown[]) => unknown };
+    const render = view.render;
+    const spy = vi.spyOn(view, "render").mockImplementation(function (this: unknown, ...args: unknown[]) {
+      rendered.push((args[2] as { message: { id: string } }).message.id);
+      return render.apply(this, args);
+    });
+    // And how often the transcript builds a turn: each message it lays out reads `imageUrl`.
+    let built = 0;
+    const { w, ws } = await started([], ({ deps }) => {
+      const imageUrl = deps.imageUrl;
+      Object.defineProperty(deps, "imageUrl", { get: () => (built++, imageUrl) });
+    });
+    ws.receive(snapshot({
+      session: session({ last_seq: 9 }),
+      messages: [
+        message({ id: "u1" }), reply({ id: "a1", reply_to: "u1", status: "completed" }),
+        message({ id: "u2" }), reply({ id: "a2", reply_to: "u2", status: "completed" }),
+        message({ id: "u3" }), reply({ id: "a3", reply_to: "u3" }),
+      ],
+    }, "session.resync"));
+    await flushPromises();
+    rendered.length = 0;
+    built = 0;
+    ws.receive(ev("message.delta", 10, { message_id: "a3", run_id: "run_1", skill: "echo", text: "more" }));
+    await flushPromises();
+    spy.mockRestore();
+    expect(w.find("[data-message-id=a3]").text()).toContain("more");
+    expect(rendered).toEqual(["a3"]);
+    expect(built).toBe(2); // the live turn's prompt and reply; the finished turns were left as they were
   });
 
   it("completes @role from the role skills", async () => {
