@@ -901,6 +901,26 @@ describe("history", () => {
     expect(w.text()).not.toContain("Load earlier messages");
   });
 
+  it("keeps the reader's place when an older page comes in above", async () => {
+    const routes = defaultRoutes();
+    const layout = { scrollHeight: 1000 };
+    routes["GET /opencode/sessions/ses_1/messages"] = () => {
+      layout.scrollHeight = 1600; // what the older page will add above
+      return [200, { messages: [message({ id: "msg_0" })], has_more: true, next_before: "msg_0" }];
+    };
+    const { w } = await started([routes]);
+    const ws = FakeSocket.last();
+    ws.receive(snapshot({ session: session({ last_seq: 1 }), messages: [message()], has_more: true }, "session.resync"));
+    await flushPromises();
+    const box = w.find(".oc-transcript").element as HTMLElement;
+    Object.defineProperty(box, "scrollHeight", { get: () => layout.scrollHeight });
+    box.scrollTop = 40; // reading near the top, by the button
+    await button(w, "Load earlier messages").trigger("click");
+    await flushPromises();
+    expect(w.findAll("article").map((a) => a.attributes("data-message-id"))).toEqual(["msg_0", "msg_u1"]);
+    expect(box.scrollTop).toBe(640); // the same message in view: 600 px of older history above it
+  });
+
   it("an older page that answers after a switch to another chat is dropped, not shown in it", async () => {
     const routes = defaultRoutes();
     routes["GET /opencode/sessions"] = () => [200, { sessions: [session(), session({ id: "ses_2", title: "Other chat", updated_at: 900 })] }];

@@ -7,7 +7,7 @@
  * with a long message) the gap below grows without anyone scrolling, and the scroll event that
  * follows must not read as "scrolled up": a pinned box stays pinned through a resize.
  */
-import { onBeforeUnmount, onMounted, ref, type Ref } from "vue";
+import { nextTick, onBeforeUnmount, onMounted, ref, type Ref } from "vue";
 
 export function useAutoScroll(box: Ref<HTMLElement | null>, slack = 48) {
   const pinned = ref(true);
@@ -39,6 +39,18 @@ export function useAutoScroll(box: Ref<HTMLElement | null>, slack = 48) {
     pinned.value = true;
   }
 
+  /**
+   * Run `change`, which puts content above what is shown (an older page of history), and keep the
+   * reader where they were: the same distance from the bottom, not carried to the new top.
+   */
+  async function keepPlace(change: () => Promise<unknown>): Promise<void> {
+    const el = box.value;
+    const fromBottom = el ? el.scrollHeight - el.scrollTop : 0;
+    await change();
+    await nextTick();
+    if (el && box.value === el) el.scrollTop = el.scrollHeight - fromBottom;
+  }
+
   onMounted(() => {
     const el = box.value;
     if (!el) return;
@@ -65,5 +77,5 @@ export function useAutoScroll(box: Ref<HTMLElement | null>, slack = 48) {
     resizes = null;
   });
 
-  return { pinned, scrollToBottom };
+  return { pinned, scrollToBottom, keepPlace };
 }
