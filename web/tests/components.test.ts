@@ -343,6 +343,39 @@ describe("useAutoScroll", () => {
     return { w, api, el, layout, scrollTo };
   }
 
+  it("follows content that grows with no change to the DOM (an image loads, a turn is first laid out)", async () => {
+    // A ResizeObserver by hand: happy-dom has none that fires.
+    const observed: Element[] = [];
+    let changed = () => undefined as void;
+    vi.stubGlobal("ResizeObserver", class {
+      constructor(cb: () => void) {
+        changed = cb;
+      }
+      observe(el: Element) {
+        observed.push(el);
+      }
+      disconnect() {}
+    });
+    const Box = defineComponent({
+      setup() {
+        const box = ref<HTMLElement | null>(null);
+        const content = ref<HTMLElement | null>(null);
+        useAutoScroll(box, content);
+        return () => h("div", { ref: box }, [h("div", { ref: content }, "x")]);
+      },
+    });
+    const w = mount(Box, { attachTo: document.body });
+    const el = w.element as HTMLElement;
+    let scrollHeight = 1000;
+    Object.defineProperty(el, "scrollHeight", { get: () => scrollHeight });
+    expect(observed).toEqual([el, el.firstElementChild]);
+    scrollHeight = 1600; // the content grew; nothing was added
+    changed();
+    expect(el.scrollTop).toBe(1600);
+    w.unmount();
+    vi.unstubAllGlobals();
+  });
+
   it("stays pinned when the box shrinks under it, and lets go only when the person scrolls up", async () => {
     const { w, api, el, layout, scrollTo } = scrollBox();
     scrollTo(700); // at the bottom
