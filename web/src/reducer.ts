@@ -187,6 +187,16 @@ function sameTurn(a: Turn, b: Turn): boolean {
   return a.prompt === b.prompt && a.replies.length === b.replies.length && a.replies.every((r, i) => r === b.replies[i]);
 }
 
+/** How many of the chat's prompts read `text` (a pending send's own copy coming in adds one). */
+export function promptsReading(state: ChatState, text: string): number {
+  if (state.phase !== "ready") return 0;
+  let n = 0;
+  for (const m of state.messages) {
+    if (m.role === "user" && m.parts.some((p) => p.type === "text" && p.text === text)) n++;
+  }
+  return n;
+}
+
 /** Runs still queued or working, oldest first. */
 export function activeRuns(state: ChatState): Run[] {
   if (state.phase !== "ready") return [];

@@ -12,6 +12,7 @@ vi.mock("dompurify", () => ({ default: () => ({ addHook: () => undefined, saniti
 beforeEach(() => {
   FakeSocket.reset();
   setLocale("en");
+  sessionStorage.clear(); // drafts: each test starts with an empty box
 });
 afterEach(() => {
   document.body.innerHTML = "";
@@ -133,6 +134,67 @@ describe("OpencodePanel", () => {
     await area.setValue("order one pizza");
     await area.trigger("keydown", { key: "Enter" });
     expect(ws.commands("send")[2].client_id).not.toBe(first.client_id); // a new message, a new name
+  });
+
+  it("shows a send on its way as a pending bubble until the server has it", async () => {
+    const { w, ws } = await started();
+    const area = w.find("textarea");
+    await area.setValue("on its way");
+    await area.trigger("keydown", { key: "Enter" });
+    await flushPromises();
+    expect((area.element as HTMLTextAreaElement).value).toBe("");
+    const pending = () => w.findAll("[data-testid=pending-send]");
+    expect(pending().map((b) => b.text())).toEqual([expect.stringContaining("on its way")]);
+    expect(pending()[0].text()).toContain("sending…");
+    // The server's own copy comes in before the answer to the send: shown once, not twice.
+    ws.receive(ev("message.created", 2, { message: message({ id: "msg_u2", parts: [{ type: "text", text: "on its way" }] }) }));
+    await flushPromises();
+    expect(pending()).toHaveLength(0);
+    expect(w.findAll("article").filter((a) => a.text().includes("on its way"))).toHaveLength(1);
+    ws.ack("send", { message_id: "msg_u2", run_id: "run_1", run_ids: ["run_1"], queued: false });
+    await flushPromises();
+    expect(pending()).toHaveLength(0);
+  });
+
+  it("a send that fails gives its words back above what was typed since, and says so plainly", async () => {
+    const { w, ws, toasts } = await started();
+    const area = w.find("textarea");
+    await area.setValue("an important prompt");
+    await area.trigger("keydown", { key: "Enter" });
+    await area.setValue("second thought");
+    // The server is not answering: the send is tried three times, then given up.
+    for (let i = 0; i < 3; i++) {
+      const cmd = ws.commands("send")[i];
+      expect(cmd.client_id).toBe(ws.commands("send")[0].client_id);
+      ws.receive({ type: "error", id: cmd.id, error: { code: "timeout", message: "No answer to send", details: {} } });
+      await flushPromises();
+    }
+    expect((area.element as HTMLTextAreaElement).value).toBe("an important prompt\n\nsecond thought");
+    expect(w.findAll("[data-testid=pending-send]")).toHaveLength(0);
+    expect(toasts).toEqual(["Could not reach the server; your message was not sent. It is back in the message box."]);
+  });
+
+  it("keeps the box, and a send on its way, for a reload of the tab", async () => {
+    const first = await started();
+    await first.w.find("textarea").setValue("a send the reload cuts off");
+    await first.w.find("textarea").trigger("keydown", { key: "Enter" });
+    await first.w.find("textarea").setValue("half a thought");
+    await flushPromises();
+    const again = await started(); // the tab reloads before the server answers (the old page says no more)
+    expect((again.w.find("textarea").element as HTMLTextAreaElement).value).toBe("a send the reload cuts off\n\nhalf a thought");
+    await again.w.find("textarea").setValue("");
+    await flushPromises();
+    expect(sessionStorage.length).toBe(0); // an empty box keeps nothing
+  });
+
+  it("a panel closed with a send on its way keeps its words for the next one", async () => {
+    const first = await started();
+    await first.w.find("textarea").setValue("sent as the node was removed");
+    await first.w.find("textarea").trigger("keydown", { key: "Enter" });
+    first.w.unmount(); // the send fails as the panel's socket closes
+    await flushPromises();
+    const again = await started();
+    expect((again.w.find("textarea").element as HTMLTextAreaElement).value).toBe("sent as the node was removed");
   });
 
   it("a chat picked while New is still making one wins; the new chat is only listed", async () => {
