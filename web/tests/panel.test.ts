@@ -625,6 +625,32 @@ describe("OpencodePanel", () => {
   });
 });
 
+describe("a narrow panel", () => {
+  afterEach(() => vi.unstubAllGlobals());
+
+  it("packs itself tighter under 420 px, and only there", async () => {
+    // A ResizeObserver by hand, reporting the width a test gives it.
+    const observers: ((entries: { contentRect: { width: number } }[]) => void)[] = [];
+    vi.stubGlobal("ResizeObserver", class {
+      constructor(cb: (entries: { contentRect: { width: number } }[]) => void) {
+        observers.push(cb);
+      }
+      observe() {}
+      disconnect() {}
+    });
+    const { w } = await started();
+    const resize = async (width: number) => {
+      observers.forEach((cb) => cb([{ contentRect: { width } }]));
+      await flushPromises();
+    };
+    const root = () => w.find("[data-testid=opencode-panel]");
+    await resize(344);
+    expect(root().classes()).toContain("oc-root--narrow");
+    await resize(900);
+    expect(root().classes()).not.toContain("oc-root--narrow");
+  });
+});
+
 describe("closing with Escape", () => {
   it("closes the skill list and the provider dialog", async () => {
     const { w } = await started();
