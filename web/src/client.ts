@@ -85,7 +85,7 @@ export class ApiError extends Error {
 const OPEN = 1;
 const DEFAULT_BACKOFF = [500, 1000, 2000, 4000, 8000, 15000];
 /** Failures after which a command may or may not have reached the server. */
-const ANSWER_LOST = new Set(["disconnected", "timeout", "network_error"]);
+export const ANSWER_LOST = new Set(["disconnected", "timeout", "network_error"]);
 
 /** A random name for one send (`crypto.randomUUID` needs a secure context; ComfyUI on a LAN is not one). */
 export function newClientId(): string {

@@ -31,19 +31,28 @@ function escapeHtml(s: string): string {
 
 const md = new MarkdownIt({ html: false, linkify: true, breaks: false, typographer: false });
 
+/** What a render is told: the copy button's label; while streaming, a memo of earlier
+ * highlights and whether the code is still being written (then it is not highlighted yet). */
+type RenderEnv = {
+  copyLabel?: string;
+  memo?: RenderMemo;
+  plain?: boolean;
+};
+
+function codeBody(content: string, lang: string, env: RenderEnv): string {
+  if (!lang || !hljs.getLanguage(lang) || env.plain) return escapeHtml(content);
+  const highlight = () => hljs.highlight(content, { language: lang, ignoreIllegals: true }).value;
+  return env.memo ? env.memo.get(`h:${lang}:${content}`, highlight) : highlight();
+}
+
 md.renderer.rules.fence = (tokens, idx, _options, env) => {
   const token = tokens[idx];
   const lang = (token.info || "").trim().split(/\s+/)[0].toLowerCase();
-  let body: string;
-  if (lang && hljs.getLanguage(lang)) {
-    body = hljs.highlight(token.content, { language: lang, ignoreIllegals: true }).value;
-  } else {
-    body = escapeHtml(token.content);
-  }
+  const body = codeBody(token.content, lang, (env ?? {}) as RenderEnv);
   const label = escapeHtml(lang || "text");
   return (
     `<div class="oc-code"><div class="oc-code-head"><span>${label}</span>` +
-    `<button type="button" class="oc-code-copy" data-oc-copy="1">${escapeHtml(String((env as { copyLabel?: string } | undefined)?.copyLabel ?? "Copy"))}</button></div>` +
+    `<button type="button" class="oc-code-copy" data-oc-copy="1">${escapeHtml(String((env as RenderEnv | undefined)?.copyLabel ?? "Copy"))}</button></div>` +
     `<pre><code class="hljs">${body}</code></pre></div>`
   );
 };
@@ -81,12 +90,60 @@ export function markdownToHtml(source: string, copyLabel = "Copy"): string {
   return md.render(source, { copyLabel });
 }
 
-/** Render markdown to HTML that is safe for `v-html`. */
-export function renderMarkdown(source: string, copyLabel = "Copy"): string {
-  const html = markdownToHtml(source, copyLabel);
+function sanitize(html: string): string {
   return sanitizer().sanitize(html, {
     ALLOWED_URI_REGEXP: /^(?:https?:|mailto:|\/|#)/i,
     FORBID_TAGS: ["style", "form", "input", "textarea", "select"],
     FORBID_ATTR: ["style"],
   });
+}
+
+/** Render markdown to HTML that is safe for `v-html`. */
+export function renderMarkdown(source: string, copyLabel = "Copy"): string {
+  return sanitize(markdownToHtml(source, copyLabel));
+}
+
+/**
+ * What one message's last render made (highlighted code, sanitized blocks), so the next render of
+ * the same growing text redoes only what changed. It keeps what the last render used, no more.
+ */
+export class RenderMemo {
+  private last = new Map<string, string>();
+  private next = new Map<string, string>();
+
+  get(key: string, make: () => string): string {
+    const value = this.next.get(key) ?? this.last.get(key) ?? make();
+    this.next.set(key, value);
+    return value;
+  }
+
+  /** A render is done: forget what it did not use. */
+  settle(): void {
+    this.last = this.next;
+    this.next = new Map();
+  }
+}
+
+/**
+ * Markdown as safe HTML, one string per top-level block (paragraph, list, code block…), the same
+ * HTML `renderMarkdown` makes, cut at block boundaries. A streamed reply grows at its end: with
+ * the blocks before it unchanged, each is highlighted and sanitized once (`memo`) and its DOM is
+ * left alone. `streaming`: the last block may be unfinished; a code block there is shown plain
+ * until another block follows it or the reply ends, rather than highlighted again every frame.
+ */
+export function renderBlocks(source: string, memo: RenderMemo, opts: { copyLabel?: string; streaming?: boolean } = {}): string[] {
+  const env: RenderEnv = { copyLabel: opts.copyLabel ?? "Copy", memo };
+  // One parse of the whole text, so references and numbering are those of the whole reply.
+  const tokens = md.parse(source, env);
+  const blocks: string[] = [];
+  let start = 0;
+  for (let i = 0; i < tokens.length; i++) {
+    if (tokens[i].level !== 0 || tokens[i].nesting === 1) continue; // not the end of a top-level block
+    const last = i === tokens.length - 1;
+    const html = md.renderer.render(tokens.slice(start, i + 1), md.options, { ...env, plain: opts.streaming && last });
+    blocks.push(memo.get(`s:${html}`, () => sanitize(html)));
+    start = i + 1;
+  }
+  memo.settle();
+  return blocks;
 }

@@ -142,6 +142,61 @@ export function prependHistory(state: ChatState, page: HistoryPage): ChatState {
   return { ...state, messages: [...page.messages.filter((m) => !known.has(m.id)), ...state.messages], hasMore: page.hasMore };
 }
 
+/** One prompt and the replies that answer it; a page of history may start with replies alone. */
+export interface Turn {
+  key: string;
+  prompt: Message | null;
+  replies: Message[];
+}
+
+/**
+ * The transcript's turns. A reply sits under the prompt it names (`reply_to`): replies to queued
+ * prompts are stored after all of them, so "the user message above" would put every one under the
+ * last. A reply from before `reply_to` falls back to the nearest prompt above it; one whose prompt
+ * is still behind "Load earlier" opens a turn of its own, which that prompt joins once loaded.
+ * A turn equal to one in `previous` (same prompt, same reply objects) is that same object, so a
+ * delta re-renders only the turn it changed.
+ */
+export function groupTurns(messages: readonly Message[], previous: readonly Turn[] = []): Turn[] {
+  const out: Turn[] = [];
+  const byPrompt = new Map<string, Turn>();
+  for (const m of messages) {
+    if (m.role === "user") {
+      const turn: Turn = { key: m.id, prompt: m, replies: [] };
+      out.push(turn);
+      byPrompt.set(m.id, turn);
+      continue;
+    }
+    const to = m.reply_to ?? null;
+    let turn = to !== null ? byPrompt.get(to) : out[out.length - 1];
+    if (!turn) {
+      turn = { key: `reply:${to ?? m.id}`, prompt: null, replies: [] };
+      out.push(turn);
+      if (to !== null) byPrompt.set(to, turn);
+    }
+    turn.replies.push(m);
+  }
+  const old = new Map(previous.map((t) => [t.key, t]));
+  return out.map((t) => {
+    const was = old.get(t.key);
+    return was && sameTurn(was, t) ? was : t;
+  });
+}
+
+function sameTurn(a: Turn, b: Turn): boolean {
+  return a.prompt === b.prompt && a.replies.length === b.replies.length && a.replies.every((r, i) => r === b.replies[i]);
+}
+
+/** How many of the chat's prompts read `text` (a pending send's own copy coming in adds one). */
+export function promptsReading(state: ChatState, text: string): number {
+  if (state.phase !== "ready") return 0;
+  let n = 0;
+  for (const m of state.messages) {
+    if (m.role === "user" && m.parts.some((p) => p.type === "text" && p.text === text)) n++;
+  }
+  return n;
+}
+
 /** Runs still queued or working, oldest first. */
 export function activeRuns(state: ChatState): Run[] {
   if (state.phase !== "ready") return [];

@@ -6,18 +6,28 @@
  */
 import { defineStore } from "pinia";
 import { computed, inject, ref, shallowRef } from "vue";
-import { ApiError, OpencodeClient, type ConnectionState } from "./client";
+import { ANSWER_LOST, ApiError, OpencodeClient, type ConnectionState } from "./client";
 import { DEPS, type SessionConfig } from "./deps";
 import { t } from "./i18n";
 import type { ModelInfo, OcEvent, ProviderCreate, ProviderPatch, ProviderProfile, SendMode, Session, SessionPatch, Skill, UiRequestData, VersionInfo } from "./protocol";
 import { PROTOCOL_VERSION } from "./protocol";
-import { activeRuns, dropProposal, EMPTY, joining, prependHistory, reduce, withSession, type ChatState } from "./reducer";
+import { activeRuns, dropProposal, EMPTY, joining, prependHistory, promptsReading, reduce, withSession, type ChatState } from "./reducer";
 
 /** How a send went; a failed one carries its name and session, to be sent again under them. */
 export interface SendOutcome {
   ok: boolean;
   clientId?: string;
   sessionId?: string;
+}
+
+/** A message on its way to the server, shown as a pending bubble until the server has it.
+ * `echoes`: how many of the chat's prompts read the same when it left; one more means the server's
+ * own copy is in, even before the answer to the send comes back. */
+export interface Outgoing {
+  id: number;
+  sessionId: string;
+  text: string;
+  echoes: number;
 }
 
 /** How a form's request went: a refusal carries the server's words, shown beside the form. */
@@ -72,6 +82,8 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   const loading = ref(false);
   const notices = ref<Notice[]>([]);
   const sent = ref(0); // messages this panel sent: the transcript follows each one
+  const outbox = shallowRef<Outgoing[]>([]);
+  let outgoingId = 0;
   // Permission requests whose answer is on its way (their cards' buttons are off); one that
   // fails leaves the set, so its card can be answered again.
   const answering = ref<ReadonlySet<string>>(new Set());
@@ -419,14 +431,25 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     if (!id || !text.trim()) return { ok: false };
     const mentioned = leadingMentions(text, new Set(roles.value.map((r) => r.id)));
     const name = clientId ?? client.newSendId();
+    const outgoing: Outgoing = { id: ++outgoingId, sessionId: id, text, echoes: promptsReading(chat.value, text) };
+    outbox.value = [...outbox.value, outgoing];
     try {
       await client.send(id, { text, skills: mentioned, mode, ...(name ? { client_id: name } : {}) });
       sent.value += 1;
       return { ok: true };
     } catch (err) {
-      fail(t("error.send"), err);
+      sendFailed(err);
       return { ok: false, clientId: name, sessionId: id };
+    } finally {
+      outbox.value = outbox.value.filter((o) => o.id !== outgoing.id);
     }
+  }
+
+  /** Say why a message did not go, in a person's words: the words themselves are given back. */
+  function sendFailed(err: unknown): void {
+    if (err instanceof ApiError && err.code === "unauthorized") needsToken.value = true;
+    else if (err instanceof ApiError && ANSWER_LOST.has(err.code)) notify("error", t("error.sendOffline"));
+    else notify("error", t("error.sendRefused"), err instanceof Error ? err.message : String(err));
   }
 
   async function stop(runId?: string): Promise<void> {
@@ -556,7 +579,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
 
   return {
     client, connection, server, needsToken, skills, providers, presets, models, sessions, chat, loading,
-    notices, sent, answering, protocolMismatch, session, roles, running, busy, skillById,
+    notices, sent, outbox, answering, protocolMismatch, session, roles, running, busy, skillById,
     start, ensureModels, openSession, newSession, loadEarlier, configure, renameSession, deleteSession, send, stop,
     replyPermission, answerProposal, saveKey, removeKey, addProvider, createProfile, updateProfile, deleteProfile, useToken, loadSessions, notify, dismiss, dispose,
   };

@@ -50,6 +50,7 @@ let tabs: SidebarTab[] = [];
 
 beforeEach(() => {
   FakeSocket.reset();
+  sessionStorage.clear(); // drafts: each test starts with an empty box
   vi.stubGlobal("WebSocket", FakeSocket);
   toasts.length = 0;
   tabs = [];

@@ -6,7 +6,8 @@ import PermissionCard from "../src/components/PermissionCard.vue";
 import ToolCallCard from "../src/components/ToolCallCard.vue";
 import ProposalCard from "../src/components/ProposalCard.vue";
 import { setLocale } from "../src/i18n";
-import { markdownToHtml } from "../src/markdown";
+import hljs from "highlight.js/lib/core";
+import { markdownToHtml, renderBlocks, renderMarkdown, RenderMemo } from "../src/markdown";
 import { defineComponent, h, ref } from "vue";
 import { mentionAt } from "../src/composables/useMention";
 import { useAutoScroll } from "../src/composables/useAutoScroll";
@@ -72,6 +73,86 @@ describe("MarkdownView", () => {
     await flushPromises();
     expect(writeText).toHaveBeenCalledWith("abc\n");
     expect(w.find("button[data-oc-copy]").text()).toBe("Copied");
+  });
+});
+
+describe("streaming markdown", () => {
+  // requestAnimationFrame by hand: a test says when the next frame comes.
+  let frames: FrameRequestCallback[] = [];
+  beforeEach(() => {
+    frames = [];
+    vi.stubGlobal("requestAnimationFrame", (cb: FrameRequestCallback) => frames.push(cb));
+    vi.stubGlobal("cancelAnimationFrame", (id: number) => (frames[id - 1] = () => undefined));
+  });
+  afterEach(() => {
+    vi.unstubAllGlobals();
+    vi.restoreAllMocks();
+  });
+  function nextFrame(): void {
+    const due = frames;
+    frames = [];
+    due.forEach((cb) => cb(0));
+  }
+
+  it("renders the blocks renderMarkdown makes, cut at block boundaries", () => {
+    const source = "Intro [ref] and *em*.\n\n1. one\n2. two\n\n```py\nx = 1\n```\n\n> quote\n\n[ref]: /view?filename=a.png\n";
+    const blocks = renderBlocks(source, new RenderMemo());
+    expect(blocks).toHaveLength(4);
+    expect(blocks.join("")).toBe(renderMarkdown(source));
+  });
+
+  it("renders a streaming reply once per frame, whatever the number of deltas", async () => {
+    const w = mount(MarkdownView, { props: { source: "one", streaming: true } });
+    for (const source of ["one two", "one two three", "one two three four"]) await w.setProps({ source });
+    expect(w.text()).toBe("one"); // nothing rendered between frames
+    expect(frames).toHaveLength(1); // one frame asked for, not one per delta
+    nextFrame();
+    await flushPromises();
+    expect(w.text()).toBe("one two three four");
+    await w.setProps({ source: "done.", streaming: false });
+    expect(w.text()).toBe("done."); // the end shows at once
+  });
+
+  it("leaves finished blocks alone while the last one grows: an image there is not loaded again", async () => {
+    const w = mount(MarkdownView, { props: { source: "![out](/view?filename=a.png)\n\nsecond", streaming: true } });
+    const img = w.find("img").element;
+    const first = w.find(".oc-md-block").element;
+    await w.setProps({ source: "![out](/view?filename=a.png)\n\nsecond and more" });
+    nextFrame();
+    await flushPromises();
+    expect(w.text()).toContain("second and more");
+    expect(w.find(".oc-md-block").element).toBe(first);
+    expect(w.find("img").element).toBe(img);
+  });
+
+  it("keeps an image in the block still being written as the block grows", async () => {
+    const w = mount(MarkdownView, { props: { source: "see ![out](/view?filename=a.png) and", streaming: true } });
+    const img = w.find("img").element;
+    await w.setProps({ source: "see ![out](/view?filename=a.png) and **more** text" });
+    nextFrame();
+    await flushPromises();
+    expect(w.find("strong").text()).toBe("more");
+    expect(w.find("img").element).toBe(img);
+    expect(w.find(".oc-md-block").element.innerHTML).toBe(renderMarkdown("see ![out](/view?filename=a.png) and **more** text"));
+  });
+
+  it("highlights a code block once it is finished, not on every frame while it is written", async () => {
+    const highlight = vi.spyOn(hljs, "highlight");
+    const w = mount(MarkdownView, { props: { source: "```py\nx = 1\n", streaming: true } });
+    await w.setProps({ source: "```py\nx = 1\ny = 2\n" });
+    nextFrame();
+    await flushPromises();
+    expect(highlight).not.toHaveBeenCalled(); // still being written: plain text
+    expect(w.find("code").element.textContent).toBe("x = 1\ny = 2\n");
+    for (const tail of ["Done", "Done, as", "Done, as asked."]) {
+      await w.setProps({ source: `\`\`\`py\nx = 1\ny = 2\n\`\`\`\n\n${tail}` });
+      nextFrame();
+      await flushPromises();
+    }
+    expect(highlight).toHaveBeenCalledTimes(1); // finished: highlighted once, then remembered
+    expect(w.find("code").html()).toContain("hljs-number");
+    await w.setProps({ streaming: false });
+    expect(highlight).toHaveBeenCalledTimes(1);
   });
 });
 
@@ -261,6 +342,39 @@ describe("useAutoScroll", () => {
     const api = w.vm as unknown as { pinned: boolean; scrollToBottom(): void };
     return { w, api, el, layout, scrollTo };
   }
+
+  it("follows content that grows with no change to the DOM (an image loads, a turn is first laid out)", async () => {
+    // A ResizeObserver by hand: happy-dom has none that fires.
+    const observed: Element[] = [];
+    let changed = () => undefined as void;
+    vi.stubGlobal("ResizeObserver", class {
+      constructor(cb: () => void) {
+        changed = cb;
+      }
+      observe(el: Element) {
+        observed.push(el);
+      }
+      disconnect() {}
+    });
+    const Box = defineComponent({
+      setup() {
+        const box = ref<HTMLElement | null>(null);
+        const content = ref<HTMLElement | null>(null);
+        useAutoScroll(box, content);
+        return () => h("div", { ref: box }, [h("div", { ref: content }, "x")]);
+      },
+    });
+    const w = mount(Box, { attachTo: document.body });
+    const el = w.element as HTMLElement;
+    let scrollHeight = 1000;
+    Object.defineProperty(el, "scrollHeight", { get: () => scrollHeight });
+    expect(observed).toEqual([el, el.firstElementChild]);
+    scrollHeight = 1600; // the content grew; nothing was added
+    changed();
+    expect(el.scrollTop).toBe(1600);
+    w.unmount();
+    vi.unstubAllGlobals();
+  });
 
   it("stays pinned when the box shrinks under it, and lets go only when the person scrolls up", async () => {
     const { w, api, el, layout, scrollTo } = scrollBox();

@@ -1,5 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { flushPromises, type VueWrapper } from "@vue/test-utils";
+import MessageView from "../src/components/MessageView.vue";
 import OpencodePanel from "../src/components/OpencodePanel.vue";
 import { setLocale } from "../src/i18n";
 import { defaultRoutes, makeDeps, memoryBinding, mountWith } from "./harness";
@@ -11,6 +12,7 @@ vi.mock("dompurify", () => ({ default: () => ({ addHook: () => undefined, saniti
 beforeEach(() => {
   FakeSocket.reset();
   setLocale("en");
+  sessionStorage.clear(); // drafts: each test starts with an empty box
 });
 afterEach(() => {
   document.body.innerHTML = "";
@@ -134,6 +136,67 @@ describe("OpencodePanel", () => {
     expect(ws.commands("send")[2].client_id).not.toBe(first.client_id); // a new message, a new name
   });
 
+  it("shows a send on its way as a pending bubble until the server has it", async () => {
+    const { w, ws } = await started();
+    const area = w.find("textarea");
+    await area.setValue("on its way");
+    await area.trigger("keydown", { key: "Enter" });
+    await flushPromises();
+    expect((area.element as HTMLTextAreaElement).value).toBe("");
+    const pending = () => w.findAll("[data-testid=pending-send]");
+    expect(pending().map((b) => b.text())).toEqual([expect.stringContaining("on its way")]);
+    expect(pending()[0].text()).toContain("sending…");
+    // The server's own copy comes in before the answer to the send: shown once, not twice.
+    ws.receive(ev("message.created", 2, { message: message({ id: "msg_u2", parts: [{ type: "text", text: "on its way" }] }) }));
+    await flushPromises();
+    expect(pending()).toHaveLength(0);
+    expect(w.findAll("article").filter((a) => a.text().includes("on its way"))).toHaveLength(1);
+    ws.ack("send", { message_id: "msg_u2", run_id: "run_1", run_ids: ["run_1"], queued: false });
+    await flushPromises();
+    expect(pending()).toHaveLength(0);
+  });
+
+  it("a send that fails gives its words back above what was typed since, and says so plainly", async () => {
+    const { w, ws, toasts } = await started();
+    const area = w.find("textarea");
+    await area.setValue("an important prompt");
+    await area.trigger("keydown", { key: "Enter" });
+    await area.setValue("second thought");
+    // The server is not answering: the send is tried three times, then given up.
+    for (let i = 0; i < 3; i++) {
+      const cmd = ws.commands("send")[i];
+      expect(cmd.client_id).toBe(ws.commands("send")[0].client_id);
+      ws.receive({ type: "error", id: cmd.id, error: { code: "timeout", message: "No answer to send", details: {} } });
+      await flushPromises();
+    }
+    expect((area.element as HTMLTextAreaElement).value).toBe("an important prompt\n\nsecond thought");
+    expect(w.findAll("[data-testid=pending-send]")).toHaveLength(0);
+    expect(toasts).toEqual(["Could not reach the server; your message was not sent. It is back in the message box."]);
+  });
+
+  it("keeps the box, and a send on its way, for a reload of the tab", async () => {
+    const first = await started();
+    await first.w.find("textarea").setValue("a send the reload cuts off");
+    await first.w.find("textarea").trigger("keydown", { key: "Enter" });
+    await first.w.find("textarea").setValue("half a thought");
+    await flushPromises();
+    const again = await started(); // the tab reloads before the server answers (the old page says no more)
+    expect((again.w.find("textarea").element as HTMLTextAreaElement).value).toBe("a send the reload cuts off\n\nhalf a thought");
+    await again.w.find("textarea").setValue("");
+    await flushPromises();
+    expect(sessionStorage.length).toBe(0); // an empty box keeps nothing
+  });
+
+  it("a panel closed with a send on its way keeps its words for the next one", async () => {
+    const first = await started();
+    await first.w.find("textarea").setValue("sent as the node was removed");
+    await first.w.find("textarea").trigger("keydown", { key: "Enter" });
+    first.w.unmount(); // the send fails as the panel's socket closes
+    await flushPromises();
+    const again = await started();
+    expect((again.w.find("textarea").element as HTMLTextAreaElement).value).toBe("sent as the node was removed");
+  });
+
   it("a chat picked while New is still making one wins; the new chat is only listed", async () => {
     const routes = defaultRoutes();
     routes["GET /opencode/sessions"] = () => [200, { sessions: [session(), session({ id: "ses_C", title: "Cee", updated_at: 998 })] }];
@@ -219,6 +282,52 @@ describe("OpencodePanel", () => {
     await flushPromises();
     expect(w.find("[data-message-id=msg_q]").attributes("data-status")).toBe("completed");
     expect(label().exists()).toBe(false);
+  });
+
+  it("shows the replies to queued prompts under the prompts they answer", async () => {
+    const { w, ws } = await started();
+    const ask = (id: string, text: string) => message({ id, parts: [{ type: "text", text }] });
+    const answer = (id: string, to: string, text: string) => reply({ id, reply_to: to, status: "completed", parts: [{ type: "text", text }] });
+    ws.receive(snapshot({
+      session: session({ last_seq: 9 }),
+      messages: [ask("u1", "first"), answer("a1", "u1", "one"), ask("u2", "second"), ask("u3", "third"), answer("a2", "u2", "two"), answer("a3", "u3", "three")],
+    }, "session.resync"));
+    await flushPromises();
+    expect(w.findAll("section.oc-turn").map((s) => s.findAll("article").map((a) => a.attributes("data-message-id")))).toEqual([["u1", "a1"], ["u2", "a2"], ["u3", "a3"]]);
+  });
+
+  it("a delta re-renders the reply it grows, not the finished turns above it", async () => {
+    // Which messages MessageView renders (its render function is read as each view mounts).
+    const rendered: string[] = [];
+    const view = MessageView as unknown as { render: (...args: unknown[]) => unknown };
+    const render = view.render;
+    const spy = vi.spyOn(view, "render").mockImplementation(function (this: unknown, ...args: unknown[]) {
+      rendered.push((args[2] as { message: { id: string } }).message.id);
+      return render.apply(this, args);
+    });
+    // And how often the transcript builds a turn: each message it lays out reads `imageUrl`.
+    let built = 0;
+    const { w, ws } = await started([], ({ deps }) => {
+      const imageUrl = deps.imageUrl;
+      Object.defineProperty(deps, "imageUrl", { get: () => (built++, imageUrl) });
+    });
+    ws.receive(snapshot({
+      session: session({ last_seq: 9 }),
+      messages: [
+        message({ id: "u1" }), reply({ id: "a1", reply_to: "u1", status: "completed" }),
+        message({ id: "u2" }), reply({ id: "a2", reply_to: "u2", status: "completed" }),
+        message({ id: "u3" }), reply({ id: "a3", reply_to: "u3" }),
+      ],
+    }, "session.resync"));
+    await flushPromises();
+    rendered.length = 0;
+    built = 0;
+    ws.receive(ev("message.delta", 10, { message_id: "a3", run_id: "run_1", skill: "echo", text: "more" }));
+    await flushPromises();
+    spy.mockRestore();
+    expect(w.find("[data-message-id=a3]").text()).toContain("more");
+    expect(rendered).toEqual(["a3"]);
+    expect(built).toBe(2); // the live turn's prompt and reply; the finished turns were left as they were
   });
 
   it("completes @role from the role skills", async () => {
@@ -542,6 +651,32 @@ describe("OpencodePanel", () => {
     await button(w, "Copy as text").trigger("click");
     await flushPromises();
     expect(writeText.mock.calls[0][0]).toContain("slow answer");
+  });
+});
+
+describe("a narrow panel", () => {
+  afterEach(() => vi.unstubAllGlobals());
+
+  it("packs itself tighter under 420 px, and only there", async () => {
+    // A ResizeObserver by hand, reporting the width a test gives it.
+    const observers: ((entries: { contentRect: { width: number } }[]) => void)[] = [];
+    vi.stubGlobal("ResizeObserver", class {
+      constructor(cb: (entries: { contentRect: { width: number } }[]) => void) {
+        observers.push(cb);
+      }
+      observe() {}
+      disconnect() {}
+    });
+    const { w } = await started();
+    const resize = async (width: number) => {
+      observers.forEach((cb) => cb([{ contentRect: { width } }]));
+      await flushPromises();
+    };
+    const root = () => w.find("[data-testid=opencode-panel]");
+    await resize(344);
+    expect(root().classes()).toContain("oc-root--narrow");
+    await resize(900);
+    expect(root().classes()).not.toContain("oc-root--narrow");
   });
 });
 
@@ -881,6 +1016,26 @@ describe("history", () => {
     expect(pages).toEqual(["/opencode/sessions/ses_1/messages?before=msg_u1&limit=50"]);
     expect(w.findAll("article").map((a) => a.attributes("data-message-id"))).toEqual(["msg_0", "msg_u1"]);
     expect(w.text()).not.toContain("Load earlier messages");
+  });
+
+  it("keeps the reader's place when an older page comes in above", async () => {
+    const routes = defaultRoutes();
+    const layout = { scrollHeight: 1000 };
+    routes["GET /opencode/sessions/ses_1/messages"] = () => {
+      layout.scrollHeight = 1600; // what the older page will add above
+      return [200, { messages: [message({ id: "msg_0" })], has_more: true, next_before: "msg_0" }];
+    };
+    const { w } = await started([routes]);
+    const ws = FakeSocket.last();
+    ws.receive(snapshot({ session: session({ last_seq: 1 }), messages: [message()], has_more: true }, "session.resync"));
+    await flushPromises();
+    const box = w.find(".oc-transcript").element as HTMLElement;
+    Object.defineProperty(box, "scrollHeight", { get: () => layout.scrollHeight });
+    box.scrollTop = 40; // reading near the top, by the button
+    await button(w, "Load earlier messages").trigger("click");
+    await flushPromises();
+    expect(w.findAll("article").map((a) => a.attributes("data-message-id"))).toEqual(["msg_0", "msg_u1"]);
+    expect(box.scrollTop).toBe(640); // the same message in view: 600 px of older history above it
   });
 
   it("an older page that answers after a switch to another chat is dropped, not shown in it", async () => {

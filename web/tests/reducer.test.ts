@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import type { ChatState, ReadyState } from "../src/reducer";
-import { activeRuns, dropProposal, EMPTY, joining, MAX_LOGS, prependHistory, reduce } from "../src/reducer";
+import { activeRuns, dropProposal, EMPTY, groupTurns, joining, MAX_LOGS, prependHistory, reduce } from "../src/reducer";
 import type { OcEvent } from "../src/protocol";
 import { ev, message, reply, run, session, SID, snapshot } from "./fixtures";
 
@@ -223,5 +223,37 @@ describe("local helpers", () => {
   it("dropProposal forgets an answered proposal", () => {
     const s = ready([...base, ev("ui.request", 5, { request_id: "ui_1", run_id: null, action: "propose_workflow", payload: {} })]);
     expect((dropProposal(s, "ui_1") as ReadyState).proposals).toEqual([]);
+  });
+});
+
+describe("groupTurns", () => {
+  const ask = (id: string) => message({ id, parts: [{ type: "text", text: id }] });
+  const answer = (id: string, replyTo?: string | null) => reply({ id, status: "completed", ...(replyTo === undefined ? {} : { reply_to: replyTo }) });
+  const shape = (turns: ReturnType<typeof groupTurns>) => turns.map((t) => [t.prompt?.id ?? null, ...t.replies.map((r) => r.id)]);
+
+  it("puts the replies to queued prompts under the prompts they answer, not all under the last", () => {
+    // How the store lists them: the queued prompts come in before the replies that answer them.
+    const messages = [ask("u1"), answer("a1", "u1"), ask("u2"), ask("u3"), answer("a2", "u2"), answer("a3", "u3")];
+    expect(shape(groupTurns(messages))).toEqual([["u1", "a1"], ["u2", "a2"], ["u3", "a3"]]);
+  });
+
+  it("a reply without reply_to (an older server's) stays under the nearest prompt above it", () => {
+    const messages = [ask("u1"), answer("a1"), ask("u2"), answer("a2", null), answer("a3", "u1")];
+    expect(shape(groupTurns(messages))).toEqual([["u1", "a1", "a3"], ["u2", "a2"]]);
+  });
+
+  it("replies whose prompt is behind Load earlier open a turn of their own, joined once it is loaded", () => {
+    const page = [answer("a1", "u1"), answer("a1b", "u1"), ask("u2"), answer("a2", "u2")];
+    expect(shape(groupTurns(page))).toEqual([[null, "a1", "a1b"], ["u2", "a2"]]);
+    expect(shape(groupTurns([ask("u1"), ...page]))).toEqual([["u1", "a1", "a1b"], ["u2", "a2"]]);
+  });
+
+  it("keeps a turn the same object while its messages are, so only a changed turn re-renders", () => {
+    const first = groupTurns([ask("u1"), answer("a1", "u1"), ask("u2"), answer("a2", "u2")]);
+    const streamed = answer("a2", "u2");
+    const next = groupTurns([first[0].prompt!, first[0].replies[0], first[1].prompt!, streamed], first);
+    expect(next[0]).toBe(first[0]);
+    expect(next[1]).not.toBe(first[1]);
+    expect(next[1].replies[0]).toBe(streamed);
   });
 });
