@@ -244,6 +244,12 @@ export class OpencodeClient {
     return this.request<AbortResult>("POST", `/opencode/sessions/${enc(sessionId)}/abort`, body);
   }
 
+  /** Answer a reply's prompt again with its role: a new reply (a send's answer). */
+  async retry(sessionId: string, messageId: string): Promise<SendResult> {
+    if (this.isOpen()) return (await this.command("retry", { session_id: sessionId, message_id: messageId })) as unknown as SendResult;
+    return this.request<SendResult>("POST", `/opencode/sessions/${enc(sessionId)}/retry`, { message_id: messageId });
+  }
+
   /** Change the session; answers the session as it now is. */
   async configure(sessionId: string, patch: SessionPatch): Promise<Session> {
     if (!this.isOpen()) return this.patchSession(sessionId, patch);

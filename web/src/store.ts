@@ -462,6 +462,17 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     }
   }
 
+  /** A reply that failed or was stopped, answered again by its role (its new reply streams in). */
+  async function retry(messageId: string): Promise<void> {
+    const id = session.value?.id;
+    if (!id) return;
+    try {
+      await client.retry(id, messageId);
+    } catch (err) {
+      fail(t("error.generic"), err);
+    }
+  }
+
   /** Answer a permission request; false (and its card back on) when the answer did not go through. */
   async function replyPermission(requestId: string, decision: "allow" | "deny", remember: boolean): Promise<boolean> {
     const id = session.value?.id;
@@ -580,7 +591,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   return {
     client, connection, server, needsToken, skills, providers, presets, models, sessions, chat, loading,
     notices, sent, outbox, answering, protocolMismatch, session, roles, running, busy, skillById,
-    start, ensureModels, openSession, newSession, loadEarlier, configure, renameSession, deleteSession, send, stop,
+    start, ensureModels, openSession, newSession, loadEarlier, configure, renameSession, deleteSession, send, stop, retry,
     replyPermission, answerProposal, saveKey, removeKey, addProvider, createProfile, updateProfile, deleteProfile, useToken, loadSessions, notify, dismiss, dispose,
   };
 });

@@ -696,6 +696,27 @@ describe("closing with Escape", () => {
   });
 });
 
+describe("retrying a reply", () => {
+  it("answers a failed reply's prompt again once the chat is idle, and says why when the server refuses", async () => {
+    const { w, ws, toasts } = await started();
+    ws.receive(ev("message.created", 2, { message: reply({ id: "a1", skill: "echo", run_id: "r1" }) }));
+    ws.receive(ev("run.status", 3, { run: run({ id: "r1", message_id: "a1" }) }));
+    await flushPromises();
+    expect(w.find("[data-message-id=a1] [data-testid=message-retry]").exists()).toBe(false); // still streaming
+    ws.receive(ev("message.completed", 4, { message: reply({ id: "a1", skill: "echo", run_id: "r1", status: "error", error: "429" }) }));
+    ws.receive(ev("run.status", 5, { run: run({ id: "r1", message_id: "a1", status: "error" }) }));
+    await flushPromises();
+    const button = w.find("[data-message-id=a1] [data-testid=message-retry]");
+    expect(button.attributes("disabled")).toBeUndefined();
+    await button.trigger("click");
+    expect(ws.commands("retry")[0]).toMatchObject({ session_id: SID, message_id: "a1" });
+    const cmd = ws.commands("retry")[0];
+    ws.receive({ type: "error", id: cmd.id, error: { code: "busy", message: "replies are running in this chat: retry once they end (or stop them)", details: {} } });
+    await flushPromises();
+    expect(toasts).toEqual([expect.stringContaining("retry once they end")]);
+  });
+});
+
 describe("stopping and interrupting", () => {
   it("stops one role's reply from its header and Ctrl+Enter interrupts while busy", async () => {
     const { w, ws } = await started();
