@@ -231,3 +231,11 @@ def test_a_malformed_growing_list_is_no_crash() -> None:
     graph = {**IMAGE, "2": {"class_type": "BatchImagesNode", "inputs": {"images.image0": ["1", 0]}}, **save(["2", 0])}
     assert validate_graph(graph, info) == []
     assert "items" not in catalog.describe("BatchImagesNode", info["BatchImagesNode"])["inputs"][0]
+
+
+def test_an_example_skips_a_declared_null_default() -> None:
+    """ComfyUI 0.3.64's OpenAIChatNode declares its model combo with `"default": null`: the
+    example takes the first choice, which the check passes, not null, which it refuses."""
+    node_def = {"input": {"required": {"model": ["COMBO", {"options": ["o4-mini", "gpt-5"], "default": None}]}},
+                "output": ["STRING"], "output_name": ["STRING"], "name": "OpenAIChatNode"}
+    assert catalog.example_node("OpenAIChatNode", node_def)["inputs"] == {"model": "o4-mini"}

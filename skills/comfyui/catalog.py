@@ -492,7 +492,7 @@ def _example_inputs(spec: InputSpec, prefix: str) -> dict[str, Any]:
 def _example_value(spec: InputSpec) -> Any:
     if not spec.is_set_in_node:
         return ["<node id>", 0]
-    if "default" in spec.options:
+    if spec.options.get("default") is not None:  # some nodes declare `"default": null` (OpenAIChatNode's model)
         default = spec.options["default"]
         return {"__value__": default} if isinstance(default, list) else default  # a bare list reads as a link
     if spec.choices:
