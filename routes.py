@@ -47,7 +47,7 @@ MAX_BODY_BYTES = 2 << 20
 # from disk, so an update is in the browser before ComfyUI restarts): `send.client_id` is a send
 # that may carry its client_id (older servers refuse the field).
 CAPABILITIES = ["sessions", "events.sse", "ws", "multi_role", "providers", "skills", "permissions", "export",
-                "send.client_id", "ui.reply.answer_id"]
+                "send.client_id", "ui.reply.answer_id", "retry"]
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -113,6 +113,8 @@ export class OpencodeClient {
   private joined: string | null = null;
   private repeatableSends = false;
   private namedAnswers = false;
+  /** Whether the server answers a reply again (`retry`): an older one does not. */
+  retries = false;
   private lastSeq = new Map<string, number>();
 
   constructor(options: ClientOptions) {
@@ -284,6 +286,7 @@ export class OpencodeClient {
   setServerCapabilities(capabilities: readonly string[]): void {
     this.repeatableSends = capabilities.includes("send.client_id");
     this.namedAnswers = capabilities.includes("ui.reply.answer_id");
+    this.retries = capabilities.includes("retry");
   }
 
   // ------------------------------------------------------------ WebSocket

@@ -10,7 +10,7 @@ export type Routes = Parameters<typeof fakeTransport>[0];
 
 export function defaultRoutes(): Routes {
   return {
-    "GET /opencode/version": () => [200, { name: "opencode", version: "0.1.0", protocol: 1, capabilities: ["send.client_id", "ui.reply.answer_id"] }],
+    "GET /opencode/version": () => [200, { name: "opencode", version: "0.1.0", protocol: 1, capabilities: ["send.client_id", "ui.reply.answer_id", "retry"] }],
     "GET /opencode/skills": () => [
       200,
       {

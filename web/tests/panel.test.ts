@@ -717,6 +717,18 @@ describe("retrying a reply", () => {
   });
 });
 
+describe("retrying on an older server", () => {
+  it("offers no Retry when the server does not say it can (`retry` capability)", async () => {
+    const routes = defaultRoutes();
+    routes["GET /opencode/version"] = () => [200, { name: "opencode", version: "0.1.0", protocol: 1, capabilities: ["send.client_id"] }];
+    const { w, ws } = await started([routes]);
+    ws.receive(ev("message.created", 2, { message: reply({ id: "a1", skill: "echo", run_id: "r1", status: "error", error: "429" }) }));
+    await flushPromises();
+    expect(w.find("[data-message-id=a1] [data-testid=message-status]").text()).toBe("failed");
+    expect(w.find("[data-message-id=a1] [data-testid=message-retry]").exists()).toBe(false);
+  });
+});
+
 describe("stopping and interrupting", () => {
   it("stops one role's reply from its header and Ctrl+Enter interrupts while busy", async () => {
     const { w, ws } = await started();
