@@ -127,6 +127,8 @@ class RunInput:
     # How many of the session's replies run now, this one included: they share what is left of
     # the budget.
     running: Callable[[], int] = lambda: 1
+    # The message's text without its leading `@role` mentions (what the `echo` engine repeats).
+    prompt: str | None = None
     # Called with the reply as its first row is queued for the store: the session's in-memory
     # window takes it then, so the window and the store keep messages in the same order.
     placed: Callable[[Message], None] = lambda message: None
@@ -295,7 +297,7 @@ class AgentRun:
 
     async def _echo(self) -> None:
         await self._before_first_word()
-        text = self.input.user_message.text()
+        text = self.input.prompt if self.input.prompt is not None else self.input.user_message.text()
         words = text.split(" ")
         for i, word in enumerate(words):
             self._append_text(word if i == 0 else " " + word)
@@ -488,7 +490,9 @@ class AgentRun:
             rooms.append(budget.max_tokens - spent.input_tokens - spent.output_tokens)
         if budget.max_cost is not None and caps.output_price > 0:
             rooms.append(int((budget.max_cost - spent.cost) / caps.output_price * 1_000_000))
-        room = min(rooms, default=BUDGET_CAP_TOKENS) // max(self.input.running(), 1)
+        if not rooms:  # a money budget on a model without a price: nothing to cap by
+            return None
+        room = min(rooms) // max(self.input.running(), 1)
         return max(room, 1) if room < BUDGET_CAP_TOKENS else None
 
     def _budget_text(self) -> str:

@@ -379,7 +379,12 @@ class SessionManager:
             return "", None
         newest = finished[-1]
         if newest.reply_to is not None:  # its prompt's replies: those of a queued prompt are not together
-            replies = [m for m in finished if m.reply_to == newest.reply_to]
+            by_role: dict[str | None, Message] = {}
+            for m in finished:
+                if m.reply_to == newest.reply_to:
+                    by_role.pop(m.skill, None)  # a retried role: its newest reply, in its place
+                    by_role[m.skill] = m
+            replies = list(by_role.values())
         else:  # stored before replies named their prompt: the run of replies after the last prompt
             replies = []
             for m in reversed(live.recent.values()):
@@ -526,12 +531,8 @@ class SessionManager:
     def _address(self, session: Session, body: SendBody) -> tuple[str, list[SkillLike]]:
         """Which roles answer: the leading `@role` mentions ("@echo @assistant hi": both, the
         text "hi"), else the body's skills, else the session's roles."""
-        text = body.text
         ids: list[str] = list(body.skills)
-        mentioned: list[str] = []
-        while (mention := ROLE_MENTION.match(text)) and self._is_role(mention.group(1)):
-            mentioned.append(mention.group(1))
-            text = text[mention.end():]
+        text, mentioned = self._mentions(body.text)
         if (mention := ROLE_MENTION.match(text)) and (problem := self._mention_problem(mention.group(1))):
             raise BadRequest(problem, code="unknown_role")
         if mentioned:
@@ -551,6 +552,14 @@ class SessionManager:
         if not text.strip() and not body.images:
             raise BadRequest("the message is empty; type something to send", code="empty_message")
         return text, roles
+
+    def _mentions(self, text: str) -> tuple[str, list[str]]:
+        """The text after its leading `@role` mentions, and those roles."""
+        mentioned: list[str] = []
+        while (mention := ROLE_MENTION.match(text)) and self._is_role(mention.group(1)):
+            mentioned.append(mention.group(1))
+            text = text[mention.end():]
+        return text, mentioned
 
     def _mention_problem(self, name: str) -> str | None:
         """Why a leading `@name` that is no role looks like a mistake: a tool skill, or a role's
@@ -597,11 +606,12 @@ class SessionManager:
         history = [m for m in (live.recent.values() if before is None else before)
                    if m.id != user.id and m.status not in ("streaming", "queued")]
         tool_skills = self._tool_skills(live.session)
+        prompt = self._mentions(user.text())[0] or None
         agents = []
         for run, role in zip(runs, roles):
             agent = AgentRun(self.deps, RunInput(
                 session=live.session, run=run, user_message=user, role=role, tool_skills=tool_skills,
-                history=history, spent=lambda: self._spent(live), current=lambda: live.session,
+                history=history, prompt=prompt, spent=lambda: self._spent(live), current=lambda: live.session,
                 running=lambda: len(live.active), placed=lambda message: self._remember(live, message),
                 turns=live.turns, has_older=live.has_more, load_older=lambda count: self._older(live, count)),
                 may_speak=may_speak)

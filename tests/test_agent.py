@@ -1481,3 +1481,33 @@ async def test_a_failed_reply_is_retried_on_its_own_prompt(env, client):
 
 def texts_of(request: ChatRequest) -> list[str]:
     return [p.text for m in request.messages for p in m.parts]
+
+
+async def test_a_money_budget_on_an_unpriced_model_caps_no_reply_of_roles_at_once(env, service):
+    """No price, nothing to cap by: two roles at once must not halve a cap that does not exist
+    (a 2,048-token cap, then a false "budget ran out")."""
+    from opencode_agent.core.protocol import ModelCaps
+
+    provider, session, ws_for = env
+    service.sessions.deps.models.caps = ModelCaps(tools=True, context_tokens=32000)
+    provider.by_role = lambda request: text_turn("ok")
+    sid = await session("alpha", "beta")
+    ws = await ws_for(sid)
+    await ws.command("configure", session_id=sid, patch={"budget": {"max_cost": 1.0}})
+    sent = await ws.command("send", session_id=sid, text="go")
+    for run_id in sent["data"]["run_ids"]:
+        await ws.until(run_final(run_id))
+    assert [r.max_tokens for r in provider.requests] == [None, None]
+
+
+async def test_echo_repeats_the_words_without_their_mentions_and_a_retry_replaces_the_node_s_reply(env, service):
+    provider, session, ws_for = env
+    sid = await session("alpha", "echo")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="@echo hello there")
+    await ws.until(run_final(sent["data"]["run_id"]))
+    echoed = final_message(ws, sent["data"]["run_id"])
+    assert echoed["parts"][0]["text"] == "hello there"
+    again = await ws.command("retry", session_id=sid, message_id=echoed["id"])
+    await ws.until(run_final(again["data"]["run_id"]))
+    assert (await service.sessions.last_reply(sid))[0] == "hello there"  # one reply, not two joined

@@ -708,6 +708,13 @@ describe("retrying a reply", () => {
     await flushPromises();
     const button = w.find("[data-message-id=a1] [data-testid=message-retry]");
     expect(button.attributes("disabled")).toBeUndefined();
+    // Another reply starts: the old turn (memoised) must still see that the chat is busy.
+    ws.receive(ev("run.status", 6, { run: run({ id: "r9", message_id: "a9" }) }));
+    await flushPromises();
+    expect(w.find("[data-message-id=a1] [data-testid=message-retry]").attributes("disabled")).toBeDefined();
+    ws.receive(ev("run.status", 7, { run: run({ id: "r9", message_id: "a9", status: "completed" }) }));
+    await flushPromises();
+    expect(w.find("[data-message-id=a1] [data-testid=message-retry]").attributes("disabled")).toBeUndefined();
     await button.trigger("click");
     expect(ws.commands("retry")[0]).toMatchObject({ session_id: SID, message_id: "a1" });
     const cmd = ws.commands("retry")[0];
