@@ -394,7 +394,7 @@ class AgentRun:
             older, more = await self.input.load_older(asked)
             # The window was taken before this run's own reply joined it and pushed one out.
             in_window = {m.id for m in window}
-            messages = [m for m in older if m.id not in in_window and m.status != "streaming"] + window
+            messages = [m for m in older if m.id not in in_window] + window  # `_was_said` filters both
 
     async def _stream_turn(self, resolved: ResolvedModel, request: ChatRequest
                            ) -> tuple[list[Any], list[ToolCallReady], str, UsageReport | None]:
@@ -899,17 +899,24 @@ def heard_turns(message: Message) -> list[ChatMessage]:
     return [ChatMessage("user", [TextPart(text=f"[@{message.skill} replied]\n{text}")])]
 
 
-def in_answer_order(history: list[Message]) -> list[Message]:
-    """Each prompt followed by its replies. In stored order a queued prompt's replies come after
-    the prompts queued behind it (they start later); a model must read them under their own.
-    Of a role's replies to one prompt (a retry), only the newest."""
-    prompts = {m.id for m in history if m.role == "user"}
-    replies: dict[str, dict[str | None, Message]] = {}
-    for m in history:
-        if m.reply_to in prompts:
-            by_role = replies.setdefault(m.reply_to, {})  # type: ignore[arg-type]
+def replies_by_prompt(messages: Iterable[Message]) -> dict[str, list[Message]]:
+    """The replies of `messages` by the prompt they answer (`reply_to`), in order, each role's
+    newest only: a retried role's earlier reply is replaced, in the place of the newest."""
+    by_prompt: dict[str, dict[str | None, Message]] = {}
+    for m in messages:
+        if m.reply_to is not None:
+            by_role = by_prompt.setdefault(m.reply_to, {})
             by_role.pop(m.skill, None)  # the newest goes last
             by_role[m.skill] = m
+    return {prompt: list(by_role.values()) for prompt, by_role in by_prompt.items()}
+
+
+def in_answer_order(history: list[Message]) -> list[Message]:
+    """Each prompt followed by its replies (`replies_by_prompt`). In stored order a queued prompt's
+    replies come after the prompts queued behind it (they start later); a model must read them
+    under their own."""
+    prompts = {m.id for m in history if m.role == "user"}
+    replies = {p: r for p, r in replies_by_prompt(history).items() if p in prompts}
     if not replies:
         return history
     out: list[Message] = []
@@ -917,7 +924,7 @@ def in_answer_order(history: list[Message]) -> list[Message]:
         if m.reply_to in prompts:
             continue
         out.append(m)
-        out.extend(replies.get(m.id, {}).values())
+        out.extend(replies.get(m.id, ()))
     return out
 
 

@@ -22,7 +22,9 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Coroutine, Protocol, Sequence
 
-from .agent import MAX_OLDER_MESSAGES, OLDER_PAGE, AgentDeps, AgentRun, RunInput, SkillLike, TurnCache
+from .agent import (
+    MAX_OLDER_MESSAGES, OLDER_PAGE, AgentDeps, AgentRun, RunInput, SkillLike, TurnCache, replies_by_prompt,
+)
 from .bus import InProcessBus
 from .errors import BadRequest, Conflict, NotFound, OpencodeError
 from .protocol import (
@@ -379,12 +381,7 @@ class SessionManager:
             return "", None
         newest = finished[-1]
         if newest.reply_to is not None:  # its prompt's replies: those of a queued prompt are not together
-            by_role: dict[str | None, Message] = {}
-            for m in finished:
-                if m.reply_to == newest.reply_to:
-                    by_role.pop(m.skill, None)  # a retried role: its newest reply, in its place
-                    by_role[m.skill] = m
-            replies = list(by_role.values())
+            replies = replies_by_prompt(finished)[newest.reply_to]
         else:  # stored before replies named their prompt: the run of replies after the last prompt
             replies = []
             for m in reversed(live.recent.values()):
@@ -602,9 +599,9 @@ class SessionManager:
             user.updated_at = now()
             self.store.queue_message(user)
             self.bus.publish(live.session.id, "message.created", MessageCreatedData(message=user))
-        # Not the replies still streaming, nor the messages queued behind this one.
-        history = [m for m in (live.recent.values() if before is None else before)
-                   if m.id != user.id and m.status not in ("streaming", "queued")]
+        # The window as it is now (a reply still streaming, a message queued behind this one:
+        # `choose_history` leaves them out).
+        history = [m for m in (live.recent.values() if before is None else before) if m.id != user.id]
         tool_skills = self._tool_skills(live.session)
         prompt = self._mentions(user.text())[0] or None
         agents = []

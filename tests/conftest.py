@@ -69,3 +69,16 @@ async def client(aiohttp_client: Any, make_app: Callable[..., web.Application]) 
 @pytest.fixture
 def service(client: TestClient) -> Any:
     return client.app[SERVICE]
+
+
+@pytest.fixture
+async def adapter(comfy: Any) -> AsyncIterator[Any]:
+    """An `HttpComfyAdapter` on the module's `comfy` fixture (a loopback fake ComfyUI)."""
+    import aiohttp
+
+    from opencode_agent.skills.comfyui import HttpComfyAdapter
+
+    async with aiohttp.ClientSession() as http:
+        a = HttpComfyAdapter(str(comfy.server.make_url("")), http)
+        yield a
+        await a.close()

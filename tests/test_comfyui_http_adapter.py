@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -33,14 +33,6 @@ async def comfy(aiohttp_server: Any) -> FakeComfyUI:
     fake = FakeComfyUI()
     fake.server = await aiohttp_server(fake.app(), host="127.0.0.1")
     return fake
-
-
-@pytest.fixture
-async def adapter(comfy: FakeComfyUI) -> AsyncIterator[HttpComfyAdapter]:
-    async with aiohttp.ClientSession() as http:
-        a = HttpComfyAdapter(str(comfy.server.make_url("")), http)
-        yield a
-        await a.close()
 
 
 @pytest.fixture

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 from types import SimpleNamespace
-from typing import Any, AsyncIterator
+from typing import Any
 
-import aiohttp
 import pytest
 
 from opencode_agent.core.tools import Tool, ToolOutput
@@ -30,14 +29,6 @@ async def comfy(aiohttp_server: Any) -> FakeComfyUI:
     fake.object_info["OpencodeAgent"] = InProcessComfyAdapter(None, nodes_module=nodes)._describe_class("OpencodeAgent")
     fake.server = await aiohttp_server(fake.app(), host="127.0.0.1")
     return fake
-
-
-@pytest.fixture
-async def adapter(comfy: FakeComfyUI) -> AsyncIterator[HttpComfyAdapter]:
-    async with aiohttp.ClientSession() as http:
-        a = HttpComfyAdapter(str(comfy.server.make_url("")), http)
-        yield a
-        await a.close()
 
 
 def tools(adapter: HttpComfyAdapter, run_timeout: float = 30.0) -> dict[str, Tool]:

@@ -440,33 +440,11 @@ async def test_http_tools_run_v3_nodes_and_find_the_run_among_recent_ones(http_t
 async def test_every_nodes_example_passes_the_local_check(http: aiohttp.ClientSession) -> None:
     """describe_node's example of every node this ComfyUI has, each link fed by a node that outputs
     its type, passes the local check (before v3 inputs were understood, 153 of 0.33.0's 886 failed)."""
-    from opencode_agent.skills.comfyui import catalog
-    from opencode_agent.skills.comfyui.graph import validate_graph
+    from opencode_agent.tests.fakes.comfyui_data import example_problems
 
     async with http.get(f"{URL}/object_info") as resp:
         info = await resp.json()
-    producers: dict[str, tuple[str, int]] = {}
-    for class_type, node_def in info.items():
-        for index, type_name in enumerate(catalog.output_types(node_def)):
-            for part in type_name.split(","):
-                producers.setdefault(part.strip(), (class_type, index))
-    refused = {}
-    for class_type, node_def in info.items():
-        example = catalog.example_node(class_type, node_def)
-        graph: dict[str, Any] = {"1": example}
-        specs = {s.name: s for s in catalog.expand_inputs(node_def, example["inputs"])}
-        for name, value in example["inputs"].items():
-            if value == ["<node id>", 0]:
-                source = next((producers[t] for t in sorted(specs[name].accepts) if t in producers), None) or producers.get("*")
-                if source is None:
-                    example["inputs"][name] = "a value"  # a front-end widget: nothing outputs its type
-                    continue
-                graph[str(len(graph) + 1)] = {"class_type": source[0], "inputs": {}}
-                example["inputs"][name] = [str(len(graph)), source[1]]
-        problems = [str(e) for e in validate_graph(graph, info, require_output=False) if e.node_id == "1"]
-        problems = [p for p in problems if "is not available (no choices" not in p]  # no model files installed
-        if problems:
-            refused[class_type] = problems
+    refused = example_problems(info)
     assert refused == {}
 
 

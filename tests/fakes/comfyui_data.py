@@ -104,3 +104,35 @@ def recorded_runs() -> dict[str, RecordedRun]:
 
 def match_run(runs: dict[str, RecordedRun], prompt: dict[str, Any]) -> RecordedRun | None:
     return next((r for r in runs.values() if r.graph == prompt), None)
+
+
+def example_problems(info: dict[str, Any]) -> dict[str, list[str]]:
+    """describe_node's example of every node of `info`, each link placeholder fed by a node that
+    outputs the type, put through the local check: the problems of each node refused (a missing
+    model file aside, which depends on the install, not the check)."""
+    from opencode_agent.skills.comfyui import catalog
+    from opencode_agent.skills.comfyui.graph import validate_graph
+
+    producers: dict[str, tuple[str, int]] = {}
+    for class_type, node_def in info.items():
+        for index, type_name in enumerate(catalog.output_types(node_def)):
+            for part in type_name.split(","):
+                producers.setdefault(part.strip(), (class_type, index))
+    refused = {}
+    for class_type, node_def in info.items():
+        example = catalog.example_node(class_type, node_def)
+        graph: dict[str, Any] = {"1": example}
+        specs = {s.name: s for s in catalog.expand_inputs(node_def, example["inputs"])}
+        for name, value in example["inputs"].items():
+            if value == ["<node id>", 0]:
+                source = next((producers[t] for t in sorted(specs[name].accepts) if t in producers), None) or producers.get("*")
+                if source is None:
+                    example["inputs"][name] = "a value"  # a front-end widget: nothing outputs its type
+                    continue
+                graph[str(len(graph) + 1)] = {"class_type": source[0], "inputs": {}}
+                example["inputs"][name] = [str(len(graph)), source[1]]
+        problems = [str(e) for e in validate_graph(graph, info, require_output=False) if e.node_id == "1"]
+        problems = [p for p in problems if "is not available (no choices" not in p]  # no model files installed
+        if problems:
+            refused[class_type] = problems
+    return refused
