@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Protocol, Sequence, TypeVar
 
 from .bus import Bus, current_run, current_session, debug_line, encode_str
-from .errors import BudgetExceeded, OpencodeError
+from .errors import BudgetExceeded, ContextExceeded, OpencodeError
 from .permissions import PermissionGate
 from .protocol import (
     Budget,
@@ -194,7 +194,7 @@ class AgentRun:
         """Run to a final status; the reply is saved and announced whatever happens."""
         current_session.set(self.input.session.id)
         current_run.set(self.run.id)
-        status, error = "completed", None
+        status, error, code = "completed", None, None
         try:
             if self._may_speak is None:
                 self.announce()
@@ -207,12 +207,12 @@ class AgentRun:
         except asyncio.CancelledError:
             status = self.final_status_on_cancel
         except OpencodeError as exc:
-            status, error = "error", self.deps.redact(exc.message)
+            status, error, code = "error", self.deps.redact(exc.message), exc.code
             log.warning("run %s ended with an error: %s", self.run.id, exc.message)
         except Exception as exc:  # noqa: BLE001 - a bug must still end the run, not leave it working
-            status, error = "error", self.deps.redact(f"internal error: {type(exc).__name__}: {exc}")
+            status, error, code = "error", self.deps.redact(f"internal error: {type(exc).__name__}: {exc}"), "internal_error"
             log.exception("run %s crashed", self.run.id)
-        await asyncio.shield(self.finish(status, error))
+        await asyncio.shield(self.finish(status, error, code))
         return self.message
 
     @property
@@ -233,7 +233,7 @@ class AgentRun:
         self.input.placed(self.message)
         self.deps.store.queue_message(self.message)
 
-    async def finish(self, status: str, error: str | None) -> None:
+    async def finish(self, status: str, error: str | None, code: str | None = None) -> None:
         """Give the reply its final status, save it, announce it. Runs once, even if cancelled early."""
         if self._finished:
             return
@@ -248,10 +248,10 @@ class AgentRun:
             if isinstance(part, ToolCallPart) and part.status in ("pending", "running"):
                 part.status = "aborted"
         self.message.status = status  # type: ignore[assignment]
-        self.message.error = error
+        self.message.error, self.message.error_code = error, code
         self.message.updated_at = now()
         self.run.status = status  # type: ignore[assignment]
-        self.run.error = error
+        self.run.error, self.run.error_code = error, code
         try:
             await self.deps.store.save_message(self.message)
         except OpencodeError as exc:
@@ -329,6 +329,8 @@ class AgentRun:
         context = max(resolved.caps.context_tokens - fixed, 0)
         history = await self._history(context, resolved.caps.vision)
         prompt_at = len(history) - 1  # this run's prompt; its tool turns follow it
+        if history:
+            _check_prompt_fits(history[prompt_at], context, resolved.model, resolved.caps.context_tokens)
         target = f"{resolved.provider.profile.name}/{resolved.model}"
         for turn in range(1, self.deps.max_turns + 1):
             if turn > 1:  # tool results may have outgrown the context
@@ -748,6 +750,22 @@ def estimate_tokens(parts: Sequence[Any]) -> int:
         elif isinstance(p, ToolResultPart):
             total += len(p.content) // 4 + 10 + 1000 * len(p.images)
     return total
+
+
+def _check_prompt_fits(prompt: ChatMessage, room: int, model: str, context_tokens: int) -> None:
+    """Refuse a prompt that alone outgrows the model's context (`room`: what the instructions and
+    tools leave of it). History gives way to a long prompt, but the prompt itself cannot: sent,
+    a server refuses it or, like Ollama, silently keeps only its end, instructions lost."""
+    needed = estimate_tokens(prompt.parts)
+    if needed <= room:
+        return
+    images = sum(isinstance(p, ImagePart) for p in prompt.parts)
+    what = "shorten it" + (" or attach fewer images" if images else "")
+    raise ContextExceeded(
+        f"this message is about {needed:,} tokens, more than {model} has room for "
+        f"({room:,} of its {context_tokens:,}-token context once the instructions and tools are in): "
+        f"{what}, or choose a model with a larger context. If {model} holds more than "
+        f"{context_tokens:,} tokens, declare its context_tokens in the provider's models.")
 
 
 def _is_prompt(turn: ChatMessage) -> bool:

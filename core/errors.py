@@ -96,3 +96,11 @@ class StoreUnavailable(OpencodeError):
 class BudgetExceeded(OpencodeError):
     code = "budget_exceeded"
     status = 409
+
+
+class ContextExceeded(OpencodeError):
+    """A message too long for the model's context on its own: sent, a server would refuse it or
+    (Ollama) silently keep only its end."""
+
+    code = "context_exceeded"
+    status = 413

@@ -179,6 +179,9 @@ class Message(Model):
     updated_at: float
     usage: Usage | None = None
     error: str | None = None
+    # The failure's stable code beside its words (`budget_exceeded`, `provider_auth`, ...), so a
+    # client can offer the fix rather than parse the message.
+    error_code: str | None = None
     # A reply's prompt: the id of the user's message it answers. Replies to a queued message come
     # after the messages queued behind it, so position alone does not say what they answer.
     reply_to: str | None = None
@@ -194,6 +197,7 @@ class Run(Model):
     skill: str
     status: RunStatus
     error: str | None = None
+    error_code: str | None = None
 
 
 # --------------------------------------------------------------------------- events

@@ -902,6 +902,32 @@ async def test_provider_error_ends_the_run_with_its_message(env):
     final = await ws.until(run_final(sent["data"]["run_id"]))
     assert final["data"]["run"]["status"] == "error"
     assert final["data"]["run"]["error"] == "model overloaded, try later"
+    assert final["data"]["run"]["error_code"] == "provider_error"
+
+
+async def test_a_message_longer_than_the_context_is_refused_before_any_request(env, service, client):
+    """History gives way to a long prompt; the prompt cannot. Sent whole, a server refuses it or
+    (Ollama) keeps only its end, instructions lost, and says nothing."""
+    provider, session, ws_for = env
+    service.sessions.deps.models = ScriptedResolver(provider, ModelCaps(tools=True, context_tokens=8_000))
+    sid = await session("alpha")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="z" * 40_000)  # about 10,000 tokens
+    final = await ws.until(run_final(sent["data"]["run_id"]))
+    run = final["data"]["run"]
+    assert run["status"] == "error" and run["error_code"] == "context_exceeded"
+    assert "about 10,001 tokens" in run["error"] and "8,000-token context" in run["error"]
+    assert "shorten it" in run["error"] and "declare its context_tokens" in run["error"]
+    assert provider.requests == []
+    # The code is kept with the reply, for a panel opened later.
+    page = await (await client.get(f"/opencode/sessions/{sid}/messages")).json()
+    reply = next(m for m in page["messages"] if m["role"] == "assistant")
+    assert reply["status"] == "error" and reply["error_code"] == "context_exceeded"
+    # A message that fits still goes.
+    provider.turns.append(text_turn("fine"))
+    sent = await ws.command("send", session_id=sid, text="z" * 4_000)
+    final = await ws.until(run_final(sent["data"]["run_id"]))
+    assert final["data"]["run"]["status"] == "completed" and final["data"]["run"]["error_code"] is None
 
 
 async def test_model_without_tools_runs_without_them(env, service):

@@ -126,7 +126,7 @@ async def test_an_error_body_sent_in_pieces_is_read_whole(aiohttp_server: Any, h
     profile = ProviderProfile(name="p", kind="openai", base_url=str(server.make_url("/v1")))
     with pytest.raises(ProviderError) as info:
         await collect(OpenAIProvider(profile, None, http, retry=RetryPolicy(max_attempts=1)))
-    assert info.value.message.startswith("p: context too long: xxx") and info.value.code == "provider_bad_request"
+    assert info.value.message.startswith("p: context too long: xxx") and info.value.code == "provider_context_exceeded"
     assert "(context_length_exceeded) (HTTP 400)" in info.value.message
 
 
@@ -584,3 +584,32 @@ def test_stream_payloads_decode_without_orjson(monkeypatch: pytest.MonkeyPatch) 
     assert http_module.decode_json('{"choices":[{"delta":{"content":"hi"}}]}') == {"choices": [{"delta": {"content": "hi"}}]}
     with pytest.raises(ValueError):
         http_module.decode_json("{")
+
+
+@pytest.mark.parametrize("body, code", [
+    # OpenAI
+    ({"error": {"message": "This model's maximum context length is 128000 tokens. However, your messages "
+                           "resulted in 130512 tokens.", "type": "invalid_request_error",
+                "code": "context_length_exceeded"}}, "provider_context_exceeded"),
+    # Anthropic
+    ({"type": "error", "error": {"type": "invalid_request_error",
+                                 "message": "prompt is too long: 210351 tokens > 200000 maximum"}},
+     "provider_context_exceeded"),
+    # llama.cpp server
+    ({"error": {"code": 400, "message": "the request exceeds the available context size, try increasing it",
+                "type": "exceed_context_size_error"}}, "provider_context_exceeded"),
+    # vLLM
+    ({"object": "error", "message": "This model's maximum context length is 8192 tokens. However, you requested "
+                                    "9000 tokens.", "type": "BadRequestError", "code": 400}, "provider_context_exceeded"),
+    # Something else wrong with the request stays a plain bad request.
+    ({"error": {"message": "Unrecognized request argument supplied: foo", "type": "invalid_request_error"}},
+     "provider_bad_request"),
+])
+async def test_a_request_longer_than_the_context_says_what_to_do(fake_llm: Any, http: Any, body: Any, code: str) -> None:
+    fake_llm.push(Fail(400, body))
+    p = OpenAIProvider(ProviderProfile(name="p", kind="openai", base_url=f"{fake_llm.url}/v1"), None, http,
+                       retry=RetryPolicy(max_attempts=3))
+    with pytest.raises(ProviderError) as info:
+        await collect(p)
+    assert info.value.code == code and not info.value.retryable and len(fake_llm.requests) == 1
+    assert ("declare the model's real context_tokens" in info.value.message) == (code == "provider_context_exceeded")

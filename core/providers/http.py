@@ -37,6 +37,7 @@ import itertools
 import json
 import logging
 import random
+import re
 import time
 from abc import ABC, abstractmethod
 from contextlib import asynccontextmanager
@@ -120,6 +121,7 @@ CODE_UNREACHABLE = "provider_unreachable"
 CODE_STALLED = "provider_stalled"
 CODE_BROKEN_STREAM = "provider_stream_broken"
 CODE_BAD_REQUEST = "provider_bad_request"
+CODE_CONTEXT = "provider_context_exceeded"
 CODE_ERROR = "provider_error"
 
 
@@ -809,6 +811,8 @@ class HttpProvider(Provider):
             kind = CODE_RATE_LIMITED
         elif status == 529 or code == "overloaded_error":
             kind = CODE_OVERLOADED
+        elif 400 <= status < 500 and _is_context_overflow(message, code):
+            kind, message = CODE_CONTEXT, f"{message}. {CONTEXT_HINT}"
         elif 400 <= status < 500:
             kind = CODE_BAD_REQUEST
         should_retry = response.headers.get("x-should-retry")
@@ -837,6 +841,20 @@ class HttpProvider(Provider):
         # A run's output can be 32 MB: scaled down to what every provider takes (`fit_for_model`).
         data, mime = await fitted(data, mime or part.mime_type)
         return base64.b64encode(data).decode("ascii"), mime
+
+
+# How servers say a request outgrew the model's context: OpenAI's and llama.cpp's codes, and the
+# wording of Anthropic ("prompt is too long"), vLLM ("maximum context length"), Ollama, LM Studio.
+CONTEXT_OVERFLOW_CODES = frozenset({"context_length_exceeded", "exceed_context_size_error"})
+_CONTEXT_OVERFLOW_WORDS = re.compile(
+    r"prompt is too long|context length|context window|context size|maximum context|too many tokens", re.I)
+CONTEXT_HINT = ("The chat is longer than this model takes: declare the model's real context_tokens in the "
+                "provider's models, so that Opencode trims the history to it, or shorten the message")
+
+
+def _is_context_overflow(message: str, code: str | None) -> bool:
+    """Whether a 4xx error says the request was longer than the model's context."""
+    return code in CONTEXT_OVERFLOW_CODES or _CONTEXT_OVERFLOW_WORDS.search(message) is not None
 
 
 async def _error_text(response: aiohttp.ClientResponse) -> str:

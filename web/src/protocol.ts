@@ -95,6 +95,8 @@ export interface Message {
   updated_at: number;
   usage: Usage | null;
   error: string | null;
+  /** The failure's stable code (`budget_exceeded`, `provider_auth`, …); absent on older rows. */
+  error_code?: string | null;
   /** A reply's prompt: the id of the user's message it answers (null: a user's message, or a
    * reply stored before replies named their prompt). */
   reply_to?: string | null;
@@ -107,6 +109,7 @@ export interface Run {
   skill: string;
   status: RunStatus;
   error: string | null;
+  error_code?: string | null;
 }
 
 // ------------------------------------------------------------------ events
