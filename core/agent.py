@@ -324,7 +324,7 @@ class AgentRun:
         specs = [t.spec() for _, t in tools]
         # The instructions and the tool schemas take their share of the context first, and a
         # reply the dialect asks room for beyond the usual reserve (Anthropic's max_tokens).
-        fixed = (len(system) + sum(t.size for t in specs)) // 4
+        fixed = text_tokens(system) + sum(t.size for t in specs) // 4
         fixed += max(resolved.provider.reply_tokens(resolved.model) - REPLY_RESERVE_TOKENS, 0)
         context = max(resolved.caps.context_tokens - fixed, 0)
         history = await self._history(context, resolved.caps.vision)
@@ -443,9 +443,9 @@ class AgentRun:
     def _estimate_usage(self, request: ChatRequest, text: str, caps: ModelCaps) -> None:
         """A turn that answered but ended before its usage report (aborted, cut off): the provider
         charges it all the same, so the session's totals and budget count an estimate of it."""
-        tokens_in = (len(request.system) + sum(t.size for t in request.tools)) // 4
+        tokens_in = text_tokens(request.system) + sum(t.size for t in request.tools) // 4
         tokens_in += sum(estimate_tokens(m.parts) for m in request.messages)
-        tokens_out = len(text) // 4 + 1
+        tokens_out = text_tokens(text) + 1
         self._add_usage(UsageReport(tokens_in, tokens_out), caps)
         log.info("run %s: no usage reported (the turn ended early); counted an estimate of %d in, %d out",
                  self.run.id, tokens_in, tokens_out)
@@ -735,20 +735,31 @@ def _short(arguments: dict[str, Any], limit: int = 200) -> str:
 # --------------------------------------------------------------------------- history
 
 
+def text_tokens(text: str) -> int:
+    """A cheap estimate of a text's tokens: 4 ASCII characters a token, and 3 bytes of UTF-8
+    beyond ASCII (a Chinese or Japanese character is 3 bytes and a token or more to the usual
+    tokenizers; a Cyrillic or Greek one 2 bytes, about half a token). Counted as a quarter of a
+    token, as English is, a Chinese history "trimmed" to the context overflowed it 3 to 4 times."""
+    if text.isascii():
+        return len(text) // 4
+    ascii_chars = len(text.encode("ascii", "ignore"))
+    return ascii_chars // 4 + (len(text.encode("utf-8", "surrogatepass")) - ascii_chars) // 3
+
+
 def estimate_tokens(parts: Sequence[Any]) -> int:
-    """A cheap estimate (4 characters a token, images a flat 1000) for trimming history."""
+    """A cheap estimate (`text_tokens`, images a flat 1000) for trimming history."""
     total = 0
     for p in parts:
         if isinstance(p, TextPart):
-            total += len(p.text) // 4 + 1
+            total += text_tokens(p.text) + 1
         elif isinstance(p, ImagePart):
             total += 1000
         elif isinstance(p, ToolCallPart):
-            total += len(str(p.arguments)) // 4 + 10
+            total += text_tokens(str(p.arguments)) + 10
             if p.provider_data and REASONING in p.provider_data:  # sent back with the call
-                total += len(str(p.provider_data[REASONING])) // 4
+                total += text_tokens(str(p.provider_data[REASONING]))
         elif isinstance(p, ToolResultPart):
-            total += len(p.content) // 4 + 10 + 1000 * len(p.images)
+            total += text_tokens(p.content) + 10 + 1000 * len(p.images)
     return total
 
 

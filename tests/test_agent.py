@@ -1346,6 +1346,26 @@ def test_a_user_message_that_never_ran_is_not_in_the_history() -> None:
     assert [p.text for turn in turns for p in turn.parts] == ["first", "half an answer", "now"]
 
 
+def test_a_chinese_chat_is_trimmed_to_the_context_as_an_english_one_is() -> None:
+    """A Chinese character is a token or more to every tokenizer; counted as a quarter of one, a
+    history "trimmed" to 16k tokens was 40k or more, which Ollama cuts from the start, instructions
+    first, and other servers refuse."""
+    t = now()
+    zh = "请把这个工作流的采样步数改成三十并解释原因。" * 100  # 2,200 characters: 2,000 tokens or more
+    history = [Message(id=f"m{i}", session_id="s", role="user" if i % 2 == 0 else "assistant",
+                       skill=None if i % 2 == 0 else "alpha", parts=[TextPart(text=zh)], created_at=t, updated_at=t)
+               for i in range(40)]
+    user = Message(id="m99", session_id="s", role="user", parts=[TextPart(text="继续")], created_at=t, updated_at=t)
+    turns = build_history(history, "alpha", user, context_tokens=16_384, vision=False)
+    chars = sum(len(p.text) for turn in turns for p in turn.parts)
+    assert chars <= 16_384 - REPLY_RESERVE_TOKENS  # at least a token a character stays within the context
+    assert len(turns) >= 5  # and the history was not thrown away
+    # English is counted as before: 4 characters a token.
+    assert estimate_tokens([TextPart(text="x" * 4000)]) == 1001
+    assert estimate_tokens([TextPart(text=zh)]) == 2201  # 3 bytes a character, a token each
+    assert estimate_tokens([TextPart(text="Привет, мир")]) == 1 + 0 + 6  # 2 ASCII characters, 9 Cyrillic in 18 bytes
+
+
 async def test_a_role_reads_the_other_roles_replies_and_whom_a_message_was_for(env):
     """"@beta improve what alpha said" works: beta's model reads alpha's reply, labelled; alpha's
     model later reads the message as typed, so it knows it was for beta."""
