@@ -185,6 +185,9 @@ class Message(Model):
     # A reply's prompt: the id of the user's message it answers. Replies to a queued message come
     # after the messages queued behind it, so position alone does not say what they answer.
     reply_to: str | None = None
+    # A user's message: the `client_id` it was sent with, kept so that a client repeating the
+    # send after a server restart (its answer lost on the way) gets this message, not a second one.
+    client_id: str | None = None
 
     def text(self) -> str:
         return "".join(p.text for p in self.parts if isinstance(p, TextPart))

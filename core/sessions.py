@@ -201,6 +201,7 @@ class SessionManager:
             messages, has_more = await self.store.get_messages(session_id, limit=self.recent_limit)
             await self.bus.open_room(session_id)
             live = _Live(session, OrderedDict((m.id, m) for m in messages), has_more)
+            self._recall_sends(live)
             self._live[session_id] = live
             future.set_result(live)
             return live
@@ -210,6 +211,24 @@ class SessionManager:
             raise
         finally:
             self._loading.pop(session_id, None)
+
+    def _recall_sends(self, live: _Live) -> None:
+        """Remember the loaded messages' sends by their `client_id`, with the runs that answered
+        them: a client whose send was saved just before a restart repeats it after, and must get
+        that message back rather than a second one (and a second bill)."""
+        replies: dict[str, list[Run]] = {}
+        for m in live.recent.values():
+            if m.reply_to is not None and m.run_id is not None and m.skill is not None:
+                replies.setdefault(m.reply_to, []).append(Run(
+                    id=m.run_id, session_id=m.session_id, message_id=m.id, skill=m.skill,
+                    status=m.status if m.status in FINAL_RUN_STATUSES else "interrupted"))  # type: ignore[arg-type]
+        for m in live.recent.values():
+            if m.role == "user" and m.client_id is not None:
+                done: asyncio.Future[Sending] = asyncio.get_running_loop().create_future()
+                done.set_result(Sending(self, live, m, replies.get(m.id, []), m.text(), None))
+                live.sent[m.client_id] = done
+        while len(live.sent) > SENT_REMEMBERED:
+            live.sent.popitem(last=False)
 
     def _remember(self, live: _Live, message: Message) -> None:
         live.recent[message.id] = message
@@ -446,7 +465,8 @@ class SessionManager:
         # Kept as typed, mentions included: the other roles read whom it was for.
         parts: list[Any] = [TextPart(text=body.text)] + list(body.images)
         user = Message(id=new_id("msg"), session_id=session_id, role="user", parts=parts,
-                       status="queued" if busy else "completed", created_at=t, updated_at=t)
+                       status="queued" if busy else "completed", created_at=t, updated_at=t,
+                       client_id=body.client_id)
         runs = [Run(id=new_id("run"), session_id=session_id, message_id=new_id("msg"), skill=r.id,
                     status="queued") for r in roles]
         if busy:

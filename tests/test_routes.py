@@ -274,6 +274,31 @@ async def test_restart_on_the_same_data_dir_restores_sessions(aiohttp_client: An
     assert second.app[SERVICE].bus.last_seq(sid) > last_seq
 
 
+async def test_a_send_repeated_after_a_restart_is_answered_not_sent_again(aiohttp_client: Any, make_app: Any) -> None:
+    """The panel keeps a send until its answer comes and repeats it under the same `client_id`
+    when it reconnects. Saved just before a restart, with the answer lost, it used to be sent a
+    second time (a second message and a second bill): the server forgot the id with its memory."""
+    first = await aiohttp_client(make_app())
+    sid = (await j(await first.post("/opencode/sessions", json={"skills": ["echo"]}), 201))["id"]
+    body = {"text": "only once", "client_id": "tab1-0042"}
+    sent = await j(await first.post(f"/opencode/sessions/{sid}/messages", json=body), 202)
+    await first.app[SERVICE].sessions.wait_runs(sid, sent["run_ids"])
+    await first.close()
+    second = await aiohttp_client(make_app())
+    again = await j(await second.post(f"/opencode/sessions/{sid}/messages", json=body), 202)
+    assert again == {**sent, "queued": False}
+    ws = await second.ws_connect("/opencode/ws")
+    await ws.send_json({"id": "c1", "type": "send", "session_id": sid, **body})
+    ack = await asyncio.wait_for(ws.receive_json(), 5)
+    assert ack["type"] == "ack" and ack["data"]["message_id"] == sent["message_id"], ack
+    await ws.close()
+    page = await j(await second.get(f"/opencode/sessions/{sid}/messages"), 200)
+    assert [(m["role"], m["parts"][0]["text"]) for m in page["messages"]] == [("user", "only once"), ("assistant", "only once")]
+    # Another id is another send.
+    other = await j(await second.post(f"/opencode/sessions/{sid}/messages", json={**body, "client_id": "tab1-0043"}), 202)
+    assert other["message_id"] != sent["message_id"]
+
+
 async def test_a_sessions_last_seq_is_where_a_client_that_has_it_resumes(aiohttp_client: Any, make_app: Any
                                                                          ) -> None:
     """`last_seq` was always 0: a client that joined with it replayed everything or got a resync."""

@@ -100,6 +100,8 @@ export interface Message {
   /** A reply's prompt: the id of the user's message it answers (null: a user's message, or a
    * reply stored before replies named their prompt). */
   reply_to?: string | null;
+  /** A user's message: the `client_id` it was sent with (null: none, or stored before it was kept). */
+  client_id?: string | null;
 }
 
 export interface Run {
