@@ -8,8 +8,12 @@
  * context_tokens, its account); `budget`: the session's budget. */
 export type Fix = "key" | "address" | "provider" | "budget";
 
-/** The fixes the provider settings offer. */
+/** The fixes the provider settings offer, and the profile they are for. */
 export type ProviderFix = Exclude<Fix, "budget">;
+export interface ProfileFix {
+  profile: string;
+  fix: ProviderFix;
+}
 
 const BY_CODE: ReadonlyMap<string, Fix> = new Map<string, Fix>([
   ["provider_auth", "key"],
