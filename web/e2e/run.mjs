@@ -9,11 +9,12 @@ import { api, PROPOSAL, startFakeComfy, startFakeLLM, startOpencode, WEB } from 
 
 const SHOTS = join(WEB, "e2e", "screenshots");
 const T = 30_000;
+const REVOKED_KEY = "sk-e2e-revoked-0000";
 let llm, comfy, oc, browser;
 
 before(async () => {
   mkdirSync(SHOTS, { recursive: true });
-  llm = await startFakeLLM({ proposal: PROPOSAL });
+  llm = await startFakeLLM({ proposal: PROPOSAL, revokedKeys: [REVOKED_KEY] });
   comfy = await startFakeComfy();
   oc = await startOpencode({ comfyuiUrl: comfy.url });
   comfy.proxyTo(oc.url);
@@ -213,6 +214,48 @@ describe("standalone panel", () => {
       return [document.documentElement.outerHTML, ...values, ...storage].filter((v) => String(v).includes(key)).length;
     }, KEY);
     assert.equal(left, 0);
+    await ctx.close();
+  });
+
+  scenario("a reply refused for its key offers the fix beside the error: the key field, then Retry (narrow panel)", async () => {
+    await api(oc.url, "POST", "/opencode/providers", { name: "revoked", kind: "openai", base_url: llm.url, default_model: "fake-model" });
+    await api(oc.url, "PUT", "/opencode/providers/revoked/key", { key: REVOKED_KEY });
+    const id = await newSession({ skills: ["assistant"], provider: "revoked", model: "fake-model" });
+    const { ctx, page } = await standalone(id, { width: 400, height: 700 });
+    await page.locator(".oc-root--narrow").waitFor({ timeout: T });
+    const failed = await sendForReply(page, "hello with a revoked key");
+    await waitStatus(failed, "error");
+    const error = failed.locator("[data-testid=message-error]");
+    assert.equal(await error.getAttribute("data-code"), "provider_auth");
+    assert.match(await error.innerText(), /invalid x-api-key/);
+    const fix = failed.getByRole("button", { name: "Check the API key" });
+    const retry = failed.getByRole("button", { name: "Retry" });
+    // Under the error's words, side by side, inside the reply: nothing squeezed or cut at 400 px.
+    const [words, fixBox, retryBox, bubble] = await Promise.all([
+      error.locator(".oc-msg-error-text").boundingBox(), fix.boundingBox(), retry.boundingBox(), failed.locator(".oc-bubble").boundingBox(),
+    ]);
+    assert.ok(fixBox.y >= words.y + words.height - 1 && Math.abs(fixBox.y - retryBox.y) <= 1 && retryBox.x >= fixBox.x + fixBox.width, JSON.stringify({ words, fixBox, retryBox }));
+    assert.ok(retryBox.x + retryBox.width <= bubble.x + bubble.width + 1, JSON.stringify({ retryBox, bubble }));
+    for (const b of [fix, retry]) assert.equal(await b.evaluate((el) => el.scrollWidth <= el.clientWidth), true, "a button's label overflows it");
+
+    await fix.click();
+    const section = page.locator(".oc-dialog [data-provider=revoked]");
+    await section.waitFor({ timeout: T });
+    assert.deepEqual(await focusInfo(page), { tag: "INPUT", label: "API key (revoked)", inPanel: true, inDialog: true });
+    await page.keyboard.type("sk-e2e-renewed-5678");
+    await page.keyboard.press("Enter");
+    await section.locator("[data-testid=key-hint]", { hasText: "5678" }).waitFor({ timeout: T });
+    await page.keyboard.press("Escape");
+    assert.equal(await page.locator(".oc-dialog").count(), 0);
+    assert.equal(await page.evaluate(() => document.activeElement?.textContent?.trim()), "Check the API key"); // back where it left
+    await page.keyboard.press("Tab"); // the keyboard alone: on to Retry, and press it
+    assert.equal(await page.evaluate(() => document.activeElement?.textContent?.trim()), "Retry");
+    const before = await replies(page).count();
+    await page.keyboard.press("Enter");
+    const again = replies(page).nth(before);
+    await waitStatus(again, "completed");
+    assert.match(await again.innerText(), /You said: hello with a revoked key/);
+    assert.equal(llm.requests.filter((r) => r.url.endsWith("/chat/completions")).at(-1).headers.authorization, "Bearer sk-e2e-renewed-5678");
     await ctx.close();
   });
 

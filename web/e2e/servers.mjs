@@ -109,9 +109,10 @@ const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
  * An OpenAI Chat Completions server whose answers follow the conversation, so several tests can
  * share it: after a tool result it reports that result; a prompt mentioning "propose" calls
  * `propose_workflow`, one mentioning "canvas" calls `get_workflow`; anything else is answered in
- * words streamed slowly (so two roles visibly stream at once). Records each request's headers.
+ * words streamed slowly (so two roles visibly stream at once). A chat request with a key in
+ * `revokedKeys` is refused as a provider refuses a bad key (401). Records each request's headers.
  */
-export async function startFakeLLM({ proposal, chunkMs = 90 } = {}) {
+export async function startFakeLLM({ proposal, chunkMs = 90, revokedKeys = [] } = {}) {
   const requests = [];
   const server = http.createServer(async (req, res) => {
     const chunks = [];
@@ -125,6 +126,11 @@ export async function startFakeLLM({ proposal, chunkMs = 90 } = {}) {
     }
     if (!req.url.endsWith("/chat/completions")) {
       res.writeHead(404).end();
+      return;
+    }
+    if (revokedKeys.some((key) => req.headers.authorization === `Bearer ${key}`)) {
+      res.writeHead(401, { "Content-Type": "application/json" });
+      res.end(JSON.stringify({ error: { message: "invalid x-api-key", type: "authentication_error", code: "invalid_api_key" } }));
       return;
     }
     res.writeHead(200, { "Content-Type": "text/event-stream", "Cache-Control": "no-cache" });

@@ -293,7 +293,7 @@ function applyRun(s: ReadyState, run: Run): ReadyState {
     const mine = m.run_id === run.id || m.id === run.message_id;
     if (!mine) return m;
     if (final && (m.status === "streaming" || m.status === "queued")) {
-      return { ...m, status: run.status as Message["status"], error: run.error ?? m.error };
+      return { ...m, status: run.status as Message["status"], error: run.error ?? m.error, error_code: run.error_code ?? m.error_code };
     }
     if (run.status === "working" && m.role === "user" && m.status === "queued") return { ...m, status: "completed" as const };
     return m;

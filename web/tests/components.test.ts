@@ -201,6 +201,67 @@ describe("MessageView", () => {
   });
 });
 
+describe("MessageView: a failed reply's way out", () => {
+  const failed = (code: string | null | undefined, error = "it went wrong") =>
+    reply({ status: "error", error, ...(code === undefined ? {} : { error_code: code }) });
+  const mountFailed = (code: string | null | undefined, props: { retries?: boolean; canRetry?: boolean } = {}) =>
+    mount(MessageView, { props: { message: failed(code), imageUrl, ...props } });
+  /** The buttons in the error's row, by their accessible names. */
+  const fixes = (w: ReturnType<typeof mountFailed>) => w.get("[data-testid=message-error]").findAll("button").map((b) => b.text().trim());
+
+  it.each([
+    ["provider_auth", "Check the API key", "key"],
+    ["provider_quota", "Provider settings", "provider"],
+    ["provider_unreachable", "Check the base URL", "address"],
+    ["provider_context_exceeded", "Provider settings", "provider"],
+    ["context_exceeded", "Provider settings", "provider"],
+    ["budget_exceeded", "Change the budget", "budget"],
+  ])("%s offers “%s” beside the error, which asks for the %s fix", async (code, label, fix) => {
+    const w = mountFailed(code);
+    expect(w.get("[data-testid=message-error]").text()).toContain("it went wrong");
+    expect(fixes(w)).toEqual([label]);
+    const button = w.findAll("button").find((b) => b.text().trim() === label)!;
+    expect(button.attributes("type")).toBe("button"); // a real button: Tab reaches it, Enter presses it
+    await button.trigger("click");
+    expect(w.emitted("fix")).toEqual([[fix]]);
+  });
+
+  it.each(["provider_rate_limited", "provider_overloaded", "provider_stalled", "provider_stream_broken"])(
+    "%s: Retry is the fix, beside the error (no settings to change)",
+    async (code) => {
+      const w = mountFailed(code, { retries: true, canRetry: true });
+      expect(fixes(w)).toEqual(["Retry"]);
+      expect(w.get("header").findAll("button")).toHaveLength(0); // not twice
+      await w.get("[data-testid=message-error]").findAll("button")[0].trigger("click");
+      expect(w.emitted("retry")).toEqual([["msg_a1"]]);
+    },
+  );
+
+  it("an unreachable provider offers its base URL and Retry (it may only have been down)", () => {
+    expect(fixes(mountFailed("provider_unreachable", { retries: true, canRetry: false }))).toEqual(["Check the base URL", "Retry"]);
+  });
+
+  it.each([undefined, null, "provider_error", "provider_bad_request", "internal_error", "something_new"])(
+    "code %s: the error alone, as before",
+    (code) => {
+      const w = mountFailed(code);
+      expect(w.get("[data-testid=message-error]").text()).toBe("it went wrong");
+      expect(w.findAll("button")).toHaveLength(0);
+    },
+  );
+
+  it("a stopped reply, which has no error, keeps Retry in its header", () => {
+    const w = mount(MessageView, { props: { message: reply({ status: "aborted" }), imageUrl, retries: true, canRetry: true } });
+    expect(w.get("header").findAll("button").map((b) => b.text().trim())).toEqual(["Retry"]);
+    expect(w.find("[data-testid=message-error]").exists()).toBe(false);
+  });
+
+  it("speaks 简体中文 when the locale is zh", () => {
+    setLocale("zh");
+    expect(fixes(mountFailed("budget_exceeded"))).toEqual(["修改预算"]);
+  });
+});
+
 describe("ToolCallCard", () => {
   it("shows name, status, duration, arguments and result", () => {
     const w = mount(ToolCallCard, {

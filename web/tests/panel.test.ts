@@ -724,6 +724,72 @@ describe("retrying a reply", () => {
   });
 });
 
+describe("a failed reply's fix", () => {
+  /** A reply of `echo` that streams, then fails with `code` (the turn above it is memoised). */
+  async function failing(ws: FakeSocket, code: string, error = "invalid x-api-key (HTTP 401)") {
+    ws.receive(ev("message.created", 2, { message: reply({ id: "a1", run_id: "r1" }) }));
+    ws.receive(ev("run.status", 3, { run: run({ id: "r1", message_id: "a1" }) }));
+    await flushPromises();
+    ws.receive(ev("message.completed", 4, { message: reply({ id: "a1", run_id: "r1", status: "error", error, error_code: code }) }));
+    ws.receive(ev("run.status", 5, { run: run({ id: "r1", message_id: "a1", status: "error", error, error_code: code }) }));
+    await flushPromises();
+  }
+  const onProvider = (provider: string | null) =>
+    ev("session.updated", 6, { session: session({ provider, model: provider ? "m1" : null, last_seq: 6 }) });
+  const focused = () => document.activeElement as HTMLElement | null;
+
+  it("“Check the API key” opens the provider settings at the session's profile, in its key field", async () => {
+    const { w, ws } = await started();
+    await failing(ws, "provider_auth");
+    ws.receive(onProvider("openai"));
+    await flushPromises();
+    expect(w.find("[role=dialog]").exists()).toBe(false);
+    await button(w, "Check the API key").trigger("click");
+    await flushPromises();
+    expect(w.find("[role=dialog]").exists()).toBe(true);
+    expect(focused()?.getAttribute("aria-label")).toBe("API key (openai)");
+  });
+
+  it("“Check the base URL” opens the profile's form, in its base URL", async () => {
+    const { w, ws } = await started();
+    await failing(ws, "provider_unreachable", "cannot connect to https://api.example/v1");
+    ws.receive(onProvider("openai"));
+    await flushPromises();
+    await button(w, "Check the base URL").trigger("click");
+    await flushPromises();
+    expect(w.find("[role=dialog] form[aria-label='Edit openai']").exists()).toBe(true);
+    expect(focused()?.getAttribute("name")).toBe("base_url");
+  });
+
+  it("on the server's default provider it opens the settings as the gear does", async () => {
+    const { w, ws } = await started();
+    await failing(ws, "provider_context_exceeded", "too long. Declare the model's context_tokens");
+    ws.receive(onProvider(null));
+    await flushPromises();
+    await button(w, "Provider settings").trigger("click");
+    await flushPromises();
+    expect(w.find("[role=dialog]").exists()).toBe(true);
+    expect(focused()?.getAttribute("aria-label")).toBe("Close");
+  });
+
+  it("“Change the budget” opens the session's budget form, in its first field; the run's end alone is enough to offer it", async () => {
+    const { w, ws } = await started();
+    ws.receive(ev("message.created", 2, { message: reply({ id: "a1", run_id: "r1" }) }));
+    await flushPromises();
+    const error = "this session's budget ran out";
+    ws.receive(ev("run.status", 3, { run: run({ id: "r1", message_id: "a1", status: "error", error, error_code: "budget_exceeded" }) }));
+    await flushPromises();
+    expect(w.find("[data-testid=budget-form]").exists()).toBe(false);
+    await button(w, "Change the budget").trigger("click");
+    await flushPromises();
+    expect(w.find("[data-testid=budget-form]").exists()).toBe(true);
+    expect(focused()).toBe(w.find("[data-testid=budget-form] input").element);
+    await button(w, "Change the budget").trigger("click"); // again: the form stays open
+    await flushPromises();
+    expect(w.find("[data-testid=budget-form]").exists()).toBe(true);
+  });
+});
+
 describe("retrying on an older server", () => {
   it("offers no Retry when the server does not say it can (`retry` capability)", async () => {
     const routes = defaultRoutes();

@@ -98,6 +98,15 @@ describe("reduce: one event at a time", () => {
       ["aborted", 0],
     ],
     [
+      "a run that fails settles its streaming message with the error and its code",
+      [
+        ev("message.created", 5, { message: reply() }),
+        ev("run.status", 6, { run: run({ status: "error", error: "invalid x-api-key (HTTP 401)", error_code: "provider_auth" }) }),
+      ],
+      (s) => [s.messages[1].status, s.messages[1].error, s.messages[1].error_code],
+      ["error", "invalid x-api-key (HTTP 401)", "provider_auth"],
+    ],
+    [
       "run.status working takes a queued prompt out of the queue",
       [
         ev("message.created", 5, { message: message({ id: "msg_u2", status: "queued" }) }),
