@@ -13,6 +13,7 @@ import { mentionAt } from "../src/composables/useMention";
 import { useAutoScroll } from "../src/composables/useAutoScroll";
 import { leadingMentions } from "../src/store";
 import { message, reply, skill } from "./fixtures";
+import type { Message } from "../src/protocol";
 
 const imageUrl = (p: { filename: string }) => `/view?filename=${p.filename}`;
 
@@ -255,9 +256,51 @@ describe("MessageView", () => {
     expect(w.find("img").attributes("src")).toBe("/view?filename=a.png");
   });
 
+  it("copies a reply's text as its markdown source, not its HTML", async () => {
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
+    const writeText = stubClipboard();
+    const parts: Message["parts"] = [
+      { type: "text", text: "A **prompt**:\n\n```\na cat, oil painting\n```" },
+      { type: "tool_call", id: "c1", name: "get_workflow", arguments: {} },
+      { type: "text", text: "Paste it into `CLIPTextEncode`." },
+    ];
+    const w = mount(MessageView, { props: { message: reply({ parts, status: "completed" }), imageUrl } });
+    const copy = w.get("header button[aria-label='Copy message (markdown)']");
+    expect(copy.attributes("type")).toBe("button"); // Tab reaches it, Enter presses it
+    await copy.trigger("click");
+    await flushPromises();
+    expect(writeText).toHaveBeenCalledWith("A **prompt**:\n\n```\na cat, oil painting\n```\n\nPaste it into `CLIPTextEncode`.");
+    expect(w.get("header [role=status]").text()).toBe("Copied");
+    vi.advanceTimersByTime(1500);
+    await flushPromises();
+    expect(w.get("header [role=status]").text()).toBe("");
+    vi.useRealTimers();
+  });
+
+  it("copies a reply still being written, and says it is partial; nothing to copy, no button", async () => {
+    const writeText = stubClipboard();
+    const w = mount(MessageView, { props: { message: reply({ parts: [] }), imageUrl } });
+    expect(w.find("header button[aria-label^=Copy]").exists()).toBe(false);
+    await w.setProps({ message: reply({ parts: [{ type: "text", text: "A cat, oil" }] }) });
+    await w.get("header button[aria-label='Copy the reply so far (still being written)']").trigger("click");
+    await flushPromises();
+    expect(writeText).toHaveBeenCalledWith("A cat, oil");
+    await w.setProps({ message: reply({ parts: [{ type: "text", text: "A cat, oil painting." }], status: "completed" }) });
+    expect(w.find("header button[aria-label='Copy message (markdown)']").exists()).toBe(true);
+  });
+
+  it("copies the user's own message as typed", async () => {
+    const writeText = stubClipboard();
+    const w = mount(MessageView, { props: { message: message({ parts: [{ type: "text", text: "@assistant **a** prompt" }] }), imageUrl } });
+    await w.get("header button[aria-label='Copy message (markdown)']").trigger("click");
+    await flushPromises();
+    expect(writeText).toHaveBeenCalledWith("@assistant **a** prompt");
+  });
+
   it("speaks 简体中文 when the locale is zh", () => {
     setLocale("zh-CN");
     const w = mount(MessageView, { props: { message: message({ status: "queued" }), imageUrl } });
+    expect(w.get("header button").attributes("aria-label")).toBe("复制消息（Markdown）");
     expect(w.find(".oc-role").text()).toBe("你");
     expect(w.find("[data-testid=message-status]").text()).toBe("排队中");
   });
