@@ -261,7 +261,7 @@ describe("MessageView", () => {
     const writeText = stubClipboard();
     const parts: Message["parts"] = [
       { type: "text", text: "A **prompt**:\n\n```\na cat, oil painting\n```" },
-      { type: "tool_call", id: "c1", name: "get_workflow", arguments: {} },
+      { type: "tool_call", id: "c1", name: "get_workflow", arguments: {}, skill: null, status: "completed", started_at: 1, duration_ms: 5 },
       { type: "text", text: "Paste it into `CLIPTextEncode`." },
     ];
     const w = mount(MessageView, { props: { message: reply({ parts, status: "completed" }), imageUrl } });
