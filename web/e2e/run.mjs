@@ -304,13 +304,44 @@ describe("standalone panel", () => {
   scenario("sanitizes what it renders (in a real browser)", async () => {
     const id = await newSession({ skills: ["echo"] });
     const { ctx, page } = await standalone(id);
-    await send(page, '<img src=x onerror="window.__xss=1"> **bold** [bad](javascript:window.__xss=2) <script>window.__xss=3</script>');
+    await send(page, '<img src=x onerror="window.__xss=1"> **bold** [bad](javascript:window.__xss=2) <script>window.__xss=3</script> <button data-copy-code onclick="window.__xss=4">steal</button>');
     const reply = lastReply(page);
     await waitStatus(reply, "completed");
     assert.equal(await reply.locator("strong").innerText(), "bold");
     assert.equal(await reply.locator("img, script").count(), 0);
     assert.equal(await reply.locator("a[href^=javascript]").count(), 0);
+    assert.equal(await reply.locator(".oc-md button, .oc-md [onclick]").count(), 0); // only code blocks get a (copy) button
+    await reply.locator(".oc-md", { hasText: "steal" }).click();
     assert.equal(await page.evaluate(() => window.__xss), undefined);
+    await ctx.close();
+  });
+
+  scenario("copies a reply's code block, and the whole reply as markdown with the keyboard (narrow panel)", async () => {
+    const id = await newSession({ skills: ["assistant"], provider: "fake", model: "fake-model" });
+    const { ctx, page } = await standalone(id, { width: 400, height: 700 });
+    await ctx.grantPermissions(["clipboard-read", "clipboard-write"], { origin: oc.url });
+    await page.locator(".oc-root--narrow").waitFor({ timeout: T });
+    const keys = await recordKeysReachingComfy(page);
+    const reply = await sendForReply(page, "How many steps?");
+    await waitStatus(reply, "completed");
+    const code = reply.locator(".oc-code");
+    const copyCode = code.locator("button[data-copy-code]");
+    assert.equal(await copyCode.getAttribute("title"), "Copy this code");
+    // In the code block's head, inside the reply, at 400 px.
+    const [button, block, bubble] = await Promise.all([copyCode.boundingBox(), code.boundingBox(), reply.locator(".oc-bubble").boundingBox()]);
+    assert.ok(button.width > 0 && button.x + button.width <= block.x + block.width && block.x + block.width <= bubble.x + bubble.width + 1, JSON.stringify({ button, block, bubble }));
+    await copyCode.click();
+    await code.getByRole("button", { name: "Copied" }).waitFor({ timeout: T });
+    assert.equal(await page.evaluate(() => navigator.clipboard.readText()), "steps = 20  # more is slower\ncfg = 7.0");
+
+    await reply.getByRole("button", { name: "Copy message (markdown)" }).focus();
+    await page.keyboard.press("Enter");
+    await reply.locator("header [role=status]", { hasText: "Copied" }).waitFor({ timeout: T });
+    assert.equal(
+      await page.evaluate(() => navigator.clipboard.readText()),
+      "You said: **How many steps?**. In a graph that is `KSampler` work:\n\n```python\nsteps = 20  # more is slower\ncfg = 7.0\n```\n",
+    );
+    assert.deepEqual(await keys.take(), [], "Enter on a copy button reached the page");
     await ctx.close();
   });
 });

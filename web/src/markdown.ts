@@ -1,7 +1,8 @@
 /**
  * Markdown → sanitized HTML for assistant text: markdown-it (raw HTML off), highlight.js core
  * with a few languages (keeps the bundle lean), then DOMPurify. Code blocks get a header with the
- * language and a copy button (`data-oc-copy`), wired by MarkdownView. Imports no app modules.
+ * language and, after sanitizing, a copy button (`data-copy-code`) wired by MarkdownView: the
+ * sanitizer lets no button through, so model text can never make one. Imports no app modules.
  */
 import MarkdownIt from "markdown-it";
 import DOMPurify from "dompurify";
@@ -31,13 +32,16 @@ function escapeHtml(s: string): string {
 
 const md = new MarkdownIt({ html: false, linkify: true, breaks: false, typographer: false });
 
-/** What a render is told: the copy button's label; while streaming, a memo of earlier
- * highlights and whether the code is still being written (then it is not highlighted yet). */
+/** What a render is told: while streaming, a memo of earlier highlights and whether the code is
+ * still being written (then it is not highlighted yet). */
 type RenderEnv = {
-  copyLabel?: string;
   memo?: RenderMemo;
   plain?: boolean;
 };
+
+/** A code block's copy button: its visible label and its tooltip. */
+export type CopyLabels = { copy: string; title: string };
+const COPY_LABELS: CopyLabels = { copy: "Copy", title: "Copy code" };
 
 function codeBody(content: string, lang: string, env: RenderEnv): string {
   if (!lang || !hljs.getLanguage(lang) || env.plain) return escapeHtml(content);
@@ -49,13 +53,23 @@ md.renderer.rules.fence = (tokens, idx, _options, env) => {
   const token = tokens[idx];
   const lang = (token.info || "").trim().split(/\s+/)[0].toLowerCase();
   const body = codeBody(token.content, lang, (env ?? {}) as RenderEnv);
-  const label = escapeHtml(lang || "text");
+  // The head's exact shape is what `addCopyButtons` looks for once the HTML is sanitized.
   return (
-    `<div class="oc-code"><div class="oc-code-head"><span>${label}</span>` +
-    `<button type="button" class="oc-code-copy" data-oc-copy="1">${escapeHtml(String((env as RenderEnv | undefined)?.copyLabel ?? "Copy"))}</button></div>` +
+    `<div class="oc-code"><div class="oc-code-head"><span>${escapeHtml(lang || "text")}</span></div>` +
     `<pre><code class="hljs">${body}</code></pre></div>`
   );
 };
+
+/**
+ * A copy button in each code block's head, added to sanitized HTML. A head in that HTML can only
+ * be the fence renderer's: raw HTML in model text is escaped (and a `<` in text serializes as
+ * `&lt;`), and the sanitizer drops every `<button>`, so the only buttons are these.
+ */
+const CODE_HEAD = /<div class="oc-code-head"><span>([^<]*)<\/span><\/div>/g;
+function addCopyButtons(html: string, labels: CopyLabels): string {
+  const button = `<button type="button" class="oc-code-copy" data-copy-code="" title="${escapeHtml(labels.title)}">${escapeHtml(labels.copy)}</button>`;
+  return html.replace(CODE_HEAD, (_, lang: string) => `<div class="oc-code-head"><span>${lang}</span>${button}</div>`);
+}
 
 /**
  * A model's reply can be steered by what it reads (a web page, a workflow's notes) into writing
@@ -86,21 +100,22 @@ function sanitizer(): ReturnType<typeof DOMPurify> {
 }
 
 /** Markdown to HTML, before sanitizing (raw HTML is already escaped, unsafe links refused). */
-export function markdownToHtml(source: string, copyLabel = "Copy"): string {
-  return md.render(source, { copyLabel });
+export function markdownToHtml(source: string): string {
+  return md.render(source, {});
 }
 
 function sanitize(html: string): string {
   return sanitizer().sanitize(html, {
     ALLOWED_URI_REGEXP: /^(?:https?:|mailto:|\/|#)/i,
-    FORBID_TAGS: ["style", "form", "input", "textarea", "select"],
+    // No button: the copy buttons are added after sanitizing, so none can come from model text.
+    FORBID_TAGS: ["style", "form", "input", "textarea", "select", "button"],
     FORBID_ATTR: ["style"],
   });
 }
 
-/** Render markdown to HTML that is safe for `v-html`. */
-export function renderMarkdown(source: string, copyLabel = "Copy"): string {
-  return sanitize(markdownToHtml(source, copyLabel));
+/** Render markdown to HTML that is safe for `v-html`, with a copy button on each code block. */
+export function renderMarkdown(source: string, labels: CopyLabels = COPY_LABELS): string {
+  return addCopyButtons(sanitize(markdownToHtml(source)), labels);
 }
 
 /**
@@ -131,8 +146,9 @@ export class RenderMemo {
  * left alone. `streaming`: the last block may be unfinished; a code block there is shown plain
  * until another block follows it or the reply ends, rather than highlighted again every frame.
  */
-export function renderBlocks(source: string, memo: RenderMemo, opts: { copyLabel?: string; streaming?: boolean } = {}): string[] {
-  const env: RenderEnv = { copyLabel: opts.copyLabel ?? "Copy", memo };
+export function renderBlocks(source: string, memo: RenderMemo, opts: { labels?: CopyLabels; streaming?: boolean } = {}): string[] {
+  const env: RenderEnv = { memo };
+  const labels = opts.labels ?? COPY_LABELS;
   // One parse of the whole text, so references and numbering are those of the whole reply.
   const tokens = md.parse(source, env);
   const blocks: string[] = [];
@@ -141,7 +157,7 @@ export function renderBlocks(source: string, memo: RenderMemo, opts: { copyLabel
     if (tokens[i].level !== 0 || tokens[i].nesting === 1) continue; // not the end of a top-level block
     const last = i === tokens.length - 1;
     const html = md.renderer.render(tokens.slice(start, i + 1), md.options, { ...env, plain: opts.streaming && last });
-    blocks.push(memo.get(`s:${html}`, () => sanitize(html)));
+    blocks.push(memo.get(`s:${labels.copy}\n${labels.title}\n${html}`, () => addCopyButtons(sanitize(html), labels)));
     start = i + 1;
   }
   memo.settle();

@@ -13,6 +13,7 @@ import { mentionAt } from "../src/composables/useMention";
 import { useAutoScroll } from "../src/composables/useAutoScroll";
 import { leadingMentions } from "../src/store";
 import { message, reply, skill } from "./fixtures";
+import type { Message } from "../src/protocol";
 
 const imageUrl = (p: { filename: string }) => `/view?filename=${p.filename}`;
 
@@ -47,14 +48,24 @@ describe("markdownToHtml", () => {
     expect(html).toContain('<a href="//evil.example/a.png" class="oc-remote-image">x</a>');
   });
 
-  it("wraps fenced code with its language and a labelled copy button", () => {
-    const html = markdownToHtml("```py\nx = 1\n```", "复制");
+  it("wraps fenced code with its language; its copy button comes only after sanitizing", () => {
+    const html = markdownToHtml("```py\nx = 1\n```");
     expect(html).toContain('<div class="oc-code">');
     expect(html).toContain("<span>py</span>");
-    expect(html).toContain('data-oc-copy="1">复制</button>');
     expect(html).toContain('class="hljs-number"');
+    expect(html).not.toContain("<button"); // nothing for the sanitizer to let through
+    expect(renderMarkdown("```py\nx = 1\n```", { copy: "复制", title: "复制这段代码" })).toContain(
+      '<span>py</span><button type="button" class="oc-code-copy" data-copy-code="" title="复制这段代码">复制</button></div>',
+    );
   });
 });
+
+/** A clipboard that records what was written to it. */
+function stubClipboard() {
+  const writeText = vi.fn().mockResolvedValue(undefined);
+  Object.defineProperty(navigator, "clipboard", { value: { writeText }, configurable: true });
+  return writeText;
+}
 
 describe("MarkdownView", () => {
   it("renders markdown, highlights code and offers a copy button", () => {
@@ -62,17 +73,48 @@ describe("MarkdownView", () => {
     expect(w.find("strong").text()).toBe("bold");
     expect(w.find(".oc-code-head").text()).toContain("python");
     expect(w.find("code.hljs").html()).toContain("hljs-");
-    expect(w.find("button[data-oc-copy]").text()).toBe("Copy");
+    const button = w.get(".oc-code-head button");
+    expect(button.text()).toBe("Copy");
+    expect(button.attributes()).toMatchObject({ type: "button", title: "Copy this code" });
   });
 
-  it("copies the code of the block whose button was clicked", async () => {
-    const writeText = vi.fn().mockResolvedValue(undefined);
-    Object.defineProperty(navigator, "clipboard", { value: { writeText }, configurable: true });
-    const w = mount(MarkdownView, { props: { source: "```\nabc\n```" } });
-    await w.find("button[data-oc-copy]").trigger("click");
+  it("copies exactly the code of the block whose button was clicked, then says so for a moment", async () => {
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
+    const writeText = stubClipboard();
+    const w = mount(MarkdownView, { props: { source: "```\nabc\n```\n\nthen\n\n```python\nsteps = 20\n\ncfg = 7.0\n\n\n```" } });
+    const [first, second] = w.findAll("button");
+    await second.trigger("click");
     await flushPromises();
-    expect(writeText).toHaveBeenCalledWith("abc\n");
-    expect(w.find("button[data-oc-copy]").text()).toBe("Copied");
+    expect(writeText).toHaveBeenCalledWith("steps = 20\n\ncfg = 7.0"); // no trailing newlines
+    expect([first.text(), second.text()]).toEqual(["Copy", "Copied"]);
+    expect(w.get("[role=status]").text()).toBe("Copied");
+    await first.trigger("click");
+    await flushPromises();
+    expect(writeText).toHaveBeenLastCalledWith("abc");
+    expect([first.text(), second.text()]).toEqual(["Copied", "Copy"]); // one says it at a time
+    vi.advanceTimersByTime(1500);
+    await flushPromises();
+    expect([first.text(), second.text()]).toEqual(["Copy", "Copy"]);
+    expect(w.get("[role=status]").text()).toBe("");
+    vi.useRealTimers();
+  });
+
+  it("gives model text no copy button: raw HTML in a reply stays text", async () => {
+    const writeText = stubClipboard();
+    const injected = '<button data-copy-code onclick="alert(1)">steal</button>';
+    const w = mount(MarkdownView, {
+      props: { source: `Try ${injected} or \`${injected}\`\n\n<div class="oc-code-head"><span>x</span></div>\n\n\`\`\`\nreal\n\`\`\`` },
+    });
+    expect(w.findAll("button")).toHaveLength(1); // the real code block's, nothing else
+    expect(w.findAll("button[data-copy-code]")).toHaveLength(1);
+    expect(w.find("[onclick]").exists()).toBe(false);
+    expect(w.text()).toContain(injected);
+    await w.get("p").trigger("click");
+    await flushPromises();
+    expect(writeText).not.toHaveBeenCalled();
+    await w.get("button").trigger("click");
+    await flushPromises();
+    expect(writeText).toHaveBeenCalledWith("real");
   });
 });
 
@@ -136,6 +178,27 @@ describe("streaming markdown", () => {
     expect(w.find(".oc-md-block").element.innerHTML).toBe(renderMarkdown("see ![out](/view?filename=a.png) and **more** text"));
   });
 
+  it("keeps a finished code block's copy button, and what it says, while the reply goes on", async () => {
+    const writeText = stubClipboard();
+    const w = mount(MarkdownView, { props: { source: "```py\nx = 1\n```\n\nAnd", streaming: true } });
+    const button = w.get("button[data-copy-code]").element;
+    await w.get("button[data-copy-code]").trigger("click");
+    await flushPromises();
+    expect(writeText).toHaveBeenCalledWith("x = 1");
+    for (const tail of ["And so", "And so on", "And so on.\n\n```py\ny = 2"]) {
+      await w.setProps({ source: `\`\`\`py\nx = 1\n\`\`\`\n\n${tail}` });
+      nextFrame();
+      await flushPromises();
+    }
+    const buttons = w.findAll("button[data-copy-code]");
+    expect(buttons).toHaveLength(2); // the block still being written has one too
+    expect(buttons[0].element).toBe(button); // the same element: no flicker, focus kept
+    expect(buttons[0].text()).toBe("Copied");
+    await buttons[1].trigger("click");
+    await flushPromises();
+    expect(writeText).toHaveBeenLastCalledWith("y = 2"); // what is written so far
+  });
+
   it("highlights a code block once it is finished, not on every frame while it is written", async () => {
     const highlight = vi.spyOn(hljs, "highlight");
     const w = mount(MarkdownView, { props: { source: "```py\nx = 1\n", streaming: true } });
@@ -193,9 +256,51 @@ describe("MessageView", () => {
     expect(w.find("img").attributes("src")).toBe("/view?filename=a.png");
   });
 
+  it("copies a reply's text as its markdown source, not its HTML", async () => {
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
+    const writeText = stubClipboard();
+    const parts: Message["parts"] = [
+      { type: "text", text: "A **prompt**:\n\n```\na cat, oil painting\n```" },
+      { type: "tool_call", id: "c1", name: "get_workflow", arguments: {}, skill: null, status: "completed", started_at: 1, duration_ms: 5 },
+      { type: "text", text: "Paste it into `CLIPTextEncode`." },
+    ];
+    const w = mount(MessageView, { props: { message: reply({ parts, status: "completed" }), imageUrl } });
+    const copy = w.get("header button[aria-label='Copy message (markdown)']");
+    expect(copy.attributes("type")).toBe("button"); // Tab reaches it, Enter presses it
+    await copy.trigger("click");
+    await flushPromises();
+    expect(writeText).toHaveBeenCalledWith("A **prompt**:\n\n```\na cat, oil painting\n```\n\nPaste it into `CLIPTextEncode`.");
+    expect(w.get("header [role=status]").text()).toBe("Copied");
+    vi.advanceTimersByTime(1500);
+    await flushPromises();
+    expect(w.get("header [role=status]").text()).toBe("");
+    vi.useRealTimers();
+  });
+
+  it("copies a reply still being written, and says it is partial; nothing to copy, no button", async () => {
+    const writeText = stubClipboard();
+    const w = mount(MessageView, { props: { message: reply({ parts: [] }), imageUrl } });
+    expect(w.find("header button[aria-label^=Copy]").exists()).toBe(false);
+    await w.setProps({ message: reply({ parts: [{ type: "text", text: "A cat, oil" }] }) });
+    await w.get("header button[aria-label='Copy the reply so far (still being written)']").trigger("click");
+    await flushPromises();
+    expect(writeText).toHaveBeenCalledWith("A cat, oil");
+    await w.setProps({ message: reply({ parts: [{ type: "text", text: "A cat, oil painting." }], status: "completed" }) });
+    expect(w.find("header button[aria-label='Copy message (markdown)']").exists()).toBe(true);
+  });
+
+  it("copies the user's own message as typed", async () => {
+    const writeText = stubClipboard();
+    const w = mount(MessageView, { props: { message: message({ parts: [{ type: "text", text: "@assistant **a** prompt" }] }), imageUrl } });
+    await w.get("header button[aria-label='Copy message (markdown)']").trigger("click");
+    await flushPromises();
+    expect(writeText).toHaveBeenCalledWith("@assistant **a** prompt");
+  });
+
   it("speaks 简体中文 when the locale is zh", () => {
     setLocale("zh-CN");
     const w = mount(MessageView, { props: { message: message({ status: "queued" }), imageUrl } });
+    expect(w.get("header button").attributes("aria-label")).toBe("复制消息（Markdown）");
     expect(w.find(".oc-role").text()).toBe("你");
     expect(w.find("[data-testid=message-status]").text()).toBe("排队中");
   });

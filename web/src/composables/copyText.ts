@@ -1,3 +1,9 @@
+/**
+ * Copying text: `copyText` (the Clipboard API, else a hidden textarea on plain http) and
+ * `useCopied`, which also says "copied" for a moment and drops its timer on unmount.
+ */
+import { getCurrentInstance, onBeforeUnmount, ref, type Ref } from "vue";
+
 /** Copy text, falling back to a hidden textarea where the Clipboard API is missing (plain http). */
 export async function copyText(text: string): Promise<boolean> {
   try {
@@ -23,4 +29,19 @@ export async function copyText(text: string): Promise<boolean> {
   }
   area.remove();
   return ok;
+}
+
+/** `copy(text)` copies; `copied` is true for `ms` after a copy that worked. */
+export function useCopied(ms = 1500): { copied: Ref<boolean>; copy: (text: string) => Promise<boolean> } {
+  const copied = ref(false);
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  async function copy(text: string): Promise<boolean> {
+    const ok = await copyText(text);
+    clearTimeout(timer);
+    copied.value = ok;
+    if (ok) timer = setTimeout(() => (copied.value = false), ms);
+    return ok;
+  }
+  if (getCurrentInstance()) onBeforeUnmount(() => clearTimeout(timer));
+  return { copied, copy };
 }
