@@ -134,14 +134,27 @@ PermissionPolicy = Literal["allow", "ask", "deny"]
 
 
 class Usage(Model):
+    """Tokens a reply (or a session, summed) used, and what they cost in USD.
+
+    `input_tokens` counts every prompt token, cached or not: what the context held, and what a
+    token budget counts. Of those, `cache_read_tokens` were read from the provider's prompt cache
+    and `cache_write_tokens` written to it (each a part of `input_tokens`, never in addition to
+    it); the rest were plain input. `cost` prices the three kinds apart (`ModelCaps`). Rows
+    stored before the cached counts existed load with them at 0.
+    """
+
     input_tokens: int = 0
     output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
     cost: float = 0.0
 
     def __add__(self, other: "Usage") -> "Usage":
         return Usage(
             input_tokens=self.input_tokens + other.input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,
+            cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
+            cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
             cost=self.cost + other.cost,
         )
 
@@ -511,6 +524,10 @@ class ModelCaps(Model):
     context_tokens: int = Field(default=32_000, ge=512, le=MAX_CONTEXT_TOKENS)
     input_price: float = Field(default=0.0, ge=0, le=MAX_PRICE, allow_inf_nan=False)
     output_price: float = Field(default=0.0, ge=0, le=MAX_PRICE, allow_inf_nan=False)
+    # Prompt tokens read from the provider's cache, and written to it. None: the provider kind's
+    # usual share of `input_price` (`profiles.cache_prices_in_effect`).
+    cache_read_price: float | None = Field(default=None, ge=0, le=MAX_PRICE, allow_inf_nan=False)
+    cache_write_price: float | None = Field(default=None, ge=0, le=MAX_PRICE, allow_inf_nan=False)
 
 
 class ProviderProfile(Model):

@@ -215,3 +215,63 @@ async def test_caps_saved_before_their_limits_load_clamped_and_stay(data_dir: Pa
     assert (caps.context_tokens, caps.input_price, caps.output_price) == (100_000_000, 100_000.0, 0.0)
     await profiles.create(ProviderCreate(name="another", kind="ollama"))
     assert [p["name"] for p in json.loads((data_dir / "providers.json").read_text())["profiles"]] == ["big", "another"]
+
+
+def test_cost_prices_plain_input_cache_reads_and_cache_writes_apart() -> None:
+    """`input_tokens` is all the prompt's: of them, cache reads and writes go at their own
+    prices, the rest at `input_price`. Counted all at the input price, a long chat with a warm
+    cache cost 10 times what Anthropic bills."""
+    sonnet = ModelCaps(input_price=3.0, output_price=15.0, cache_read_price=0.3, cache_write_price=3.75)
+    # 100k prompt tokens: 90k read from the cache, 8k written to it, 2k plain; 1k out.
+    assert cost_of(sonnet, 100_000, 1_000, 90_000, 8_000) == pytest.approx(
+        (2_000 * 3.0 + 90_000 * 0.3 + 8_000 * 3.75 + 1_000 * 15.0) / 1e6)
+    assert cost_of(sonnet, 100_000, 1_000) == pytest.approx((100_000 * 3.0 + 1_000 * 15.0) / 1e6)
+    # No cache price declared: the input price, never an undeclared discount.
+    plain = ModelCaps(input_price=2.0, output_price=8.0)
+    assert cost_of(plain, 10_000, 0, 6_000, 1_000) == pytest.approx(10_000 * 2.0 / 1e6)
+    # Counts a provider got wrong (more cached than the prompt) never make the plain part negative.
+    assert cost_of(sonnet, 100, 0, 300, 0) == pytest.approx(300 * 0.3 / 1e6)
+
+
+async def test_cache_prices_are_the_presets_else_the_kinds_usual_share(data_dir: Path) -> None:
+    profiles = await open_profiles(data_dir)
+    await profiles.create(ProviderCreate(name="claude", kind="anthropic"))
+    await profiles.create(ProviderCreate(name="oai", kind="openai"))
+    await profiles.create(ProviderCreate(name="deepseek", kind="openai"))
+    sonnet = await profiles.caps("claude", "claude-sonnet-4-5-20250929")
+    assert (sonnet.cache_read_price, sonnet.cache_write_price) == (0.3, 3.75)  # Anthropic's published figures
+    mini = await profiles.caps("oai", "gpt-4.1-mini")
+    assert (mini.cache_read_price, mini.cache_write_price) == (0.1, 0.4)  # writes cost what input does
+    assert (await profiles.caps("deepseek", "deepseek-chat")).cache_read_price == 0.028
+    # A model the profile prices without cache prices: the kind's multipliers of its input price.
+    await profiles.patch("claude", ProviderPatch(models={"claude-next": ModelCaps(input_price=4.0, output_price=20.0)}))
+    caps = await profiles.caps("claude", "claude-next")
+    assert (caps.cache_read_price, caps.cache_write_price) == (0.4, 5.0)
+    await profiles.patch("oai", ProviderPatch(models={"gpt-next": ModelCaps(input_price=1.0)}))
+    caps = await profiles.caps("oai", "gpt-next")
+    assert (caps.cache_read_price, caps.cache_write_price) == (0.5, 1.0)
+    # Ollama reports no cached tokens: nothing is filled in; what is listed is what was declared.
+    assert (await profiles.caps("ollama", "qwen3:8b")).cache_read_price is None
+    assert (await profiles.get("claude")).models["claude-next"].cache_read_price is None
+    for preset in presets():
+        for model, declared in preset.models.items():
+            if declared.cache_read_price is not None:
+                assert declared.cache_read_price < declared.input_price, (preset.name, model)
+
+
+async def test_a_profile_saved_before_cache_prices_loads_and_cache_prices_are_checked(data_dir: Path) -> None:
+    (data_dir / "providers.json").write_text(json.dumps({"version": 1, "profiles": [
+        {"name": "old", "kind": "anthropic", "base_url": "https://api.anthropic.com", "models": {
+            "claude-x": {"tools": True, "vision": True, "context_tokens": 200_000, "input_price": 3.0,
+                         "output_price": 15.0}}},
+        {"name": "over", "kind": "openai", "base_url": "http://127.0.0.1:9/v1", "models": {
+            "m": {"cache_read_price": float("inf"), "cache_write_price": float("nan")}}},
+    ]}))
+    profiles = await open_profiles(data_dir)
+    caps = await profiles.caps("old", "claude-x")
+    assert (caps.input_price, caps.cache_read_price, caps.cache_write_price) == (3.0, 0.3, 3.75)
+    over = (await profiles.get("over")).models["m"]
+    assert (over.cache_read_price, over.cache_write_price) == (100_000.0, 0.0)
+    for bad in ({"cache_read_price": -1.0}, {"cache_write_price": 1e9}):
+        with pytest.raises(ValueError):
+            ModelCaps.model_validate(bad)

@@ -585,3 +585,39 @@ async def test_a_session_delete_is_one_write_that_no_batch_boundary_cuts(db_path
             assert left[0] is not None and [m.id for m in left[1][0]][:1] == ["msg_old"]
     finally:
         await store.close()
+
+
+async def test_usage_stored_before_cached_counts_loads_with_them_at_zero(db_path: Path) -> None:
+    """Sessions, bodied messages and v2 column rows written before `Usage` had cache counts (the
+    JSON as that code wrote it) load, count 0 cached tokens, and add up with new usage."""
+    old_usage = '{"input_tokens":1200,"output_tokens":300,"cost":0.0081}'
+    store = SqliteStore(db_path)
+    await store.open()
+    await store.close()
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("INSERT INTO sessions (id, body, created_at, updated_at) VALUES (?, ?, 1.0, 1.0)", (
+        "ses_old", '{"id":"ses_old","title":"","skills":[],"provider":null,"model":null,"created_at":1.0,'
+        f'"updated_at":1.0,"usage":{old_usage},"budget":{{"max_tokens":null,"max_cost":null}},"permissions":{{}},'
+        '"last_seq":0}'))
+    conn.execute("INSERT INTO messages (id, session_id, role, skill, run_id, status, parts, usage, error, created_at,"
+                 " updated_at, body) VALUES (?, ?, 'assistant', 'a', 'run_1', 'completed', '', NULL, NULL, 2.0, 2.0, ?)", (
+        "msg_bodied", "ses_old", '{"id":"msg_bodied","session_id":"ses_old","role":"assistant","skill":"a",'
+        '"run_id":"run_1","parts":[],"status":"completed","created_at":2.0,"updated_at":2.0,'
+        f'"usage":{old_usage},"error":null,"reply_to":null}}'))
+    conn.execute("INSERT INTO messages (id, session_id, role, skill, run_id, status, parts, usage, error, created_at,"
+                 " updated_at) VALUES ('msg_v2', 'ses_old', 'assistant', 'a', 'run_2', 'completed', '[]', ?, NULL,"
+                 " 3.0, 3.0)", (old_usage,))
+    conn.close()
+    store = SqliteStore(db_path)
+    await store.open()
+    try:
+        session = await store.get_session("ses_old")
+        page, _ = await store.get_messages("ses_old")
+        old = Usage(input_tokens=1200, output_tokens=300, cost=0.0081)
+        assert session is not None and session.usage == old and [m.usage for m in page] == [old, old]
+        assert (old.cache_read_tokens, old.cache_write_tokens) == (0, 0)
+        new = Usage(input_tokens=1000, output_tokens=10, cache_read_tokens=900, cache_write_tokens=50, cost=0.001)
+        assert session.usage + new == Usage(input_tokens=2200, output_tokens=310, cache_read_tokens=900,
+                                            cache_write_tokens=50, cost=0.0091)
+    finally:
+        await store.close()

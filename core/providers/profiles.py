@@ -1,7 +1,8 @@
 """Provider profiles: the presets Opencode knows, and the user's named profiles on disk.
 
 A preset is a template (base URL, key variable, a few models' `ModelCaps` with prices in USD per
-million tokens, as published in 2025; every value can be overridden in the profile). Presets:
+million tokens, cached input's and cache writes' included, as published in 2025; every value can
+be overridden in the profile). Presets:
 openai, anthropic, ollama, lmstudio, vllm, llamacpp, openrouter, deepseek, gemini, groq.
 
 `ProviderProfiles` keeps the user's profiles in `<data_dir>/providers.json`, rewritten atomically
@@ -40,8 +41,10 @@ log = logging.getLogger("opencode.providers.profiles")
 PROFILES_FILE = "providers.json"
 
 
-def _caps(vision: bool, context: int, input_price: float = 0.0, output_price: float = 0.0, tools: bool = True) -> ModelCaps:
-    return ModelCaps(tools=tools, vision=vision, context_tokens=context, input_price=input_price, output_price=output_price)
+def _caps(vision: bool, context: int, input_price: float = 0.0, output_price: float = 0.0, tools: bool = True,
+          cached: float | None = None, cache_write: float | None = None) -> ModelCaps:
+    return ModelCaps(tools=tools, vision=vision, context_tokens=context, input_price=input_price,
+                     output_price=output_price, cache_read_price=cached, cache_write_price=cache_write)
 
 
 def _preset(name: str, kind: str, base_url: str, default_model: str = "", key_env: str | None = None,
@@ -62,17 +65,17 @@ def presets() -> list[ProviderProfile]:
     """Fresh copies of every preset, in display order."""
     return [
         _preset("openai", "openai", "https://api.openai.com/v1", "gpt-4.1-mini", "OPENAI_API_KEY", {
-            "gpt-4.1": _caps(True, 1_047_576, 2.0, 8.0),
-            "gpt-4.1-mini": _caps(True, 1_047_576, 0.4, 1.6),
-            "gpt-4o": _caps(True, 128_000, 2.5, 10.0),
-            "gpt-4o-mini": _caps(True, 128_000, 0.15, 0.6),
-            "o4-mini": _caps(True, 200_000, 1.1, 4.4),
+            "gpt-4.1": _caps(True, 1_047_576, 2.0, 8.0, cached=0.5),
+            "gpt-4.1-mini": _caps(True, 1_047_576, 0.4, 1.6, cached=0.1),
+            "gpt-4o": _caps(True, 128_000, 2.5, 10.0, cached=1.25),
+            "gpt-4o-mini": _caps(True, 128_000, 0.15, 0.6, cached=0.075),
+            "o4-mini": _caps(True, 200_000, 1.1, 4.4, cached=0.275),
         }),
         _preset("anthropic", "anthropic", "https://api.anthropic.com", "claude-sonnet-4-5", "ANTHROPIC_API_KEY", {
-            "claude-sonnet-4-5": _caps(True, 200_000, 3.0, 15.0),
-            "claude-opus-4-1": _caps(True, 200_000, 15.0, 75.0),
-            "claude-haiku-4-5": _caps(True, 200_000, 1.0, 5.0),
-            "claude-3-5-haiku-latest": _caps(False, 200_000, 0.8, 4.0),
+            "claude-sonnet-4-5": _caps(True, 200_000, 3.0, 15.0, cached=0.3, cache_write=3.75),
+            "claude-opus-4-1": _caps(True, 200_000, 15.0, 75.0, cached=1.5, cache_write=18.75),
+            "claude-haiku-4-5": _caps(True, 200_000, 1.0, 5.0, cached=0.1, cache_write=1.25),
+            "claude-3-5-haiku-latest": _caps(False, 200_000, 0.8, 4.0, cached=0.08, cache_write=1.0),
         }),
         _preset("ollama", "ollama", "http://127.0.0.1:11434", "qwen3:8b", None, {
             "qwen3:8b": _caps(False, 40_960),
@@ -84,19 +87,19 @@ def presets() -> list[ProviderProfile]:
         _preset("vllm", "openai", "http://127.0.0.1:8000/v1", extra=LOCAL_SERVER_EXTRA),
         _preset("llamacpp", "openai", "http://127.0.0.1:8080/v1", extra=LOCAL_SERVER_EXTRA),
         _preset("openrouter", "openai", "https://openrouter.ai/api/v1", "openai/gpt-4.1-mini", "OPENROUTER_API_KEY", {
-            "openai/gpt-4.1-mini": _caps(True, 1_047_576, 0.4, 1.6),
-            "anthropic/claude-sonnet-4.5": _caps(True, 1_000_000, 3.0, 15.0),
-            "google/gemini-2.5-flash": _caps(True, 1_048_576, 0.3, 2.5),
+            "openai/gpt-4.1-mini": _caps(True, 1_047_576, 0.4, 1.6, cached=0.1),
+            "anthropic/claude-sonnet-4.5": _caps(True, 1_000_000, 3.0, 15.0, cached=0.3, cache_write=3.75),
+            "google/gemini-2.5-flash": _caps(True, 1_048_576, 0.3, 2.5, cached=0.03),
         }, {"headers": {"X-Title": "Opencode"}}),
         _preset("deepseek", "openai", "https://api.deepseek.com/v1", "deepseek-chat", "DEEPSEEK_API_KEY", {
-            "deepseek-chat": _caps(False, 128_000, 0.28, 0.42),
-            "deepseek-reasoner": _caps(False, 128_000, 0.28, 0.42),
+            "deepseek-chat": _caps(False, 128_000, 0.28, 0.42, cached=0.028),
+            "deepseek-reasoner": _caps(False, 128_000, 0.28, 0.42, cached=0.028),
         }),
         _preset("gemini", "openai", "https://generativelanguage.googleapis.com/v1beta/openai", "gemini-2.5-flash",
                 "GEMINI_API_KEY", {
-            "gemini-2.5-flash": _caps(True, 1_048_576, 0.3, 2.5),
-            "gemini-2.5-pro": _caps(True, 1_048_576, 1.25, 10.0),
-            "gemini-2.5-flash-lite": _caps(True, 1_048_576, 0.1, 0.4),
+            "gemini-2.5-flash": _caps(True, 1_048_576, 0.3, 2.5, cached=0.03),
+            "gemini-2.5-pro": _caps(True, 1_048_576, 1.25, 10.0, cached=0.125),
+            "gemini-2.5-flash-lite": _caps(True, 1_048_576, 0.1, 0.4, cached=0.01),
         }),
         _preset("groq", "openai", "https://api.groq.com/openai/v1", "llama-3.3-70b-versatile", "GROQ_API_KEY", {
             "llama-3.3-70b-versatile": _caps(False, 131_072, 0.59, 0.79),
@@ -152,9 +155,36 @@ def _context_in_effect(profile: ProviderProfile, caps: ModelCaps) -> ModelCaps:
     return caps
 
 
-def cost_of(caps: ModelCaps, input_tokens: int, output_tokens: int) -> float:
-    """USD for a turn's tokens at the model's prices per million."""
-    return (input_tokens * caps.input_price + output_tokens * caps.output_price) / 1_000_000
+# What a provider kind charges for prompt tokens read from its cache and written to it, as a share
+# of the input price, when a model declares no price of its own: Anthropic's published multipliers
+# (reads 0.1x, five-minute writes 1.25x); OpenAI's cached input is half price on its older models
+# and less on newer ones (0.5x is the safe side), and its writes cost what input does.
+_CACHE_SHARES: Mapping[str, tuple[float, float]] = {"anthropic": (0.1, 1.25), "openai": (0.5, 1.0)}
+
+
+def cache_prices_in_effect(kind: str, caps: ModelCaps) -> ModelCaps:
+    """`caps` with the cache prices it leaves unset filled from its provider kind's `_CACHE_SHARES`
+    (other kinds report no cached tokens, and an unset price is the input price in `cost_of`)."""
+    shares = _CACHE_SHARES.get(kind)
+    if shares is None:
+        return caps
+    if caps.cache_read_price is None:
+        caps.cache_read_price = min(round(caps.input_price * shares[0], 9), MAX_PRICE)
+    if caps.cache_write_price is None:
+        caps.cache_write_price = min(round(caps.input_price * shares[1], 9), MAX_PRICE)
+    return caps
+
+
+def cost_of(caps: ModelCaps, input_tokens: int, output_tokens: int, cache_read_tokens: int = 0,
+            cache_write_tokens: int = 0) -> float:
+    """USD for a turn's tokens at the model's prices per million: of `input_tokens` (all the
+    prompt's), those read from the cache and those written to it at their own prices, the rest at
+    `input_price`. An unset cache price is `input_price`: never a discount that was not declared."""
+    read_price = caps.input_price if caps.cache_read_price is None else caps.cache_read_price
+    write_price = caps.input_price if caps.cache_write_price is None else caps.cache_write_price
+    plain = max(input_tokens - cache_read_tokens - cache_write_tokens, 0)
+    return (plain * caps.input_price + cache_read_tokens * read_price + cache_write_tokens * write_price
+            + output_tokens * caps.output_price) / 1_000_000
 
 
 def _host(url: str) -> str:
@@ -258,10 +288,11 @@ class ProviderProfiles:
 
     async def caps(self, name: str, model: str) -> ModelCaps:
         """Declared (or overridden) caps of `model` on profile `name`, else family defaults; the
-        context is what the server will actually hold (`_context_in_effect`)."""
+        context is what the server will actually hold (`_context_in_effect`), and cache prices
+        left unset are the provider kind's usual ones (`cache_prices_in_effect`)."""
         await self.load()
         profile = self._find(name)
-        return _context_in_effect(profile, self._declared_caps(profile, model))
+        return cache_prices_in_effect(profile.kind, _context_in_effect(profile, self._declared_caps(profile, model)))
 
     def _declared_caps(self, profile: ProviderProfile, model: str) -> ModelCaps:
         declared = declared_model(profile.models, model)
@@ -381,7 +412,7 @@ def _within_limits(item: Any) -> Any:
             context = caps.get("context_tokens")
             if isinstance(context, (int, float)) and context > MAX_CONTEXT_TOKENS:
                 caps["context_tokens"] = MAX_CONTEXT_TOKENS
-            for price in ("input_price", "output_price"):
+            for price in ("input_price", "output_price", "cache_read_price", "cache_write_price"):
                 value = caps.get(price)
                 if isinstance(value, float) and math.isnan(value):
                     caps[price] = 0.0
