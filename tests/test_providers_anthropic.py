@@ -201,6 +201,17 @@ async def test_fake_thinking_goes_back_first_in_its_tool_turn_exactly(fake_llm: 
     assert body["messages"][1]["content"][0] == {"type": "text", "text": "Checking."}
 
 
+@pytest.mark.parametrize("at_end", [False, True], ids=["message_start", "restated-in-message_delta"])
+async def test_fake_cached_prompt_tokens_in_usage(fake_llm: Any, http: Any, sleep: RecordingSleep, at_end: bool) -> None:
+    """Anthropic's `input_tokens` is only what follows the last cache breakpoint: the prompt is
+    that plus the cache reads and writes, each reported apart; `message_delta` may restate them
+    (cumulative), and what it says last is what counts."""
+    fake_llm.push(Reply(text="ok", input_tokens=5000, cache_read_tokens=4000, cache_write_tokens=800,
+                        output_tokens=12, usage_at_end=at_end))
+    events = await collect(provider(f"{fake_llm.url}/anthropic", http, sleep), ask())
+    assert events[-2] == UsageReport(5000, 12, cache_read_tokens=4000, cache_write_tokens=800)
+
+
 async def test_fake_history_conversion(fake_llm: Any, http: Any, sleep: RecordingSleep) -> None:
     async def loader(part: ImagePart) -> tuple[bytes, str]:
         return b"\x89PNG " + part.filename.encode(), "image/png"
@@ -318,16 +329,24 @@ async def test_official_sdk_parses_the_fake_stream(fake_llm: Any) -> None:
     from anthropic import AsyncAnthropic
 
     fake_llm.push(Reply(text="Hello there", tool_calls=[FakeToolCall("get_weather", {"city": "Paris"}, id="toolu_9")],
-                        input_tokens=25, output_tokens=8))
+                        input_tokens=2500, output_tokens=8, cache_read_tokens=2000, cache_write_tokens=400),
+                  Reply(text="again", input_tokens=2500, output_tokens=8, cache_read_tokens=2400, usage_at_end=True))
     client = AsyncAnthropic(base_url=f"{fake_llm.url}/anthropic", api_key="sk-ant-fake", max_retries=0)
     try:
         async with client.messages.stream(model="claude-test", max_tokens=100,
                                           messages=[{"role": "user", "content": "hi"}]) as stream:
             message = await stream.get_final_message()
+        async with client.messages.stream(model="claude-test", max_tokens=100,
+                                          messages=[{"role": "user", "content": "hi"}]) as stream:
+            restated = (await stream.get_final_message()).usage
     finally:
         await client.close()
     assert message.stop_reason == "tool_use"
-    assert (message.usage.input_tokens, message.usage.output_tokens) == (25, 8)
+    usage = message.usage
+    assert (usage.input_tokens, usage.cache_read_input_tokens, usage.cache_creation_input_tokens,
+            usage.output_tokens) == (100, 2000, 400, 8)
+    assert (restated.input_tokens, restated.cache_read_input_tokens, restated.cache_creation_input_tokens,
+            restated.output_tokens) == (100, 2400, 0, 8)
     assert message.content[0].type == "text" and message.content[0].text == "Hello there"
     tool = message.content[1]
     assert (tool.type, tool.id, tool.name, tool.input) == ("tool_use", "toolu_9", "get_weather", {"city": "Paris"})

@@ -189,6 +189,24 @@ async def test_fake_request_shape_and_event_sequence(fake_llm: Any, http: Any, s
     }
 
 
+@pytest.mark.parametrize("reply,report", [
+    (Reply(text="ok", input_tokens=3000, cache_read_tokens=2048, output_tokens=9), UsageReport(3000, 9, 2048, 0)),
+    # OpenRouter also says what a model that charges for writes (Claude) had written to the cache.
+    (Reply(text="ok", input_tokens=3000, cache_read_tokens=1024, cache_write_tokens=900, output_tokens=9),
+     UsageReport(3000, 9, 1024, 900)),
+    (Reply(text="ok", input_tokens=3000, cache_read_tokens=2944, output_tokens=9, deepseek_usage=True),
+     UsageReport(3000, 9, 2944, 0)),
+    (Reply(text="ok", input_tokens=3000, output_tokens=9), UsageReport(3000, 9)),
+], ids=["openai", "openrouter", "deepseek", "none"])
+async def test_fake_cached_prompt_tokens_in_usage(fake_llm: Any, http: Any, sleep: RecordingSleep,
+                                                  reply: Reply, report: UsageReport) -> None:
+    """`prompt_tokens` is all the prompt's; the part read from the cache is in
+    `prompt_tokens_details.cached_tokens` (DeepSeek: `prompt_cache_hit_tokens`)."""
+    fake_llm.push(reply)
+    events = await collect(provider(f"{fake_llm.url}/v1", http, sleep), ask())
+    assert events[-2] == report
+
+
 async def test_fake_parallel_tool_calls_in_order(fake_llm: Any, http: Any, sleep: RecordingSleep) -> None:
     fake_llm.push(Reply(tool_calls=[FakeToolCall("get_weather", {"city": "Paris"}, id="call_a"),
                                     FakeToolCall("get_weather", {"city": "Rome"}, id="call_b")]))
@@ -482,7 +500,8 @@ async def test_official_sdk_parses_the_fake_streams(fake_llm: Any) -> None:
     from openai import AsyncOpenAI
     from openai.lib.streaming.chat import ChatCompletionStreamState
 
-    fake_llm.push(Reply(text="Hi there", tool_calls=[FakeToolCall("get_weather", {"city": "Paris"}, id="call_1")]))
+    fake_llm.push(Reply(text="Hi there", tool_calls=[FakeToolCall("get_weather", {"city": "Paris"}, id="call_1")],
+                        cache_read_tokens=6, cache_write_tokens=2))
     client = AsyncOpenAI(base_url=f"{fake_llm.url}/v1", api_key="sk-fake", max_retries=0)
     try:
         state = ChatCompletionStreamState()
@@ -496,6 +515,8 @@ async def test_official_sdk_parses_the_fake_streams(fake_llm: Any) -> None:
         choice = final.choices[0]
         assert choice.message.content == "Hi there" and choice.finish_reason == "tool_calls"
         assert final.usage is not None and final.usage.total_tokens == 18
+        details = final.usage.prompt_tokens_details
+        assert details is not None and (details.cached_tokens, details.cache_write_tokens) == (6, 2)
         call = choice.message.tool_calls[0]
         assert (call.id, call.function.name, json.loads(call.function.arguments)) == ("call_1", "get_weather", {"city": "Paris"})
     finally:

@@ -6,9 +6,10 @@ own limit for the Claude families (`default_max_tokens`), never above the reques
 calls as `tool_use` blocks in assistant turns and results as `tool_result` blocks at the start of
 the next user turn; images as base64 `image` blocks.
 
-Stream: `message_start` (input usage), `content_block_start/delta/stop` (`text_delta`;
-`input_json_delta` fragments for `tool_use`, parsed at the block's stop), `message_delta` (stop
-reason, output usage; `max_tokens` is `length`, `refusal` is `refused`), `message_stop`, `ping`. An in-stream `error` event raises `ProviderError`
+Stream: `message_start` (input usage: the uncached rest, cache reads and cache writes),
+`content_block_start/delta/stop` (`text_delta`; `input_json_delta` fragments for `tool_use`,
+parsed at the block's stop), `message_delta` (stop reason, output usage, and in newer API versions
+the input side restated; `max_tokens` is `length`, `refusal` is `refused`), `message_stop`, `ping`. An in-stream `error` event raises `ProviderError`
 with Anthropic's message; `overloaded_error` (and `api_error`) is retryable only while no output
 has been streamed. Usage is reported once, at the end, so nothing is emitted before real output.
 
@@ -183,7 +184,8 @@ class AnthropicDecoder(StreamDecoder):
         self.provider = provider
         self.sse = SseParser()
         self.blocks: dict[int, dict[str, Any]] = {}
-        self.input_tokens = self.output_tokens = 0
+        # The usage fields as last reported (`message_start`, restated by `message_delta`).
+        self.usage: dict[str, int] = {}
         self.stop_reason: str | None = None
         self.emitted = False
         self.thinking: list[dict[str, Any]] = []  # blocks finished since the last tool call
@@ -217,9 +219,7 @@ class AnthropicDecoder(StreamDecoder):
             elif kind == "error":
                 raise self._stream_error(data.get("error"))
             elif kind == "message_start":
-                usage = (data.get("message") or {}).get("usage") or {}
-                self.input_tokens = _input_tokens(usage)
-                self.output_tokens = int(usage.get("output_tokens") or 0)
+                self._take_usage((data.get("message") or {}).get("usage"))
             elif kind == "content_block_start":
                 block = dict(data.get("content_block") or {})
                 block["json"] = ""
@@ -235,19 +235,29 @@ class AnthropicDecoder(StreamDecoder):
                     self.thinking.append(_thinking(block))
             elif kind == "message_delta":
                 self.stop_reason = (data.get("delta") or {}).get("stop_reason") or self.stop_reason
-                usage = data.get("usage") or {}
-                # Cumulative counts; newer API versions may restate the input side too.
-                self.output_tokens = int(usage.get("output_tokens") or self.output_tokens)
-                if usage.get("input_tokens") is not None:
-                    self.input_tokens = _input_tokens(usage)
+                # Cumulative counts; newer API versions restate the input side (cache counts too).
+                self._take_usage(data.get("usage"))
             elif kind == "message_stop":
                 self.done = True
                 return
 
+    def _take_usage(self, usage: Any) -> None:
+        """Keep each count `usage` gives; one it leaves out or sends as null keeps its last value."""
+        if isinstance(usage, dict):
+            for name in _USAGE_FIELDS:
+                value = usage.get(name)
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e15:
+                    self.usage[name] = int(value)
+
     def finish(self) -> Iterator[StreamEvent]:
         if not self.done:
             raise self.provider.truncated("message_stop")
-        yield UsageReport(input_tokens=self.input_tokens, output_tokens=self.output_tokens)
+        usage = self.usage
+        read, write = usage.get("cache_read_input_tokens", 0), usage.get("cache_creation_input_tokens", 0)
+        # `input_tokens` here is only what came after the last cache breakpoint: all the prompt's
+        # tokens (what the context holds) are the three together.
+        yield UsageReport(input_tokens=usage.get("input_tokens", 0) + read + write,
+                          output_tokens=usage.get("output_tokens", 0), cache_read_tokens=read, cache_write_tokens=write)
         stop_reason = self.stop_reason
         if stop_reason not in _STOP:
             log.info("%s: stop_reason %r reported as stop", self.provider.name, stop_reason)
@@ -303,6 +313,4 @@ def _thinking(block: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _input_tokens(usage: dict[str, Any]) -> int:
-    """All prompt tokens, cached ones included: that is what the context window holds."""
-    return sum(int(usage.get(k) or 0) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
+_USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")

@@ -130,8 +130,14 @@ class ToolCallReady:
 
 @dataclass(frozen=True)
 class UsageReport:
+    """A turn's token counts. `input_tokens` is every prompt token; `cache_read_tokens` and
+    `cache_write_tokens` are the parts of it read from and written to the provider's prompt cache
+    (see `protocol.Usage`)."""
+
     input_tokens: int
     output_tokens: int
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
     kind: Literal["usage"] = "usage"
 
 

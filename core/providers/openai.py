@@ -3,7 +3,8 @@
 Spoken by OpenAI and most servers that copy it: Ollama `/v1`, LM Studio, vLLM, llama.cpp,
 OpenRouter, DeepSeek, Groq and Gemini's OpenAI endpoint. The stream is normalised into
 `TextDelta`s, one `ToolCallReady` per call (assembled from argument fragments by `index`), a
-`UsageReport` (from the `stream_options.include_usage` chunk) and `Finish` (`content_filter` is
+`UsageReport` (from the `stream_options.include_usage` chunk, cached prompt tokens included:
+`prompt_tokens_details`, DeepSeek's `prompt_cache_hit_tokens`) and `Finish` (`content_filter` is
 `refused`, and so is a reply that is a `refusal`, whose text is the reply's). A stream that ends
 without a `finish_reason` is an error, never a quiet short answer; one that ends cleanly after its
 `finish_reason` but without `[DONE]` (ik_llama.cpp, older TGI) is whole.
@@ -187,7 +188,7 @@ class OpenAIDecoder(StreamDecoder):
         self.sse = SseParser()
         self.calls = _CallAssembler()
         self.finish_reason: str | None = None
-        self.usage: tuple[int, int] | None = None
+        self.usage: UsageReport | None = None
         self.emitted = False
         self.reasoning: list[str] = []
         self.reasoning_field = ""  # the delta field the reasoning came in
@@ -211,7 +212,7 @@ class OpenAIDecoder(StreamDecoder):
                 raise self._stream_error(error)
             usage = message.get("usage")
             if usage is not None and isinstance(usage, dict):
-                self.usage = (int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+                self.usage = _usage(usage)
             choices = message.get("choices")
             if not choices or not isinstance(choices, list):
                 continue
@@ -291,7 +292,7 @@ class OpenAIDecoder(StreamDecoder):
         for slot in slots:
             yield self._ready(slot)
         if self.usage is not None:
-            yield UsageReport(input_tokens=self.usage[0], output_tokens=self.usage[1])
+            yield self.usage
         reason = _FINISH.get(finish, "stop")
         if slots:
             reason = "tool_calls" if reason == "stop" else reason
@@ -385,3 +386,24 @@ class _CallAssembler:
         extra = fragment.get("extra_content")
         if extra is not None:
             slot.provider_data["extra_content"] = extra
+
+
+def _usage(usage: dict[str, Any]) -> UsageReport:
+    """The usage chunk's counts. `prompt_tokens` is all the prompt's; the part read from the
+    prompt cache is `prompt_tokens_details.cached_tokens` (OpenAI, OpenRouter, Gemini) or
+    `prompt_cache_hit_tokens` (DeepSeek); OpenRouter adds what was written to it
+    (`prompt_tokens_details.cache_write_tokens`, for models that charge for writes)."""
+    details = usage.get("prompt_tokens_details")
+    details = details if isinstance(details, dict) else {}
+    read = details.get("cached_tokens")
+    if read is None:
+        read = usage.get("prompt_cache_hit_tokens")
+    return UsageReport(input_tokens=_count(usage.get("prompt_tokens")), output_tokens=_count(usage.get("completion_tokens")),
+                       cache_read_tokens=_count(read), cache_write_tokens=_count(details.get("cache_write_tokens")))
+
+
+def _count(value: Any) -> int:
+    """A token count as sent (an int, a float from some servers), 0 for anything else."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e15:
+        return int(value)
+    return 0

@@ -37,6 +37,10 @@ class FakeToolCall:
     arguments: dict[str, Any] = field(default_factory=dict)
     id: str = ""
     extra_content: dict[str, Any] | None = None  # Gemini's thought signature lives here
+    # Anthropic interleaved thinking (beta `interleaved-thinking-2025-05-14`): a thinking block
+    # streamed just before this call's `tool_use` block, signed with `thinking_signature`.
+    thinking: str = ""
+    thinking_signature: str = "SW50ZXJsZWF2ZWQ="
 
 
 @dataclass
@@ -56,6 +60,16 @@ class Reply:
     refusal: str = ""  # OpenAI: `refusal` deltas instead of text
     signature: str = "EqQBCgIYAhIM"
     redacted: str = ""
+    # Prompt tokens read from the provider's cache and written to it, parts of `input_tokens` (all
+    # the prompt's), in each dialect's fields: OpenAI `prompt_tokens_details` (`cache_write_tokens`
+    # as OpenRouter adds it), or DeepSeek's `prompt_cache_hit_tokens`/`_miss_tokens` with
+    # `deepseek_usage`; Anthropic `cache_read_input_tokens`/`cache_creation_input_tokens` beside
+    # the uncached rest, in `message_start`, or with `usage_at_end` restated in `message_delta`
+    # (what `message_start` said then holds no cache counts yet).
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    deepseek_usage: bool = False
+    usage_at_end: bool = False
 
 
 @dataclass
@@ -156,10 +170,18 @@ def openai_chunks(reply: Reply, model: str = "gpt-test") -> list[bytes]:
             for fragment in _fragments(json.dumps(call.arguments))
         ]
     out.append(chunk([choice({}, reply.finish or ("tool_calls" if reply.tool_calls else "stop"))]))
-    out.append(chunk([], {
+    usage: dict[str, Any] = {
         "prompt_tokens": reply.input_tokens, "completion_tokens": reply.output_tokens,
         "total_tokens": reply.input_tokens + reply.output_tokens,
-    }))
+    }
+    if reply.deepseek_usage:
+        usage.update(prompt_cache_hit_tokens=reply.cache_read_tokens,
+                     prompt_cache_miss_tokens=reply.input_tokens - reply.cache_read_tokens)
+    else:
+        usage["prompt_tokens_details"] = {"cached_tokens": reply.cache_read_tokens, "audio_tokens": 0}
+        if reply.cache_write_tokens:
+            usage["prompt_tokens_details"]["cache_write_tokens"] = reply.cache_write_tokens
+    out.append(chunk([], usage))
     out.append(sse("[DONE]"))
     return out
 
@@ -201,22 +223,18 @@ def gemini_chunks(reply: Reply, model: str = "gemini-2.5-flash") -> list[bytes]:
 
 def anthropic_events(reply: Reply, model: str = "claude-test") -> list[bytes]:
     """The Messages API event sequence, `message_start` to `message_stop`, with a `ping`."""
+    cached = reply.cache_read_tokens + reply.cache_write_tokens
+    prompt = {"input_tokens": reply.input_tokens - cached, "cache_creation_input_tokens": reply.cache_write_tokens,
+              "cache_read_input_tokens": reply.cache_read_tokens}
+    first = {"input_tokens": reply.input_tokens, "cache_creation_input_tokens": 0,
+             "cache_read_input_tokens": 0} if reply.usage_at_end else prompt
     out = [sse({"type": "message_start", "message": {
         "id": "msg_fake", "type": "message", "role": "assistant", "content": [], "model": model,
-        "stop_reason": None, "stop_sequence": None,
-        "usage": {"input_tokens": reply.input_tokens, "output_tokens": 1},
+        "stop_reason": None, "stop_sequence": None, "usage": {**first, "output_tokens": 1},
     }}, "message_start")]
     index = 0
     if reply.reasoning:
-        out.append(sse({"type": "content_block_start", "index": index, "content_block": {
-            "type": "thinking", "thinking": "", "signature": ""}}, "content_block_start"))
-        out += [
-            sse({"type": "content_block_delta", "index": index, "delta": {"type": "thinking_delta", "thinking": piece}}, "content_block_delta")
-            for piece in _pieces(reply.reasoning)
-        ]
-        out.append(sse({"type": "content_block_delta", "index": index, "delta": {
-            "type": "signature_delta", "signature": reply.signature}}, "content_block_delta"))
-        out.append(sse({"type": "content_block_stop", "index": index}, "content_block_stop"))
+        out += _anthropic_thinking(index, reply.reasoning, reply.signature)
         index += 1
     if reply.redacted:
         out.append(sse({"type": "content_block_start", "index": index, "content_block": {
@@ -233,6 +251,9 @@ def anthropic_events(reply: Reply, model: str = "claude-test") -> list[bytes]:
         out.append(sse({"type": "content_block_stop", "index": index}, "content_block_stop"))
         index += 1
     for position, call in enumerate(reply.tool_calls):
+        if call.thinking:
+            out += _anthropic_thinking(index, call.thinking, call.thinking_signature)
+            index += 1
         out.append(sse({"type": "content_block_start", "index": index, "content_block": {
             "type": "tool_use", "id": _call_id(call, position, "toolu"), "name": call.name, "input": {},
         }}, "content_block_start"))
@@ -243,9 +264,24 @@ def anthropic_events(reply: Reply, model: str = "claude-test") -> list[bytes]:
         out.append(sse({"type": "content_block_stop", "index": index}, "content_block_stop"))
         index += 1
     stop = reply.finish or ("tool_use" if reply.tool_calls else "end_turn")
+    last = {**prompt, "output_tokens": reply.output_tokens} if reply.usage_at_end else {"output_tokens": reply.output_tokens}
     out.append(sse({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
-                    "usage": {"output_tokens": reply.output_tokens}}, "message_delta"))
+                    "usage": last}, "message_delta"))
     out.append(sse({"type": "message_stop"}, "message_stop"))
+    return out
+
+
+def _anthropic_thinking(index: int, thinking: str, signature: str) -> list[bytes]:
+    """One `thinking` block: its text in deltas, then its signature."""
+    out = [sse({"type": "content_block_start", "index": index, "content_block": {
+        "type": "thinking", "thinking": "", "signature": ""}}, "content_block_start")]
+    out += [
+        sse({"type": "content_block_delta", "index": index, "delta": {"type": "thinking_delta", "thinking": piece}}, "content_block_delta")
+        for piece in _pieces(thinking)
+    ]
+    out.append(sse({"type": "content_block_delta", "index": index, "delta": {
+        "type": "signature_delta", "signature": signature}}, "content_block_delta"))
+    out.append(sse({"type": "content_block_stop", "index": index}, "content_block_stop"))
     return out
 
 
