@@ -65,8 +65,10 @@ async def test_llmock_plain_text_usage_and_request(llmock: Any, http: Any, sleep
     assert isinstance(usage, UsageReport) and usage.input_tokens > 0 and usage.output_tokens > 1
     assert events[-1] == Finish("stop")
     body = llmock.last_request.body
-    assert body == {"model": "claude-test", "max_tokens": 4096, "stream": True, "system": "You are terse.",
-                    "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
+    cached = {"type": "ephemeral"}
+    assert body == {"model": "claude-test", "max_tokens": 4096, "stream": True,
+                    "system": [{"type": "text", "text": "You are terse.", "cache_control": cached}],
+                    "messages": [{"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": cached}]}]}
 
 
 async def test_llmock_single_and_parallel_tool_calls(llmock: Any, http: Any, sleep: RecordingSleep) -> None:
@@ -201,6 +203,68 @@ async def test_fake_thinking_goes_back_first_in_its_tool_turn_exactly(fake_llm: 
     assert body["messages"][1]["content"][0] == {"type": "text", "text": "Checking."}
 
 
+def breakpoints(value: Any, path: str = "") -> list[str]:
+    """Where `value` (a request body) carries `cache_control`, as sorted paths like `messages.2.content.0`."""
+    if isinstance(value, dict):
+        found = [path.lstrip(".")] if "cache_control" in value else []
+        return sorted(found + [p for k, v in value.items() for p in breakpoints(v, f"{path}.{k}")])
+    if isinstance(value, list):
+        return sorted(p for i, v in enumerate(value) for p in breakpoints(v, f"{path}.{i}"))
+    return []
+
+
+async def test_fake_cache_breakpoints_on_the_prefix_and_the_last_turn_only(fake_llm: Any, http: Any,
+                                                                            sleep: RecordingSleep) -> None:
+    """Tools and system, then the conversation up to the newest turn, are cached: one breakpoint
+    on the system prompt, one on the last turn's last block, so each tool round reads the round
+    before it. The last turn's kept encoding stays unmarked: in the next request that turn is no
+    longer last and carries no mark (marks left behind would pass the API's limit of 4)."""
+    fake_llm.push(Reply(text="Looking.", tool_calls=[FakeToolCall("get_weather", {"city": "Oslo"}, id="toolu_1")]),
+                  Reply(text="Snow."), Reply(text="Bye."))
+    p = provider(f"{fake_llm.url}/anthropic", http, sleep)
+    prompt = ChatMessage("user", [TextPart(text="weather in Oslo?")])
+    turns = [prompt]
+    await collect(p, ChatRequest(model="claude-test", system="You are terse.", messages=list(turns), tools=[WEATHER]))
+    first = fake_llm.last.body
+    assert breakpoints(first) == ["messages.0.content.0", "system.0"]
+    turns += [ChatMessage("assistant", [TextPart(text="Looking."),
+                                        ToolCallPart(id="toolu_1", name="get_weather", arguments={"city": "Oslo"})]),
+              ChatMessage("user", [ToolResultPart(tool_call_id="toolu_1", name="get_weather", content="snow"),
+                                   TextPart(text="and tomorrow?")])]
+    await collect(p, ChatRequest(model="claude-test", system="You are terse.", messages=list(turns), tools=[WEATHER]))
+    second = fake_llm.last.body
+    assert breakpoints(second) == ["messages.2.content.1", "system.0"]  # the last block of the last turn
+    assert second["messages"][0] == {"role": "user", "content": [{"type": "text", "text": "weather in Oslo?"}]}
+    assert second["messages"][2]["content"][1] == {"type": "text", "text": "and tomorrow?",
+                                                   "cache_control": {"type": "ephemeral"}}
+    assert all("cache_control" not in encoded for turn in turns for encoded in turn.encoded.values())
+    assert prompt.encoded  # kept, and reused by the second request
+    # Without a system prompt the breakpoint for the prefix goes on the last tool.
+    await collect(p, ChatRequest(model="claude-test", system="", messages=list(turns), tools=[WEATHER, WEATHER]))
+    third = fake_llm.last.body
+    assert breakpoints(third) == ["messages.2.content.1", "tools.1"] and len(breakpoints(third)) <= 4
+
+
+async def test_fake_prompt_cache_off_in_the_profile_marks_nothing(fake_llm: Any, http: Any, sleep: RecordingSleep) -> None:
+    """`extra.prompt_cache: false`, for an Anthropic-compatible server that refuses the marks."""
+    fake_llm.push(Reply(text="ok"))
+    profile = ProviderProfile(name="claude", kind="anthropic", base_url=f"{fake_llm.url}/anthropic",
+                              extra={"prompt_cache": False})
+    p = AnthropicProvider(profile, KEY, http, retry=RetryPolicy(max_attempts=1, sleep=sleep))
+    await collect(p, ask(tools=[WEATHER]))
+    assert breakpoints(fake_llm.last.body) == [] and fake_llm.last.body["system"] == "You are terse."
+
+
+def test_a_breakpoint_never_lands_on_a_thinking_block(http: Any) -> None:
+    p = provider("http://127.0.0.1:1", http, RecordingSleep())
+    thinking = [{"type": "thinking", "thinking": "hm", "signature": "c2ln"}, {"type": "redacted_thinking", "data": "eA=="}]
+    wire = [{"role": "assistant", "content": thinking}]
+    assert p.cache_breakpoint(wire) == wire and breakpoints(wire) == []
+    wire = [{"role": "assistant", "content": [*thinking[:1], {"type": "tool_use", "id": "t", "name": "f", "input": {}},
+                                              *thinking[1:]]}]
+    assert breakpoints(p.cache_breakpoint(wire)) == ["0.content.1"] and breakpoints(wire) == []
+
+
 @pytest.mark.parametrize("at_end", [False, True], ids=["message_start", "restated-in-message_delta"])
 async def test_fake_cached_prompt_tokens_in_usage(fake_llm: Any, http: Any, sleep: RecordingSleep, at_end: bool) -> None:
     """Anthropic's `input_tokens` is only what follows the last cache breakpoint: the prompt is
@@ -232,7 +296,8 @@ async def test_fake_history_conversion(fake_llm: Any, http: Any, sleep: Recordin
     ], tools=[WEATHER])
     await collect(provider(f"{fake_llm.url}/anthropic", http, sleep, loader=loader), request)
     body = fake_llm.last.body
-    assert body["max_tokens"] == 1000 and body["system"] == "sys"
+    assert body["max_tokens"] == 1000 and body["system"] == [{"type": "text", "text": "sys",
+                                                             "cache_control": {"type": "ephemeral"}}]
     assert body["messages"] == [
         {"role": "user", "content": [
             {"type": "text", "text": "what is this?"},
@@ -248,7 +313,8 @@ async def test_fake_history_conversion(fake_llm: Any, http: Any, sleep: Recordin
         ]},
         {"role": "assistant", "content": [{"type": "tool_use", "id": "c2", "name": "fail", "input": {}}]},
         {"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": "c2", "content": [{"type": "text", "text": "boom"}], "is_error": True}]},
+            {"type": "tool_result", "tool_use_id": "c2", "content": [{"type": "text", "text": "boom"}], "is_error": True,
+             "cache_control": {"type": "ephemeral"}}]},
     ]
 
 

@@ -13,6 +13,14 @@ the input side restated; `max_tokens` is `length`, `refusal` is `refused`), `mes
 with Anthropic's message; `overloaded_error` (and `api_error`) is retryable only while no output
 has been streamed. Usage is reported once, at the end, so nothing is emitted before real output.
 
+Prompt caching: two `cache_control: ephemeral` breakpoints (of the four a request may hold), one
+on the system prompt (else the last tool), which keeps tools and instructions cached, and one on the
+last block of the last turn that may carry one (not a thinking block), so each tool round and each
+next message reads the whole conversation before it from the cache. Prompts under the model's
+minimum (1,024 tokens for most, 4,096 for some) are simply not cached. The mark is put on a copy
+of the last turn (`cache_breakpoint`); the turn's kept encoding stays plain. A profile turns it
+off with `extra.prompt_cache: false` (the system prompt then goes as a plain string).
+
 Thinking (extended thinking; servers that think by default behind this format: DeepSeek's
 `/anthropic`, MiniMax-M2) is never reply text. Its `thinking` blocks (text and `signature`) and
 `redacted_thinking` blocks (`data`) are kept on the next tool call (`provider_data["reasoning"]`)
@@ -102,6 +110,11 @@ class AnthropicProvider(HttpProvider):
 
     # ------------------------------------------------------------------ request
 
+    @property
+    def cache_breakpoints(self) -> bool:  # type: ignore[override]
+        """Prompt caching, unless the profile turns it off (`extra.prompt_cache: false`)."""
+        return self.profile.extra.get("prompt_cache") is not False
+
     def request_fields(self, request: ChatRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": request.model,
@@ -109,15 +122,34 @@ class AnthropicProvider(HttpProvider):
             "messages": [],
             "stream": True,
         }
+        cache = self.cache_breakpoints
         if request.system:
-            body["system"] = request.system
+            # The cached prefix is tools, then system, then messages: a breakpoint on the system
+            # prompt keeps the tools and instructions cached when the conversation changes.
+            body["system"] = [{"type": "text", "text": request.system, "cache_control": _ephemeral()}] if cache \
+                else request.system
         if request.tools:
             body["tools"] = [
                 {"name": t.name, "description": t.description, "input_schema": t.parameters} for t in request.tools
             ]
+            if cache and not request.system:
+                body["tools"][-1]["cache_control"] = _ephemeral()
         if request.temperature is not None:
             body["temperature"] = request.temperature
         return body
+
+    def cache_breakpoint(self, wire: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The last turn with a breakpoint on its last block that may carry one (never a thinking
+        block), so the next request (a tool round, the next message) reads all of this one from
+        the cache. New dicts for the marked message, its content list and the block: the turn's
+        own stay as they are."""
+        if not wire or not isinstance(content := wire[-1].get("content"), list):
+            return wire
+        for i in range(len(content) - 1, -1, -1):
+            if content[i].get("type") in _CACHEABLE_BLOCKS:
+                marked = [*content[:i], {**content[i], "cache_control": _ephemeral()}, *content[i + 1:]]
+                return [*wire[:-1], {**wire[-1], "content": marked}]
+        return wire
 
     def _max_tokens(self, request: ChatRequest) -> int:
         """`reply_tokens`, or the request's own cap (what is left of a budget) when it is lower."""
@@ -296,6 +328,15 @@ class AnthropicDecoder(StreamDecoder):
             retryable=kind in _RETRYABLE_STREAM_ERRORS and not self.emitted,
             code=code,
         )
+
+
+# Blocks a cache breakpoint may be put on (thinking blocks may not carry one).
+_CACHEABLE_BLOCKS = frozenset({"text", "image", "tool_use", "tool_result", "document"})
+
+
+def _ephemeral() -> dict[str, str]:
+    """A cache breakpoint: the prefix up to here is kept for five minutes, each read renewing it."""
+    return {"type": "ephemeral"}
 
 
 # A thinking block's deltas: (the field they add to, where the block collects them).
