@@ -203,6 +203,34 @@ async def test_fake_thinking_goes_back_first_in_its_tool_turn_exactly(fake_llm: 
     assert body["messages"][1]["content"][0] == {"type": "text", "text": "Checking."}
 
 
+async def test_fake_interleaved_thinking_goes_back_where_it_streamed(fake_llm: Any, http: Any,
+                                                                     sleep: RecordingSleep) -> None:
+    """Interleaved thinking (beta `interleaved-thinking-2025-05-14`): a thinking block between two
+    `tool_use` blocks of one turn. The turn goes back with each thinking block where it came,
+    before the call it led to, not all of them moved to the start: the API takes the thinking
+    sequence back only as the model produced it."""
+    fake_llm.thinking = True
+    fake_llm.push(Reply(reasoning="Weather, two cities. ", signature="c2lnMQ==", text="Checking.",
+                        tool_calls=[FakeToolCall("get_weather", {"city": "Paris"}, id="toolu_1"),
+                                    FakeToolCall("get_weather", {"city": "Rome"}, id="toolu_2",
+                                                 thinking="Paris asked; now Rome.", thinking_signature="c2lnMg==")]),
+                  Reply(text="Both sunny."))
+    p = provider(f"{fake_llm.url}/anthropic", http, sleep)
+    events = await collect(p, ask(tools=[WEATHER]))
+    calls = [ToolCallPart(id=e.id, name=e.name, arguments=e.arguments, provider_data=e.provider_data)
+             for e in events if isinstance(e, ToolCallReady)]
+    history = ask().messages + [
+        ChatMessage("assistant", [TextPart(text="Checking."), *calls]),
+        ChatMessage("user", [ToolResultPart(tool_call_id=c.id, name=c.name, content="sunny") for c in calls])]
+    await collect(p, ChatRequest(model="claude-test", system="", messages=history, tools=[WEATHER]))
+    assert fake_llm.last.body["messages"][1]["content"] == [
+        {"type": "thinking", "thinking": "Weather, two cities. ", "signature": "c2lnMQ=="},
+        {"type": "text", "text": "Checking."},
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},
+        {"type": "thinking", "thinking": "Paris asked; now Rome.", "signature": "c2lnMg=="},
+        {"type": "tool_use", "id": "toolu_2", "name": "get_weather", "input": {"city": "Rome"}}]
+
+
 def breakpoints(value: Any, path: str = "") -> list[str]:
     """Where `value` (a request body) carries `cache_control`, as sorted paths like `messages.2.content.0`."""
     if isinstance(value, dict):
@@ -422,7 +450,9 @@ async def test_official_sdk_parses_the_fake_thinking_stream(fake_llm: Any) -> No
     from anthropic import AsyncAnthropic
 
     fake_llm.push(Reply(reasoning="Let me think. ", signature="c2lnbmF0dXJl", redacted="b3BhcXVl", text="Done.",
-                        tool_calls=[FakeToolCall("get_weather", {"city": "Oslo"}, id="toolu_3")]))
+                        tool_calls=[FakeToolCall("get_weather", {"city": "Oslo"}, id="toolu_3"),
+                                    FakeToolCall("get_weather", {"city": "Bergen"}, id="toolu_4", thinking="And Bergen.",
+                                                 thinking_signature="YmVyZ2Vu")]))
     client = AsyncAnthropic(base_url=f"{fake_llm.url}/anthropic", api_key="sk-ant-fake", max_retries=0)
     try:
         async with client.messages.stream(model="claude-test", max_tokens=100, messages=[{"role": "user", "content": "hi"}],
@@ -430,7 +460,9 @@ async def test_official_sdk_parses_the_fake_thinking_stream(fake_llm: Any) -> No
             message = await stream.get_final_message()
     finally:
         await client.close()
-    thinking, redacted, text, tool = message.content
+    thinking, redacted, text, tool, interleaved, second = message.content
     assert (thinking.type, thinking.thinking, thinking.signature) == ("thinking", "Let me think. ", "c2lnbmF0dXJl")
     assert (redacted.type, redacted.data) == ("redacted_thinking", "b3BhcXVl")
     assert (text.type, text.text, tool.type, tool.input) == ("text", "Done.", "tool_use", {"city": "Oslo"})
+    assert (interleaved.type, interleaved.thinking, interleaved.signature) == ("thinking", "And Bergen.", "YmVyZ2Vu")
+    assert (second.type, second.id, second.input) == ("tool_use", "toolu_4", {"city": "Bergen"})

@@ -24,8 +24,10 @@ off with `extra.prompt_cache: false` (the system prompt then goes as a plain str
 Thinking (extended thinking; servers that think by default behind this format: DeepSeek's
 `/anthropic`, MiniMax-M2) is never reply text. Its `thinking` blocks (text and `signature`) and
 `redacted_thinking` blocks (`data`) are kept on the next tool call (`provider_data["reasoning"]`)
-and sent back, exactly, at the start of that assistant turn, to the same profile only: the API
-refuses (400) a tool-use turn of a thinking model that does not start with them.
+and sent back, exactly, to the same profile only: those before the turn's first call at the start
+of that assistant turn (the API refuses (400) a tool-use turn of a thinking model that does not
+start with them), those streamed between calls (interleaved thinking) just before the call they
+led to, in the order they came.
 Imports protocol, tools, errors and the providers package only.
 """
 
@@ -38,7 +40,7 @@ from typing import Any, Iterator
 
 from ..protocol import ImagePart, ModelInfo, TextPart, ToolCallPart, ToolResultPart
 from .base import (
-    REASONING, ChatMessage, ChatRequest, Finish, StreamEvent, TextDelta, ToolCallReady, UsageReport, kept_reasoning,
+    REASONING, ChatMessage, ChatRequest, Finish, StreamEvent, TextDelta, ToolCallReady, UsageReport,
 )
 from .http import (
     CODE_ERROR, CODE_OVERLOADED, CODE_QUOTA, CODE_RATE_LIMITED, HttpProvider, SseParser, StreamDecoder, image_placeholder,
@@ -170,6 +172,9 @@ class AnthropicProvider(HttpProvider):
     async def _content(self, message: ChatMessage) -> list[dict[str, Any]]:
         results: list[dict[str, Any]] = []
         blocks: list[dict[str, Any]] = []
+        # The thinking that led to the turn's first call opens the turn; a later call's (interleaved
+        # thinking) goes just before it, where it streamed.
+        leading = self._thinking_blocks(message)
         for part in message.parts:
             if isinstance(part, TextPart):
                 if part.text:  # empty text blocks are rejected
@@ -177,6 +182,8 @@ class AnthropicProvider(HttpProvider):
             elif isinstance(part, ImagePart):
                 blocks.append(await self._image(part))
             elif isinstance(part, ToolCallPart) and message.role == "assistant":
+                if part is not leading[0]:
+                    blocks += self._kept_thinking(part)
                 blocks.append({"type": "tool_use", "id": tool_id(part.id), "name": part.name, "input": part.arguments})
             elif isinstance(part, ToolResultPart) and message.role == "user":
                 inner: list[dict[str, Any]] = [{"type": "text", "text": part.content}] if part.content else []
@@ -186,14 +193,23 @@ class AnthropicProvider(HttpProvider):
                     result["is_error"] = True
                 results.append(result)
         # Tool results must open the user turn that answers the calls; thinking the assistant's.
-        return self._thinking_blocks(message) + results + blocks
+        return leading[1] + results + blocks
 
-    def _thinking_blocks(self, message: ChatMessage) -> list[dict[str, Any]]:
-        """The thinking blocks this profile gave with the turn's calls, in the order they came."""
+    def _thinking_blocks(self, message: ChatMessage) -> tuple[ToolCallPart | None, list[dict[str, Any]]]:
+        """The turn's first call and the thinking blocks this profile gave with it: the thinking
+        before the turn's first `tool_use` (the decoder keeps on each call what came since the
+        call before it)."""
         if message.role != "assistant":
+            return None, []
+        first = next((p for p in message.parts if isinstance(p, ToolCallPart)), None)
+        return first, ([] if first is None else self._kept_thinking(first))
+
+    def _kept_thinking(self, call: ToolCallPart) -> list[dict[str, Any]]:
+        """The thinking blocks `call` keeps from this profile, in the order they came."""
+        kept = (call.provider_data or {}).get(REASONING)
+        if not isinstance(kept, dict) or kept.get("profile") != self.name:
             return []
-        return [block for kept in kept_reasoning(message, self.name) for block in kept.get("blocks") or ()
-                if isinstance(block, dict)]
+        return [block for block in kept.get("blocks") or () if isinstance(block, dict)]
 
     async def _image(self, part: ImagePart) -> dict[str, Any]:
         loaded = await self.image_b64(part)
