@@ -446,14 +446,19 @@ class AgentRun:
         tokens_in = text_tokens(request.system) + sum(t.size for t in request.tools) // 4
         tokens_in += sum(estimate_tokens(m.parts) for m in request.messages)
         tokens_out = text_tokens(text) + 1
-        self._add_usage(UsageReport(tokens_in, tokens_out), caps)
+        # Priced as if all of it went into the provider's cache where a write costs more than
+        # input (Anthropic's breakpoints): never less than it may have cost.
+        worst = tokens_in if (caps.cache_write_price or 0.0) > caps.input_price else 0
+        self._add_usage(UsageReport(tokens_in, tokens_out), caps, cost_of(caps, tokens_in, tokens_out, 0, worst))
         log.info("run %s: no usage reported (the turn ended early); counted an estimate of %d in, %d out",
                  self.run.id, tokens_in, tokens_out)
 
-    def _add_usage(self, ev: UsageReport, caps: ModelCaps) -> None:
-        cost = cost_of(caps, ev.input_tokens, ev.output_tokens)
+    def _add_usage(self, ev: UsageReport, caps: ModelCaps, cost: float | None = None) -> None:
+        if cost is None:
+            cost = cost_of(caps, ev.input_tokens, ev.output_tokens, ev.cache_read_tokens, ev.cache_write_tokens)
         self.message.usage = (self.message.usage or Usage()) + Usage(
-            input_tokens=ev.input_tokens, output_tokens=ev.output_tokens, cost=cost)
+            input_tokens=ev.input_tokens, output_tokens=ev.output_tokens, cache_read_tokens=ev.cache_read_tokens,
+            cache_write_tokens=ev.cache_write_tokens, cost=cost)
 
     def _debug(self, message: str) -> None:
         """One of the turn's two lines for the debug drawer (see `debug_line`)."""
@@ -681,8 +686,16 @@ def _dollars(amount: float) -> str:
 def _usage_note(usage: UsageReport | None, caps: ModelCaps) -> str:
     if usage is None:
         return "; the provider reported no token counts"
-    cost = cost_of(caps, usage.input_tokens, usage.output_tokens)
-    return f"; tokens: {usage.input_tokens} in, {usage.output_tokens} out (cost {cost:.6f})"
+    cost = cost_of(caps, usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens)
+    return f"; tokens: {usage.input_tokens} in{_cached_note(usage)}, {usage.output_tokens} out (cost {cost:.6f})"
+
+
+def _cached_note(usage: UsageReport | Usage) -> str:
+    """" (N cached, M written to the cache)" for input tokens the provider's prompt cache served
+    or took, "" for none."""
+    said = ([f"{usage.cache_read_tokens} cached"] if usage.cache_read_tokens else []) + (
+        [f"{usage.cache_write_tokens} written to the cache"] if usage.cache_write_tokens else [])
+    return f" ({', '.join(said)})" if said else ""
 
 
 def checked_call(call: ToolCallReady) -> tuple[dict[str, Any], dict[str, Any] | None]:

@@ -1477,6 +1477,30 @@ async def test_a_reply_aborted_before_its_usage_report_counts_an_estimate(env, s
     usage = final_message(ws, sent["data"]["run_id"])["usage"]
     assert usage["input_tokens"] >= 1000 and usage["output_tokens"] == 51
     assert (await service.sessions.get(sid)).usage.input_tokens == usage["input_tokens"]
+    assert usage["cost"] == pytest.approx((usage["input_tokens"] * 1.0 + 51 * 2.0) / 1e6)  # the resolver's prices
+
+
+async def test_an_estimate_is_priced_as_cache_writes_where_they_cost_more(env, service):
+    """A turn cut before its usage report may have written its whole prompt to an Anthropic cache
+    (1.25x the input price): its estimate is priced so, never below what it may have cost."""
+    provider, session, ws_for = env
+    service.sessions.deps.models.caps = ModelCaps(tools=True, context_tokens=32000, input_price=3.0, output_price=15.0,
+                                                  cache_read_price=0.3, cache_write_price=3.75)
+
+    async def endless(_: ChatRequest) -> AsyncIterator[Any]:
+        yield TextDelta("word " * 40)
+        await asyncio.Event().wait()
+
+    provider.turns.append(endless)
+    sid = await session("alpha")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="x" * 4000)
+    await ws.until(lambda e: e["type"] == "message.delta")
+    await ws.command("abort", session_id=sid)
+    await ws.until(run_final(sent["data"]["run_id"]))
+    usage = final_message(ws, sent["data"]["run_id"])["usage"]
+    assert usage["cost"] == pytest.approx((usage["input_tokens"] * 3.75 + 51 * 15.0) / 1e6)
+    assert (usage["cache_read_tokens"], usage["cache_write_tokens"]) == (0, 0)  # an estimate claims no cache use
 
 
 async def test_a_failed_reply_is_retried_on_its_own_prompt(env, client):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from fakes.llm_servers import FakeLLMServer, FakeToolCall, Reply, fake_llm  # noqa: F401 - fixture
 from wsclient import WsClient, run_final
 
@@ -222,3 +224,49 @@ async def test_extra_headers_are_checked_and_a_key_goes_through_the_key_route(
     sent = fake_llm.last.headers
     assert (sent["api-key"], sent["X-Title"]) == (KEY, "Opencode") and "Authorization" not in sent
     assert KEY not in await (await client.get("/opencode/providers")).text()
+
+
+async def test_cached_tokens_are_counted_priced_and_budgeted_through_the_service(client: Any,
+                                                                                 fake_llm: FakeLLMServer) -> None:
+    """An Anthropic profile with a warm prompt cache: each reply's usage and the session's totals
+    carry the cached counts, the cost prices reads at 0.1x and writes at 1.25x the input price (the
+    kind's default: the profile sets no cache prices), and the money budget follows that cost.
+    Counted at the full input price the same chat costs $0.63 and its $0.50 budget would refuse
+    the third message; priced right it costs $0.44, and the third reply is capped at what is
+    left. Each request marks the cache where it ends, and no earlier turn keeps a mark."""
+    await j(await client.post("/opencode/providers", json={
+        "name": "claude", "kind": "anthropic", "base_url": fake_llm.url + "/anthropic", "default_model": "claude-test",
+        "models": {"claude-test": {"input_price": 3.0, "output_price": 15.0}}}), 201)
+    await j(await client.put("/opencode/providers/claude/key", json={"key": KEY}), 200)
+    sid = (await j(await client.post("/opencode/sessions", json={"skills": ["assistant"], "provider": "claude"}),
+                   201))["id"]
+    await j(await client.patch(f"/opencode/sessions/{sid}", json={"budget": {"max_cost": 0.5}}), 200)
+    ws = await session_socket(client, sid, panel=True)
+    fake_llm.push(Reply(text="one", input_tokens=100_000, cache_write_tokens=99_000, output_tokens=1000),
+                  Reply(text="two", input_tokens=101_000, cache_read_tokens=99_000, cache_write_tokens=1500,
+                        output_tokens=1000),
+                  Reply(text="three", input_tokens=102_000, cache_read_tokens=100_500, cache_write_tokens=1000,
+                        output_tokens=500))
+    for text in ("first", "second"):
+        run = (await reply_to(ws, sid, text))["data"]["run"]
+        assert run["status"] == "completed"
+        counted = await ws.until(lambda e: e["type"] == "usage.updated" and e["data"]["message_id"] == run["message_id"])
+    totals = (await j(await client.get(f"/opencode/sessions/{sid}"), 200))["usage"]
+    first_cost = (1000 * 3.0 + 99_000 * 3.75 + 1000 * 15.0) / 1e6
+    second_cost = (500 * 3.0 + 99_000 * 0.3 + 1500 * 3.75 + 1000 * 15.0) / 1e6
+    assert totals == {"input_tokens": 201_000, "output_tokens": 2000, "cache_read_tokens": 99_000,
+                      "cache_write_tokens": 100_500, "cost": pytest.approx(first_cost + second_cost)}
+    assert counted["data"]["usage"] == totals
+    replies = [e["data"]["message"] for e in ws.of_type("message.completed") if e["data"]["message"]["role"] == "assistant"]
+    assert replies[0]["usage"]["cache_write_tokens"] == 99_000 and replies[1]["usage"]["cache_read_tokens"] == 99_000
+    lines = [e["data"]["message"] for e in ws.of_type("log")]
+    assert any("tokens: 101000 in (99000 cached, 1500 written to the cache), 1000 out" in line for line in lines), lines
+    final = await reply_to(ws, sid, "third")
+    assert final["data"]["run"]["status"] == "completed", final
+    left = 0.5 - first_cost - second_cost
+    assert fake_llm.last.body["max_tokens"] == int(left / 15.0 * 1_000_000)  # under 4,096: capped
+    for request in fake_llm.requests[-3:]:
+        marks = json.dumps(request.body).count("cache_control")
+        last = request.body["messages"][-1]["content"][-1]
+        assert marks == 2 and "cache_control" in last and "cache_control" in request.body["system"][0]
+    assert KEY not in json.dumps(ws.events)
