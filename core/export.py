@@ -9,7 +9,7 @@ import json
 from datetime import datetime, timezone
 from typing import Callable, Sequence
 
-from .protocol import ImagePart, Message, Session, TextPart, ToolCallPart, ToolResultPart
+from .protocol import ImagePart, Message, Session, TextPart, ToolCallPart, ToolResultPart, Usage
 
 Redact = Callable[[str], str]
 
@@ -24,7 +24,7 @@ def export_markdown(session: Session, messages: Sequence[Message], redact: Redac
     lines = [f"# {session.title or session.id}", "",
              f"- session: `{session.id}`", f"- skills: {', '.join(session.skills) or 'default'}",
              f"- model: {session.provider or '-'} / {session.model or '-'}",
-             f"- tokens: {session.usage.input_tokens} in, {session.usage.output_tokens} out; cost ${session.usage.cost:.4f}",
+             f"- tokens: {_tokens(session.usage)}; cost ${session.usage.cost:.4f}",
              ""]
     for m in messages:
         when = datetime.fromtimestamp(m.created_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -36,6 +36,14 @@ def export_markdown(session: Session, messages: Sequence[Message], redact: Redac
         if m.error:
             lines += [f"> error: {m.error}", ""]
     return redact("\n".join(lines) + "\n")
+
+
+def _tokens(usage: Usage) -> str:
+    """"1200 in (900 cached, 200 written to the cache), 300 out": cache counts only when there were some."""
+    cached = ([f"{usage.cache_read_tokens} cached"] if usage.cache_read_tokens else []) + (
+        [f"{usage.cache_write_tokens} written to the cache"] if usage.cache_write_tokens else [])
+    note = f" ({', '.join(cached)})" if cached else ""
+    return f"{usage.input_tokens} in{note}, {usage.output_tokens} out"
 
 
 def _part_lines(part: object) -> list[str]:
