@@ -1,4 +1,6 @@
 /** Numbers as the panel shows them: token counts compact, dollar amounts never rounded to zero. */
+import { t } from "./i18n";
+import type { Usage } from "./protocol";
 
 /** 950 → "950", 12_300 → "12.3k", 2_500_000 → "2.5M". */
 export function compactTokens(n: number): string {
@@ -13,4 +15,9 @@ export function dollars(usd: number): string {
   if (usd >= 0.1) return usd.toFixed(2);
   if (usd >= 0.01) return usd.toFixed(4);
   return Number(usd.toPrecision(2)).toString();
+}
+
+/** The part of the input tokens the provider's prompt cache served, " (1.2k cached)", or "" when it served none. */
+export function cachedNote(u: Usage): string {
+  return u.cache_read_tokens ? t("usage.cached", { cached: compactTokens(u.cache_read_tokens) }) : "";
 }

@@ -59,8 +59,12 @@ export type PermissionClass = "read" | "edit" | "run" | "network" | "files";
 export type PermissionPolicy = "allow" | "ask" | "deny";
 
 export interface Usage {
+  /** Every prompt token, cached or not. */
   input_tokens: number;
   output_tokens: number;
+  /** The parts of `input_tokens` read from and written to the provider's prompt cache (absent from older servers). */
+  cache_read_tokens?: number;
+  cache_write_tokens?: number;
   cost: number;
 }
 

@@ -554,6 +554,11 @@ describe("OpencodePanel", () => {
     await flushPromises();
     expect(w.find("[data-testid=usage]").text()).toBe("1.5k in · 20 out");
     expect(w.find("[data-testid=cost]").text()).toBe("$0.0123");
+    // What the provider's prompt cache served, where it served some.
+    ws.receive(ev("usage.updated", 3, { usage: { input_tokens: 152_000, output_tokens: 900, cache_read_tokens: 148_000,
+      cache_write_tokens: 3000, cost: 0.07 }, message_id: null }));
+    await flushPromises();
+    expect(w.find("[data-testid=usage]").text()).toBe("152.0k in (148.0k cached) · 900 out");
   });
 
   it("warns when the server speaks another protocol", async () => {
@@ -850,8 +855,12 @@ describe("stopping and interrupting", () => {
       parts: [{ type: "text", text: "hi" }], usage: { input_tokens: 1200, output_tokens: 300, cost: 0.0048 } }) }));
     ws.receive(ev("message.created", 3, { message: reply({ id: "a2", skill: "echo", run_id: "r2", status: "streaming",
       parts: [{ type: "text", text: "go" }], usage: { input_tokens: 10, output_tokens: 1, cost: 0 } }) }));
+    ws.receive(ev("message.created", 4, { message: reply({ id: "a3", skill: "echo", run_id: "r3", status: "completed",
+      parts: [{ type: "text", text: "again" }], usage: { input_tokens: 1300, output_tokens: 20, cache_read_tokens: 1200,
+        cache_write_tokens: 0, cost: 0.0007 } }) }));
     await flushPromises();
     expect(w.find("[data-message-id=a1] [data-testid=message-usage]").text()).toBe("1.2k in · 300 out · $0.0048");
+    expect(w.find("[data-message-id=a3] [data-testid=message-usage]").text()).toBe("1.3k in (1.2k cached) · 20 out · $0.0007");
     expect(w.find("[data-message-id=a2] [data-testid=message-usage]").exists()).toBe(false);  // still streaming
   });
 });

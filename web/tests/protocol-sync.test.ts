@@ -67,7 +67,7 @@ describe("protocol.ts mirrors core/protocol.py", () => {
     ["Session", keys<Session>()("id", "title", "skills", "provider", "model", "created_at", "updated_at", "usage", "budget", "permissions", "last_seq")],
     ["Message", keys<Message>()("id", "session_id", "role", "skill", "run_id", "parts", "status", "created_at", "updated_at", "usage", "error", "error_code", "reply_to", "client_id")],
     ["Run", keys<Run>()("id", "session_id", "message_id", "skill", "status", "error", "error_code")],
-    ["Usage", keys<Usage>()("input_tokens", "output_tokens", "cost")],
+    ["Usage", keys<Usage>()("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cost")],
     ["ToolCallPart", keys<ToolCallPart>()("type", "id", "name", "arguments", "skill", "status", "started_at", "duration_ms", "provider_data")],
     ["ToolResultPart", keys<ToolResultPart>()("type", "tool_call_id", "name", "content", "is_error", "images")],
     ["ImagePart", keys<ImagePart>()("type", "source", "filename", "subfolder", "folder_type", "mime_type")],
