@@ -347,6 +347,9 @@ export interface ModelCaps {
   context_tokens: number;
   input_price: number;
   output_price: number;
+  /** USD per million prompt tokens read from / written to the provider's cache; null: the kind's usual share of input_price. */
+  cache_read_price?: number | null;
+  cache_write_price?: number | null;
 }
 
 export interface ProviderProfile {

@@ -6,8 +6,8 @@
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import type {
-  ImagePart, LogData, Message, PermissionRequestedData, ProviderProfile, Run, Session, ToolCallPart, ToolResultPart,
-  UiRequestData, Usage,
+  ImagePart, LogData, Message, ModelCaps, PermissionRequestedData, ProviderProfile, Run, Session, ToolCallPart,
+  ToolResultPart, UiRequestData, Usage,
 } from "../src/protocol";
 import { COMMAND_TYPES, EVENT_TYPES, PROTOCOL_VERSION } from "../src/protocol";
 
@@ -68,6 +68,7 @@ describe("protocol.ts mirrors core/protocol.py", () => {
     ["Message", keys<Message>()("id", "session_id", "role", "skill", "run_id", "parts", "status", "created_at", "updated_at", "usage", "error", "error_code", "reply_to", "client_id")],
     ["Run", keys<Run>()("id", "session_id", "message_id", "skill", "status", "error", "error_code")],
     ["Usage", keys<Usage>()("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cost")],
+    ["ModelCaps", keys<ModelCaps>()("tools", "vision", "context_tokens", "input_price", "output_price", "cache_read_price", "cache_write_price")],
     ["ToolCallPart", keys<ToolCallPart>()("type", "id", "name", "arguments", "skill", "status", "started_at", "duration_ms", "provider_data")],
     ["ToolResultPart", keys<ToolResultPart>()("type", "tool_call_id", "name", "content", "is_error", "images")],
     ["ImagePart", keys<ImagePart>()("type", "source", "filename", "subfolder", "folder_type", "mime_type")],
