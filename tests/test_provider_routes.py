@@ -270,3 +270,30 @@ async def test_cached_tokens_are_counted_priced_and_budgeted_through_the_service
         last = request.body["messages"][-1]["content"][-1]
         assert marks == 2 and "cache_control" in last and "cache_control" in request.body["system"][0]
     assert KEY not in json.dumps(ws.events)
+
+
+async def test_a_patch_of_models_replaces_the_declared_models_whole(client: Any, fake_llm: FakeLLMServer) -> None:
+    """What the panel's Models section relies on: `models` in a PATCH is the profile's whole table
+    (a model left out is no longer declared, and gets the caps an undeclared model gets), each
+    model's caps are taken whole (a field left out is `ModelCaps`' default, not the old value), a
+    patch without `models` (or with `null`) keeps them, and a refused value names its field and
+    changes nothing. The model list reads the new table at once."""
+    full = {"tools": True, "vision": False, "context_tokens": 8192, "input_price": 1.0, "output_price": 2.0,
+            "cache_read_price": None, "cache_write_price": None}
+    await j(await client.post("/opencode/providers", json={
+        "name": "lm", "kind": "openai", "base_url": fake_llm.url + "/v1", "default_model": "gpt-a",
+        "models": {"gpt-a": full, "gpt-b": {**full, "vision": True}}}), 201)
+    patched = await j(await client.patch("/opencode/providers/lm", json={"models": {"gpt-a": {"context_tokens": 16384}}}), 200)
+    assert patched["models"] == {"gpt-a": {**full, "context_tokens": 16384, "input_price": 0.0, "output_price": 0.0}}
+    for keeps in ({"default_model": "gpt-b"}, {"models": None}):
+        assert (await j(await client.patch("/opencode/providers/lm", json=keeps), 200))["models"] == patched["models"]
+    listed = {m["id"]: m["caps"] for m in (await j(await client.get("/opencode/providers/lm/models"), 200))["models"]}
+    assert listed["gpt-a"]["context_tokens"] == 16384
+    # No longer declared: what the server uses for a model it knows nothing of (openai's cache shares filled in).
+    assert listed["gpt-b"] == {**full, "context_tokens": 32_000, "input_price": 0.0, "output_price": 0.0,
+                               "cache_read_price": 0.0, "cache_write_price": 0.0}
+    refused = await j(await client.patch("/opencode/providers/lm", json={"models": {"gpt-a": {"context_tokens": 100}}}), 400)
+    assert refused["error"]["code"] == "validation_error"
+    assert refused["error"]["details"]["errors"][0]["loc"] == ["models", "gpt-a", "context_tokens"]
+    assert (await j(await client.get("/opencode/providers/lm"), 200))["models"] == patched["models"]
+    assert (await j(await client.patch("/opencode/providers/lm", json={"models": {}}), 200))["models"] == {}
