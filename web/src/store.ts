@@ -30,8 +30,9 @@ export interface Outgoing {
   echoes: number;
 }
 
-/** How a form's request went: a refusal carries the server's words, shown beside the form. */
-export type FormOutcome = { ok: true } | { ok: false; error: string };
+/** How a form's request went: a refusal carries the server's words, shown beside the form, and
+ * for a `validation_error` where in the body it was (`["models", "m1", "context_tokens"]`). */
+export type FormOutcome = { ok: true } | { ok: false; error: string; loc?: readonly (string | number)[] };
 
 export interface Notice {
   id: number;
@@ -75,6 +76,10 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   const providers = ref<ProviderProfile[]>([]);
   // Providers whose model list could not be read: asked again when chosen again.
   const failedModelLists = new Set<string>();
+  // The latest read of each provider's list (an older answer that comes after it is dropped),
+  // and the one on its way, which a second caller waits for instead of asking again.
+  const modelReads = new Map<string, number>();
+  const readingModels = new Map<string, { read: number; done: Promise<void> }>();
   const presets = ref<ProviderProfile[]>([]);
   const models = ref<Record<string, ModelInfo[]>>({});
   const sessions = ref<Session[]>([]);
@@ -280,21 +285,36 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   }
 
   /** The provider's models, read unless already read; a list that could not be read is asked
-   * for again (a local server may have started meanwhile). */
-  async function ensureModels(provider: string): Promise<void> {
+   * for again (a local server may have started meanwhile). `quiet`: a failure is no notice. */
+  async function ensureModels(provider: string, opts: { quiet?: boolean } = {}): Promise<void> {
     if (models.value[provider] && !failedModelLists.has(provider)) return;
+    const reading = readingModels.get(provider);
+    if (reading && reading.read === modelReads.get(provider)) return reading.done;
     failedModelLists.delete(provider);
-    await loadModels(provider);
+    await loadModels(provider, opts.quiet);
   }
 
   /** The provider's models. When it can't list them (Ollama not running, no key yet) the panel
-   * says so and offers the models its profile declares. */
-  async function loadModels(provider: string): Promise<void> {
+   * says so and offers the models its profile declares. Only the latest read is kept: one begun
+   * before a change of the profile (its key, its models) would bring back what it replaced. */
+  function loadModels(provider: string, quiet = false): Promise<void> {
+    const read = (modelReads.get(provider) ?? 0) + 1;
+    modelReads.set(provider, read);
+    const done = readModels(provider, read, quiet).finally(() => {
+      if (readingModels.get(provider)?.read === read) readingModels.delete(provider);
+    });
+    readingModels.set(provider, { read, done });
+    return done;
+  }
+
+  async function readModels(provider: string, read: number, quiet: boolean): Promise<void> {
     try {
-      models.value = { ...models.value, [provider]: (await client.models(provider)).models };
+      const list = (await client.models(provider)).models;
+      if (modelReads.get(provider) === read) models.value = { ...models.value, [provider]: list };
     } catch (err) {
+      if (modelReads.get(provider) !== read) return;
       if (err instanceof ApiError && err.code === "unauthorized") needsToken.value = true;
-      else notify("warn", t("model.listFailed", { provider }), err instanceof Error ? err.message : String(err));
+      else if (!quiet) notify("warn", t("model.listFailed", { provider }), err instanceof Error ? err.message : String(err));
       const declared = providers.value.find((p) => p.name === provider)?.models ?? {};
       const list: ModelInfo[] = Object.entries(declared).map(([id, caps]) => ({ id, caps }));
       models.value = { ...models.value, [provider]: list };
@@ -302,15 +322,17 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     }
   }
 
-  /** A provider's key changed: its model list read before (often refused for want of a key) is
-   * dropped, and read again now if the session uses it or it had failed. */
+  /** A provider's key or profile changed: its model list read before (often refused for want of a
+   * key, or with the caps it declared then) is dropped, and read again now if the session uses it
+   * or it had failed. */
   function forgetModels(provider: string): void {
     const failed = dropModels(provider);
     if (failed || session.value?.provider === provider) void loadModels(provider);
   }
 
-  /** Drop a provider's model list; whether its last read had failed. */
+  /** Drop a provider's model list (and any read of it still on its way); whether its last read had failed. */
   function dropModels(provider: string): boolean {
+    modelReads.set(provider, (modelReads.get(provider) ?? 0) + 1);
     const failed = failedModelLists.delete(provider);
     const { [provider]: _dropped, ...rest } = models.value;
     models.value = rest;
@@ -534,7 +556,9 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   /** A refusal for a form: `unauthorized` still opens the token prompt. */
   function refused(err: unknown): FormOutcome {
     if (err instanceof ApiError && err.code === "unauthorized") needsToken.value = true;
-    return { ok: false, error: err instanceof Error ? err.message : String(err) };
+    const first = err instanceof ApiError && Array.isArray(err.details.errors) ? (err.details.errors[0] as { loc?: unknown } | undefined) : undefined;
+    const loc = Array.isArray(first?.loc) ? (first.loc as (string | number)[]) : undefined;
+    return { ok: false, error: err instanceof Error ? err.message : String(err), ...(loc ? { loc } : {}) };
   }
 
   /** A profile typed in the provider dialog (never a key: that goes to the key route alone). */
@@ -550,11 +574,13 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     }
   }
 
+  /** A profile's base URL and default model, or its declared models (`models` replaces the whole
+   * table): its model list, whose caps may have changed, is read again. */
   async function updateProfile(name: string, patch: ProviderPatch): Promise<FormOutcome> {
     try {
       const updated = await client.patchProvider(name, patch);
       providers.value = providers.value.map((p) => (p.name === name ? updated : p));
-      forgetModels(name); // another base URL may offer other models
+      forgetModels(name); // another base URL may offer other models, and caps may have changed
       notify("success", t("provider.saved"));
       return { ok: true };
     } catch (err) {
