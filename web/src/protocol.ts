@@ -341,6 +341,11 @@ export interface SkillList {
 
 export type ProviderKind = "openai" | "anthropic" | "ollama" | "echo";
 
+/** A model's limits as core/protocol.py checks them (`ModelCaps`): context tokens, and USD per million tokens. */
+export const MIN_CONTEXT_TOKENS = 512;
+export const MAX_CONTEXT_TOKENS = 100_000_000;
+export const MAX_PRICE = 100_000;
+
 export interface ModelCaps {
   tools: boolean;
   vision: boolean;

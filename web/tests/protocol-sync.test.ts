@@ -9,7 +9,8 @@ import type {
   ImagePart, LogData, Message, ModelCaps, PermissionRequestedData, ProviderProfile, Run, Session, ToolCallPart,
   ToolResultPart, UiRequestData, Usage,
 } from "../src/protocol";
-import { COMMAND_TYPES, EVENT_TYPES, PROTOCOL_VERSION } from "../src/protocol";
+import { COMMAND_TYPES, EVENT_TYPES, MAX_CONTEXT_TOKENS, MAX_PRICE, MIN_CONTEXT_TOKENS, PROTOCOL_VERSION } from "../src/protocol";
+import { CACHE_SHARES, DEFAULT_CAPS } from "../src/modelCaps";
 
 /** All keys of T, checked by the type checker (a missing or unknown key fails `npm run typecheck`). */
 function keys<T>() {
@@ -78,5 +79,27 @@ describe("protocol.ts mirrors core/protocol.py", () => {
     ["LogData", keys<LogData>()("level", "module", "message", "time", "run_id")],
   ])("%s has the same fields in both", (model, fields) => {
     expect(fieldsOf(model).sort()).toEqual([...fields].sort());
+  });
+});
+
+describe("the model caps form checks what the server checks", () => {
+  const profiles = readFileSync(new URL("../../core/providers/profiles.py", import.meta.url), "utf8");
+  const number = (text: string) => Number(text.replace(/_/g, ""));
+
+  it("has ModelCaps' limits and defaults", () => {
+    expect(number(/^MAX_PRICE = ([\d_.]+)/m.exec(py)![1])).toBe(MAX_PRICE);
+    expect(number(/^MAX_CONTEXT_TOKENS = ([\d_]+)/m.exec(py)![1])).toBe(MAX_CONTEXT_TOKENS);
+    const caps = py.slice(py.indexOf("class ModelCaps("), py.indexOf("\nclass ", py.indexOf("class ModelCaps(") + 1));
+    expect(caps).toMatch(/context_tokens: int = Field\(default=32_000, ge=512, le=MAX_CONTEXT_TOKENS\)/);
+    expect([MIN_CONTEXT_TOKENS, DEFAULT_CAPS.context_tokens]).toEqual([512, 32_000]);
+    expect(caps).toMatch(/tools: bool = True\n\s+vision: bool = False/);
+    for (const price of ["input_price", "output_price"]) expect(caps).toMatch(new RegExp(`${price}: float = Field\\(default=0\\.0, ge=0, le=MAX_PRICE`));
+    for (const price of ["cache_read_price", "cache_write_price"]) expect(caps).toMatch(new RegExp(`${price}: float \\| None = Field\\(default=None, ge=0, le=MAX_PRICE`));
+  });
+
+  it("has each provider kind's default cache prices (profiles._CACHE_SHARES)", () => {
+    const shares = /_CACHE_SHARES[^=]*= \{([^}]*)\}/.exec(profiles)![1];
+    const parsed = Object.fromEntries([...shares.matchAll(/"(\w+)": \(([\d.]+), ([\d.]+)\)/g)].map((m) => [m[1], [Number(m[2]), Number(m[3])]]));
+    expect(parsed).toEqual(CACHE_SHARES);
   });
 });
