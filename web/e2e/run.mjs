@@ -259,6 +259,48 @@ describe("standalone panel", () => {
     await ctx.close();
   });
 
+  scenario("a message too long for its model's declared context: the fix opens the model's form, a larger context and Retry answer it", async () => {
+    await api(oc.url, "POST", "/opencode/providers", {
+      name: "small", kind: "openai", base_url: llm.url, default_model: "fake-model", models: { "fake-model": { context_tokens: 1024 } },
+    });
+    await api(oc.url, "PUT", "/opencode/providers/small/key", { key: "sk-e2e-small-0000" });
+    const id = await newSession({ skills: ["assistant"], provider: "small", model: "fake-model" });
+    const { ctx, page } = await standalone(id);
+    const chats = () => llm.requests.filter((r) => r.url.endsWith("/chat/completions")).length;
+    const sentBefore = chats();
+    // About 750 tokens (4 characters a token) in a few long words, which the fake streams back one at a time.
+    const long = Array.from({ length: 24 }, (_, i) => `part${i}${"abcdefghij".repeat(12)}`).join(" ");
+    const failed = await sendForReply(page, long);
+    await waitStatus(failed, "error");
+    assert.equal(await failed.locator("[data-testid=message-error]").getAttribute("data-code"), "context_exceeded");
+    assert.equal(chats(), sentBefore); // refused before any request
+    await failed.getByRole("button", { name: "Set the model's context" }).click();
+    const form = page.locator(".oc-dialog [data-provider=small] form[aria-label='Model fake-model']");
+    await form.waitFor({ timeout: T });
+    assert.equal(await page.evaluate(() => document.activeElement?.getAttribute("name")), "context_tokens");
+    assert.equal(await form.locator("[name=context_tokens]").inputValue(), "1024");
+    await page.keyboard.press("Control+A");
+    await page.keyboard.type("10");
+    await page.keyboard.press("Enter");
+    await form.getByRole("alert").filter({ hasText: "A whole number from 512 to 100,000,000" }).waitFor({ timeout: T });
+    await page.keyboard.press("Control+A");
+    await page.keyboard.type("200000");
+    await page.keyboard.press("Enter");
+    await form.waitFor({ state: "detached", timeout: T });
+    assert.equal((await api(oc.url, "GET", "/opencode/providers/small")).models["fake-model"].context_tokens, 200_000);
+    await page.locator(".oc-dialog [data-provider=small] tbody", { hasText: "200,000" }).waitFor({ timeout: T });
+    await page.locator("select[aria-label=Model] option", { hasText: "fake-model — 200.0k context" }).waitFor({ state: "attached", timeout: T });
+    await page.keyboard.press("Escape"); // the models
+    await page.keyboard.press("Escape"); // the dialog
+    assert.equal(await page.locator(".oc-dialog").count(), 0);
+    const before = await replies(page).count();
+    await failed.getByRole("button", { name: "Retry" }).click();
+    const again = replies(page).nth(before);
+    await waitStatus(again, "completed");
+    assert.match(await again.innerText(), /You said: part0abcdefghij/);
+    await ctx.close();
+  });
+
   scenario("adds, edits and deletes a provider profile; the server's refusal shows beside the form", async () => {
     const id = await newSession({ skills: ["echo"] });
     const { ctx, page } = await standalone(id);

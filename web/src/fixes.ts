@@ -4,23 +4,25 @@
  * overloaded, stalled or dropped server) have none here: Retry is their fix. Imports nothing.
  */
 
-/** `key`: the provider's API key; `address`: its base URL; `provider`: its profile (the model's
- * context_tokens, its account); `budget`: the session's budget. */
-export type Fix = "key" | "address" | "provider" | "budget";
+/** `key`: the provider's API key; `address`: its base URL; `context`: the session's model's
+ * context_tokens in its profile; `provider`: its profile (its account); `budget`: the session's budget. */
+export type Fix = "key" | "address" | "context" | "provider" | "budget";
 
 /** The fixes the provider settings offer, and the profile they are for. */
 export type ProviderFix = Exclude<Fix, "budget">;
 export interface ProfileFix {
   profile: string;
   fix: ProviderFix;
+  /** The session's model (`context`: its caps' form opens). */
+  model?: string | null;
 }
 
 const BY_CODE: ReadonlyMap<string, Fix> = new Map<string, Fix>([
   ["provider_auth", "key"],
   ["provider_quota", "provider"],
   ["provider_unreachable", "address"],
-  ["provider_context_exceeded", "provider"],
-  ["context_exceeded", "provider"],
+  ["provider_context_exceeded", "context"],
+  ["context_exceeded", "context"],
   ["budget_exceeded", "budget"],
 ]);
 

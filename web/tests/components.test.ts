@@ -318,8 +318,8 @@ describe("MessageView: a failed reply's way out", () => {
     ["provider_auth", "Check the API key", "key"],
     ["provider_quota", "Provider settings", "provider"],
     ["provider_unreachable", "Check the base URL", "address"],
-    ["provider_context_exceeded", "Provider settings", "provider"],
-    ["context_exceeded", "Provider settings", "provider"],
+    ["provider_context_exceeded", "Set the model's context", "context"],
+    ["context_exceeded", "Set the model's context", "context"],
     ["budget_exceeded", "Change the budget", "budget"],
   ])("%s offers “%s” beside the error, which asks for the %s fix", async (code, label, fix) => {
     const w = mountFailed(code);

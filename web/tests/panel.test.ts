@@ -6,6 +6,9 @@ import { setLocale } from "../src/i18n";
 import { defaultRoutes, makeDeps, memoryBinding, mountWith } from "./harness";
 import { FakeSocket } from "./fakes";
 import { ev, message, reply, run, session, SID, snapshot } from "./fixtures";
+import type { ModelCaps } from "../src/protocol";
+
+const OPENAI = { name: "openai", kind: "openai", base_url: "https://api.example/v1", default_model: "m1", key_env: null, models: {}, extra: {}, has_key: false, key_hint: null };
 
 vi.mock("dompurify", () => ({ default: () => ({ addHook: () => undefined, sanitize: (html: string) => html }) }));
 
@@ -771,10 +774,89 @@ describe("a failed reply's fix", () => {
     await failing(ws, "provider_context_exceeded", "too long. Declare the model's context_tokens");
     ws.receive(onProvider(null));
     await flushPromises();
-    await button(w, "Provider settings").trigger("click");
+    await button(w, "Set the model's context").trigger("click");
     await flushPromises();
     expect(w.find("[role=dialog]").exists()).toBe(true);
     expect(focused()?.getAttribute("aria-label")).toBe("Close");
+  });
+
+  /** The openai profile, m1 undeclared and listed with the caps in effect; a PATCH of `models`
+   * is stored, and the list read after it has the caps declared. */
+  function declaring(routes = defaultRoutes()) {
+    const inEffect: ModelCaps = { tools: true, vision: true, context_tokens: 8192, input_price: 0.4, output_price: 1.6, cache_read_price: 0.2, cache_write_price: 0.4 };
+    const state = { models: {} as Record<string, ModelCaps> };
+    routes["GET /opencode/providers/openai/models"] = () => [200, { models: [{ id: "m1", caps: state.models.m1 ?? inEffect }, { id: "m2", caps: null }] }];
+    routes["PATCH /opencode/providers/openai"] = (body) => {
+      state.models = (body as { models: Record<string, ModelCaps> }).models;
+      return [200, { ...OPENAI, models: state.models }];
+    };
+    return routes;
+  }
+  const modelOption = (w: VueWrapper, id: string) => w.findAll("select[aria-label=Model] option").find((o) => o.attributes("value") === id)?.text();
+
+  it("“Set the model's context” opens the session model's form, in its context field, prefilled with the caps in use; saved, the model picker shows them", async () => {
+    const { w, ws, transport } = await started([declaring()]);
+    await failing(ws, "context_exceeded", "this message is about 9,000 tokens, more than m1 has room for");
+    ws.receive(onProvider("openai"));
+    await flushPromises();
+    expect(modelOption(w, "m1")).toBe("m1 — 8.2k context · tools · vision");
+    await button(w, "Set the model's context").trigger("click");
+    await flushPromises();
+    const form = w.find("[role=dialog] form[aria-label='Model m1']");
+    expect(form.exists()).toBe(true);
+    expect(focused()).toBe(form.find("[name=context_tokens]").element);
+    const value = (name: string) => (form.find(`[name=${name}]`).element as HTMLInputElement).value;
+    expect(["context_tokens", "input_price", "output_price", "cache_read_price", "cache_write_price"].map(value)).toEqual(["8192", "0.4", "1.6", "", ""]);
+    await form.find("[name=context_tokens]").setValue("200000");
+    await form.trigger("submit");
+    await flushPromises();
+    const patches = transport.calls.filter((c) => c.method === "PATCH").map((c) => c.body);
+    expect(patches).toEqual([{ models: { m1: { tools: true, vision: true, context_tokens: 200_000, input_price: 0.4, output_price: 1.6, cache_read_price: null, cache_write_price: null } } }]);
+    expect(w.find("[data-provider=openai] tbody").text()).toContain("200,000");
+    expect(modelOption(w, "m1")).toBe("m1 — 200.0k context · tools · vision");
+  });
+
+  it("a session on its profile's default model opens that model's form", async () => {
+    const { w, ws } = await started([declaring()]);
+    await failing(ws, "provider_context_exceeded", "the server says the prompt is too long");
+    ws.receive(ev("session.updated", 6, { session: session({ provider: "openai", model: null, last_seq: 6 }) }));
+    await flushPromises();
+    await button(w, "Set the model's context").trigger("click");
+    await flushPromises();
+    expect(focused()).toBe(w.find("[role=dialog] form[aria-label='Model m1'] [name=context_tokens]").element);
+  });
+
+  it("a model list read before a save that answers after it does not bring back the caps it replaced", async () => {
+    const routes = declaring();
+    let held: (() => void) | null = null;
+    const { w, ws } = await started([routes], (made) => {
+      const base = made.deps.transport;
+      made.deps.transport = {
+        wsUrl: base.wsUrl,
+        async fetch(path, init) {
+          const answer = base.fetch(path, init); // answered now, delivered when released
+          if (path.endsWith("/models") && !held) await new Promise<void>((ok) => (held = ok));
+          return answer;
+        },
+      };
+    });
+    ws.receive(onProvider("openai"));
+    await flushPromises();
+    expect(held).not.toBeNull(); // the first read, with 8192 tokens, is still on its way
+    await w.find("[aria-label=Providers]").trigger("click");
+    await flushPromises();
+    await w.find("[aria-label='Models of openai']").trigger("click");
+    await w.find("input[aria-label='Model id']").setValue("m1");
+    await w.find("[role=dialog] .oc-models form").trigger("submit");
+    await flushPromises();
+    await w.find("form[aria-label='Model m1'] [name=context_tokens]").setValue("65536");
+    await w.find("form[aria-label='Model m1']").trigger("submit");
+    await flushPromises();
+    // Declared while the list was on its way: from ModelCaps' defaults (no vision), as saved.
+    expect(modelOption(w, "m1")).toBe("m1 — 65.5k context · tools");
+    held!();
+    await flushPromises();
+    expect(modelOption(w, "m1")).toBe("m1 — 65.5k context · tools");
   });
 
   it("“Change the budget” opens the session's budget form, in its first field; the run's end alone is enough to offer it", async () => {
@@ -1357,6 +1439,29 @@ describe("provider profiles in the provider dialog", () => {
     expect(deletes()).toEqual(["/opencode/providers/openai"]);
     expect(sections(w)).toEqual([]);
     expect(w.find("[role=dialog]").element.contains(document.activeElement)).toBe(true);
+  });
+
+  it("Escape closes a model's form, then the models, then the dialog", async () => {
+    const { w } = await dialog();
+    await w.find("[aria-label='Models of openai']").trigger("click");
+    await flushPromises();
+    expect(w.find("[aria-label='Models of openai']").attributes("aria-expanded")).toBe("true");
+    await w.find("input[aria-label='Model id']").setValue("m2");
+    await w.find(".oc-models form").trigger("submit");
+    await flushPromises();
+    expect(w.find("form[aria-label='Model m2']").exists()).toBe(true);
+    const escape = async () => {
+      document.dispatchEvent(new KeyboardEvent("keydown", { key: "Escape" }));
+      await flushPromises();
+    };
+    await escape();
+    expect(w.find("form[aria-label='Model m2']").exists()).toBe(false);
+    expect(w.find("[role=group][aria-label='Models of openai']").exists()).toBe(true);
+    await escape();
+    expect(w.find("[role=group][aria-label='Models of openai']").exists()).toBe(false);
+    expect(document.activeElement).toBe(w.find("[aria-label='Models of openai']").element);
+    await escape();
+    expect(w.find("[role=dialog]").exists()).toBe(false);
   });
 
   it("Escape closes an open form first, then the dialog", async () => {
