@@ -549,13 +549,19 @@ class ProviderProfile(Model):
 _BASE_URL_SCHEMA: dict[str, Any] = {"pattern": r"^(https?://[^/?#\s]+.*)?$"}
 
 
+# A profile's declared models as a client sends them: an id as `default_model` allows, and a
+# table a person could still read (the provider lists models; a profile declares a few).
+ModelId = Annotated[str, Field(min_length=1, max_length=200)]
+DeclaredModels = Annotated[dict[ModelId, ModelCaps], Field(max_length=1000)]
+
+
 class ProviderCreate(Model):
     name: ProviderName
     kind: Literal["openai", "anthropic", "ollama"]  # `echo` is the echo skill's engine, not a provider
     base_url: str | None = Field(default=None, max_length=500, json_schema_extra=_BASE_URL_SCHEMA)
     default_model: str = Field(default="", max_length=200)
     key_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]{0,99}$")
-    models: dict[str, ModelCaps] = Field(default_factory=dict)
+    models: DeclaredModels = Field(default_factory=dict)
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -563,7 +569,7 @@ class ProviderPatch(Model):
     base_url: str | None = Field(default=None, max_length=500, json_schema_extra=_BASE_URL_SCHEMA)
     default_model: str | None = Field(default=None, max_length=200)
     key_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]{0,99}$")
-    models: dict[str, ModelCaps] | None = None
+    models: DeclaredModels | None = None
     extra: dict[str, Any] | None = None
 
 

@@ -297,3 +297,15 @@ async def test_a_patch_of_models_replaces_the_declared_models_whole(client: Any,
     assert refused["error"]["details"]["errors"][0]["loc"] == ["models", "gpt-a", "context_tokens"]
     assert (await j(await client.get("/opencode/providers/lm"), 200))["models"] == patched["models"]
     assert (await j(await client.patch("/opencode/providers/lm", json={"models": {}}), 200))["models"] == {}
+
+
+@pytest.mark.parametrize("models", [{"": {}}, {"m" * 201: {}}, {f"m{i}": {} for i in range(1001)}])
+async def test_a_declared_model_needs_an_id_and_the_table_a_bound(client: Any, models: dict[str, Any]) -> None:
+    """An empty id declared caps no model can have (the panel refuses one; the route did not), a
+    10 kB id or a table of thousands made every listing and every run's model lookup carry it."""
+    for request in (client.post("/opencode/providers", json={"name": "lm2", "kind": "openai", "models": models}),
+                    client.patch("/opencode/providers/openai", json={"models": models})):
+        refused = await j(await request, 400)
+        assert refused["error"]["code"] == "validation_error"
+        assert refused["error"]["details"]["errors"][0]["loc"][0] == "models"
+    assert (await client.get("/opencode/providers/lm2")).status == 404
