@@ -6,7 +6,7 @@
 
 `run` streams the reply (one role: as it comes; several: whole lines, each labelled `[role] `)
 and exits 1 when a run ends in error or aborted, 2 when the request could not be made, 130 on
-Ctrl-C. With `--server` (or `$OPENCODE_SERVER`) it talks to a running Opencode over HTTP + SSE;
+Ctrl-C, 141 when stdout is closed (both stop the reply, on the server too). With `--server` (or `$OPENCODE_SERVER`) it talks to a running Opencode over HTTP + SSE;
 otherwise it opens the data directory in-process, which one process at a time may do (a `serve`
 or ComfyUI using it: send through that one with `--server`).
 """
@@ -33,7 +33,12 @@ log = logging.getLogger("opencode.cli")
 # Exit codes: 0 done, 1 a run ended in error (or was aborted), 2 the request could not be made
 # (a bad argument, session or skill, an unreachable server, a data dir in use or unusable).
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a command that SIGINT ended
+EXIT_READER_GONE = 141  # stdout's reader went away (`| head -1`), as a shell reports SIGPIPE
 EXIT_BUG = 3
+
+
+class ReaderGone(Exception):
+    """stdout's reader went away (`| head -1`, a pager that quit): nobody reads the reply any more."""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -83,13 +88,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(args) if args.command == "serve" else run(args)
     except KeyboardInterrupt:  # Ctrl-C in `run` (`serve` stops on its own): the service closed on the way out
         session = f"; the session is {args.session}" if args.session else ""
-        goes_on = "; the reply goes on on the server" if args.server and args.session else ""
-        print(f"interrupted{session}{goes_on}", file=sys.stderr)
+        print(f"interrupted{session}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except (ReaderGone, BrokenPipeError):  # the reply was stopped; nobody is left to tell
+        _discard_output()
+        return EXIT_READER_GONE
     except Exception:  # a bug: its traceback for the report, and not the exit code of a failed run
         traceback.print_exc()
         print("error: an unexpected failure (a bug: the traceback above helps to report it)", file=sys.stderr)
         return EXIT_BUG
+
+
+def _discard_output() -> None:
+    """Point stdout and stderr at the null device: Python flushes them at exit, and a flush into a
+    closed pipe would print "Exception ignored ... BrokenPipeError" after all."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError):  # not a real file (a test's capture)
+            pass
 
 
 def run_until_ctrl_c(coro: Coroutine[Any, Any, int]) -> int:
@@ -149,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         return run_until_ctrl_c(run_remote(args))
+    except BrokenPipeError:  # our own stderr closed: not a network failure
+        raise
     except NotOpencode as exc:
         print(f"error: {args.server} is not an Opencode server (HTTP {exc.status})", file=sys.stderr)
         return 2
@@ -223,6 +243,7 @@ class _Printer:
         self.partial: dict[str, tuple[str, str]] = {}  # run id -> (role, its line not ended yet)
         self.failed = False
         self.mid_line = False  # stdout's last character is not a newline
+        self.reader_gone = False  # stdout was closed: nothing more is written
 
     def start(self, run_ids: Sequence[str]) -> None:
         """The runs of the message sent: one is unlabelled; each is unfinished until its final status."""
@@ -230,10 +251,16 @@ class _Printer:
         self.unfinished = set(run_ids)
 
     def _write(self, text: str) -> None:
-        if text:
+        """Write now; a closed stdout is `ReaderGone`, which stops the reply."""
+        if not text or self.reader_gone:
+            return
+        try:
             self.out.write(text)
             self.out.flush()
-            self.mid_line = not text.endswith("\n")
+        except BrokenPipeError:
+            self.reader_gone = True
+            raise ReaderGone from None
+        self.mid_line = not text.endswith("\n")
 
     def delta(self, run_id: str, skill: str, text: str) -> None:
         if len(self.run_ids) <= 1:
@@ -251,15 +278,21 @@ class _Printer:
 
     def finish(self) -> None:
         """Print what is held, and end stdout with a newline so that the shell's prompt (or the
-        next output) starts a line of its own."""
-        for run_id in list(self.partial):
-            self.end_run(run_id)
-        if self.mid_line:
-            self._write("\n")
+        next output) starts a line of its own. Called on the way out too, so it never raises."""
+        try:
+            for run_id in list(self.partial):
+                self.end_run(run_id)
+            if self.mid_line:
+                self._write("\n")
+        except ReaderGone:
+            pass
 
     def note(self, text: str) -> None:
         """A line on stderr; on a line of its own on a terminal, even in the middle of a reply."""
-        print(("\n" if self.mid_line else "") + text, file=sys.stderr, flush=True)
+        try:
+            print(("\n" if self.mid_line else "") + text, file=sys.stderr, flush=True)
+        except BrokenPipeError:
+            pass  # stderr closed too (`2>&1 | head`): the note has no one to go to
 
     def event(self, ev: dict[str, Any]) -> None:
         t, data = ev.get("type"), ev.get("data", {})
@@ -312,17 +345,37 @@ async def run_in_process(args: argparse.Namespace) -> int:
         await svc.bus.subscribe(sid, sub, svc.bus.last_seq(sid) if svc.bus.last_seq(sid) else None)
         result = await svc.sessions.send(sid, SendBody(text=args.prompt))
         printer.start(result.run_ids)
-        while printer.unfinished:
-            ev = await sub.queue.get()
-            if ev is None:
-                break
-            printer.event(ev.model_dump(mode="json"))
+        try:
+            await _print_until_done(sub, printer)
+        except (asyncio.CancelledError, ReaderGone):
+            await _stop_in_process(svc, sid, printer.unfinished)
+            raise
         printer.finish()
         print(f"(session {sid})", file=sys.stderr)
         return 1 if printer.failed else 0
     finally:
         printer.finish()  # cut short (Ctrl-C): the reply's line still ends
-        await svc.close()  # stops the runs still going as `interrupted`, and stores them
+        await svc.close()  # stores the stopped runs (and stops any other as `interrupted`)
+
+
+async def _print_until_done(sub: Any, printer: _Printer) -> None:
+    while printer.unfinished:
+        ev = await sub.queue.get()
+        if ev is None:
+            return
+        printer.event(ev.model_dump(mode="json"))
+
+
+async def _stop_in_process(svc: Any, sid: str, run_ids: set[str]) -> None:
+    """Ctrl-C or a closed stdout: the user stopped the reply, so it ends `aborted` (as the
+    panel's stop button ends it), not `interrupted` as a service going away leaves it."""
+    from .core.errors import OpencodeError
+
+    for run_id in sorted(run_ids):
+        try:
+            await svc.sessions.abort(sid, run_id)
+        except OpencodeError:  # it ended meanwhile
+            pass
 
 
 async def run_remote(args: argparse.Namespace) -> int:
@@ -355,19 +408,45 @@ async def _run_remote(args: argparse.Namespace, printer: _Printer) -> int:
                 await _json(resp)
             if resp.content_type != "text/event-stream":
                 raise NotOpencode(resp.status)
-            async for event, data in _sse(resp):
-                if event == "accepted":
-                    printer.start(json.loads(data)["run_ids"])
-                elif event == "dropped":  # we read too slowly (a pager that stopped reading)
-                    reason = json.loads(data).get("reason")
+            try:
+                if (reason := await _print_stream(resp, printer)) is not None:
                     return _cut_short(printer, sid, f"the server stopped streaming to us: {reason}")
-                else:
-                    printer.event(json.loads(data))
+            except (asyncio.CancelledError, ReaderGone):
+                await _stop_remote(http, base, sid, printer.unfinished)
+                raise
         printer.finish()
         if printer.unfinished:
             return _cut_short(printer, sid, "the stream ended before the reply did")
         print(f"(session {sid})", file=sys.stderr)
         return 1 if printer.failed else 0
+
+
+async def _print_stream(resp: Any, printer: _Printer) -> str | None:
+    """Print the send's SSE stream; the reason the server gave if it stopped streaming to us."""
+    async for event, data in _sse(resp):
+        if event == "accepted":
+            printer.start(json.loads(data)["run_ids"])
+        elif event == "dropped":  # we read too slowly (a pager that stopped reading)
+            return str(json.loads(data).get("reason"))
+        else:
+            printer.event(json.loads(data))
+    return None
+
+
+async def _stop_remote(http: Any, base: str, sid: str, run_ids: set[str]) -> None:
+    """Ctrl-C or a closed stdout: nobody reads the reply any more, so the server stops writing
+    (and paying for) it; it ends `aborted`, as the panel's stop button ends it."""
+    import aiohttp
+
+    url = f"{base}/opencode/sessions/{quote(sid, safe='')}/abort"
+    for run_id in sorted(run_ids):
+        try:
+            async with http.post(url, json={"run_id": run_id}, timeout=aiohttp.ClientTimeout(total=5)):
+                pass  # a 404: it ended meanwhile
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            print(f"error: could not stop the reply on the server ({exc or type(exc).__name__}): "
+                  f"it goes on in session {sid}", file=sys.stderr)
+            return
 
 
 def _cut_short(printer: _Printer, sid: str, why: str) -> int:

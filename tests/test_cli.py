@@ -298,8 +298,78 @@ async def test_ctrl_c_stops_an_in_process_run_stores_it_and_names_the_session(tm
     finally:
         await store.close()
     reply = [m for m in messages if m.role == "assistant"]
-    assert [m.status for m in reply] == ["interrupted"]  # stopped and stored on the way out
+    assert [m.status for m in reply] == ["aborted"]  # the user stopped it, and it is stored
     assert reply[0].text().startswith((first + rest).decode().rstrip("\n"))  # all it printed, and maybe more
+
+
+def wait_for_reply(server: str, sid: str) -> dict[str, Any]:
+    """The session's last message once it is an assistant reply that has ended."""
+    deadline = time.monotonic() + 30
+    while True:
+        messages = get(f"{server}/opencode/sessions/{sid}/messages")["messages"]
+        if messages and messages[-1]["role"] == "assistant" and messages[-1]["status"] != "streaming":
+            return messages[-1]
+        assert time.monotonic() < deadline, messages
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT is how a POSIX terminal sends Ctrl-C")
+async def test_ctrl_c_stops_a_remote_run_on_the_server(server: str) -> None:
+    """Nobody reads the reply once the user pressed Ctrl-C: the server stops writing (and paying
+    for) it, and it ends `aborted`, not streaming on with no one to read it."""
+    proc = await asyncio.create_subprocess_exec(*command("run", "word " * 1000, "--skill", "echo", "--server", server),
+                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        await asyncio.wait_for(proc.stdout.readexactly(len("word word")), 30)
+        proc.send_signal(signal.SIGINT)
+        rest, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err.decode(), err.decode()
+    assert rest.endswith(b"\n")
+    said = re.search(r"^interrupted; the session is (\S+)$", err.decode(), re.MULTILINE)
+    assert said, err.decode()
+    assert wait_for_reply(server, said.group(1))["status"] == "aborted"
+
+
+@pytest.mark.parametrize("where", ["in-process", "server"])
+def test_a_closed_stdout_stops_the_reply_quietly(where: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """`run ... | head -1`: the reader left, so the reply stops (`aborted`) and the command ends at
+    once with 141, as a shell reports SIGPIPE: no traceback, no "cannot reach Opencode", no hang
+    (an in-process run used to skip closing its service and never exit)."""
+    data = tmp_path / "data"
+    where_args = ["--data-dir", str(data)] if where == "in-process" else ["--server", request.getfixturevalue("server")]
+    proc = subprocess.Popen(command("run", "word " * 1000, "--skill", "echo", *where_args),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.read(len("word word")) == b"word word"
+        proc.stdout.close()  # as `head` does once it has its line
+        proc.wait(timeout=30)
+        err = proc.stderr.read().decode()
+    finally:
+        proc.kill()
+    assert proc.returncode == 141, err
+    assert not any(word in err for word in ("Traceback", "error:", "Exception ignored")), err
+    if where == "server":
+        sid = get(where_args[1] + "/opencode/sessions")["sessions"][0]["id"]
+        assert wait_for_reply(where_args[1], sid)["status"] == "aborted"
+    else:
+        assert stored_statuses(data) == ["aborted"]
+
+
+def stored_statuses(data: Path) -> list[str]:
+    """The statuses of the assistant messages stored in `data`'s only session."""
+    async def read() -> list[str]:
+        store = SqliteStore(data / "opencode.sqlite3")
+        await store.open()
+        try:
+            (session,) = await store.list_sessions()
+            messages, _ = await store.get_messages(session.id)
+        finally:
+            await store.close()
+        return [m.status for m in messages if m.role == "assistant"]
+    return asyncio.run(read())
 
 
 async def test_a_server_that_is_not_opencode_is_named_so(aiohttp_server: Any) -> None:
