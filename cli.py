@@ -83,7 +83,8 @@ def port_number(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(handlers=[_log_handler(args.command)], level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return serve(args) if args.command == "serve" else run(args)
     except KeyboardInterrupt:  # Ctrl-C in `run` (`serve` stops on its own): the service closed on the way out
@@ -97,6 +98,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         traceback.print_exc()
         print("error: an unexpected failure (a bug: the traceback above helps to report it)", file=sys.stderr)
         return EXIT_BUG
+
+
+def _log_handler(command: str) -> logging.Handler:
+    """A server's log is its output. A `run` shares the terminal with the reply, and prints each
+    run's outcome itself: only failures that are not a run's (a bug) are logged there. The level
+    is the handler's: the service hands its records to the root's handlers directly."""
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.INFO if command == "serve" else logging.ERROR)
+    return handler
 
 
 def _discard_output() -> None:

@@ -135,7 +135,7 @@ async def test_run_asks_the_chosen_provider_and_model(server: str, fake_llm: Any
 
 @pytest.mark.parametrize("args, says", [
     (["--provider", "nope"], ["error: no provider profile nope", "(unknown_provider)"]),
-    (["--skill", "Bad Skill!"], ["\nerror: skills.0: String should match pattern", "(invalid)"]),
+    (["--skill", "Bad Skill!"], ["error: skills.0: String should match pattern", "(invalid)"]),
 ])
 def test_run_in_process_reports_a_bad_request_without_a_traceback(tmp_path: Path, args: list[str],
                                                                      says: list[str]) -> None:
@@ -149,7 +149,9 @@ def test_run_in_process_on_a_data_dir(tmp_path: Path) -> None:
     first = cli("run", "first words", "--skill", "echo", "--data-dir", str(data))
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip() == "first words"
-    sid = first.stderr.strip().splitlines()[-1].removeprefix("(session ").rstrip(")")
+    # The terminal shows the reply and where it went, not the service's log lines.
+    assert re.fullmatch(r"\(session ses_\w+\)\n", first.stderr), first.stderr
+    sid = first.stderr.strip().removeprefix("(session ").rstrip(")")
     again = cli("run", "second words", "--session", sid, "--data-dir", str(data))
     assert again.returncode == 0 and again.stdout.strip() == "second words"
 
@@ -349,8 +351,7 @@ def test_a_closed_stdout_stops_the_reply_quietly(where: str, tmp_path: Path, req
         err = proc.stderr.read().decode()
     finally:
         proc.kill()
-    assert proc.returncode == 141, err
-    assert not any(word in err for word in ("Traceback", "error:", "Exception ignored")), err
+    assert proc.returncode == 141 and err == "", err
     if where == "server":
         sid = get(where_args[1] + "/opencode/sessions")["sessions"][0]["id"]
         assert wait_for_reply(where_args[1], sid)["status"] == "aborted"
