@@ -332,8 +332,11 @@ class _Printer:
 
 
 async def run_in_process(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from .core.bus import QueueSubscriber
-    from .core.protocol import SendBody, SessionCreate, SessionPatch
+    from .core.errors import OpencodeError
+    from .core.protocol import SendBody
     from .core.service import OpencodeService
     from .wiring import standalone
 
@@ -343,17 +346,15 @@ async def run_in_process(args: argparse.Namespace) -> int:
     await svc.start()
     printer = _Printer()
     try:
-        sid = args.session
-        if sid is None:
-            sid = (await svc.sessions.create(SessionCreate(skills=args.skill, provider=args.provider,
-                                                           model=args.model))).id
-            args.session = sid  # for `main` to name on Ctrl-C
-        elif args.skill or args.provider or args.model:
-            patch = {k: v for k, v in (("skills", args.skill), ("provider", args.provider), ("model", args.model)) if v}
-            await svc.sessions.patch(sid, SessionPatch(**patch))
+        sid, created = await _session_in_process(svc, args)
         sub = QueueSubscriber()
         await svc.bus.subscribe(sid, sub, svc.bus.last_seq(sid) if svc.bus.last_seq(sid) else None)
-        result = await svc.sessions.send(sid, SendBody(text=args.prompt))
+        try:
+            result = await svc.sessions.send(sid, SendBody(text=args.prompt))
+        except (OpencodeError, ValidationError):
+            if created:  # a refused first message (a mistyped @role) leaves no empty chat behind
+                await svc.sessions.delete(sid)
+            raise
         printer.start(result.run_ids)
         try:
             await _print_until_done(sub, printer)
@@ -366,6 +367,25 @@ async def run_in_process(args: argparse.Namespace) -> int:
     finally:
         printer.finish()  # cut short (Ctrl-C): the reply's line still ends
         await svc.close()  # stores the stopped runs (and stops any other as `interrupted`)
+
+
+def _session_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The session settings given on the command line."""
+    return {k: v for k, v in (("skills", args.skill), ("provider", args.provider), ("model", args.model)) if v}
+
+
+async def _session_in_process(svc: Any, args: argparse.Namespace) -> tuple[str, bool]:
+    """The session to send to (`--session`, changed as the options say, or a new one), and
+    whether this command created it."""
+    from .core.protocol import SessionCreate, SessionPatch
+
+    if args.session is not None:
+        if changes := _session_changes(args):
+            await svc.sessions.patch(args.session, SessionPatch(**changes))
+        return args.session, False
+    created = await svc.sessions.create(SessionCreate(skills=args.skill, provider=args.provider, model=args.model))
+    args.session = created.id  # for `main` to name on Ctrl-C
+    return created.id, True
 
 
 async def _print_until_done(sub: Any, printer: _Printer) -> None:
@@ -404,18 +424,16 @@ async def _run_remote(args: argparse.Namespace, printer: _Printer) -> int:
     # No total timeout: a reply may stream for longer than aiohttp's default five minutes.
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
     async with aiohttp.ClientSession(headers=headers, timeout=timeout) as http:
-        sid = args.session
-        if sid is None:
-            body = {"skills": args.skill, "provider": args.provider, "model": args.model}
-            resp = await http.post(f"{base}/opencode/sessions", json=body)
-            sid = args.session = _session_id(await _json(resp), resp.status)  # for `main` to name on Ctrl-C
-        elif args.skill or args.provider or args.model:
-            patch = {k: v for k, v in (("skills", args.skill), ("provider", args.provider), ("model", args.model)) if v}
-            await _json(await http.patch(f"{base}/opencode/sessions/{quote(sid, safe='')}", json=patch))
-        async with http.post(f"{base}/opencode/sessions/{quote(sid, safe='')}/messages", json={"text": args.prompt},
+        sid, created = await _session_remote(http, base, args)
+        session_url = f"{base}/opencode/sessions/{quote(sid, safe='')}"
+        async with http.post(f"{session_url}/messages", json={"text": args.prompt},
                              headers={"Accept": "text/event-stream"}) as resp:
             if resp.status >= 400:
-                await _json(resp)
+                try:
+                    await _json(resp)
+                finally:
+                    if created:  # a refused first message (a mistyped @role) leaves no empty chat behind
+                        await http.delete(session_url)
             if resp.content_type != "text/event-stream":
                 raise NotOpencode(resp.status)
             try:
@@ -429,6 +447,18 @@ async def _run_remote(args: argparse.Namespace, printer: _Printer) -> int:
             return _cut_short(printer, sid, "the stream ended before the reply did")
         print(f"(session {sid})", file=sys.stderr)
         return 1 if printer.failed else 0
+
+
+async def _session_remote(http: Any, base: str, args: argparse.Namespace) -> tuple[str, bool]:
+    """As `_session_in_process`, over HTTP."""
+    if args.session is not None:
+        if changes := _session_changes(args):
+            await _json(await http.patch(f"{base}/opencode/sessions/{quote(args.session, safe='')}", json=changes))
+        return args.session, False
+    body = {"skills": args.skill, "provider": args.provider, "model": args.model}
+    resp = await http.post(f"{base}/opencode/sessions", json=body)
+    args.session = _session_id(await _json(resp), resp.status)  # for `main` to name on Ctrl-C
+    return args.session, True
 
 
 async def _print_stream(resp: Any, printer: _Printer) -> str | None:

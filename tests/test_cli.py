@@ -395,6 +395,31 @@ async def test_a_server_that_is_not_opencode_is_named_so(aiohttp_server: Any) ->
         assert f"error: {url} is not an Opencode server (HTTP {status})" in err.decode()
 
 
+@pytest.mark.parametrize("where", ["in-process", "server"])
+def test_a_refused_first_message_leaves_no_empty_session(where: str, tmp_path: Path,
+                                                         request: pytest.FixtureRequest) -> None:
+    """A mistyped `@role` (or an empty prompt) is refused after `run` created the session for it:
+    that session goes again, or every typo leaves an empty "New chat" in the panel."""
+    data = tmp_path / "data"
+    where_args = ["--data-dir", str(data)] if where == "in-process" else ["--server", request.getfixturevalue("server")]
+    done = cli("run", "@asistant hi", "--skill", "assistant", "--skill", "echo", *where_args)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "error: no role @asistant; did you mean @assistant? (unknown_role)" in done.stderr
+    if where == "server":
+        assert get(where_args[1] + "/opencode/sessions")["sessions"] == []
+    else:
+        assert asyncio.run(session_count(data)) == 0
+
+
+async def session_count(data: Path) -> int:
+    store = SqliteStore(data / "opencode.sqlite3")
+    await store.open()
+    try:
+        return len(await store.list_sessions())
+    finally:
+        await store.close()
+
+
 def test_a_session_id_is_one_path_segment(server: str) -> None:
     """`../../x` is a session id that does not exist, not a way to another URL."""
     done = cli("run", "hi", "--session", "../../x", "--server", server)
