@@ -56,7 +56,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     run.add_argument("--skill", action="append", default=[], help="a skill id (repeatable)")
     run.add_argument("--provider", default=None)
     run.add_argument("--model", default=None)
-    run.add_argument("--server", default=os.environ.get("OPENCODE_SERVER"),
+    run.add_argument("--server", type=server_url, default=os.environ.get("OPENCODE_SERVER"),
                      help="URL of a running Opencode (else in-process)")
     run.add_argument("--token", default=os.environ.get("OPENCODE_TOKEN"))
     run.add_argument("--data-dir", type=Path, default=None)
@@ -79,6 +79,19 @@ def port_number(text: str) -> int:
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"a port is 1-65535, not {port}")
     return port
+
+
+def server_url(text: str) -> str:
+    """The server's base URL, from what a user pastes: `serve`'s banner (`http://host:port/opencode/`),
+    a ComfyUI's `/api/opencode`, or a bare `host:port`. Empty (an unset variable): in-process."""
+    url = text.strip().rstrip("/")
+    if not url:
+        return ""
+    if "://" not in url:
+        url = "http://" + url
+    if not url.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"not an http:// or https:// URL: {text!r}")
+    return url.removesuffix("/opencode")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -183,7 +196,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {args.server} is not an Opencode server (HTTP {exc.status})", file=sys.stderr)
         return 2
     except (aiohttp.ClientError, OSError) as exc:
-        print(f"error: cannot reach Opencode at {args.server}: {exc}", file=sys.stderr)
+        why = getattr(exc, "os_error", None) or exc  # "Connection refused", without aiohttp's "ssl:default"
+        print(f"error: cannot reach Opencode at {args.server}: {why} (is `opencode-agent serve` running there?)",
+              file=sys.stderr)
         return 2
 
 
@@ -419,7 +434,7 @@ async def run_remote(args: argparse.Namespace) -> int:
 async def _run_remote(args: argparse.Namespace, printer: _Printer) -> int:
     import aiohttp
 
-    base = args.server.rstrip("/")
+    base = args.server
     headers = {"X-Opencode-Token": args.token} if args.token else {}
     # No total timeout: a reply may stream for longer than aiohttp's default five minutes.
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)

@@ -157,9 +157,21 @@ def test_run_in_process_on_a_data_dir(tmp_path: Path) -> None:
 
 
 def test_unknown_server_is_a_clear_error() -> None:
-    done = cli("run", "hi", "--server", f"http://127.0.0.1:{free_port()}", timeout=30)
-    assert done.returncode != 0
-    assert "Traceback" not in done.stderr
+    url = f"http://127.0.0.1:{free_port()}"
+    done = cli("run", "hi", "--server", url, timeout=30)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith(f"error: cannot reach Opencode at {url}: ") and "ssl:default" not in done.stderr
+    assert "is `opencode-agent serve` running there?" in done.stderr
+
+
+def test_the_server_url_may_be_given_as_serve_prints_it(server: str) -> None:
+    """`serve` says "Opencode on http://127.0.0.1:8189/opencode/": that URL, or a bare host:port,
+    names the server as well as its root does."""
+    for given in (server + "/opencode/", server.removeprefix("http://")):
+        done = cli("run", "hi", "--skill", "echo", "--server", given)
+        assert done.returncode == 0 and done.stdout == "hi\n", (given, done.stderr)
+    done = cli("run", "hi", "--server", "ftp://127.0.0.1:21")
+    assert done.returncode == 2 and "argument --server: not an http:// or https:// URL" in done.stderr
 
 
 def remote_args(client: Any, prompt: str) -> argparse.Namespace:
