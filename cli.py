@@ -167,6 +167,7 @@ def run_until_ctrl_c(coro: Coroutine[Any, Any, int]) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """`run`, its failures as one line each: 2 for a request that could not be made at all."""
+    _replace_unencodable(sys.stdout)
     if not args.server:
         from pydantic import ValidationError
 
@@ -200,6 +201,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: cannot reach Opencode at {args.server}: {why} (is `opencode-agent serve` running there?)",
               file=sys.stderr)
         return 2
+
+
+def _replace_unencodable(stream: Any) -> None:
+    """A reply may hold any character (an emoji); a stdout whose encoding lacks one (a Windows
+    console's or file's code page, `PYTHONIOENCODING=ascii`) shows `?` for it, not a crash mid-reply."""
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="replace")
 
 
 def config_from(args: argparse.Namespace) -> Config:

@@ -156,6 +156,14 @@ def test_run_in_process_on_a_data_dir(tmp_path: Path) -> None:
     assert again.returncode == 0 and again.stdout.strip() == "second words"
 
 
+def test_a_stdout_that_cannot_encode_the_reply_gets_replacements(tmp_path: Path) -> None:
+    """A Windows code page has no emoji: the reply still arrives whole, with `?` in their place."""
+    done = subprocess.run(command("run", "party 🎉 time", "--skill", "echo", "--data-dir", str(tmp_path / "data")),
+                          capture_output=True, timeout=60, env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout == b"party ? time\n"
+
+
 def test_unknown_server_is_a_clear_error() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     done = cli("run", "hi", "--server", url, timeout=30)
