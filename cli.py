@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 from .core.config import Config
 from .core.protocol import FINAL_RUN_STATUSES
+from .version import __version__
 
 log = logging.getLogger("opencode.cli")
 
@@ -41,33 +42,54 @@ class ReaderGone(Exception):
     """stdout's reader went away (`| head -1`, a pager that quit): nobody reads the reply any more."""
 
 
+RUN_EPILOG = """\
+A message starting with @role goes to that role only.
+With --server (or $OPENCODE_SERVER) it sends through a running Opencode; otherwise it opens the
+data directory itself.
+
+exit status: 0 done; 1 a run ended in error or was aborted; 2 the request could not be made;
+130 Ctrl-C; 141 stdout was closed (both stop the reply); 3 an unexpected failure (a bug)."""
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="opencode-agent", description="Opencode for ComfyUI")
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the standalone server")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=port_number, default=8189)
-    serve.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{serve,run}")
+    serve = sub.add_parser("serve", help="run the standalone server", description="Run the standalone server.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=port_number, default=8189, help="port to listen on (default: %(default)s)")
+    _data_dir_option(serve)
     _comfyui_url_option(serve)
     serve.add_argument("--echo-delay", type=float, default=None, help=argparse.SUPPRESS)
-    run = sub.add_parser("run", help="send one message and stream the reply")
-    run.add_argument("prompt")
-    run.add_argument("--session", default=None)
-    run.add_argument("--skill", action="append", default=[], help="a skill id (repeatable)")
-    run.add_argument("--provider", default=None)
-    run.add_argument("--model", default=None)
-    run.add_argument("--server", type=server_url, default=os.environ.get("OPENCODE_SERVER"),
-                     help="URL of a running Opencode (else in-process)")
-    run.add_argument("--token", default=os.environ.get("OPENCODE_TOKEN"))
-    run.add_argument("--data-dir", type=Path, default=None)
+    run = sub.add_parser("run", help="send one message and stream the reply", epilog=RUN_EPILOG,
+                         description="Send one message and stream the reply (several roles: lines labelled [role]).",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("prompt", help='the message; "-" reads it from stdin')
+    run.add_argument("--session", metavar="ID", help="continue this session (else a new one)")
+    run.add_argument("--skill", metavar="ID", action="append", default=[],
+                     help="a role or tool skill for the session (repeatable)")
+    run.add_argument("--provider", metavar="NAME", help="the provider profile to use")
+    run.add_argument("--model", metavar="MODEL", help="the model to ask (else the profile's default)")
+    run.add_argument("--server", metavar="URL", type=server_url, default=os.environ.get("OPENCODE_SERVER"),
+                     help="a running Opencode, e.g. http://127.0.0.1:8189 (default: $OPENCODE_SERVER; else in-process)")
+    run.add_argument("--token", default=os.environ.get("OPENCODE_TOKEN"),
+                     help="the server's access token, for a server not on this machine (default: $OPENCODE_TOKEN)")
+    _data_dir_option(run, " (in-process only)")
     _comfyui_url_option(run, " (in-process only)")
     return parser.parse_args(argv)
 
 
+def _data_dir_option(parser: argparse.ArgumentParser, where: str = "") -> None:
+    parser.add_argument("--data-dir", metavar="DIR", type=Path, default=None,
+                        help=f"where sessions, profiles and keys live (default: $OPENCODE_DATA_DIR, "
+                             f"else the platform's data folder){where}")
+
+
 def _comfyui_url_option(parser: argparse.ArgumentParser, where: str = "") -> None:
     """`serve` and an in-process `run` both open the service: both may drive a ComfyUI."""
-    parser.add_argument("--comfyui-url", default=os.environ.get("OPENCODE_COMFYUI_URL"),
-                        help=f"a ComfyUI to drive with the ComfyUI tools (e.g. http://127.0.0.1:8188){where}")
+    parser.add_argument("--comfyui-url", metavar="URL", default=os.environ.get("OPENCODE_COMFYUI_URL"),
+                        help=f"a ComfyUI to drive with the ComfyUI tools, e.g. http://127.0.0.1:8188 "
+                             f"(default: $OPENCODE_COMFYUI_URL){where}")
 
 
 def port_number(text: str) -> int:
@@ -168,6 +190,8 @@ def run_until_ctrl_c(coro: Coroutine[Any, Any, int]) -> int:
 def run(args: argparse.Namespace) -> int:
     """`run`, its failures as one line each: 2 for a request that could not be made at all."""
     _replace_unencodable(sys.stdout)
+    if args.prompt == "-":  # `git diff | opencode-agent run -`, or a prompt kept in a file
+        args.prompt = sys.stdin.read().rstrip("\n")
     if not args.server:
         from pydantic import ValidationError
 

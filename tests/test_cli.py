@@ -156,6 +156,23 @@ def test_run_in_process_on_a_data_dir(tmp_path: Path) -> None:
     assert again.returncode == 0 and again.stdout.strip() == "second words"
 
 
+def test_the_prompt_may_come_from_stdin(tmp_path: Path) -> None:
+    done = subprocess.run(command("run", "-", "--skill", "echo", "--data-dir", str(tmp_path / "data")),
+                          input="line one\nline two\n", capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "line one\nline two\n"
+
+
+def test_run_help_says_what_each_option_is_and_the_exit_statuses() -> None:
+    done = cli("run", "--help")
+    assert done.returncode == 0
+    for said in ('"-" reads it from stdin', "--session ID ", "continue this session", "--provider NAME ",
+                 "the provider profile", "--model MODEL ", "exit status: 0 done; 1 a run ended in error",
+                 "130 Ctrl-C; 141 stdout was closed"):
+        assert said in done.stdout, said
+    assert cli("--version").stdout.startswith("opencode-agent ")
+
+
 def test_a_stdout_that_cannot_encode_the_reply_gets_replacements(tmp_path: Path) -> None:
     """A Windows code page has no emoji: the reply still arrives whole, with `?` in their place."""
     done = subprocess.run(command("run", "party 🎉 time", "--skill", "echo", "--data-dir", str(tmp_path / "data")),
