@@ -486,13 +486,14 @@ async def _run_remote(args: argparse.Namespace, printer: _Printer) -> int:
                 raise NotOpencode(resp.status)
             try:
                 if (reason := await _print_stream(resp, printer)) is not None:
-                    return _cut_short(printer, sid, f"the server stopped streaming to us: {reason}")
+                    return _cut_short(printer, sid, f"the server stopped streaming to us: {reason}", _AFTER_DROP.get(
+                        reason, "the reply goes on on the server"))
             except (asyncio.CancelledError, ReaderGone):
                 await _stop_remote(http, base, sid, printer.unfinished)
                 raise
         printer.finish()
         if printer.unfinished:
-            return _cut_short(printer, sid, "the stream ended before the reply did")
+            return _cut_short(printer, sid, "the stream ended before the reply did", "the reply may go on on the server")
         print(f"(session {sid})", file=sys.stderr)
         return 1 if printer.failed else 0
 
@@ -537,9 +538,13 @@ async def _stop_remote(http: Any, base: str, sid: str, run_ids: set[str]) -> Non
             return
 
 
-def _cut_short(printer: _Printer, sid: str, why: str) -> int:
+# What became of the reply when the server stopped streaming it to us, by the reason it gave.
+_AFTER_DROP = {"server shutting down": "the reply stops there, as `interrupted`"}
+
+
+def _cut_short(printer: _Printer, sid: str, why: str, after: str) -> int:
     printer.finish()
-    print(f"error: {why}; the reply goes on on the server: see session {sid} in the panel", file=sys.stderr)
+    print(f"error: {why}; {after}: see session {sid} in the panel", file=sys.stderr)
     return 2
 
 

@@ -64,8 +64,15 @@ def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
+    proc, url = start_server(tmp_path / "data")
+    yield url
+    stop(proc)
+
+
+def start_server(data: Path) -> tuple[subprocess.Popen[str], str]:
+    """`opencode-agent serve` on a free port, once it answers."""
     port = free_port()
-    proc = subprocess.Popen(command("serve", "--port", str(port), "--data-dir", str(tmp_path / "data")),
+    proc = subprocess.Popen(command("serve", "--port", str(port), "--data-dir", str(data)),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -79,7 +86,10 @@ def server(tmp_path: Path) -> Iterator[str]:
     else:
         proc.kill()
         pytest.fail("the server did not start: " + (proc.stdout.read() if proc.stdout else ""))
-    yield url
+    return proc, url
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=15)
@@ -455,6 +465,22 @@ async def session_count(data: Path) -> int:
         return len(await store.list_sessions())
     finally:
         await store.close()
+
+
+def test_a_server_that_stops_says_the_reply_stopped_too(tmp_path: Path) -> None:
+    """The server shutting down ends the stream and the reply (`interrupted`): the command says
+    so, not that the reply goes on there."""
+    proc, url = start_server(tmp_path / "data")
+    try:
+        run = subprocess.Popen(command("run", "word " * 1000, "--skill", "echo", "--server", url),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert run.stdout.read(len("word word")) == "word word"
+        proc.terminate()
+        _, err = run.communicate(timeout=30)
+    finally:
+        stop(proc)
+    assert run.returncode == 2 and "Traceback" not in err, err
+    assert "error: the server stopped streaming to us: server shutting down; the reply stops there" in err
 
 
 def test_a_session_id_is_one_path_segment(server: str) -> None:
