@@ -26,7 +26,7 @@ from typing import Any, Coroutine, Sequence
 from urllib.parse import quote
 
 from .core.config import Config
-from .core.protocol import FINAL_RUN_STATUSES
+from .terminal import Printer, ReaderGone, replace_unencodable
 from .version import __version__
 
 log = logging.getLogger("opencode.cli")
@@ -36,10 +36,6 @@ log = logging.getLogger("opencode.cli")
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a command that SIGINT ended
 EXIT_READER_GONE = 141  # stdout's reader went away (`| head -1`), as a shell reports SIGPIPE
 EXIT_BUG = 3
-
-
-class ReaderGone(Exception):
-    """stdout's reader went away (`| head -1`, a pager that quit): nobody reads the reply any more."""
 
 
 RUN_EPILOG = """\
@@ -189,7 +185,7 @@ def run_until_ctrl_c(coro: Coroutine[Any, Any, int]) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """`run`, its failures as one line each: 2 for a request that could not be made at all."""
-    _replace_unencodable(sys.stdout)
+    replace_unencodable(sys.stdout)
     if args.prompt == "-":  # `git diff | opencode-agent run -`, or a prompt kept in a file
         args.prompt = sys.stdin.read().rstrip("\n")
     if not args.server:
@@ -225,14 +221,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: cannot reach Opencode at {args.server}: {why} (is `opencode-agent serve` running there?)",
               file=sys.stderr)
         return 2
-
-
-def _replace_unencodable(stream: Any) -> None:
-    """A reply may hold any character (an emoji); a stdout whose encoding lacks one (a Windows
-    console's or file's code page, `PYTHONIOENCODING=ascii`) shows `?` for it, not a crash mid-reply."""
-    reconfigure = getattr(stream, "reconfigure", None)
-    if reconfigure is not None:
-        reconfigure(errors="replace")
 
 
 def config_from(args: argparse.Namespace) -> Config:
@@ -284,101 +272,6 @@ async def _freeze_startup_objects(app: Any) -> None:
 # --------------------------------------------------------------------------- run
 
 
-class _Printer:
-    """Writes the replies to one sent message, and nothing else of the session.
-
-    A session may be busy with other sends (a panel, another terminal): only events of this
-    send's runs are printed, or `run` would print another run's text as its reply. One role
-    streams straight through, token by token. Several roles stream at once, their tokens
-    interleaved, so each run's text is held until a line is complete and printed as `[role] line`
-    (a run's last, unfinished line when the run ends): lines never split mid-word.
-    """
-
-    def __init__(self, out: Any = None) -> None:
-        self.out = out or sys.stdout  # looked up now: the stdout of the moment, not of the import
-        self.run_ids: set[str] = set()
-        self.unfinished: set[str] = set()  # run ids without a final status yet
-        self.partial: dict[str, tuple[str, str]] = {}  # run id -> (role, its line not ended yet)
-        self.failed = False
-        self.mid_line = False  # stdout's last character is not a newline
-        self.reader_gone = False  # stdout was closed: nothing more is written
-
-    def start(self, run_ids: Sequence[str]) -> None:
-        """The runs of the message sent: one is unlabelled; each is unfinished until its final status."""
-        self.run_ids = set(run_ids)
-        self.unfinished = set(run_ids)
-
-    def _write(self, text: str) -> None:
-        """Write now; a closed stdout is `ReaderGone`, which stops the reply."""
-        if not text or self.reader_gone:
-            return
-        try:
-            self.out.write(text)
-            self.out.flush()
-        except BrokenPipeError:
-            self.reader_gone = True
-            raise ReaderGone from None
-        self.mid_line = not text.endswith("\n")
-
-    def delta(self, run_id: str, skill: str, text: str) -> None:
-        if len(self.run_ids) <= 1:
-            self._write(text)
-            return
-        *lines, rest = (self.partial.get(run_id, (skill, ""))[1] + text).split("\n")
-        self.partial[run_id] = (skill, rest)
-        self._write("".join(f"[{skill}] {line}\n" for line in lines))
-
-    def end_run(self, run_id: str) -> None:
-        """A labelled run's last line, ended: a reply need not end with a newline of its own."""
-        skill, rest = self.partial.pop(run_id, ("", ""))
-        if rest:
-            self._write(f"[{skill}] {rest}\n")
-
-    def finish(self) -> None:
-        """Print what is held, and end stdout with a newline so that the shell's prompt (or the
-        next output) starts a line of its own. Called on the way out too, so it never raises."""
-        try:
-            for run_id in list(self.partial):
-                self.end_run(run_id)
-            if self.mid_line:
-                self._write("\n")
-        except ReaderGone:
-            pass
-
-    def note(self, text: str) -> None:
-        """A line on stderr; on a line of its own on a terminal, even in the middle of a reply."""
-        try:
-            print(("\n" if self.mid_line else "") + text, file=sys.stderr, flush=True)
-        except BrokenPipeError:
-            pass  # stderr closed too (`2>&1 | head`): the note has no one to go to
-
-    def event(self, ev: dict[str, Any]) -> None:
-        t, data = ev.get("type"), ev.get("data", {})
-        run_id = data["run"]["id"] if t == "run.status" else data.get("run_id")
-        if run_id not in self.run_ids:
-            return  # another send's run in the same session (or no run at all)
-        if t == "message.delta":
-            self.delta(run_id, data.get("skill") or "assistant", data["text"])
-        elif t == "tool.started":
-            self.note(f"[tool {data['call']['name']}]")
-        elif t == "permission.requested":
-            self.note(f"[permission needed for {data['tool']}: answer in the panel]")
-        elif t == "run.status":
-            self._run_status(data["run"])
-
-    def _run_status(self, run: dict[str, Any]) -> None:
-        if run["status"] not in FINAL_RUN_STATUSES:
-            return
-        self.unfinished.discard(run["id"])
-        self.end_run(run["id"])
-        if run["status"] == "error":
-            self.failed = True
-            self.note(f"[{run['skill']}] error: {run.get('error')}")
-        elif run["status"] in ("aborted", "interrupted"):
-            self.failed = True
-            self.note(f"[{run['skill']}] {run['status']}")
-
-
 async def run_in_process(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
@@ -392,7 +285,7 @@ async def run_in_process(args: argparse.Namespace) -> int:
     wiring = standalone(cfg)
     svc = OpencodeService(cfg, skill_factories=wiring.skill_factories(), image_loader=wiring.image_loader())
     await svc.start()
-    printer = _Printer()
+    printer = Printer()
     try:
         sid, created = await _session_in_process(svc, args)
         sub = QueueSubscriber()
@@ -436,7 +329,7 @@ async def _session_in_process(svc: Any, args: argparse.Namespace) -> tuple[str, 
     return created.id, True
 
 
-async def _print_until_done(sub: Any, printer: _Printer) -> None:
+async def _print_until_done(sub: Any, printer: Printer) -> None:
     while printer.unfinished:
         ev = await sub.queue.get()
         if ev is None:
@@ -457,14 +350,14 @@ async def _stop_in_process(svc: Any, sid: str, run_ids: set[str]) -> None:
 
 
 async def run_remote(args: argparse.Namespace) -> int:
-    printer = _Printer()
+    printer = Printer()
     try:
         return await _run_remote(args, printer)
     finally:
         printer.finish()  # cut short (Ctrl-C): the reply's line still ends
 
 
-async def _run_remote(args: argparse.Namespace, printer: _Printer) -> int:
+async def _run_remote(args: argparse.Namespace, printer: Printer) -> int:
     import aiohttp
 
     base = args.server
@@ -510,7 +403,7 @@ async def _session_remote(http: Any, base: str, args: argparse.Namespace) -> tup
     return args.session, True
 
 
-async def _print_stream(resp: Any, printer: _Printer) -> str | None:
+async def _print_stream(resp: Any, printer: Printer) -> str | None:
     """Print the send's SSE stream; the reason the server gave if it stopped streaming to us."""
     async for event, data in _sse(resp):
         if event == "accepted":
@@ -542,7 +435,7 @@ async def _stop_remote(http: Any, base: str, sid: str, run_ids: set[str]) -> Non
 _AFTER_DROP = {"server shutting down": "the reply stops there, as `interrupted`"}
 
 
-def _cut_short(printer: _Printer, sid: str, why: str, after: str) -> int:
+def _cut_short(printer: Printer, sid: str, why: str, after: str) -> int:
     printer.finish()
     print(f"error: {why}; {after}: see session {sid} in the panel", file=sys.stderr)
     return 2

@@ -27,7 +27,8 @@ import aiohttp
 import aiohttp.client
 import pytest
 
-from opencode_agent.cli import _Printer, run_remote
+from opencode_agent.cli import run_remote
+from opencode_agent.terminal import Printer
 from opencode_agent.core.store import SqliteStore
 from opencode_agent.tests.fakes.llm_servers import Reply, fake_llm  # noqa: F401
 
@@ -239,7 +240,7 @@ async def test_a_remote_run_may_stream_longer_than_aiohttps_default_timeout(aioh
 def printed(run_ids: list[str], events: list[dict[str, Any]]) -> tuple[str, list[str]]:
     """What a printer for a send of `run_ids` writes on stdout after `events`, after each one."""
     out = io.StringIO()
-    printer = _Printer(out)
+    printer = Printer(out)
     printer.start(run_ids)
     after_each = []
     for ev in events:
