@@ -26,7 +26,7 @@ from typing import Any, Coroutine, Sequence
 from urllib.parse import quote
 
 from .core.config import Config
-from .terminal import Printer, ReaderGone, replace_unencodable
+from .terminal import Answer, PermissionAsker, Printer, ReaderGone, replace_unencodable
 from .version import __version__
 
 log = logging.getLogger("opencode.cli")
@@ -298,7 +298,7 @@ async def run_in_process(args: argparse.Namespace) -> int:
             raise
         printer.start(result.run_ids)
         try:
-            await _print_until_done(sub, printer)
+            await _print_until_done(sub, printer, PermissionAsker(printer, _gate_answer(svc, sid), panel=False))
         except (asyncio.CancelledError, ReaderGone):
             await _stop_in_process(svc, sid, printer.unfinished)
             raise
@@ -329,12 +329,26 @@ async def _session_in_process(svc: Any, args: argparse.Namespace) -> tuple[str, 
     return created.id, True
 
 
-async def _print_until_done(sub: Any, printer: Printer) -> None:
+async def _print_until_done(sub: Any, printer: Printer, asker: PermissionAsker) -> None:
     while printer.unfinished:
         ev = await sub.queue.get()
         if ev is None:
             return
-        printer.event(ev.model_dump(mode="json"))
+        data = ev.model_dump(mode="json")
+        printer.event(data)
+        await asker.event(data)
+
+
+def _gate_answer(svc: Any, sid: str) -> Answer:
+    from .core.errors import OpencodeError
+
+    async def answer(request_id: str, decision: str, remember: bool) -> bool:
+        try:
+            svc.gate.reply(sid, request_id, decision, remember)
+        except OpencodeError:  # answered or expired meanwhile
+            return False
+        return True
+    return answer
 
 
 async def _stop_in_process(svc: Any, sid: str, run_ids: set[str]) -> None:
@@ -378,7 +392,8 @@ async def _run_remote(args: argparse.Namespace, printer: Printer) -> int:
             if resp.content_type != "text/event-stream":
                 raise NotOpencode(resp.status)
             try:
-                if (reason := await _print_stream(resp, printer)) is not None:
+                asker = PermissionAsker(printer, _http_answer(http, session_url), panel=True)
+                if (reason := await _print_stream(resp, printer, asker)) is not None:
                     return _cut_short(printer, sid, f"the server stopped streaming to us: {reason}", _AFTER_DROP.get(
                         reason, "the reply goes on on the server"))
             except (asyncio.CancelledError, ReaderGone):
@@ -403,7 +418,7 @@ async def _session_remote(http: Any, base: str, args: argparse.Namespace) -> tup
     return args.session, True
 
 
-async def _print_stream(resp: Any, printer: Printer) -> str | None:
+async def _print_stream(resp: Any, printer: Printer, asker: PermissionAsker) -> str | None:
     """Print the send's SSE stream; the reason the server gave if it stopped streaming to us."""
     async for event, data in _sse(resp):
         if event == "accepted":
@@ -411,8 +426,17 @@ async def _print_stream(resp: Any, printer: Printer) -> str | None:
         elif event == "dropped":  # we read too slowly (a pager that stopped reading)
             return str(json.loads(data).get("reason"))
         else:
-            printer.event(json.loads(data))
+            printer.event(ev := json.loads(data))
+            await asker.event(ev)
     return None
+
+
+def _http_answer(http: Any, session_url: str) -> Answer:
+    async def answer(request_id: str, decision: str, remember: bool) -> bool:
+        body = {"request_id": request_id, "decision": decision, "remember": remember}
+        async with http.post(f"{session_url}/permissions", json=body) as resp:
+            return resp.status < 400  # a 404: answered in the panel, or expired
+    return answer
 
 
 async def _stop_remote(http: Any, base: str, sid: str, run_ids: set[str]) -> None:

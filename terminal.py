@@ -2,13 +2,16 @@
 
 `Printer` writes one send's runs (one role as it streams, several as labelled lines) and their
 outcome; a stdout that was closed (`| head -1`) becomes `ReaderGone`, which stops the reply.
-Imports protocol only; `cli` drives it.
+`PermissionAsker` puts their tools' permission requests to the person at the terminal.
+Imports protocol only; `cli` drives both.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import sys
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 from .core.protocol import FINAL_RUN_STATUSES
 
@@ -86,10 +89,10 @@ class Printer:
         except ReaderGone:
             pass
 
-    def note(self, text: str) -> None:
+    def note(self, text: str, end: str = "\n") -> None:
         """A line on stderr; on a line of its own on a terminal, even in the middle of a reply."""
         try:
-            print(("\n" if self.mid_line else "") + text, file=sys.stderr, flush=True)
+            print(("\n" if self.mid_line else "") + text, end=end, file=sys.stderr, flush=True)
         except BrokenPipeError:
             pass  # stderr closed too (`2>&1 | head`): the note has no one to go to
 
@@ -102,8 +105,6 @@ class Printer:
             self.delta(run_id, data.get("skill") or "assistant", data["text"])
         elif t == "tool.started":
             self.note(f"[tool {data['call']['name']}]")
-        elif t == "permission.requested":
-            self.note(f"[permission needed for {data['tool']}: answer in the panel]")
         elif t == "run.status":
             self._run_status(data["run"])
 
@@ -118,3 +119,59 @@ class Printer:
         elif run["status"] in ("aborted", "interrupted"):
             self.failed = True
             self.note(f"[{run['skill']}] {run['status']}")
+
+
+# Answers a permission request (request id, "allow" or "deny", remember): False if it was no
+# longer open (answered in the panel, or expired).
+Answer = Callable[[str, str, bool], Awaitable[bool]]
+YES, ALWAYS = ("y", "yes"), ("a", "always")
+
+
+class PermissionAsker:
+    """Asks the person at the terminal whether a tool of this send's runs may run.
+
+    Why: a tool that needs permission (`queue_workflow` runs a graph) waits for a person. An
+    in-process run has no panel that could answer, and a terminal user should not need one. With
+    no terminal to ask (stdin is piped or a file), an in-process run's request is denied at once,
+    since waiting would only hold the command for the gate's timeout; a remote one is left to the
+    panel. Printing waits while the question is open: the other roles' lines follow the answer.
+    """
+
+    def __init__(self, printer: Printer, answer: Answer, *, panel: bool, stdin: Any = None) -> None:
+        self.printer = printer
+        self.answer = answer
+        self.panel = panel  # a panel on the server may answer instead
+        self.stdin = stdin or sys.stdin
+
+    async def event(self, ev: dict[str, Any]) -> None:
+        data = ev.get("data", {})
+        if ev.get("type") != "permission.requested" or data.get("run_id") not in self.printer.run_ids:
+            return
+        said = await self._ask(f"[permission] {data['tool']} {data['summary']}: allow? "
+                               "[y]es, [a]lways in this session, [N]o: ")
+        if said is None and self.panel:
+            self.printer.note(f"[permission needed for {data['tool']}: answer in the panel]")
+            return
+        if said is None:
+            self.printer.note(f"[{data['tool']} denied: it needs permission ({data['permission_class']}) and there "
+                              "is no terminal to ask; allow it in the permission rules to run it unattended]")
+        decision = "allow" if said in YES + ALWAYS else "deny"
+        if not await self.answer(data["request_id"], decision, said in ALWAYS):
+            self.printer.note(f"[{data['tool']}: the request was answered elsewhere, or expired]")
+
+    async def _ask(self, question: str) -> str | None:
+        """The answer typed at the terminal, lower case; None if stdin is no terminal."""
+        if sys.platform == "win32" or not self.stdin.isatty():
+            return None
+        self.printer.note(question, end="")
+        loop = asyncio.get_running_loop()
+        fd = self.stdin.fileno()
+        line: asyncio.Future[bytes] = loop.create_future()
+        loop.add_reader(fd, lambda: line.done() or line.set_result(os.read(fd, 4096)))
+        try:
+            return (await line).decode(errors="replace").strip().lower()  # b"": Ctrl-D, a no
+        except asyncio.CancelledError:  # Ctrl-C: what is said next starts a line of its own
+            print(file=sys.stderr, flush=True)
+            raise
+        finally:
+            loop.remove_reader(fd)

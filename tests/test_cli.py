@@ -13,6 +13,7 @@ import asyncio
 import io
 import json
 import os
+import pty
 import re
 import signal
 import socket
@@ -30,7 +31,8 @@ import pytest
 from opencode_agent.cli import run_remote
 from opencode_agent.terminal import Printer
 from opencode_agent.core.store import SqliteStore
-from opencode_agent.tests.fakes.llm_servers import Reply, fake_llm  # noqa: F401
+from opencode_agent.tests.fakes.comfyui_http import FakeComfyUI
+from opencode_agent.tests.fakes.llm_servers import FakeToolCall, Reply, fake_llm  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -232,6 +234,56 @@ async def test_a_remote_run_may_stream_longer_than_aiohttps_default_timeout(aioh
     client = await aiohttp_client(make_app())
     assert await run_remote(remote_args(client, "word " * 20)) == 0
     assert capfd.readouterr().out.strip() == ("word " * 20).strip()
+
+
+def provider_in(data: Path, url: str) -> dict[str, str]:
+    """A data dir whose one provider profile, `fw`, is the fake LLM at `url`; the environment
+    holding its key."""
+    data.mkdir(parents=True)
+    profile = {"name": "fw", "kind": "openai", "base_url": url + "/v1", "default_model": "gpt-cli",
+               "key_env": "FW_TEST_KEY"}
+    (data / "providers.json").write_text(json.dumps({"version": 1, "profiles": [profile]}))
+    return {**os.environ, "FW_TEST_KEY": "sk-cli-test-0123456789abcdef"}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a pseudo-terminal stands for the user's")
+@pytest.mark.parametrize("typed", [b"y\n", b"n\n", None])
+async def test_an_in_process_run_asks_the_terminal_for_permission(tmp_path: Path, fake_llm: Any, aiohttp_server: Any,
+                                                                  typed: bytes | None) -> None:
+    """An in-process run has no panel to answer a tool's permission request: it used to say
+    "answer in the panel" and wait for the gate's two minutes. The terminal answers it now; with
+    no terminal (stdin not a tty) it is denied at once."""
+    data = tmp_path / "data"
+    env = provider_in(data, fake_llm.url)
+    comfy = FakeComfyUI()
+    comfy.server = await aiohttp_server(comfy.app(), host="127.0.0.1")
+    graph = {"1": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}}}
+    fake_llm.push(Reply(tool_calls=[FakeToolCall("propose_workflow", {"graph": graph})]), Reply("done."))
+    master, slave = pty.openpty()
+    proc = await asyncio.create_subprocess_exec(
+        *command("run", "make a cat", "--skill", "assistant", "--skill", "comfyui", "--provider", "fw",
+                 "--data-dir", str(data), "--comfyui-url", str(comfy.server.make_url("")).rstrip("/")),
+        stdin=slave if typed else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    os.close(slave)
+    try:
+        asked = b""
+        if typed:
+            asked = await asyncio.wait_for(proc.stderr.readuntil(b"[N]o: "), 30)
+            assert b"[permission] propose_workflow {" in asked
+            os.write(master, typed)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        os.close(master)
+        if proc.returncode is None:
+            proc.kill()
+    assert proc.returncode == 0 and out == b"done.\n", (asked + err).decode()
+    tool_result = fake_llm.requests[1].body["messages"][-1]["content"]
+    if typed == b"y\n":  # it ran: there is no panel to show the workflow in
+        assert tool_result.startswith("No Opencode panel is open"), tool_result
+    else:
+        assert tool_result.startswith("not run: "), tool_result
+    if typed is None:
+        assert b"[propose_workflow denied: it needs permission (edit) and there is no terminal to ask" in err
 
 
 # --------------------------------------------------------------------------- what `run` prints
