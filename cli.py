@@ -6,7 +6,7 @@
 
 `run` streams the reply (one role: as it comes; several: whole lines, each labelled `[role] `)
 and exits 1 when a run ends in error or aborted, 2 when the request could not be made, 130 on
-Ctrl-C, 141 when stdout is closed (both stop the reply, on the server too). With `--server` (or `$OPENCODE_SERVER`) it talks to a running Opencode over HTTP + SSE;
+Ctrl-C, 143 on SIGTERM, 141 when stdout is closed (each stops the reply, on the server too). With `--server` (or `$OPENCODE_SERVER`) it talks to a running Opencode over HTTP + SSE;
 otherwise it opens the data directory in-process, which one process at a time may do (a `serve`
 or ComfyUI using it: send through that one with `--server`).
 """
@@ -34,6 +34,7 @@ log = logging.getLogger("opencode.cli")
 # Exit codes: 0 done, 1 a run ended in error (or was aborted), 2 the request could not be made
 # (a bad argument, session or skill, an unreachable server, a data dir in use or unusable).
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a command that SIGINT ended
+EXIT_TERMINATED = 143  # SIGTERM, likewise
 EXIT_READER_GONE = 141  # stdout's reader went away (`| head -1`), as a shell reports SIGPIPE
 EXIT_BUG = 3
 
@@ -44,7 +45,7 @@ With --server (or $OPENCODE_SERVER) it sends through a running Opencode; otherwi
 data directory itself.
 
 exit status: 0 done; 1 a run ended in error or was aborted; 2 the request could not be made;
-130 Ctrl-C; 141 stdout was closed (both stop the reply); 3 an unexpected failure (a bug)."""
+130 Ctrl-C; 143 SIGTERM; 141 stdout was closed (all three stop the reply); 3 an unexpected failure (a bug)."""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -118,10 +119,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return serve(args) if args.command == "serve" else run(args)
-    except KeyboardInterrupt:  # Ctrl-C in `run` (`serve` stops on its own): the service closed on the way out
+    except (KeyboardInterrupt, Terminated) as exc:  # in `run` (`serve` stops on its own): the reply stopped
         session = f"; the session is {args.session}" if args.session else ""
-        print(f"interrupted{session}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        ctrl_c = isinstance(exc, KeyboardInterrupt)
+        print(f"{'interrupted' if ctrl_c else 'terminated'}{session}", file=sys.stderr)
+        return EXIT_INTERRUPTED if ctrl_c else EXIT_TERMINATED
     except (ReaderGone, BrokenPipeError):  # the reply was stopped; nobody is left to tell
         _discard_output()
         return EXIT_READER_GONE
@@ -151,34 +153,41 @@ def _discard_output() -> None:
             pass
 
 
-def run_until_ctrl_c(coro: Coroutine[Any, Any, int]) -> int:
-    """`asyncio.run`, where Ctrl-C cancels the command's task and then raises KeyboardInterrupt.
+class Terminated(Exception):
+    """SIGTERM (`timeout 60 opencode-agent run ...`, `kill`): the run is stopped as Ctrl-C stops it."""
 
-    Why: Python 3.11's runner does this itself, but on 3.10 the interrupt lands wherever the loop
-    is, the task's `finally` (closing the service, storing the stopped replies) never runs, and
-    the store's threads keep the process from exiting.
+
+def run_until_ctrl_c(coro: Coroutine[Any, Any, int]) -> int:
+    """`asyncio.run`, where Ctrl-C (SIGTERM) cancels the command's task and then raises
+    KeyboardInterrupt (Terminated).
+
+    Why: Python 3.11's runner does this for Ctrl-C itself, but on 3.10 the interrupt lands
+    wherever the loop is, the task's `finally` (stopping the reply, closing the service) never
+    runs, and the store's threads keep the process from exiting; and SIGTERM would end the
+    process on the spot, leaving a remote reply streaming to nobody.
     """
     async def guarded() -> int:
         task, loop = asyncio.current_task(), asyncio.get_running_loop()
-        interrupted = False
+        stopped_by: list[int] = []
 
-        def on_sigint() -> None:
-            nonlocal interrupted
-            interrupted = True
+        def on_signal(signum: int) -> None:
+            stopped_by.append(signum)
             task.cancel()  # type: ignore[union-attr]
 
         try:
-            loop.add_signal_handler(signal.SIGINT, on_sigint)
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, on_signal, signum)
         except (NotImplementedError, RuntimeError):  # Windows: Python's own handling
             return await coro
         try:
             return await coro
         except asyncio.CancelledError:
-            if interrupted:
-                raise KeyboardInterrupt from None
+            if stopped_by:
+                raise (KeyboardInterrupt if stopped_by[0] == signal.SIGINT else Terminated)() from None
             raise
         finally:
-            loop.remove_signal_handler(signal.SIGINT)
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
 
     return asyncio.run(guarded())
 

@@ -181,7 +181,7 @@ def test_run_help_says_what_each_option_is_and_the_exit_statuses() -> None:
     assert done.returncode == 0
     for said in ('"-" reads it from stdin', "--session ID ", "continue this session", "--provider NAME ",
                  "the provider profile", "--model MODEL ", "exit status: 0 done; 1 a run ended in error",
-                 "130 Ctrl-C; 141 stdout was closed"):
+                 "130 Ctrl-C; 143 SIGTERM; 141 stdout was closed"):
         assert said in done.stdout, said
     assert cli("--version").stdout.startswith("opencode-agent ")
 
@@ -415,22 +415,23 @@ def wait_for_reply(server: str, sid: str) -> dict[str, Any]:
         time.sleep(0.05)
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT is how a POSIX terminal sends Ctrl-C")
-async def test_ctrl_c_stops_a_remote_run_on_the_server(server: str) -> None:
-    """Nobody reads the reply once the user pressed Ctrl-C: the server stops writing (and paying
-    for) it, and it ends `aborted`, not streaming on with no one to read it."""
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals: SIGINT is how a terminal sends Ctrl-C")
+@pytest.mark.parametrize("signum, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+async def test_ctrl_c_stops_a_remote_run_on_the_server(server: str, signum: int, code: int, word: str) -> None:
+    """Nobody reads the reply once the user pressed Ctrl-C (or `timeout` sent SIGTERM): the server
+    stops writing (and paying for) it, and it ends `aborted`, not streaming on to no one."""
     proc = await asyncio.create_subprocess_exec(*command("run", "word " * 1000, "--skill", "echo", "--server", server),
                                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         await asyncio.wait_for(proc.stdout.readexactly(len("word word")), 30)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         rest, err = await asyncio.wait_for(proc.communicate(), 30)
     finally:
         if proc.returncode is None:
             proc.kill()
-    assert proc.returncode == 130 and "Traceback" not in err.decode(), err.decode()
+    assert proc.returncode == code and "Traceback" not in err.decode(), err.decode()
     assert rest.endswith(b"\n")
-    said = re.search(r"^interrupted; the session is (\S+)$", err.decode(), re.MULTILINE)
+    said = re.search(rf"^{word}; the session is (\S+)$", err.decode(), re.MULTILINE)
     assert said, err.decode()
     assert wait_for_reply(server, said.group(1))["status"] == "aborted"
 
