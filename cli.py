@@ -6,9 +6,10 @@
 
 `run` streams the reply (one role: as it comes; several: whole lines, each labelled `[role] `)
 and exits 1 when a run ends in error or aborted, 2 when the request could not be made, 130 on
-Ctrl-C, 143 on SIGTERM, 141 when stdout is closed (each stops the reply, on the server too). With `--server` (or `$OPENCODE_SERVER`) it talks to a running Opencode over HTTP + SSE;
-otherwise it opens the data directory in-process, which one process at a time may do (a `serve`
-or ComfyUI using it: send through that one with `--server`).
+Ctrl-C, 143 on SIGTERM, 141 when stdout is closed (each stops the reply, on the server too).
+With `--server` (or `$OPENCODE_SERVER`) it talks to a running Opencode over HTTP + SSE; otherwise
+it opens the data directory in-process, which one process at a time may do (a `serve` or ComfyUI
+using it: send through that one with `--server`). `-` as the prompt reads it from stdin.
 """
 
 from __future__ import annotations
@@ -410,7 +411,8 @@ async def _run_remote(args: argparse.Namespace, printer: Printer) -> int:
                 raise
         printer.finish()
         if printer.unfinished:
-            return _cut_short(printer, sid, "the stream ended before the reply did", "the reply may go on on the server")
+            return _cut_short(printer, sid, "the stream ended before the reply did",
+                              "the reply may go on on the server")
         print(f"(session {sid})", file=sys.stderr)
         return 1 if printer.failed else 0
 

@@ -416,7 +416,8 @@ def wait_for_reply(server: str, sid: str) -> dict[str, Any]:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals: SIGINT is how a terminal sends Ctrl-C")
-@pytest.mark.parametrize("signum, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+@pytest.mark.parametrize("signum, code, word", [(signal.SIGINT, 130, "interrupted"),
+                                                (signal.SIGTERM, 143, "terminated")])
 async def test_ctrl_c_stops_a_remote_run_on_the_server(server: str, signum: int, code: int, word: str) -> None:
     """Nobody reads the reply once the user pressed Ctrl-C (or `timeout` sent SIGTERM): the server
     stops writing (and paying for) it, and it ends `aborted`, not streaming on to no one."""
