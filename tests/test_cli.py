@@ -13,6 +13,7 @@ import asyncio
 import io
 import json
 import os
+import pty
 import re
 import signal
 import socket
@@ -27,9 +28,11 @@ import aiohttp
 import aiohttp.client
 import pytest
 
-from opencode_agent.cli import _Printer, run_remote
+from opencode_agent.cli import run_remote
+from opencode_agent.terminal import Printer
 from opencode_agent.core.store import SqliteStore
-from opencode_agent.tests.fakes.llm_servers import Reply, fake_llm  # noqa: F401
+from opencode_agent.tests.fakes.comfyui_http import FakeComfyUI
+from opencode_agent.tests.fakes.llm_servers import FakeToolCall, Reply, fake_llm  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,8 +67,15 @@ def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
+    proc, url = start_server(tmp_path / "data")
+    yield url
+    stop(proc)
+
+
+def start_server(data: Path) -> tuple[subprocess.Popen[str], str]:
+    """`opencode-agent serve` on a free port, once it answers."""
     port = free_port()
-    proc = subprocess.Popen(command("serve", "--port", str(port), "--data-dir", str(tmp_path / "data")),
+    proc = subprocess.Popen(command("serve", "--port", str(port), "--data-dir", str(data)),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -79,7 +89,10 @@ def server(tmp_path: Path) -> Iterator[str]:
     else:
         proc.kill()
         pytest.fail("the server did not start: " + (proc.stdout.read() if proc.stdout else ""))
-    yield url
+    return proc, url
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=15)
@@ -135,7 +148,7 @@ async def test_run_asks_the_chosen_provider_and_model(server: str, fake_llm: Any
 
 @pytest.mark.parametrize("args, says", [
     (["--provider", "nope"], ["error: no provider profile nope", "(unknown_provider)"]),
-    (["--skill", "Bad Skill!"], ["\nerror: skills.0: String should match pattern", "(invalid)"]),
+    (["--skill", "Bad Skill!"], ["error: skills.0: String should match pattern", "(invalid)"]),
 ])
 def test_run_in_process_reports_a_bad_request_without_a_traceback(tmp_path: Path, args: list[str],
                                                                      says: list[str]) -> None:
@@ -149,15 +162,54 @@ def test_run_in_process_on_a_data_dir(tmp_path: Path) -> None:
     first = cli("run", "first words", "--skill", "echo", "--data-dir", str(data))
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip() == "first words"
-    sid = first.stderr.strip().splitlines()[-1].removeprefix("(session ").rstrip(")")
+    # The terminal shows the reply and where it went, not the service's log lines.
+    assert re.fullmatch(r"\(session ses_\w+\)\n", first.stderr), first.stderr
+    sid = first.stderr.strip().removeprefix("(session ").rstrip(")")
     again = cli("run", "second words", "--session", sid, "--data-dir", str(data))
     assert again.returncode == 0 and again.stdout.strip() == "second words"
 
 
+def test_the_prompt_may_come_from_stdin(tmp_path: Path) -> None:
+    done = subprocess.run(command("run", "-", "--skill", "echo", "--data-dir", str(tmp_path / "data")),
+                          input="line one\nline two\n", capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "line one\nline two\n"
+
+
+def test_run_help_says_what_each_option_is_and_the_exit_statuses() -> None:
+    done = cli("run", "--help")
+    assert done.returncode == 0
+    for said in ('"-" reads it from stdin', "--session ID ", "continue this session", "--provider NAME ",
+                 "the provider profile", "--model MODEL ", "exit status: 0 done; 1 a run ended in error",
+                 "130 Ctrl-C; 143 SIGTERM; 141 stdout was closed"):
+        assert said in done.stdout, said
+    assert cli("--version").stdout.startswith("opencode-agent ")
+
+
+def test_a_stdout_that_cannot_encode_the_reply_gets_replacements(tmp_path: Path) -> None:
+    """A Windows code page has no emoji: the reply still arrives whole, with `?` in their place."""
+    done = subprocess.run(command("run", "party 🎉 time", "--skill", "echo", "--data-dir", str(tmp_path / "data")),
+                          capture_output=True, timeout=60, env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout == b"party ? time\n"
+
+
 def test_unknown_server_is_a_clear_error() -> None:
-    done = cli("run", "hi", "--server", f"http://127.0.0.1:{free_port()}", timeout=30)
-    assert done.returncode != 0
-    assert "Traceback" not in done.stderr
+    url = f"http://127.0.0.1:{free_port()}"
+    done = cli("run", "hi", "--server", url, timeout=30)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith(f"error: cannot reach Opencode at {url}: ") and "ssl:default" not in done.stderr
+    assert "is `opencode-agent serve` running there?" in done.stderr
+
+
+def test_the_server_url_may_be_given_as_serve_prints_it(server: str) -> None:
+    """`serve` says "Opencode on http://127.0.0.1:8189/opencode/": that URL, or a bare host:port,
+    names the server as well as its root does."""
+    for given in (server + "/opencode/", server.removeprefix("http://")):
+        done = cli("run", "hi", "--skill", "echo", "--server", given)
+        assert done.returncode == 0 and done.stdout == "hi\n", (given, done.stderr)
+    done = cli("run", "hi", "--server", "ftp://127.0.0.1:21")
+    assert done.returncode == 2 and "argument --server: not an http:// or https:// URL" in done.stderr
 
 
 def remote_args(client: Any, prompt: str) -> argparse.Namespace:
@@ -184,13 +236,63 @@ async def test_a_remote_run_may_stream_longer_than_aiohttps_default_timeout(aioh
     assert capfd.readouterr().out.strip() == ("word " * 20).strip()
 
 
+def provider_in(data: Path, url: str) -> dict[str, str]:
+    """A data dir whose one provider profile, `fw`, is the fake LLM at `url`; the environment
+    holding its key."""
+    data.mkdir(parents=True)
+    profile = {"name": "fw", "kind": "openai", "base_url": url + "/v1", "default_model": "gpt-cli",
+               "key_env": "FW_TEST_KEY"}
+    (data / "providers.json").write_text(json.dumps({"version": 1, "profiles": [profile]}))
+    return {**os.environ, "FW_TEST_KEY": "sk-cli-test-0123456789abcdef"}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a pseudo-terminal stands for the user's")
+@pytest.mark.parametrize("typed", [b"y\n", b"n\n", None])
+async def test_an_in_process_run_asks_the_terminal_for_permission(tmp_path: Path, fake_llm: Any, aiohttp_server: Any,
+                                                                  typed: bytes | None) -> None:
+    """An in-process run has no panel to answer a tool's permission request: it used to say
+    "answer in the panel" and wait for the gate's two minutes. The terminal answers it now; with
+    no terminal (stdin not a tty) it is denied at once."""
+    data = tmp_path / "data"
+    env = provider_in(data, fake_llm.url)
+    comfy = FakeComfyUI()
+    comfy.server = await aiohttp_server(comfy.app(), host="127.0.0.1")
+    graph = {"1": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}}}
+    fake_llm.push(Reply(tool_calls=[FakeToolCall("propose_workflow", {"graph": graph})]), Reply("done."))
+    master, slave = pty.openpty()
+    proc = await asyncio.create_subprocess_exec(
+        *command("run", "make a cat", "--skill", "assistant", "--skill", "comfyui", "--provider", "fw",
+                 "--data-dir", str(data), "--comfyui-url", str(comfy.server.make_url("")).rstrip("/")),
+        stdin=slave if typed else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    os.close(slave)
+    try:
+        asked = b""
+        if typed:
+            asked = await asyncio.wait_for(proc.stderr.readuntil(b"[N]o: "), 30)
+            assert b"[permission] propose_workflow {" in asked
+            os.write(master, typed)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        os.close(master)
+        if proc.returncode is None:
+            proc.kill()
+    assert proc.returncode == 0 and out == b"done.\n", (asked + err).decode()
+    tool_result = fake_llm.requests[1].body["messages"][-1]["content"]
+    if typed == b"y\n":  # it ran: there is no panel to show the workflow in
+        assert tool_result.startswith("No Opencode panel is open"), tool_result
+    else:
+        assert tool_result.startswith("not run: "), tool_result
+    if typed is None:
+        assert b"[propose_workflow denied: it needs permission (edit) and there is no terminal to ask" in err
+
+
 # --------------------------------------------------------------------------- what `run` prints
 
 
 def printed(run_ids: list[str], events: list[dict[str, Any]]) -> tuple[str, list[str]]:
     """What a printer for a send of `run_ids` writes on stdout after `events`, after each one."""
     out = io.StringIO()
-    printer = _Printer(out)
+    printer = Printer(out)
     printer.start(run_ids)
     after_each = []
     for ev in events:
@@ -298,8 +400,79 @@ async def test_ctrl_c_stops_an_in_process_run_stores_it_and_names_the_session(tm
     finally:
         await store.close()
     reply = [m for m in messages if m.role == "assistant"]
-    assert [m.status for m in reply] == ["interrupted"]  # stopped and stored on the way out
+    assert [m.status for m in reply] == ["aborted"]  # the user stopped it, and it is stored
     assert reply[0].text().startswith((first + rest).decode().rstrip("\n"))  # all it printed, and maybe more
+
+
+def wait_for_reply(server: str, sid: str) -> dict[str, Any]:
+    """The session's last message once it is an assistant reply that has ended."""
+    deadline = time.monotonic() + 30
+    while True:
+        messages = get(f"{server}/opencode/sessions/{sid}/messages")["messages"]
+        if messages and messages[-1]["role"] == "assistant" and messages[-1]["status"] != "streaming":
+            return messages[-1]
+        assert time.monotonic() < deadline, messages
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals: SIGINT is how a terminal sends Ctrl-C")
+@pytest.mark.parametrize("signum, code, word", [(signal.SIGINT, 130, "interrupted"),
+                                                (signal.SIGTERM, 143, "terminated")])
+async def test_ctrl_c_stops_a_remote_run_on_the_server(server: str, signum: int, code: int, word: str) -> None:
+    """Nobody reads the reply once the user pressed Ctrl-C (or `timeout` sent SIGTERM): the server
+    stops writing (and paying for) it, and it ends `aborted`, not streaming on to no one."""
+    proc = await asyncio.create_subprocess_exec(*command("run", "word " * 1000, "--skill", "echo", "--server", server),
+                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        await asyncio.wait_for(proc.stdout.readexactly(len("word word")), 30)
+        proc.send_signal(signum)
+        rest, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert proc.returncode == code and "Traceback" not in err.decode(), err.decode()
+    assert rest.endswith(b"\n")
+    said = re.search(rf"^{word}; the session is (\S+)$", err.decode(), re.MULTILINE)
+    assert said, err.decode()
+    assert wait_for_reply(server, said.group(1))["status"] == "aborted"
+
+
+@pytest.mark.parametrize("where", ["in-process", "server"])
+def test_a_closed_stdout_stops_the_reply_quietly(where: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """`run ... | head -1`: the reader left, so the reply stops (`aborted`) and the command ends at
+    once with 141, as a shell reports SIGPIPE: no traceback, no "cannot reach Opencode", no hang
+    (an in-process run used to skip closing its service and never exit)."""
+    data = tmp_path / "data"
+    where_args = ["--data-dir", str(data)] if where == "in-process" else ["--server", request.getfixturevalue("server")]
+    proc = subprocess.Popen(command("run", "word " * 1000, "--skill", "echo", *where_args),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.read(len("word word")) == b"word word"
+        proc.stdout.close()  # as `head` does once it has its line
+        proc.wait(timeout=30)
+        err = proc.stderr.read().decode()
+    finally:
+        proc.kill()
+    assert proc.returncode == 141 and err == "", err
+    if where == "server":
+        sid = get(where_args[1] + "/opencode/sessions")["sessions"][0]["id"]
+        assert wait_for_reply(where_args[1], sid)["status"] == "aborted"
+    else:
+        assert stored_statuses(data) == ["aborted"]
+
+
+def stored_statuses(data: Path) -> list[str]:
+    """The statuses of the assistant messages stored in `data`'s only session."""
+    async def read() -> list[str]:
+        store = SqliteStore(data / "opencode.sqlite3")
+        await store.open()
+        try:
+            (session,) = await store.list_sessions()
+            messages, _ = await store.get_messages(session.id)
+        finally:
+            await store.close()
+        return [m.status for m in messages if m.role == "assistant"]
+    return asyncio.run(read())
 
 
 async def test_a_server_that_is_not_opencode_is_named_so(aiohttp_server: Any) -> None:
@@ -322,6 +495,47 @@ async def test_a_server_that_is_not_opencode_is_named_so(aiohttp_server: Any) ->
         out, err = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 2 and "Traceback" not in err.decode(), err.decode()
         assert f"error: {url} is not an Opencode server (HTTP {status})" in err.decode()
+
+
+@pytest.mark.parametrize("where", ["in-process", "server"])
+def test_a_refused_first_message_leaves_no_empty_session(where: str, tmp_path: Path,
+                                                         request: pytest.FixtureRequest) -> None:
+    """A mistyped `@role` (or an empty prompt) is refused after `run` created the session for it:
+    that session goes again, or every typo leaves an empty "New chat" in the panel."""
+    data = tmp_path / "data"
+    where_args = ["--data-dir", str(data)] if where == "in-process" else ["--server", request.getfixturevalue("server")]
+    done = cli("run", "@asistant hi", "--skill", "assistant", "--skill", "echo", *where_args)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "error: no role @asistant; did you mean @assistant? (unknown_role)" in done.stderr
+    if where == "server":
+        assert get(where_args[1] + "/opencode/sessions")["sessions"] == []
+    else:
+        assert asyncio.run(session_count(data)) == 0
+
+
+async def session_count(data: Path) -> int:
+    store = SqliteStore(data / "opencode.sqlite3")
+    await store.open()
+    try:
+        return len(await store.list_sessions())
+    finally:
+        await store.close()
+
+
+def test_a_server_that_stops_says_the_reply_stopped_too(tmp_path: Path) -> None:
+    """The server shutting down ends the stream and the reply (`interrupted`): the command says
+    so, not that the reply goes on there."""
+    proc, url = start_server(tmp_path / "data")
+    try:
+        run = subprocess.Popen(command("run", "word " * 1000, "--skill", "echo", "--server", url),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert run.stdout.read(len("word word")) == "word word"
+        proc.terminate()
+        _, err = run.communicate(timeout=30)
+    finally:
+        stop(proc)
+    assert run.returncode == 2 and "Traceback" not in err, err
+    assert "error: the server stopped streaming to us: server shutting down; the reply stops there" in err
 
 
 def test_a_session_id_is_one_path_segment(server: str) -> None:
