@@ -75,7 +75,7 @@ class ModelResolverImpl:
                 "no provider is chosen for this chat, and no model server on this machine answers "
                 "(Ollama, LM Studio): add a provider and its API key with the panel's gear button and "
                 "pick it above the chat, or start your local server (over the API: PATCH the "
-                "session's `provider`)",
+                "session's `provider`; from the terminal: `opencode-agent run --provider NAME`)",
                 code="no_provider",
             )
         cached = self._cache.get((name, model))

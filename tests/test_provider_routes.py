@@ -116,6 +116,8 @@ async def test_no_provider_is_a_clear_run_error(client: Any) -> None:
     assert final["data"]["run"]["status"] == "error"
     assert "no provider is chosen" in final["data"]["run"]["error"]
     assert "start your local server" in final["data"]["run"]["error"]
+    assert "opencode-agent run --provider NAME" in final["data"]["run"]["error"]  # the CLI's way
+    assert final["data"]["run"]["error_code"] == "no_provider"
 
 
 async def test_a_changed_key_or_profile_applies_to_the_next_run(client: Any, fake_llm: FakeLLMServer) -> None:
