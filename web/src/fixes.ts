@@ -20,6 +20,7 @@ export interface ProfileFix {
 const BY_CODE: ReadonlyMap<string, Fix> = new Map<string, Fix>([
   ["provider_auth", "key"],
   ["provider_quota", "provider"],
+  ["no_provider", "provider"], // no profile chosen and no local server answering: the settings add one
   ["provider_unreachable", "address"],
   ["provider_context_exceeded", "context"],
   ["context_exceeded", "context"],

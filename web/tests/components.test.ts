@@ -317,6 +317,7 @@ describe("MessageView: a failed reply's way out", () => {
   it.each([
     ["provider_auth", "Check the API key", "key"],
     ["provider_quota", "Provider settings", "provider"],
+    ["no_provider", "Provider settings", "provider"],
     ["provider_unreachable", "Check the base URL", "address"],
     ["provider_context_exceeded", "Set the model's context", "context"],
     ["context_exceeded", "Set the model's context", "context"],
