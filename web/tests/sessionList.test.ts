@@ -181,6 +181,9 @@ describe("the list of chats", () => {
     const filter = await openList(w);
     expect(titles(w)).toHaveLength(100);
     expect(w.text()).toContain("900 more — type to filter");
+    const press = new MouseEvent("mousedown", { bubbles: true, cancelable: true }); // on the note: the focus stays
+    w.findAll("p").find((p) => p.text() === "900 more — type to filter")!.element.dispatchEvent(press);
+    expect(press.defaultPrevented).toBe(true);
     await filter.setValue("99");
     expect(titles(w)).toEqual([...[99, 199, 299, 399, 499, 599, 699, 799, 899], ...Array.from({ length: 10 }, (_, i) => 990 + i)].map((n) => `Workflow ${n}`));
     expect(w.text()).not.toContain("more — type to filter");
