@@ -242,7 +242,7 @@ async def rotate_token(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------- sessions
 
 
-@route("GET", "/opencode/sessions", "List sessions, newest first", response=p.SessionList)
+@route("GET", "/opencode/sessions", "List sessions, most recently active first", response=p.SessionList)
 async def list_sessions(request: web.Request) -> web.Response:
     return json_response(p.SessionList(sessions=await service_of(request).sessions.list()))
 

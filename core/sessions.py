@@ -281,8 +281,10 @@ class SessionManager:
         # In-memory state is newer than the store for sessions in use. A session not opened since
         # the start shows `last_seq` 0: reading each one's newest event row made a listing of a
         # few thousand sessions take 150-250 ms (a join tells, or `GET /sessions/{id}`).
-        return [self._numbered(self._live[s.id].session) if s.id in self._live
-                else self._numbered(s) if self.bus.room_of(s.id) is not None else s for s in stored]
+        # Sorted again: a live session's activity may not have reached its row yet.
+        listed = [self._numbered(self._live[s.id].session) if s.id in self._live
+                  else self._numbered(s) if self.bus.room_of(s.id) is not None else s for s in stored]
+        return sorted(listed, key=lambda s: s.updated_at, reverse=True)
 
     async def get(self, session_id: str) -> Session:
         return self._numbered((await self._get_live(session_id)).session)
@@ -313,12 +315,15 @@ class SessionManager:
         async with live.changing:
             if live.deleted:  # a delete began while this change waited: it must not bring it back
                 raise NotFound(f"no session {live.session.id}; it was deleted")
-            data = live.session.model_dump()
-            data.update(changes_to(live.session))
+            before = live.session
+            data = before.model_dump()
+            data.update(changes_to(before))
             data["updated_at"] = now()
             updated = Session.model_validate(data)
             await self.store.save_session(updated)
-            if live.session.usage != updated.usage:  # a reply ended during the save
+            # A reply ended (`_add_usage`) or a message came (`_touch`) during the save: its row,
+            # queued after this one, lacks this change; a newer one has both.
+            if live.session is not before:
                 updated = updated.model_copy(update={"usage": live.session.usage, "updated_at": now()})
                 self.store.queue_session(updated)
             live.session = updated
@@ -455,6 +460,7 @@ class SessionManager:
 
     async def _start_send(self, live: _Live, body: SendBody) -> "Sending":
         session_id = live.session.id
+        self._touch(live)
         text, roles = self._address(live.session, body)
         busy = bool(live.active or live.queued or live.interrupting or live.queueing)
         if busy and body.mode == "interrupt":
@@ -705,6 +711,7 @@ class SessionManager:
         if live.active or live.queued or live.interrupting or live.queueing:
             raise Conflict("replies are running in this chat: retry once they end (or stop them)", code="busy")
         before = list(itertools.takewhile(lambda m: m.id != prompt.id, live.recent.values()))
+        self._touch(live)
         run = Run(id=new_id("run"), session_id=session_id, message_id=new_id("msg"), skill=role.id, status="queued")
         self._register_runs([run])
         self._start(live, prompt, [run], [role], before=before)
@@ -723,6 +730,16 @@ class SessionManager:
             if active.agent.message.usage:
                 total = total + active.agent.message.usage
         return total
+
+    def _touch(self, live: _Live) -> None:
+        """A message was sent or a reply asked again: the chat moves to the top of the list of
+        sessions (ordered by `updated_at`), whether or not its reply reports usage. Synchronous
+        right after `_check_open`: a delete begun later orders its row removal behind this one."""
+        live.session = live.session.model_copy(update={"updated_at": now()})
+        try:
+            self.store.queue_session(live.session)
+        except OpencodeError as exc:  # the order of a list is not worth refusing the message for
+            log.error("could not save the activity of session %s: %s", live.session.id, exc.message)
 
     def _add_usage(self, live: _Live, message: Message) -> None:
         """Add a reply's usage to its session's totals. The row joins the next group commit (a

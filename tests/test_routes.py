@@ -40,6 +40,24 @@ async def test_session_crud(client: TestClient) -> None:
     assert err["error"]["code"] == "not_found"
 
 
+async def test_the_list_of_sessions_is_most_recently_active_first(client: TestClient, service: Any) -> None:
+    """The panel's list of chats: the one last written in comes first, the same after a restart.
+    A message counts even when its reply reports no usage (the echo role; a provider error)."""
+    async def order() -> list[str]:
+        return [s["id"] for s in (await j(await client.get("/opencode/sessions"), 200))["sessions"]]
+
+    a, b, c = [(await j(await client.post("/opencode/sessions", json={"skills": ["echo"], "title": t}), 201))["id"]
+               for t in "abc"]
+    assert await order() == [c, b, a]
+    sent = await j(await client.post(f"/opencode/sessions/{a}/messages", json={"text": "still here"}), 202)
+    await service.sessions.wait_runs(a, sent["run_ids"])
+    assert await order() == [a, c, b]
+    await j(await client.patch(f"/opencode/sessions/{b}", json={"title": "renamed"}), 200)
+    assert await order() == [b, a, c]
+    await service.store.flush()
+    assert [s.id for s in await service.store.list_sessions()] == [b, a, c]
+
+
 async def test_client_chosen_id_and_conflict(client: TestClient) -> None:
     await j(await client.post("/opencode/sessions", json={"id": "ses_mine"}), 201)
     err = await j(await client.post("/opencode/sessions", json={"id": "ses_mine"}), 409)

@@ -343,6 +343,33 @@ describe("standalone panel", () => {
     await ctx.close();
   });
 
+  scenario("finds a chat among thirty: the list refreshes on opening, the filter narrows it, arrows and Enter switch", async () => {
+    const kinds = ["Flux landscape", "SDXL portrait", "风景 工作流"];
+    const ids = [];
+    for (let i = 0; i < 30; i++) ids.push(await newSession({ skills: ["echo"], title: `${kinds[i % 3]} #${i}` }));
+    const { ctx, page } = await standalone(ids[0]);
+    await newSession({ skills: ["echo"], title: "Made in another tab" }); // after the page read the list
+    await page.getByRole("button", { name: "Chats" }).click();
+    const filter = page.getByRole("combobox", { name: "Filter chats" });
+    assert.ok(await filter.evaluate((el) => el === document.activeElement), "the filter has the focus");
+    const list = page.getByRole("listbox", { name: "Chats" });
+    const options = list.getByRole("option");
+    assert.equal(await options.first().locator("[data-testid=chat-title]").innerText(), "Made in another tab");
+    await filter.pressSequentially("sdxl");
+    const titles = await options.locator("[data-testid=chat-title]").allInnerTexts();
+    assert.deepEqual(titles, [28, 25, 22, 19, 16, 13, 10, 7, 4, 1].map((i) => `SDXL portrait #${i}`)); // last active first
+    await filter.press("ArrowDown");
+    const activeId = await filter.getAttribute("aria-activedescendant");
+    assert.equal(await page.locator(`[id="${activeId}"] [data-testid=chat-title]`).innerText(), "SDXL portrait #25");
+    await filter.press("Enter");
+    await page.locator("[data-testid=session-title]", { hasText: "SDXL portrait #25" }).waitFor({ timeout: T });
+    await ready(page);
+    assert.equal(await list.count(), 0);
+    assert.equal(await page.evaluate(() => document.activeElement?.getAttribute("aria-label")), "Chats");
+    assert.equal(await page.evaluate(() => localStorage.getItem("opencode.standalone.session")), ids[25]);
+    await ctx.close();
+  });
+
   scenario("sanitizes what it renders (in a real browser)", async () => {
     const id = await newSession({ skills: ["echo"] });
     const { ctx, page } = await standalone(id);

@@ -35,6 +35,15 @@ const en = {
   "session.empty": "No chats yet.",
   "session.export": "Export",
   "session.loading": "Loading…",
+  "session.filter": "Filter chats",
+  "session.noMatch": "No chat matches “{query}”.",
+  "session.more": "{n} more — type to filter",
+  "session.current": "current",
+  "time.justNow": "just now",
+  "time.minutes": "{n} min ago",
+  "time.hours": "{n} h ago",
+  "time.yesterday": "yesterday",
+  "time.days": "{n} days ago",
   "common.cancel": "Cancel",
   "common.confirm": "Confirm",
   "common.save": "Save",
@@ -230,6 +239,15 @@ const zh: Record<MessageKey, string> = {
   "session.empty": "还没有对话。",
   "session.export": "导出",
   "session.loading": "加载中…",
+  "session.filter": "筛选对话",
+  "session.noMatch": "没有与“{query}”匹配的对话。",
+  "session.more": "还有 {n} 个 — 输入文字筛选",
+  "session.current": "当前",
+  "time.justNow": "刚刚",
+  "time.minutes": "{n} 分钟前",
+  "time.hours": "{n} 小时前",
+  "time.yesterday": "昨天",
+  "time.days": "{n} 天前",
   "common.cancel": "取消",
   "common.confirm": "确定",
   "common.save": "保存",
@@ -400,6 +418,11 @@ export const currentLocale = ref<"en" | "zh">("en");
 /** `zh`, `zh-CN`, `zh-Hans` → zh; anything else → en. */
 export function setLocale(tag: string | null | undefined): void {
   currentLocale.value = (tag ?? "").toLowerCase().startsWith("zh") ? "zh" : "en";
+}
+
+/** The panel's locale as a BCP 47 tag, for `Intl` (dates, numbers). */
+export function intlLocale(): string {
+  return currentLocale.value === "zh" ? "zh-CN" : "en";
 }
 
 export function t(key: MessageKey, params?: Record<string, string | number>): string {

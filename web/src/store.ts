@@ -59,6 +59,11 @@ export function proposedGraph(req: UiRequestData): Record<string, unknown> {
   return graph && typeof graph === "object" ? (graph as Record<string, unknown>) : {};
 }
 
+/** Chats as the list shows them: most recently active first (a stable sort: a tie keeps its place). */
+function byActivity(list: readonly Session[]): Session[] {
+  return [...list].sort((a, b) => b.updated_at - a.updated_at);
+}
+
 /** The node class holding a panel: an accepted proposal never removes one it leaves out. */
 const AGENT_TYPE = "OpencodeAgent";
 
@@ -157,8 +162,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   }
 
   function rememberSession(s: Session): void {
-    const i = sessions.value.findIndex((x) => x.id === s.id);
-    sessions.value = i < 0 ? [s, ...sessions.value] : sessions.value.map((x) => (x.id === s.id ? s : x));
+    sessions.value = byActivity([s, ...sessions.value.filter((x) => x.id !== s.id)]);
     chat.value = withSession(chat.value, s);
     if (chat.value.phase === "ready" && chat.value.session.id === s.id) {
       deps.binding.syncConfig({ skills: s.skills, provider: s.provider, model: s.model });
@@ -281,7 +285,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
 
   async function loadSessions(): Promise<void> {
     const list = (await client.listSessions()).sessions;
-    sessions.value = [...list].sort((a, b) => b.updated_at - a.updated_at);
+    sessions.value = byActivity(list);
   }
 
   /** The provider's models, read unless already read; a list that could not be read is asked
