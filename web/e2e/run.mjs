@@ -388,6 +388,55 @@ describe("standalone panel", () => {
   });
 });
 
+describe("narrow panels: a 300 px node, a 224 px sidebar, and the node's default 460 px", () => {
+  const LONG_ID = "meta-llama/llama-3.3-70b-instruct-turbo";
+  let sessionId;
+  before(async () => {
+    await api(oc.url, "POST", "/opencode/providers", {
+      name: "narrow", kind: "openai", base_url: llm.url, default_model: "fake-model",
+      models: {
+        "fake-model": { context_tokens: 32_000, tools: true, vision: true, input_price: 0.15, output_price: 0.6, cache_read_price: 0.075 },
+        [LONG_ID]: { context_tokens: 131_072, input_price: 0.88, output_price: 0.88 },
+      },
+    });
+    await api(oc.url, "PUT", "/opencode/providers/narrow/key", { key: "sk-e2e-narrow-1234" });
+    sessionId = await newSession({ skills: ["assistant"], provider: "narrow", model: "fake-model" });
+    await api(oc.url, "PATCH", `/opencode/sessions/${sessionId}`, { budget: { max_tokens: 40_000 } });
+  });
+
+  scenario("after a model is saved the provider dialog keeps its title and close button in view", async () => {
+    const { ctx, page } = await standalone(sessionId, { width: 464, height: 520 });
+    await page.getByRole("button", { name: "Providers" }).click();
+    const dialog = page.locator(".oc-dialog");
+    const section = dialog.locator("[data-provider=narrow]");
+    await section.getByRole("button", { name: "Models of narrow" }).click();
+    await section.getByRole("button", { name: "Edit model fake-model" }).click();
+    const form = section.locator("form[aria-label='Model fake-model']");
+    await form.waitFor({ timeout: T });
+    await form.getByRole("button", { name: "Save" }).scrollIntoViewIfNeeded();
+    await page.keyboard.press("Control+A");
+    await page.keyboard.type("64000");
+    await page.keyboard.press("Enter");
+    await form.waitFor({ state: "detached", timeout: T });
+    await section.locator("[data-model=fake-model]", { hasText: "64,000" }).waitFor({ timeout: T });
+    const seen = await page.evaluate(() => {
+      const d = document.querySelector(".oc-dialog");
+      const head = d.querySelector(".oc-dialog-head").getBoundingClientRect();
+      const close = d.querySelector("[aria-label=Close]").getBoundingClientRect();
+      const body = d.querySelector(".oc-dialog-body").getBoundingClientRect();
+      const focus = document.activeElement.getBoundingClientRect();
+      return {
+        dialogScrolled: d.scrollTop, rootScrolled: d.closest(".oc-root").scrollTop,
+        headShown: head.top >= d.getBoundingClientRect().top - 1 && document.elementFromPoint(close.x + close.width / 2, close.y + close.height / 2)?.closest("[aria-label=Close]") !== null,
+        focused: document.activeElement.getAttribute("aria-label"),
+        focusShown: focus.top >= body.top - 1 && focus.bottom <= body.bottom + 1,
+      };
+    });
+    assert.deepEqual(seen, { dialogScrolled: 0, rootScrolled: 0, headShown: true, focused: "Edit model fake-model", focusShown: true });
+    await ctx.close();
+  });
+});
+
 /** At the node's default width the config bar keeps its controls on one line. */
 async function oneLineConfig(node) {
   const boxes = await node.locator(".oc-config").first().evaluate((bar) => [...bar.children]
@@ -454,6 +503,43 @@ describe("inside a (fake) ComfyUI canvas", () => {
     await oneLineConfig(node); // still one line with two roles, a provider and a model chosen
     assert.equal(await page.locator(".node[data-node-type=KSampler]").count(), 1);
     await page.screenshot({ path: join(SHOTS, "canvas.png") });
+    await ctx.close();
+  });
+
+  scenario("an Escape belongs to the dialog it is pressed in: not to the canvas's, not to another panel's", async () => {
+    const ctx = await browser.newContext({ viewport: { width: 1400, height: 800 } });
+    const page = await openPage(ctx, `${comfy.url}/?skills=echo`);
+    await page.evaluate(() => {
+      const side = document.createElement("div");
+      side.id = "side";
+      side.style.cssText = "position:fixed;left:0;top:36px;bottom:0;width:224px;z-index:50;";
+      document.body.appendChild(side);
+      window.fakeComfy.sidebarTabs[0].render(side);
+    });
+    const side = page.locator("#side");
+    const node = page.locator(".node[data-node-type=OpencodeAgent]");
+    await side.locator("[data-testid=opencode-panel][data-phase=ready]").waitFor({ timeout: T });
+    for (const root of [node, side]) {
+      await root.getByRole("button", { name: "Providers" }).click();
+      await root.locator(".oc-dialog").waitFor({ timeout: T });
+    }
+    await node.locator(".oc-dialog").getByRole("button", { name: "Custom…" }).click();
+    const name = node.locator("[data-testid=provider-form] [name=name]");
+    await name.fill("half-typed");
+    await page.mouse.click(1360, 770); // the empty canvas
+    await page.keyboard.press("Escape");
+    await page.keyboard.press("Escape");
+    assert.deepEqual([await side.locator(".oc-dialog").count(), await node.locator(".oc-dialog").count(), await name.inputValue()], [1, 1, "half-typed"]);
+    // Pressed after a click on the sidebar dialog's title: that dialog closes, the node's stays as it was.
+    await side.locator(".oc-dialog-head span").click();
+    await page.keyboard.press("Escape");
+    assert.deepEqual([await side.locator(".oc-dialog").count(), await node.locator(".oc-dialog").count(), await name.inputValue()], [0, 1, "half-typed"]);
+    // In the node's dialog, one step at a time: its form, then the dialog.
+    await name.focus();
+    await page.keyboard.press("Escape");
+    assert.deepEqual([await name.count(), await node.locator(".oc-dialog").count()], [0, 1]);
+    await page.keyboard.press("Escape");
+    assert.equal(await node.locator(".oc-dialog").count(), 0);
     await ctx.close();
   });
 
