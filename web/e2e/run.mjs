@@ -288,7 +288,7 @@ describe("standalone panel", () => {
     await page.keyboard.press("Enter");
     await form.waitFor({ state: "detached", timeout: T });
     assert.equal((await api(oc.url, "GET", "/opencode/providers/small")).models["fake-model"].context_tokens, 200_000);
-    await page.locator(".oc-dialog [data-provider=small] tbody", { hasText: "200,000" }).waitFor({ timeout: T });
+    await page.locator(".oc-dialog [data-provider=small] [data-model=fake-model]", { hasText: "200,000" }).waitFor({ timeout: T });
     await page.locator("select[aria-label=Model] option", { hasText: "fake-model — 200.0k context" }).waitFor({ state: "attached", timeout: T });
     await page.keyboard.press("Escape"); // the models
     await page.keyboard.press("Escape"); // the dialog
@@ -388,6 +388,27 @@ describe("standalone panel", () => {
   });
 });
 
+/** Everything in `root` (a locator) that a panel too narrow for it would cut: elements wider than
+ * their box (scrolling sideways, a label cut), and `boxed` elements reaching past their `within`
+ * (else past `root`). */
+async function overflows(root, boxed, within) {
+  return root.evaluate((el, [boxedSel, withinSel]) => {
+    const name = (e) => `${e.tagName.toLowerCase()}.${[...e.classList].join(".")}${e.getAttribute("aria-label") ? `[${e.getAttribute("aria-label")}]` : ""}${e.textContent.trim() ? ` "${e.textContent.trim().slice(0, 24)}"` : ""}`;
+    // Not counted: what is cut on purpose (an ellipsis, a visually hidden label), text fields.
+    const shown = (e) => e.getBoundingClientRect().width > 1;
+    const wide = [el, ...el.querySelectorAll("*")]
+      .filter((e) => shown(e) && !["INPUT", "TEXTAREA", "SELECT"].includes(e.tagName) && getComputedStyle(e).display !== "inline")
+      .filter((e) => e.scrollWidth > e.clientWidth + 1 && getComputedStyle(e).textOverflow !== "ellipsis")
+      .map((e) => `${name(e)} ${e.scrollWidth}>${e.clientWidth}`);
+    const outside = [...el.querySelectorAll(boxedSel)].filter(shown).flatMap((e) => {
+      const box = e.getBoundingClientRect();
+      const frame = (e.closest(withinSel) ?? el).getBoundingClientRect();
+      return box.left < frame.left - 1 || box.right > frame.right + 1 ? [`${name(e)} ${Math.round(box.left)}-${Math.round(box.right)} outside ${Math.round(frame.left)}-${Math.round(frame.right)}`] : [];
+    });
+    return [...wide, ...outside];
+  }, [boxed, within]);
+}
+
 describe("narrow panels: a 300 px node, a 224 px sidebar, and the node's default 460 px", () => {
   const LONG_ID = "meta-llama/llama-3.3-70b-instruct-turbo";
   let sessionId;
@@ -403,6 +424,36 @@ describe("narrow panels: a 300 px node, a 224 px sidebar, and the node's default
     sessionId = await newSession({ skills: ["assistant"], provider: "narrow", model: "fake-model" });
     await api(oc.url, "PATCH", `/opencode/sessions/${sessionId}`, { budget: { max_tokens: 40_000 } });
   });
+
+  for (const width of [224, 300, 440]) {
+    scenario(`the provider settings fit ${width} px: each profile's buttons wrap, nothing scrolls sideways, every model's Edit and Remove in view`, async () => {
+      const { ctx, page } = await standalone(sessionId, { width: width + 24, height: 760 });
+      await page.getByRole("button", { name: "Providers" }).click();
+      const dialog = page.locator(".oc-dialog");
+      const section = dialog.locator("[data-provider=narrow]");
+      await section.getByRole("button", { name: "Models of narrow" }).click();
+      await section.locator(`[data-model="${LONG_ID}"]`).waitFor({ timeout: T });
+      const buttons = ".oc-provider-head button, [data-model] button";
+      assert.deepEqual(await overflows(dialog, buttons, ".oc-provider"), []);
+      for (const label of ["Delete", "Edit narrow", "Models of narrow", `Remove model ${LONG_ID}`, "Edit model fake-model", "Remove model fake-model"]) {
+        const b = section.getByRole("button", { name: label, exact: true });
+        await b.scrollIntoViewIfNeeded();
+        const box = await b.boundingBox();
+        const hit = await page.evaluate(([x, y]) => {
+          const b = document.elementFromPoint(x, y)?.closest("button");
+          return b?.getAttribute("aria-label") || b?.textContent.trim();
+        }, [box.x + box.width / 2, box.y + box.height / 2]);
+        assert.equal(hit, label, `${label} is covered or cut at ${width} px`);
+      }
+      // A profile's form and a remove's confirm fit as well.
+      await section.getByRole("button", { name: "Edit narrow" }).click();
+      await section.locator("[data-testid=provider-form]").waitFor({ timeout: T });
+      await section.getByRole("button", { name: "Remove model fake-model" }).click();
+      await section.getByRole("alertdialog").waitFor({ timeout: T });
+      assert.deepEqual(await overflows(dialog, "button, input", ".oc-provider"), []);
+      await ctx.close();
+    });
+  }
 
   scenario("after a model is saved the provider dialog keeps its title and close button in view", async () => {
     const { ctx, page } = await standalone(sessionId, { width: 464, height: 520 });

@@ -861,7 +861,7 @@ describe("a failed reply's fix", () => {
     await flushPromises();
     const patches = transport.calls.filter((c) => c.method === "PATCH").map((c) => c.body);
     expect(patches).toEqual([{ models: { m1: { tools: true, vision: true, context_tokens: 200_000, input_price: 0.4, output_price: 1.6, cache_read_price: null, cache_write_price: null } } }]);
-    expect(w.find("[data-provider=openai] tbody").text()).toContain("200,000");
+    expect(w.find("[data-provider=openai] li[data-model]").text()).toContain("200,000");
     expect(modelOption(w, "m1")).toBe("m1 — 200.0k context · tools · vision");
   });
 
