@@ -409,6 +409,14 @@ async function overflows(root, boxed, within) {
   }, [boxed, within]);
 }
 
+/** Whether each element `selector` finds in `root` is on one line and shown whole. */
+async function oneLineEach(root, selector) {
+  return root.locator(selector).evaluateAll((els) => els.map((e) => {
+    const lineHeight = parseFloat(getComputedStyle(e).lineHeight);
+    return { text: e.textContent.trim(), oneLine: e.getBoundingClientRect().height <= lineHeight * 1.3, whole: e.scrollWidth <= e.clientWidth };
+  }));
+}
+
 describe("narrow panels: a 300 px node, a 224 px sidebar, and the node's default 460 px", () => {
   const LONG_ID = "meta-llama/llama-3.3-70b-instruct-turbo";
   let sessionId;
@@ -454,6 +462,30 @@ describe("narrow panels: a 300 px node, a 224 px sidebar, and the node's default
       await ctx.close();
     });
   }
+
+  scenario("a reply's head and the status bar at 300 and 224 px: the name and time never wrap, the usage gives way, the budget stays", async () => {
+    const { ctx, page } = await standalone(sessionId, { width: 524, height: 700 });
+    await waitStatus(await sendForReply(page, "hello with a cache"), "completed");
+    const reply = lastReply(page);
+    await reply.locator("[data-testid=message-usage]").waitFor({ timeout: T });
+    await page.locator("[data-testid=usage]", { hasText: "of 40.0k" }).waitFor({ timeout: T });
+    assert.equal(await reply.locator("[data-testid=message-usage]").getAttribute("title"), "4.5k in (3.1k cached) · 180 out · $0.00055");
+    for (const width of [460, 300, 224]) {
+      await page.setViewportSize({ width: width + 24, height: 700 });
+      const head = reply.locator(".oc-msg-head");
+      await page.waitForFunction((w) => document.querySelector(".oc-root").getBoundingClientRect().width === w, width);
+      assert.deepEqual((await oneLineEach(head, ".oc-role, .oc-msg-time")).filter((e) => !e.oneLine || !e.whole), [], `at ${width} px`);
+      assert.deepEqual(await overflows(head, ".oc-msg-usage, button", ".oc-msg-head"), [], `at ${width} px`);
+      const bar = page.locator(".oc-statusbar");
+      assert.deepEqual(await overflows(bar, "span, button", ".oc-statusbar"), [], `at ${width} px`);
+      const max = bar.locator(".oc-usage-max");
+      assert.equal((await max.innerText()).trim(), "of 40.0k");
+      assert.deepEqual((await oneLineEach(bar, ".oc-usage-max, [data-testid=cost]")).filter((e) => !e.oneLine || !e.whole), [], `at ${width} px`);
+      const [maxBox, barBox] = await Promise.all([max.boundingBox(), bar.boundingBox()]);
+      assert.ok(maxBox.width > 20 && maxBox.x + maxBox.width <= barBox.x + barBox.width, JSON.stringify({ width, maxBox, barBox }));
+    }
+    await ctx.close();
+  });
 
   scenario("after a model is saved the provider dialog keeps its title and close button in view", async () => {
     const { ctx, page } = await standalone(sessionId, { width: 464, height: 520 });

@@ -978,6 +978,15 @@ describe("stopping and interrupting", () => {
     await flushPromises();
     expect(w.find("[data-testid=cost]").text()).toBe("$0.0048 of $0.001");
     expect(w.find("[data-testid=usage]").text()).toBe("1.2k in · 300 out of 200.0k");
+    // The budget apart, so a narrow panel cuts what is used, never it; the cached note apart, so it can go first.
+    ws.receive(ev("usage.updated", 4, { usage: { input_tokens: 4512, output_tokens: 180, cache_read_tokens: 3100, cost: 0.0048 }, message_id: null }));
+    await flushPromises();
+    const usage = w.find("[data-testid=usage]");
+    expect([usage.find(".oc-usage-cached").text(), usage.find(".oc-usage-max").text(), usage.attributes("title")])
+      .toEqual(["(3.1k cached)", "of 200.0k", "4.5k in (3.1k cached) · 180 out of 200.0k"]);
+    setLocale("zh");
+    await flushPromises();
+    expect([usage.text(), usage.find(".oc-usage-cached").text(), usage.find(".oc-usage-max").text()]).toEqual(["输入 4.5k（缓存 3.1k） · 输出 180 / 200.0k", "（缓存 3.1k）", "/ 200.0k"]);
   });
 
   it("shows what each finished reply used", async () => {
@@ -992,6 +1001,9 @@ describe("stopping and interrupting", () => {
     await flushPromises();
     expect(w.find("[data-message-id=a1] [data-testid=message-usage]").text()).toBe("1.2k in · 300 out · $0.0048");
     expect(w.find("[data-message-id=a3] [data-testid=message-usage]").text()).toBe("1.3k in (1.2k cached) · 20 out · $0.0007");
+    // The cached note apart (a narrow head drops it first), the whole line in the title.
+    expect(w.find("[data-message-id=a3] .oc-usage-cached").text()).toBe("(1.2k cached)");
+    expect(w.find("[data-message-id=a3] [data-testid=message-usage]").attributes("title")).toBe("1.3k in (1.2k cached) · 20 out · $0.0007");
     expect(w.find("[data-message-id=a2] [data-testid=message-usage]").exists()).toBe(false);  // still streaming
   });
 });
