@@ -288,7 +288,7 @@ describe("standalone panel", () => {
     await page.keyboard.press("Enter");
     await form.waitFor({ state: "detached", timeout: T });
     assert.equal((await api(oc.url, "GET", "/opencode/providers/small")).models["fake-model"].context_tokens, 200_000);
-    await page.locator(".oc-dialog [data-provider=small] tbody", { hasText: "200,000" }).waitFor({ timeout: T });
+    await page.locator(".oc-dialog [data-provider=small] [data-model=fake-model]", { hasText: "200,000" }).waitFor({ timeout: T });
     await page.locator("select[aria-label=Model] option", { hasText: "fake-model — 200.0k context" }).waitFor({ state: "attached", timeout: T });
     await page.keyboard.press("Escape"); // the models
     await page.keyboard.press("Escape"); // the dialog
@@ -415,6 +415,138 @@ describe("standalone panel", () => {
   });
 });
 
+/** Everything in `root` (a locator) that a panel too narrow for it would cut: elements wider than
+ * their box (scrolling sideways, a label cut), and `boxed` elements reaching past their `within`
+ * (else past `root`). */
+async function overflows(root, boxed, within) {
+  return root.evaluate((el, [boxedSel, withinSel]) => {
+    const name = (e) => `${e.tagName.toLowerCase()}.${[...e.classList].join(".")}${e.getAttribute("aria-label") ? `[${e.getAttribute("aria-label")}]` : ""}${e.textContent.trim() ? ` "${e.textContent.trim().slice(0, 24)}"` : ""}`;
+    // Not counted: what is cut on purpose (an ellipsis, a visually hidden label), text fields.
+    const shown = (e) => e.getBoundingClientRect().width > 1;
+    const wide = [el, ...el.querySelectorAll("*")]
+      .filter((e) => shown(e) && !["INPUT", "TEXTAREA", "SELECT"].includes(e.tagName) && getComputedStyle(e).display !== "inline")
+      .filter((e) => e.scrollWidth > e.clientWidth + 1 && getComputedStyle(e).textOverflow !== "ellipsis")
+      .map((e) => `${name(e)} ${e.scrollWidth}>${e.clientWidth}`);
+    const outside = [...el.querySelectorAll(boxedSel)].filter(shown).flatMap((e) => {
+      const box = e.getBoundingClientRect();
+      const frame = (e.closest(withinSel) ?? el).getBoundingClientRect();
+      return box.left < frame.left - 1 || box.right > frame.right + 1 ? [`${name(e)} ${Math.round(box.left)}-${Math.round(box.right)} outside ${Math.round(frame.left)}-${Math.round(frame.right)}`] : [];
+    });
+    return [...wide, ...outside];
+  }, [boxed, within]);
+}
+
+/** Whether each element `selector` finds in `root` is on one line and shown whole. */
+async function oneLineEach(root, selector) {
+  return root.locator(selector).evaluateAll((els) => els.map((e) => {
+    const lineHeight = parseFloat(getComputedStyle(e).lineHeight);
+    return { text: e.textContent.trim(), oneLine: e.getBoundingClientRect().height <= lineHeight * 1.3, whole: e.scrollWidth <= e.clientWidth };
+  }));
+}
+
+describe("narrow panels: a 300 px node, a 224 px sidebar, and the node's default 460 px", () => {
+  const LONG_ID = "meta-llama/llama-3.3-70b-instruct-turbo";
+  let sessionId;
+  before(async () => {
+    await api(oc.url, "POST", "/opencode/providers", {
+      name: "narrow", kind: "openai", base_url: llm.url, default_model: "fake-model",
+      models: {
+        "fake-model": { context_tokens: 32_000, tools: true, vision: true, input_price: 0.15, output_price: 0.6, cache_read_price: 0.075 },
+        [LONG_ID]: { context_tokens: 131_072, input_price: 0.88, output_price: 0.88 },
+      },
+    });
+    await api(oc.url, "PUT", "/opencode/providers/narrow/key", { key: "sk-e2e-narrow-1234" });
+    sessionId = await newSession({ skills: ["assistant"], provider: "narrow", model: "fake-model" });
+    await api(oc.url, "PATCH", `/opencode/sessions/${sessionId}`, { budget: { max_tokens: 40_000 } });
+  });
+
+  for (const width of [224, 300, 440]) {
+    scenario(`the provider settings fit ${width} px: each profile's buttons wrap, nothing scrolls sideways, every model's Edit and Remove in view`, async () => {
+      const { ctx, page } = await standalone(sessionId, { width: width + 24, height: 760 });
+      await page.getByRole("button", { name: "Providers" }).click();
+      const dialog = page.locator(".oc-dialog");
+      const section = dialog.locator("[data-provider=narrow]");
+      await section.getByRole("button", { name: "Models of narrow" }).click();
+      await section.locator(`[data-model="${LONG_ID}"]`).waitFor({ timeout: T });
+      const buttons = ".oc-provider-head button, [data-model] button";
+      assert.deepEqual(await overflows(dialog, buttons, ".oc-provider"), []);
+      for (const label of ["Delete", "Edit narrow", "Models of narrow", `Remove model ${LONG_ID}`, "Edit model fake-model", "Remove model fake-model"]) {
+        const b = section.getByRole("button", { name: label, exact: true });
+        await b.scrollIntoViewIfNeeded();
+        const box = await b.boundingBox();
+        const hit = await page.evaluate(([x, y]) => {
+          const b = document.elementFromPoint(x, y)?.closest("button");
+          return b?.getAttribute("aria-label") || b?.textContent.trim();
+        }, [box.x + box.width / 2, box.y + box.height / 2]);
+        assert.equal(hit, label, `${label} is covered or cut at ${width} px`);
+      }
+      // A profile's form and a remove's confirm fit as well.
+      await section.getByRole("button", { name: "Edit narrow" }).click();
+      await section.locator("[data-testid=provider-form]").waitFor({ timeout: T });
+      await section.getByRole("button", { name: "Remove model fake-model" }).click();
+      await section.getByRole("alertdialog").waitFor({ timeout: T });
+      assert.deepEqual(await overflows(dialog, "button, input", ".oc-provider"), []);
+      await ctx.close();
+    });
+  }
+
+  scenario("a reply's head and the status bar at 300 and 224 px: the name and time never wrap, the usage gives way, the budget stays", async () => {
+    const { ctx, page } = await standalone(sessionId, { width: 524, height: 700 });
+    await waitStatus(await sendForReply(page, "hello with a cache"), "completed");
+    const reply = lastReply(page);
+    await reply.locator("[data-testid=message-usage]").waitFor({ timeout: T });
+    await page.locator("[data-testid=usage]", { hasText: "of 40.0k" }).waitFor({ timeout: T });
+    assert.equal(await reply.locator("[data-testid=message-usage]").getAttribute("title"), "4.5k in (3.1k cached) · 180 out · $0.00055");
+    for (const width of [460, 300, 224]) {
+      await page.setViewportSize({ width: width + 24, height: 700 });
+      const head = reply.locator(".oc-msg-head");
+      await page.waitForFunction((w) => document.querySelector(".oc-root").getBoundingClientRect().width === w, width);
+      assert.deepEqual((await oneLineEach(head, ".oc-role, .oc-msg-time")).filter((e) => !e.oneLine || !e.whole), [], `at ${width} px`);
+      assert.deepEqual(await overflows(head, ".oc-msg-usage, button", ".oc-msg-head"), [], `at ${width} px`);
+      const bar = page.locator(".oc-statusbar");
+      assert.deepEqual(await overflows(bar, "span, button", ".oc-statusbar"), [], `at ${width} px`);
+      const max = bar.locator(".oc-usage-max");
+      assert.equal((await max.innerText()).trim(), "of 40.0k");
+      assert.deepEqual((await oneLineEach(bar, ".oc-usage-max, [data-testid=cost]")).filter((e) => !e.oneLine || !e.whole), [], `at ${width} px`);
+      const [maxBox, barBox] = await Promise.all([max.boundingBox(), bar.boundingBox()]);
+      assert.ok(maxBox.width > 20 && maxBox.x + maxBox.width <= barBox.x + barBox.width, JSON.stringify({ width, maxBox, barBox }));
+    }
+    await ctx.close();
+  });
+
+  scenario("after a model is saved the provider dialog keeps its title and close button in view", async () => {
+    const { ctx, page } = await standalone(sessionId, { width: 464, height: 520 });
+    await page.getByRole("button", { name: "Providers" }).click();
+    const dialog = page.locator(".oc-dialog");
+    const section = dialog.locator("[data-provider=narrow]");
+    await section.getByRole("button", { name: "Models of narrow" }).click();
+    await section.getByRole("button", { name: "Edit model fake-model" }).click();
+    const form = section.locator("form[aria-label='Model fake-model']");
+    await form.waitFor({ timeout: T });
+    await form.getByRole("button", { name: "Save" }).scrollIntoViewIfNeeded();
+    await page.keyboard.press("Control+A");
+    await page.keyboard.type("64000");
+    await page.keyboard.press("Enter");
+    await form.waitFor({ state: "detached", timeout: T });
+    await section.locator("[data-model=fake-model]", { hasText: "64,000" }).waitFor({ timeout: T });
+    const seen = await page.evaluate(() => {
+      const d = document.querySelector(".oc-dialog");
+      const head = d.querySelector(".oc-dialog-head").getBoundingClientRect();
+      const close = d.querySelector("[aria-label=Close]").getBoundingClientRect();
+      const body = d.querySelector(".oc-dialog-body").getBoundingClientRect();
+      const focus = document.activeElement.getBoundingClientRect();
+      return {
+        dialogScrolled: d.scrollTop, rootScrolled: d.closest(".oc-root").scrollTop,
+        headShown: head.top >= d.getBoundingClientRect().top - 1 && document.elementFromPoint(close.x + close.width / 2, close.y + close.height / 2)?.closest("[aria-label=Close]") !== null,
+        focused: document.activeElement.getAttribute("aria-label"),
+        focusShown: focus.top >= body.top - 1 && focus.bottom <= body.bottom + 1,
+      };
+    });
+    assert.deepEqual(seen, { dialogScrolled: 0, rootScrolled: 0, headShown: true, focused: "Edit model fake-model", focusShown: true });
+    await ctx.close();
+  });
+});
+
 /** At the node's default width the config bar keeps its controls on one line. */
 async function oneLineConfig(node) {
   const boxes = await node.locator(".oc-config").first().evaluate((bar) => [...bar.children]
@@ -481,6 +613,43 @@ describe("inside a (fake) ComfyUI canvas", () => {
     await oneLineConfig(node); // still one line with two roles, a provider and a model chosen
     assert.equal(await page.locator(".node[data-node-type=KSampler]").count(), 1);
     await page.screenshot({ path: join(SHOTS, "canvas.png") });
+    await ctx.close();
+  });
+
+  scenario("an Escape belongs to the dialog it is pressed in: not to the canvas's, not to another panel's", async () => {
+    const ctx = await browser.newContext({ viewport: { width: 1400, height: 800 } });
+    const page = await openPage(ctx, `${comfy.url}/?skills=echo`);
+    await page.evaluate(() => {
+      const side = document.createElement("div");
+      side.id = "side";
+      side.style.cssText = "position:fixed;left:0;top:36px;bottom:0;width:224px;z-index:50;";
+      document.body.appendChild(side);
+      window.fakeComfy.sidebarTabs[0].render(side);
+    });
+    const side = page.locator("#side");
+    const node = page.locator(".node[data-node-type=OpencodeAgent]");
+    await side.locator("[data-testid=opencode-panel][data-phase=ready]").waitFor({ timeout: T });
+    for (const root of [node, side]) {
+      await root.getByRole("button", { name: "Providers" }).click();
+      await root.locator(".oc-dialog").waitFor({ timeout: T });
+    }
+    await node.locator(".oc-dialog").getByRole("button", { name: "Custom…" }).click();
+    const name = node.locator("[data-testid=provider-form] [name=name]");
+    await name.fill("half-typed");
+    await page.mouse.click(1360, 770); // the empty canvas
+    await page.keyboard.press("Escape");
+    await page.keyboard.press("Escape");
+    assert.deepEqual([await side.locator(".oc-dialog").count(), await node.locator(".oc-dialog").count(), await name.inputValue()], [1, 1, "half-typed"]);
+    // Pressed after a click on the sidebar dialog's title: that dialog closes, the node's stays as it was.
+    await side.locator(".oc-dialog-head span").click();
+    await page.keyboard.press("Escape");
+    assert.deepEqual([await side.locator(".oc-dialog").count(), await node.locator(".oc-dialog").count(), await name.inputValue()], [0, 1, "half-typed"]);
+    // In the node's dialog, one step at a time: its form, then the dialog.
+    await name.focus();
+    await page.keyboard.press("Escape");
+    assert.deepEqual([await name.count(), await node.locator(".oc-dialog").count()], [0, 1]);
+    await page.keyboard.press("Escape");
+    assert.equal(await node.locator(".oc-dialog").count(), 0);
     await ctx.close();
   });
 

@@ -109,7 +109,8 @@ const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
  * An OpenAI Chat Completions server whose answers follow the conversation, so several tests can
  * share it: after a tool result it reports that result; a prompt mentioning "propose" calls
  * `propose_workflow`, one mentioning "canvas" calls `get_workflow`; anything else is answered in
- * words streamed slowly (so two roles visibly stream at once). A chat request with a key in
+ * words streamed slowly (so two roles visibly stream at once); one mentioning "cache" reports a
+ * large prompt mostly served from the provider's cache. A chat request with a key in
  * `revokedKeys` is refused as a provider refuses a bad key (401). Records each request's headers.
  */
 export async function startFakeLLM({ proposal, chunkMs = 90, revokedKeys = [] } = {}) {
@@ -158,7 +159,9 @@ export async function startFakeLLM({ proposal, chunkMs = 90, revokedKeys = [] } 
       chunk({ tool_calls: [{ index: 0, function: { arguments: JSON.stringify(call.arguments) } }] });
     }
     chunk({}, call ? "tool_calls" : "stop");
-    chunk(null, null, { prompt_tokens: 120, completion_tokens: 30, total_tokens: 150 });
+    chunk(null, null, /cache/i.test(said)
+      ? { prompt_tokens: 4512, completion_tokens: 180, total_tokens: 4692, prompt_tokens_details: { cached_tokens: 3100 } }
+      : { prompt_tokens: 120, completion_tokens: 30, total_tokens: 150 });
     send("[DONE]");
     res.end();
   });

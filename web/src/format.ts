@@ -58,3 +58,12 @@ export function activityClock(now: number = Date.now()) {
     at: (updatedAt: number): string => moment.format(updatedAt * 1000),
   };
 }
+
+/** A usage line, "1.3k in (1.2k cached) · 20 out", in the three parts around its cached note, so
+ * a narrow panel can drop that note first (styles.css); `text` is the whole line. */
+export function usageParts(u: Usage): { before: string; cached: string; after: string; text: string } {
+  const cut = "\u0000";
+  const [before, after = ""] = t("usage.tokens", { input: compactTokens(u.input_tokens), cached: cut, output: compactTokens(u.output_tokens) }).split(cut);
+  const cached = cachedNote(u);
+  return { before, cached, after, text: before + cached + after };
+}

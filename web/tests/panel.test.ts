@@ -21,7 +21,12 @@ afterEach(() => {
   document.body.innerHTML = "";
 });
 
-/** Mount the panel, let it load, open its socket and deliver the session snapshot. */
+/** Escape as a browser delivers it: to the focused element (or `at`), bubbling. */
+async function pressEscape(at: Element | null = document.activeElement): Promise<void> {
+  (at ?? document.body).dispatchEvent(new KeyboardEvent("keydown", { key: "Escape", bubbles: true, cancelable: true }));
+  await flushPromises();
+}
+
 /** Mount the panel, open its socket and take the first chat's snapshot; `prepare` may change the
  * deps first (hold some requests, say). */
 async function started(opts: Parameters<typeof makeDeps> = [], prepare?: (made: ReturnType<typeof makeDeps>) => void) {
@@ -693,14 +698,58 @@ describe("closing with Escape", () => {
     const { w } = await started();
     await w.find("[data-testid=skill-picker]").trigger("click");
     expect(w.find("[role=group][aria-label='Roles & skills']").exists()).toBe(true);
-    document.dispatchEvent(new KeyboardEvent("keydown", { key: "Escape" }));
-    await flushPromises();
+    const box = w.find("[role=group][aria-label='Roles & skills'] input").element as HTMLElement;
+    box.focus();
+    await pressEscape(box);
     expect(w.find("[role=group][aria-label='Roles & skills']").exists()).toBe(false);
+    expect(document.activeElement).toBe(w.find("[data-testid=skill-picker]").element); // not <body>, outside the key guard
     await w.find("[aria-label=Providers]").trigger("click");
-    expect(w.find("[role=dialog]").exists()).toBe(true);
-    document.dispatchEvent(new KeyboardEvent("keydown", { key: "Escape" }));
     await flushPromises();
+    expect(w.find("[role=dialog]").exists()).toBe(true);
+    await pressEscape();
     expect(w.find("[role=dialog]").exists()).toBe(false);
+  });
+
+  it("only from inside: an Escape on the page (the canvas) leaves the list, the dialog and a half-typed model alone", async () => {
+    const { w } = await started();
+    const list = () => w.find("[role=group][aria-label='Roles & skills']");
+    await w.find("[data-testid=skill-picker]").trigger("click");
+    await pressEscape(document.body);
+    expect(list().exists()).toBe(true);
+    await w.find("[data-testid=skill-picker]").trigger("click");
+
+    await w.find("[aria-label=Providers]").trigger("click");
+    await flushPromises();
+    await w.find("[aria-label='Models of openai']").trigger("click");
+    await flushPromises();
+    await w.find("input[aria-label='Model id']").setValue("m2");
+    await w.find(".oc-models form").trigger("submit");
+    await flushPromises();
+    const context = () => w.find("form[aria-label='Model m2'] [name=context_tokens]");
+    await context().setValue("65536");
+    (document.activeElement as HTMLElement).blur(); // a click on the canvas
+    await pressEscape(document.body);
+    await pressEscape(document.body);
+    expect(w.find("[role=dialog]").exists()).toBe(true);
+    expect((context().element as HTMLInputElement).value).toBe("65536");
+    // From inside, one level at a time as ever: the model's form first.
+    await pressEscape(context().element);
+    expect(context().exists()).toBe(false);
+    expect(w.find("[role=dialog]").exists()).toBe(true);
+  });
+
+  it("two panels (a node and the sidebar), both dialogs open: an Escape in one closes that one only", async () => {
+    const node = await started();
+    const side = await started();
+    for (const { w } of [node, side]) {
+      await w.find("[aria-label=Providers]").trigger("click");
+      await flushPromises();
+    }
+    await pressEscape(side.w.find("[role=dialog] [aria-label=Close]").element);
+    expect(side.w.find("[role=dialog]").exists()).toBe(false);
+    expect(node.w.find("[role=dialog]").exists()).toBe(true);
+    await pressEscape(node.w.find("[role=dialog]").element); // a click on its text parks the focus on the dialog itself
+    expect(node.w.find("[role=dialog]").exists()).toBe(false);
   });
 });
 
@@ -812,7 +861,7 @@ describe("a failed reply's fix", () => {
     await flushPromises();
     const patches = transport.calls.filter((c) => c.method === "PATCH").map((c) => c.body);
     expect(patches).toEqual([{ models: { m1: { tools: true, vision: true, context_tokens: 200_000, input_price: 0.4, output_price: 1.6, cache_read_price: null, cache_write_price: null } } }]);
-    expect(w.find("[data-provider=openai] tbody").text()).toContain("200,000");
+    expect(w.find("[data-provider=openai] li[data-model]").text()).toContain("200,000");
     expect(modelOption(w, "m1")).toBe("m1 — 200.0k context · tools · vision");
   });
 
@@ -929,6 +978,15 @@ describe("stopping and interrupting", () => {
     await flushPromises();
     expect(w.find("[data-testid=cost]").text()).toBe("$0.0048 of $0.001");
     expect(w.find("[data-testid=usage]").text()).toBe("1.2k in · 300 out of 200.0k");
+    // The budget apart, so a narrow panel cuts what is used, never it; the cached note apart, so it can go first.
+    ws.receive(ev("usage.updated", 4, { usage: { input_tokens: 4512, output_tokens: 180, cache_read_tokens: 3100, cost: 0.0048 }, message_id: null }));
+    await flushPromises();
+    const usage = w.find("[data-testid=usage]");
+    expect([usage.find(".oc-usage-cached").text(), usage.find(".oc-usage-max").text(), usage.attributes("title")])
+      .toEqual(["(3.1k cached)", "of 200.0k", "4.5k in (3.1k cached) · 180 out of 200.0k"]);
+    setLocale("zh");
+    await flushPromises();
+    expect([usage.text(), usage.find(".oc-usage-cached").text(), usage.find(".oc-usage-max").text()]).toEqual(["输入 4.5k（缓存 3.1k） · 输出 180 / 200.0k", "（缓存 3.1k）", "/ 200.0k"]);
   });
 
   it("shows what each finished reply used", async () => {
@@ -943,6 +1001,9 @@ describe("stopping and interrupting", () => {
     await flushPromises();
     expect(w.find("[data-message-id=a1] [data-testid=message-usage]").text()).toBe("1.2k in · 300 out · $0.0048");
     expect(w.find("[data-message-id=a3] [data-testid=message-usage]").text()).toBe("1.3k in (1.2k cached) · 20 out · $0.0007");
+    // The cached note apart (a narrow head drops it first), the whole line in the title.
+    expect(w.find("[data-message-id=a3] .oc-usage-cached").text()).toBe("(1.2k cached)");
+    expect(w.find("[data-message-id=a3] [data-testid=message-usage]").attributes("title")).toBe("1.3k in (1.2k cached) · 20 out · $0.0007");
     expect(w.find("[data-message-id=a2] [data-testid=message-usage]").exists()).toBe(false);  // still streaming
   });
 });
@@ -1331,8 +1392,7 @@ describe("where the focus goes", () => {
     expect(focused()).toBe(controls[controls.length - 1]);
     tab();
     expect(focused()).toBe(controls[0]);
-    document.dispatchEvent(new KeyboardEvent("keydown", { key: "Escape" }));
-    await flushPromises();
+    await pressEscape();
     expect(w.find("[role=dialog]").exists()).toBe(false);
     expect(focused()).toBe(gear.element);
   });
@@ -1450,10 +1510,7 @@ describe("provider profiles in the provider dialog", () => {
     await w.find(".oc-models form").trigger("submit");
     await flushPromises();
     expect(w.find("form[aria-label='Model m2']").exists()).toBe(true);
-    const escape = async () => {
-      document.dispatchEvent(new KeyboardEvent("keydown", { key: "Escape" }));
-      await flushPromises();
-    };
+    const escape = () => pressEscape();
     await escape();
     expect(w.find("form[aria-label='Model m2']").exists()).toBe(false);
     expect(w.find("[role=group][aria-label='Models of openai']").exists()).toBe(true);
@@ -1467,12 +1524,11 @@ describe("provider profiles in the provider dialog", () => {
   it("Escape closes an open form first, then the dialog", async () => {
     const { w } = await dialog();
     await button(w, "Custom…").trigger("click");
-    document.dispatchEvent(new KeyboardEvent("keydown", { key: "Escape" }));
     await flushPromises();
+    await pressEscape();
     expect(form(w).exists()).toBe(false);
     expect(w.find("[role=dialog]").exists()).toBe(true);
-    document.dispatchEvent(new KeyboardEvent("keydown", { key: "Escape" }));
-    await flushPromises();
+    await pressEscape();
     expect(w.find("[role=dialog]").exists()).toBe(false);
   });
 });

@@ -49,14 +49,14 @@ function mounted(opts: { routes?: Routes; profile?: ProviderProfile; listed?: Mo
 const byLabel = (w: VueWrapper, label: string) => w.find(`[aria-label="${label}"]`);
 const form = (w: VueWrapper) => w.find("form[aria-label^='Model ']");
 const field = (w: VueWrapper, name: string) => form(w).find(`[name=${name}]`) as DOMWrapper<HTMLInputElement>;
-const rows = (w: VueWrapper) => w.findAll("tbody tr").map((r) => r.findAll("th, td").slice(0, 8).map((c) => c.text()));
+const rows = (w: VueWrapper) => w.findAll("li[data-model]").map((r) => [r.find(".oc-model-id").text(), ...r.findAll("dd").map((c) => c.text())]);
 const alerts = (w: VueWrapper) => w.findAll("[role=alert]").map((a) => a.text());
 
 describe("a profile's models", () => {
   it("lists each declared model: context, tools, vision, prices, and the default of an unset cache price", async () => {
     const { w } = mounted();
     await flushPromises();
-    expect(w.findAll("thead th").map((c) => c.text()).slice(0, 8)).toEqual(["Model", "Context (tokens)", "Tools", "Vision", "Input", "Output", "Cache read", "Cache write"]);
+    expect(w.find("li[data-model=m1]").findAll("dt").map((c) => c.text())).toEqual(["Context (tokens)", "Tools", "Vision", "Input", "Output", "Cache read", "Cache write"]);
     expect(rows(w)).toEqual([
       ["m1", "8,192", "yes", "no", "1", "4", "0.5 (default)", "1 (default)"],
       ["big", "1,047,576", "yes", "yes", "2", "8", "0.25", "2 (default)"],
