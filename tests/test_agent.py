@@ -1457,9 +1457,9 @@ async def test_a_leading_at_word_that_is_no_role_is_the_message_s_own_text(env):
     assert provider.requests[-1].messages[-1].parts[0].text == "@torch.compile makes my graph slow"
 
 
-async def test_a_reply_aborted_before_its_usage_report_counts_an_estimate(env, service):
-    """Providers report usage at the end of a stream, and charge an aborted one all the same: the
-    reply and the session's totals (so its budget) count an estimate rather than nothing."""
+async def aborted_before_its_usage(env: Any) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """A reply of 40 words to a ~1,000-token prompt, aborted before the provider reported usage:
+    (session id, its final run, its usage)."""
     provider, session, ws_for = env
 
     async def endless(_: ChatRequest) -> AsyncIterator[Any]:
@@ -1473,8 +1473,14 @@ async def test_a_reply_aborted_before_its_usage_report_counts_an_estimate(env, s
     await ws.until(lambda e: e["type"] == "message.delta")
     await ws.command("abort", session_id=sid)
     final = await ws.until(run_final(sent["data"]["run_id"]))
-    assert final["data"]["run"]["status"] == "aborted"
-    usage = final_message(ws, sent["data"]["run_id"])["usage"]
+    return sid, final["data"]["run"], final_message(ws, sent["data"]["run_id"])["usage"]
+
+
+async def test_a_reply_aborted_before_its_usage_report_counts_an_estimate(env, service):
+    """Providers report usage at the end of a stream, and charge an aborted one all the same: the
+    reply and the session's totals (so its budget) count an estimate rather than nothing."""
+    sid, run, usage = await aborted_before_its_usage(env)
+    assert run["status"] == "aborted"
     assert usage["input_tokens"] >= 1000 and usage["output_tokens"] == 51
     assert (await service.sessions.get(sid)).usage.input_tokens == usage["input_tokens"]
     assert usage["cost"] == pytest.approx((usage["input_tokens"] * 1.0 + 51 * 2.0) / 1e6)  # the resolver's prices
@@ -1483,22 +1489,9 @@ async def test_a_reply_aborted_before_its_usage_report_counts_an_estimate(env, s
 async def test_an_estimate_is_priced_as_cache_writes_where_they_cost_more(env, service):
     """A turn cut before its usage report may have written its whole prompt to an Anthropic cache
     (1.25x the input price): its estimate is priced so, never below what it may have cost."""
-    provider, session, ws_for = env
     service.sessions.deps.models.caps = ModelCaps(tools=True, context_tokens=32000, input_price=3.0, output_price=15.0,
                                                   cache_read_price=0.3, cache_write_price=3.75)
-
-    async def endless(_: ChatRequest) -> AsyncIterator[Any]:
-        yield TextDelta("word " * 40)
-        await asyncio.Event().wait()
-
-    provider.turns.append(endless)
-    sid = await session("alpha")
-    ws = await ws_for(sid)
-    sent = await ws.command("send", session_id=sid, text="x" * 4000)
-    await ws.until(lambda e: e["type"] == "message.delta")
-    await ws.command("abort", session_id=sid)
-    await ws.until(run_final(sent["data"]["run_id"]))
-    usage = final_message(ws, sent["data"]["run_id"])["usage"]
+    _, _, usage = await aborted_before_its_usage(env)
     assert usage["cost"] == pytest.approx((usage["input_tokens"] * 3.75 + 51 * 15.0) / 1e6)
     assert (usage["cache_read_tokens"], usage["cache_write_tokens"]) == (0, 0)  # an estimate claims no cache use
 
