@@ -738,6 +738,19 @@ describe("closing with Escape", () => {
     expect(w.find("[role=dialog]").exists()).toBe(true);
   });
 
+  it("the list of chats closes on an Escape from inside it, not on one from the page", async () => {
+    const { w } = await started();
+    const list = () => w.find("[role=listbox][aria-label=Chats]");
+    await w.find("[aria-label=Chats]").trigger("click");
+    await flushPromises();
+    expect(list().exists()).toBe(true);
+    await pressEscape(document.body); // the canvas, or the other panel
+    expect(list().exists()).toBe(true);
+    await pressEscape(w.find("[role=combobox]").element);
+    expect(list().exists()).toBe(false);
+    expect(document.activeElement).toBe(w.find("[aria-label=Chats]").element); // not <body>, outside the key guard
+  });
+
   it("two panels (a node and the sidebar), both dialogs open: an Escape in one closes that one only", async () => {
     const node = await started();
     const side = await started();
