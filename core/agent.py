@@ -43,6 +43,7 @@ from .protocol import (
     ToolResultPart,
     ToolStartedData,
     Usage,
+    cache_note,
     now,
 )
 from .providers.profiles import cost_of
@@ -687,15 +688,8 @@ def _usage_note(usage: UsageReport | None, caps: ModelCaps) -> str:
     if usage is None:
         return "; the provider reported no token counts"
     cost = cost_of(caps, usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens)
-    return f"; tokens: {usage.input_tokens} in{_cached_note(usage)}, {usage.output_tokens} out (cost {cost:.6f})"
-
-
-def _cached_note(usage: UsageReport | Usage) -> str:
-    """" (N cached, M written to the cache)" for input tokens the provider's prompt cache served
-    or took, "" for none."""
-    said = ([f"{usage.cache_read_tokens} cached"] if usage.cache_read_tokens else []) + (
-        [f"{usage.cache_write_tokens} written to the cache"] if usage.cache_write_tokens else [])
-    return f" ({', '.join(said)})" if said else ""
+    note = cache_note(usage.cache_read_tokens, usage.cache_write_tokens)
+    return f"; tokens: {usage.input_tokens} in{note}, {usage.output_tokens} out (cost {cost:.6f})"
 
 
 def checked_call(call: ToolCallReady) -> tuple[dict[str, Any], dict[str, Any] | None]:

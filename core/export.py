@@ -9,7 +9,7 @@ import json
 from datetime import datetime, timezone
 from typing import Callable, Sequence
 
-from .protocol import ImagePart, Message, Session, TextPart, ToolCallPart, ToolResultPart, Usage
+from .protocol import ImagePart, Message, Session, TextPart, ToolCallPart, ToolResultPart, Usage, cache_note
 
 Redact = Callable[[str], str]
 
@@ -39,11 +39,8 @@ def export_markdown(session: Session, messages: Sequence[Message], redact: Redac
 
 
 def _tokens(usage: Usage) -> str:
-    """"1200 in (900 cached, 200 written to the cache), 300 out": cache counts only when there were some."""
-    cached = ([f"{usage.cache_read_tokens} cached"] if usage.cache_read_tokens else []) + (
-        [f"{usage.cache_write_tokens} written to the cache"] if usage.cache_write_tokens else [])
-    note = f" ({', '.join(cached)})" if cached else ""
-    return f"{usage.input_tokens} in{note}, {usage.output_tokens} out"
+    """"1200 in (900 cached, 200 written to the cache), 300 out"."""
+    return f"{usage.input_tokens} in{cache_note(usage.cache_read_tokens, usage.cache_write_tokens)}, {usage.output_tokens} out"
 
 
 def _part_lines(part: object) -> list[str]:

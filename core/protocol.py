@@ -301,6 +301,13 @@ class UiRequestData(Model):
     payload: dict[str, Any] = Field(default_factory=dict)
 
 
+def cache_note(read: int, write: int) -> str:
+    """" (N cached, M written to the cache)" for prompt tokens a provider's cache served or took,
+    "" for none: the debug drawer's line and the Markdown export say it the same way."""
+    said = ([f"{read} cached"] if read else []) + ([f"{write} written to the cache"] if write else [])
+    return f" ({', '.join(said)})" if said else ""
+
+
 class UsageUpdatedData(Model):
     usage: Usage
     message_id: str | None = None

@@ -216,16 +216,14 @@ class SessionManager:
         """Remember the loaded messages' sends by their `client_id`, with the runs that answered
         them: a client whose send was saved just before a restart repeats it after, and must get
         that message back rather than a second one (and a second bill)."""
-        replies: dict[str, list[Run]] = {}
-        for m in live.recent.values():
-            if m.reply_to is not None and m.run_id is not None and m.skill is not None:
-                replies.setdefault(m.reply_to, []).append(Run(
-                    id=m.run_id, session_id=m.session_id, message_id=m.id, skill=m.skill,
-                    status=m.status if m.status in FINAL_RUN_STATUSES else "interrupted"))  # type: ignore[arg-type]
+        replies = replies_by_prompt(live.recent.values())
         for m in live.recent.values():
             if m.role == "user" and m.client_id is not None:
+                runs = [Run(id=r.run_id, session_id=r.session_id, message_id=r.id, skill=r.skill or "",
+                            status=r.status if r.status in FINAL_RUN_STATUSES else "interrupted")  # type: ignore[arg-type]
+                        for r in replies.get(m.id, []) if r.run_id is not None]
                 done: asyncio.Future[Sending] = asyncio.get_running_loop().create_future()
-                done.set_result(Sending(self, live, m, replies.get(m.id, []), m.text(), None))
+                done.set_result(Sending(self, live, m, runs, m.text(), None))
                 live.sent[m.client_id] = done
         while len(live.sent) > SENT_REMEMBERED:
             live.sent.popitem(last=False)

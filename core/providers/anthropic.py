@@ -40,7 +40,7 @@ from typing import Any, Iterator
 
 from ..protocol import ImagePart, ModelInfo, TextPart, ToolCallPart, ToolResultPart
 from .base import (
-    REASONING, ChatMessage, ChatRequest, Finish, StreamEvent, TextDelta, ToolCallReady, UsageReport,
+    REASONING, ChatMessage, ChatRequest, Finish, StreamEvent, TextDelta, ToolCallReady, UsageReport, token_count,
 )
 from .http import (
     CODE_ERROR, CODE_OVERLOADED, CODE_QUOTA, CODE_RATE_LIMITED, HttpProvider, SseParser, StreamDecoder, image_placeholder,
@@ -293,9 +293,8 @@ class AnthropicDecoder(StreamDecoder):
         """Keep each count `usage` gives; one it leaves out or sends as null keeps its last value."""
         if isinstance(usage, dict):
             for name in _USAGE_FIELDS:
-                value = usage.get(name)
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e15:
-                    self.usage[name] = int(value)
+                if (count := token_count(usage.get(name))) is not None:
+                    self.usage[name] = count
 
     def finish(self) -> Iterator[StreamEvent]:
         if not self.done:

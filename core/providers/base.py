@@ -128,6 +128,13 @@ class ToolCallReady:
     kind: Literal["tool_call"] = "tool_call"
 
 
+def token_count(value: Any) -> int | None:
+    """A token count as a server sent it (an int; a float from some), None when it is no count."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e15:
+        return int(value)
+    return None
+
+
 @dataclass(frozen=True)
 class UsageReport:
     """A turn's token counts. `input_tokens` is every prompt token; `cache_read_tokens` and

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 from ..protocol import ImagePart, ModelInfo, TextPart, ToolCallPart, ToolResultPart
 from .base import (
     REASONING, ChatMessage, ChatRequest, Finish, StreamEvent, TextDelta, ToolCallReady, UsageReport, kept_reasoning,
+    token_count,
 )
 from .http import (
     CODE_ERROR, CODE_OVERLOADED, CODE_RATE_LIMITED, RETRY_STATUSES, HttpProvider, SseParser, StreamDecoder, decode_json,
@@ -403,7 +404,4 @@ def _usage(usage: dict[str, Any]) -> UsageReport:
 
 
 def _count(value: Any) -> int:
-    """A token count as sent (an int, a float from some servers), 0 for anything else."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e15:
-        return int(value)
-    return 0
+    return token_count(value) or 0
