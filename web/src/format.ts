@@ -19,7 +19,7 @@ export function dollars(usd: number): string {
 }
 
 /** The part of the input tokens the provider's prompt cache served, " (1.2k cached)", or "" when it served none. */
-export function cachedNote(u: Usage): string {
+function cachedNote(u: Usage): string {
   return u.cache_read_tokens ? t("usage.cached", { cached: compactTokens(u.cache_read_tokens) }) : "";
 }
 
