@@ -75,6 +75,13 @@ def m003_message_bodies(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE messages ADD COLUMN body TEXT")
 
 
+def m004_compact_deltas(db: sqlite3.Connection) -> None:
+    """A row of several events may hold a `message.delta` as `[ts, text]`: the data of the row's
+    last full delta with this text (`store._EventRow.params_with`). Nothing to change in the
+    tables; the version says that an older Opencode, which would misread such a row, must not
+    open the file."""
+
+
 def _run_script(db: sqlite3.Connection, script: str) -> None:
     """Run `;`-separated statements one by one: `executescript` would commit mid-migration."""
     for statement in script.split(";"):
@@ -83,7 +90,7 @@ def _run_script(db: sqlite3.Connection, script: str) -> None:
             db.execute(body)
 
 
-MIGRATIONS: list[Migration] = [m001_initial, m002_event_runs, m003_message_bodies]
+MIGRATIONS: list[Migration] = [m001_initial, m002_event_runs, m003_message_bodies, m004_compact_deltas]
 
 
 def migrate(db: sqlite3.Connection) -> int:

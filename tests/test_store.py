@@ -131,6 +131,39 @@ async def test_interleaved_sessions_gaps_and_single_events(store: SqliteStore, d
     assert await store.events_after("ses_none", 0, 10) == [] and await store.last_seq("ses_none") == 0
 
 
+def reply_events(first_seq: int) -> list[Expected]:
+    """A streamed reply as the agent publishes it: its deltas differ only in their text, with a
+    status and a log line among them, and texts a careless cut would break."""
+    head = {"message_id": "msg_01", "run_id": "run_01", "skill": "assistant"}
+    texts = ["Hel", "lo", ' "quoted", \\ back', "é ✓ 🎨\n", '"text":"x"}', ""]
+    events: list[Expected] = [(first_seq, "run.status", 1_700_000_000.5, {"run": {"id": "run_01"}})]
+    for i, text in enumerate(texts):
+        events.append((first_seq + 1 + i, "message.delta", 1_700_000_000.501 + i / 1000, {**head, "text": text}))
+    events.append((first_seq + 7, "log", 1_700_000_000.6, {"message": "turn 1: stop", "text": "x"}))
+    events.append((first_seq + 8, "message.delta", 1_700_000_000.7, {**head, "text": "after the log"}))
+    # Deltas whose data is not the agent's shape are stored whole and read back as they were.
+    events.append((first_seq + 9, "message.delta", 1_700_000_000.8, {**head, "text": "t", "extra": "last"}))
+    events.append((first_seq + 10, "message.delta", 1_700_000_000.9, {"a": {"text": "n"}, "text": "z"}))
+    events.append((first_seq + 11, "message.delta", 1_700_000_001.0, {"a": {"text": "n"}, "text": "w"}))
+    return events
+
+
+async def test_a_reply_s_deltas_are_stored_by_their_text_and_replay_exactly(store: SqliteStore, db_path: Path) -> None:
+    expected = reply_events(1)
+    for seq, type_, ts, data in expected:  # encoded as the bus encodes
+        store.append_event("ses_a", seq, type_, ts, json.dumps(data, ensure_ascii=False, separators=(",", ":")))
+    await store.flush()
+    assert event_rows(db_path) == [("ses_a", 1, 12, EVENT_RUN_TYPE)]
+    with sqlite3.connect(db_path) as conn:
+        (data,) = conn.execute("SELECT data FROM events").fetchone()
+    items = json.loads(data)
+    # After the first full delta, the next ones of the same message are [ts, text] only; a log
+    # line between them does not break the run; odd shapes stay whole.
+    assert [len(item) for item in items] == [3, 3, 2, 2, 2, 2, 2, 3, 2, 3, 3, 2]
+    assert items[2][1] == "lo"
+    await check_replay(store, "ses_a", expected)
+
+
 async def test_a_row_taken_by_a_batch_is_not_appended_to(store: SqliteStore, db_path: Path) -> None:
     expected = [odd_event(s) for s in range(1, 11)]
     for ev in expected[:4]:
@@ -213,7 +246,7 @@ async def test_a_v1_database_migrates_and_reads_back(db_path: Path) -> None:
     await store.open()
     try:
         with sqlite3.connect(db_path) as conn:
-            assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 3
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 4
         await check_replay(store, "ses_a", old)
         await check_replay(store, "ses_b", [odd_event(9)])
         # New rows (coalesced, after a restart gap) follow the old ones.
