@@ -254,7 +254,7 @@ def serve(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     wiring = standalone(cfg)
     app = create_app(cfg, wiring.skill_factories(), wiring.image_loader())
-    app.on_startup.append(_freeze_startup_objects)
+    app.on_startup.append(freeze_startup_objects)
 
     def listening(_: str) -> None:  # aiohttp's "Running on" line: said once the port is ours
         print(f"Opencode on http://{args.host}:{args.port}/opencode/ (data in {cfg.data_dir})", flush=True)
@@ -270,7 +270,7 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _freeze_startup_objects(app: Any) -> None:
+async def freeze_startup_objects(app: Any) -> None:
     """Move everything alive after start-up out of the collector's reach: full collections then
     walk only what requests create, which keeps their pauses short under load."""
     import gc

@@ -1,4 +1,6 @@
-"""The Opencode server worker: the real app (`create_app`, service on a SQLite file) on loopback.
+"""The Opencode server worker: the real app (`create_app`, service on a SQLite file) on loopback,
+started as `opencode-agent serve` starts it (the objects alive after start-up frozen out of the
+garbage collector's reach).
 
 Used by the fan-out and relay benchmarks. Besides serving `/opencode/*` like the product, it
 answers the parent's commands over its pipe: publish a burst of deltas into a room, report the
@@ -39,12 +41,14 @@ def opencode_server(conn: Connection, data_dir: str, fanout_session: bool = Fals
         from .common import load_opencode
 
         load_opencode()
+        from opencode_agent.cli import freeze_startup_objects
         from opencode_agent.core.config import Config
         from opencode_agent.core.protocol import SessionCreate
         from opencode_agent.core.trust import TrustPolicy
         from opencode_agent.routes import SERVICE, create_app
 
         app = create_app(Config(data_dir=Path(data_dir)), trust=TrustPolicy(token=TOKEN))
+        app.on_startup.append(freeze_startup_objects)  # as `opencode-agent serve` starts it
         runner = await serve_on_loopback(app)
         svc = app[SERVICE]
         state.update(runner=runner, svc=svc)
