@@ -23,6 +23,14 @@ export type PriceField = "input_price" | "output_price" | CacheField;
 export type NumberField = "context_tokens" | PriceField;
 export const PRICE_FIELDS: readonly PriceField[] = ["input_price", "output_price", "cache_read_price", "cache_write_price"];
 export const NUMBER_FIELDS: readonly NumberField[] = ["context_tokens", ...PRICE_FIELDS];
+/** Each price's name, on a model's card and in its form alike. */
+export const PRICE_LABELS: Readonly<Record<PriceField, MessageKey>> = {
+  input_price: "models.input",
+  output_price: "models.output",
+  cache_read_price: "models.cacheRead",
+  cache_write_price: "models.cacheWrite",
+};
+export const isCacheField = (field: PriceField): field is CacheField => field === "cache_read_price" || field === "cache_write_price";
 
 /** Python's `round(x, 9)`, as the server rounds a default cache price. */
 const round9 = (x: number) => Math.round(x * 1e9) / 1e9;

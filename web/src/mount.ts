@@ -15,6 +15,9 @@ export const TOKEN_KEY = "opencode.token";
 export const TOKEN_SETTING = "Opencode.Token";
 const STYLE_ID = "opencode-panel-styles";
 
+/** Panels mounted so far: each app's `useId` prefix, as a page may hold several (nodes, the sidebar tab). */
+let panelsMounted = 0;
+
 export function injectStyles(doc: Document = document): void {
   if (doc.getElementById(STYLE_ID)) return;
   const style = doc.createElement("style");
@@ -59,6 +62,9 @@ export function mountPanel(el: HTMLElement, deps: PanelDeps, fontSize: Ref<numbe
   el.addEventListener("keydown", keepKeysInPanel);
   setLocale(host.locale());
   const app = createApp({ render: () => h(OpencodePanel, { fontSize: fontSize.value }) });
+  // Apart, every app's `useId` counts from "v-0": ids (aria-controls, a label's error) would repeat
+  // across the page's panels, and ComfyUI's own app uses that prefix too.
+  app.config.idPrefix = `oc${++panelsMounted}`;
   app.use(createPinia());
   app.provide(DEPS, deps);
   app.mount(el);

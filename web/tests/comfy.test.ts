@@ -1,5 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { flushPromises } from "@vue/test-utils";
+import { ref } from "vue";
 import type { ComfyDomWidget, ComfyNode, ComfyWidget, SidebarTab } from "../src/host-types";
 import { app, registered } from "./stubs/comfy-app";
 import { api } from "./stubs/comfy-api";
@@ -177,6 +178,30 @@ describe("the ComfyUI extension", () => {
     expect(created).toEqual([{ id: "ses_lost", skills: ["echo"], provider: null, model: null }]);
     expect(node.widgets![0].value).toBe("ses_lost");
     expect(transport.calls.every((c) => !c.path.startsWith("/api"))).toBe(true); // the prefix is api.fetchApi's job
+  });
+});
+
+describe("two panels on one page (a node's and the sidebar tab's)", () => {
+  it("give their ids apart: each app has its own useId prefix", async () => {
+    const { mountPanel } = await import("../src/mount");
+    const { makeDeps } = await import("./harness");
+    const hosts = [document.createElement("div"), document.createElement("div")];
+    const unmounts = hosts.map((el) => {
+      document.body.appendChild(el);
+      return mountPanel(el, makeDeps().deps, ref(13));
+    });
+    await flushPromises();
+    // Each panel's list of chats in turn (the second one's filter takes the focus, closing the first).
+    const lists: { list: string; controls: string | null }[] = [];
+    for (const el of hosts) {
+      el.querySelector<HTMLElement>(".oc-anchor > button")!.click();
+      await flushPromises();
+      lists.push({ list: el.querySelector("[role=listbox]")!.id, controls: el.querySelector("[role=combobox]")!.getAttribute("aria-controls") });
+    }
+    expect(lists.map((l) => l.controls)).toEqual(lists.map((l) => l.list));
+    expect(lists[0].list).toMatch(/^oc\d+-/);
+    expect(lists[0].list).not.toBe(lists[1].list);
+    for (const unmount of unmounts) unmount();
   });
 });
 

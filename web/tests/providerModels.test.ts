@@ -192,10 +192,13 @@ describe("a profile's models", () => {
     expect(described.attributes("role")).toBe("alert");
     expect(input.attributes("aria-invalid")).toBe("true");
     expect(toasts).toEqual([]);
+    expect(form(w).attributes("aria-describedby")).toBeUndefined();
     await form(w).trigger("submit");
     await flushPromises();
     expect(input.attributes("aria-describedby")).toBeUndefined();
-    expect(w.find("[data-testid=model-form-error]").text()).toBe("no provider named 'openai'");
+    const formError = w.find("[data-testid=model-form-error]");
+    expect(formError.text()).toBe("no provider named 'openai'");
+    expect(form(w).attributes("aria-describedby")).toBe(formError.attributes("id")); // the form's own error, read with it
     expect(form(w).exists()).toBe(true); // what was typed stays
   });
 

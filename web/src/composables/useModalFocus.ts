@@ -8,13 +8,20 @@
  * to show what took the focus. Call it in setup before anything that moves the focus in, so the
  * opener is read first.
  */
-import { onBeforeUnmount, onMounted, type Ref } from "vue";
+import { nextTick, onBeforeUnmount, onMounted, type Ref } from "vue";
 
 const FOCUSABLE = "button:not([disabled]), input:not([disabled]), select:not([disabled]), textarea:not([disabled]), [tabindex]:not([tabindex='-1'])";
 
 /** Focus `el` without scrolling any of its containers (see `revealFocus` for the dialog's body). */
 export function focusQuietly(el: HTMLElement | null | undefined): void {
   el?.focus({ preventScroll: true });
+}
+
+/** Focus, quietly, what `find` returns once the DOM shows the change just made: `find` runs after
+ * the render, as what it looks for (a confirm's Cancel, a reopened button) may only exist then. */
+export async function focusWhenRendered(find: () => HTMLElement | null | undefined): Promise<void> {
+  await nextTick();
+  focusQuietly(find());
 }
 
 export function useModalFocus(dialog: Ref<HTMLElement | null>, opts: { escape: () => void; body?: Ref<HTMLElement | null> }) {
