@@ -452,7 +452,7 @@ async def test_official_sdk_parses_the_fake_thinking_stream(fake_llm: Any) -> No
     fake_llm.push(Reply(reasoning="Let me think. ", signature="c2lnbmF0dXJl", redacted="b3BhcXVl", text="Done.",
                         tool_calls=[FakeToolCall("get_weather", {"city": "Oslo"}, id="toolu_3"),
                                     FakeToolCall("get_weather", {"city": "Bergen"}, id="toolu_4", thinking="And Bergen.",
-                                                 thinking_signature="YmVyZ2Vu")]))
+                                                 thinking_signature="YmVyZ2Vu", text="Bergen too.")]))
     client = AsyncAnthropic(base_url=f"{fake_llm.url}/anthropic", api_key="sk-ant-fake", max_retries=0)
     try:
         async with client.messages.stream(model="claude-test", max_tokens=100, messages=[{"role": "user", "content": "hi"}],
@@ -460,9 +460,10 @@ async def test_official_sdk_parses_the_fake_thinking_stream(fake_llm: Any) -> No
             message = await stream.get_final_message()
     finally:
         await client.close()
-    thinking, redacted, text, tool, interleaved, second = message.content
+    thinking, redacted, text, tool, interleaved, between, second = message.content
     assert (thinking.type, thinking.thinking, thinking.signature) == ("thinking", "Let me think. ", "c2lnbmF0dXJl")
     assert (redacted.type, redacted.data) == ("redacted_thinking", "b3BhcXVl")
     assert (text.type, text.text, tool.type, tool.input) == ("text", "Done.", "tool_use", {"city": "Oslo"})
     assert (interleaved.type, interleaved.thinking, interleaved.signature) == ("thinking", "And Bergen.", "YmVyZ2Vu")
+    assert (between.type, between.text) == ("text", "Bergen too.")
     assert (second.type, second.id, second.input) == ("tool_use", "toolu_4", {"city": "Bergen"})
