@@ -43,6 +43,7 @@ class Printer:
         self.run_ids: set[str] = set()
         self.unfinished: set[str] = set()  # run ids without a final status yet
         self.partial: dict[str, tuple[str, str]] = {}  # run id -> (role, its line not ended yet)
+        self.calls: set[tuple[str, str]] = set()  # (run id, call id) of the tool calls noted
         self.failed = False
         self.mid_line = False  # stdout's last character is not a newline
         self.reader_gone = False  # stdout was closed: nothing more is written
@@ -104,9 +105,17 @@ class Printer:
         if t == "message.delta":
             self.delta(run_id, data.get("skill") or "assistant", data["text"])
         elif t == "tool.started":
-            self.note(f"[tool {data['call']['name']}]")
+            self._call(run_id, data["call"])
         elif t == "run.status":
             self._run_status(data["run"])
+
+    def _call(self, run_id: str, call: dict[str, Any]) -> None:
+        """Note a tool call once, as first announced: where the model asked for it in the reply
+        (`pending`, text may follow it), not again as it starts running."""
+        key = (run_id, str(call.get("id")))
+        if key not in self.calls:
+            self.calls.add(key)
+            self.note(f"[tool {call['name']}]")
 
     def _run_status(self, run: dict[str, Any]) -> None:
         if run["status"] not in FINAL_RUN_STATUSES:

@@ -346,7 +346,7 @@ class AgentRun:
             started_line = _LineAfterRequest(self._debug, f"turn {turn}: request to {target} started "
                                              f"({self.input.role.id}, {len(history)} messages, {len(tools)} tools)")
             try:
-                turn_parts, calls, finish, usage = await self._stream_turn(resolved, request)
+                turn_parts, calls, finish, usage = await self._stream_turn(resolved, request, by_name)
             finally:
                 started_line.write()
             self._debug(f"turn {turn}: {finish} after {(time.monotonic() - started) * 1000:.0f} ms"
@@ -361,12 +361,13 @@ class AgentRun:
                 return
             if turn == self.deps.max_turns:  # no request follows to read their results
                 for call in calls:
-                    self._not_run(call, by_name, f"not run: this reply reached its limit of "
+                    self._not_run(call, f"not run: this reply reached its limit of "
                                   f"{self.deps.max_turns} model requests")
                 break
-            call_parts = [self._start_call(call, by_name) for call in calls]
-            results = await gather_all(self._run_call(p, by_name) for p in call_parts)
-            history.append(ChatMessage("assistant", [*turn_parts, *call_parts]))
+            for call in calls:
+                self._start_call(call)
+            results = await gather_all(self._run_call(p, by_name) for p in calls)
+            history.append(ChatMessage("assistant", turn_parts))
             history.append(ChatMessage("user", [_seen_by(r, resolved.caps.vision) for r in results]))
         self._append_text(f"\n\n_(stopped after {self.deps.max_turns} turns)_")
         log.warning("run %s reached max_turns=%d", self.run.id, self.deps.max_turns)
@@ -399,11 +400,16 @@ class AgentRun:
             in_window = {m.id for m in window}
             messages = [m for m in older if m.id not in in_window] + window  # `_was_said` filters both
 
-    async def _stream_turn(self, resolved: ResolvedModel, request: ChatRequest
-                           ) -> tuple[list[Any], list[ToolCallReady], str, UsageReport | None]:
-        """One model request: its text parts, the tool calls it asks for, why it stopped, its usage."""
-        text_start = len(self.message.text())
-        calls: list[ToolCallReady] = []
+    async def _stream_turn(self, resolved: ResolvedModel, request: ChatRequest,
+                           by_name: dict[str, tuple[str, Tool]]
+                           ) -> tuple[list[Any], list[ToolCallPart], str, UsageReport | None]:
+        """One model request: its text and calls in the order they streamed (the turn its next
+        request sends back), the calls it asks for (placed, not started), why it stopped, its usage.
+
+        The turn's parts are the reply's from `first` on: a turn never continues a text part of an
+        earlier one (the first turn starts an empty reply, a later one follows its tool results)."""
+        first = len(self.message.parts)
+        calls: list[ToolCallPart] = []
         finish, usage = "end of stream", None
         append_text = self._append_text
         task = asyncio.current_task()
@@ -425,21 +431,32 @@ class AgentRun:
                     if ev.text:
                         append_text(ev.text)
                 elif isinstance(ev, ToolCallReady):
-                    calls.append(ev)
+                    calls.append(self._place_call(ev, by_name))
                 elif isinstance(ev, UsageReport):
                     usage = ev
                     self._add_usage(ev, resolved.caps)
                 elif isinstance(ev, Finish):
                     finish = ev.reason
         finally:
-            if usage is None and (calls or len(self.message.text()) > text_start):
-                self._estimate_usage(request, self.message.text()[text_start:], resolved.caps)
+            text = self._text_since(first) if usage is None else ""
+            if usage is None and (calls or text):
+                self._estimate_usage(request, text, resolved.caps)
             # Closing the generator closes the upstream HTTP response at once (abort really stops).
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 await aclose()
-        text = self.message.text()[text_start:]
-        return ([TextPart(text=text)] if text else []), calls, finish, usage
+        return self._turn_since(first), calls, finish, usage
+
+    def _text_since(self, first: int) -> str:
+        """The reply's text from its part `first` on (this turn's)."""
+        return "".join(p.text for p in self.message.parts[first:] if isinstance(p, TextPart))
+
+    def _turn_since(self, first: int) -> list[Any]:
+        """The reply's text and calls from its part `first` on, as the turn its next request sends
+        back: the text parts copied (the reply's own may still grow; a turn never changes)."""
+        return [TextPart(text=p.text) if isinstance(p, TextPart) else p
+                for p in self.message.parts[first:]
+                if isinstance(p, ToolCallPart) or (isinstance(p, TextPart) and p.text)]
 
     def _estimate_usage(self, request: ChatRequest, text: str, caps: ModelCaps) -> None:
         """A turn that answered but ended before its usage report (aborted, cut off): the provider
@@ -534,20 +551,31 @@ class AgentRun:
 
     # ------------------------------------------------------------------ tools
 
-    def _start_call(self, call: ToolCallReady, by_name: dict[str, tuple[str, Tool]]) -> ToolCallPart:
+    def _place_call(self, call: ToolCallReady, by_name: dict[str, tuple[str, Tool]]) -> ToolCallPart:
+        """A call as the model finished asking for it: `pending` in the reply's parts, announced.
+
+        Why now, not once the turn's stream ends: a model may go on talking after a call
+        (Anthropic streams text, tool_use, text, tool_use). Placed where it streamed, the call
+        ends the text part before it, so what follows starts a new one after it (`_append_text`
+        does no more per token), and the panel, told now, does the same."""
         skill = by_name.get(call.name, ("unknown", None))[0]
         arguments, provider_data = checked_call(call)
-        part = ToolCallPart(id=call.id, name=call.name, arguments=arguments, skill=skill,
-                            status="running", started_at=now(), provider_data=provider_data)
+        part = ToolCallPart(id=call.id, name=call.name, arguments=arguments, skill=skill, provider_data=provider_data)
         self.message.parts.append(part)
-        self.deps.bus.publish(self.message.session_id, "tool.started", ToolStartedData(
-            message_id=self.message.id, run_id=self.run.id, call=part))
+        self._announce_call(part)
         return part
 
-    def _not_run(self, call: ToolCallReady, by_name: dict[str, tuple[str, Tool]], reason: str) -> None:
+    def _start_call(self, part: ToolCallPart) -> None:
+        part.status, part.started_at = "running", now()
+        self._announce_call(part)
+
+    def _announce_call(self, part: ToolCallPart) -> None:
+        self.deps.bus.publish(self.message.session_id, "tool.started", ToolStartedData(
+            message_id=self.message.id, run_id=self.run.id, call=part))
+
+    def _not_run(self, part: ToolCallPart, reason: str) -> None:
         """A call the model asked for that will not run (its result could reach no one): shown,
         stored with its reason, so the history stays a call and its result."""
-        part = self._start_call(call, by_name)
         part.status = "aborted"
         result = ToolResultPart(tool_call_id=part.id, name=part.name, content=reason, is_error=True)
         self.message.parts.append(result)

@@ -1008,6 +1008,36 @@ def test_fitting_leaves_out_a_results_images_before_cutting_its_text() -> None:
     assert result.images == [] and result.content == "rendered\n[6 image(s) left out to fit the model's context]"
 
 
+def _parts(parts: list[Any]) -> list[tuple[str, str]]:
+    """Parts (as models or JSON) as (type, text or call id)."""
+    dumped = [p if isinstance(p, dict) else p.model_dump() for p in parts]
+    return [(p["type"], p.get("text") or p.get("id") or p.get("tool_call_id") or "") for p in dumped]
+
+
+@pytest.mark.parametrize("shape", ["text between calls", "text then calls"])
+async def test_a_turns_text_and_calls_keep_the_order_they_streamed_in(env, shape):
+    """Anthropic streams a turn's blocks in the order the model wrote them, text between calls
+    included; OpenAI's text all comes before its calls. Either way the reply's parts, and the
+    turn its next request sends back, are in that order, not all the text ahead of the calls."""
+    provider, session, ws_for = env
+    a, b = ToolCallReady("c1", "lookup", {"query": "a"}), ToolCallReady("c2", "lookup", {"query": "b"})
+    streamed = [TextDelta("Look "), TextDelta("at a."), a, TextDelta("Then b."), b]
+    if shape == "text then calls":
+        streamed = [TextDelta("Look "), TextDelta("at a."), TextDelta("Then b."), a, b]
+    provider.turns.extend([[*streamed, UsageReport(5, 5), Finish("tool_calls")], text_turn("Done.")])
+    sid = await session("alpha", "testtools")
+    ws = await ws_for(sid)
+    sent = await ws.command("send", session_id=sid, text="look both up")
+    await ws.until(run_final(sent["data"]["run_id"]))
+    turn = [("text", "Look at a."), ("tool_call", "c1"), ("text", "Then b."), ("tool_call", "c2")]
+    if shape == "text then calls":
+        turn = [("text", "Look at a.Then b."), ("tool_call", "c1"), ("tool_call", "c2")]
+    msg = final_message(ws, sent["data"]["run_id"])
+    assert _parts(msg["parts"]) == turn + [("tool_result", "c1"), ("tool_result", "c2"), ("text", "Done.")]
+    assert _parts(provider.requests[1].messages[1].parts) == turn
+    assert [m.role for m in provider.requests[1].messages] == ["user", "assistant", "user"]
+
+
 async def test_max_turns(env, service):
     provider, session, ws_for = env
     service.sessions.deps.max_turns = 2

@@ -329,6 +329,21 @@ def test_several_roles_print_whole_labelled_lines() -> None:
                    "[echo] line two\n[echo] last words\n")
 
 
+def started(run_id: str, call_id: str, name: str, state: str) -> dict[str, Any]:
+    return {"type": "tool.started", "data": {"message_id": "m_" + run_id, "run_id": run_id, "call": {
+        "type": "tool_call", "id": call_id, "name": name, "status": state}}}
+
+
+def test_a_tool_call_is_noted_once_where_the_model_asked_for_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """A call is announced as the model asks for it (`pending`, text may follow it) and again as
+    it runs: the terminal notes it once, between the words it came between."""
+    out, _ = printed(["r1"], [delta("r1", "echo", "Looking."), started("r1", "c1", "lookup", "pending"),
+                              delta("r1", "echo", "Then."), started("r1", "c1", "lookup", "running"),
+                              status("r1", "echo", "completed")])
+    assert out == "Looking.Then.\n"
+    assert capsys.readouterr().err == "\n[tool lookup]\n"
+
+
 def test_only_the_sent_messages_runs_are_printed() -> None:
     """A busy session streams other sends' runs too: their text is not this reply, and their
     failure is not this command's."""

@@ -350,3 +350,67 @@ async def test_a_thinking_models_tool_turns_keep_their_reasoning(chat: Any, fake
             assert turns[0]["content"][0] == {"type": "thinking", "thinking": "I should look it up.",
                                               "signature": "EqQBCgIYAhIM"}
             assert all(b["type"] == "text" for m in turns[1:] for b in m["content"])
+
+
+# --------------------------------------------------------------------------- words between calls
+
+
+def _said(items: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """A reply's parts, or an Anthropic turn's content blocks, as (type, text or call id)."""
+    return [(b["type"], b.get("text") or b.get("id") or b.get("tool_call_id") or "") for b in items]
+
+
+def _live(ws: WsClient, run_id: str) -> list[tuple[str, str]]:
+    """What a panel heard of a run while it streamed: its text (a network read's pieces joined) and
+    each call as it was announced, with its status then."""
+    out: list[tuple[str, str]] = []
+    for e in ws.events:
+        if e["type"] not in ("message.delta", "tool.started") or e["data"]["run_id"] != run_id:
+            continue
+        if e["type"] == "tool.started":
+            out.append(("call", f"{e['data']['call']['id']} {e['data']['call']['status']}"))
+        elif out and out[-1][0] == "text":
+            out[-1] = ("text", out[-1][1] + e["data"]["text"])
+        else:
+            out.append(("text", e["data"]["text"]))
+    return out
+
+
+async def test_words_between_tool_calls_stay_where_they_streamed(chat: Any, fake_llm: Any, client: Any,
+                                                                 service: Any) -> None:
+    """An Anthropic turn may stream text, a call, more text, another call. The reply keeps that
+    order: in its parts (what the panel shows, as it streams and once stored), in the run's next
+    request, and in a later message's history read back from the store. Sent back with the words
+    after the first call moved ahead of it, the model reads a turn it did not write."""
+    service.skills.register(LOOKUP, replace=True)
+    ws, sid = await chat("anthropic", fake_llm.url + FAKE_PATHS["anthropic"], skills=("lookup-tools",))
+    fake_llm.push(Reply(text="First ksampler.", tool_calls=[
+                      FakeToolCall("lookup", {"query": "ksampler"}, id="toolu_1"),
+                      FakeToolCall("lookup", {"query": "vae"}, id="toolu_2", text="Then vae.")]),
+                  Reply(text="Both found."), Reply(text="Yes."))
+    turn = [("text", "First ksampler."), ("tool_call", "toolu_1"), ("text", "Then vae."), ("tool_call", "toolu_2")]
+    out = await ask(ws, sid, "what are ksampler and vae?")
+    assert out["run"]["status"] == "completed", out["run"]["error"]
+    assert _said(out["message"]["parts"]) == turn + [
+        ("tool_result", "toolu_1"), ("tool_result", "toolu_2"), ("text", "Both found.")]
+    # Each call is announced where it streamed, so the panel starts the words after it anew.
+    assert _live(ws, out["run"]["id"]) == [
+        ("text", "First ksampler."), ("call", "toolu_1 pending"), ("text", "Then vae."), ("call", "toolu_2 pending"),
+        ("call", "toolu_1 running"), ("call", "toolu_2 running"), ("text", "Both found.")]
+    uses = [("tool_use" if kind == "tool_call" else kind, said) for kind, said in turn]
+    asked = [r for r in fake_llm.requests if r.method == "POST"]
+    assert _said(asked[1].body["messages"][1]["content"]) == uses
+    await ws.ws.close()
+    for _ in range(500):  # nobody joined and idle: the session is forgotten, then read from the store
+        if service.sessions.evict_idle(0):
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the session was never unloaded")
+    ws = WsClient(await client.ws_connect("/opencode/ws"))
+    await ws.command("join", session_id=sid)
+    out = await ask(ws, sid, "sure?")
+    assert out["run"]["status"] == "completed", out["run"]["error"]
+    later = [r for r in fake_llm.requests if r.method == "POST"][-1].body["messages"]
+    assert [m["role"] for m in later] == ["user", "assistant", "user", "assistant", "user"]
+    assert _said(later[1]["content"]) == uses

@@ -231,6 +231,38 @@ async def test_fake_interleaved_thinking_goes_back_where_it_streamed(fake_llm: A
         {"type": "tool_use", "id": "toolu_2", "name": "get_weather", "input": {"city": "Rome"}}]
 
 
+async def test_fake_words_between_calls_go_back_where_they_streamed(fake_llm: Any, http: Any,
+                                                                     sleep: RecordingSleep) -> None:
+    """A turn may stream thinking, text, a call, then more thinking, more text and another call.
+    The text after the first call streams after it (inline too), and the turn goes back as it
+    streamed: each call's thinking opens the stretch since the call before it, ahead of the words
+    said there (a model thinks, says, then calls), never moved behind them."""
+    fake_llm.thinking = True
+    fake_llm.push(Reply(reasoning="Two cities. ", signature="c2lnMQ==", text="Paris first.",
+                        tool_calls=[FakeToolCall("get_weather", {"city": "Paris"}, id="toolu_1"),
+                                    FakeToolCall("get_weather", {"city": "Rome"}, id="toolu_2", thinking="Now Rome.",
+                                                 thinking_signature="c2lnMg==", text="Then Rome.")]),
+                  Reply(text="Both sunny."))
+    p = provider(f"{fake_llm.url}/anthropic", http, sleep)
+    events = joined(await collect(p, ask(tools=[WEATHER])))
+    assert [e.text if isinstance(e, TextDelta) else getattr(e, "id", None) for e in events[:4]] == [
+        "Paris first.", "toolu_1", "Then Rome.", "toolu_2"]
+    turn = [TextPart(text=e.text) if isinstance(e, TextDelta) else
+            ToolCallPart(id=e.id, name=e.name, arguments=e.arguments, provider_data=e.provider_data) for e in events[:4]]
+    calls = turn[1::2]
+    history = ask().messages + [
+        ChatMessage("assistant", turn),
+        ChatMessage("user", [ToolResultPart(tool_call_id=c.id, name=c.name, content="sunny") for c in calls])]
+    await collect(p, ChatRequest(model="claude-test", system="", messages=history, tools=[WEATHER]))
+    assert fake_llm.last.body["messages"][1]["content"] == [
+        {"type": "thinking", "thinking": "Two cities. ", "signature": "c2lnMQ=="},
+        {"type": "text", "text": "Paris first."},
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},
+        {"type": "thinking", "thinking": "Now Rome.", "signature": "c2lnMg=="},
+        {"type": "text", "text": "Then Rome."},
+        {"type": "tool_use", "id": "toolu_2", "name": "get_weather", "input": {"city": "Rome"}}]
+
+
 def breakpoints(value: Any, path: str = "") -> list[str]:
     """Where `value` (a request body) carries `cache_control`, as sorted paths like `messages.2.content.0`."""
     if isinstance(value, dict):
@@ -452,7 +484,7 @@ async def test_official_sdk_parses_the_fake_thinking_stream(fake_llm: Any) -> No
     fake_llm.push(Reply(reasoning="Let me think. ", signature="c2lnbmF0dXJl", redacted="b3BhcXVl", text="Done.",
                         tool_calls=[FakeToolCall("get_weather", {"city": "Oslo"}, id="toolu_3"),
                                     FakeToolCall("get_weather", {"city": "Bergen"}, id="toolu_4", thinking="And Bergen.",
-                                                 thinking_signature="YmVyZ2Vu")]))
+                                                 thinking_signature="YmVyZ2Vu", text="Bergen too.")]))
     client = AsyncAnthropic(base_url=f"{fake_llm.url}/anthropic", api_key="sk-ant-fake", max_retries=0)
     try:
         async with client.messages.stream(model="claude-test", max_tokens=100, messages=[{"role": "user", "content": "hi"}],
@@ -460,9 +492,10 @@ async def test_official_sdk_parses_the_fake_thinking_stream(fake_llm: Any) -> No
             message = await stream.get_final_message()
     finally:
         await client.close()
-    thinking, redacted, text, tool, interleaved, second = message.content
+    thinking, redacted, text, tool, interleaved, between, second = message.content
     assert (thinking.type, thinking.thinking, thinking.signature) == ("thinking", "Let me think. ", "c2lnbmF0dXJl")
     assert (redacted.type, redacted.data) == ("redacted_thinking", "b3BhcXVl")
     assert (text.type, text.text, tool.type, tool.input) == ("text", "Done.", "tool_use", {"city": "Oslo"})
     assert (interleaved.type, interleaved.thinking, interleaved.signature) == ("thinking", "And Bergen.", "YmVyZ2Vu")
+    assert (between.type, between.text) == ("text", "Bergen too.")
     assert (second.type, second.id, second.input) == ("tool_use", "toolu_4", {"city": "Bergen"})

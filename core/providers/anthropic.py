@@ -26,8 +26,10 @@ Thinking (extended thinking; servers that think by default behind this format: D
 `redacted_thinking` blocks (`data`) are kept on the next tool call (`provider_data["reasoning"]`)
 and sent back, exactly, to the same profile only: those before the turn's first call at the start
 of that assistant turn (the API refuses (400) a tool-use turn of a thinking model that does not
-start with them), those streamed between calls (interleaved thinking) just before the call they
-led to, in the order they came.
+start with them), those streamed between calls (interleaved thinking) just after the call before
+the one they led to, ahead of any text said between the two, in the order they came. The turn's
+text goes back where it streamed too, between the calls it came between (the agent keeps a
+reply's text and calls in the order they streamed).
 Imports protocol, tools, errors and the providers package only.
 """
 
@@ -172,9 +174,10 @@ class AnthropicProvider(HttpProvider):
     async def _content(self, message: ChatMessage) -> list[dict[str, Any]]:
         results: list[dict[str, Any]] = []
         blocks: list[dict[str, Any]] = []
-        # The thinking that led to the turn's first call opens the turn; a later call's (interleaved
-        # thinking) goes just before it, where it streamed.
-        leading = self._thinking_blocks(message)
+        # The thinking that led to a call opens the stretch since the call before it, ahead of the
+        # words said there: the turn's first call's opens the turn, a later one's (interleaved
+        # thinking) follows the call before it, where it streamed.
+        stretch = 0
         for part in message.parts:
             if isinstance(part, TextPart):
                 if part.text:  # empty text blocks are rejected
@@ -182,9 +185,9 @@ class AnthropicProvider(HttpProvider):
             elif isinstance(part, ImagePart):
                 blocks.append(await self._image(part))
             elif isinstance(part, ToolCallPart) and message.role == "assistant":
-                if part is not leading[0]:
-                    blocks += self._kept_thinking(part)
+                blocks[stretch:stretch] = self._kept_thinking(part)
                 blocks.append({"type": "tool_use", "id": tool_id(part.id), "name": part.name, "input": part.arguments})
+                stretch = len(blocks)
             elif isinstance(part, ToolResultPart) and message.role == "user":
                 inner: list[dict[str, Any]] = [{"type": "text", "text": part.content}] if part.content else []
                 inner += [await self._image(image) for image in part.images]
@@ -192,20 +195,12 @@ class AnthropicProvider(HttpProvider):
                 if part.is_error:
                     result["is_error"] = True
                 results.append(result)
-        # Tool results must open the user turn that answers the calls; thinking the assistant's.
-        return leading[1] + results + blocks
-
-    def _thinking_blocks(self, message: ChatMessage) -> tuple[ToolCallPart | None, list[dict[str, Any]]]:
-        """The turn's first call and the thinking blocks this profile gave with it: the thinking
-        before the turn's first `tool_use` (the decoder keeps on each call what came since the
-        call before it)."""
-        if message.role != "assistant":
-            return None, []
-        first = next((p for p in message.parts if isinstance(p, ToolCallPart)), None)
-        return first, ([] if first is None else self._kept_thinking(first))
+        # Tool results must open the user turn that answers the calls.
+        return results + blocks
 
     def _kept_thinking(self, call: ToolCallPart) -> list[dict[str, Any]]:
-        """The thinking blocks `call` keeps from this profile, in the order they came."""
+        """The thinking blocks `call` keeps from this profile, in the order they came (the decoder
+        keeps on each call what came since the call before it)."""
         kept = (call.provider_data or {}).get(REASONING)
         if not isinstance(kept, dict) or kept.get("profile") != self.name:
             return []

@@ -41,6 +41,9 @@ class FakeToolCall:
     # streamed just before this call's `tool_use` block, signed with `thinking_signature`.
     thinking: str = ""
     thinking_signature: str = "SW50ZXJsZWF2ZWQ="
+    # Anthropic: words the model streams after the call before this one (after that thinking), in
+    # a `text` block of their own just before this call's `tool_use` block.
+    text: str = ""
 
 
 @dataclass
@@ -242,17 +245,14 @@ def anthropic_events(reply: Reply, model: str = "claude-test") -> list[bytes]:
         out.append(sse({"type": "content_block_stop", "index": index}, "content_block_stop"))
         index += 1
     if reply.text or not reply.tool_calls:
-        out.append(sse({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}, "content_block_start"))
-        out.append(sse({"type": "ping"}, "ping"))
-        out += [
-            sse({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": piece}}, "content_block_delta")
-            for piece in _pieces(reply.text)
-        ]
-        out.append(sse({"type": "content_block_stop", "index": index}, "content_block_stop"))
+        out += _anthropic_text(index, reply.text, ping=True)
         index += 1
     for position, call in enumerate(reply.tool_calls):
         if call.thinking:
             out += _anthropic_thinking(index, call.thinking, call.thinking_signature)
+            index += 1
+        if call.text:
+            out += _anthropic_text(index, call.text)
             index += 1
         out.append(sse({"type": "content_block_start", "index": index, "content_block": {
             "type": "tool_use", "id": _call_id(call, position, "toolu"), "name": call.name, "input": {},
@@ -268,6 +268,19 @@ def anthropic_events(reply: Reply, model: str = "claude-test") -> list[bytes]:
     out.append(sse({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
                     "usage": last}, "message_delta"))
     out.append(sse({"type": "message_stop"}, "message_stop"))
+    return out
+
+
+def _anthropic_text(index: int, text: str, *, ping: bool = False) -> list[bytes]:
+    """One `text` block: its text in deltas (after a `ping`, as the API sends one early on)."""
+    out = [sse({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}},
+               "content_block_start")]
+    out += [sse({"type": "ping"}, "ping")] if ping else []
+    out += [
+        sse({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": piece}}, "content_block_delta")
+        for piece in _pieces(text)
+    ]
+    out.append(sse({"type": "content_block_stop", "index": index}, "content_block_stop"))
     return out
 
 

@@ -92,6 +92,24 @@ describe("reduce: one event at a time", () => {
       ["call:completed", "tool_result"],
     ],
     [
+      "a call announced pending between deltas stays between them: the text after it is a part of its own",
+      [
+        ev("message.created", 5, { message: reply() }),
+        ev("message.delta", 6, { message_id: "msg_a1", run_id: "run_1", skill: "echo", text: "First." }),
+        ev("tool.started", 7, {
+          message_id: "msg_a1", run_id: "run_1",
+          call: { type: "tool_call", id: "c1", name: "lookup", arguments: {}, skill: null, status: "pending", started_at: null, duration_ms: null },
+        }),
+        ev("message.delta", 8, { message_id: "msg_a1", run_id: "run_1", skill: "echo", text: "Then." }),
+        ev("tool.started", 9, {
+          message_id: "msg_a1", run_id: "run_1",
+          call: { type: "tool_call", id: "c1", name: "lookup", arguments: {}, skill: null, status: "running", started_at: 1, duration_ms: null },
+        }),
+      ],
+      (s) => s.messages[1].parts.map((p) => (p.type === "tool_call" ? `call:${p.status}` : p.type === "text" ? p.text : p.type)),
+      ["First.", "call:running", "Then."],
+    ],
+    [
       "a final run.status settles a streaming message",
       [ev("message.created", 5, { message: reply() }), ev("run.status", 6, { run: run({ status: "aborted" }) })],
       (s) => [s.messages[1].status, activeRuns(s).length],
