@@ -273,12 +273,13 @@ def breakpoints(value: Any, path: str = "") -> list[str]:
     return []
 
 
-async def test_fake_cache_breakpoints_on_the_prefix_and_the_last_turn_only(fake_llm: Any, http: Any,
-                                                                            sleep: RecordingSleep) -> None:
+async def test_fake_cache_breakpoints_on_the_prefix_the_last_turn_and_where_the_last_request_ended(
+        fake_llm: Any, http: Any, sleep: RecordingSleep) -> None:
     """Tools and system, then the conversation up to the newest turn, are cached: one breakpoint
     on the system prompt, one on the last turn's last block, so each tool round reads the round
-    before it. The last turn's kept encoding stays unmarked: in the next request that turn is no
-    longer last and carries no mark (marks left behind would pass the API's limit of 4)."""
+    before it, and one where the request before ended (Anthropic looks back only about 20 blocks
+    from a breakpoint for a cached prefix: a round of many calls would miss it). Marked turns'
+    kept encodings stay unmarked: marks left behind would pass the API's limit of 4."""
     fake_llm.push(Reply(text="Looking.", tool_calls=[FakeToolCall("get_weather", {"city": "Oslo"}, id="toolu_1")]),
                   Reply(text="Snow."), Reply(text="Bye."))
     p = provider(f"{fake_llm.url}/anthropic", http, sleep)
@@ -293,8 +294,9 @@ async def test_fake_cache_breakpoints_on_the_prefix_and_the_last_turn_only(fake_
                                    TextPart(text="and tomorrow?")])]
     await collect(p, ChatRequest(model="claude-test", system="You are terse.", messages=list(turns), tools=[WEATHER]))
     second = fake_llm.last.body
-    assert breakpoints(second) == ["messages.2.content.1", "system.0"]  # the last block of the last turn
-    assert second["messages"][0] == {"role": "user", "content": [{"type": "text", "text": "weather in Oslo?"}]}
+    # The last block of the last turn, and of the turn the first request ended with.
+    assert breakpoints(second) == ["messages.0.content.0", "messages.2.content.1", "system.0"]
+    assert second["messages"][0] == first["messages"][0]
     assert second["messages"][2]["content"][1] == {"type": "text", "text": "and tomorrow?",
                                                    "cache_control": {"type": "ephemeral"}}
     assert all("cache_control" not in encoded for turn in turns for encoded in turn.encoded.values())
@@ -302,7 +304,18 @@ async def test_fake_cache_breakpoints_on_the_prefix_and_the_last_turn_only(fake_
     # Without a system prompt the breakpoint for the prefix goes on the last tool.
     await collect(p, ChatRequest(model="claude-test", system="", messages=list(turns), tools=[WEATHER, WEATHER]))
     third = fake_llm.last.body
-    assert breakpoints(third) == ["messages.2.content.1", "tools.1"] and len(breakpoints(third)) <= 4
+    assert breakpoints(third) == ["messages.0.content.0", "messages.2.content.1", "tools.1"]
+    # A round of many calls: the mark where the last request ended is what finds its cache.
+    calls = [ToolCallPart(id=f"toolu_{i}", name="get_weather", arguments={"city": f"c{i}"}) for i in range(12)]
+    results = [ToolResultPart(tool_call_id=c.id, name=c.name, content="snow") for c in calls]
+    long_round = [*turns, ChatMessage("assistant", [TextPart(text="Checking.")]),
+                  ChatMessage("user", [TextPart(text="all twelve?")]),
+                  ChatMessage("assistant", calls), ChatMessage("user", results)]
+    fake_llm.push(Reply(text="Done."))
+    await collect(p, ChatRequest(model="claude-test", system="You are terse.", messages=long_round, tools=[WEATHER]))
+    fourth = fake_llm.last.body
+    assert breakpoints(fourth) == ["messages.4.content.0", "messages.6.content.11", "system.0"]
+    assert all("cache_control" not in encoded for turn in long_round for encoded in turn.encoded.values())
 
 
 async def test_fake_prompt_cache_off_in_the_profile_marks_nothing(fake_llm: Any, http: Any, sleep: RecordingSleep) -> None:
@@ -369,7 +382,8 @@ async def test_fake_history_conversion(fake_llm: Any, http: Any, sleep: Recordin
                 {"type": "text", "text": "a cat"},
                 {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": b64("b.png")}},
             ]},
-            {"type": "text", "text": "and then?"},
+            # Where the request before ended: the turn before the last assistant turn.
+            {"type": "text", "text": "and then?", "cache_control": {"type": "ephemeral"}},
         ]},
         {"role": "assistant", "content": [{"type": "tool_use", "id": "c2", "name": "fail", "input": {}}]},
         {"role": "user", "content": [

@@ -13,12 +13,14 @@ the input side restated; `max_tokens` is `length`, `refusal` is `refused`), `mes
 with Anthropic's message; `overloaded_error` (and `api_error`) is retryable only while no output
 has been streamed. Usage is reported once, at the end, so nothing is emitted before real output.
 
-Prompt caching: two `cache_control: ephemeral` breakpoints (of the four a request may hold), one
-on the system prompt (else the last tool), which keeps tools and instructions cached, and one on the
+Prompt caching: three `cache_control: ephemeral` breakpoints (of the four a request may hold), one
+on the system prompt (else the last tool), which keeps tools and instructions cached, one on the
 last block of the last turn that may carry one (not a thinking block), so each tool round and each
-next message reads the whole conversation before it from the cache. Prompts under the model's
-minimum (1,024 tokens for most, 4,096 for some) are simply not cached. The mark is put on a copy
-of the last turn (`cache_breakpoint`); the turn's kept encoding stays plain. A profile turns it
+next message reads the whole conversation before it from the cache, and one where the request
+before ended (the turn before the last assistant turn: `cache_marked_turns`), so a round of more
+blocks than Anthropic looks back over (about 20) still reads it. Prompts under the model's
+minimum (1,024 tokens for most, 4,096 for some) are simply not cached. A mark is put on a copy
+of its turn (`cache_breakpoint`); the turn's kept encoding stays plain. A profile turns it
 off with `extra.prompt_cache: false` (the system prompt then goes as a plain string).
 
 Thinking (extended thinking; servers that think by default behind this format: DeepSeek's
@@ -154,6 +156,22 @@ class AnthropicProvider(HttpProvider):
                 marked = [*content[:i], {**content[i], "cache_control": _ephemeral()}, *content[i + 1:]]
                 return [*wire[:-1], {**wire[-1], "content": marked}]
         return wire
+
+    def cache_marked_turns(self, messages: list[ChatMessage]) -> set[int]:
+        """The last turn, and the one before the last assistant turn: where the previous request
+        of this chat put its last breakpoint. Anthropic finds a cached prefix only within about 20
+        blocks before a breakpoint, and a tool round of many calls and results adds more than
+        that: without this mark such a round would write the whole conversation to the cache
+        again (at 1.25 times the input price) instead of reading it. With the system prompt's (or
+        last tool's) mark that makes three of the four a request may hold."""
+        if not self.cache_breakpoints or not messages:
+            return set()
+        marked = {len(messages) - 1}
+        for i in range(len(messages) - 1, 0, -1):
+            if messages[i].role == "assistant":
+                marked.add(i - 1)
+                break
+        return marked
 
     def _max_tokens(self, request: ChatRequest) -> int:
         """`reply_tokens`, or the request's own cap (what is left of a budget) when it is lower."""

@@ -547,20 +547,25 @@ class HttpProvider(Provider):
     cache_breakpoints: bool = False
 
     def cache_breakpoint(self, wire: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The last turn's wire messages marked as the end of the prompt to cache, in new objects:
-        the turn's own (shared with its kept encoding, and with the next request, where it is no
+        """A turn's wire messages marked as the end of a prompt to cache, in new objects: the
+        turn's own (shared with its kept encoding, and with the next request, where it is no
         longer last) stay unmarked. Dialects with `cache_breakpoints` override it."""
         return wire
+
+    def cache_marked_turns(self, messages: list[ChatMessage]) -> set[int]:
+        """The indexes of the turns that carry a breakpoint (`cache_breakpoint`): the last one,
+        where the dialect caches at all. Dialects may add more."""
+        return {len(messages) - 1} if self.cache_breakpoints and messages else set()
 
     # ------------------------------------------------------------------ request body
 
     async def request_body(self, request: ChatRequest) -> dict[str, Any]:
         """The JSON body of one streaming chat request (without tools, tool turns go as text)."""
         body = self.request_fields(request)
-        last = len(request.messages) - 1 if self.cache_breakpoints else -1
+        marked = self.cache_marked_turns(request.messages)
         for i, message in enumerate(request.messages):
             wire = await self.wire_messages(message if request.tools else tools_as_text(message))
-            body["messages"].extend(self.cache_breakpoint(wire) if i == last else wire)
+            body["messages"].extend(self.cache_breakpoint(wire) if i in marked else wire)
         return body
 
     async def request_bytes(self, request: ChatRequest) -> bytes:
@@ -568,33 +573,31 @@ class HttpProvider(Provider):
 
         A chat re-sends its whole history with every request, and its finished turns are shared
         between runs and never change: only the new turns are converted and encoded. Turns with
-        images are encoded afresh each time (their encodings are too big to keep). A last turn
-        that carries a cache breakpoint is sent as encoded apart, marked; what is kept for it is
-        its plain encoding: in the next request the turn is no longer last, and marks left on
-        earlier turns would pile up past the four breakpoints a request may hold.
+        images are encoded afresh each time (their encodings are too big to keep). A turn that
+        carries a cache breakpoint (`cache_marked_turns`: the last, and for Anthropic one more) is
+        sent as encoded apart, marked; what is kept for it is its plain encoding: in a later
+        request the turn carries no mark, and marks left on earlier turns would pile up past the
+        four breakpoints a request may hold.
         """
         body = self.request_fields(request)
         messages = [json.dumps(m) for m in body.pop("messages")]
         # Without tools a turn's calls and results go as text (`tools_as_text`): its own encoding.
         tools = bool(request.tools)
         key = self.wire_key if tools else self.text_wire_key
-        history, marked = request.messages, None
-        if self.cache_breakpoints and history:
-            history, marked = history[:-1], history[-1]
-        for turn in history:
+        marked = self.cache_marked_turns(request.messages)
+        for i, turn in enumerate(request.messages):
             encoded = turn.encoded.get(key)
-            if encoded is None:
+            if encoded is None or i in marked:
                 wire = await self.wire_messages(turn if tools else tools_as_text(turn))
-                encoded = ",".join(json.dumps(m) for m in wire)
-                if not turn.has_images():
-                    turn.encoded[key] = encoded
+                if encoded is None:
+                    encoded = ",".join(json.dumps(m) for m in wire)
+                    if not turn.has_images():
+                        turn.encoded[key] = encoded
+                if i in marked:
+                    messages.extend(json.dumps(m) for m in self.cache_breakpoint(wire))
+                    continue
             if encoded:
                 messages.append(encoded)
-        if marked is not None:
-            wire = await self.wire_messages(marked if tools else tools_as_text(marked))
-            if key not in marked.encoded and not marked.has_images():  # unmarked, for the next request
-                marked.encoded[key] = ",".join(json.dumps(m) for m in wire)
-            messages.extend(json.dumps(m) for m in self.cache_breakpoint(wire))
         rest = json.dumps(body)  # never empty: it holds the model at least
         return f'{{"messages":[{",".join(messages)}],{rest[1:]}'.encode()
 
