@@ -203,7 +203,21 @@ class Message(Model):
     client_id: str | None = None
 
     def text(self) -> str:
-        return "".join(p.text for p in self.parts if isinstance(p, TextPart))
+        """Its words: the text parts, with a blank line where tool calls (or images) stood
+        between two of them. A reply says "Let me look." then calls a tool then "Found it.":
+        read as one text (the node's `reply`, another role's view of it) the two must not run
+        together as "Let me look.Found it."."""
+        out: list[str] = []
+        apart = False
+        for p in self.parts:
+            if isinstance(p, TextPart):
+                if apart and out:
+                    out.append("\n\n")
+                out.append(p.text)
+                apart = False
+            else:
+                apart = True
+        return "".join(out)
 
 
 class Run(Model):

@@ -1015,7 +1015,7 @@ def _parts(parts: list[Any]) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("shape", ["text between calls", "text then calls"])
-async def test_a_turns_text_and_calls_keep_the_order_they_streamed_in(env, shape):
+async def test_a_turns_text_and_calls_keep_the_order_they_streamed_in(env, service, shape):
     """Anthropic streams a turn's blocks in the order the model wrote them, text between calls
     included; OpenAI's text all comes before its calls. Either way the reply's parts, and the
     turn its next request sends back, are in that order, not all the text ahead of the calls."""
@@ -1036,6 +1036,9 @@ async def test_a_turns_text_and_calls_keep_the_order_they_streamed_in(env, shape
     assert _parts(msg["parts"]) == turn + [("tool_result", "c1"), ("tool_result", "c2"), ("text", "Done.")]
     assert _parts(provider.requests[1].messages[1].parts) == turn
     assert [m.role for m in provider.requests[1].messages] == ["user", "assistant", "user"]
+    # Read as one text (the node's `reply` output), words on either side of a call stay apart.
+    said = "Look at a.\n\nThen b." if shape != "text then calls" else "Look at a.Then b."
+    assert (await service.sessions.last_reply(sid))[0] == f"{said}\n\nDone."
 
 
 async def test_max_turns(env, service):
