@@ -469,7 +469,8 @@ async def get_provider(request: web.Request) -> web.Response:
        body=p.ProviderPatch, response=p.ProviderProfile)
 async def patch_provider(request: web.Request) -> web.Response:
     body = await read_body(request, p.ProviderPatch)
-    return profile_response(await service_of(request).profiles.patch(path_id(request, "name"), body, if_match(request)))
+    profiles = service_of(request).profiles
+    return profile_response(await profiles.patch(path_id(request, "name"), body, if_match(request)))
 
 
 @route("DELETE", "/opencode/providers/{name}", "Delete a provider profile and its stored key (If-Match: only at that "

@@ -51,7 +51,8 @@ _IF_MATCH: dict[str, Any] = {
                    "it is refused with 409 profile_changed and nothing changes.",
 }
 _CONDITIONAL = {("PATCH", "/opencode/providers/{name}"), ("DELETE", "/opencode/providers/{name}")}
-_PROFILE_CHANGED = "profile_changed: the profile changed since the revision in If-Match; reload it and apply the change again"
+_PROFILE_CHANGED = ("profile_changed: the profile changed since the revision in If-Match; reload it and apply the "
+                    "change again")
 _ETAG = {"ETag": {"description": "The profile's revision, quoted: what If-Match sends back",
                   "schema": {"type": "string"}}}
 
