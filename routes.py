@@ -47,7 +47,7 @@ MAX_BODY_BYTES = 2 << 20
 # from disk, so an update is in the browser before ComfyUI restarts): `send.client_id` is a send
 # that may carry its client_id (older servers refuse the field).
 CAPABILITIES = ["sessions", "events.sse", "ws", "multi_role", "providers", "skills", "permissions", "export",
-                "send.client_id", "ui.reply.answer_id", "retry"]
+                "send.client_id", "ui.reply.answer_id", "retry", "providers.if_match"]
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -106,6 +106,32 @@ def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -
     if not lo <= value <= hi:
         raise BadRequest(f"query parameter {name} must be between {lo} and {hi}", code="validation_error")
     return value
+
+
+def if_match(request: web.Request) -> frozenset[str] | None:
+    """The revisions an `If-Match` header names (quotes and a `W/` taken off), or None with no
+    header or with `*` (any: the route finds the profile or answers 404 anyway).
+
+    A weak tag matches as its strong one: this server sends strong ETags only, and a proxy that
+    compresses the answer passes ours on as `W/"…"`; it still names the same stored content."""
+    lines = request.headers.getall("If-Match", [])
+    if not lines:
+        return None
+    tags = [tag.strip() for line in lines for tag in line.split(",")]
+    if "*" in tags:
+        return None
+    revisions = frozenset(tag.removeprefix("W/").strip('"') for tag in tags) - {""}
+    if not revisions:
+        raise BadRequest('If-Match must name the revision you loaded, as "<revision>" (its ETag), or *',
+                         code="validation_error")
+    return revisions
+
+
+def profile_response(profile: p.ProviderProfile, status: int = 200) -> web.Response:
+    """One profile, its revision also as the strong ETag a client sends back in `If-Match`."""
+    response = json_response(profile, status)
+    response.headers["ETag"] = f'"{profile.revision}"'
+    return response
 
 
 def service_of(request: web.Request) -> OpencodeService:
@@ -430,26 +456,29 @@ async def list_providers(request: web.Request) -> web.Response:
        response=p.ProviderProfile, status=201)
 async def create_provider(request: web.Request) -> web.Response:
     body = await read_body(request, p.ProviderCreate)
-    return json_response(await service_of(request).profiles.create(body), status=201)
+    return profile_response(await service_of(request).profiles.create(body), status=201)
 
 
-@route("GET", "/opencode/providers/{name}", "One provider profile", response=p.ProviderProfile)
-async def get_provider(request: web.Request) -> web.Response:
-    return json_response(await service_of(request).profiles.get(path_id(request, "name")))
-
-
-@route("PATCH", "/opencode/providers/{name}", "Change a provider profile", body=p.ProviderPatch,
+@route("GET", "/opencode/providers/{name}", "One provider profile (its revision also as the ETag)",
        response=p.ProviderProfile)
+async def get_provider(request: web.Request) -> web.Response:
+    return profile_response(await service_of(request).profiles.get(path_id(request, "name")))
+
+
+@route("PATCH", "/opencode/providers/{name}", "Change a provider profile (If-Match: only at that revision, else 409)",
+       body=p.ProviderPatch, response=p.ProviderProfile)
 async def patch_provider(request: web.Request) -> web.Response:
     body = await read_body(request, p.ProviderPatch)
-    return json_response(await service_of(request).profiles.patch(path_id(request, "name"), body))
+    profiles = service_of(request).profiles
+    return profile_response(await profiles.patch(path_id(request, "name"), body, if_match(request)))
 
 
-@route("DELETE", "/opencode/providers/{name}", "Delete a provider profile (and its stored key)", response=p.Deleted)
+@route("DELETE", "/opencode/providers/{name}", "Delete a provider profile and its stored key (If-Match: only at that "
+       "revision, else 409)", response=p.Deleted)
 async def delete_provider(request: web.Request) -> web.Response:
     svc = service_of(request)
     name = path_id(request, "name")
-    await svc.profiles.delete(name)
+    await svc.profiles.delete(name, if_match(request))
     await svc.secrets.delete(name)
     return json_response(p.Deleted(deleted=name))
 
@@ -462,7 +491,7 @@ async def put_key(request: web.Request) -> web.Response:
     await svc.profiles.get(name)
     body = await read_body(request, p.ProviderKeyBody)
     await svc.secrets.set(name, body.key)
-    return json_response(await svc.profiles.get(name))
+    return profile_response(await svc.profiles.get(name))
 
 
 @route("DELETE", "/opencode/providers/{name}/key", "Forget the stored API key", response=p.ProviderProfile)
@@ -471,7 +500,7 @@ async def delete_key(request: web.Request) -> web.Response:
     name = path_id(request, "name")
     await svc.profiles.get(name)
     await svc.secrets.delete(name)
-    return json_response(await svc.profiles.get(name))
+    return profile_response(await svc.profiles.get(name))
 
 
 @route("GET", "/opencode/providers/{name}/models", "Models offered by the provider", response=p.ModelList)

@@ -12,7 +12,7 @@ from typing import Any, Protocol, Sequence
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from .protocol import ErrorEnvelope
+from .protocol import ErrorEnvelope, ProviderProfile
 
 _PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 
@@ -43,6 +43,20 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
 }
 
 
+# A change of a provider profile made against the revision it was loaded at (routes.if_match).
+_IF_MATCH: dict[str, Any] = {
+    "name": "If-Match", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 1000},
+    "description": 'The profile\'s revision as loaded, "<revision>" (its ETag), or *. Without it the change '
+                   "applies to whatever is stored, as before; with a revision that is no longer the stored one "
+                   "it is refused with 409 profile_changed and nothing changes.",
+}
+_CONDITIONAL = {("PATCH", "/opencode/providers/{name}"), ("DELETE", "/opencode/providers/{name}")}
+_PROFILE_CHANGED = ("profile_changed: the profile changed since the revision in If-Match; reload it and apply the "
+                    "change again")
+_ETAG = {"ETag": {"description": "The profile's revision, quoted: what If-Match sends back",
+                  "schema": {"type": "string"}}}
+
+
 def build_openapi(routes: Sequence[RouteLike], version: str) -> dict[str, Any]:
     models = {m for r in routes for m in (r.body, r.response) if m is not None} | {ErrorEnvelope}
     _, defs = models_json_schema([(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
@@ -55,6 +69,8 @@ def build_openapi(routes: Sequence[RouteLike], version: str) -> dict[str, Any]:
                    "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,64}$"}}
                   for n in _PARAM.findall(r.path)]
         params += _QUERY.get((r.method, r.path), [])
+        if (r.method, r.path) in _CONDITIONAL:
+            params.append(_IF_MATCH)
         if params:
             op["parameters"] = params
         if r.body is not None:
@@ -63,9 +79,13 @@ def build_openapi(routes: Sequence[RouteLike], version: str) -> dict[str, Any]:
         ok: dict[str, Any] = {"description": "OK"}
         if r.response is not None:
             ok["content"] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{r.response.__name__}"}}}
+        if r.response is ProviderProfile:
+            ok["headers"] = _ETAG
         error = {"description": "Error", "content": {"application/json": {
             "schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}}
         op["responses"] = {str(r.status): ok, "4XX": error, "5XX": error}
+        if (r.method, r.path) in _CONDITIONAL:
+            op["responses"]["409"] = {**error, "description": _PROFILE_CHANGED}
         paths.setdefault(path, {})[r.method.lower()] = op
     return {
         "openapi": "3.1.0",

@@ -563,6 +563,11 @@ class ProviderProfile(Model):
     extra: dict[str, Any] = Field(default_factory=dict)  # e.g. Ollama keep_alive
     has_key: bool = False
     key_hint: str | None = None  # "…abcd"
+    # `profiles.revision_of`, also the ETag of a route answering one profile.
+    revision: str | None = Field(default=None, description=(
+        "The profile's revision: a digest of its stored settings (not of its key). Send it back as "
+        "If-Match: \"<revision>\" with a PATCH or DELETE; if the profile changed since, the server "
+        "answers 409 profile_changed and changes nothing. Null for a preset."))
 
 
 # What `profiles._check_url` accepts, told to the OpenAPI document (the check itself stays there,

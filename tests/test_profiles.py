@@ -112,6 +112,23 @@ async def test_patch_replaces_only_the_fields_it_sets(data_dir: Path) -> None:
     assert (await reopened.get("work")).default_model == "gpt-4o"
 
 
+async def test_a_revision_names_the_stored_content_and_is_not_stored(data_dir: Path) -> None:
+    """Why a digest rather than a counter: a profile deleted and made again differently never
+    matches a revision read before (a counter would be back at 1), while the same content has the
+    same revision (a change made against it loses nothing). Nothing is added to providers.json."""
+    profiles = await open_profiles(data_dir)
+    made = await profiles.create(ProviderCreate(name="work", kind="openai", default_model="a"))
+    assert made.revision and made.revision == (await profiles.get("work")).revision
+    await profiles.delete("work", if_match={made.revision})
+    again = await profiles.create(ProviderCreate(name="work", kind="openai", default_model="b"))
+    with pytest.raises(Conflict) as refused:
+        await profiles.patch("work", ProviderPatch(default_model="c"), if_match={made.revision})
+    assert refused.value.code == "profile_changed" and refused.value.status == 409
+    back = await profiles.patch("work", ProviderPatch(default_model="a"), if_match={again.revision})
+    assert back.revision == made.revision
+    assert "revision" not in (data_dir / "providers.json").read_text()
+
+
 async def test_delete_forgets_the_stored_key(data_dir: Path) -> None:
     profiles = await open_profiles(data_dir)
     await profiles.create(ProviderCreate(name="work", kind="anthropic"))

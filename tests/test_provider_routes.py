@@ -5,6 +5,7 @@ The upstream is a loopback server speaking OpenAI's and Anthropic's exact wire f
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -311,3 +312,124 @@ async def test_a_declared_model_needs_an_id_and_the_table_a_bound(client: Any, m
         assert refused["error"]["code"] == "validation_error"
         assert refused["error"]["details"]["errors"][0]["loc"][0] == "models"
     assert (await client.get("/opencode/providers/lm2")).status == 404
+
+
+# --------------------------------------------------------------------------- revisions (If-Match)
+
+
+async def loaded(client: Any, name: str) -> tuple[dict[str, Any], str]:
+    """A profile as a panel loads it, and the ETag it came with (its revision, quoted)."""
+    r = await client.get(f"/opencode/providers/{name}")
+    profile = await j(r, 200)
+    assert r.headers["ETag"] == f'"{profile["revision"]}"'
+    return profile, r.headers["ETag"]
+
+
+async def test_a_change_against_a_stale_revision_is_a_409_and_nothing_is_written(client: Any, data_dir: Any) -> None:
+    """Two panels loaded the profile; the first saves, then the second: its save would have
+    replaced the first one's models with its own table. With the revision it loaded it is refused,
+    saying what to do, and the stored profile (and the file) stay as the first left them."""
+    first, etag = await loaded(client, "ollama")
+    saved = await client.patch("/opencode/providers/ollama", json={"models": {"a": {"context_tokens": 4096}}},
+                               headers={"If-Match": etag})
+    body = await j(saved, 200)
+    assert body["revision"] != first["revision"] and saved.headers["ETag"] == f'"{body["revision"]}"'
+    on_disk = (data_dir / "providers.json").read_bytes()
+    for stale in (client.patch("/opencode/providers/ollama", json={"models": {"b": {}}}, headers={"If-Match": etag}),
+                  client.delete("/opencode/providers/ollama", headers={"If-Match": etag})):
+        refused = (await j(await stale, 409))["error"]
+        assert refused["code"] == "profile_changed"
+        assert "changed elsewhere since you loaded it; reload it and apply your change again" in refused["message"]
+        assert refused["details"] == {"provider": "ollama", "revision": body["revision"]}
+    assert (data_dir / "providers.json").read_bytes() == on_disk
+    now, _ = await loaded(client, "ollama")
+    assert now == body and list(now["models"]) == ["a"]
+    # Reloaded, the change applies; a delete at the revision it read, too.
+    again = await j(await client.patch("/opencode/providers/ollama", json={"models": {**now["models"], "b": {}}},
+                                       headers={"If-Match": f'"{now["revision"]}"'}), 200)
+    assert list(again["models"]) == ["a", "b"]
+    await j(await client.delete("/opencode/providers/ollama", headers={"If-Match": f'"{again["revision"]}"'}), 200)
+    await j(await client.get("/opencode/providers/ollama"), 404)
+
+
+async def test_without_if_match_a_change_applies_as_before(client: Any) -> None:
+    """curl scripts written before revisions: no header (or `*`) is no check. A header listing
+    several tags passes if one is the revision, and a weak one (a compressing proxy's) matches."""
+    first, etag = await loaded(client, "ollama")
+    await j(await client.patch("/opencode/providers/ollama", json={"default_model": "x"}), 200)
+    await j(await client.patch("/opencode/providers/ollama", json={"default_model": "y"},
+                               headers={"If-Match": "*"}), 200)
+    now, current = await loaded(client, "ollama")
+    assert now["default_model"] == "y" and current != etag
+    for header in (f"{etag}, {current}", f"W/{current}", now["revision"]):
+        await j(await client.patch("/opencode/providers/ollama", json={"default_model": "y"},
+                                   headers={"If-Match": header}), 200)
+    refused = await j(await client.patch("/opencode/providers/ollama", json={"default_model": "z"},
+                                         headers={"If-Match": " , "}), 400)
+    assert refused["error"]["code"] == "validation_error"
+    assert (await loaded(client, "ollama"))[0]["default_model"] == "y"
+
+
+async def test_the_listing_and_every_answer_of_one_profile_carry_its_revision(client: Any) -> None:
+    """The listing's `revision` is what If-Match sends back (presets, never stored, have none);
+    storing or removing a key leaves it: the key is not what a form's pending edit could lose."""
+    listing = await j(await client.get("/opencode/providers"), 200)
+    profile, etag = await loaded(client, "ollama")
+    assert [p["revision"] for p in listing["providers"]] == [profile["revision"]]
+    assert {p["revision"] for p in listing["presets"]} == {None}
+    created = await client.post("/opencode/providers", json={"name": "lm", "kind": "openai",
+                                                               "base_url": "http://127.0.0.1:1/v1"})
+    assert created.headers["ETag"] == f'"{(await j(created, 201))["revision"]}"'
+    before, lm_etag = await loaded(client, "lm")
+    keyed = await client.put("/opencode/providers/lm/key", json={"key": KEY})
+    assert (await j(keyed, 200))["revision"] == before["revision"] and keyed.headers["ETag"] == lm_etag
+    await j(await client.delete("/opencode/providers/lm/key"), 200)
+    await j(await client.patch("/opencode/providers/lm", json={"default_model": "m"},
+                               headers={"If-Match": lm_etag}), 200)
+
+
+async def test_two_changes_against_one_revision_racing_in_the_server_one_passes(client: Any, service: Any) -> None:
+    """Each waits on the disk (the write slowed down here so that they overlap): the check and the
+    write are one step under the profiles' lock, so the second sees the first's change."""
+    _, etag = await loaded(client, "ollama")
+    save = service.profiles._save
+
+    async def slow_save(profiles: Any) -> None:
+        await asyncio.sleep(0.05)
+        await save(profiles)
+
+    service.profiles._save = slow_save
+    answers = await asyncio.gather(*(
+        client.patch("/opencode/providers/ollama", json={"models": {model: {}}}, headers={"If-Match": etag})
+        for model in ("from-tab-1", "from-tab-2")))
+    statuses = sorted(r.status for r in answers)
+    assert statuses == [200, 409], [await r.text() for r in answers]
+    winner = await next(r for r in answers if r.status == 200).json()
+    assert (await loaded(client, "ollama"))[0]["models"] == winner["models"]
+
+
+async def test_a_revision_survives_a_restart(aiohttp_client: Any, make_app: Any) -> None:
+    """A panel left open across a server restart still saves with the revision it loaded, and one
+    that loaded before a change made before the restart is still refused."""
+    first = await aiohttp_client(make_app())
+    old, old_etag = await loaded(first, "ollama")
+    await j(await first.patch("/opencode/providers/ollama", json={"default_model": "a"},
+                              headers={"If-Match": old_etag}), 200)
+    profile, etag = await loaded(first, "ollama")
+    await first.close()
+    second = await aiohttp_client(make_app())
+    assert await loaded(second, "ollama") == (profile, etag)
+    for header, status in ((old_etag, 409), (etag, 200)):
+        await j(await second.patch("/opencode/providers/ollama", json={"default_model": "b"},
+                                   headers={"If-Match": header}), status)
+
+
+async def test_openapi_describes_if_match_the_409_and_the_etag(client: Any) -> None:
+    doc = await j(await client.get("/opencode/openapi.json"), 200)
+    one = doc["paths"]["/opencode/providers/{name}"]
+    for method in ("patch", "delete"):
+        assert [p["name"] for p in one[method]["parameters"] if p["in"] == "header"] == ["If-Match"]
+        assert one[method]["responses"]["409"]["description"].startswith("profile_changed")
+    assert "ETag" in one["get"]["responses"]["200"]["headers"]
+    assert "revision" in doc["components"]["schemas"]["ProviderProfile"]["properties"]
+    assert "providers.if_match" in (await j(await client.get("/opencode/version"), 200))["capabilities"]

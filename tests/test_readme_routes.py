@@ -21,8 +21,8 @@ from fakes.llm_servers import FakeLLMServer, Reply, fake_llm  # noqa: F401 - fix
 from opencode_agent.routes import ROUTES
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-# Examples whose ids a fresh server does not have, or that need ComfyUI: a 4xx is right.
-CLEAR_ERRORS = ("before=msg_abc", "perm_1", "source=comfyui", "msg_456")
+# Examples whose ids (or revision) a fresh server does not have, or that need ComfyUI: a 4xx is right.
+CLEAR_ERRORS = ("before=msg_abc", "perm_1", "source=comfyui", "msg_456", "9f86d081884c7d659a2f")
 
 
 def curl_lines() -> list[str]:

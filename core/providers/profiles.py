@@ -12,14 +12,17 @@ variable is set in the environment (`OPENAI_API_KEY` → `openai`, `ANTHROPIC_AP
 `anthropic`, ...), and the seed is written at once, so a profile the user deletes stays deleted.
 The other presets are offered as templates (`presets()`), never as live profiles.
 
-Listings carry `has_key` and `key_hint` from the `SecretStore`, never a key. Unknown names raise
-`NotFound`, duplicates `Conflict`. Deleting a profile also forgets its stored key.
+Listings carry `has_key` and `key_hint` from the `SecretStore`, never a key, and each profile's
+`revision` (`revision_of`). Unknown names raise `NotFound`, duplicates `Conflict`, a change made
+against a revision that is no longer the stored one `Conflict` with code `profile_changed`.
+Deleting a profile also forgets its stored key.
 Imports protocol, errors and secrets only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import math
@@ -27,7 +30,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
@@ -39,6 +42,8 @@ from ..secrets import SecretStore, atomic_write_text, key_hint, usual_env_var
 log = logging.getLogger("opencode.providers.profiles")
 
 PROFILES_FILE = "providers.json"
+# What a listing adds to a stored profile; never written to the file, never part of a revision.
+_NOT_STORED = frozenset({"has_key", "key_hint", "revision"})
 
 
 def _caps(vision: bool, context: int, input_price: float = 0.0, output_price: float = 0.0, tools: bool = True,
@@ -258,7 +263,7 @@ class ProviderProfiles:
     async def _save(self, profiles: dict[str, ProviderProfile]) -> None:
         data = {
             "version": 1,
-            "profiles": [p.model_dump(mode="json", exclude={"has_key", "key_hint"}) for p in profiles.values()],
+            "profiles": [p.model_dump(mode="json", exclude=_NOT_STORED) for p in profiles.values()],
         }
         await asyncio.to_thread(atomic_write_text, self.path, json.dumps(data, indent=2) + "\n")
 
@@ -337,11 +342,14 @@ class ProviderProfiles:
         log.info("created provider profile %s (%s, %s)", profile.name, profile.kind, profile.base_url)
         return self._public(profile)
 
-    async def patch(self, name: str, body: ProviderPatch) -> ProviderProfile:
-        """Replace the fields the patch sets (`models` and `extra` are replaced whole)."""
+    async def patch(self, name: str, body: ProviderPatch, if_match: Collection[str] | None = None) -> ProviderProfile:
+        """Replace the fields the patch sets (`models` and `extra` are replaced whole). With
+        `if_match` (revisions), only if the stored profile is still at one of them: checked and
+        written under the lock, so of two changes made against one revision one passes."""
         await self.load()
         async with self._lock:
             current = self._find(name)
+            _check_revision(name, current, if_match)
             changes = {k: getattr(body, k) for k in body.model_fields_set}
             for required in ("base_url", "default_model", "models", "extra"):
                 if required in changes and changes[required] is None:
@@ -363,10 +371,11 @@ class ProviderProfiles:
         log.info("updated provider profile %s (%s)", name, ", ".join(sorted(changes)) or "no change")
         return self._public(profile)
 
-    async def delete(self, name: str) -> None:
+    async def delete(self, name: str, if_match: Collection[str] | None = None) -> None:
+        """Remove the profile and its stored key; with `if_match`, only at one of those revisions."""
         await self.load()
         async with self._lock:
-            self._find(name)
+            _check_revision(name, self._find(name), if_match)
             updated = {k: v for k, v in self._profiles.items() if k != name}
             await self._save(updated)
             self._replace(updated)
@@ -389,13 +398,38 @@ class ProviderProfiles:
     def _public(self, profile: ProviderProfile) -> ProviderProfile:
         key = self.secrets.lookup(profile.name, profile.key_env, profile.base_url)
         hint = self.secrets.hint(profile.name, profile.key_env, profile.base_url) if key else None
-        update: dict[str, Any] = {"has_key": key is not None, "key_hint": hint}
+        update: dict[str, Any] = {"has_key": key is not None, "key_hint": hint, "revision": revision_of(profile)}
         headers = profile.extra.get("headers")
         if isinstance(headers, dict) and any(str(n).lower() in _CREDENTIAL_HEADERS for n in headers):
             # Saved before such headers were refused: listed as a hint, like a stored key.
             masked = {n: key_hint(str(v)) if str(n).lower() in _CREDENTIAL_HEADERS else v for n, v in headers.items()}
             update["extra"] = {**profile.extra, "headers": masked}
         return profile.model_copy(update=update, deep=True)
+
+
+def revision_of(profile: ProviderProfile) -> str:
+    """The profile's revision: a digest of what is stored for it (what `_save` writes).
+
+    A digest rather than a counter bumped on each change: it needs nothing stored beside the
+    profile (no migration of providers.json, and it survives a restart as the profile does), and it
+    names the content itself, so a profile deleted and made again under its name, or the file
+    edited while the server was stopped, never matches a revision read before, where a counter
+    could start again at one it had. Two states with the same content share a revision, which is
+    what it guards: a change made against that content loses nothing. The key is not part of it:
+    stored apart, write-only and never merged, it cannot be lost to a race, and storing one does
+    not make an edit of the models pending in another panel stale."""
+    text = json.dumps(profile.model_dump(mode="json", exclude=_NOT_STORED), separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _check_revision(name: str, current: ProviderProfile, if_match: Collection[str] | None) -> None:
+    """Refuse a change made against a revision that is no longer the stored one (None: no check)."""
+    if if_match is None:
+        return
+    revision = revision_of(current)
+    if revision not in if_match:
+        raise Conflict(f"provider {name!r} was changed elsewhere since you loaded it; reload it and apply your "
+                       "change again", code="profile_changed", details={"provider": name, "revision": revision})
 
 
 def _within_limits(item: Any) -> Any:

@@ -343,6 +343,40 @@ describe("standalone panel", () => {
     await ctx.close();
   });
 
+  scenario("a model saved after another panel changed the profile: refused with the server's message, read again, and saved again with both changes", async () => {
+    await api(oc.url, "POST", "/opencode/providers", {
+      name: "shared", kind: "openai", base_url: llm.url, default_model: "fake-model", models: { "fake-model": { context_tokens: 8192 } },
+    });
+    const id = await newSession({ skills: ["echo"] });
+    const { ctx, page } = await standalone(id);
+    const traffic = recordTraffic(page);
+    await page.getByRole("button", { name: "Providers" }).click();
+    const section = page.locator(".oc-dialog [data-provider=shared]");
+    await section.getByRole("button", { name: "Models of shared" }).click();
+    await section.getByRole("button", { name: "Edit model fake-model" }).click();
+    const form = section.locator("form[aria-label='Model fake-model']");
+    await form.waitFor({ timeout: T });
+    await form.locator("[name=input_price]").fill("2.5");
+    // Meanwhile another panel (or a script, without If-Match) declares a model in the same profile.
+    await api(oc.url, "PATCH", "/opencode/providers/shared", { models: { "fake-model": { context_tokens: 8192 }, "other-model": { context_tokens: 4096 } } });
+    await form.getByRole("button", { name: "Save" }).click();
+    const error = form.locator("[data-testid=model-form-error]");
+    await error.waitFor({ timeout: T });
+    assert.match(await error.innerText(), /changed elsewhere since you loaded it; reload it and apply your change again/);
+    await section.locator("[data-model=other-model]").waitFor({ timeout: T }); // read again
+    assert.equal(await form.locator("[name=input_price]").inputValue(), "2.5"); // what was typed stays
+    await form.getByRole("button", { name: "Save" }).click();
+    await form.waitFor({ state: "detached", timeout: T });
+    const stored = (await api(oc.url, "GET", "/opencode/providers/shared")).models;
+    assert.deepEqual(Object.keys(stored), ["fake-model", "other-model"]);
+    assert.equal(stored["fake-model"].input_price, 2.5);
+    const ifMatch = traffic.requests.filter((r) => r.method === "PATCH").map((r) => r.headers["if-match"] ?? "");
+    assert.equal(ifMatch.length, 2);
+    assert.ok(ifMatch.every((h) => /^"[0-9a-f]{20}"$/.test(h)) && ifMatch[0] !== ifMatch[1], ifMatch.join(" "));
+    await ctx.close();
+    await api(oc.url, "DELETE", "/opencode/providers/shared");
+  });
+
   scenario("finds a chat among thirty: the list refreshes on opening, the filter narrows it, arrows and Enter switch", async () => {
     const kinds = ["Flux landscape", "SDXL portrait", "风景 工作流"];
     const ids = [];

@@ -87,6 +87,12 @@ const DEFAULT_BACKOFF = [500, 1000, 2000, 4000, 8000, 15000];
 /** Failures after which a command may or may not have reached the server. */
 export const ANSWER_LOST = new Set(["disconnected", "timeout", "network_error"]);
 
+/** The `If-Match` of a change made against a profile's `revision`. As a header, not a body field:
+ * a server older than revisions sends none and ignores the header, where it would refuse a field. */
+function ifMatch(revision?: string | null): Record<string, string> {
+  return revision ? { "If-Match": `"${revision}"` } : {};
+}
+
 /** A random name for one send (`crypto.randomUUID` needs a secure context; ComfyUI on a LAN is not one). */
 export function newClientId(): string {
   const bytes = crypto.getRandomValues(new Uint8Array(12));
@@ -133,8 +139,8 @@ export class OpencodeClient {
 
   // ------------------------------------------------------------ REST
 
-  async request<T>(method: string, path: string, body?: unknown): Promise<T> {
-    const headers: Record<string, string> = { Accept: "application/json" };
+  async request<T>(method: string, path: string, body?: unknown, extraHeaders: Record<string, string> = {}): Promise<T> {
+    const headers: Record<string, string> = { Accept: "application/json", ...extraHeaders };
     if (body !== undefined) headers["Content-Type"] = "application/json";
     const token = this.opts.token?.();
     if (token) headers["X-Opencode-Token"] = token;
@@ -179,9 +185,13 @@ export class OpencodeClient {
     this.request<unknown>("GET", `/opencode/sessions/${enc(id)}/export?format=${format}`);
   providers = () => this.request<ProviderList>("GET", "/opencode/providers");
   createProvider = (body: ProviderCreate) => this.request<ProviderProfile>("POST", "/opencode/providers", body);
-  patchProvider = (name: string, patch: ProviderPatch) =>
-    this.request<ProviderProfile>("PATCH", `/opencode/providers/${enc(name)}`, patch);
-  deleteProvider = (name: string) => this.request<unknown>("DELETE", `/opencode/providers/${enc(name)}`);
+  provider = (name: string) => this.request<ProviderProfile>("GET", `/opencode/providers/${enc(name)}`);
+  /** `revision`: the profile's as loaded; the server refuses the change (409 `profile_changed`) if
+   * the profile changed since, rather than replace what another panel or a script saved. */
+  patchProvider = (name: string, patch: ProviderPatch, revision?: string | null) =>
+    this.request<ProviderProfile>("PATCH", `/opencode/providers/${enc(name)}`, patch, ifMatch(revision));
+  deleteProvider = (name: string, revision?: string | null) =>
+    this.request<unknown>("DELETE", `/opencode/providers/${enc(name)}`, undefined, ifMatch(revision));
   /** The only call that carries a key; the answer never echoes it. */
   setProviderKey = (name: string, key: string) =>
     this.request<ProviderProfile>("PUT", `/opencode/providers/${enc(name)}/key`, { key });

@@ -367,6 +367,9 @@ export interface ProviderProfile {
   extra: Record<string, unknown>;
   has_key: boolean;
   key_hint: string | null;
+  /** A digest of the stored settings: sent back as `If-Match: "<revision>"` with a change. Null
+   * for a preset; absent from a server older than revisions. */
+  revision?: string | null;
 }
 
 export interface ProviderCreate {

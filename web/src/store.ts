@@ -557,12 +557,31 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     }
   }
 
-  /** A refusal for a form: `unauthorized` still opens the token prompt. */
+  /** A refusal for a form: `unauthorized` still opens the token prompt; a change refused because
+   * the profile changed elsewhere says too that the panel shows it as it is now. */
   function refused(err: unknown): FormOutcome {
     if (err instanceof ApiError && err.code === "unauthorized") needsToken.value = true;
     const first = err instanceof ApiError && Array.isArray(err.details.errors) ? (err.details.errors[0] as { loc?: unknown } | undefined) : undefined;
     const loc = Array.isArray(first?.loc) ? (first.loc as (string | number)[]) : undefined;
-    return { ok: false, error: err instanceof Error ? err.message : String(err), ...(loc ? { loc } : {}) };
+    const message = err instanceof Error ? err.message : String(err);
+    return { ok: false, error: changedElsewhere(err) ? `${message} ${t("provider.reloaded")}` : message, ...(loc ? { loc } : {}) };
+  }
+
+  const changedElsewhere = (err: unknown) => err instanceof ApiError && err.code === "profile_changed";
+  /** The revision of profile `name` as this panel shows it: what its changes are made against. */
+  const revisionOf = (name: string) => providers.value.find((p) => p.name === name)?.revision;
+
+  /** Read profile `name` again after a change of it was refused as made against an older revision:
+   * the panel shows it as it is now, and a form left open (what was typed stays) saves onto that.
+   * A profile that cannot be read (deleted meanwhile) stays as shown: its next change says why. */
+  async function reloadProfile(name: string): Promise<void> {
+    try {
+      const fresh = await client.provider(name);
+      providers.value = providers.value.map((p) => (p.name === name ? fresh : p));
+      forgetModels(name);
+    } catch {
+      // the refusal shown already says to reload
+    }
   }
 
   /** A profile typed in the provider dialog (never a key: that goes to the key route alone). */
@@ -582,24 +601,26 @@ export const usePanelStore = defineStore("opencode-panel", () => {
    * table): its model list, whose caps may have changed, is read again. */
   async function updateProfile(name: string, patch: ProviderPatch): Promise<FormOutcome> {
     try {
-      const updated = await client.patchProvider(name, patch);
+      const updated = await client.patchProvider(name, patch, revisionOf(name));
       providers.value = providers.value.map((p) => (p.name === name ? updated : p));
       forgetModels(name); // another base URL may offer other models, and caps may have changed
       notify("success", t("provider.saved"));
       return { ok: true };
     } catch (err) {
+      if (changedElsewhere(err)) await reloadProfile(name);
       return refused(err);
     }
   }
 
   async function deleteProfile(name: string): Promise<boolean> {
     try {
-      await client.deleteProvider(name);
+      await client.deleteProvider(name, revisionOf(name));
       providers.value = providers.value.filter((p) => p.name !== name);
       dropModels(name);
       notify("info", t("provider.deleted"));
       return true;
     } catch (err) {
+      if (changedElsewhere(err)) await reloadProfile(name);
       fail(t("error.generic"), err);
       return false;
     }

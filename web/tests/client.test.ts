@@ -47,6 +47,15 @@ describe("OpencodeClient REST", () => {
     await expect(client.listSessions()).rejects.toMatchObject({ code: "unauthorized", status: 401 });
   });
 
+  it("sends a profile's revision as If-Match with a change of it, and none without one", async () => {
+    const transport = fakeTransport({ "PATCH /opencode/providers/p": () => [200, {}], "DELETE /opencode/providers/p": () => [200, {}] });
+    const client = new OpencodeClient({ transport, socket: (url) => new FakeSocket(url) });
+    await client.patchProvider("p", { default_model: "m" }, "abc123");
+    await client.deleteProvider("p", "abc123");
+    await client.patchProvider("p", { default_model: "m" }, null); // a server older than revisions
+    expect(transport.calls.map((c) => c.headers["If-Match"])).toEqual(['"abc123"', '"abc123"', undefined]);
+  });
+
   it("falls back to REST for send while the socket is closed", async () => {
     const { client, transport } = makeClient();
     const result = await client.send(SID, { text: "hi" });

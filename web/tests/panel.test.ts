@@ -1494,6 +1494,44 @@ describe("provider profiles in the provider dialog", () => {
     expect(document.activeElement?.getAttribute("aria-label")).toBe("Edit openai");
   });
 
+  it("a save or delete sends the revision loaded; refused as changed elsewhere, the form says so and keeps what was typed", async () => {
+    const message = "provider 'openai' was changed elsewhere since you loaded it; reload it and apply your change again";
+    const changed = [409, { error: { code: "profile_changed", message, details: { provider: "openai", revision: "r2" } } }] as [number, unknown];
+    // A script set another default model since the panel loaded the profile at r1.
+    const now = { ...openai, default_model: "from-a-script", revision: "r2" };
+    const routes = defaultRoutes();
+    routes["GET /opencode/providers"] = () => [200, { providers: [{ ...openai, revision: "r1" }], presets: [] }];
+    routes["GET /opencode/providers/openai"] = () => [200, now];
+    const answers = [changed];
+    routes["PATCH /opencode/providers/openai"] = (body) => answers.shift() ?? [200, { ...now, ...(body as object), revision: "r3" }];
+    routes["DELETE /opencode/providers/openai"] = () => changed;
+    const { w, transport, toasts } = await dialog(routes);
+    const ifMatch = (method: string) => transport.calls.filter((c) => c.method === method).map((c) => c.headers["If-Match"]);
+    await w.find("[aria-label='Edit openai']").trigger("click");
+    await field(w, "base_url").setValue("https://proxy.example/v1");
+    await form(w).trigger("submit");
+    await flushPromises();
+    expect(ifMatch("PATCH")).toEqual(['"r1"']);
+    const alert = form(w).find("[role=alert]");
+    expect(alert.text()).toBe(`${message} Reloaded: it shows as it is now. Check it and apply your change again (a form keeps what you typed).`);
+    expect(form(w).attributes("aria-describedby")).toBe(alert.attributes("id"));
+    expect((field(w, "base_url").element as HTMLInputElement).value).toBe("https://proxy.example/v1"); // typed: kept
+    expect((field(w, "default_model").element as HTMLInputElement).value).toBe("from-a-script"); // not typed: as it is now
+    expect(toasts).toEqual([]);
+    await form(w).trigger("submit"); // Save again: onto the profile as it is now
+    await flushPromises();
+    expect(ifMatch("PATCH")).toEqual(['"r1"', '"r2"']);
+    expect(transport.calls.filter((c) => c.method === "PATCH").at(-1)!.body).toEqual({ base_url: "https://proxy.example/v1", default_model: "from-a-script" });
+    expect(form(w).exists()).toBe(false);
+
+    await button(w, "Delete").trigger("click");
+    await button(w, "Confirm").trigger("click");
+    await flushPromises();
+    expect(ifMatch("DELETE")).toEqual(['"r3"']);
+    expect(sections(w)).toEqual(["openai"]); // not deleted
+    expect(toasts.at(-1)).toBe(`Something went wrong: ${message}`);
+  });
+
   it("deletes a profile only after a confirm", async () => {
     const routes = defaultRoutes();
     routes["DELETE /opencode/providers/openai"] = () => [200, { deleted: "openai" }];

@@ -75,7 +75,7 @@ describe("protocol.ts mirrors core/protocol.py", () => {
     ["ImagePart", keys<ImagePart>()("type", "source", "filename", "subfolder", "folder_type", "mime_type")],
     ["PermissionRequestedData", keys<PermissionRequestedData>()("request_id", "run_id", "skill", "tool", "permission_class", "summary", "arguments", "expires_at")],
     ["UiRequestData", keys<UiRequestData>()("request_id", "run_id", "action", "payload")],
-    ["ProviderProfile", keys<ProviderProfile>()("name", "kind", "base_url", "default_model", "key_env", "models", "extra", "has_key", "key_hint")],
+    ["ProviderProfile", keys<ProviderProfile>()("name", "kind", "base_url", "default_model", "key_env", "models", "extra", "has_key", "key_hint", "revision")],
     ["LogData", keys<LogData>()("level", "module", "message", "time", "run_id")],
   ])("%s has the same fields in both", (model, fields) => {
     expect(fieldsOf(model).sort()).toEqual([...fields].sort());

@@ -202,6 +202,38 @@ describe("a profile's models", () => {
     expect(form(w).exists()).toBe(true); // what was typed stays
   });
 
+  it("sends the revision it loaded; refused as changed elsewhere, it says so, shows the profile as it is now and keeps what was typed", async () => {
+    // Since this tab loaded the profile at r1, another declared `other` and set m1's output price.
+    const now = profile({ revision: "r2", models: { ...profile().models, m1: caps({ output_price: 7 }), other: caps({ input_price: 9 }) } });
+    const routes = defaultRoutes();
+    const message = "provider 'openai' was changed elsewhere since you loaded it; reload it and apply your change again";
+    const answers: [number, unknown][] = [[409, { error: { code: "profile_changed", message, details: { provider: "openai", revision: "r2" } } }]];
+    routes["PATCH /opencode/providers/openai"] = (body) => answers.shift() ?? [200, { ...now, ...(body as object), revision: "r3" }];
+    routes["GET /opencode/providers/openai"] = () => [200, now];
+    const { w, patches, transport, toasts } = mounted({ routes, profile: profile({ revision: "r1" }) });
+    await flushPromises();
+    await byLabel(w, "Edit model m1").trigger("click");
+    await flushPromises();
+    await field(w, "input_price").setValue("3");
+    await form(w).trigger("submit");
+    await flushPromises();
+    const ifMatch = () => transport.calls.filter((c) => c.method === "PATCH").map((c) => c.headers["If-Match"]);
+    expect(ifMatch()).toEqual(['"r1"']);
+    const formError = w.find("[data-testid=model-form-error]");
+    expect(formError.text()).toBe(`${message} Reloaded: it shows as it is now. Check it and apply your change again (a form keeps what you typed).`);
+    expect(form(w).attributes("aria-describedby")).toBe(formError.attributes("id"));
+    expect(toasts).toEqual([]);
+    expect(rows(w).map((r) => r[0])).toEqual(["m1", "big", "other"]); // read again
+    expect(field(w, "input_price").element.value).toBe("3"); // what was typed stays
+    expect(field(w, "output_price").element.value).toBe("7"); // what was not, follows the other tab
+
+    await form(w).trigger("submit"); // applied to the models as they are now: the other tab's changes stay
+    await flushPromises();
+    expect(ifMatch()).toEqual(['"r1"', '"r2"']);
+    expect(patches()[1]).toEqual({ models: { ...now.models, m1: caps({ input_price: 3, output_price: 7 }) } });
+    expect(form(w).exists()).toBe(false);
+  });
+
   it("an Ollama profile says the context it runs its models with", async () => {
     const { w } = mounted({ profile: profile({ kind: "ollama", extra: { options: { num_ctx: 16_384 } } }), open: "m1" });
     await flushPromises();
