@@ -3,9 +3,9 @@
  *
  * The socket reconnects with backoff and rejoins its session (and the list of sessions, while
  * followed) with `after_seq` = the highest seq seen, and drops any event at or below it, so a
- * replay never repeats text. Commands go over the
- * socket when it is open and fall back to REST when one exists. Knows nothing of ComfyUI: the
- * caller passes a `Transport` (see host.ts). Imports only the protocol types.
+ * replay never repeats text. Commands go over the socket when it is open and fall back to REST
+ * when one exists. Knows nothing of ComfyUI: the caller passes a `Transport` (see host.ts).
+ * Imports only the protocol types.
  */
 import type {
   AbortBody,

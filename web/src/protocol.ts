@@ -431,8 +431,8 @@ export type CommandType = keyof CommandMap;
 
 /** Every command type, at run time (kept equal to `COMMAND_TYPES` in core/protocol.py by a test). */
 export const COMMAND_TYPES = [
-  "join", "leave", "sessions.join", "sessions.leave", "send", "abort", "retry", "configure", "ping", "permission.reply",
-  "ui.reply",
+  "join", "leave", "sessions.join", "sessions.leave", "send", "abort", "retry", "configure", "ping",
+  "permission.reply", "ui.reply",
 ] as const satisfies readonly CommandType[];
 
 export interface AckReply {
