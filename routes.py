@@ -45,9 +45,10 @@ WEB_DIR = Path(__file__).resolve().parent / "web"
 MAX_BODY_BYTES = 2 << 20
 # What this server can do, for a panel newer than the server (ComfyUI serves the panel's files
 # from disk, so an update is in the browser before ComfyUI restarts): `send.client_id` is a send
-# that may carry its client_id (older servers refuse the field).
+# that may carry its client_id (older servers refuse the field); `providers.if_match`, profile edits
+# checked against the revision they were made on; `sessions.join`, the live list room.
 CAPABILITIES = ["sessions", "events.sse", "ws", "multi_role", "providers", "skills", "permissions", "export",
-                "send.client_id", "ui.reply.answer_id", "retry", "providers.if_match"]
+                "send.client_id", "ui.reply.answer_id", "retry", "providers.if_match", "sessions.join"]
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

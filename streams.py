@@ -215,6 +215,7 @@ class WsConnection:
         self.request = request
         self.outbox = WsOutbox(ws, request.transport, hold=svc.config.ws_hold)
         self.joined: dict[str, WsSubscriber] = {}
+        self.listing: WsSubscriber | None = None  # the list room's subscriber (`sessions.join`)
         self._answering: set[asyncio.Task[None]] = set()
 
     async def handle(self, text: str) -> None:
@@ -320,6 +321,11 @@ class WsConnection:
             self.joined[cmd.session_id] = sub
             await self.svc.bus.subscribe(cmd.session_id, sub, cmd.after_seq)
             return {"session_id": cmd.session_id}
+        if cmd.type == "sessions.join":
+            return await self._join_sessions(cmd.after_seq)
+        if cmd.type == "sessions.leave":
+            self._leave_sessions()
+            return {}
         if cmd.type == "leave":
             for sid in [cmd.session_id] if cmd.session_id else list(self.joined):
                 sub = self.joined.pop(sid, None)
@@ -341,8 +347,22 @@ class WsConnection:
             return {}
         raise BadRequest(f"unknown command {cmd.type}", code="unknown_command")
 
+    async def _join_sessions(self, after_seq: int | None) -> dict[str, Any]:
+        """Follow the list room (again: a rejoin replaces the socket's earlier subscription).
+        Kept apart from `joined`: a `leave` of every session leaves the list be."""
+        self._leave_sessions()
+        self.listing = WsSubscriber(self.ws, self.outbox, False)
+        await self.svc.bus.subscribe(p.SESSIONS_ROOM, self.listing, after_seq)
+        return {"session_id": p.SESSIONS_ROOM}
+
+    def _leave_sessions(self) -> None:
+        if self.listing is not None:
+            self.svc.bus.unsubscribe(p.SESSIONS_ROOM, self.listing)
+            self.listing = None
+
     def leave_all(self) -> None:
         for sid, sub in self.joined.items():
             self.svc.bus.unsubscribe(sid, sub)
         self.joined.clear()
+        self._leave_sessions()
         self.outbox.flush()

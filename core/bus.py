@@ -9,6 +9,9 @@ as a slow consumer; it can rejoin with `after_seq`. When a requested offset can 
 served (older than the store keeps, or newer than the server knows), the joiner gets exactly one
 `session.resync` instead.
 
+One more room, `SESSIONS_ROOM`, carries changes to the list of sessions (`sessions.changed`,
+`sessions.removed`) the same way; its events are not stored, and its snapshot is the listing.
+
 `Bus` is the interface (a Redis Streams implementation fits behind it); `InProcessBus` is the
 embedded default. Also here: the log handler turning `opencode.*` records into `log` events.
 Imports protocol and store.
@@ -27,7 +30,7 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from pydantic import BaseModel
 
-from .protocol import EPHEMERAL_EVENTS, Event, model_json
+from .protocol import SESSIONS_ROOM, UNSTORED_EVENTS, Event, model_json
 from .store import Store
 
 log = logging.getLogger("opencode.bus")
@@ -37,6 +40,18 @@ log = logging.getLogger("opencode.bus")
 # past the last stored seq, so no seq a client may hold is ever reused for another event; a
 # client whose offset falls in the gap gets a resync.
 RESTART_SEQ_GAP = 1 << 20
+
+
+def sessions_room_start() -> int:
+    """The seq the list room (`SESSIONS_ROOM`) counts on from: microseconds since the epoch.
+
+    Why: its events are never stored, so a restarted server cannot know how far the last process
+    counted. A panel reconnecting to the new process with an offset from the old one must get a
+    `sessions.state`, not the new process's own events under numbers it has seen: starting at the
+    clock puts every earlier offset below the ring (or, if the clock stepped back, above the last
+    seq), and either way the bus answers it with a snapshot. Below 2**53: a JavaScript number.
+    """
+    return int(time.time() * 1_000_000)
 
 
 class Published:
@@ -221,7 +236,9 @@ class InProcessBus(Bus):
 
     async def open_room(self, session_id: str) -> None:
         """Load the room's last seq from the store; must run before the first publish."""
-        if session_id not in self._rooms:
+        if session_id == SESSIONS_ROOM:
+            self._room(session_id)  # nothing of it is stored
+        elif session_id not in self._rooms:
             # Always past the gap, even when nothing was stored: a process killed within one group
             # commit of a session's first events had handed out seqs 1, 2, … that were never saved.
             last = await self.store.last_seq(session_id) + RESTART_SEQ_GAP
@@ -231,8 +248,9 @@ class InProcessBus(Bus):
     def _room(self, session_id: str) -> _Room:
         room = self._rooms.get(session_id)
         if room is None:
-            # A brand-new session has no stored events.
-            room = self._rooms[session_id] = _Room(session_id, 0, self.ring_size)
+            # A brand-new session has no stored events; the list room has none at all.
+            start = sessions_room_start() if session_id == SESSIONS_ROOM else 0
+            room = self._rooms[session_id] = _Room(session_id, start, self.ring_size)
         return room
 
     def last_seq(self, session_id: str) -> int:
@@ -288,7 +306,7 @@ class InProcessBus(Bus):
         clock = self._clock
         ts = room.last_publish = clock.now()
         # The data is encoded once: the store and the envelope share it.
-        if type_ not in EPHEMERAL_EVENTS:
+        if type_ not in UNSTORED_EVENTS:
             self.store.append_event(session_id, seq, type_, ts, data_json)
         type_json = self._type_json.get(type_) or self._type_json.setdefault(type_, encode_str(type_))
         text = _envelope_text(seq, room.session_json, type_json, clock.text, data_json)
@@ -420,12 +438,32 @@ class InProcessBus(Bus):
         return cursor
 
     async def _attach_with_snapshot(self, room: _Room, sub: Subscriber, type_: str) -> None:
+        if room.session_id == SESSIONS_ROOM:
+            await self._attach_with_listing(room, sub)
+            return
         state = await self.snapshot(room.session_id)
         # Nothing awaited between reading `last_seq` and attaching: the snapshot covers it.
         seq = room.last_seq
         ev = Event.model_construct(seq=seq, session_id=room.session_id, type=type_, ts=round(time.time(), 3), data=state)
         room.cursors[sub] = seq
         await sub.send(Published(ev, encode(ev)))
+        self._ensure_sender(room)
+        room.wake.set()
+
+    async def _attach_with_listing(self, room: _Room, sub: Subscriber) -> None:
+        """The list room's snapshot, `sessions.state`, at the seq from before it was read.
+
+        Why not the seq after, as a session's: a session's snapshot is read from memory in one
+        step, but the list is read from the store, and a change published during that read may or
+        may not be in it. Its events come after the snapshot instead; each carries the whole
+        session (or its removal), so one the snapshot already shows changes nothing.
+        """
+        seq = room.last_seq
+        state = await self.snapshot(room.session_id)
+        ev = Event.model_construct(seq=seq, session_id=room.session_id, type="sessions.state",
+                                   ts=round(time.time(), 3), data=state)
+        await sub.send(Published(ev, encode(ev)))
+        room.cursors[sub] = seq  # after the send: whatever was published meanwhile follows it
         self._ensure_sender(room)
         room.wake.set()
 

@@ -327,6 +327,27 @@ class UsageUpdatedData(Model):
     message_id: str | None = None
 
 
+# The room of the list of sessions (`sessions.join`): never a session's id, which `ID_PATTERN`
+# keeps from being `*`. Its events say what `GET /opencode/sessions` would now list differently.
+SESSIONS_ROOM = "*"
+
+
+class SessionList(Model):
+    """`GET /opencode/sessions`, and the list room's snapshot (`sessions.state`)."""
+
+    sessions: list[Session]
+
+
+class SessionsChangedData(Model):
+    """A session as the list shows it (created, renamed, reconfigured, or moved up by a send)."""
+
+    session: Session
+
+
+class SessionsRemovedData(Model):
+    session_id: str
+
+
 def _event(type_name: str, data_model: type[Model]) -> type[Model]:
     """Build `{seq, session_id, type, ts, data}` envelope models with a Literal discriminator."""
     annotations = {"seq": int, "session_id": str, "type": Literal[type_name], "ts": float, "data": data_model}  # type: ignore[valid-type]
@@ -351,10 +372,17 @@ EVENT_DATA: dict[str, type[Model]] = {
     "permission.resolved": PermissionResolvedData,
     "ui.request": UiRequestData,
     "usage.updated": UsageUpdatedData,
+    "sessions.state": SessionList,
+    "sessions.changed": SessionsChangedData,
+    "sessions.removed": SessionsRemovedData,
 }
 EVENT_MODELS: dict[str, type[Model]] = {t: _event(t, d) for t, d in EVENT_DATA.items()}
 # Events that are not stored in the session's event log: they describe one socket's view.
 EPHEMERAL_EVENTS: frozenset[str] = frozenset({"session.state", "session.resync"})
+# The list room's events: each carries all a client needs, so none is stored (a client whose
+# offset the ring no longer holds gets a `sessions.state` instead of a replay).
+SESSIONS_EVENTS: frozenset[str] = frozenset({"sessions.state", "sessions.changed", "sessions.removed"})
+UNSTORED_EVENTS: frozenset[str] = EPHEMERAL_EVENTS | SESSIONS_EVENTS
 
 AnyEvent = Annotated[Union[tuple(EVENT_MODELS.values())], Field(discriminator="type")]  # type: ignore[valid-type]
 EventAdapter: TypeAdapter[Any] = TypeAdapter(AnyEvent)
@@ -446,10 +474,6 @@ class PermissionReplyBody(Model):
     request_id: EntityId
     decision: Literal["allow", "deny"]
     remember: bool = False
-
-
-class SessionList(Model):
-    sessions: list[Session]
 
 
 class MessagePage(Model):
@@ -672,6 +696,18 @@ class LeaveCommand(_Command):
     session_id: EntityId | None = None
 
 
+class SessionsJoinCommand(_Command):
+    """Follow the list of sessions (the room `SESSIONS_ROOM`): a `sessions.state` (no offset, or
+    one the server can no longer replay), or the changes missed since `after_seq`; then live."""
+
+    type: Literal["sessions.join"]
+    after_seq: int | None = Field(default=None, ge=0)
+
+
+class SessionsLeaveCommand(_Command):
+    type: Literal["sessions.leave"]
+
+
 class SendCommand(_Command):
     type: Literal["send"]
     session_id: EntityId
@@ -731,6 +767,8 @@ Command = Annotated[
     Union[
         JoinCommand,
         LeaveCommand,
+        SessionsJoinCommand,
+        SessionsLeaveCommand,
         SendCommand,
         AbortCommand,
         RetryCommand,
@@ -749,7 +787,8 @@ class CommandAdapterModel(Model):
 
     command: Command
 COMMAND_TYPES: frozenset[str] = frozenset(
-    {"join", "leave", "send", "abort", "retry", "configure", "ping", "permission.reply", "ui.reply"}
+    {"join", "leave", "sessions.join", "sessions.leave", "send", "abort", "retry", "configure", "ping",
+     "permission.reply", "ui.reply"}
 )
 
 

@@ -26,6 +26,7 @@ from .datadir import open_data_dir
 from .errors import BadRequest, NotFound, OpencodeError
 from .images import ImageLoader
 from .permissions import PermissionGate
+from .protocol import SESSIONS_ROOM, SessionList
 from .providers.http import create_session
 from .providers.profiles import ProviderProfiles
 from .providers.registry import build_provider
@@ -221,6 +222,8 @@ class OpencodeService:
         return models
 
     async def _snapshot(self, session_id: str) -> dict[str, Any]:
+        if session_id == SESSIONS_ROOM:  # the list room's snapshot: what `GET /opencode/sessions` lists
+            return SessionList(sessions=await self.sessions.list()).model_dump(mode="json")
         return await self.sessions.snapshot(session_id)
 
     async def _remember_permission(self, session_id: str, tool: str, policy: str) -> None:

@@ -36,12 +36,15 @@ from .protocol import (
     Run,
     RunStatusData,
     SENT_REMEMBERED,
+    SESSIONS_ROOM,
     SendBody,
     SendResult,
     Session,
     SessionCreate,
     SessionDeletedData,
     SessionPatch,
+    SessionsChangedData,
+    SessionsRemovedData,
     SessionStateData,
     SessionUpdatedData,
     TextPart,
@@ -271,6 +274,7 @@ class SessionManager:
         await self.store.save_session(session)
         self.bus.new_room(session_id)  # replaces a deleted session's room, if the id is used again
         self._live[session_id] = _Live(session, OrderedDict(), False)
+        self._listed(session)
         log.info("created session %s", session_id)
         return session
 
@@ -286,6 +290,11 @@ class SessionManager:
 
     async def get(self, session_id: str) -> Session:
         return self._numbered((await self._get_live(session_id)).session)
+
+    def _listed(self, session: Session) -> None:
+        """Tell the list room that `session` changed, as `GET /opencode/sessions` now lists it:
+        panels showing the list of chats follow other tabs', scripts' and the CLI's changes."""
+        self.bus.publish(SESSIONS_ROOM, "sessions.changed", SessionsChangedData(session=self._numbered(session)))
 
     def _numbered(self, session: Session, ahead: int = 0) -> Session:
         """The session with `last_seq`: the seq of its newest event (`ahead` = 1 for the event
@@ -326,6 +335,7 @@ class SessionManager:
                 self.store.queue_session(updated)
             live.session = updated
         self.bus.publish(live.session.id, "session.updated", SessionUpdatedData(session=self._numbered(updated, 1)))
+        self._listed(updated)
         return self._numbered(updated)
 
     async def delete(self, session_id: str) -> None:
@@ -348,6 +358,8 @@ class SessionManager:
                 live.deleted = False
                 raise
         self._live.pop(session_id, None)
+        # After the row is gone: a listing read from now on lacks it (see `_attach_with_listing`).
+        self.bus.publish(SESSIONS_ROOM, "sessions.removed", SessionsRemovedData(session_id=session_id))
         room = self.bus.room_of(session_id)
         asyncio.get_running_loop().call_later(2.0, lambda: self.bus.close_room(session_id, only=room))
         log.info("deleted session %s", session_id)
@@ -458,8 +470,9 @@ class SessionManager:
 
     async def _start_send(self, live: _Live, body: SendBody) -> "Sending":
         session_id = live.session.id
-        self._touch(live)
         text, roles = self._address(live.session, body)
+        # The chat's first message names it: that change moves it up the list in the same event.
+        self._touch(live, listed=not self._will_title(live, text))
         busy = bool(live.active or live.queued or live.interrupting or live.queueing)
         if busy and body.mode == "interrupt":
             await self._interrupt(live)
@@ -596,10 +609,15 @@ class SessionManager:
         skill = self.skills.get(skill_id)
         return skill is not None and skill.kind == "role"
 
+    @staticmethod
+    def _will_title(live: _Live, text: str) -> bool:
+        """Whether a send of `text` names the chat (`_auto_title`) once its message is saved."""
+        return live.session.title == DEFAULT_TITLE and bool(text.strip()) and not live.deleted
+
     async def _auto_title(self, live: _Live, text: str) -> None:
         """Name a new chat after its first message. Best effort: the message is already sent, so a
         title that cannot be saved is logged, not the send's answer."""
-        if live.session.title == DEFAULT_TITLE and text.strip() and not live.deleted:
+        if self._will_title(live, text):
             title = " ".join(text.split())[:60]
             try:
                 await self.patch(live.session.id, SessionPatch(title=title))
@@ -729,19 +747,24 @@ class SessionManager:
                 total = total + active.agent.message.usage
         return total
 
-    def _touch(self, live: _Live) -> None:
+    def _touch(self, live: _Live, *, listed: bool = True) -> None:
         """A message was sent or a reply asked again: the chat moves to the top of the list of
         sessions (ordered by `updated_at`), whether or not its reply reports usage. Synchronous
-        right after `_check_open`: a delete begun later orders its row removal behind this one."""
+        right after `_check_open`: a delete begun later orders its row removal behind this one.
+        One list event a send (`listed`: none when the chat's naming, just after, says it)."""
         live.session = live.session.model_copy(update={"updated_at": now()})
         try:
             self.store.queue_session(live.session)
         except OpencodeError as exc:  # the order of a list is not worth refusing the message for
             log.error("could not save the activity of session %s: %s", live.session.id, exc.message)
+        if listed:
+            self._listed(live.session)
 
     def _add_usage(self, live: _Live, message: Message) -> None:
         """Add a reply's usage to its session's totals. The row joins the next group commit (a
-        failed one is logged by the store): nothing waits on the disk while the next message comes in."""
+        failed one is logged by the store): nothing waits on the disk while the next message comes in.
+        Not told to the list room: the list shows a chat's last activity, which its send told it
+        already, not its usage (a listing read later has it)."""
         session = live.session.model_copy(update={"usage": live.session.usage + (message.usage or Usage()),
                                                   "updated_at": now()})
         live.session = session

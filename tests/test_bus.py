@@ -196,3 +196,24 @@ async def test_a_snapshot_is_stamped_to_the_millisecond_like_every_other_event(s
     ts = json.loads(got[0].text)["ts"]
     assert json.loads(got[0].text)["type"] == "session.state" and round(ts * 1000) / 1000 == ts
     await bus.close()
+
+
+async def test_the_list_room_is_never_stored_and_counts_past_an_earlier_process(store: SqliteStore) -> None:
+    """The list room's events are not stored, so a restarted server cannot replay them: a panel
+    reconnecting with an offset from the process before gets one `sessions.state`, never the new
+    process's events under numbers it has seen."""
+    from opencode_agent.core.protocol import SESSIONS_ROOM
+
+    before = InProcessBus(store, _snapshot)
+    seen = [before.publish(SESSIONS_ROOM, "sessions.removed", {"session_id": f"ses_{i}"}) for i in range(3)]
+    await before.close()
+    await store.flush()
+    assert await store.last_seq(SESSIONS_ROOM) == 0
+    after = InProcessBus(store, _snapshot)
+    after.publish(SESSIONS_ROOM, "sessions.removed", {"session_id": "ses_new"})
+    got: list[Published] = []
+    await after.subscribe(SESSIONS_ROOM, KeepingSubscriber(got), after_seq=seen[-1])
+    await _settle()
+    assert [json.loads(p.text)["type"] for p in got] == ["sessions.state"]
+    assert got[0].seq == after.last_seq(SESSIONS_ROOM) > seen[-1]
+    await after.close()

@@ -404,6 +404,38 @@ describe("standalone panel", () => {
     await ctx.close();
   });
 
+  scenario("an open list of chats follows another tab live: a chat made, renamed and deleted there", async () => {
+    const id = await newSession({ skills: ["echo"], title: "Watching the list" });
+    const { ctx, page } = await standalone(id);
+    const { ctx: otherCtx, page: other } = await standalone(id); // another browser profile
+    await page.getByRole("button", { name: "Chats" }).click();
+    const filter = page.getByRole("combobox", { name: "Filter chats" });
+    const titles = page.getByRole("listbox", { name: "Chats" }).getByRole("option").locator("[data-testid=chat-title]");
+    await page.waitForFunction(() => document.querySelector("[role=option] [data-testid=chat-title]")?.textContent === "Watching the list");
+
+    await other.getByRole("button", { name: "New chat" }).click();
+    await other.locator("[data-testid=session-title]", { hasText: "New chat" }).waitFor({ timeout: T });
+    await titles.first().filter({ hasText: "New chat" }).waitFor({ timeout: T }); // on top, the list still open
+    await filter.pressSequentially("lighthouse");
+    await page.getByText("No chat matches “lighthouse”.").waitFor({ timeout: T });
+    await other.getByRole("button", { name: "Rename" }).click();
+    await other.getByRole("textbox", { name: "Rename" }).fill("Lighthouse sketches");
+    await other.getByRole("textbox", { name: "Rename" }).press("Enter");
+    await titles.filter({ hasText: "Lighthouse sketches" }).waitFor({ timeout: T });
+    assert.deepEqual(await titles.allInnerTexts(), ["Lighthouse sketches"]);
+    assert.equal(await filter.inputValue(), "lighthouse");
+    assert.ok(await filter.evaluate((el) => el === document.activeElement), "the filter keeps the focus");
+
+    await other.getByRole("button", { name: "Delete" }).click();
+    await other.getByRole("button", { name: "Confirm" }).click();
+    await page.getByText("No chat matches “lighthouse”.").waitFor({ timeout: T });
+    await filter.fill("");
+    assert.equal(await titles.first().innerText(), "Watching the list");
+    assert.ok(await filter.evaluate((el) => el === document.activeElement), "the filter keeps the focus");
+    await otherCtx.close();
+    await ctx.close();
+  });
+
   scenario("sanitizes what it renders (in a real browser)", async () => {
     const id = await newSession({ skills: ["echo"] });
     const { ctx, page } = await standalone(id);

@@ -1,10 +1,11 @@
 /**
  * The panel's only line to the server: REST calls and one WebSocket with reconnect.
  *
- * The socket reconnects with backoff and rejoins its session with `after_seq` = the highest seq
- * seen, and drops any event at or below it, so a replay never repeats text. Commands go over the
- * socket when it is open and fall back to REST when one exists. Knows nothing of ComfyUI: the
- * caller passes a `Transport` (see host.ts). Imports only the protocol types.
+ * The socket reconnects with backoff and rejoins its session (and the list of sessions, while
+ * followed) with `after_seq` = the highest seq seen, and drops any event at or below it, so a
+ * replay never repeats text. Commands go over the socket when it is open and fall back to REST
+ * when one exists. Knows nothing of ComfyUI: the caller passes a `Transport` (see host.ts).
+ * Imports only the protocol types.
  */
 import type {
   AbortBody,
@@ -31,7 +32,7 @@ import type {
   SkillList,
   VersionInfo,
 } from "./protocol";
-import { SNAPSHOT_EVENTS } from "./protocol";
+import { SESSIONS_ROOM, SNAPSHOT_EVENTS } from "./protocol";
 
 export interface Transport {
   /** `path` starts with `/opencode/`; the transport adds the host's prefix (ComfyUI: `/api`). */
@@ -121,6 +122,9 @@ export class OpencodeClient {
   private namedAnswers = false;
   /** Whether the server answers a reply again (`retry`): an older one does not. */
   retries = false;
+  /** Whether the server has the list room (`sessions.join`), and whether it is followed. */
+  private listRoom = false;
+  private followingList = false;
   private lastSeq = new Map<string, number>();
 
   constructor(options: ClientOptions) {
@@ -297,6 +301,9 @@ export class OpencodeClient {
     this.repeatableSends = capabilities.includes("send.client_id");
     this.namedAnswers = capabilities.includes("ui.reply.answer_id");
     this.retries = capabilities.includes("retry");
+    const had = this.listRoom;
+    this.listRoom = capabilities.includes("sessions.join");
+    if (!had && this.listRoom && this.followingList && this.isOpen()) this.joinSessions();
   }
 
   // ------------------------------------------------------------ WebSocket
@@ -340,6 +347,26 @@ export class OpencodeClient {
     // Another join began while the leave was out: joining this one now would follow both.
     if (this.joined !== sessionId) return;
     await this.command("join", { session_id: sessionId, panel: this.opts.panel });
+  }
+
+  /**
+   * Follow the list of sessions (the room `SESSIONS_ROOM`) while `on`: joined now if the socket is
+   * open, and on every reconnect with the offset seen, so the server sends just the changes missed
+   * (or a fresh `sessions.state`). Whether the list is followed live from now on: false when the
+   * server has no such room or the socket is not open yet (read the listing over REST then).
+   */
+  followSessions(on: boolean): boolean {
+    const was = this.followingList;
+    this.followingList = on;
+    if (!this.listRoom || !this.isOpen()) return false;
+    if (on && !was) this.joinSessions();
+    else if (!on && was) this.command("sessions.leave", {}).catch(() => undefined);
+    return on;
+  }
+
+  private joinSessions(): void {
+    const seen = this.lastSeq.get(SESSIONS_ROOM);
+    this.command("sessions.join", seen === undefined ? {} : { after_seq: seen }).catch(() => undefined);
   }
 
   async leave(): Promise<void> {
@@ -401,6 +428,7 @@ export class OpencodeClient {
         const payload = { session_id: this.joined, panel: this.opts.panel, ...(seen === undefined ? {} : { after_seq: seen }) };
         this.command("join", payload).catch(() => undefined);
       }
+      if (this.followingList && this.listRoom) this.joinSessions();
     };
     ws.onmessage = (ev) => this.handleFrame(ev.data);
     ws.onerror = () => undefined; // `onclose` follows and decides

@@ -160,6 +160,9 @@ export interface UiRequestData {
   payload: Record<string, unknown>;
 }
 
+/** The room of the list of sessions (`sessions.join`), in its events' `session_id`: never a session's id. */
+export const SESSIONS_ROOM = "*";
+
 /** Event type → the shape of its `data`. */
 export interface EventDataMap {
   "session.state": SessionStateData;
@@ -177,6 +180,11 @@ export interface EventDataMap {
   "permission.resolved": PermissionResolvedData;
   "ui.request": UiRequestData;
   "usage.updated": { usage: Usage; message_id: string | null };
+  /** The list room's snapshot: what `GET /opencode/sessions` lists. */
+  "sessions.state": SessionList;
+  /** A session as the list shows it: created, changed, or moved up by a send. */
+  "sessions.changed": { session: Session };
+  "sessions.removed": { session_id: string };
 }
 
 export type EventType = keyof EventDataMap;
@@ -185,7 +193,7 @@ export type EventType = keyof EventDataMap;
 export const EVENT_TYPES = [
   "session.state", "session.resync", "session.updated", "session.deleted", "message.created", "message.delta",
   "message.completed", "tool.started", "tool.finished", "run.status", "log", "permission.requested",
-  "permission.resolved", "ui.request", "usage.updated",
+  "permission.resolved", "ui.request", "usage.updated", "sessions.state", "sessions.changed", "sessions.removed",
 ] as const satisfies readonly EventType[];
 
 /** The envelope `{seq, session_id, type, ts, data}` as one discriminated union. */
@@ -195,8 +203,8 @@ export type OcEvent = {
 
 export type EventOf<K extends EventType> = Extract<OcEvent, { type: K }>;
 
-/** Snapshots (seq 0) that replace the panel's state instead of extending it. */
-export const SNAPSHOT_EVENTS: ReadonlySet<EventType> = new Set(["session.state", "session.resync"]);
+/** Snapshots that replace the panel's state (a session's, or the list's) instead of extending it. */
+export const SNAPSHOT_EVENTS: ReadonlySet<EventType> = new Set(["session.state", "session.resync", "sessions.state"]);
 
 // ------------------------------------------------------------------ REST bodies
 
@@ -410,6 +418,9 @@ export interface CommandMap {
   /** `panel: true` says this socket can answer `ui.request` (read the canvas, load a graph). */
   join: { session_id: string; after_seq?: number | null; panel?: boolean };
   leave: { session_id?: string | null };
+  /** Follow the list of sessions: a `sessions.state`, or the changes since `after_seq`; then live. */
+  "sessions.join": { after_seq?: number | null };
+  "sessions.leave": Record<string, never>;
   send: { session_id: string; text: string; images?: ImagePart[]; skills?: string[]; mode?: SendMode };
   abort: { session_id: string; run_id?: string | null; skill?: string | null };
   retry: { session_id: string; message_id: string };
@@ -423,7 +434,8 @@ export type CommandType = keyof CommandMap;
 
 /** Every command type, at run time (kept equal to `COMMAND_TYPES` in core/protocol.py by a test). */
 export const COMMAND_TYPES = [
-  "join", "leave", "send", "abort", "retry", "configure", "ping", "permission.reply", "ui.reply",
+  "join", "leave", "sessions.join", "sessions.leave", "send", "abort", "retry", "configure", "ping",
+  "permission.reply", "ui.reply",
 ] as const satisfies readonly CommandType[];
 
 export interface AckReply {

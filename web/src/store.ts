@@ -9,7 +9,7 @@ import { computed, inject, ref, shallowRef } from "vue";
 import { ANSWER_LOST, ApiError, OpencodeClient, type ConnectionState } from "./client";
 import { DEPS, type SessionConfig } from "./deps";
 import { t } from "./i18n";
-import type { ModelInfo, OcEvent, ProviderCreate, ProviderPatch, ProviderProfile, SendMode, Session, SessionPatch, Skill, UiRequestData, VersionInfo } from "./protocol";
+import type { EventOf, ModelInfo, OcEvent, ProviderCreate, ProviderPatch, ProviderProfile, SendMode, Session, SessionPatch, Skill, UiRequestData, VersionInfo } from "./protocol";
 import { PROTOCOL_VERSION } from "./protocol";
 import { activeRuns, dropProposal, EMPTY, joining, prependHistory, promptsReading, reduce, withSession, type ChatState } from "./reducer";
 
@@ -64,6 +64,14 @@ function byActivity(list: readonly Session[]): Session[] {
   return [...list].sort((a, b) => b.updated_at - a.updated_at);
 }
 
+/** The list with `s` in its place, unless the list has a newer copy of it (an answer or a
+ * replayed change that arrived after a later one). */
+function withListed(list: Session[], s: Session): Session[] {
+  const held = list.find((x) => x.id === s.id);
+  if (held && held.updated_at > s.updated_at) return list;
+  return byActivity([s, ...list.filter((x) => x.id !== s.id)]);
+}
+
 /** The node class holding a panel: an accepted proposal never removes one it leaves out. */
 const AGENT_TYPE = "OpencodeAgent";
 
@@ -88,6 +96,8 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   const presets = ref<ProviderProfile[]>([]);
   const models = ref<Record<string, ModelInfo[]>>({});
   const sessions = ref<Session[]>([]);
+  // Changes the list room brought: a listing read over REST while one came may be older than it.
+  let listChanges = 0;
   const chat = shallowRef<ChatState>(EMPTY);
   const loading = ref(false);
   const notices = ref<Notice[]>([]);
@@ -155,14 +165,33 @@ export const usePanelStore = defineStore("opencode-panel", () => {
       case "session.deleted":
         sessions.value = sessions.value.filter((s) => s.id !== event.data.session_id);
         break;
+      case "sessions.state":
+      case "sessions.changed":
+      case "sessions.removed":
+        listChanged(event);
+        break;
       case "ui.request":
         if (event.data.action === "get_workflow") void answerGetWorkflow(event.data);
         break;
     }
   }
 
+  /** The list room's events: the list of chats follows what other tabs, scripts and the CLI do. */
+  function listChanged(event: EventOf<"sessions.state" | "sessions.changed" | "sessions.removed">): void {
+    listChanges += 1;
+    if (event.type === "sessions.state") sessions.value = byActivity(event.data.sessions);
+    else if (event.type === "sessions.changed") sessions.value = withListed(sessions.value, event.data.session);
+    else {
+      const id = event.data.session_id;
+      sessions.value = sessions.value.filter((s) => s.id !== id);
+      // The open chat, deleted elsewhere: as its own room's `session.deleted` would (which may
+      // have come already, or have been missed while the socket was down).
+      chat.value = reduce(chat.value, { seq: 0, session_id: id, type: "session.deleted", ts: event.ts, data: { session_id: id } });
+    }
+  }
+
   function rememberSession(s: Session): void {
-    sessions.value = byActivity([s, ...sessions.value.filter((x) => x.id !== s.id)]);
+    sessions.value = withListed(sessions.value, s);
     chat.value = withSession(chat.value, s);
     if (chat.value.phase === "ready" && chat.value.session.id === s.id) {
       deps.binding.syncConfig({ skills: s.skills, provider: s.provider, model: s.model });
@@ -284,8 +313,15 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   }
 
   async function loadSessions(): Promise<void> {
+    const changes = listChanges;
     const list = (await client.listSessions()).sessions;
-    sessions.value = byActivity(list);
+    if (changes === listChanges) sessions.value = byActivity(list);
+  }
+
+  /** While the list of chats is open it follows the server's list live (`sessions.join`); a
+   * server without that room, or a socket not open yet, is asked for the listing instead. */
+  function followSessions(on: boolean): void {
+    if (!client.followSessions(on) && on) void loadSessions().catch(() => undefined);
   }
 
   /** The provider's models, read unless already read; a list that could not be read is asked
@@ -643,7 +679,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     client, connection, server, needsToken, skills, providers, presets, models, sessions, chat, loading,
     notices, sent, outbox, answering, protocolMismatch, session, roles, running, busy, skillById,
     start, ensureModels, openSession, newSession, loadEarlier, configure, renameSession, deleteSession, send, stop, retry,
-    replyPermission, answerProposal, saveKey, removeKey, addProvider, createProfile, updateProfile, deleteProfile, useToken, loadSessions, notify, dismiss, dispose,
+    replyPermission, answerProposal, saveKey, removeKey, addProvider, createProfile, updateProfile, deleteProfile, useToken, loadSessions, followSessions, notify, dismiss, dispose,
   };
 });
 

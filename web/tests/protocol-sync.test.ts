@@ -9,7 +9,7 @@ import type {
   ImagePart, LogData, Message, ModelCaps, PermissionRequestedData, ProviderProfile, Run, Session, ToolCallPart,
   ToolResultPart, UiRequestData, Usage,
 } from "../src/protocol";
-import { COMMAND_TYPES, EVENT_TYPES, MAX_CONTEXT_TOKENS, MAX_PRICE, MIN_CONTEXT_TOKENS, PROTOCOL_VERSION } from "../src/protocol";
+import { COMMAND_TYPES, EVENT_TYPES, MAX_CONTEXT_TOKENS, MAX_PRICE, MIN_CONTEXT_TOKENS, PROTOCOL_VERSION, SESSIONS_ROOM } from "../src/protocol";
 import { CACHE_SHARES, DEFAULT_CAPS } from "../src/modelCaps";
 
 /** All keys of T, checked by the type checker (a missing or unknown key fails `npm run typecheck`). */
@@ -46,6 +46,10 @@ describe("protocol.ts mirrors core/protocol.py", () => {
     expect([...EVENT_TYPES].sort()).toEqual(types.sort());
   });
 
+  it("names the list room as the server does", () => {
+    expect(/^SESSIONS_ROOM = "(.*)"$/m.exec(py)?.[1]).toBe(SESSIONS_ROOM);
+  });
+
   it("knows every command type", () => {
     const types = [...block("COMMAND_TYPES").matchAll(/"([a-z.]+)"/g)].map((m) => m[1]);
     expect([...COMMAND_TYPES].sort()).toEqual(types.sort());
@@ -58,6 +62,7 @@ describe("protocol.ts mirrors core/protocol.py", () => {
     ["PermissionReplyBody", ["request_id", "decision", "remember"]],
     ["AbortBody", ["run_id", "skill"]],
     ["JoinCommand", ["type", "session_id", "after_seq", "panel"]],
+    ["SessionsJoinCommand", ["type", "after_seq"]],
     ["UiReplyCommand", ["type", "session_id", "request_id", "ok", "result", "error", "answer_id"]],
     ["ProviderKeyBody", ["key"]],
   ])("%s has the fields the panel sends", (model, fields) => {

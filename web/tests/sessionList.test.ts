@@ -8,6 +8,7 @@ import type { Session } from "../src/protocol";
 import { defaultRoutes, makeDeps, mountWith } from "./harness";
 import { FakeSocket } from "./fakes";
 import { ev, session, SID, snapshot } from "./fixtures";
+import { SESSIONS_ROOM } from "../src/protocol";
 
 vi.mock("dompurify", () => ({ default: () => ({ addHook: () => undefined, sanitize: (html: string) => html }) }));
 
@@ -24,9 +25,17 @@ afterEach(() => {
 const NOW = new Date(2026, 4, 15, 12, 0, 0).getTime();
 const at = (...parts: [number, number, number, number?, number?, number?]) => new Date(...parts).getTime() / 1000;
 
-/** The panel in chat SID, its list of chats answered by `listed()` (each time it is asked). */
-async function started(listed: () => Session[]) {
+/** The panel in chat SID, its list of chats answered by `listed()` (each time it is asked);
+ * `live`: the server has the list room (`sessions.join`). */
+async function started(listed: () => Session[], live = false) {
   const routes = defaultRoutes();
+  if (live) {
+    const plain = routes["GET /opencode/version"];
+    routes["GET /opencode/version"] = (body) => {
+      const [status, info] = plain(body) as [number, { capabilities: string[] }];
+      return [status, { ...info, capabilities: [...info.capabilities, "sessions.join"] }];
+    };
+  }
   routes["GET /opencode/sessions"] = () => [200, { sessions: listed() }];
   for (const s of listed()) routes[`GET /opencode/sessions/${s.id}`] = () => [200, s];
   const made = makeDeps(routes);
@@ -187,5 +196,116 @@ describe("the list of chats", () => {
     await filter.setValue("99");
     expect(titles(w)).toEqual([...[99, 199, 299, 399, 499, 599, 699, 799, 899], ...Array.from({ length: 10 }, (_, i) => 990 + i)].map((n) => `Workflow ${n}`));
     expect(w.text()).not.toContain("more — type to filter");
+  });
+});
+
+describe("the list of chats, live", () => {
+  const listEvent = <K extends "sessions.state" | "sessions.changed" | "sessions.removed">(type: K, seq: number, data: Parameters<typeof ev<K>>[2]) =>
+    ev(type, seq, data, SESSIONS_ROOM);
+  const chats = () => [
+    session({ title: "Current", updated_at: 5 }),
+    session({ id: "ses_f1", title: "Flux one", updated_at: 4 }),
+    session({ id: "ses_f2", title: "Flux two", updated_at: 3 }),
+  ];
+  const listings = (t: { calls: { path: string }[] }) => t.calls.filter((c) => c.path === "/opencode/sessions").length;
+
+  it("follows other tabs while open, keeping the filter, the active row's chat and the focus", async () => {
+    const { w, ws, transport } = await started(chats, true);
+    const asked = listings(transport);
+    const filter = await openList(w);
+    expect(ws.commands("sessions.join")).toEqual([expect.not.objectContaining({ after_seq: expect.anything() })]);
+    expect(listings(transport)).toBe(asked); // the room's snapshot is the listing: not read again
+    ws.receive(listEvent("sessions.state", 100, { sessions: chats() }));
+    ws.ack("sessions.join", { session_id: SESSIONS_ROOM });
+    await filter.setValue("flux");
+    await filter.trigger("keydown", { key: "ArrowDown" });
+    expect(active(w).text()).toContain("Flux two");
+
+    ws.receive(listEvent("sessions.changed", 101, { session: session({ id: "ses_new", title: "Flux new", updated_at: 10 }) }));
+    await flushPromises();
+    expect(titles(w)).toEqual(["Flux new", "Flux one", "Flux two"]);
+    ws.receive(listEvent("sessions.changed", 102, { session: session({ id: "ses_f1", title: "Flux uno", updated_at: 11 }) }));
+    ws.receive(listEvent("sessions.changed", 103, { session: session({ id: "ses_f2", title: "Flux two", updated_at: 1 }) })); // an older copy
+    ws.receive(listEvent("sessions.removed", 104, { session_id: "ses_new" }));
+    ws.receive(listEvent("sessions.changed", 105, { session: session({ id: "ses_cat", title: "Cats", updated_at: 12 }) })); // filtered out
+    await flushPromises();
+    expect(titles(w)).toEqual(["Flux uno", "Flux two"]);
+    expect(active(w).text()).toContain("Flux two");
+    expect(filter.element.value).toBe("flux");
+    expect(document.activeElement).toBe(filter.element);
+    expect(filter.attributes("aria-activedescendant")).toBe(active(w).attributes("id"));
+
+    await filter.trigger("keydown", { key: "Escape" });
+    expect(ws.commands("sessions.leave")).toHaveLength(1);
+    ws.receive(listEvent("sessions.changed", 106, { session: session({ id: "ses_f2", title: "Flux two", updated_at: 13 }) }));
+    await openList(w); // again: just what it missed since 106, and no listing read
+    expect(ws.commands("sessions.join").at(-1)).toMatchObject({ after_seq: 106 });
+    expect(listings(transport)).toBe(asked);
+    expect(titles(w)).toEqual(["Flux two", "Cats", "Flux uno", "Current"]);
+  });
+
+  it("keeps the first row's chat active when nothing was chosen", async () => {
+    const { w, ws } = await started(chats, true);
+    await openList(w);
+    ws.receive(listEvent("sessions.state", 7, { sessions: chats() }));
+    ws.receive(listEvent("sessions.changed", 8, { session: session({ id: "ses_new", title: "From another tab", updated_at: 9 }) }));
+    await flushPromises();
+    expect(titles(w)[0]).toBe("From another tab");
+    expect(active(w).text()).toContain("Current");
+  });
+
+  it("rejoins after a reconnect with the offset it saw, and takes a fresh snapshot whole", async () => {
+    const { w, ws } = await started(chats, true);
+    await openList(w);
+    ws.receive(listEvent("sessions.state", 50, { sessions: chats() }));
+    ws.receive(listEvent("sessions.changed", 51, { session: session({ id: "ses_new", title: "New", updated_at: 9 }) }));
+    ws.drop();
+    await new Promise((r) => setTimeout(r, 600)); // the first reconnect waits 500 ms
+    const again = FakeSocket.last();
+    again.open();
+    await flushPromises();
+    expect(again.commands("sessions.join")).toEqual([expect.objectContaining({ after_seq: 51 })]);
+    // A restarted server cannot replay: it sends the list as it is (its seqs count on from the clock).
+    again.receive(listEvent("sessions.state", 9_000, { sessions: [session({ id: "ses_f2", title: "Flux two", updated_at: 3 })] }));
+    again.receive(listEvent("sessions.changed", 9_001, { session: session({ id: "ses_f1", title: "Flux one", updated_at: 20 }) }));
+    await flushPromises();
+    expect(titles(w)).toEqual(["Flux one", "Flux two"]);
+  });
+
+  it("reads the listing on opening when the socket is not open, and not one older than a live change", async () => {
+    let listed = chats();
+    const { w, ws, routes, transport } = await started(() => listed, true);
+    ws.drop(); // reconnecting: the list is read over REST
+    listed = [session({ id: "ses_rest", title: "Read over REST", updated_at: 30 }), ...chats()];
+    const asked = listings(transport);
+    await openList(w);
+    expect(listings(transport)).toBe(asked + 1);
+    expect(titles(w)[0]).toBe("Read over REST");
+
+    let answer: () => void = () => undefined;
+    routes["GET /opencode/sessions"] = () => [200, { sessions: chats() }];
+    const slow = transport.fetch.bind(transport);
+    transport.fetch = (path, init) => (path === "/opencode/sessions" ? new Promise<Response>((r) => (answer = () => r(slow(path, init)))) : slow(path, init));
+    await w.find("[aria-label=Chats]").trigger("click"); // closed
+    await openList(w); // asked again, and slow to answer
+    await new Promise((r) => setTimeout(r, 600));
+    const again = FakeSocket.last();
+    again.open();
+    await flushPromises();
+    again.receive(listEvent("sessions.state", 60, { sessions: listed }));
+    again.receive(listEvent("sessions.removed", 61, { session_id: "ses_f1" }));
+    answer();
+    await flushPromises();
+    expect(titles(w)).toEqual(["Read over REST", "Current", "Flux two"]);
+  });
+
+  it("shows the chat open here as deleted when it is deleted elsewhere", async () => {
+    const { w, ws } = await started(chats, true);
+    await openList(w);
+    ws.receive(listEvent("sessions.state", 3, { sessions: chats() }));
+    ws.receive(listEvent("sessions.removed", 4, { session_id: SID }));
+    await flushPromises();
+    expect(titles(w)).toEqual(["Flux one", "Flux two"]);
+    expect(w.text()).toContain("This chat was deleted.");
   });
 });
