@@ -166,6 +166,11 @@ class Bus(ABC):
         """`publish` of data already encoded as a JSON object (the per-token hot path)."""
         return self.publish(session_id, type_, json.loads(data_json))
 
+    def publish_if_followed(self, session_id: str, type_: str, make: Callable[[], BaseModel]) -> None:
+        """`publish` of `make()` into a room whose events are not stored (the list room), skipped
+        while nobody follows the room; a bus that cannot tell just publishes."""
+        self.publish(session_id, type_, make())
+
     @abstractmethod
     async def subscribe(self, session_id: str, sub: Subscriber, after_seq: int | None) -> None:
         """Attach `sub`: a snapshot (no offset), the missed events, or one resync; then live."""
@@ -194,6 +199,8 @@ class _Room:
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.last_publish = time.time()
+        # Joins reading their snapshot (the list room's): the room counts as followed meanwhile.
+        self.joining = 0
 
     def ring_first_seq(self) -> int:
         # Every publish appends one text and adds one to last_seq, so the ring is contiguous.
@@ -299,6 +306,20 @@ class InProcessBus(Bus):
         # A model encodes itself (pydantic's serializer, compact UTF-8 JSON like `encode_data`).
         data_json = model_json(data) if isinstance(data, BaseModel) else encode_data(data)
         return self.publish_json(session_id, type_, data_json)
+
+    def publish_if_followed(self, session_id: str, type_: str, make: Callable[[], BaseModel]) -> None:
+        """Why: every send tells the list room that its chat moved up, and usually no panel has
+        its list open, so encoding the session and keeping it in the ring would be work for no one
+        on each reply. Unfollowed, the room only counts the event and empties its ring: a later
+        join with an offset from before then falls behind the ring and gets a snapshot, which is
+        right, as the events it missed were never kept."""
+        room = self._room(session_id)
+        if room.cursors or room.joining:
+            self.publish(session_id, type_, make())
+            return
+        room.last_seq += 1
+        room.ring.clear()
+        room.newest = None
 
     def publish_json(self, session_id: str, type_: str, data_json: str) -> int:
         room = self._rooms.get(session_id) or self._room(session_id)
@@ -459,11 +480,15 @@ class InProcessBus(Bus):
         session (or its removal), so one the snapshot already shows changes nothing.
         """
         seq = room.last_seq
-        state = await self.snapshot(room.session_id)
-        ev = Event.model_construct(seq=seq, session_id=room.session_id, type="sessions.state",
-                                   ts=round(time.time(), 3), data=state)
-        await sub.send(Published(ev, encode(ev)))
-        room.cursors[sub] = seq  # after the send: whatever was published meanwhile follows it
+        room.joining += 1  # what is published during the read is kept for this joiner
+        try:
+            state = await self.snapshot(room.session_id)
+            ev = Event.model_construct(seq=seq, session_id=room.session_id, type="sessions.state",
+                                       ts=round(time.time(), 3), data=state)
+            await sub.send(Published(ev, encode(ev)))
+            room.cursors[sub] = seq  # after the send: whatever was published meanwhile follows it
+        finally:
+            room.joining -= 1
         self._ensure_sender(room)
         room.wake.set()
 

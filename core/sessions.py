@@ -294,7 +294,8 @@ class SessionManager:
     def _listed(self, session: Session) -> None:
         """Tell the list room that `session` changed, as `GET /opencode/sessions` now lists it:
         panels showing the list of chats follow other tabs', scripts' and the CLI's changes."""
-        self.bus.publish(SESSIONS_ROOM, "sessions.changed", SessionsChangedData(session=self._numbered(session)))
+        self.bus.publish_if_followed(SESSIONS_ROOM, "sessions.changed",
+                                     lambda: SessionsChangedData(session=self._numbered(session)))
 
     def _numbered(self, session: Session, ahead: int = 0) -> Session:
         """The session with `last_seq`: the seq of its newest event (`ahead` = 1 for the event
@@ -359,7 +360,7 @@ class SessionManager:
                 raise
         self._live.pop(session_id, None)
         # After the row is gone: a listing read from now on lacks it (see `_attach_with_listing`).
-        self.bus.publish(SESSIONS_ROOM, "sessions.removed", SessionsRemovedData(session_id=session_id))
+        self.bus.publish_if_followed(SESSIONS_ROOM, "sessions.removed", lambda: SessionsRemovedData(session_id=session_id))
         room = self.bus.room_of(session_id)
         asyncio.get_running_loop().call_later(2.0, lambda: self.bus.close_room(session_id, only=room))
         log.info("deleted session %s", session_id)

@@ -217,3 +217,33 @@ async def test_the_list_room_is_never_stored_and_counts_past_an_earlier_process(
     assert [json.loads(p.text)["type"] for p in got] == ["sessions.state"]
     assert got[0].seq == after.last_seq(SESSIONS_ROOM) > seen[-1]
     await after.close()
+
+
+async def test_the_list_room_unfollowed_only_counts_and_a_later_join_gets_a_snapshot(store: SqliteStore) -> None:
+    """Every send tells the list room its chat moved up; with no panel following the list that
+    event is only counted (not built, encoded or kept), and a join with an offset from before it
+    gets the listing, since what it missed was never kept."""
+    from opencode_agent.core.protocol import SESSIONS_ROOM, SessionsRemovedData
+
+    bus = InProcessBus(store, _snapshot)
+    got: list[Published] = []
+    await bus.subscribe(SESSIONS_ROOM, KeepingSubscriber(got), after_seq=None)
+    follower = next(iter(bus._rooms[SESSIONS_ROOM].cursors))  # noqa: SLF001
+    bus.publish_if_followed(SESSIONS_ROOM, "sessions.removed", lambda: SessionsRemovedData(session_id="ses_a"))
+    await _settle()
+    assert [json.loads(p.text)["type"] for p in got] == ["sessions.state", "sessions.removed"]
+    seen = got[-1].seq
+    bus.unsubscribe(SESSIONS_ROOM, follower)
+    built: list[str] = []
+
+    def make() -> SessionsRemovedData:
+        built.append("built")
+        return SessionsRemovedData(session_id="ses_b")
+
+    bus.publish_if_followed(SESSIONS_ROOM, "sessions.removed", make)
+    assert built == [] and bus.last_seq(SESSIONS_ROOM) == seen + 1
+    again: list[Published] = []
+    await bus.subscribe(SESSIONS_ROOM, KeepingSubscriber(again), after_seq=seen)
+    await _settle()
+    assert [(json.loads(p.text)["type"], p.seq) for p in again] == [("sessions.state", seen + 1)]
+    await bus.close()

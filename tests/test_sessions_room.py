@@ -111,6 +111,8 @@ async def test_a_send_is_one_list_event_and_a_reply_none(client: Any, service: A
 
 async def test_a_rejoin_gets_what_it_missed_or_a_fresh_listing(client: Any) -> None:
     gone = await new_session(client, title="Gone soon")
+    other_tab = await connect(client)
+    await other_tab.command("sessions.join")  # the room is followed while the watcher is away
     watcher = await connect(client)
     await watcher.command("sessions.join")
     seen = room_events(watcher)[-1]["seq"]
@@ -130,6 +132,26 @@ async def test_a_rejoin_gets_what_it_missed_or_a_fresh_listing(client: Any) -> N
         await other.command("sessions.join", after_seq=offset)
         assert [(e["type"], e["seq"]) for e in await quiet(other)] == [("sessions.state", seen + 3)]
         assert other.events[0]["data"] == {"sessions": await listing(client)}
+        await other.ws.close()
+
+    # Followed by no one, the room keeps nothing: a rejoin then gets a fresh listing.
+    for ws in (other_tab, back):
+        await ws.ws.close()
+    await until_unfollowed(client)
+    await client.patch(f"/opencode/sessions/{made['id']}", json={"title": "Renamed unwatched"})
+    again = await connect(client)
+    await again.command("sessions.join", after_seq=seen + 3)
+    assert [(e["type"], e["seq"]) for e in await quiet(again)] == [("sessions.state", seen + 4)]
+    assert again.events[0]["data"] == {"sessions": await listing(client)}
+
+
+async def until_unfollowed(client: Any) -> None:
+    """Until the server has seen every socket of the list room close."""
+    for _ in range(200):
+        if service_of(client).bus.subscriber_count(ROOM) == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the list room is still followed")
 
 
 async def test_leaving_the_list_or_every_session(client: Any) -> None:
