@@ -35,6 +35,9 @@ class Config:
     # Group commit: a transaction holds at most this many rows or waits at most this long.
     commit_max_rows: int = 100
     commit_max_delay: float = 0.05
+    # The event log's rows wait up to this long for more of their session's events (a replay
+    # log: a crash loses at most this much of it; messages are checkpointed on their own).
+    commit_event_delay: float = 0.25
     # A streaming reply is written to the store at least this often.
     checkpoint_interval: float = 0.5
     # Replay ring per session: this many events, then the store.

@@ -128,7 +128,8 @@ class OpencodeService:
         cfg = self.config
         if self.image_loader is None:
             self.image_loader = ImageLoader(cfg.data_dir)
-        self.store = SqliteStore(cfg.db_path, max_rows=cfg.commit_max_rows, max_delay=cfg.commit_max_delay)
+        self.store = SqliteStore(cfg.db_path, max_rows=cfg.commit_max_rows, max_delay=cfg.commit_max_delay,
+                                 event_delay=cfg.commit_event_delay)
         await self.store.open()
         await self.store.recover()
         self.secrets = SecretStore(cfg.data_dir)

@@ -1,7 +1,8 @@
 """Persistence: the `Store` interface and its SQLite implementation.
 
 `SqliteStore` keeps one WAL database file. Writes go through a group-commit writer (a transaction
-holds at most `max_rows` rows and waits at most `max_delay`), so streaming never commits per
+holds at most `max_rows` rows and waits at most `max_delay`; an event row waits up to
+`event_delay` for more of its session's events, see `_take_batch`), so streaming never commits per
 token; reads use a second connection so they never queue behind a batch. Any write failure
 (locked, read-only, disk full) rolls the whole batch back and surfaces as `StoreUnavailable`; the
 writer keeps going once the cause is gone.
@@ -230,7 +231,7 @@ class _EventRow:
     Appended to only while it waits in the queue; its parameters are built once the batch holding
     it is taken (by then nothing appends to it any more), so an append is a list append."""
 
-    __slots__ = ("session_id", "seq", "seq_end", "events", "attempts")
+    __slots__ = ("session_id", "seq", "seq_end", "events", "attempts", "due")
     sql = _INSERT_EVENTS
     done: asyncio.Future[None] | None = None
     rows = 1
@@ -240,6 +241,7 @@ class _EventRow:
         self.seq = self.seq_end = seq
         self.events = [(type_, ts, data_json)]
         self.attempts = 0
+        self.due = 0.0  # (monotonic) when it stops waiting for more events (`SqliteStore._take_batch`)
 
     def params_with(self, type_json: dict[str, str]) -> tuple[Any, ...]:
         """The row's parameters; `type_json` caches each type's JSON text across a batch.
@@ -373,10 +375,15 @@ class SqliteStore(Store):
     """One SQLite file in WAL mode, a group-commit writer connection and a reader connection."""
 
     def __init__(self, path: Path, *, max_rows: int = 100, max_delay: float = 0.05,
-                 max_events_per_row: int = 256) -> None:
+                 max_events_per_row: int = 256, event_delay: float = 0.25, max_event_rows: int = 2000) -> None:
         self.path = path
         self.max_rows = max_rows
         self.max_delay = max_delay
+        # An event row waits up to `event_delay` in the queue (other batches leave it there), so
+        # a streaming session's events share a row, and pages, rather than one row a commit each
+        # (see `_take_batch`); at most `max_event_rows` such rows wait.
+        self.event_delay = event_delay
+        self.max_event_rows = max_event_rows
         # Keeps a row (and a replay page, read whole) bounded while the writer stalls.
         self.max_events_per_row = max_events_per_row
         # Created, used and closed only on the executor's one thread (see the module docstring).
@@ -394,8 +401,13 @@ class SqliteStore(Store):
         # Per session, its newest event row while it is still in the queue: the next event may join it.
         self._open_rows: dict[str, _EventRow] = {}
         self._queued_rows = 0
+        self._queued_event_rows = 0  # of `_queued_rows`: rows of events in the normal lane
         # Queued writes someone awaits: they are committed at once, never held for max_delay.
         self._awaited = 0
+        # Of those, the ones in the normal lane (a flush, a delete): every row before them goes too.
+        self._awaited_behind = 0
+        # The writer waits for the first event row to be due (`_gather`): nothing else is queued.
+        self._events_only = False
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -486,16 +498,26 @@ class SqliteStore(Store):
             raise StoreUnavailable("the store is closed")
         (self._urgent if urgent else self._queue).append(write)
         self._queued_rows += write.rows
+        if not urgent and isinstance(write, _EventRow):
+            self._queued_event_rows += 1
         self._idle.clear()
         self._wake.set()
-        if self._queued_rows >= self.max_rows:
+        if self._over_limits() or (urgent and self._events_only):
             self._full.set()
+
+    def _over_limits(self) -> bool:
+        """Whether the queue holds enough to commit now: `max_rows` rows other than waiting event
+        rows, or `max_event_rows` of those."""
+        events = self._queued_event_rows
+        return self._queued_rows - events >= self.max_rows or events >= self.max_event_rows
 
     async def _submit(self, sql: str | _Insert | _Statements, params: tuple[Any, ...] | dict[str, Any], *,
                       urgent: bool = True) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._enqueue(_Write(sql, params, done), urgent=urgent)
         self._awaited += 1
+        if not urgent:
+            self._awaited_behind += 1
         self._full.set()
         await done
 
@@ -508,40 +530,81 @@ class SqliteStore(Store):
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if self._queued_rows < self.max_rows and not self._closing and not self._awaited:
-                # Group commit: let more rows arrive, at most max_delay. A caller waiting on its
-                # write is not held back; writes queued meanwhile share the next transaction.
-                self._full.clear()
-                # A timer that sets the event, not `wait_for` (a task and a timer per batch).
-                timer = asyncio.get_running_loop().call_later(self.max_delay, self._full.set)
-                try:
-                    await self._full.wait()
-                finally:
-                    timer.cancel()
+            if not self._over_limits() and not self._closing and not self._awaited:
+                # Group commit: let more rows arrive, at most max_delay (only event rows queued:
+                # until the first is due). A caller waiting on its write is not held back; writes
+                # queued meanwhile share the next transaction.
+                await self._gather(self.max_delay if self._urgent else self._until_due())
             batch = self._take_batch()
+            if not batch:  # event rows only, none due yet (or rows came meanwhile): look again
+                continue
             delay = await self._commit(batch)
             if delay and not self._closing:
                 # Only `close()` cuts the wait short: new writes, awaited or not, wait with the retry.
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._close_requested.wait(), delay)
 
+    async def _gather(self, wait: float) -> None:
+        """Wait `wait` seconds, or until the queue is full, something is awaited or the store
+        closes (`_full`); while only event rows wait, a new urgent row also ends it (its own
+        wait is `max_delay`)."""
+        self._full.clear()
+        self._events_only = not self._urgent
+        # A timer that sets the event, not `wait_for` (a task and a timer per batch).
+        timer = asyncio.get_running_loop().call_later(wait, self._full.set)
+        try:
+            await self._full.wait()
+        finally:
+            timer.cancel()
+            self._events_only = False
+
     def _take_batch(self) -> list[_Queued]:
+        """The next batch, at most `max_rows` rows: the urgent lane, then the normal lane in
+        order, where event rows not due yet (younger than `event_delay`) stop it, unless what
+        stands behind them must go now (a flush or a delete someone awaits), too many wait, or
+        the store is closing.
+
+        Why they wait: under load a commit comes every few milliseconds (each send and each
+        reply's end awaits one), and a row taken by each of them holds one event, so 200
+        streaming sessions wrote 200 pages a commit. Left to wait, a session's events fill one
+        row, written once, its deltas down to their text (`_EventRow.params_with`)."""
         batch: list[_Queued] = []
         rows = 0
-        for lane in (self._urgent, self._queue):
-            while lane and rows < self.max_rows:
-                w = lane.popleft()
-                batch.append(w)
-                rows += w.rows
-                if w.done is not None:
-                    self._awaited -= 1
-                elif isinstance(w, _EventRow) and self._open_rows.get(w.session_id) is w:
-                    # Taken rows must not change any more. Rows left in the queue stay open: under
-                    # a backlog they keep taking their sessions' events, so the queue grows by
-                    # events per row, not by rows.
-                    del self._open_rows[w.session_id]
+        urgent = self._urgent
+        while urgent and rows < self.max_rows:
+            rows += self._taken(batch, urgent.popleft())
+        lane = self._queue
+        hold = not (self._closing or self._awaited_behind or self._queued_event_rows >= self.max_event_rows)
+        now = time.monotonic()
+        while lane and rows < self.max_rows:
+            w = lane[0]
+            if isinstance(w, _EventRow):
+                if hold and w.due > now:
+                    break
+                self._queued_event_rows -= 1
+            elif w.done is not None:
+                self._awaited_behind -= 1
+            rows += self._taken(batch, lane.popleft())
         self._queued_rows -= rows
         return batch
+
+    def _taken(self, batch: list[_Queued], w: _Queued) -> int:
+        """`w` joins `batch`; returns its rows."""
+        batch.append(w)
+        if w.done is not None:
+            self._awaited -= 1
+        elif isinstance(w, _EventRow) and self._open_rows.get(w.session_id) is w:
+            # Taken rows must not change any more. Rows left in the queue stay open: they keep
+            # taking their sessions' events, so the queue grows by events per row, not by rows.
+            del self._open_rows[w.session_id]
+        return w.rows
+
+    def _until_due(self) -> float:
+        """Seconds until the oldest waiting event row is due (the normal lane's first)."""
+        first = self._queue[0] if self._queue else None
+        if not isinstance(first, _EventRow):
+            return 0.001
+        return max(first.due - time.monotonic(), 0.001)
 
     async def _commit(self, batch: list[_Queued]) -> float:
         """Commit `batch`; on failure roll it back whole and answer its awaited writes with the
@@ -729,6 +792,7 @@ class SqliteStore(Store):
             row.events.append((type_, ts, data_json))
             return
         row = _EventRow(session_id, seq, type_, ts, data_json)
+        row.due = time.monotonic() + self.event_delay
         self._enqueue(row)
         self._open_rows[session_id] = row
 

@@ -179,7 +179,7 @@ async def test_a_row_taken_by_a_batch_is_not_appended_to(store: SqliteStore, db_
 async def test_under_a_backlog_rows_left_queued_keep_taking_events(db_path: Path) -> None:
     """A batch takes only `max_rows` rows; a row it leaves in the queue still grows, so a backlog
     grows by events per row, not by one row per session per batch."""
-    store = SqliteStore(db_path, max_rows=2)
+    store = SqliteStore(db_path, max_rows=2, event_delay=0)
     await store.open()
     try:
         for sid in ("ses_a", "ses_b", "ses_c"):
@@ -400,6 +400,50 @@ async def test_awaited_writes_are_readable_when_they_return(store: SqliteStore) 
              "permission_class": "read", "decision": "allow", "reason": "test", "ts": t}
     await store.add_audit(audit)
     assert await store.list_audit("ses_a") == [{k: v for k, v in audit.items() if k != "session_id"}]
+
+
+async def test_event_rows_wait_out_other_commits_and_fill_up(db_path: Path) -> None:
+    """A session's event row is not taken by the commits of awaited writes (each send and each
+    reply's end awaits one): it keeps taking the session's events until it is due, then goes as
+    one row, its deltas down to their text. A flush, and closing, take it at once."""
+    store = SqliteStore(db_path, event_delay=30.0)
+    await store.open()
+    try:
+        expected = reply_events(1)
+        for seq, type_, ts, data in expected[:4]:
+            store.append_event("ses_a", seq, type_, ts, json.dumps(data, ensure_ascii=False, separators=(",", ":")))
+        await store.save_message(message("msg_1"))  # an awaited write commits at once ...
+        assert await store.get_message("msg_1") is not None
+        assert event_rows(db_path) == []  # ... without the events, which wait for more
+        store.queue_message(message("msg_2"))  # unawaited: committed within max_delay, not event_delay
+        for _ in range(500):
+            if await store.get_message("msg_2") is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert await store.get_message("msg_2") is not None and event_rows(db_path) == []
+        for seq, type_, ts, data in expected[4:]:
+            store.append_event("ses_a", seq, type_, ts, json.dumps(data, ensure_ascii=False, separators=(",", ":")))
+        await store.flush()  # what came before a flush is committed when it returns
+        assert event_rows(db_path) == [("ses_a", 1, 12, EVENT_RUN_TYPE)]
+        await check_replay(store, "ses_a", expected)
+        store.append_event("ses_a", 13, "log", 1.0, '{"message":"last"}')
+    finally:
+        await store.close()  # closing commits the waiting row
+    assert event_rows(db_path)[-1] == ("ses_a", 13, None, "log")
+
+
+async def test_due_event_rows_commit_on_their_own(db_path: Path) -> None:
+    store = SqliteStore(db_path, event_delay=0.05)
+    await store.open()
+    try:
+        store.append_event("ses_a", 1, "log", 1.0, '{"message":"alone"}')
+        for _ in range(500):
+            if event_rows(db_path):
+                break
+            await asyncio.sleep(0.01)
+        assert event_rows(db_path) == [("ses_a", 1, None, "log")]
+    finally:
+        await store.close()
 
 
 async def test_a_failed_batch_rolls_back_whole_and_its_queued_rows_are_retried(store: SqliteStore, db_path: Path) -> None:
