@@ -27,14 +27,17 @@ ALIAS = "opencode_agent"
 
 
 def load_opencode() -> None:
-    """Make the repository root importable as `opencode_agent` (as ComfyUI and the tests do)."""
-    if ALIAS in sys.modules:
+    """Make this checkout's root importable as `opencode_agent` (as ComfyUI and the tests do).
+
+    Always this checkout, never an installed copy: with `pip install -e .` done in another work
+    tree, `import opencode_agent` would find that tree, and a benchmark run from this one would
+    measure the other's code without a word (it did, for two sessions' A/B runs)."""
+    loaded = sys.modules.get(ALIAS)
+    if loaded is not None:
+        where = Path(getattr(loaded, "__file__", "") or ".").resolve().parent
+        if where != ROOT:
+            raise ImportError(f"{ALIAS} is already imported from {where}, not from this checkout ({ROOT})")
         return
-    try:
-        import opencode_agent  # noqa: F401  (installed with `pip install -e .`)
-        return
-    except ImportError:
-        pass
     spec = importlib.util.spec_from_file_location(
         ALIAS, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
     )

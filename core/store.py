@@ -534,7 +534,10 @@ class SqliteStore(Store):
                 # Group commit: let more rows arrive, at most max_delay (only event rows queued:
                 # until the first is due). A caller waiting on its write is not held back; writes
                 # queued meanwhile share the next transaction.
-                await self._gather(self.max_delay if self._urgent else self._until_due())
+                events_only = not self._urgent
+                await self._gather(self._until_due() if events_only else self.max_delay)
+                if events_only and self._urgent and not (self._awaited or self._closing or self._over_limits()):
+                    continue  # a row came while only event rows waited: it gets its own max_delay
             batch = self._take_batch()
             if not batch:  # event rows only, none due yet (or rows came meanwhile): look again
                 continue
@@ -575,11 +578,13 @@ class SqliteStore(Store):
             rows += self._taken(batch, urgent.popleft())
         lane = self._queue
         hold = not (self._closing or self._awaited_behind or self._queued_event_rows >= self.max_event_rows)
-        now = time.monotonic()
+        # Rows due within the next group-commit wait go now too: rows made a few milliseconds
+        # apart would otherwise come due, and be committed, one by one.
+        soon = time.monotonic() + self.max_delay
         while lane and rows < self.max_rows:
             w = lane[0]
             if isinstance(w, _EventRow):
-                if hold and w.due > now:
+                if hold and w.due > soon:
                     break
                 self._queued_event_rows -= 1
             elif w.done is not None:
