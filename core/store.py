@@ -568,9 +568,9 @@ class SqliteStore(Store):
         the store is closing.
 
         Why they wait: under load a commit comes every few milliseconds (each send and each
-        reply's end awaits one), and a row taken by each of them holds one event, so 200
-        streaming sessions wrote 200 pages a commit. Left to wait, a session's events fill one
-        row, written once, its deltas down to their text (`_EventRow.params_with`)."""
+        reply's end awaits one), and a row taken by each holds an event or two (at 200 streams
+        46,162 events took 35,912 rows, 8.9 MB). Left to wait, a session's events fill one row,
+        its deltas down to their text (`_EventRow.params_with`): 4,600 rows, 5.6 MB."""
         batch: list[_Queued] = []
         rows = 0
         urgent = self._urgent

@@ -328,15 +328,7 @@ async def test_a_thinking_models_tool_turns_keep_their_reasoning(chat: Any, fake
     assert "".join(p.get("text", "") for p in out["message"]["parts"]) == "It samples."
     out = await ask(ws, sid, "sure?")
     assert out["run"]["status"] == "completed", out["run"]["error"]
-    await ws.ws.close()
-    for _ in range(500):  # nobody joined and idle: the session is forgotten, then read from the store
-        if service.sessions.evict_idle(0):
-            break
-        await asyncio.sleep(0.01)
-    else:
-        raise AssertionError("the session was never unloaded")
-    ws = WsClient(await client.ws_connect("/opencode/ws"))
-    await ws.command("join", session_id=sid)
+    ws = await rejoin_from_the_store(ws, client, service, sid)
     out = await ask(ws, sid, "and now?")
     assert out["run"]["status"] == "completed", out["run"]["error"]
     asked = [r for r in fake_llm.requests if r.method == "POST"]
@@ -353,6 +345,21 @@ async def test_a_thinking_models_tool_turns_keep_their_reasoning(chat: Any, fake
 
 
 # --------------------------------------------------------------------------- words between calls
+
+
+async def rejoin_from_the_store(ws: WsClient, client: Any, service: Any, sid: str) -> WsClient:
+    """Close `ws`; once nobody has joined the idle session it is forgotten (the next use reads it
+    from the store); a new socket joins it again."""
+    await ws.ws.close()
+    for _ in range(500):
+        if service.sessions.evict_idle(0):
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the session was never unloaded")
+    again = WsClient(await client.ws_connect("/opencode/ws"))
+    await again.command("join", session_id=sid)
+    return again
 
 
 def _said(items: list[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -400,15 +407,7 @@ async def test_words_between_tool_calls_stay_where_they_streamed(chat: Any, fake
     uses = [("tool_use" if kind == "tool_call" else kind, said) for kind, said in turn]
     asked = [r for r in fake_llm.requests if r.method == "POST"]
     assert _said(asked[1].body["messages"][1]["content"]) == uses
-    await ws.ws.close()
-    for _ in range(500):  # nobody joined and idle: the session is forgotten, then read from the store
-        if service.sessions.evict_idle(0):
-            break
-        await asyncio.sleep(0.01)
-    else:
-        raise AssertionError("the session was never unloaded")
-    ws = WsClient(await client.ws_connect("/opencode/ws"))
-    await ws.command("join", session_id=sid)
+    ws = await rejoin_from_the_store(ws, client, service, sid)
     out = await ask(ws, sid, "sure?")
     assert out["run"]["status"] == "completed", out["run"]["error"]
     later = [r for r in fake_llm.requests if r.method == "POST"][-1].body["messages"]

@@ -219,16 +219,22 @@ async def test_fake_interleaved_thinking_goes_back_where_it_streamed(fake_llm: A
     events = await collect(p, ask(tools=[WEATHER]))
     calls = [ToolCallPart(id=e.id, name=e.name, arguments=e.arguments, provider_data=e.provider_data)
              for e in events if isinstance(e, ToolCallReady)]
-    history = ask().messages + [
-        ChatMessage("assistant", [TextPart(text="Checking."), *calls]),
-        ChatMessage("user", [ToolResultPart(tool_call_id=c.id, name=c.name, content="sunny") for c in calls])]
-    await collect(p, ChatRequest(model="claude-test", system="", messages=history, tools=[WEATHER]))
-    assert fake_llm.last.body["messages"][1]["content"] == [
+    assert await sent_back(p, fake_llm, [TextPart(text="Checking."), *calls]) == [
         {"type": "thinking", "thinking": "Weather, two cities. ", "signature": "c2lnMQ=="},
         {"type": "text", "text": "Checking."},
         {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},
         {"type": "thinking", "thinking": "Paris asked; now Rome.", "signature": "c2lnMg=="},
         {"type": "tool_use", "id": "toolu_2", "name": "get_weather", "input": {"city": "Rome"}}]
+
+
+async def sent_back(p: Any, fake_llm: Any, turn: list[Any]) -> list[dict[str, Any]]:
+    """The assistant content the next request sends for `turn`, its calls answered."""
+    calls = [part for part in turn if isinstance(part, ToolCallPart)]
+    history = ask().messages + [
+        ChatMessage("assistant", turn),
+        ChatMessage("user", [ToolResultPart(tool_call_id=c.id, name=c.name, content="sunny") for c in calls])]
+    await collect(p, ChatRequest(model="claude-test", system="", messages=history, tools=[WEATHER]))
+    return fake_llm.last.body["messages"][1]["content"]
 
 
 async def test_fake_words_between_calls_go_back_where_they_streamed(fake_llm: Any, http: Any,
@@ -249,12 +255,7 @@ async def test_fake_words_between_calls_go_back_where_they_streamed(fake_llm: An
         "Paris first.", "toolu_1", "Then Rome.", "toolu_2"]
     turn = [TextPart(text=e.text) if isinstance(e, TextDelta) else
             ToolCallPart(id=e.id, name=e.name, arguments=e.arguments, provider_data=e.provider_data) for e in events[:4]]
-    calls = turn[1::2]
-    history = ask().messages + [
-        ChatMessage("assistant", turn),
-        ChatMessage("user", [ToolResultPart(tool_call_id=c.id, name=c.name, content="sunny") for c in calls])]
-    await collect(p, ChatRequest(model="claude-test", system="", messages=history, tools=[WEATHER]))
-    assert fake_llm.last.body["messages"][1]["content"] == [
+    assert await sent_back(p, fake_llm, turn) == [
         {"type": "thinking", "thinking": "Two cities. ", "signature": "c2lnMQ=="},
         {"type": "text", "text": "Paris first."},
         {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},
