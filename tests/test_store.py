@@ -432,6 +432,29 @@ async def test_event_rows_wait_out_other_commits_and_fill_up(db_path: Path) -> N
     assert event_rows(db_path)[-1] == ("ses_a", 13, None, "log")
 
 
+async def test_rows_made_apart_still_commit_together(db_path: Path) -> None:
+    """Event rows made a few milliseconds apart come due as far apart: those due within the next
+    group wait go together, and a message queued while only event rows wait gets its own group
+    wait instead of a commit at once. (A probe of 20 messages and 20 event rows 5 ms apart made 31
+    commits before this was fixed; 2 without any event rows.)"""
+    store = SqliteStore(db_path, event_delay=0.25)
+    await store.open()
+    try:
+        t = time.time()
+        for i in range(20):
+            store.queue_message(message(f"msg_{i}"))
+            store.append_event(f"ses_{i % 5}", i + 1, "log", t, '{"message":"x"}')
+            await asyncio.sleep(0.005)
+        for _ in range(500):
+            if len(event_rows(db_path)) == 20:
+                break
+            await asyncio.sleep(0.01)
+        assert len(event_rows(db_path)) == 20 and await store.get_message("msg_19") is not None
+        assert store.commits <= 8, store.commits
+    finally:
+        await store.close()
+
+
 async def test_due_event_rows_commit_on_their_own(db_path: Path) -> None:
     store = SqliteStore(db_path, event_delay=0.05)
     await store.open()
