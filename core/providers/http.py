@@ -448,6 +448,10 @@ class _Watchdog:
         self.since = self.clock()
 
     def stop(self) -> None:
+        """Cancel the timer and forget `on_stall`, which points back at the inline reader that
+        points here: left set, the pair is a reference cycle that keeps the whole finished reply
+        (response, decoder, run) alive until a garbage collection."""
+        self.on_stall = None
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None

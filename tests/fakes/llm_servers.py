@@ -82,6 +82,7 @@ class Stream:
     chunks: list[bytes]
     content_type: str = "text/event-stream"
     stall_after: int | None = None
+    pause: float = 0.0  # seconds between writes: the client reads the body while it streams
 
 
 @dataclass
@@ -400,6 +401,8 @@ class FakeLLMServer:
             if script.stall_after is not None and n == script.stall_after:
                 await self._closing.wait()
                 return response
+            if n and script.pause:
+                await asyncio.sleep(script.pause)
             await response.write(chunk)
         if script.stall_after is not None and script.stall_after >= len(script.chunks):
             await self._closing.wait()
