@@ -22,7 +22,9 @@ waits in the queue join that row (up to `max_events_per_row`), `seq` .. `seq_end
 and data a JSON array of `[ts, type, data]` joined from the already encoded texts (a single event
 keeps its own type and data, `seq_end` NULL). A backlog thus grows by events per row rather than
 by rows. `events_after` expands rows back into the events they hold. A seq stored twice keeps the
-first row that starts at it (INSERT OR IGNORE), as before; the bus never reuses a seq.
+first row that starts at it (INSERT OR IGNORE on the unique `events_by_session` index), as before;
+the bus never reuses a seq. Rows are kept in arrival order (schema v5): a commit appends them at
+the table's end instead of into one B-tree leaf per streaming session.
 Imports protocol, errors and migrations; never the bus.
 """
 
@@ -201,7 +203,7 @@ VALUES (:session_id, :run_id, :request_id, :skill, :tool, :permission_class, :de
 """
 _MESSAGE_COLUMNS = "body, id, session_id, role, skill, run_id, status, parts, usage, error, created_at, updated_at"
 # The first row to read for the events after `after_seq`: the one holding it (or the last one
-# before it), since `after_seq` may fall inside a coalesced row. One range scan of the primary key.
+# before it), since `after_seq` may fall inside a coalesced row. One range scan of `events_by_session`.
 _EVENTS_AFTER = """
 SELECT seq, seq_end, type, ts, data FROM events
 WHERE session_id=? AND seq >= COALESCE((SELECT MAX(seq) FROM events WHERE session_id=? AND seq<=?), 0)

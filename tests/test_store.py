@@ -246,7 +246,7 @@ async def test_a_v1_database_migrates_and_reads_back(db_path: Path) -> None:
     await store.open()
     try:
         with sqlite3.connect(db_path) as conn:
-            assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 4
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 5
         await check_replay(store, "ses_a", old)
         await check_replay(store, "ses_b", [odd_event(9)])
         # New rows (coalesced, after a restart gap) follow the old ones.
@@ -257,6 +257,56 @@ async def test_a_v1_database_migrates_and_reads_back(db_path: Path) -> None:
         assert [(r[1], r[2]) for r in event_rows(db_path, "ses_a")] == [(1, None), (2, None), (3, None),
                                                                         (4, None), (5, None), (20, 29)]
         await check_replay(store, "ses_a", old + new)
+    finally:
+        await store.close()
+
+
+async def test_a_v4_event_log_moves_to_arrival_order_and_replays_the_same(db_path: Path, tmp_path: Path) -> None:
+    # A v4 file as the previous Opencode wrote it: rows keyed by (session_id, seq), several
+    # events to a row with compact deltas, two sessions interleaved.
+    first = SqliteStore(tmp_path / "scratch.sqlite3")
+    await first.open()
+    try:
+        a = [odd_event(s) for s in range(1, 40)]
+        b = [odd_event(s) for s in range(1, 7)]
+        for ev_a, ev_b in zip(a, b + [None] * len(a)):
+            append(first, "ses_a", ev_a)
+            if ev_b is not None:
+                append(first, "ses_b", ev_b)
+        await first.flush()
+        with sqlite3.connect(tmp_path / "scratch.sqlite3") as conn:
+            rows = conn.execute("SELECT session_id, seq, seq_end, type, ts, data FROM events").fetchall()
+    finally:
+        await first.close()
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        for step in MIGRATIONS[:4]:
+            step(conn)
+        conn.execute("PRAGMA user_version = 4")
+        conn.executemany("INSERT INTO events (session_id, seq, seq_end, type, ts, data) VALUES (?, ?, ?, ?, ?, ?)", rows)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+    store = SqliteStore(db_path)
+    await store.open()
+    try:
+        with sqlite3.connect(db_path) as conn:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
+            plan = " ".join(r[-1] for r in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT seq FROM events WHERE session_id='ses_a' AND seq > 3"))
+            assert "events_by_session" in plan, plan
+        assert sorted(event_rows(db_path)) == sorted((r[0], r[1], r[2], r[3]) for r in rows)
+        await check_replay(store, "ses_a", a)
+        await check_replay(store, "ses_b", b)
+        # After the move: a row starting at a stored row's seq is still ignored, a new row follows.
+        store.append_event("ses_b", 1, "log", 9.0, '{"v":"again"}')
+        await store.flush()
+        append(store, "ses_b", odd_event(7))
+        await store.flush()
+        await check_replay(store, "ses_b", b + [odd_event(7)])
+        assert store.failed_batches == 0
     finally:
         await store.close()
 
