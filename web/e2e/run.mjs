@@ -719,6 +719,39 @@ describe("inside a (fake) ComfyUI canvas", () => {
     await ctx.close();
   });
 
+  scenario("a profile added in the sidebar's panel is in the node's provider menu and dialog", async () => {
+    const ctx = await browser.newContext({ viewport: { width: 1400, height: 800 } });
+    const page = await openPage(ctx, `${comfy.url}/?skills=echo`);
+    await page.evaluate(() => {
+      const side = document.createElement("div");
+      side.id = "side";
+      side.style.cssText = "position:fixed;left:0;top:36px;bottom:0;width:440px;z-index:50;";
+      document.body.appendChild(side);
+      window.fakeComfy.sidebarTabs[0].render(side);
+    });
+    const side = page.locator("#side");
+    const node = page.locator(".node[data-node-type=OpencodeAgent]");
+    for (const root of [side, node]) await root.locator("[data-testid=opencode-panel][data-phase=ready]").waitFor({ timeout: T });
+    const name = `side-${Date.now()}`;
+    await side.getByRole("button", { name: "Providers" }).click();
+    await side.locator(".oc-dialog").getByRole("button", { name: "Custom…" }).click();
+    const form = side.locator("[data-testid=provider-form]");
+    await form.locator("[name=name]").fill(name);
+    await form.locator("[name=base_url]").fill("http://127.0.0.1:1234/v1");
+    await form.locator("[name=default_model]").fill("local-model");
+    await form.locator("button[type=submit]").click();
+    await side.locator(`.oc-provider[data-provider="${name}"]`).waitFor({ timeout: T });
+
+    const menu = node.locator("select[aria-label=Provider]");
+    assert.equal(await menu.locator(`option[value="${name}"]`).count(), 0); // the node's panel read the profiles before
+    await menu.focus();
+    await menu.locator(`option[value="${name}"]`).waitFor({ state: "attached", timeout: T });
+    await node.getByRole("button", { name: "Providers" }).click();
+    await node.locator(`.oc-dialog .oc-provider[data-provider="${name}"]`).waitFor({ timeout: T });
+    await api(oc.url, "DELETE", `/opencode/providers/${name}`);
+    await ctx.close();
+  });
+
   scenario("the sidebar tab and the node keep their keys, and the focus never falls out of the panel", async () => {
     const ctx = await browser.newContext({ viewport: { width: 1400, height: 800 } });
     const page = await openPage(ctx, `${comfy.url}/?skills=echo`);

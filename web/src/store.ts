@@ -312,6 +312,40 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     presets.value = list.presets ?? [];
   }
 
+  // Counts this panel's own changes of the profiles: a listing read while one was made may
+  // predate it, and is then not shown (the change already is).
+  let profileChanges = 0;
+  let providersReading: Promise<void> | null = null;
+
+  /** Read the profiles again, quietly: another panel (the sidebar's beside a node's, another tab, a
+   * script with curl) may have added, changed or removed one since this one loaded them. Called
+   * when the provider dialog opens, the provider menu is focused, and the window comes back into
+   * focus. A profile whose revision moved has its model list read again; a form open on it keeps
+   * what was typed and takes the rest as it is now (`rebase`), so saving it applies only the
+   * person's edits, as after a refused save. */
+  function refreshProviders(): Promise<void> {
+    providersReading ??= (async () => {
+      const changes = profileChanges;
+      try {
+        const list = await client.providers();
+        if (changes !== profileChanges) return;
+        const before = new Map(providers.value.map((p) => [p.name, p.revision]));
+        providers.value = list.providers;
+        presets.value = list.presets ?? [];
+        for (const [name, revision] of before) {
+          const now = list.providers.find((p) => p.name === name);
+          if (!now) dropModels(name);
+          else if (now.revision !== revision) forgetModels(name);
+        }
+      } catch {
+        // quiet: the profiles stay as shown, and the next refresh or change says what is wrong
+      } finally {
+        providersReading = null;
+      }
+    })();
+    return providersReading;
+  }
+
   async function loadSessions(): Promise<void> {
     const changes = listChanges;
     const list = (await client.listSessions()).sessions;
@@ -555,6 +589,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   // ------------------------------------------------------------------ providers and token
 
   async function saveKey(provider: string, key: string): Promise<boolean> {
+    profileChanges += 1;
     try {
       const profile = await client.setProviderKey(provider, key);
       providers.value = providers.value.map((p) => (p.name === provider ? profile : p));
@@ -568,6 +603,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   }
 
   async function removeKey(provider: string): Promise<void> {
+    profileChanges += 1;
     try {
       await client.deleteProviderKey(provider);
       await loadProviders();
@@ -579,6 +615,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   }
 
   async function addProvider(preset: ProviderProfile): Promise<void> {
+    profileChanges += 1;
     try {
       const created = await client.createProvider({
         name: preset.name,
@@ -611,6 +648,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
    * the panel shows it as it is now, and a form left open (what was typed stays) saves onto that.
    * A profile that cannot be read (deleted meanwhile) stays as shown: its next change says why. */
   async function reloadProfile(name: string): Promise<void> {
+    profileChanges += 1;
     try {
       const fresh = await client.provider(name);
       providers.value = providers.value.map((p) => (p.name === name ? fresh : p));
@@ -622,6 +660,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
 
   /** A profile typed in the provider dialog (never a key: that goes to the key route alone). */
   async function createProfile(body: ProviderCreate): Promise<FormOutcome> {
+    profileChanges += 1;
     try {
       const created = await client.createProvider(body);
       providers.value = [...providers.value.filter((p) => p.name !== created.name), created];
@@ -636,6 +675,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   /** A profile's base URL and default model, or its declared models (`models` replaces the whole
    * table): its model list, whose caps may have changed, is read again. */
   async function updateProfile(name: string, patch: ProviderPatch): Promise<FormOutcome> {
+    profileChanges += 1;
     try {
       const updated = await client.patchProvider(name, patch, revisionOf(name));
       providers.value = providers.value.map((p) => (p.name === name ? updated : p));
@@ -649,6 +689,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   }
 
   async function deleteProfile(name: string): Promise<boolean> {
+    profileChanges += 1;
     try {
       await client.deleteProvider(name, revisionOf(name));
       providers.value = providers.value.filter((p) => p.name !== name);
@@ -669,7 +710,11 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     await start();
   }
 
+  const onWindowFocus = () => void refreshProviders();
+  globalThis.addEventListener?.("focus", onWindowFocus);
+
   function dispose(): void {
+    globalThis.removeEventListener?.("focus", onWindowFocus);
     offEvent();
     offState();
     client.close();
@@ -679,7 +724,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     client, connection, server, needsToken, skills, providers, presets, models, sessions, chat, loading,
     notices, sent, outbox, answering, protocolMismatch, session, roles, running, busy, skillById,
     start, ensureModels, openSession, newSession, loadEarlier, configure, renameSession, deleteSession, send, stop, retry,
-    replyPermission, answerProposal, saveKey, removeKey, addProvider, createProfile, updateProfile, deleteProfile, useToken, loadSessions, followSessions, notify, dismiss, dispose,
+    replyPermission, answerProposal, saveKey, removeKey, addProvider, createProfile, updateProfile, deleteProfile, refreshProviders, useToken, loadSessions, followSessions, notify, dismiss, dispose,
   };
 });
 

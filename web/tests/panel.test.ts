@@ -6,7 +6,7 @@ import { setLocale } from "../src/i18n";
 import { defaultRoutes, makeDeps, memoryBinding, mountWith } from "./harness";
 import { FakeSocket } from "./fakes";
 import { ev, message, reply, run, session, SID, snapshot } from "./fixtures";
-import type { ModelCaps } from "../src/protocol";
+import type { ModelCaps, ProviderProfile } from "../src/protocol";
 
 const OPENAI = { name: "openai", kind: "openai", base_url: "https://api.example/v1", default_model: "m1", key_env: null, models: {}, extra: {}, has_key: false, key_hint: null };
 
@@ -1210,6 +1210,23 @@ describe("changing the session's setup", () => {
     expect(ticked("Echo")).toBe(true);
   });
 
+  it("the provider menu, focused, lists a profile another panel added since", async () => {
+    const routes = defaultRoutes();
+    const listed = routes["GET /opencode/providers"];
+    let added = false;
+    routes["GET /opencode/providers"] = (body) => {
+      const [status, list] = listed(body) as [number, { providers: ProviderProfile[] }];
+      return [status, added ? { ...list, providers: [...list.providers, { ...list.providers[0], name: "lmstudio" }] } : list];
+    };
+    const { w } = await started([routes]);
+    const options = () => w.find("select[aria-label=Provider]").findAll("option").map((o) => o.attributes("value"));
+    expect(options()).toEqual(["", "openai"]);
+    added = true; // in the sidebar's panel, say
+    await w.find("select[aria-label=Provider]").trigger("focus");
+    await flushPromises();
+    expect(options()).toEqual(["", "openai", "lmstudio"]);
+  });
+
   it("a refused provider change puts the select back on the session's provider", async () => {
     const { w, ws, toasts } = await started();
     const select = w.find("select[aria-label=Provider]");
@@ -1530,6 +1547,66 @@ describe("provider profiles in the provider dialog", () => {
     expect(ifMatch("DELETE")).toEqual(['"r3"']);
     expect(sections(w)).toEqual(["openai"]); // not deleted
     expect(toasts.at(-1)).toBe(`Something went wrong: ${message}`);
+  });
+
+  it("opening shows the profiles as they are now: added, changed or removed by another panel", async () => {
+    const routes = defaultRoutes();
+    routes["GET /opencode/sessions/ses_1"] = () => [200, session({ provider: "openai" })];
+    let listing = { providers: [{ ...openai, revision: "r1" }, { ...openai, name: "old", revision: "o1" }], presets: [] };
+    routes["GET /opencode/providers"] = () => [200, listing];
+    const { w, ws, transport } = await started([routes]);
+    ws.receive(snapshot({ session: session({ last_seq: 2, provider: "openai" }) }));
+    await flushPromises();
+    const modelReads = () => transport.calls.filter((c) => c.path === "/opencode/providers/openai/models").length;
+    const before = modelReads();
+    // Meanwhile, the sidebar's panel (or a script) added one, changed one and removed one.
+    listing = { providers: [{ ...openai, base_url: "https://moved.example/v1", revision: "r2" }, { ...openai, name: "ollama", base_url: "http://127.0.0.1:11434", revision: "n1" }], presets: [] };
+    await w.find("[aria-label=Providers]").trigger("click");
+    await flushPromises();
+    expect(sections(w)).toEqual(["openai", "ollama"]);
+    expect(w.find("[data-provider=openai]").text()).toContain("https://moved.example/v1");
+    expect(modelReads()).toBe(before + 1); // its caps may have changed with it
+  });
+
+  it("a form open on a profile changed elsewhere takes the change where nothing was typed (window refocused)", async () => {
+    const routes = defaultRoutes();
+    let listing = { providers: [{ ...openai, revision: "r1" }], presets: [] };
+    routes["GET /opencode/providers"] = () => [200, listing];
+    routes["PATCH /opencode/providers/openai"] = (body) => [200, { ...openai, default_model: "from-a-script", ...(body as object), revision: "r3" }];
+    const { w, transport } = await dialog(routes);
+    await w.find("[aria-label='Edit openai']").trigger("click");
+    await field(w, "base_url").setValue("https://proxy.example/v1");
+    listing = { providers: [{ ...openai, default_model: "from-a-script", revision: "r2" }], presets: [] };
+    window.dispatchEvent(new Event("focus")); // back from the tab where it was changed
+    await flushPromises();
+    expect((field(w, "base_url").element as HTMLInputElement).value).toBe("https://proxy.example/v1"); // typed: kept
+    expect((field(w, "default_model").element as HTMLInputElement).value).toBe("from-a-script"); // not typed: as it is now
+    await form(w).trigger("submit");
+    await flushPromises();
+    const patch = transport.calls.filter((c) => c.method === "PATCH").at(-1)!;
+    expect([patch.headers["If-Match"], patch.body]).toEqual(['"r2"', { base_url: "https://proxy.example/v1", default_model: "from-a-script" }]);
+  });
+
+  it("a listing read while this panel changed a profile does not undo the change", async () => {
+    const routes = defaultRoutes();
+    routes["GET /opencode/providers"] = () => [200, { providers: [{ ...openai, revision: "r1" }], presets: [] }];
+    routes["PATCH /opencode/providers/openai"] = (body) => [200, { ...openai, ...(body as object), revision: "r2" }];
+    let release!: () => void;
+    let holding = false;
+    const { w } = await started([routes], (made) => {
+      release = holdRequests(made, (path, init) => holding && path === "/opencode/providers" && (init.method ?? "GET") === "GET");
+    });
+    holding = true;
+    await w.find("[aria-label=Providers]").trigger("click"); // its listing is slow to come
+    await flushPromises();
+    await w.find("[aria-label='Edit openai']").trigger("click");
+    await field(w, "default_model").setValue("m2");
+    await form(w).trigger("submit");
+    await flushPromises();
+    release();
+    await flushPromises();
+    await w.find("[aria-label='Edit openai']").trigger("click");
+    expect((field(w, "default_model").element as HTMLInputElement).value).toBe("m2");
   });
 
   it("deletes a profile only after a confirm", async () => {
