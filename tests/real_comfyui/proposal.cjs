@@ -136,7 +136,7 @@ const snapshot = (page) => page.evaluate(async () => {
   });
   const page = await browser.newPage({ viewport: { width: 2000, height: 1250 } });
   const problems = [];
-  page.on("pageerror", (e) => problems.push(`pageerror: ${e.message}`));
+  page.on("pageerror", (e) => problems.push(`pageerror: ${e.message} @ ${(e.stack || "").split("\n").slice(0, 8).join(" < ")}`));
   const failures = [];
   const check = (ok, what) => {
     if (!ok) failures.push(what);
