@@ -10,13 +10,17 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import secrets
 import threading
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 from .core.config import Config
+from .core.errors import OpencodeError
+from .core.service import OpencodeService
+from .core.trust import TrustPolicy
 from .node import NodeBridge, OpencodeAgent
-from .routes import SERVICE, mount_lifecycle, register_routes, service_context
+from .routes import SERVICE, START_FAILURE, TRUST, mount_lifecycle, not_serving, register_routes, service_context
 from .wiring import inside_comfyui
 
 log = logging.getLogger("opencode.mount")
@@ -38,8 +42,9 @@ def mount(server: Any) -> None:
     config = Config(data_dir=comfyui_data_dir())
     wiring = inside_comfyui(config, server)
     register_routes(server.routes)
-    mount_lifecycle(server.app, closed_at_exit(service_context(config, wiring.skill_factories(), wiring.image_loader())))
-    OpencodeAgent.bridge = NodeBridge(loop=server.loop, service=lambda: server.app[SERVICE],
+    context = service_context(config, wiring.skill_factories(), wiring.image_loader())
+    mount_lifecycle(server.app, survive_start_failure(closed_at_exit(context)))
+    OpencodeAgent.bridge = NodeBridge(loop=server.loop, service=lambda: service_in(server.app),
                                       check_interrupt=check_interrupt)
     log.info("Opencode %s mounted under /opencode (data in %s)", _version(), config.data_dir)
 
@@ -47,6 +52,60 @@ def mount(server: Any) -> None:
 CLOSE_AT_EXIT_TIMEOUT = 10.0
 
 Context = Callable[[Any], AsyncIterator[None]]
+
+
+def survive_start_failure(context: Context) -> Context:
+    """Wrap a `cleanup_ctx` entry so that a service that cannot start leaves ComfyUI running.
+
+    Why: an exception from a `cleanup_ctx` at start-up stops ComfyUI's server, so an Opencode
+    that could not open its data (a second ComfyUI on the same user directory, one GPU each,
+    finds it locked by the first; a corrupt or newer database; a full disk) took the whole of
+    ComfyUI down with it. Now the failure is logged once, with what to do, and kept on the app:
+    `/opencode/*` answers 503 with it, the node raises it, and the rest of ComfyUI works.
+    """
+
+    async def guarded(app: Any) -> AsyncIterator[None]:
+        inner = context(app)
+        try:
+            await inner.__anext__()
+        except Exception as exc:  # noqa: BLE001 - whatever it is, ComfyUI must go on
+            failure = _with_hint(exc if isinstance(exc, OpencodeError) else OpencodeError(
+                f"{type(exc).__name__}: {exc}", code="start_failed"))
+            app[START_FAILURE] = failure
+            # A token nobody has: a remote client is refused (401) before it learns local paths.
+            app[TRUST] = TrustPolicy(token=secrets.token_urlsafe(32))
+            log.error("Opencode is off in this ComfyUI: %s (the rest of ComfyUI runs; fix the cause and "
+                      "restart ComfyUI)", failure.message)
+            yield
+            return
+        try:
+            yield
+        finally:
+            await inner.aclose()
+
+    return guarded
+
+
+# What a person does about a failure that is ComfyUI's to fix (the core does not know its host).
+_HINTS = {
+    "data_dir_in_use": "each ComfyUI that shares this install needs its own --user-directory, or stop the other one",
+}
+
+
+def _with_hint(failure: OpencodeError) -> OpencodeError:
+    hint = _HINTS.get(failure.code)
+    if hint is None:
+        return failure
+    return OpencodeError(f"{failure.message}: {hint}", code=failure.code, status=failure.status,
+                         details=failure.details)
+
+
+def service_in(app: Any) -> OpencodeService:
+    """The node's way to the service: the service, or why there is none (a clear error)."""
+    try:
+        return app[SERVICE]
+    except KeyError:
+        raise not_serving(app) from None
 
 
 def closed_at_exit(context: Context, register: Callable[[Callable[[], None]], None] | None = None) -> Context:

@@ -36,6 +36,9 @@ log = logging.getLogger("opencode.routes")
 
 SERVICE = web.AppKey("opencode_service", OpencodeService)
 TRUST = web.AppKey("opencode_trust", TrustPolicy)
+# Why the service did not start, in a host that keeps serving without it (ComfyUI: see
+# `comfy_mount.survive_start_failure`); every route that needs the service answers with it.
+START_FAILURE = web.AppKey("opencode_start_failure", OpencodeError)
 # The open WebSockets, closed with "going away" when the app shuts down (see `close_sockets`).
 SOCKETS = web.AppKey("opencode_sockets", weakref.WeakSet)
 # The open SSE streams, ended with `event: dropped` when the app shuts down.
@@ -139,14 +142,24 @@ def service_of(request: web.Request) -> OpencodeService:
     try:
         return request.app[SERVICE]
     except KeyError:
-        raise OpencodeError("Opencode is still starting; try again in a moment", code="starting", status=503) from None
+        raise not_serving(request.app) from None
 
 
 def trust_of(request: web.Request) -> TrustPolicy:
     try:
         return request.app[TRUST]
     except KeyError:
-        raise OpencodeError("Opencode is still starting; try again in a moment", code="starting", status=503) from None
+        raise not_serving(request.app) from None
+
+
+def not_serving(app: web.Application) -> OpencodeError:
+    """Why there is no service to answer with: it failed to start (and says why), or it is still
+    starting."""
+    failure = app.get(START_FAILURE)
+    if failure is not None:
+        return OpencodeError(f"Opencode did not start in this server: {failure.message}", code=failure.code,
+                             status=503, details=failure.details)
+    return OpencodeError("Opencode is still starting; try again in a moment", code="starting", status=503)
 
 
 def path_id(request: web.Request, name: str = "id") -> str:
