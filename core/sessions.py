@@ -214,6 +214,9 @@ class SessionManager:
             raise
         finally:
             self._loading.pop(session_id, None)
+            # A failure's traceback keeps this frame, whose `future` holds the failure: a cycle
+            # that only the garbage collector would free (one per 404 of an unknown session).
+            del future
 
     def _recall_sends(self, live: _Live) -> None:
         """Remember the loaded messages' sends by their `client_id`, with the runs that answered

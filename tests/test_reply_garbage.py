@@ -126,3 +126,32 @@ async def test_tool_rounds_failures_and_stops_leave_no_cycle(client: Any, fake_l
     stopped = (await ws.until(run_final(sent["data"]["run_id"])))["data"]["run"]
     assert stopped["status"] == "aborted", json.dumps(stopped)
     assert_no_cycles()
+
+
+async def test_sockets_streams_and_routes_leave_no_cycle(client: Any, fake_llm: FakeLLMServer, no_collector: Any) -> None:
+    sid, ws = await chat(client, fake_llm, "openai")
+    fake_llm.push(paced("openai", Reply("warm up")))
+    assert (await reply(ws, sid, "first"))["status"] == "completed"
+    await ws.ws.close()
+    cyclic_opencode_garbage()
+
+    for n in range(3):
+        # A panel's life: connect, follow the chat and the list, leave, close.
+        other = WsClient(await client.ws_connect("/opencode/ws"))
+        await other.command("join", session_id=sid, panel=True, after_seq=0)
+        await other.command("sessions.join")
+        await other.command("sessions.leave")
+        await other.command("leave", session_id=sid)
+        await other.ws.close()
+        # A script's calls: list, read, page, rename, an error, an SSE reply.
+        for path in ("/opencode/sessions", f"/opencode/sessions/{sid}", f"/opencode/sessions/{sid}/messages?limit=5",
+                     "/opencode/providers", "/opencode/skills", "/opencode/sessions/ses_nope"):
+            assert (await client.get(path)).status in (200, 404)
+        assert (await client.patch(f"/opencode/sessions/{sid}", json={"title": f"renamed {n}"})).status == 200
+        refused = await client.post(f"/opencode/sessions/{sid}/messages", json={"text": "@nobody hi", "client_id": f"c{n}"})
+        assert refused.status == 400, await refused.text()
+        fake_llm.push(paced("openai", Reply(f"over SSE {n}")))
+        streamed = await client.post(f"/opencode/sessions/{sid}/messages", json={"text": f"sse {n}"},
+                                     headers={"Accept": "text/event-stream"})
+        assert streamed.status == 200 and "event: run.status" in await streamed.text()
+    assert_no_cycles()
