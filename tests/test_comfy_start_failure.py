@@ -8,6 +8,7 @@ locked by the first and did not start at all. Each test mounts the real service 
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -91,6 +92,18 @@ async def test_a_database_that_is_not_one(aiohttp_client: Any, tmp_path: Path) -
     (data / "opencode.sqlite3").unlink()
     again = await aiohttp_client(comfyui_like_app(data))
     assert (await again.get("/opencode/sessions")).status == 200
+
+
+async def test_a_database_from_a_newer_opencode(aiohttp_client: Any, tmp_path: Path) -> None:
+    """Going back to an older Opencode (a `git checkout` of an older tag) must not stop ComfyUI."""
+    data = tmp_path / "opencode"
+    data.mkdir()
+    with sqlite3.connect(data / "opencode.sqlite3") as conn:
+        conn.execute("PRAGMA user_version = 99")
+    client = await aiohttp_client(comfyui_like_app(data))
+    error = (await (await client.get("/opencode/sessions")).json())["error"]
+    assert error["code"] == "start_failed"
+    assert "database schema v99 is newer than this Opencode" in error["message"] and "upgrade Opencode" in error["message"]
 
 
 async def test_outside_comfyui_a_failed_start_still_stops_the_server(tmp_path: Path) -> None:
