@@ -16,6 +16,10 @@ log = logging.getLogger("opencode.store")
 Migration = Callable[[sqlite3.Connection], None]
 
 
+class NewerSchema(RuntimeError):
+    """The file was written by a newer Opencode; reading it could misread it."""
+
+
 def m001_initial(db: sqlite3.Connection) -> None:
     _run_script(
         db,
@@ -131,7 +135,7 @@ def migrate(db: sqlite3.Connection) -> int:
     """Bring `db` to the newest schema; returns the resulting version."""
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version > len(MIGRATIONS):
-        raise RuntimeError(
+        raise NewerSchema(
             f"database schema v{version} is newer than this Opencode (v{len(MIGRATIONS)}); upgrade Opencode"
         )
     if 0 < version < len(MIGRATIONS):

@@ -47,8 +47,8 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 import aiosqlite
 from pydantic import TypeAdapter
 
-from .errors import StoreUnavailable
-from .migrations import migrate
+from .errors import OpencodeError, StoreUnavailable
+from .migrations import NewerSchema, migrate
 from .protocol import Event, Message, Session, model_json
 
 _encode_str: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
@@ -432,10 +432,25 @@ class SqliteStore(Store):
         try:
             self._writer_db = await self._on_writer_thread(self._open_writer)
             self._reader_db = await self._connect_reader()
+        except sqlite3.DatabaseError as exc:
+            await self._close_connections()
+            raise self._unreadable(exc) from exc
+        except NewerSchema as exc:
+            await self._close_connections()
+            raise OpencodeError(f"the database {self.path} is from a newer Opencode ({exc})",
+                                code="database_too_new") from exc
         except BaseException:
             await self._close_connections()
             raise
         self._task = asyncio.get_running_loop().create_task(self._write_loop(), name="opencode-store-writer")
+
+    def _unreadable(self, exc: sqlite3.DatabaseError) -> OpencodeError:
+        """A database that cannot be opened, as what to do about it. Why: "file is not a
+        database" names neither the file nor a way out."""
+        if isinstance(exc, sqlite3.OperationalError):  # locked, read-only, full, no such directory
+            return StoreUnavailable(f"cannot open the database {self.path}: {_describe_sqlite_error(exc)}")
+        return OpencodeError(f"the database {self.path} cannot be read ({exc}): it is damaged or not Opencode's; "
+                             "move it aside and start again (Opencode makes a new one)", code="database_unreadable")
 
     def _open_writer(self) -> sqlite3.Connection:
         """On the writer thread: create the file, migrate it, and keep the connection."""

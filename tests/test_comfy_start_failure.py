@@ -86,8 +86,10 @@ async def test_a_database_that_is_not_one(aiohttp_client: Any, tmp_path: Path) -
     answer = await client.get("/opencode/sessions")
     assert answer.status == 503
     error = (await answer.json())["error"]
-    assert error["code"] == "start_failed"
-    assert "file is not a database" in error["message"]
+    assert error["code"] == "database_unreadable"
+    assert error["message"] == (f"Opencode did not start in this server: the database {data / 'opencode.sqlite3'} cannot "
+                                "be read (file is not a database): it is damaged or not Opencode's; move it aside and "
+                                "start again (Opencode makes a new one)")
     # Nothing was left holding the directory: fixed and restarted, it starts.
     (data / "opencode.sqlite3").unlink()
     again = await aiohttp_client(comfyui_like_app(data))
@@ -102,8 +104,9 @@ async def test_a_database_from_a_newer_opencode(aiohttp_client: Any, tmp_path: P
         conn.execute("PRAGMA user_version = 99")
     client = await aiohttp_client(comfyui_like_app(data))
     error = (await (await client.get("/opencode/sessions")).json())["error"]
-    assert error["code"] == "start_failed"
-    assert "database schema v99 is newer than this Opencode" in error["message"] and "upgrade Opencode" in error["message"]
+    assert error["code"] == "database_too_new"
+    assert error["message"] == (f"Opencode did not start in this server: the database {data / 'opencode.sqlite3'} is from "
+                                "a newer Opencode (database schema v99 is newer than this Opencode (v5); upgrade Opencode)")
 
 
 async def test_outside_comfyui_a_failed_start_still_stops_the_server(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator
 
 import pytest
 
-from opencode_agent.core.errors import StoreUnavailable
+from opencode_agent.core.errors import OpencodeError, StoreUnavailable
 from opencode_agent.core.migrations import MIGRATIONS, m001_initial
 from opencode_agent.core.protocol import Message, PartList, Session, TextPart, Usage
 from opencode_agent.core.store import EVENT_RUN_TYPE, MAX_ATTEMPTS, SqliteStore
@@ -372,9 +372,19 @@ async def test_a_database_newer_than_the_code_is_refused(db_path: Path) -> None:
     conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
     conn.close()
     store = SqliteStore(db_path)
-    with pytest.raises(RuntimeError, match="newer"):
+    with pytest.raises(OpencodeError, match="is from a newer Opencode .*upgrade Opencode") as refused:
         await store.open()
+    assert refused.value.code == "database_too_new"
     assert store._writer is None  # noqa: SLF001 - its thread was shut down
+
+
+async def test_a_file_that_is_no_database_is_named_with_a_way_out(db_path: Path) -> None:
+    db_path.write_bytes(b"a text file, not SQLite" * 100)
+    store = SqliteStore(db_path)
+    with pytest.raises(OpencodeError, match=f"the database {db_path} cannot be read .*move it aside") as refused:
+        await store.open()
+    assert refused.value.code == "database_unreadable"
+    assert store._writer is None  # noqa: SLF001
 
 
 # --------------------------------------------------------------------------- the writer
