@@ -201,6 +201,8 @@ class _Room:
         self.last_publish = time.time()
         # Joins reading their snapshot (the list room's): the room counts as followed meanwhile.
         self.joining = 0
+        # Stored events up to this seq are gone or going (`InProcessBus._prune`).
+        self.pruned_through = 0
 
     def ring_first_seq(self) -> int:
         # Every publish appends one text and adds one to last_seq, so the ring is contiguous.
@@ -305,7 +307,24 @@ class InProcessBus(Bus):
     def publish(self, session_id: str, type_: str, data: BaseModel | dict[str, Any]) -> int:
         # A model encodes itself (pydantic's serializer, compact UTF-8 JSON like `encode_data`).
         data_json = model_json(data) if isinstance(data, BaseModel) else encode_data(data)
-        return self.publish_json(session_id, type_, data_json)
+        seq = self.publish_json(session_id, type_, data_json)
+        # Here, not per token: every reply publishes a few events through this path.
+        room = self._rooms[session_id]
+        if seq - room.pruned_through > 2 * self.replay_max_events and session_id != SESSIONS_ROOM:
+            self._prune(room, seq)
+        return seq
+
+    def _prune(self, room: _Room, seq: int) -> None:
+        """Drop the stored events no rejoin can ask for any more: one further back than
+        `replay_max_events` gets a resync (`_replay_from_store`), and `last_seq` only grows.
+
+        Why: the messages hold what was said; the event log is only there to replay a rejoining
+        client's gap, yet it kept every token of every reply forever (a chat's log grew by tens of
+        KB a reply). Once a session has twice the window, the older half goes, in one queued
+        statement: about one DELETE per `replay_max_events` events. A room loaded after a restart
+        starts past `RESTART_SEQ_GAP`, so its first prune takes everything from before."""
+        room.pruned_through = seq - self.replay_max_events
+        self.store.prune_events(room.session_id, room.pruned_through)
 
     def publish_if_followed(self, session_id: str, type_: str, make: Callable[[], BaseModel]) -> None:
         """Why: every send tells the list room that its chat moved up, and usually no panel has

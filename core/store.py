@@ -114,6 +114,11 @@ class Store(ABC):
         """Queue an event (its data already JSON) for the log: group-committed, never awaited."""
 
     @abstractmethod
+    def prune_events(self, session_id: str, through_seq: int) -> None:
+        """Queue the removal of the session's events up to `through_seq` (never awaited): the
+        bus replays only the last `replay_max_events`, so older ones are never read again."""
+
+    @abstractmethod
     async def events_after(self, session_id: str, after_seq: int, limit: int) -> list[Event]: ...
 
     @abstractmethod
@@ -196,6 +201,9 @@ _DELETE_SESSION = _Statements(
 )
 _INSERT_EVENTS = _Insert("INSERT OR IGNORE INTO events (session_id, seq, seq_end, type, ts, data) VALUES ",
                         "(?, ?, ?, ?, ?, ?)")
+# Rows wholly at or below a seq (`seq <= ?` bounds the index range; a row of several events goes
+# once its last one is old enough).
+_PRUNE_EVENTS = "DELETE FROM events WHERE session_id=? AND seq<=? AND COALESCE(seq_end, seq)<=?"
 _UPSERT_MESSAGE = _UPSERT_MESSAGES.texts[1]  # one row: what bench/persistence.py's raw baseline runs
 _INSERT_AUDIT = """
 INSERT INTO audit (session_id, run_id, request_id, skill, tool, permission_class, decision, reason, ts)
@@ -817,6 +825,9 @@ class SqliteStore(Store):
         row.due = time.monotonic() + self.event_delay
         self._enqueue(row)
         self._open_rows[session_id] = row
+
+    def prune_events(self, session_id: str, through_seq: int) -> None:
+        self._enqueue(_Write(_PRUNE_EVENTS, (session_id, through_seq, through_seq)))
 
     async def events_after(self, session_id: str, after_seq: int, limit: int) -> list[Event]:
         if limit <= 0:

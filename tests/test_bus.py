@@ -247,3 +247,43 @@ async def test_the_list_room_unfollowed_only_counts_and_a_later_join_gets_a_snap
     await _settle()
     assert [(json.loads(p.text)["type"], p.seq) for p in again] == [("sessions.state", seen + 1)]
     await bus.close()
+
+
+def stored_seqs(db: Path, session_id: str) -> list[int]:
+    """Every event seq the store still holds for the session (rows expanded)."""
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT seq, seq_end FROM events WHERE session_id=?", (session_id,)).fetchall()
+    return sorted(s for seq, end in rows for s in range(seq, (end or seq) + 1))
+
+
+async def test_the_event_log_keeps_what_a_rejoin_can_ask_for_and_drops_the_rest(tmp_path: Path) -> None:
+    db = tmp_path / "opencode.sqlite"
+    store = SqliteStore(db, event_delay=0.0)
+    await store.open()
+    bus = InProcessBus(store, _snapshot, ring_size=16, replay_max_events=50)
+    bus.new_room("ses_p")
+    for i in range(300):
+        bus.publish("ses_p", "log", {"level": "debug", "message": f"line {i}"})
+        if i % 20 == 0:
+            await store.flush()  # rows of 20-odd events, as a streaming reply makes them
+    await store.flush()
+    kept = stored_seqs(db, "ses_p")
+    assert kept == list(range(kept[0], 301)) and 300 - 2 * 50 - 20 <= kept[0] - 1 <= 300 - 50
+    # Every offset a rejoin may still use replays whole from the store (the ring holds 16).
+    for after in (250, 260, 299):
+        sub = RecordingSubscriber()
+        await bus.subscribe("ses_p", sub, after_seq=after)
+        await _settle()
+        assert sub.seqs == list(range(after + 1, 301))
+        bus.unsubscribe("ses_p", sub)
+    await bus.close()
+    # After a restart the room counts on past the gap, and its first event drops what came before.
+    restarted = InProcessBus(store, _snapshot, ring_size=16, replay_max_events=50)
+    await restarted.open_room("ses_p")
+    seq = restarted.publish("ses_p", "log", {"level": "debug", "message": "after the restart"})
+    await store.flush()
+    assert stored_seqs(db, "ses_p") == [seq]
+    await restarted.close()
+    await store.close()
