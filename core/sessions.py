@@ -650,17 +650,19 @@ class SessionManager:
         history = [m for m in (live.recent.values() if before is None else before) if m.id != user.id]
         tool_skills = self._tool_skills(live.session)
         prompt = self._mentions(user.text())[0] or None
-        agents = []
-        for run, role in zip(runs, roles):
-            agent = AgentRun(self.deps, RunInput(
-                session=live.session, run=run, user_message=user, role=role, tool_skills=tool_skills,
-                history=history, prompt=prompt, spent=lambda: self._spent(live), current=lambda: live.session,
-                running=lambda: len(live.active), placed=lambda message: self._remember(live, message),
-                turns=live.turns, has_older=live.has_more, load_older=lambda count: self._older(live, count)),
-                may_speak=may_speak)
-            active = live.active[run.id] = _Active(run, agent)
-            active.task = start_eagerly(self._execute(live, agent), name=f"opencode-{run.id}")
-            agents.append(agent)
+        agents = [AgentRun(self.deps, RunInput(
+            session=live.session, run=run, user_message=user, role=role, tool_skills=tool_skills,
+            history=history, prompt=prompt, spent=lambda: self._spent(live), current=lambda: live.session,
+            running=lambda: len(live.active), placed=lambda message: self._remember(live, message),
+            turns=live.turns, has_older=live.has_more, load_older=lambda count: self._older(live, count)),
+            may_speak=may_speak) for run, role in zip(runs, roles)]
+        # All of them active before any starts: on Python 3.12+ a task starts eagerly, and its
+        # first turn shares the budget among the runs active then (`running`): the first of three
+        # roles took the whole of what was left, the second half of it.
+        actives = [_Active(agent.run, agent) for agent in agents]
+        live.active.update((active.run.id, active) for active in actives)
+        for active in actives:
+            active.task = start_eagerly(self._execute(live, active.agent), name=f"opencode-{active.run.id}")
         return agents
 
     async def _older(self, live: _Live, count: int) -> tuple[list[Message], bool]:

@@ -640,6 +640,15 @@ async function recordKeysReachingComfy(page) {
   };
 }
 
+/** Render the sidebar tab, as ComfyUI does when it is opened, into a `#side` box `width` px wide. */
+const openSidebar = (page, width) => page.evaluate((w) => {
+  const side = document.createElement("div");
+  side.id = "side";
+  side.style.cssText = `position:fixed;left:0;top:36px;bottom:0;width:${w}px;z-index:50;`;
+  document.body.appendChild(side);
+  window.fakeComfy.sidebarTabs[0].render(side);
+}, width);
+
 /** Where the focus is: inside which panel host, inside the dialog. */
 const focusInfo = (page) => page.evaluate(() => {
   const e = document.activeElement;
@@ -685,13 +694,7 @@ describe("inside a (fake) ComfyUI canvas", () => {
   scenario("an Escape belongs to the dialog it is pressed in: not to the canvas's, not to another panel's", async () => {
     const ctx = await browser.newContext({ viewport: { width: 1400, height: 800 } });
     const page = await openPage(ctx, `${comfy.url}/?skills=echo`);
-    await page.evaluate(() => {
-      const side = document.createElement("div");
-      side.id = "side";
-      side.style.cssText = "position:fixed;left:0;top:36px;bottom:0;width:224px;z-index:50;";
-      document.body.appendChild(side);
-      window.fakeComfy.sidebarTabs[0].render(side);
-    });
+    await openSidebar(page, 224);
     const side = page.locator("#side");
     const node = page.locator(".node[data-node-type=OpencodeAgent]");
     await side.locator("[data-testid=opencode-panel][data-phase=ready]").waitFor({ timeout: T });
@@ -722,13 +725,7 @@ describe("inside a (fake) ComfyUI canvas", () => {
   scenario("a profile added in the sidebar's panel is in the node's provider menu and dialog", async () => {
     const ctx = await browser.newContext({ viewport: { width: 1400, height: 800 } });
     const page = await openPage(ctx, `${comfy.url}/?skills=echo`);
-    await page.evaluate(() => {
-      const side = document.createElement("div");
-      side.id = "side";
-      side.style.cssText = "position:fixed;left:0;top:36px;bottom:0;width:440px;z-index:50;";
-      document.body.appendChild(side);
-      window.fakeComfy.sidebarTabs[0].render(side);
-    });
+    await openSidebar(page, 440);
     const side = page.locator("#side");
     const node = page.locator(".node[data-node-type=OpencodeAgent]");
     for (const root of [side, node]) await root.locator("[data-testid=opencode-panel][data-phase=ready]").waitFor({ timeout: T });
@@ -755,13 +752,7 @@ describe("inside a (fake) ComfyUI canvas", () => {
   scenario("the sidebar tab and the node keep their keys, and the focus never falls out of the panel", async () => {
     const ctx = await browser.newContext({ viewport: { width: 1400, height: 800 } });
     const page = await openPage(ctx, `${comfy.url}/?skills=echo`);
-    await page.evaluate(() => {
-      const side = document.createElement("div");
-      side.id = "side";
-      side.style.cssText = "position:fixed;left:0;top:36px;bottom:0;width:440px;z-index:50;";
-      document.body.appendChild(side);
-      window.fakeComfy.sidebarTabs[0].render(side);
-    });
+    await openSidebar(page, 440);
     const keys = await recordKeysReachingComfy(page);
     for (const where of ["#side", ".node[data-node-type=OpencodeAgent]"]) {
       const root = page.locator(where);
