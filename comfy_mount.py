@@ -17,10 +17,9 @@ from typing import Any, AsyncIterator, Callable
 
 from .core.config import Config
 from .core.errors import OpencodeError
-from .core.service import OpencodeService
 from .core.trust import TrustPolicy
 from .node import NodeBridge, OpencodeAgent
-from .routes import SERVICE, START_FAILURE, TRUST, mount_lifecycle, not_serving, register_routes, service_context
+from .routes import START_FAILURE, TRUST, mount_lifecycle, register_routes, service_context, service_in
 from .wiring import inside_comfyui
 
 log = logging.getLogger("opencode.mount")
@@ -98,14 +97,6 @@ def _with_hint(failure: OpencodeError) -> OpencodeError:
         return failure
     return OpencodeError(f"{failure.message}: {hint}", code=failure.code, status=failure.status,
                          details=failure.details)
-
-
-def service_in(app: Any) -> OpencodeService:
-    """The node's way to the service: the service, or why there is none (a clear error)."""
-    try:
-        return app[SERVICE]
-    except KeyError:
-        raise not_serving(app) from None
 
 
 def closed_at_exit(context: Context, register: Callable[[Callable[[], None]], None] | None = None) -> Context:

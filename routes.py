@@ -139,10 +139,15 @@ def profile_response(profile: p.ProviderProfile, status: int = 200) -> web.Respo
 
 
 def service_of(request: web.Request) -> OpencodeService:
+    return service_in(request.app)
+
+
+def service_in(app: web.Application) -> OpencodeService:
+    """The app's service, or why there is none (the node reaches it this way too)."""
     try:
-        return request.app[SERVICE]
+        return app[SERVICE]
     except KeyError:
-        raise not_serving(request.app) from None
+        raise not_serving(app) from None
 
 
 def trust_of(request: web.Request) -> TrustPolicy:

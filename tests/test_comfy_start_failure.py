@@ -18,10 +18,10 @@ from typing import Any, AsyncIterator
 import pytest
 from aiohttp import web
 
-from opencode_agent.comfy_mount import closed_at_exit, service_in, survive_start_failure
+from opencode_agent.comfy_mount import closed_at_exit, survive_start_failure
 from opencode_agent.core.config import Config
 from opencode_agent.core.errors import OpencodeError
-from opencode_agent.routes import mount_lifecycle, register_routes, service_context
+from opencode_agent.routes import mount_lifecycle, register_routes, service_context, service_in
 
 
 def comfyui_like_app(data_dir: Path) -> web.Application:

@@ -9,7 +9,7 @@ import { computed, inject, ref, shallowRef } from "vue";
 import { ANSWER_LOST, ApiError, OpencodeClient, type ConnectionState } from "./client";
 import { DEPS, type SessionConfig } from "./deps";
 import { t } from "./i18n";
-import type { EventOf, ModelInfo, OcEvent, ProviderCreate, ProviderPatch, ProviderProfile, SendMode, Session, SessionPatch, Skill, UiRequestData, VersionInfo } from "./protocol";
+import type { EventOf, ModelInfo, OcEvent, ProviderCreate, ProviderList, ProviderPatch, ProviderProfile, SendMode, Session, SessionPatch, Skill, UiRequestData, VersionInfo } from "./protocol";
 import { PROTOCOL_VERSION } from "./protocol";
 import { activeRuns, dropProposal, EMPTY, joining, prependHistory, promptsReading, reduce, withSession, type ChatState } from "./reducer";
 
@@ -306,16 +306,33 @@ export const usePanelStore = defineStore("opencode-panel", () => {
     skills.value = (await client.skills()).skills;
   }
 
+  // Counts the panel's own writes of the profiles (`loadProviders`, `putProfile`, `removeProfile`):
+  // a listing read before one may predate it, and is then not shown over it (`refreshProviders`).
+  let profileChanges = 0;
+  let providersReading: Promise<void> | null = null;
+
   async function loadProviders(): Promise<void> {
     const list = await client.providers();
+    profileChanges += 1;
+    showListing(list);
+  }
+
+  function showListing(list: ProviderList): void {
     providers.value = list.providers;
     presets.value = list.presets ?? [];
   }
 
-  // Counts this panel's own changes of the profiles: a listing read while one was made may
-  // predate it, and is then not shown (the change already is).
-  let profileChanges = 0;
-  let providersReading: Promise<void> | null = null;
+  /** A profile as the server answered a change of it: replaced where it is, else added last. */
+  function putProfile(profile: ProviderProfile): void {
+    profileChanges += 1;
+    const at = providers.value.findIndex((p) => p.name === profile.name);
+    providers.value = at < 0 ? [...providers.value, profile] : providers.value.map((p, i) => (i === at ? profile : p));
+  }
+
+  function removeProfile(name: string): void {
+    profileChanges += 1;
+    providers.value = providers.value.filter((p) => p.name !== name);
+  }
 
   /** Read the profiles again, quietly: another panel (the sidebar's beside a node's, another tab, a
    * script with curl) may have added, changed or removed one since this one loaded them. Called
@@ -330,8 +347,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
         const list = await client.providers();
         if (changes !== profileChanges) return;
         const before = new Map(providers.value.map((p) => [p.name, p.revision]));
-        providers.value = list.providers;
-        presets.value = list.presets ?? [];
+        showListing(list);
         for (const [name, revision] of before) {
           const now = list.providers.find((p) => p.name === name);
           if (!now) dropModels(name);
@@ -589,10 +605,9 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   // ------------------------------------------------------------------ providers and token
 
   async function saveKey(provider: string, key: string): Promise<boolean> {
-    profileChanges += 1;
     try {
       const profile = await client.setProviderKey(provider, key);
-      providers.value = providers.value.map((p) => (p.name === provider ? profile : p));
+      putProfile(profile);
       notify("success", t("provider.keySaved"));
       forgetModels(provider);
       return true;
@@ -603,7 +618,6 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   }
 
   async function removeKey(provider: string): Promise<void> {
-    profileChanges += 1;
     try {
       await client.deleteProviderKey(provider);
       await loadProviders();
@@ -615,7 +629,6 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   }
 
   async function addProvider(preset: ProviderProfile): Promise<void> {
-    profileChanges += 1;
     try {
       const created = await client.createProvider({
         name: preset.name,
@@ -624,7 +637,7 @@ export const usePanelStore = defineStore("opencode-panel", () => {
         default_model: preset.default_model,
         key_env: preset.key_env,
       });
-      providers.value = [...providers.value.filter((p) => p.name !== created.name), created];
+      putProfile(created);
     } catch (err) {
       fail(t("error.generic"), err);
     }
@@ -648,10 +661,9 @@ export const usePanelStore = defineStore("opencode-panel", () => {
    * the panel shows it as it is now, and a form left open (what was typed stays) saves onto that.
    * A profile that cannot be read (deleted meanwhile) stays as shown: its next change says why. */
   async function reloadProfile(name: string): Promise<void> {
-    profileChanges += 1;
     try {
       const fresh = await client.provider(name);
-      providers.value = providers.value.map((p) => (p.name === name ? fresh : p));
+      putProfile(fresh);
       forgetModels(name);
     } catch {
       // the refusal shown already says to reload
@@ -660,10 +672,9 @@ export const usePanelStore = defineStore("opencode-panel", () => {
 
   /** A profile typed in the provider dialog (never a key: that goes to the key route alone). */
   async function createProfile(body: ProviderCreate): Promise<FormOutcome> {
-    profileChanges += 1;
     try {
       const created = await client.createProvider(body);
-      providers.value = [...providers.value.filter((p) => p.name !== created.name), created];
+      putProfile(created);
       forgetModels(created.name);
       notify("success", t("provider.saved"));
       return { ok: true };
@@ -675,10 +686,9 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   /** A profile's base URL and default model, or its declared models (`models` replaces the whole
    * table): its model list, whose caps may have changed, is read again. */
   async function updateProfile(name: string, patch: ProviderPatch): Promise<FormOutcome> {
-    profileChanges += 1;
     try {
       const updated = await client.patchProvider(name, patch, revisionOf(name));
-      providers.value = providers.value.map((p) => (p.name === name ? updated : p));
+      putProfile(updated);
       forgetModels(name); // another base URL may offer other models, and caps may have changed
       notify("success", t("provider.saved"));
       return { ok: true };
@@ -689,10 +699,9 @@ export const usePanelStore = defineStore("opencode-panel", () => {
   }
 
   async function deleteProfile(name: string): Promise<boolean> {
-    profileChanges += 1;
     try {
       await client.deleteProvider(name, revisionOf(name));
-      providers.value = providers.value.filter((p) => p.name !== name);
+      removeProfile(name);
       dropModels(name);
       notify("info", t("provider.deleted"));
       return true;
