@@ -388,6 +388,8 @@ describe("standalone panel", () => {
     assert.ok(await filter.evaluate((el) => el === document.activeElement), "the filter has the focus");
     const list = page.getByRole("listbox", { name: "Chats" });
     const options = list.getByRole("option");
+    // The list opens as last read, then the server's listing (its snapshot) replaces it: wait for that.
+    await options.first().locator("[data-testid=chat-title]", { hasText: "Made in another tab" }).waitFor({ timeout: T });
     assert.equal(await options.first().locator("[data-testid=chat-title]").innerText(), "Made in another tab");
     await filter.pressSequentially("sdxl");
     const titles = await options.locator("[data-testid=chat-title]").allInnerTexts();
